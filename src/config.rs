@@ -1,0 +1,363 @@
+//! Typed settings from the environment (CONTRACT.md section 1 plus our own
+//! tuning knobs). Every secret can also come from `NAME_FILE`, and secrets are
+//! wrapped in [`Secret`] so that `Debug`, logs and errors cannot print them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::domain::localpart::DEFAULT_RESERVED;
+
+/// A secret string. `Debug` and `Display` print a placeholder; the value is
+/// only reachable through [`Secret::expose`], which makes every use greppable.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A setting that is missing or malformed; the message is one line naming it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    /// May contain a password: print it with [`Settings::database_url_redacted`].
+    pub database_url: Secret,
+    pub synapse_url: Url,
+    pub synapse_public_url: Url,
+    pub server_name: String,
+    pub registration_secret: Secret,
+    pub synapse_jwt_secret: Option<Secret>,
+    /// An admin access token given by the operator; when absent the service
+    /// runs its own admin account (see `synapse::admin_token`).
+    pub synapse_admin_token: Option<Secret>,
+    pub synapse_admin_user: String,
+    pub webhook_secrets: Vec<Secret>,
+    pub auth_jwt_secret: Option<Secret>,
+    pub auth_jwks_url: Option<Url>,
+    pub auth_jwt_issuer: Option<String>,
+    pub auth_jwt_audience: Option<String>,
+    pub auth_api_url: Option<Url>,
+    pub auth_api_token: Option<Secret>,
+    pub admin_api_token: Option<Secret>,
+    pub avatar_allowed_hosts: Vec<String>,
+    pub reserved_localparts: Vec<String>,
+    pub worker_concurrency: usize,
+    pub synapse_max_concurrency: usize,
+    pub synapse_timeout: Duration,
+    pub job_lease: Duration,
+    pub retry_max_delay: Duration,
+    pub db_max_connections: u32,
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        Settings::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (the environment in production, a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        let env = Env { lookup: &lookup };
+        let synapse_url = env.url("SYNAPSE_URL")?.unwrap_or_else(|| {
+            Url::parse("http://127.0.0.1:8008").expect("default SYNAPSE_URL is a valid URL")
+        });
+        let server_name = env.required("SYNAPSE_SERVER_NAME")?;
+        if server_name.contains(['@', '/', ' ']) || server_name.len() > 230 {
+            return Err(ConfigError(format!(
+                "SYNAPSE_SERVER_NAME is not a valid Matrix server name: {server_name:?}"
+            )));
+        }
+        let reserved_localparts = match env.get("RESERVED_LOCALPARTS") {
+            Some(list) => split_list(&list),
+            None => DEFAULT_RESERVED.iter().map(|s| s.to_string()).collect(),
+        };
+        let synapse_admin_user = env
+            .get("SYNAPSE_ADMIN_USER")
+            .unwrap_or_else(|| "matrix-provisioner".to_string());
+        Ok(Settings {
+            bind: env
+                .parsed("BIND")?
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7030))),
+            database_url: Secret::new(
+                env.get("DATABASE_URL")
+                    .unwrap_or_else(|| "sqlite://matrix-provisioner.db".to_string()),
+            ),
+            synapse_public_url: env
+                .url("SYNAPSE_PUBLIC_URL")?
+                .unwrap_or(synapse_url.clone()),
+            synapse_url,
+            server_name,
+            registration_secret: env
+                .secret("SYNAPSE_REGISTRATION_SECRET")?
+                .ok_or_else(|| ConfigError("SYNAPSE_REGISTRATION_SECRET is required".into()))?,
+            synapse_jwt_secret: env.secret("SYNAPSE_JWT_SECRET")?,
+            synapse_admin_token: env.secret("SYNAPSE_ADMIN_TOKEN")?,
+            synapse_admin_user,
+            webhook_secrets: env
+                .secret("AUTH_WEBHOOK_SECRET")?
+                .map(|s| {
+                    split_list(s.expose())
+                        .into_iter()
+                        .map(Secret::new)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            auth_jwt_secret: env.secret("AUTH_JWT_SECRET")?,
+            auth_jwks_url: env.url("AUTH_JWKS_URL")?,
+            auth_jwt_issuer: env.get("AUTH_JWT_ISSUER"),
+            auth_jwt_audience: env.get("AUTH_JWT_AUDIENCE"),
+            auth_api_url: env.url("AUTH_API_URL")?,
+            auth_api_token: env.secret("AUTH_API_TOKEN")?,
+            admin_api_token: env.secret("ADMIN_API_TOKEN")?,
+            avatar_allowed_hosts: env
+                .get("AVATAR_ALLOWED_HOSTS")
+                .map(|s| split_list(&s))
+                .unwrap_or_default(),
+            reserved_localparts,
+            worker_concurrency: env.positive("WORKER_CONCURRENCY")?.unwrap_or(8),
+            synapse_max_concurrency: env.positive("SYNAPSE_MAX_CONCURRENCY")?.unwrap_or(16),
+            synapse_timeout: Duration::from_secs(
+                env.positive("SYNAPSE_TIMEOUT_SECONDS")?.unwrap_or(15) as u64,
+            ),
+            job_lease: Duration::from_secs(env.positive("JOB_LEASE_SECONDS")?.unwrap_or(120) as u64),
+            retry_max_delay: Duration::from_secs(
+                env.positive("RETRY_MAX_DELAY_SECONDS")?.unwrap_or(300) as u64,
+            ),
+            db_max_connections: env.positive("DB_MAX_CONNECTIONS")?.unwrap_or(0) as u32,
+            log_format: match env.get("LOG_FORMAT").as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(ConfigError(format!(
+                        "LOG_FORMAT must be `text` or `json`, not {other:?}"
+                    )))
+                }
+            },
+        })
+    }
+
+    /// The database URL with any password blanked, for logs.
+    pub fn database_url_redacted(&self) -> String {
+        redact_url(self.database_url.expose())
+    }
+
+    /// `@{localpart}:{server_name}`.
+    pub fn user_id(&self, localpart: &str) -> String {
+        format!("@{localpart}:{}", self.server_name)
+    }
+}
+
+/// Blanks the password of a URL (`postgres://u:pw@h/db` -> `postgres://u:***@h/db`).
+pub fn redact_url(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => raw.to_string(),
+    }
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+struct Env<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Env<'_> {
+    /// A plain setting; empty counts as unset.
+    fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    fn required(&self, name: &str) -> Result<String, ConfigError> {
+        self.get(name)
+            .ok_or_else(|| ConfigError(format!("{name} is required")))
+    }
+
+    /// `NAME`, else the contents of the file named by `NAME_FILE` (one
+    /// trailing newline removed, as editors and `echo` add one).
+    fn secret(&self, name: &str) -> Result<Option<Secret>, ConfigError> {
+        if let Some(value) = self.get(name) {
+            return Ok(Some(Secret::new(value)));
+        }
+        let file_var = format!("{name}_FILE");
+        let Some(path) = self.get(&file_var) else {
+            return Ok(None);
+        };
+        let content = std::fs::read_to_string(&path)
+            .map_err(|e| ConfigError(format!("{file_var}: cannot read {path}: {e}")))?;
+        let value = content.strip_suffix('\n').unwrap_or(&content);
+        let value = value.strip_suffix('\r').unwrap_or(value);
+        if value.is_empty() {
+            return Err(ConfigError(format!("{file_var}: {path} is empty")));
+        }
+        Ok(Some(Secret::new(value)))
+    }
+
+    fn url(&self, name: &str) -> Result<Option<Url>, ConfigError> {
+        let Some(raw) = self.get(name) else {
+            return Ok(None);
+        };
+        let url = Url::parse(raw.trim_end_matches('/'))
+            .map_err(|e| ConfigError(format!("{name} is not a valid URL ({e}): {raw:?}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ConfigError(format!(
+                "{name} must be an http or https URL: {raw:?}"
+            )));
+        }
+        Ok(Some(url))
+    }
+
+    fn parsed<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        self.get(name)
+            .map(|raw| {
+                raw.trim()
+                    .parse()
+                    .map_err(|e| ConfigError(format!("{name} is malformed ({e}): {raw:?}")))
+            })
+            .transpose()
+    }
+
+    fn positive(&self, name: &str) -> Result<Option<usize>, ConfigError> {
+        match self.parsed::<usize>(name)? {
+            Some(0) => Err(ConfigError(format!("{name} must be at least 1"))),
+            other => Ok(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const MINIMAL: &[(&str, &str)] = &[
+        ("SYNAPSE_SERVER_NAME", "daarion.space"),
+        ("SYNAPSE_REGISTRATION_SECRET", "s3cret"),
+    ];
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let s = settings(MINIMAL).unwrap();
+        assert_eq!(s.bind.to_string(), "127.0.0.1:7030");
+        assert_eq!(s.database_url.expose(), "sqlite://matrix-provisioner.db");
+        assert_eq!(s.synapse_url.as_str(), "http://127.0.0.1:8008/");
+        assert_eq!(s.synapse_public_url, s.synapse_url);
+        assert!(s.webhook_secrets.is_empty());
+    }
+
+    #[test]
+    fn missing_required_settings_are_named() {
+        let err = settings(&[("SYNAPSE_REGISTRATION_SECRET", "x")]).unwrap_err();
+        assert_eq!(err.to_string(), "SYNAPSE_SERVER_NAME is required");
+        let err = settings(&[("SYNAPSE_SERVER_NAME", "x")]).unwrap_err();
+        assert_eq!(err.to_string(), "SYNAPSE_REGISTRATION_SECRET is required");
+    }
+
+    #[test]
+    fn malformed_settings_are_named() {
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push(("BIND", "not-an-address"));
+        assert!(settings(&pairs)
+            .unwrap_err()
+            .to_string()
+            .starts_with("BIND "));
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push(("SYNAPSE_URL", "ftp://x"));
+        assert!(settings(&pairs)
+            .unwrap_err()
+            .to_string()
+            .starts_with("SYNAPSE_URL "));
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push(("WORKER_CONCURRENCY", "0"));
+        assert!(settings(&pairs)
+            .unwrap_err()
+            .to_string()
+            .starts_with("WORKER_CONCURRENCY "));
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "from-file\n").unwrap();
+        let path = path.to_str().unwrap();
+        let mut pairs = MINIMAL.to_vec();
+        pairs.retain(|(k, _)| *k != "SYNAPSE_REGISTRATION_SECRET");
+        pairs.push(("SYNAPSE_REGISTRATION_SECRET_FILE", path));
+        pairs.push(("AUTH_WEBHOOK_SECRET", "new, old"));
+        let s = settings(&pairs).unwrap();
+        assert_eq!(s.registration_secret.expose(), "from-file");
+        let keys: Vec<_> = s.webhook_secrets.iter().map(|s| s.expose()).collect();
+        assert_eq!(keys, ["new", "old"]);
+
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push(("ADMIN_API_TOKEN_FILE", "/nonexistent/file"));
+        assert!(settings(&pairs)
+            .unwrap_err()
+            .to_string()
+            .starts_with("ADMIN_API_TOKEN_FILE: cannot read"));
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push(("DATABASE_URL", "postgres://u:pw-database@h/db"));
+        pairs.push(("AUTH_WEBHOOK_SECRET", "hook-secret"));
+        let s = settings(&pairs).unwrap();
+        let debug = format!("{s:?}");
+        for secret in ["s3cret", "pw-database", "hook-secret"] {
+            assert!(!debug.contains(secret), "{secret} leaked in {debug}");
+        }
+        assert_eq!(s.database_url_redacted(), "postgres://u:***@h/db");
+    }
+}

@@ -1,0 +1,267 @@
+//! DAARION Auth webhook events (CONTRACT.md section 2): the raw JSON shape and
+//! [`Event::parse`], the only way to get a validated event.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer};
+
+/// Synapse refuses longer display names (`MAX_DISPLAYNAME_LEN`); we cut rather
+/// than fail the whole account over a long name.
+pub const MAX_DISPLAY_NAME_CHARS: usize = 256;
+const MAX_ID_BYTES: usize = 255;
+const MAX_URL_BYTES: usize = 2048;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Registered,
+    Updated,
+    Deleted,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Registered => "user.registered",
+            EventKind::Updated => "user.updated",
+            EventKind::Deleted => "user.deleted",
+        }
+    }
+}
+
+/// A field of `user.updated`: absent leaves it alone, `null` clears it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Patch<T> {
+    #[default]
+    Unchanged,
+    Clear,
+    Set(T),
+}
+
+impl<T> Patch<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Patch<U> {
+        match self {
+            Patch::Unchanged => Patch::Unchanged,
+            Patch::Clear => Patch::Clear,
+            Patch::Set(v) => Patch::Set(f(v)),
+        }
+    }
+}
+
+/// Distinguishes an absent field (`Patch::Unchanged`, via `#[serde(default)]`)
+/// from an explicit `null`.
+fn patch<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Patch<T>, D::Error> {
+    Ok(match Option::<T>::deserialize(d)? {
+        None => Patch::Clear,
+        Some(v) => Patch::Set(v),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawEvent {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub created_at: String,
+    pub data: RawData,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawData {
+    pub user_id: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default, deserialize_with = "patch")]
+    pub display_name: Patch<String>,
+    #[serde(default, deserialize_with = "patch")]
+    pub avatar_url: Patch<String>,
+}
+
+/// What a DAARION user looks like in an event, already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: String,
+    pub kind: EventKind,
+    /// Milliseconds since the epoch; orders events of one person.
+    pub created_at_ms: i64,
+    pub user_id: String,
+    pub username: Option<String>,
+    pub display_name: Patch<String>,
+    pub avatar_url: Patch<String>,
+}
+
+/// The result of parsing a signed body.
+#[derive(Debug)]
+pub enum Parsed {
+    Event(Event),
+    /// A well-formed event of a type we do not handle; acknowledged, not stored.
+    Ignored {
+        id: String,
+    },
+}
+
+/// Why a body is refused: `Malformed` is a 400, `Unacceptable` a 422.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EventError {
+    Malformed(String),
+    Unacceptable(String),
+}
+
+impl Event {
+    pub fn parse(body: &[u8]) -> Result<Parsed, EventError> {
+        let raw: RawEvent = serde_json::from_slice(body)
+            .map_err(|e| EventError::Malformed(format!("body is not a valid event: {e}")))?;
+        let unacceptable = |m: &str| Err(EventError::Unacceptable(m.to_string()));
+        if !valid_id(&raw.id) {
+            return unacceptable("id must be 1 to 255 printable characters");
+        }
+        let kind = match raw.kind.as_str() {
+            "user.registered" => EventKind::Registered,
+            "user.updated" => EventKind::Updated,
+            "user.deleted" => EventKind::Deleted,
+            _ => return Ok(Parsed::Ignored { id: raw.id }),
+        };
+        let Ok(created_at) = DateTime::parse_from_rfc3339(&raw.created_at) else {
+            return unacceptable("created_at must be an RFC 3339 timestamp");
+        };
+        if !valid_id(&raw.data.user_id) {
+            return unacceptable("data.user_id must be 1 to 255 printable characters");
+        }
+        if let Patch::Set(url) = &raw.data.avatar_url {
+            if url.len() > MAX_URL_BYTES {
+                return unacceptable("data.avatar_url is longer than 2048 bytes");
+            }
+        }
+        Ok(Parsed::Event(Event {
+            id: raw.id,
+            kind,
+            created_at_ms: created_at.with_timezone(&Utc).timestamp_millis(),
+            user_id: raw.data.user_id,
+            username: raw.data.username.filter(|u| !u.trim().is_empty()),
+            display_name: raw.data.display_name.map(clean_display_name),
+            avatar_url: raw
+                .data
+                .avatar_url
+                .map(|u| u.trim().to_string())
+                .map(|u| if u.is_empty() { None } else { Some(u) })
+                .flatten_clear(),
+        }))
+    }
+}
+
+impl Patch<Option<String>> {
+    /// `Set(None)` (an empty string) means the same as `null`.
+    fn flatten_clear(self) -> Patch<String> {
+        match self {
+            Patch::Unchanged => Patch::Unchanged,
+            Patch::Clear | Patch::Set(None) => Patch::Clear,
+            Patch::Set(Some(v)) => Patch::Set(v),
+        }
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.trim().is_empty() && id.len() <= MAX_ID_BYTES && !id.chars().any(char::is_control)
+}
+
+/// Control characters out, surrounding space trimmed, at most 256 characters.
+fn clean_display_name(name: String) -> String {
+    name.chars()
+        .filter(|c| !c.is_control())
+        .collect::<String>()
+        .trim()
+        .chars()
+        .take(MAX_DISPLAY_NAME_CHARS)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Parsed, EventError> {
+        Event::parse(json.as_bytes())
+    }
+
+    fn event(json: &str) -> Event {
+        match parse(json).unwrap() {
+            Parsed::Event(e) => e,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let e = event(
+            r#"{"id":"evt_01JDAQ6Y3S8Z","type":"user.registered","created_at":"2026-11-24T10:00:00Z",
+            "data":{"user_id":"u_7f3c2a","username":"olena","display_name":"Олена Петренко",
+            "avatar_url":"https://cdn.daarion.city/avatars/u_7f3c2a.png","email":"olena@example.com","extra":1},
+            "unknown":true}"#,
+        );
+        assert_eq!(e.kind, EventKind::Registered);
+        assert_eq!(e.user_id, "u_7f3c2a");
+        assert_eq!(e.username.as_deref(), Some("olena"));
+        assert_eq!(e.display_name, Patch::Set("Олена Петренко".into()));
+        assert_eq!(e.created_at_ms, 1_795_514_400_000);
+    }
+
+    #[test]
+    fn absent_and_null_fields_differ() {
+        let e = event(
+            r#"{"id":"e","type":"user.updated","created_at":"2026-11-24T10:00:00+02:00",
+            "data":{"user_id":"u","display_name":null}}"#,
+        );
+        assert_eq!(e.display_name, Patch::Clear);
+        assert_eq!(e.avatar_url, Patch::Unchanged);
+        let e = event(
+            r#"{"id":"e","type":"user.updated","created_at":"2026-11-24T10:00:00Z",
+            "data":{"user_id":"u","avatar_url":" "}}"#,
+        );
+        assert_eq!(e.avatar_url, Patch::Clear);
+    }
+
+    #[test]
+    fn unknown_types_are_ignored() {
+        assert!(matches!(
+            parse(r#"{"id":"e1","type":"user.logged_in","created_at":"x","data":{"user_id":""}}"#),
+            Ok(Parsed::Ignored { id }) if id == "e1"
+        ));
+    }
+
+    #[test]
+    fn shapes_and_values_are_refused_differently() {
+        for bad in [
+            "",
+            "[]",
+            "{}",
+            "not json",
+            r#"{"id":"e","type":"user.updated"}"#,
+        ] {
+            assert!(matches!(parse(bad), Err(EventError::Malformed(_))), "{bad}");
+        }
+        for bad in [
+            r#"{"id":"e","type":"user.updated","created_at":"yesterday","data":{"user_id":"u"}}"#,
+            r#"{"id":"e","type":"user.updated","created_at":"2026-11-24T10:00:00Z","data":{"user_id":""}}"#,
+            r#"{"id":"e","type":"user.updated","created_at":"2026-11-24T10:00:00Z","data":{"user_id":"  "}}"#,
+            r#"{"id":"","type":"user.updated","created_at":"2026-11-24T10:00:00Z","data":{"user_id":"u"}}"#,
+            r#"{"id":"e","type":"user.updated","created_at":"2026-11-24T10:00:00Z","data":{"user_id":"a\u0000b"}}"#,
+        ] {
+            assert!(
+                matches!(parse(bad), Err(EventError::Unacceptable(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn display_names_are_cleaned_and_capped() {
+        let long = "я".repeat(300);
+        let e = event(&format!(
+            r#"{{"id":"e","type":"user.registered","created_at":"2026-11-24T10:00:00Z",
+            "data":{{"user_id":"u","display_name":" a\u0007b {long}"}}}}"#
+        ));
+        let Patch::Set(name) = e.display_name else {
+            panic!()
+        };
+        assert!(name.starts_with("ab я"));
+        assert_eq!(name.chars().count(), MAX_DISPLAY_NAME_CHARS);
+    }
+}

@@ -1,0 +1,140 @@
+//! `POST /v1/webhooks/auth` (CONTRACT.md section 2): size limit, signature,
+//! parse, then one transaction before the `202`. The checks run in that
+//! order so nothing is stored for a refused request.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{post, web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use super::AppState;
+use crate::domain::event::{Event, EventError, Parsed};
+use crate::domain::signature;
+use crate::now_ms;
+
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub const SIGNATURE_HEADER: &str = "X-Daarion-Signature";
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookAccepted {
+    #[schema(example = "evt_01JDAQ6Y3S8Z")]
+    pub event_id: String,
+    /// True when this event id was received before.
+    pub duplicate: bool,
+    /// The person's Matrix id (the Synapse work may still be pending).
+    #[schema(example = "@olena:daarion.space")]
+    pub matrix_user_id: Option<String>,
+    /// Present and true for event types this service does not handle.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ignored: bool,
+}
+
+/// Receive a signed DAARION Auth event.
+#[utoipa::path(
+    tag = "webhooks",
+    request_body(content = String, content_type = "application/json",
+        description = "A DAARION Auth event (user.registered, user.updated, user.deleted)"),
+    params(("X-Daarion-Signature" = String, Header,
+        description = "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\">")),
+    responses(
+        (status = 202, description = "Stored durably", body = WebhookAccepted),
+        (status = 400, description = "Not JSON of the event shape", body = ErrorBody),
+        (status = 401, description = "Signature missing, wrong or stale", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 422, description = "A value is not acceptable", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
+    )
+)]
+#[post("/v1/webhooks/auth")]
+pub async fn receive(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_limited(&req, payload, MAX_BODY_BYTES).await?;
+    let header = req
+        .headers()
+        .get(SIGNATURE_HEADER)
+        .map(|v| v.to_str().unwrap_or(""));
+    let now = now_ms();
+    signature::verify(header, &body, &state.settings.webhook_secrets, now / 1000).map_err(|e| {
+        let code = match e {
+            signature::SignatureError::Stale => "stale_signature",
+            signature::SignatureError::Missing => "missing_signature",
+            _ => "invalid_signature",
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, code, e.message())
+    })?;
+    let event = match Event::parse(&body) {
+        Ok(Parsed::Event(event)) => event,
+        Ok(Parsed::Ignored { id }) => {
+            return Ok(HttpResponse::Accepted().json(WebhookAccepted {
+                event_id: id,
+                duplicate: false,
+                matrix_user_id: None,
+                ignored: true,
+            }))
+        }
+        Err(EventError::Malformed(m)) => return Err(ApiError::bad_request(m)),
+        Err(EventError::Unacceptable(m)) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unacceptable_value",
+                m,
+            ))
+        }
+    };
+    let accepted = state
+        .store
+        .accept_event(&event, &state.policy, now)
+        .await
+        .map_err(ApiError::unavailable)?;
+    if accepted.queued {
+        state.wake.notify_one();
+    }
+    tracing::info!(
+        event_id = %event.id, kind = event.kind.as_str(), user_id = %event.user_id,
+        duplicate = accepted.duplicate, "webhook accepted"
+    );
+    Ok(HttpResponse::Accepted().json(WebhookAccepted {
+        event_id: event.id,
+        duplicate: accepted.duplicate,
+        matrix_user_id: accepted.localpart.map(|lp| state.settings.user_id(&lp)),
+        ignored: false,
+    }))
+}
+
+/// Reads the body, refusing more than `limit` bytes without reading them all.
+async fn read_limited(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {} KiB", limit / 1024),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

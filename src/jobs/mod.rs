@@ -1,0 +1,182 @@
+//! The worker: claims due jobs from the durable queue, runs the person's
+//! reconcile step (`provision`), and records the outcome: done, retry with
+//! exponential backoff and jitter, or failed for an operator to look at.
+//! [`Worker::run_one`] is the single step, so tests can drain the queue.
+
+mod provision;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{watch, Notify};
+
+use crate::config::Settings;
+use crate::now_ms;
+use crate::store::{Job, LocalpartPolicy, Store};
+use crate::synapse::Synapse;
+
+pub use provision::Outcome;
+
+/// How long an idle worker sleeps before looking again when nothing woke it
+/// (other replicas' jobs, retries coming due).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+pub struct Worker {
+    store: Store,
+    synapse: Arc<Synapse>,
+    policy: LocalpartPolicy,
+    /// Identifies this process's leases.
+    owner: String,
+    lease: Duration,
+    retry_max_delay: Duration,
+    wake: Arc<Notify>,
+}
+
+impl Worker {
+    pub fn new(
+        settings: &Settings,
+        store: Store,
+        synapse: Arc<Synapse>,
+        policy: LocalpartPolicy,
+        wake: Arc<Notify>,
+    ) -> Worker {
+        let owner = format!(
+            "{}-{}-{:08x}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        Worker {
+            store,
+            synapse,
+            policy,
+            owner,
+            lease: settings.job_lease,
+            retry_max_delay: settings.retry_max_delay,
+            wake,
+        }
+    }
+
+    /// Claims one due job and runs it. `Ok(None)` when nothing is due.
+    pub async fn run_one(&self) -> anyhow::Result<Option<Outcome>> {
+        let now = now_ms();
+        let leased_until = now + self.lease.as_millis() as i64;
+        let Some(job) = self.store.claim_job(&self.owner, now, leased_until).await? else {
+            return Ok(None);
+        };
+        let outcome = self.execute(&job).await;
+        self.record(&job, &outcome).await?;
+        Ok(Some(outcome))
+    }
+
+    async fn execute(&self, job: &Job) -> Outcome {
+        let person = match self.store.person(&job.user_id).await {
+            Ok(Some(person)) => person,
+            Ok(None) => return Outcome::Failed("the person's record is missing".into()),
+            Err(e) => return Outcome::retry(e.to_string()),
+        };
+        provision::reconcile(&self.store, &self.synapse, &self.policy, person).await
+    }
+
+    async fn record(&self, job: &Job, outcome: &Outcome) -> anyhow::Result<()> {
+        let now = now_ms();
+        match outcome {
+            Outcome::Done(state) => {
+                tracing::debug!(user_id = %job.user_id, state = state.as_str(), "job done");
+                self.store
+                    .finish_done(job, &self.owner, *state, now)
+                    .await?;
+            }
+            Outcome::Retry { reason, after } => {
+                let attempts = self
+                    .store
+                    .person(&job.user_id)
+                    .await?
+                    .map_or(0, |p| p.attempts);
+                let delay = after.unwrap_or_else(|| backoff(attempts, self.retry_max_delay));
+                tracing::warn!(
+                    user_id = %job.user_id, attempts, retry_in_ms = delay.as_millis() as u64,
+                    "provisioning will be retried: {reason}"
+                );
+                let run_at = now + delay.as_millis() as i64;
+                self.store
+                    .finish_retry(job, &self.owner, reason, run_at, now)
+                    .await?;
+            }
+            Outcome::Failed(reason) => {
+                tracing::error!(user_id = %job.user_id, "provisioning failed: {reason}");
+                self.store
+                    .finish_failed(job, &self.owner, reason, now)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `concurrency` loops until `shutdown` turns true; each finishes
+    /// the job in hand before it stops (unfinished jobs stay leased and come
+    /// back when the lease runs out).
+    pub async fn run(self: Arc<Self>, concurrency: usize, shutdown: watch::Receiver<bool>) {
+        let loops: Vec<_> = (0..concurrency)
+            .map(|_| tokio::spawn(Arc::clone(&self).run_loop(shutdown.clone())))
+            .collect();
+        for handle in loops {
+            let _ = handle.await;
+        }
+    }
+
+    async fn run_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        while !*shutdown.borrow() {
+            let pause = match self.run_one().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => self.idle_pause().await,
+                Err(e) => {
+                    tracing::error!("worker cannot use the database: {e:#}");
+                    IDLE_POLL
+                }
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Until the next job is due, at most [`IDLE_POLL`].
+    async fn idle_pause(&self) -> Duration {
+        match self.store.next_due().await {
+            Ok(Some(due)) => {
+                Duration::from_millis((due - now_ms()).clamp(1, IDLE_POLL.as_millis() as i64) as u64)
+            }
+            _ => IDLE_POLL,
+        }
+    }
+}
+
+/// Exponential backoff with jitter: about 1 s, 2 s, 4 s … up to `max`, each
+/// drawn from the upper half of its window so replicas do not retry in step.
+pub fn backoff(attempts: i64, max: Duration) -> Duration {
+    let exp = attempts.clamp(0, 20) as u32;
+    let ceiling = Duration::from_secs(1)
+        .saturating_mul(2u32.saturating_pow(exp))
+        .min(max);
+    let ms = ceiling.as_millis() as u64;
+    Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms.max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let max = Duration::from_secs(300);
+        for attempts in 0..40 {
+            let d = backoff(attempts, max);
+            let ceiling = Duration::from_secs(1 << attempts.min(9)).min(max);
+            assert!(d <= ceiling && d >= ceiling / 2, "{attempts}: {d:?}");
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! matrix-provisioner: DAARION Auth users become Matrix (Synapse) accounts.
+//!
+//! Data flows one way: `http` (edge, parsing) → `domain` (pure rules) →
+//! `store` (database, durable queue) → `jobs` (worker) → `synapse` (the one
+//! Synapse client). `app` wires them together from `config`.
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod jobs;
+pub mod store;
+pub mod synapse;
+pub mod telemetry;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

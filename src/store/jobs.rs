@@ -1,0 +1,267 @@
+//! The durable queue: one job per person with outstanding Synapse work.
+//! Workers lease a job (so a crashed worker's job comes back when the lease
+//! runs out), and `generation` tells them whether a newer change arrived
+//! while they worked, in which case the job stays queued.
+
+use sqlx::{Any, Row, Transaction};
+
+use super::people::{Account, State};
+use super::{Backend, Result, Store};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub user_id: String,
+    pub generation: i64,
+}
+
+/// Jobs by state, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Due now and not leased.
+    pub ready: i64,
+    /// Waiting for a retry time.
+    pub scheduled: i64,
+    /// Leased by a worker.
+    pub running: i64,
+    /// Failed permanently, waiting for an operator or a new event.
+    pub failed: i64,
+}
+
+impl Store {
+    /// Queues work for the person, or tells a queued or running job that
+    /// there is newer work (run it now, even if it was waiting to retry).
+    pub(super) async fn enqueue(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        user_id: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO jobs (user_id, generation, run_at) VALUES ($1, 1, $2) \
+             ON CONFLICT (user_id) DO UPDATE SET generation = jobs.generation + 1, \
+             run_at = $2, failed = 0",
+        )
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE people SET state = 'pending' WHERE user_id = $1 AND state <> 'pending'",
+        )
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Queues the person again by hand (operators' retry); false if unknown.
+    pub async fn requeue(&self, user_id: &str, now: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let known =
+            sqlx::query("UPDATE people SET attempts = 0, updated_at = $2 WHERE user_id = $1")
+                .bind(user_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+        if known {
+            self.enqueue(&mut tx, user_id, now).await?;
+        }
+        tx.commit().await?;
+        Ok(known)
+    }
+
+    /// Leases the oldest due job to `owner` until `leased_until`.
+    pub async fn claim_job(&self, owner: &str, now: i64, leased_until: i64) -> Result<Option<Job>> {
+        // PostgreSQL: SKIP LOCKED lets replicas claim different jobs without
+        // waiting on each other. SQLite has one writer, so no lock is needed.
+        let skip_locked = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE jobs SET leased_until = $1, lease_owner = $2 WHERE user_id = (\
+                SELECT user_id FROM jobs WHERE failed = 0 AND run_at <= $3 AND leased_until <= $3 \
+                ORDER BY run_at LIMIT 1{skip_locked}) \
+             AND leased_until <= $3 \
+             RETURNING user_id, generation"
+        );
+        let row = sqlx::query(&sql)
+            .bind(leased_until)
+            .bind(owner)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => Some(Job {
+                user_id: row.try_get("user_id")?,
+                generation: row.try_get("generation")?,
+            }),
+            None => None,
+        })
+    }
+
+    /// When the next job is due, if any is waiting (lets idle workers sleep
+    /// exactly as long as needed).
+    pub async fn next_due(&self) -> Result<Option<i64>> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(CASE WHEN leased_until > run_at THEN leased_until ELSE run_at END) \
+             FROM jobs WHERE failed = 0",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(next)
+    }
+
+    /// The job's work is done: record the person's new state and drop the
+    /// job, unless a newer change arrived meanwhile (then it runs again).
+    pub async fn finish_done(&self, job: &Job, owner: &str, state: State, now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query(
+            "DELETE FROM jobs WHERE user_id = $1 AND generation = $2 AND lease_owner = $3",
+        )
+        .bind(&job.user_id)
+        .bind(job.generation)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if deleted {
+            sqlx::query(
+                "UPDATE people SET state = $2, attempts = 0, last_error = NULL, updated_at = $3 \
+                 WHERE user_id = $1",
+            )
+            .bind(&job.user_id)
+            .bind(state.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            release(&mut tx, job, owner, None).await?;
+            sqlx::query("UPDATE people SET attempts = 0, last_error = NULL WHERE user_id = $1")
+                .bind(&job.user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A retryable failure: try again at `run_at`.
+    pub async fn finish_retry(
+        &self,
+        job: &Job,
+        owner: &str,
+        error: &str,
+        run_at: i64,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        release(&mut tx, job, owner, Some(run_at)).await?;
+        sqlx::query(
+            "UPDATE people SET attempts = attempts + 1, last_error = $2, updated_at = $3 \
+             WHERE user_id = $1",
+        )
+        .bind(&job.user_id)
+        .bind(error)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A permanent failure: park the job until an operator retries or a new
+    /// event arrives; the reason is kept for operators.
+    pub async fn finish_failed(&self, job: &Job, owner: &str, error: &str, now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let parked = sqlx::query(
+            "UPDATE jobs SET failed = 1, leased_until = 0, lease_owner = NULL \
+             WHERE user_id = $1 AND generation = $2 AND lease_owner = $3",
+        )
+        .bind(&job.user_id)
+        .bind(job.generation)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !parked {
+            // Newer data arrived; it may not fail the same way.
+            release(&mut tx, job, owner, None).await?;
+        }
+        sqlx::query(
+            "UPDATE people SET state = CASE WHEN $4 = 1 THEN 'failed' ELSE state END, \
+             attempts = attempts + 1, last_error = $2, updated_at = $3 WHERE user_id = $1",
+        )
+        .bind(&job.user_id)
+        .bind(error)
+        .bind(now)
+        .bind(parked as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn queue_depth(&self, now: i64) -> Result<QueueDepth> {
+        let row = sqlx::query(
+            "SELECT \
+               COALESCE(SUM(CASE WHEN failed = 0 AND leased_until <= $1 AND run_at <= $1 THEN 1 ELSE 0 END), 0) AS ready, \
+               COALESCE(SUM(CASE WHEN failed = 0 AND leased_until <= $1 AND run_at > $1 THEN 1 ELSE 0 END), 0) AS scheduled, \
+               COALESCE(SUM(CASE WHEN failed = 0 AND leased_until > $1 THEN 1 ELSE 0 END), 0) AS running, \
+               COALESCE(SUM(CASE WHEN failed = 1 THEN 1 ELSE 0 END), 0) AS failed \
+             FROM jobs",
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(QueueDepth {
+            ready: row.try_get("ready")?,
+            scheduled: row.try_get("scheduled")?,
+            running: row.try_get("running")?,
+            failed: row.try_get("failed")?,
+        })
+    }
+
+    /// People by state, for `/metrics`.
+    pub async fn people_by_state(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM people GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    /// True when the person is deactivated in our records (for SSO refusals).
+    pub async fn is_deactivated(&self, user_id: &str) -> Result<bool> {
+        let account: Option<String> =
+            sqlx::query_scalar("SELECT account FROM people WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(account.as_deref() == Some(Account::Deactivated.as_str()))
+    }
+}
+
+/// Gives the job back: immediately runnable, or at `run_at`.
+async fn release(
+    tx: &mut Transaction<'static, Any>,
+    job: &Job,
+    owner: &str,
+    run_at: Option<i64>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET leased_until = 0, lease_owner = NULL, run_at = COALESCE($3, run_at) \
+         WHERE user_id = $1 AND lease_owner = $2",
+    )
+    .bind(&job.user_id)
+    .bind(owner)
+    .bind(run_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! The database: connection, migrations, and every query the service runs.
+//! SQLite (embedded default) and PostgreSQL (several replicas) are reached
+//! through sqlx's `Any` driver with the same SQL; the few statements that must
+//! differ (row locks on PostgreSQL) branch on [`Backend`].
+//!
+//! Times are i64 milliseconds since the epoch and flags are 0/1 integers, so
+//! the same columns mean the same thing on both back ends.
+
+mod jobs;
+mod people;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor};
+
+pub use jobs::{Job, QueueDepth};
+pub use people::{Accepted, Account, LocalpartPolicy, Person, State};
+
+use crate::config::{redact_url, Secret};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// An unexpected database failure. Callers answer 503 and retry; the message
+/// never contains the database URL.
+#[derive(Debug, thiserror::Error)]
+#[error("database error: {0}")]
+pub struct StoreError(#[from] sqlx::Error);
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens the database named by `url` (creating a SQLite file if missing).
+    /// `max_connections` 0 picks the back end's default: one connection for
+    /// SQLite, whose writers serialise anyway (more only adds lock waits),
+    /// and 16 for PostgreSQL.
+    pub async fn connect(url: &Secret, max_connections: u32) -> anyhow::Result<Store> {
+        sqlx::any::install_default_drivers();
+        let raw = url.expose();
+        let backend = if raw.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if raw.starts_with("postgres:") || raw.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            anyhow::bail!(
+                "DATABASE_URL must start with sqlite:// or postgres://, not {}",
+                redact_url(raw)
+            );
+        };
+        let (url, default_max) = match backend {
+            Backend::Sqlite => (sqlite_url(raw), 1),
+            Backend::Postgres => (raw.to_string(), 16),
+        };
+        let max = if max_connections == 0 {
+            default_max
+        } else {
+            max_connections
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL: readers do not block the writer. synchronous=FULL:
+                        // a 202 means the event survives a power cut, not only a crash.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .with_context(|| format!("cannot open database {}", redact_url(raw)))?;
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies the migrations of this back end (idempotent; safe for
+    /// several replicas starting at once, sqlx takes a lock).
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let migrator = match self.backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+        };
+        migrator
+            .run(&self.pool)
+            .await
+            .context("database migration failed")
+    }
+
+    /// For `/readyz`.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// `sqlite://path` → the same with `mode=rwc`, so the file is created on
+/// first start as the contract promises.
+fn sqlite_url(raw: &str) -> String {
+    if raw.contains("mode=") || raw.contains(":memory:") {
+        raw.to_string()
+    } else if raw.contains('?') {
+        format!("{raw}&mode=rwc")
+    } else {
+        format!("{raw}?mode=rwc")
+    }
+}
+
+/// Reads a text column that holds one of our enums.
+fn parse_column<T: FromStr>(row: &AnyRow, column: &str) -> Result<T> {
+    use sqlx::Row;
+    let raw: String = row.try_get(column)?;
+    raw.parse().map_err(|_| {
+        StoreError(sqlx::Error::Decode(
+            format!("unexpected value {raw:?} in column {column}").into(),
+        ))
+    })
+}

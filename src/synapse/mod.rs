@@ -1,0 +1,353 @@
+//! The one place that talks to Synapse: builds its URLs, sends requests
+//! (at most `SYNAPSE_MAX_CONCURRENCY` at once), and turns every answer into
+//! success, [`SynapseError::Unavailable`] (retry later) or
+//! [`SynapseError::Refused`] (a 4xx with an errcode: do not repeat blindly).
+
+mod admin_token;
+mod register;
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use url::Url;
+
+use crate::config::{Secret, Settings};
+
+pub use register::{random_password, registration_mac, Registered};
+
+/// The `auth_provider` of DAARION ids in Synapse's `external_ids`.
+pub const AUTH_PROVIDER: &str = "daarion";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SynapseError {
+    /// Connection refused, timeout, 5xx, 429: the same request may work later.
+    #[error("Synapse unavailable: {reason}")]
+    Unavailable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// A definite answer that repeating will not change.
+    #[error("Synapse refused with {status} {errcode}: {error}")]
+    Refused {
+        status: u16,
+        errcode: String,
+        error: String,
+    },
+}
+
+impl SynapseError {
+    pub fn errcode(&self) -> Option<&str> {
+        match self {
+            SynapseError::Refused { errcode, .. } => Some(errcode),
+            SynapseError::Unavailable { .. } => None,
+        }
+    }
+
+    fn refused(status: u16, errcode: &str, error: impl Into<String>) -> Self {
+        SynapseError::Refused {
+            status,
+            errcode: errcode.to_string(),
+            error: error.into(),
+        }
+    }
+}
+
+pub type Result<T, E = SynapseError> = std::result::Result<T, E>;
+
+/// A user as Synapse's admin API shows it (`GET /_synapse/admin/v2/users/…`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminUser {
+    pub name: String,
+    #[serde(default)]
+    pub displayname: Option<String>,
+    #[serde(default)]
+    pub avatar_url: Option<String>,
+    #[serde(default, deserialize_with = "flag")]
+    pub deactivated: bool,
+    /// Milliseconds since the epoch.
+    #[serde(default)]
+    pub creation_ts: i64,
+    #[serde(default)]
+    pub external_ids: Vec<ExternalId>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct ExternalId {
+    pub auth_provider: String,
+    pub external_id: String,
+}
+
+/// Synapse has sent `deactivated` both as a bool and as 0/1.
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Bool(b) => b,
+        Value::Number(n) => n.as_i64() != Some(0),
+        _ => false,
+    })
+}
+
+#[derive(Debug)]
+pub struct Synapse {
+    http: reqwest::Client,
+    base: Url,
+    server_name: String,
+    registration_secret: Secret,
+    limiter: Semaphore,
+    admin: admin_token::AdminToken,
+}
+
+/// Whose credentials a request carries.
+#[derive(Clone, Copy)]
+enum Auth {
+    None,
+    Admin,
+}
+
+impl Synapse {
+    pub fn new(settings: &Settings) -> anyhow::Result<Synapse> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.synapse_timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("matrix-provisioner/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Synapse {
+            http,
+            base: settings.synapse_url.clone(),
+            server_name: settings.server_name.clone(),
+            registration_secret: settings.registration_secret.clone(),
+            limiter: Semaphore::new(settings.synapse_max_concurrency),
+            admin: admin_token::AdminToken::new(settings),
+        })
+    }
+
+    pub fn user_id(&self, localpart: &str) -> String {
+        format!("@{localpart}:{}", self.server_name)
+    }
+
+    /// `GET /health`: Synapse is up and serving.
+    pub async fn health(&self) -> Result<()> {
+        self.call(Method::GET, "/health", None, Auth::None)
+            .await
+            .map(drop)
+    }
+
+    /// The account linked to DAARION id `external_id`, if any.
+    pub async fn lookup_external_id(&self, external_id: &str) -> Result<Option<String>> {
+        let path = format!(
+            "/_synapse/admin/v1/auth_providers/{AUTH_PROVIDER}/users/{}",
+            encode(external_id)
+        );
+        match self.call(Method::GET, &path, None, Auth::Admin).await {
+            Ok(body) => Ok(body["user_id"].as_str().map(str::to_string)),
+            Err(e) if e.errcode() == Some("M_NOT_FOUND") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The user `@localpart`, if it exists.
+    pub async fn user(&self, localpart: &str) -> Result<Option<AdminUser>> {
+        let path = format!(
+            "/_synapse/admin/v2/users/{}",
+            encode(&self.user_id(localpart))
+        );
+        match self.call(Method::GET, &path, None, Auth::Admin).await {
+            Ok(body) => serde_json::from_value(body).map(Some).map_err(|e| {
+                SynapseError::refused(200, "M_BAD_JSON", format!("unexpected user JSON: {e}"))
+            }),
+            Err(e) if e.errcode() == Some("M_NOT_FOUND") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `PUT /_synapse/admin/v2/users/@localpart` (an upsert; note that
+    /// `external_ids` replaces all of the user's mappings).
+    pub async fn put_user(&self, localpart: &str, body: &Value) -> Result<()> {
+        let path = format!(
+            "/_synapse/admin/v2/users/{}",
+            encode(&self.user_id(localpart))
+        );
+        self.call(Method::PUT, &path, Some(body), Auth::Admin)
+            .await
+            .map(drop)
+    }
+
+    /// Links the account to the DAARION id (its only external id).
+    pub async fn link_external_id(&self, localpart: &str, external_id: &str) -> Result<()> {
+        let body = json!({"external_ids": [
+            {"auth_provider": AUTH_PROVIDER, "external_id": external_id}
+        ]});
+        self.put_user(localpart, &body).await
+    }
+
+    /// Deactivates the account without erasing its messages.
+    pub async fn deactivate(&self, localpart: &str) -> Result<()> {
+        let path = format!(
+            "/_synapse/admin/v1/deactivate/{}",
+            encode(&self.user_id(localpart))
+        );
+        self.call(
+            Method::POST,
+            &path,
+            Some(&json!({"erase": false})),
+            Auth::Admin,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Sends one request and classifies the answer. Admin requests whose
+    /// token Synapse no longer knows (expired, logged out, Synapse's database
+    /// reset) get a fresh token and are sent once more.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        auth: Auth,
+    ) -> Result<Value> {
+        let Auth::Admin = auth else {
+            return self.send(method, path, body, None).await;
+        };
+        let token = self.admin.get(self).await?;
+        match self.send(method.clone(), path, body, Some(&token)).await {
+            Err(e) if e.errcode() == Some("M_UNKNOWN_TOKEN") => {
+                tracing::info!("Synapse no longer accepts our admin token; obtaining a new one");
+                self.admin.invalidate().await;
+                let token = self.admin.get(self).await?;
+                self.send(method, path, body, Some(&token)).await
+            }
+            other => other,
+        }
+    }
+
+    /// One HTTP request, with `token` as bearer if given.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&Secret>,
+    ) -> Result<Value> {
+        let url = self.base.join(path).map_err(|e| {
+            SynapseError::refused(0, "M_BAD_URL", format!("cannot build a Synapse URL: {e}"))
+        })?;
+        let mut request = self.http.request(method.clone(), url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token.expose());
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let _permit = self
+            .limiter
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let started = std::time::Instant::now();
+        let response = request.send().await;
+        let outcome = classify(response).await;
+        tracing::debug!(
+            %method,
+            path = %redact_path(path),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            ok = outcome.is_ok(),
+            "synapse call"
+        );
+        outcome
+    }
+}
+
+async fn classify(response: reqwest::Result<reqwest::Response>) -> Result<Value> {
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(SynapseError::Unavailable {
+                reason: describe_transport_error(&e),
+                retry_after: None,
+            })
+        }
+    };
+    let status = response.status();
+    let header_retry = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let text = match response.text().await {
+        Ok(text) => text,
+        Err(e) => {
+            return Err(SynapseError::Unavailable {
+                reason: describe_transport_error(&e),
+                retry_after: None,
+            })
+        }
+    };
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if status.is_success() {
+        return Ok(if body.is_null() {
+            Value::String(text)
+        } else {
+            body
+        });
+    }
+    let errcode = body["errcode"].as_str().unwrap_or("M_UNKNOWN").to_string();
+    let error = body["error"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| text.chars().take(200).collect());
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = body["retry_after_ms"]
+            .as_u64()
+            .map(Duration::from_millis)
+            .or(header_retry);
+        return Err(SynapseError::Unavailable {
+            reason: format!("rate limited ({errcode})"),
+            retry_after,
+        });
+    }
+    if status.is_server_error() {
+        return Err(SynapseError::Unavailable {
+            reason: format!("{status}: {error}"),
+            retry_after: header_retry,
+        });
+    }
+    Err(SynapseError::Refused {
+        status: status.as_u16(),
+        errcode,
+        error,
+    })
+}
+
+/// reqwest's Display includes the URL; ours says what happened without it
+/// (URLs can carry user ids we would rather not spread through logs).
+fn describe_transport_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "request timed out".into()
+    } else if e.is_connect() {
+        "cannot connect".into()
+    } else if e.is_body() || e.is_decode() {
+        "connection broke while reading the answer".into()
+    } else {
+        "request failed".into()
+    }
+}
+
+/// Paths with user ids are logged with the id replaced, to keep personal
+/// data out of debug logs.
+fn redact_path(path: &str) -> String {
+    match path.find("%40") {
+        Some(i) => format!("{}…", &path[..i]),
+        None => path.to_string(),
+    }
+}
+
+/// Percent-encodes one path segment.
+fn encode(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
