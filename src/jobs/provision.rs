@@ -203,7 +203,7 @@ impl Step<'_> {
             .iter()
             .any(|e| e.auth_provider == AUTH_PROVIDER);
         let ours_interrupted = self.interrupted.as_ref().is_some_and(|(localpart, t)| {
-            user.name == self.synapse.user_id(localpart) && user.creation_ts >= t - CLOCK_SLACK_MS
+            user.name == self.synapse.user_id(localpart) && user.created_ms >= t - CLOCK_SLACK_MS
         });
         ours_interrupted && !linked_elsewhere
     }

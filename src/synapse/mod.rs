@@ -67,9 +67,9 @@ pub struct AdminUser {
     pub avatar_url: Option<String>,
     #[serde(default, deserialize_with = "flag")]
     pub deactivated: bool,
-    /// Milliseconds since the epoch.
-    #[serde(default)]
-    pub creation_ts: i64,
+    /// When the account was created, in milliseconds since the epoch.
+    #[serde(default, rename = "creation_ts", deserialize_with = "epoch_ms")]
+    pub created_ms: i64,
     #[serde(default)]
     pub external_ids: Vec<ExternalId>,
 }
@@ -78,6 +78,13 @@ pub struct AdminUser {
 pub struct ExternalId {
     pub auth_provider: String,
     pub external_id: String,
+}
+
+/// Synapse 1.163 reports `creation_ts` in seconds; accept milliseconds too,
+/// should a later version switch (no account predates 1973 in seconds).
+fn epoch_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let t = Option::<i64>::deserialize(d)?.unwrap_or(0);
+    Ok(if t < 100_000_000_000 { t * 1000 } else { t })
 }
 
 /// Synapse has sent `deactivated` both as a bool and as 0/1.

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# test.sh — runs every test: unit tests, and the integration tests against a
+# real Synapse (installed from PyPI into .cache/) and a throwaway PostgreSQL
+# cluster, both started here on 127.0.0.1 and stopped on exit.
+#
+# Usage:   scripts/test.sh [cargo test arguments…]
+# Needs:   cargo, python3 (venv), PostgreSQL 15 server binaries.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+scripts/synapse-venv.sh >/dev/null
+
+# Under /tmp so the postgres user can reach it when we run as root.
+work="$(mktemp -d /tmp/mp-test.XXXXXX)"
+chmod 755 "$work"
+cleanup() {
+    scripts/synapse-ctl.sh stop "$work/synapse" >/dev/null 2>&1 || true
+    scripts/pg-cluster.sh stop "$work/pg" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "test.sh: starting PostgreSQL and Synapse in $work" >&2
+pg_url="$(scripts/pg-cluster.sh start "$work/pg" | tail -n 1)"
+
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+export MP_TEST_SYNAPSE_SERVER_NAME="test.daarion.space"
+export MP_TEST_SYNAPSE_SECRET="test-registration-secret-$RANDOM$RANDOM"
+export MP_TEST_SYNAPSE_JWT_SECRET="test-jwt-secret-$RANDOM$RANDOM"
+SERVER_NAME="$MP_TEST_SYNAPSE_SERVER_NAME" \
+REGISTRATION_SECRET="$MP_TEST_SYNAPSE_SECRET" \
+JWT_SECRET="$MP_TEST_SYNAPSE_JWT_SECRET" \
+BCRYPT_ROUNDS=4 RELAX_RATELIMITS=1 \
+    scripts/synapse-config.sh "$work/synapse" "$port" >/dev/null
+scripts/synapse-ctl.sh start "$work/synapse" >/dev/null
+
+export MP_TEST_SYNAPSE_URL="http://127.0.0.1:$port"
+export MP_TEST_POSTGRES_URL="$pg_url"
+
+cargo test --locked "$@"

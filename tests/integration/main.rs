@@ -1,0 +1,7 @@
+//! Black-box tests against a real Synapse and both databases. Run them with
+//! `scripts/test.sh`, which starts Synapse and PostgreSQL first.
+
+mod provisioning;
+mod resilience;
+mod support;
+mod webhooks;

@@ -1,0 +1,628 @@
+//! The test harness: a real Synapse (shared, started by scripts/test.sh, or
+//! private for tests that stop it), a fresh database per test on SQLite or
+//! PostgreSQL, the service in-process on port 0 or as a child process, and
+//! an admin client of our own so that tests check Synapse, not our records.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use matrix_provisioner::app::Application;
+use matrix_provisioner::config::Settings;
+use matrix_provisioner::domain::signature;
+use matrix_provisioner::synapse::registration_mac;
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use serde_json::{json, Value};
+use sqlx::any::AnyPoolOptions;
+use sqlx::Row;
+use tokio::sync::OnceCell;
+
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// Polls `check` until it returns Some or `deadline` passes.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn unique(prefix: &str) -> String {
+    let tail: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(8)
+        .map(char::from)
+        .collect();
+    format!("{prefix}{}", tail.to_lowercase())
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the integration tests through scripts/test.sh")
+    })
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn init_logs() {
+    if std::env::var("TEST_LOG").is_ok() {
+        matrix_provisioner::telemetry::init(matrix_provisioner::config::LogFormat::Text);
+    }
+}
+
+// ---------------------------------------------------------------- Synapse
+
+#[derive(Debug, Clone)]
+pub struct SynapseInfo {
+    pub url: String,
+    pub server_name: String,
+    pub registration_secret: String,
+    pub jwt_secret: String,
+}
+
+/// The Synapse that scripts/test.sh started for the whole run.
+pub fn shared_synapse() -> SynapseInfo {
+    SynapseInfo {
+        url: required_env("MP_TEST_SYNAPSE_URL"),
+        server_name: required_env("MP_TEST_SYNAPSE_SERVER_NAME"),
+        registration_secret: required_env("MP_TEST_SYNAPSE_SECRET"),
+        jwt_secret: required_env("MP_TEST_SYNAPSE_JWT_SECRET"),
+    }
+}
+
+/// A Synapse of the test's own, for tests that stop and start it.
+pub struct PrivateSynapse {
+    pub info: SynapseInfo,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateSynapse {
+    pub fn start() -> PrivateSynapse {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let info = SynapseInfo {
+            url: format!("http://127.0.0.1:{port}"),
+            server_name: "private.test".into(),
+            registration_secret: "private-registration-secret".into(),
+            jwt_secret: "private-jwt-secret".into(),
+        };
+        let status = Command::new(repo().join("scripts/synapse-config.sh"))
+            .arg(dir.path())
+            .arg(port.to_string())
+            .env("SERVER_NAME", &info.server_name)
+            .env("REGISTRATION_SECRET", &info.registration_secret)
+            .env("JWT_SECRET", &info.jwt_secret)
+            .env("BCRYPT_ROUNDS", "4")
+            .env("RELAX_RATELIMITS", "1")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "synapse-config.sh failed");
+        let synapse = PrivateSynapse { info, dir };
+        synapse.ctl("start");
+        synapse
+    }
+
+    pub fn stop(&self) {
+        self.ctl("stop");
+    }
+
+    pub fn resume(&self) {
+        self.ctl("start");
+    }
+
+    fn ctl(&self, command: &str) {
+        let status = Command::new(repo().join("scripts/synapse-ctl.sh"))
+            .arg(command)
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "synapse-ctl.sh {command} failed");
+    }
+}
+
+impl Drop for PrivateSynapse {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/synapse-ctl.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// Our own window on Synapse's admin API, independent of the service's client.
+#[derive(Clone)]
+pub struct SynapseAdmin {
+    pub info: SynapseInfo,
+    http: reqwest::Client,
+    token: String,
+}
+
+/// The admin token is shared by the tests; HTTP clients are not, since each
+/// test has its own runtime and a client's connections die with theirs.
+static SHARED_ADMIN_TOKEN: OnceCell<String> = OnceCell::const_new();
+
+impl SynapseAdmin {
+    pub async fn shared() -> SynapseAdmin {
+        let token = SHARED_ADMIN_TOKEN
+            .get_or_init(|| async { SynapseAdmin::new(shared_synapse()).await.token })
+            .await
+            .clone();
+        SynapseAdmin {
+            info: shared_synapse(),
+            http: reqwest::Client::new(),
+            token,
+        }
+    }
+
+    pub async fn new(info: SynapseInfo) -> SynapseAdmin {
+        let http = reqwest::Client::new();
+        let mut admin = SynapseAdmin {
+            info,
+            http,
+            token: String::new(),
+        };
+        let body = admin
+            .register_raw(&unique("testadmin"), true, false)
+            .await
+            .expect("cannot register the test admin");
+        admin.token = body["access_token"].as_str().unwrap().to_string();
+        admin
+    }
+
+    pub fn user_id(&self, localpart: &str) -> String {
+        format!("@{localpart}:{}", self.info.server_name)
+    }
+
+    /// Shared-secret registration, as a stranger (another admin tool) would do it.
+    pub async fn register_raw(
+        &self,
+        localpart: &str,
+        admin: bool,
+        inhibit_login: bool,
+    ) -> Result<Value, Value> {
+        let url = format!("{}/_synapse/admin/v1/register", self.info.url);
+        let nonce: Value = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let nonce = nonce["nonce"].as_str().unwrap();
+        let password = unique("pw");
+        let mac = registration_mac(
+            &self.info.registration_secret,
+            nonce,
+            localpart,
+            &password,
+            admin,
+        );
+        let response = self
+            .http
+            .post(&url)
+            .json(
+                &json!({"nonce": nonce, "username": localpart, "password": password,
+                          "mac": mac, "admin": admin, "inhibit_login": inhibit_login}),
+            )
+            .send()
+            .await
+            .unwrap();
+        let ok = response.status().is_success();
+        let body: Value = response.json().await.unwrap();
+        if ok {
+            Ok(body)
+        } else {
+            Err(body)
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.info.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .put(format!("{}{path}", self.info.url))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET /_synapse/admin/v2/users/@lp:server`, None on 404.
+    pub async fn user(&self, matrix_user_id: &str) -> Option<Value> {
+        let (status, body) = self
+            .get(&format!("/_synapse/admin/v2/users/{matrix_user_id}"))
+            .await;
+        match status {
+            200 => Some(body),
+            404 => None,
+            other => panic!("unexpected {other} from Synapse: {body}"),
+        }
+    }
+
+    /// The account linked to a DAARION id.
+    pub async fn lookup(&self, daarion_id: &str) -> Option<String> {
+        let (status, body) = self
+            .get(&format!(
+                "/_synapse/admin/v1/auth_providers/daarion/users/{daarion_id}"
+            ))
+            .await;
+        match status {
+            200 => Some(body["user_id"].as_str().unwrap().to_string()),
+            404 => None,
+            other => panic!("unexpected {other} from Synapse: {body}"),
+        }
+    }
+
+    /// How many accounts (active or not) have `fragment` in their localpart
+    /// or display name.
+    pub async fn count_users(&self, fragment: &str) -> u64 {
+        let (status, body) = self
+            .get(&format!(
+                "/_synapse/admin/v2/users?name={fragment}&deactivated=true&guests=false&limit=1000"
+            ))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["total"].as_u64().unwrap()
+    }
+}
+
+// ---------------------------------------------------------------- databases
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database of the test's own; a SQLite file lives as long as this does.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("provisioner.db").display());
+                TestDb {
+                    url,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let admin_url = required_env("MP_TEST_POSTGRES_URL");
+                let name = unique("t_");
+                sqlx::any::install_default_drivers();
+                let pool = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&admin_url)
+                    .await
+                    .unwrap();
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                let base = admin_url.rsplit_once('/').unwrap().0;
+                TestDb {
+                    url: format!("{base}/{name}"),
+                    _dir: None,
+                }
+            }
+        }
+    }
+
+    /// The same database, for a second replica of the service.
+    pub fn shared(&self) -> TestDb {
+        TestDb {
+            url: self.url.clone(),
+            _dir: None,
+        }
+    }
+
+    /// Rows in `table`, read straight from the database.
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.url)
+            .await
+            .unwrap();
+        let n: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .try_get("n")
+            .unwrap();
+        pool.close().await;
+        n
+    }
+}
+
+// ---------------------------------------------------------------- the service
+
+pub fn base_env(db: &TestDb, synapse: &SynapseInfo) -> HashMap<String, String> {
+    [
+        ("BIND", "127.0.0.1:0".to_string()),
+        ("DATABASE_URL", db.url.clone()),
+        ("SYNAPSE_URL", synapse.url.clone()),
+        ("SYNAPSE_SERVER_NAME", synapse.server_name.clone()),
+        (
+            "SYNAPSE_REGISTRATION_SECRET",
+            synapse.registration_secret.clone(),
+        ),
+        ("SYNAPSE_JWT_SECRET", synapse.jwt_secret.clone()),
+        ("AUTH_WEBHOOK_SECRET", WEBHOOK_SECRET.to_string()),
+        ("ADMIN_API_TOKEN", ADMIN_TOKEN.to_string()),
+        ("RETRY_MAX_DELAY_SECONDS", "2".to_string()),
+        ("SYNAPSE_TIMEOUT_SECONDS", "5".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+pub fn settings(env: &HashMap<String, String>) -> Settings {
+    Settings::from_lookup(|k| env.get(k).cloned()).expect("test settings are valid")
+}
+
+/// A client of the service over HTTP, in-process or a child process alike.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(port: u16) -> Client {
+        Client {
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn post_webhook(
+        &self,
+        body: &[u8],
+        signature: Option<&str>,
+    ) -> reqwest::Result<(u16, Value)> {
+        let mut request = self
+            .http
+            .post(format!("{}/v1/webhooks/auth", self.base))
+            .header("Content-Type", "application/json")
+            .body(body.to_vec());
+        if let Some(sig) = signature {
+            request = request.header("X-Daarion-Signature", sig);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Signs `event` now with the test secret and posts it.
+    pub async fn send_event(&self, event: &Value) -> (u16, Value) {
+        let body = serde_json::to_vec(event).unwrap();
+        let sig = signature::sign(WEBHOOK_SECRET, chrono::Utc::now().timestamp(), &body);
+        self.post_webhook(&body, Some(&sig)).await.unwrap()
+    }
+
+    pub async fn user(&self, user_id: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}/v1/users/{user_id}", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until the person reaches `state`; returns their record.
+    pub async fn wait_for_state(&self, user_id: &str, state: &str, deadline: Duration) -> Value {
+        eventually(&format!("{user_id} to be {state}"), deadline, || async {
+            let (status, body) = self.user(user_id).await;
+            (status == 200 && body["state"] == state).then_some(body)
+        })
+        .await
+    }
+}
+
+/// The service running in this process.
+pub struct TestApp {
+    pub client: Client,
+    pub db: TestDb,
+    pub synapse: SynapseInfo,
+    pub env: HashMap<String, String>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> TestApp {
+        TestApp::spawn_with(TestDb::new(backend).await, shared_synapse(), &[]).await
+    }
+
+    pub async fn spawn_with(
+        db: TestDb,
+        synapse: SynapseInfo,
+        overrides: &[(&str, &str)],
+    ) -> TestApp {
+        init_logs();
+        let mut env = base_env(&db, &synapse);
+        for (k, v) in overrides {
+            env.insert(k.to_string(), v.to_string());
+        }
+        let app = Application::build(settings(&env))
+            .await
+            .expect("the app builds");
+        let client = Client::new(app.port());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        TestApp {
+            client,
+            db,
+            synapse,
+            env,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Graceful stop, as on SIGTERM.
+    pub async fn shutdown(mut self) -> TestDb {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+        std::mem::replace(
+            &mut self.db,
+            TestDb {
+                url: String::new(),
+                _dir: None,
+            },
+        )
+    }
+}
+
+/// The service as a child process (for SIGKILL).
+pub struct ChildService {
+    pub child: Child,
+    pub client: Client,
+}
+
+impl ChildService {
+    pub async fn start(env: &HashMap<String, String>, port: u16, log: &Path) -> ChildService {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_matrix-provisioner"))
+            .arg("serve")
+            .env_clear()
+            .envs(env)
+            .env("BIND", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let client = Client::new(port);
+        eventually(
+            "the service to answer /healthz",
+            Duration::from_secs(30),
+            || async {
+                let r = client
+                    .http
+                    .get(format!("{}/healthz", client.base))
+                    .send()
+                    .await;
+                r.ok().filter(|r| r.status().is_success()).map(drop)
+            },
+        )
+        .await;
+        ChildService { child, client }
+    }
+
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ChildService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- events
+
+pub fn event(kind: &str, user_id: &str, data: Value) -> Value {
+    event_at(kind, user_id, data, chrono::Utc::now())
+}
+
+pub fn event_at(
+    kind: &str,
+    user_id: &str,
+    mut data: Value,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Value {
+    data["user_id"] = json!(user_id);
+    json!({
+        "id": unique("evt_"),
+        "type": kind,
+        "created_at": at.to_rfc3339(),
+        "data": data,
+    })
+}
+
+/// Runs the test body once per database back end.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::support::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::support::Backend::Postgres).await
+            }
+        }
+    };
+}
