@@ -13,7 +13,7 @@ use tokio::sync::{watch, Notify};
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::jobs::Worker;
-use crate::store::{LocalpartPolicy, Store};
+use crate::store::{Backend, Intake, LocalpartPolicy, Store};
 use crate::synapse::Synapse;
 
 /// How long in-flight requests and jobs get to finish after SIGTERM.
@@ -47,11 +47,17 @@ impl Application {
             policy.clone(),
             Arc::clone(&wake),
         ));
+        let writers = match store.backend() {
+            Backend::Sqlite => 1,
+            Backend::Postgres => 4,
+        };
+        let intake = Intake::start(store.clone(), policy.clone(), writers);
         let state = web::Data::new(AppState {
             settings: Arc::clone(&settings),
             store: store.clone(),
             synapse,
             policy,
+            intake,
             wake,
         });
         let listener = TcpListener::bind(settings.bind)

@@ -15,7 +15,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::config::Settings;
-use crate::store::{LocalpartPolicy, Store};
+use crate::store::{Intake, LocalpartPolicy, Store};
 use crate::synapse::Synapse;
 
 /// What every handler can reach.
@@ -24,6 +24,8 @@ pub struct AppState {
     pub store: Store,
     pub synapse: Arc<Synapse>,
     pub policy: LocalpartPolicy,
+    /// Group-committed webhook intake.
+    pub intake: Intake,
     /// Wakes an idle worker when a job is queued.
     pub wake: Arc<Notify>,
 }

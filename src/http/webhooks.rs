@@ -87,8 +87,8 @@ pub async fn receive(
         }
     };
     let accepted = state
-        .store
-        .accept_event(&event, &state.policy, now)
+        .intake
+        .accept(event.clone())
         .await
         .map_err(ApiError::unavailable)?;
     if accepted.queued {

@@ -28,8 +28,9 @@ pub struct QueueDepth {
 }
 
 impl Store {
-    /// Queues work for the person, or tells a queued or running job that
-    /// there is newer work (run it now, even if it was waiting to retry).
+    /// Queues work for the person (the caller sets their state to pending),
+    /// or tells a queued or running job that there is newer work (run it
+    /// now, even if it was waiting to retry).
     pub(super) async fn enqueue(
         &self,
         tx: &mut Transaction<'static, Any>,
@@ -45,26 +46,21 @@ impl Store {
         .bind(now)
         .execute(&mut **tx)
         .await?;
-        sqlx::query(
-            "UPDATE people SET state = 'pending' WHERE user_id = $1 AND state <> 'pending'",
-        )
-        .bind(user_id)
-        .execute(&mut **tx)
-        .await?;
         Ok(())
     }
 
     /// Queues the person again by hand (operators' retry); false if unknown.
     pub async fn requeue(&self, user_id: &str, now: i64) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let known =
-            sqlx::query("UPDATE people SET attempts = 0, updated_at = $2 WHERE user_id = $1")
-                .bind(user_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1;
+        let known = sqlx::query(
+            "UPDATE people SET attempts = 0, state = 'pending', updated_at = $2 WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
         if known {
             self.enqueue(&mut tx, user_id, now).await?;
         }

@@ -6,6 +6,7 @@
 //! Times are i64 milliseconds since the epoch and flags are 0/1 integers, so
 //! the same columns mean the same thing on both back ends.
 
+mod batch;
 mod jobs;
 mod people;
 
@@ -16,6 +17,7 @@ use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
 
+pub use batch::Intake;
 pub use jobs::{Job, QueueDepth};
 pub use people::{Accepted, Account, LocalpartPolicy, Person, State};
 

@@ -173,7 +173,38 @@ impl Store {
         policy: &LocalpartPolicy,
         now: i64,
     ) -> Result<Accepted> {
+        let mut accepted = self
+            .accept_events(std::slice::from_ref(event), policy, now)
+            .await?;
+        Ok(accepted.remove(0))
+    }
+
+    /// [`Store::accept_event`] for several events in one transaction: one
+    /// disk flush for all of them (group commit, see `store::batch`). Events
+    /// are applied in the given order, so duplicates within the batch are
+    /// recognised too.
+    pub async fn accept_events(
+        &self,
+        events: &[Event],
+        policy: &LocalpartPolicy,
+        now: i64,
+    ) -> Result<Vec<Accepted>> {
         let mut tx = self.pool.begin().await?;
+        let mut accepted = Vec::with_capacity(events.len());
+        for event in events {
+            accepted.push(self.accept_in(&mut tx, event, policy, now).await?);
+        }
+        tx.commit().await?;
+        Ok(accepted)
+    }
+
+    async fn accept_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        event: &Event,
+        policy: &LocalpartPolicy,
+        now: i64,
+    ) -> Result<Accepted> {
         // The first statement writes, so SQLite takes its write lock at once
         // instead of failing to upgrade a read lock later.
         let fresh = sqlx::query(
@@ -185,7 +216,7 @@ impl Store {
         .bind(event.kind.as_str())
         .bind(event.created_at_ms)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?
         .rows_affected()
             == 1;
@@ -195,9 +226,8 @@ impl Store {
                  WHERE e.id = $1",
             )
             .bind(&event.id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
-            tx.commit().await?;
             return Ok(Accepted {
                 duplicate: true,
                 localpart,
@@ -205,20 +235,98 @@ impl Store {
             });
         }
 
-        let mut person = match self.person_for_update(&mut tx, &event.user_id).await? {
-            Some(person) => person,
-            None => self.insert_person(&mut tx, event, policy, now).await?,
+        let (localpart, changed) = match self.person_for_update(tx, &event.user_id).await? {
+            Some(mut person) => {
+                let changed = person.wanted.apply(event);
+                if changed {
+                    self.save_wanted(tx, &person.user_id, &person.wanted, now)
+                        .await?;
+                }
+                (person.localpart, changed)
+            }
+            None => {
+                let mut wanted = Wanted::default();
+                wanted.apply(event);
+                match self.insert_person(tx, event, &wanted, policy, now).await? {
+                    Some(localpart) => (localpart, true),
+                    // Another replica created the person meanwhile: update theirs.
+                    None => {
+                        let mut person = self
+                            .person_for_update(tx, &event.user_id)
+                            .await?
+                            .expect("the person exists after a conflicting insert");
+                        let changed = person.wanted.apply(event);
+                        if changed {
+                            self.save_wanted(tx, &person.user_id, &person.wanted, now)
+                                .await?;
+                        }
+                        (person.localpart, changed)
+                    }
+                }
+            }
         };
-        let changed = person.wanted.apply(event);
         if changed {
-            let w = &person.wanted;
-            sqlx::query(
-                "UPDATE people SET username = $2, username_at = $3, display_name = $4, \
-                 display_name_at = $5, avatar_url = $6, avatar_url_at = $7, deleted = $8, \
-                 lifecycle_at = $9, state = CASE WHEN state = 'failed' THEN 'pending' ELSE state END, \
-                 updated_at = $10 WHERE user_id = $1",
+            self.enqueue(tx, &event.user_id, now).await?;
+        }
+        Ok(Accepted {
+            duplicate: false,
+            localpart: Some(localpart),
+            queued: changed,
+        })
+    }
+
+    async fn save_wanted(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        user_id: &str,
+        w: &Wanted,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE people SET username = $2, username_at = $3, display_name = $4, \
+             display_name_at = $5, avatar_url = $6, avatar_url_at = $7, deleted = $8, \
+             lifecycle_at = $9, state = 'pending', updated_at = $10 WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .bind(&w.username)
+        .bind(w.username_at)
+        .bind(&w.display_name)
+        .bind(w.display_name_at)
+        .bind(&w.avatar_url)
+        .bind(w.avatar_url_at)
+        .bind(w.deleted as i64)
+        .bind(w.lifecycle_at)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Creates the person, with what the event wants, under the first free
+    /// candidate localpart (free in our database; Synapse is asked later by
+    /// the worker). None when another replica created the person first.
+    async fn insert_person(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        event: &Event,
+        w: &Wanted,
+        policy: &LocalpartPolicy,
+        now: i64,
+    ) -> Result<Option<String>> {
+        let base = Localpart::derive(
+            event.username.as_deref(),
+            &event.user_id,
+            &policy.server_name,
+        );
+        for candidate in policy.candidates(&base) {
+            let inserted = sqlx::query(
+                "INSERT INTO people (user_id, localpart, username, username_at, display_name, \
+                 display_name_at, avatar_url, avatar_url_at, deleted, lifecycle_at, created_at, \
+                 updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
+                 ON CONFLICT DO NOTHING",
             )
-            .bind(&person.user_id)
+            .bind(&event.user_id)
+            .bind(candidate.as_str())
             .bind(&w.username)
             .bind(w.username_at)
             .bind(&w.display_name)
@@ -228,50 +336,23 @@ impl Store {
             .bind(w.deleted as i64)
             .bind(w.lifecycle_at)
             .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            self.enqueue(&mut tx, &person.user_id, now).await?;
-        }
-        tx.commit().await?;
-        Ok(Accepted {
-            duplicate: false,
-            localpart: Some(person.localpart),
-            queued: changed,
-        })
-    }
-
-    /// Creates the person with the first free candidate localpart (free in
-    /// our database; Synapse is asked later by the worker).
-    async fn insert_person(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        event: &Event,
-        policy: &LocalpartPolicy,
-        now: i64,
-    ) -> Result<Person> {
-        let base = Localpart::derive(
-            event.username.as_deref(),
-            &event.user_id,
-            &policy.server_name,
-        );
-        for candidate in policy.candidates(&base) {
-            let inserted = sqlx::query(
-                "INSERT INTO people (user_id, localpart, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $3) ON CONFLICT DO NOTHING",
-            )
-            .bind(&event.user_id)
-            .bind(candidate.as_str())
-            .bind(now)
             .execute(&mut **tx)
             .await?
             .rows_affected()
                 == 1;
-            // Not inserted: either the localpart belongs to someone else (try
-            // the next), or another replica created this very person meanwhile.
-            if let Some(person) = self.person_for_update(tx, &event.user_id).await? {
-                return Ok(person);
+            if inserted {
+                return Ok(Some(candidate.as_str().to_string()));
             }
-            debug_assert!(!inserted);
+            // Not inserted: either the localpart belongs to someone else (try
+            // the next), or another replica created this very person.
+            let exists: Option<String> =
+                sqlx::query_scalar("SELECT user_id FROM people WHERE user_id = $1")
+                    .bind(&event.user_id)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            if exists.is_some() {
+                return Ok(None);
+            }
         }
         unreachable!("the candidate iterator is endless")
     }

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::on_both_backends;
 use crate::support::*;
 
-const DEADLINE: Duration = Duration::from_secs(30);
+const DEADLINE: Duration = Duration::from_secs(90);
 
 async fn a_signup_becomes_a_linked_account_with_its_display_name(backend: Backend) {
     let app = TestApp::spawn(backend).await;

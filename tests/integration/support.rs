@@ -247,16 +247,25 @@ impl SynapseAdmin {
         }
     }
 
+    /// GET with our admin token; a loaded machine can make Synapse answer
+    /// 5xx or drop a connection now and then, so reads are tried again.
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.info.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        for _ in 0..5 {
+            let response = self
+                .http
+                .get(format!("{}{path}", self.info.url))
+                .bearer_auth(&self.token)
+                .send()
+                .await;
+            if let Ok(response) = response {
+                let status = response.status().as_u16();
+                if status < 500 {
+                    return (status, response.json().await.unwrap_or(Value::Null));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!("Synapse keeps failing GET {path}");
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
@@ -465,13 +474,25 @@ impl Client {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    /// Waits until the person reaches `state`; returns their record.
+    /// Waits until the person reaches `state`; returns their record. Stops
+    /// early, with the record, if the person fails instead.
     pub async fn wait_for_state(&self, user_id: &str, state: &str, deadline: Duration) -> Value {
-        eventually(&format!("{user_id} to be {state}"), deadline, || async {
+        let start = Instant::now();
+        loop {
             let (status, body) = self.user(user_id).await;
-            (status == 200 && body["state"] == state).then_some(body)
-        })
-        .await
+            if status == 200 && body["state"] == state {
+                return body;
+            }
+            assert!(
+                state == "failed" || body["state"] != "failed",
+                "{user_id} failed instead of becoming {state}: {body}"
+            );
+            assert!(
+                start.elapsed() < deadline,
+                "timed out after {deadline:?} waiting for {user_id} to be {state}; last answer {status}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

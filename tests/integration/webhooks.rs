@@ -154,7 +154,7 @@ async fn the_same_event_five_times_at_once_gives_one_account(backend: Backend) {
     }
     assert_eq!(fresh, 1, "exactly one delivery is not a duplicate");
     app.client
-        .wait_for_state(&user_id, "provisioned", Duration::from_secs(30))
+        .wait_for_state(&user_id, "provisioned", Duration::from_secs(90))
         .await;
     // Later repeats are duplicates too, and change nothing.
     let (status, again) = app.client.post_webhook(&body, Some(&sig)).await.unwrap();

@@ -1,0 +1,267 @@
+//! Load generator for scripts/bench.sh (run through `cargo bench --bench load -- MODE …`).
+//!
+//! Modes (all traffic to 127.0.0.1 only; every loop bounded in count and time):
+//!   get URL CONCURRENCY SECONDS                 — GET rate and latency (the /healthz baseline)
+//!   webhooks URL SECRET CONCURRENCY SECONDS     — signed, distinct user.registered webhooks
+//!   raw-register SYNAPSE SECRET CONCURRENCY N   — Synapse's own shared-secret registration rate
+//!   e2e URL SECRET ADMIN_TOKEN CONCURRENCY N    — N signups, time until all are provisioned
+//!
+//! Each prints one JSON line with its figures.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use matrix_provisioner::domain::signature;
+use matrix_provisioner::synapse::registration_mac;
+use serde_json::{json, Value};
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let out = runtime.block_on(async {
+        match args.first().map(String::as_str) {
+            Some("get") => get(&args[1], num(&args[2]), secs(&args[3])).await,
+            Some("webhooks") => webhooks(&args[1], &args[2], num(&args[3]), secs(&args[4])).await,
+            Some("raw-register") => {
+                raw_register(&args[1], &args[2], num(&args[3]), num(&args[4])).await
+            }
+            Some("e2e") => e2e(&args[1], &args[2], &args[3], num(&args[4]), num(&args[5])).await,
+            _ => panic!("usage: see the header of benches/load.rs"),
+        }
+    });
+    println!("{out}");
+}
+
+fn num(s: &str) -> usize {
+    s.parse().expect("a number")
+}
+
+fn secs(s: &str) -> Duration {
+    Duration::from_secs(s.parse().expect("seconds"))
+}
+
+fn client(concurrency: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// Runs `op(i)` with `concurrency` in flight until `deadline` passes or
+/// `limit` operations were started; returns (latencies in µs of the
+/// successes, failures, elapsed).
+async fn drive<F, Fut>(
+    concurrency: usize,
+    deadline: Duration,
+    limit: usize,
+    op: F,
+) -> (Vec<u64>, usize, Duration)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (op, next) = (Arc::clone(&op), Arc::clone(&next));
+            tokio::spawn(async move {
+                let (mut lat, mut failed) = (Vec::new(), 0);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= limit || start.elapsed() >= deadline {
+                        break;
+                    }
+                    let t = Instant::now();
+                    if op(i).await {
+                        lat.push(t.elapsed().as_micros() as u64);
+                    } else {
+                        failed += 1;
+                    }
+                }
+                (lat, failed)
+            })
+        })
+        .collect();
+    let (mut all, mut failed) = (Vec::new(), 0);
+    for task in tasks {
+        let (lat, f) = task.await.unwrap();
+        all.extend(lat);
+        failed += f;
+    }
+    (all, failed, start.elapsed())
+}
+
+fn summary(
+    mode: &str,
+    mut lat: Vec<u64>,
+    failed: usize,
+    elapsed: Duration,
+    concurrency: usize,
+) -> Value {
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    json!({
+        "mode": mode,
+        "concurrency": concurrency,
+        "ok": lat.len(),
+        "failed": failed,
+        "seconds": (elapsed.as_secs_f64() * 100.0).round() / 100.0,
+        "per_second": (lat.len() as f64 / elapsed.as_secs_f64()).round(),
+        "p50_ms": pct(0.50) as f64 / 1000.0,
+        "p99_ms": pct(0.99) as f64 / 1000.0,
+    })
+}
+
+async fn get(url: &str, concurrency: usize, seconds: Duration) -> Value {
+    let (http, url) = (client(concurrency), url.to_string());
+    let (lat, failed, elapsed) = drive(concurrency, seconds, usize::MAX, move |_| {
+        let (http, url) = (http.clone(), url.clone());
+        async move { matches!(http.get(&url).send().await, Ok(r) if r.status().is_success()) }
+    })
+    .await;
+    summary("get", lat, failed, elapsed, concurrency)
+}
+
+fn signup(tag: &str, i: usize) -> (String, Vec<u8>) {
+    let user_id = format!("u_{tag}_{i}");
+    let body = json!({
+        "id": format!("evt_{tag}_{i}"),
+        "type": "user.registered",
+        "created_at": chrono::Utc::now().to_rfc3339(),
+        "data": {"user_id": user_id, "username": format!("{tag}-{i}"),
+                 "display_name": format!("Bench Person {i}"), "email": "bench@example.com"}
+    });
+    (user_id, serde_json::to_vec(&body).unwrap())
+}
+
+async fn post_signed(http: &reqwest::Client, url: &str, secret: &str, body: Vec<u8>) -> bool {
+    let sig = signature::sign(secret, chrono::Utc::now().timestamp(), &body);
+    let r = http
+        .post(format!("{url}/v1/webhooks/auth"))
+        .header("Content-Type", "application/json")
+        .header("X-Daarion-Signature", sig)
+        .body(body)
+        .send()
+        .await;
+    matches!(r, Ok(r) if r.status().as_u16() == 202)
+}
+
+fn tag() -> String {
+    format!("b{}", rand::random::<u32>())
+}
+
+async fn webhooks(url: &str, secret: &str, concurrency: usize, seconds: Duration) -> Value {
+    let (http, url, secret, tag) = (
+        client(concurrency),
+        url.to_string(),
+        secret.to_string(),
+        tag(),
+    );
+    let (lat, failed, elapsed) = drive(concurrency, seconds, usize::MAX, move |i| {
+        let (http, url, secret) = (http.clone(), url.clone(), secret.clone());
+        let (_, body) = signup(&tag, i);
+        async move { post_signed(&http, &url, &secret, body).await }
+    })
+    .await;
+    summary("webhooks", lat, failed, elapsed, concurrency)
+}
+
+async fn raw_register(synapse: &str, secret: &str, concurrency: usize, n: usize) -> Value {
+    let (http, synapse, secret, tag) = (
+        client(concurrency),
+        synapse.to_string(),
+        secret.to_string(),
+        tag(),
+    );
+    let (lat, failed, elapsed) = drive(concurrency, Duration::from_secs(3600), n, move |i| {
+        let (http, synapse, secret) = (http.clone(), synapse.clone(), secret.clone());
+        let username = format!("raw{tag}-{i}");
+        async move {
+            let url = format!("{synapse}/_synapse/admin/v1/register");
+            let Ok(r) = http.get(&url).send().await else { return false };
+            let Ok(nonce) = r.json::<Value>().await else { return false };
+            let nonce = nonce["nonce"].as_str().unwrap_or_default().to_string();
+            let password = format!("pw-{}", rand::random::<u64>());
+            let mac = registration_mac(&secret, &nonce, &username, &password, false);
+            let body = json!({"nonce": nonce, "username": username, "password": password, "mac": mac,
+                              "admin": false, "inhibit_login": true, "displayname": "Raw"});
+            matches!(http.post(&url).json(&body).send().await, Ok(r) if r.status().is_success())
+        }
+    })
+    .await;
+    summary("raw-register", lat, failed, elapsed, concurrency)
+}
+
+/// Sends N signups (at most 64 in flight) and waits until every one is
+/// provisioned; the rate is N over the time from the first send to the last
+/// provisioned account.
+async fn e2e(url: &str, secret: &str, admin_token: &str, concurrency: usize, n: usize) -> Value {
+    let http = client(64);
+    let tag = tag();
+    let start = Instant::now();
+    let ids: Vec<String> = {
+        let (http, url, secret, send_tag) = (
+            http.clone(),
+            url.to_string(),
+            secret.to_string(),
+            tag.clone(),
+        );
+        let (lat, failed, _) = drive(64, Duration::from_secs(600), n, move |i| {
+            let (http, url, secret) = (http.clone(), url.clone(), secret.clone());
+            let (_, body) = signup(&send_tag, i);
+            async move { post_signed(&http, &url, &secret, body).await }
+        })
+        .await;
+        assert_eq!((lat.len(), failed), (n, 0), "every signup is accepted");
+        (0..n).map(|i| signup(&tag, i).0).collect()
+    };
+    let accepted_after = start.elapsed();
+    let mut pending = ids;
+    let limit = Instant::now() + Duration::from_secs(3600);
+    while !pending.is_empty() && Instant::now() < limit {
+        let mut still = Vec::new();
+        for id in pending {
+            let r = http
+                .get(format!("{url}/v1/users/{id}"))
+                .bearer_auth(admin_token)
+                .send()
+                .await
+                .unwrap();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            match body["state"].as_str() {
+                Some("provisioned") => {}
+                Some("failed") => panic!("{id} failed: {body}"),
+                _ => still.push(id),
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let elapsed = start.elapsed();
+    json!({
+        "mode": "e2e",
+        "worker_concurrency": concurrency,
+        "people": n,
+        "unfinished": pending.len(),
+        "accepted_in_seconds": (accepted_after.as_secs_f64() * 100.0).round() / 100.0,
+        "seconds": (elapsed.as_secs_f64() * 100.0).round() / 100.0,
+        "per_second": ((n - pending.len()) as f64 / elapsed.as_secs_f64() * 100.0).round() / 100.0,
+    })
+}

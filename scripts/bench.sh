@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# bench.sh — measures webhook intake and end-to-end provisioning, each next to
+# a baseline taken in the same run: /healthz of the same binary for intake,
+# Synapse's own shared-secret registration rate for provisioning. Starts its
+# own Synapse (default bcrypt_rounds 12 unless BCRYPT_ROUNDS is set) and
+# PostgreSQL on 127.0.0.1; prints one JSON line per measurement.
+#
+# Usage:   scripts/bench.sh            (about 3 minutes)
+# Env:     SECONDS_PER_RUN (10), INTAKE_CONCURRENCY (64), WORKERS (8), PEOPLE (200),
+#          BCRYPT_ROUNDS (12), MP_CACHE
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+run_secs="${SECONDS_PER_RUN:-10}"
+intake_c="${INTAKE_CONCURRENCY:-64}"
+workers="${WORKERS:-8}"
+people="${PEOPLE:-200}"
+rounds="${BCRYPT_ROUNDS:-12}"
+
+cargo build --release --locked --quiet
+cargo bench --locked --no-run --bench load --quiet
+load="$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -n 1)"
+scripts/synapse-venv.sh >/dev/null
+
+work="$(mktemp -d /tmp/mp-bench.XXXXXX)"
+chmod 755 "$work"
+service_pid=""
+cleanup() {
+    [[ -n "$service_pid" ]] && kill "$service_pid" 2>/dev/null && wait "$service_pid" 2>/dev/null
+    scripts/synapse-ctl.sh stop "$work/synapse" >/dev/null 2>&1 || true
+    scripts/pg-cluster.sh stop "$work/pg" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+pg_url="$(scripts/pg-cluster.sh start "$work/pg" | tail -n 1)"
+# The cluster from pg-cluster.sh is for tests (fsync=off); benchmarks want
+# real durability, so turn fsync back on.
+runuser -u postgres -- psql -q "$pg_url" -c "ALTER SYSTEM SET fsync = on" -c "SELECT pg_reload_conf()" >/dev/null 2>&1 \
+    || psql -q "$pg_url" -c "ALTER SYSTEM SET fsync = on" -c "SELECT pg_reload_conf()" >/dev/null
+synapse_port="$(free_port)"
+secret="bench-registration-secret"
+SERVER_NAME=bench.daarion.space REGISTRATION_SECRET="$secret" BCRYPT_ROUNDS="$rounds" RELAX_RATELIMITS=1 \
+    scripts/synapse-config.sh "$work/synapse" "$synapse_port" >/dev/null
+scripts/synapse-ctl.sh start "$work/synapse" >/dev/null
+synapse="http://127.0.0.1:$synapse_port"
+
+start_service() { # start_service DATABASE_URL
+    local port; port="$(free_port)"
+    BIND="127.0.0.1:$port" DATABASE_URL="$1" SYNAPSE_URL="$synapse" \
+    SYNAPSE_SERVER_NAME=bench.daarion.space SYNAPSE_REGISTRATION_SECRET="$secret" \
+    AUTH_WEBHOOK_SECRET=bench-webhook ADMIN_API_TOKEN=bench-admin \
+    WORKER_CONCURRENCY="$workers" RUST_LOG=warn \
+        target/release/matrix-provisioner serve 2>>"$work/service.log" &
+    service_pid=$!
+    for _ in $(seq 100); do
+        curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    url="http://127.0.0.1:$port"
+}
+stop_service() { kill "$service_pid"; wait "$service_pid" 2>/dev/null || true; service_pid=""; }
+
+echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# intake: $intake_c in flight, ${run_secs}s each; provisioning: $people people, $workers in flight, bcrypt_rounds $rounds"
+for backend in sqlite postgres; do
+    if [[ $backend == sqlite ]]; then db="sqlite://$work/bench.db"; else db="$pg_url"; fi
+    start_service "$db"
+    echo "{\"backend\":\"$backend\",\"result\":$("$load" get "$url/healthz" "$intake_c" "$run_secs")}"
+    echo "{\"backend\":\"$backend\",\"result\":$("$load" webhooks "$url" bench-webhook "$intake_c" "$run_secs")}"
+    stop_service
+done
+# Provisioning: a fresh service with an empty queue, then Synapse's raw rate.
+for backend in sqlite postgres; do
+    if [[ $backend == sqlite ]]; then db="sqlite://$work/e2e.db"; else
+        runuser -u postgres -- psql -q "$pg_url" -c "CREATE DATABASE e2e" >/dev/null 2>&1 || psql -q "$pg_url" -c "CREATE DATABASE e2e" >/dev/null
+        db="${pg_url%/*}/e2e"
+    fi
+    start_service "$db"
+    echo "{\"backend\":\"$backend\",\"result\":$("$load" e2e "$url" bench-webhook bench-admin "$workers" "$people")}"
+    stop_service
+    echo "{\"backend\":\"synapse\",\"result\":$("$load" raw-register "$synapse" "$secret" "$workers" "$people")}"
+done
+echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
