@@ -47,9 +47,12 @@ impl Application {
             policy.clone(),
             Arc::clone(&wake),
         ));
-        let writers = match store.backend() {
-            Backend::Sqlite => 1,
-            Backend::Postgres => 4,
+        // SQLite writes one transaction at a time anyway; PostgreSQL overlaps
+        // several, each flushing a batch.
+        let writers = match (settings.intake_writers, store.backend()) {
+            (0, Backend::Sqlite) => 1,
+            (0, Backend::Postgres) => 8,
+            (n, _) => n,
         };
         let intake = Intake::start(store.clone(), policy.clone(), writers);
         let state = web::Data::new(AppState {

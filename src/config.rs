@@ -77,6 +77,8 @@ pub struct Settings {
     pub job_lease: Duration,
     pub retry_max_delay: Duration,
     pub db_max_connections: u32,
+    /// Webhook intake writer tasks; 0 = the back end's default.
+    pub intake_writers: usize,
     pub log_format: LogFormat,
 }
 
@@ -155,6 +157,7 @@ impl Settings {
                 env.positive("RETRY_MAX_DELAY_SECONDS")?.unwrap_or(300) as u64,
             ),
             db_max_connections: env.positive("DB_MAX_CONNECTIONS")?.unwrap_or(0) as u32,
+            intake_writers: env.positive("INTAKE_WRITERS")?.unwrap_or(0),
             log_format: match env.get("LOG_FORMAT").as_deref() {
                 None | Some("text") => LogFormat::Text,
                 Some("json") => LogFormat::Json,

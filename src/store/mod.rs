@@ -55,7 +55,7 @@ impl Store {
     /// Opens the database named by `url` (creating a SQLite file if missing).
     /// `max_connections` 0 picks the back end's default: one connection for
     /// SQLite, whose writers serialise anyway (more only adds lock waits),
-    /// and 16 for PostgreSQL.
+    /// and 32 for PostgreSQL (intake writers, workers and readers share it).
     pub async fn connect(url: &Secret, max_connections: u32) -> anyhow::Result<Store> {
         sqlx::any::install_default_drivers();
         let raw = url.expose();
@@ -71,7 +71,7 @@ impl Store {
         };
         let (url, default_max) = match backend {
             Backend::Sqlite => (sqlite_url(raw), 1),
-            Backend::Postgres => (raw.to_string(), 16),
+            Backend::Postgres => (raw.to_string(), 32),
         };
         let max = if max_connections == 0 {
             default_max
