@@ -31,20 +31,61 @@ pub struct WebhookAccepted {
     pub ignored: bool,
 }
 
+// Documentation only: the handler verifies the signature over the raw bytes
+// first and then parses them itself (`domain::event`).
+/// A DAARION Auth event about one person.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct WebhookEvent {
+    /// Unique per event; redeliveries repeat it.
+    #[schema(example = "evt_01JDAQ6Y3S8Z")]
+    id: String,
+    /// `user.registered`, `user.updated` or `user.deleted`; other types are
+    /// acknowledged and ignored.
+    #[schema(rename = "type", example = "user.registered")]
+    kind: String,
+    /// RFC 3339; orders events about the same person.
+    #[schema(example = "2026-11-24T10:00:00Z")]
+    created_at: String,
+    data: WebhookEventData,
+}
+
+/// In `user.updated`, an absent field is unchanged and `null` clears it.
+/// Unknown fields are ignored.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct WebhookEventData {
+    /// DAARION's stable id of the person.
+    #[schema(example = "u_7f3c2a")]
+    user_id: String,
+    #[schema(example = "olena")]
+    username: Option<String>,
+    #[schema(example = "Олена Петренко")]
+    display_name: Option<String>,
+    #[schema(example = "https://cdn.daarion.city/avatars/u_7f3c2a.png")]
+    avatar_url: Option<String>,
+    #[schema(example = "olena@example.com")]
+    email: Option<String>,
+}
+
 /// Receive a signed DAARION Auth event.
+///
+/// The signature is checked before anything else, so an unsigned request
+/// gets `401` whatever its body.
 #[utoipa::path(
     tag = "webhooks",
-    request_body(content = String, content_type = "application/json",
-        description = "A DAARION Auth event (user.registered, user.updated, user.deleted)"),
+    request_body(content = WebhookEvent, content_type = "application/json"),
     params(("X-Daarion-Signature" = String, Header,
-        description = "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\">")),
+        description = "`t=<unix seconds>,v1=<hex HMAC-SHA256(AUTH_WEBHOOK_SECRET, \"<t>.<raw body>\")>`; \
+            several `v1=` may be given")),
     responses(
         (status = 202, description = "Stored durably", body = WebhookAccepted),
         (status = 400, description = "Not JSON of the event shape", body = ErrorBody),
         (status = 401, description = "Signature missing, wrong or stale", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 422, description = "A value is not acceptable", body = ErrorBody),
-        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
     )
 )]
 #[post("/v1/webhooks/auth")]
