@@ -12,7 +12,7 @@ use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::domain::event::{Event, EventError, Parsed};
 use crate::domain::signature;
-use crate::now_ms;
+use crate::{metrics, now_ms};
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const SIGNATURE_HEADER: &str = "X-Daarion-Signature";
@@ -94,7 +94,22 @@ pub async fn receive(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_limited(&req, payload, MAX_BODY_BYTES).await?;
+    let result = receive_inner(&state, &req, payload).await;
+    match &result {
+        Ok(accepted) if accepted.ignored => metrics::webhook("ignored", ""),
+        Ok(accepted) if accepted.duplicate => metrics::webhook("duplicate", ""),
+        Ok(_) => metrics::webhook("accepted", ""),
+        Err(e) => metrics::webhook("refused", e.code),
+    }
+    result.map(|accepted| HttpResponse::Accepted().json(accepted))
+}
+
+async fn receive_inner(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<WebhookAccepted, ApiError> {
+    let body = read_limited(req, payload, MAX_BODY_BYTES).await?;
     let header = req
         .headers()
         .get(SIGNATURE_HEADER)
@@ -111,12 +126,12 @@ pub async fn receive(
     let event = match Event::parse(&body) {
         Ok(Parsed::Event(event)) => event,
         Ok(Parsed::Ignored { id }) => {
-            return Ok(HttpResponse::Accepted().json(WebhookAccepted {
+            return Ok(WebhookAccepted {
                 event_id: id,
                 duplicate: false,
                 matrix_user_id: None,
                 ignored: true,
-            }))
+            })
         }
         Err(EventError::Malformed(m)) => return Err(ApiError::bad_request(m)),
         Err(EventError::Unacceptable(m)) => {
@@ -139,12 +154,12 @@ pub async fn receive(
         event_id = %event.id, kind = event.kind.as_str(), user_id = %event.user_id,
         duplicate = accepted.duplicate, "webhook accepted"
     );
-    Ok(HttpResponse::Accepted().json(WebhookAccepted {
+    Ok(WebhookAccepted {
         event_id: event.id,
         duplicate: accepted.duplicate,
         matrix_user_id: accepted.localpart.map(|lp| state.settings.user_id(&lp)),
         ignored: false,
-    }))
+    })
 }
 
 /// Reads the body, refusing more than `limit` bytes without reading them all.

@@ -17,6 +17,7 @@ use url::Url;
 use crate::config::{Secret, Settings};
 use crate::{metrics, telemetry};
 
+pub use admin_token::derived_password as admin_account_password;
 pub use register::{random_password, registration_mac, Registered};
 
 /// The `auth_provider` of DAARION ids in Synapse's `external_ids`.
