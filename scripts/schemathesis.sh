@@ -100,6 +100,9 @@ values = ["u_st_1", "u_st_2"]
 TOML
 
 status=0
+# From the work directory, so Schemathesis's own cache (.schemathesis/) goes
+# there and not into the repository.
+cd "$work"
 "$venv/bin/st" --config-file "$work/schemathesis.toml" run "http://127.0.0.1:$port/openapi.json" \
     --header "Authorization: Bearer $admin_token" \
     --checks all \
