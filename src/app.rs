@@ -1,11 +1,13 @@
 //! Builds the running service from settings: database (migrated), Synapse
 //! client, HTTP server and workers. Tests bind port 0 and read the port back.
 
+use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio::sync::{watch, Notify};
@@ -16,15 +18,13 @@ use crate::jobs::Worker;
 use crate::store::{Backend, Intake, LocalpartPolicy, Store};
 use crate::synapse::Synapse;
 
-/// How long in-flight requests and jobs get to finish after SIGTERM.
-pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
-
 pub struct Application {
     port: u16,
     server: Server,
     worker: Arc<Worker>,
     store: Store,
     concurrency: usize,
+    shutdown_timeout: Duration,
 }
 
 impl Application {
@@ -66,12 +66,16 @@ impl Application {
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("cannot listen on {}", settings.bind))?;
         let port = listener.local_addr()?.port();
-        let server =
-            HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
-                .listen(listener)?
-                .shutdown_timeout(SHUTDOWN_DEADLINE.as_secs())
-                .disable_signals()
-                .run();
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(from_fn(http::observe::observe))
+                .app_data(state.clone())
+                .configure(http::routes)
+        })
+        .listen(listener)?
+        .shutdown_timeout(settings.shutdown_timeout.as_secs())
+        .disable_signals()
+        .run();
         tracing::info!(
             bind = %settings.bind, port, database = %settings.database_url_redacted(),
             synapse = %settings.synapse_url, "matrix-provisioner listening"
@@ -82,6 +86,7 @@ impl Application {
             worker,
             store,
             concurrency: settings.worker_concurrency,
+            shutdown_timeout: settings.shutdown_timeout,
         })
     }
 
@@ -100,48 +105,70 @@ impl Application {
 
     /// Serves until `stop` resolves (SIGTERM/SIGINT in production), then
     /// stops accepting, lets in-flight requests and jobs finish within
-    /// [`SHUTDOWN_DEADLINE`], and returns.
-    pub async fn run_until(
-        self,
-        stop: impl std::future::Future<Output = ()>,
-    ) -> anyhow::Result<()> {
+    /// `SHUTDOWN_TIMEOUT_SECONDS`, hands unfinished jobs back to the queue,
+    /// and returns.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let workers = tokio::spawn(Arc::clone(&self.worker).run(self.concurrency, shutdown_rx));
+        let mut workers = tokio::spawn(Arc::clone(&self.worker).run(self.concurrency, shutdown_rx));
         let handle: ServerHandle = self.server.handle();
         let server = tokio::spawn(self.server);
         stop.await;
-        tracing::info!("shutting down: no new requests; finishing work in flight");
+        tracing::info!(
+            deadline_s = self.shutdown_timeout.as_secs(),
+            "shutting down: no new requests; finishing work in flight"
+        );
         let _ = shutdown_tx.send(true);
-        let (served, worked) = tokio::join!(
+        let worker = &self.worker;
+        let deadline = self.shutdown_timeout;
+        let (served, ()) = tokio::join!(
             async {
                 handle.stop(true).await;
                 server.await
             },
-            tokio::time::timeout(SHUTDOWN_DEADLINE, workers)
+            async {
+                if tokio::time::timeout(deadline, &mut workers).await.is_err() {
+                    tracing::warn!("jobs still running at the deadline: interrupting them");
+                    workers.abort();
+                    let _ = workers.await;
+                }
+                // Whatever is still leased to us was interrupted (or its
+                // outcome could not be recorded): back to the queue, now.
+                match worker.release_leases().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(jobs = n, "handed unfinished jobs back to the queue"),
+                    Err(e) => tracing::warn!(
+                        "cannot hand jobs back ({e:#}); they return when their leases run out"
+                    ),
+                }
+            }
         );
-        if worked.is_err() {
-            tracing::warn!("jobs still running at the deadline; their leases will expire and they will be retried");
-        }
         self.store.close().await;
         served
             .context("the HTTP server task failed")?
             .context("the HTTP server failed")?;
+        tracing::info!("stopped");
         Ok(())
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn termination_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Listens for SIGTERM and SIGINT from now on (so a signal that comes while
+/// the service is still starting is not lost) and resolves on the first.
+pub fn termination_signal() -> std::io::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("cannot listen for SIGTERM");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::info!("{name} received");
+        })
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

@@ -76,6 +76,8 @@ pub struct Settings {
     pub synapse_timeout: Duration,
     pub job_lease: Duration,
     pub retry_max_delay: Duration,
+    /// How long in-flight requests and jobs get to finish after SIGTERM.
+    pub shutdown_timeout: Duration,
     pub db_max_connections: u32,
     /// Webhook intake writer tasks; 0 = the back end's default.
     pub intake_writers: usize,
@@ -155,6 +157,9 @@ impl Settings {
             job_lease: Duration::from_secs(env.positive("JOB_LEASE_SECONDS")?.unwrap_or(120) as u64),
             retry_max_delay: Duration::from_secs(
                 env.positive("RETRY_MAX_DELAY_SECONDS")?.unwrap_or(300) as u64,
+            ),
+            shutdown_timeout: Duration::from_secs(
+                env.positive("SHUTDOWN_TIMEOUT_SECONDS")?.unwrap_or(30) as u64,
             ),
             db_max_connections: env.positive("DB_MAX_CONNECTIONS")?.unwrap_or(0) as u32,
             intake_writers: env.positive("INTAKE_WRITERS")?.unwrap_or(0),

@@ -1,13 +1,15 @@
 //! The `matrix-provisioner` command: parse the command line, build, run.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use matrix_provisioner::app::{termination_signal, Application};
 use matrix_provisioner::config::{Secret, Settings};
 use matrix_provisioner::store::Store;
-use matrix_provisioner::telemetry;
+use matrix_provisioner::{http, telemetry};
 
 /// Provisions Matrix (Synapse) accounts for DAARION Auth users.
 ///
@@ -26,6 +28,11 @@ enum Command {
     Serve,
     /// Apply database migrations to DATABASE_URL and exit.
     Migrate,
+    /// Print the OpenAPI description (as checked in at openapi/openapi.json).
+    Openapi,
+    /// GET /healthz of the service at BIND (for container health checks:
+    /// slim images have no curl); exit 0 when it answers 200.
+    Healthcheck,
 }
 
 #[tokio::main]
@@ -34,6 +41,11 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve().await,
         Command::Migrate => migrate().await,
+        Command::Openapi => {
+            print!("{}", http::openapi_pretty());
+            Ok(())
+        }
+        Command::Healthcheck => healthcheck().await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -45,10 +57,13 @@ async fn main() -> ExitCode {
 }
 
 async fn serve() -> anyhow::Result<()> {
+    // Listen for SIGTERM first: one that comes during start-up still stops
+    // the service cleanly.
+    let stop = termination_signal()?;
     let settings = Settings::from_env()?;
     telemetry::init(settings.log_format);
     let app = Application::build(settings).await?;
-    app.run_until(termination_signal()).await
+    app.run_until(stop).await
 }
 
 async fn migrate() -> anyhow::Result<()> {
@@ -57,5 +72,35 @@ async fn migrate() -> anyhow::Result<()> {
     let store = Store::connect(&Secret::new(url), 1).await?;
     store.migrate().await?;
     println!("migrations applied");
+    Ok(())
+}
+
+async fn healthcheck() -> anyhow::Result<()> {
+    let bind: SocketAddr = std::env::var("BIND")
+        .ok()
+        .filter(|b| !b.trim().is_empty())
+        .unwrap_or_else(|| "127.0.0.1:7030".into())
+        .trim()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("BIND is malformed: {e}"))?;
+    // A service listening on all addresses is reached on loopback.
+    let ip = match bind.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let url = format!("http://{}/healthz", SocketAddr::new(ip, bind.port()));
+    let response = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: no answer ({})", e.without_url()))?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "{url} answered {}",
+        response.status()
+    );
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! `{"error": "<snake_case_code>", "message": "<one human sentence>"}`,
 //! including actix's own refusals (bad path, bad JSON, unknown route).
 
+use std::sync::LazyLock;
+
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
@@ -97,8 +99,78 @@ pub fn extractor_error(err: impl std::fmt::Display, _req: &HttpRequest) -> actix
     ApiError::bad_request(format!("the request is malformed: {err}")).into()
 }
 
-/// Unknown routes and methods.
-pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    ApiError::not_found(format!("no such endpoint: {} {}", req.method(), req.path()))
-        .error_response()
+/// Requests no route took: `405` (with `Allow`) when the path is one of
+/// ours under another method, else `404`. The paths come from the OpenAPI
+/// description, so new endpoints are covered by registering them there.
+pub async fn fallback(req: HttpRequest) -> HttpResponse {
+    let allowed = allowed_methods(req.path());
+    if allowed.is_empty() {
+        return ApiError::not_found(format!("no such endpoint: {} {}", req.method(), req.path()))
+            .error_response();
+    }
+    let allow = allowed.join(", ");
+    let mut response = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not supported here; use {allow}", req.method()),
+    )
+    .error_response();
+    if let Ok(value) = header::HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
+}
+
+/// The methods the OpenAPI description lists for `path` (empty: no such path).
+fn allowed_methods(path: &str) -> Vec<&'static str> {
+    static ROUTES: LazyLock<Vec<(Vec<String>, Vec<&'static str>)>> = LazyLock::new(|| {
+        use utoipa::OpenApi;
+        super::ApiDoc::openapi()
+            .paths
+            .paths
+            .iter()
+            .map(|(template, item)| {
+                let methods = [
+                    ("GET", item.get.is_some()),
+                    ("PUT", item.put.is_some()),
+                    ("POST", item.post.is_some()),
+                    ("DELETE", item.delete.is_some()),
+                    ("PATCH", item.patch.is_some()),
+                ];
+                (
+                    template.split('/').map(str::to_string).collect(),
+                    methods.iter().filter(|m| m.1).map(|m| m.0).collect(),
+                )
+            })
+            .collect()
+    });
+    let segments: Vec<&str> = path.split('/').collect();
+    let mut allowed: Vec<&'static str> = ROUTES
+        .iter()
+        .filter(|(template, _)| {
+            template.len() == segments.len()
+                && template.iter().zip(&segments).all(|(t, s)| {
+                    t == s || (t.starts_with('{') && t.ends_with('}') && !s.is_empty())
+                })
+        })
+        .flat_map(|(_, methods)| methods.iter().copied())
+        .collect();
+    allowed.sort_unstable();
+    allowed.dedup();
+    allowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_paths_under_other_methods_are_405() {
+        assert_eq!(allowed_methods("/v1/users/u_1"), ["GET"]);
+        assert_eq!(allowed_methods("/v1/webhooks/auth"), ["POST"]);
+        assert_eq!(allowed_methods("/v1/admin/users/u_1/retry"), ["POST"]);
+        assert!(allowed_methods("/v1/users/").is_empty());
+        assert!(allowed_methods("/v1/users/u_1/x").is_empty());
+        assert!(allowed_methods("/nope").is_empty());
+    }
 }

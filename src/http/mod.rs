@@ -4,6 +4,8 @@
 pub mod auth;
 pub mod error;
 pub mod health;
+pub mod observe;
+pub mod ops;
 pub mod users;
 pub mod webhooks;
 
@@ -11,7 +13,7 @@ use std::sync::Arc;
 
 use actix_web::web;
 use tokio::sync::Notify;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::config::Settings;
@@ -33,9 +35,10 @@ pub struct AppState {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
         web::JsonConfig::default()
-            .limit(64 * 1024)
+            .limit(observe::MAX_BODY_BYTES)
             .error_handler(error::extractor_error),
     )
+    .app_data(web::PayloadConfig::default().limit(observe::MAX_BODY_BYTES))
     .app_data(web::PathConfig::default().error_handler(error::extractor_error))
     .app_data(web::QueryConfig::default().error_handler(error::extractor_error))
     .service(webhooks::receive)
@@ -43,19 +46,44 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(users::retry_user)
     .service(health::healthz)
     .service(health::readyz)
-    .route("/openapi.json", web::get().to(openapi_json))
-    .default_service(web::to(error::not_found));
+    .service(ops::scrape)
+    .service(ops::openapi_json)
+    .service(ops::docs_redirect)
+    .service(ops::swagger_ui())
+    .default_service(web::to(error::fallback));
 }
 
-async fn openapi_json() -> web::Json<utoipa::openapi::OpenApi> {
-    web::Json(ApiDoc::openapi())
+/// The OpenAPI document as checked in at `openapi/openapi.json`: pretty,
+/// with every object's keys sorted, so regenerating it gives a stable diff.
+pub fn openapi_pretty() -> String {
+    let value = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    let mut text = serde_json::to_string_pretty(&sorted(value)).expect("JSON serializes");
+    text.push('\n');
+    text
+}
+
+fn sorted(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        other => other,
+    }
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "matrix-provisioner",
-        description = "Provisions Matrix (Synapse) accounts for DAARION Auth users."
+        description = "Provisions Matrix (Synapse) accounts for DAARION Auth users.\n\n\
+            Every error response has the body `{\"error\": \"<snake_case_code>\", \"message\": \"…\"}` \
+            (`ErrorBody`). Every response carries `X-Request-Id`: the caller's, when it is at most \
+            64 characters of `[A-Za-z0-9-_.]`, else a fresh one; it is on every log line of the \
+            request and forwarded to Synapse. Request bodies are limited to 64 KiB (`413`)."
     ),
     paths(
         webhooks::receive,
@@ -63,9 +91,19 @@ async fn openapi_json() -> web::Json<utoipa::openapi::OpenApi> {
         users::retry_user,
         health::healthz,
         health::readyz,
+        ops::scrape,
+        ops::openapi_json,
+        ops::docs_redirect,
+        ops::docs_page,
     ),
     components(schemas(error::ErrorBody)),
-    modifiers(&SecuritySchemes)
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "webhooks", description = "Events from DAARION Auth"),
+        (name = "operators", description = "For operators and the cron; bearer `ADMIN_API_TOKEN`"),
+        (name = "health", description = "Liveness and readiness probes"),
+        (name = "operations", description = "Metrics and this documentation"),
+    )
 )]
 pub struct ApiDoc;
 
@@ -76,7 +114,61 @@ impl Modify for SecuritySchemes {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "admin_token",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "`Authorization: Bearer <ADMIN_API_TOKEN>`; no other way of passing it \
+                         (query string, cookie) is accepted.",
+                    ))
+                    .build(),
+            ),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The checked-in description is what the code generates. To refresh it:
+    /// `UPDATE_OPENAPI=1 cargo test --lib openapi` (or
+    /// `matrix-provisioner openapi > openapi/openapi.json`).
+    #[test]
+    fn checked_in_openapi_is_up_to_date() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi/openapi.json");
+        let generated = openapi_pretty();
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &generated).unwrap();
+            return;
+        }
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            checked_in == generated,
+            "openapi/openapi.json is stale: run `UPDATE_OPENAPI=1 cargo test --lib openapi` \
+             and commit the result"
+        );
+    }
+
+    #[test]
+    fn every_operation_documents_its_errors_with_the_error_body() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for (status, response) in op["responses"].as_object().unwrap() {
+                    if status.starts_with('4') || (status.starts_with('5') && path != "/readyz") {
+                        assert_eq!(
+                            response["content"]["application/json"]["schema"]["$ref"],
+                            "#/components/schemas/ErrorBody",
+                            "{method} {path} {status}"
+                        );
+                    }
+                }
+                if op.get("security").is_some() {
+                    assert!(op["responses"].get("401").is_some(), "{method} {path}");
+                }
+            }
+        }
     }
 }

@@ -61,8 +61,11 @@ pub fn rfc3339(ms: i64) -> String {
     security(("admin_token" = [])),
     responses(
         (status = 200, body = UserView),
+        (status = 400, description = "The path is malformed", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "Unknown person", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
     )
 )]
 #[get("/v1/users/{user_id}")]
@@ -96,8 +99,11 @@ pub struct Requeued {
     security(("admin_token" = [])),
     responses(
         (status = 202, body = Requeued),
+        (status = 400, description = "The path is malformed", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "Unknown person", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
     )
 )]
 #[post("/v1/admin/users/{user_id}/retry")]

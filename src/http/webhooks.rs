@@ -12,7 +12,7 @@ use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::domain::event::{Event, EventError, Parsed};
 use crate::domain::signature;
-use crate::now_ms;
+use crate::{metrics, now_ms};
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const SIGNATURE_HEADER: &str = "X-Daarion-Signature";
@@ -31,20 +31,61 @@ pub struct WebhookAccepted {
     pub ignored: bool,
 }
 
+// Documentation only: the handler verifies the signature over the raw bytes
+// first and then parses them itself (`domain::event`).
+/// A DAARION Auth event about one person.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct WebhookEvent {
+    /// Unique per event; redeliveries repeat it.
+    #[schema(example = "evt_01JDAQ6Y3S8Z")]
+    id: String,
+    /// `user.registered`, `user.updated` or `user.deleted`; other types are
+    /// acknowledged and ignored.
+    #[schema(rename = "type", example = "user.registered")]
+    kind: String,
+    /// RFC 3339; orders events about the same person.
+    #[schema(example = "2026-11-24T10:00:00Z")]
+    created_at: String,
+    data: WebhookEventData,
+}
+
+/// In `user.updated`, an absent field is unchanged and `null` clears it.
+/// Unknown fields are ignored.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct WebhookEventData {
+    /// DAARION's stable id of the person.
+    #[schema(example = "u_7f3c2a")]
+    user_id: String,
+    #[schema(example = "olena")]
+    username: Option<String>,
+    #[schema(example = "Олена Петренко")]
+    display_name: Option<String>,
+    #[schema(example = "https://cdn.daarion.city/avatars/u_7f3c2a.png")]
+    avatar_url: Option<String>,
+    #[schema(example = "olena@example.com")]
+    email: Option<String>,
+}
+
 /// Receive a signed DAARION Auth event.
+///
+/// The signature is checked before anything else, so an unsigned request
+/// gets `401` whatever its body.
 #[utoipa::path(
     tag = "webhooks",
-    request_body(content = String, content_type = "application/json",
-        description = "A DAARION Auth event (user.registered, user.updated, user.deleted)"),
+    request_body(content = WebhookEvent, content_type = "application/json"),
     params(("X-Daarion-Signature" = String, Header,
-        description = "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\">")),
+        description = "`t=<unix seconds>,v1=<hex HMAC-SHA256(AUTH_WEBHOOK_SECRET, \"<t>.<raw body>\")>`; \
+            several `v1=` may be given")),
     responses(
         (status = 202, description = "Stored durably", body = WebhookAccepted),
         (status = 400, description = "Not JSON of the event shape", body = ErrorBody),
         (status = 401, description = "Signature missing, wrong or stale", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 422, description = "A value is not acceptable", body = ErrorBody),
-        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds"))),
     )
 )]
 #[post("/v1/webhooks/auth")]
@@ -53,7 +94,22 @@ pub async fn receive(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_limited(&req, payload, MAX_BODY_BYTES).await?;
+    let result = receive_inner(&state, &req, payload).await;
+    match &result {
+        Ok(accepted) if accepted.ignored => metrics::webhook("ignored", ""),
+        Ok(accepted) if accepted.duplicate => metrics::webhook("duplicate", ""),
+        Ok(_) => metrics::webhook("accepted", ""),
+        Err(e) => metrics::webhook("refused", e.code),
+    }
+    result.map(|accepted| HttpResponse::Accepted().json(accepted))
+}
+
+async fn receive_inner(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<WebhookAccepted, ApiError> {
+    let body = read_limited(req, payload, MAX_BODY_BYTES).await?;
     let header = req
         .headers()
         .get(SIGNATURE_HEADER)
@@ -70,12 +126,12 @@ pub async fn receive(
     let event = match Event::parse(&body) {
         Ok(Parsed::Event(event)) => event,
         Ok(Parsed::Ignored { id }) => {
-            return Ok(HttpResponse::Accepted().json(WebhookAccepted {
+            return Ok(WebhookAccepted {
                 event_id: id,
                 duplicate: false,
                 matrix_user_id: None,
                 ignored: true,
-            }))
+            })
         }
         Err(EventError::Malformed(m)) => return Err(ApiError::bad_request(m)),
         Err(EventError::Unacceptable(m)) => {
@@ -98,12 +154,12 @@ pub async fn receive(
         event_id = %event.id, kind = event.kind.as_str(), user_id = %event.user_id,
         duplicate = accepted.duplicate, "webhook accepted"
     );
-    Ok(HttpResponse::Accepted().json(WebhookAccepted {
+    Ok(WebhookAccepted {
         event_id: event.id,
         duplicate: accepted.duplicate,
         matrix_user_id: accepted.localpart.map(|lp| state.settings.user_id(&lp)),
         ignored: false,
-    }))
+    })
 }
 
 /// Reads the body, refusing more than `limit` bytes without reading them all.

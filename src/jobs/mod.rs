@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::config::Settings;
-use crate::now_ms;
 use crate::store::{Job, LocalpartPolicy, Store};
 use crate::synapse::Synapse;
+use crate::{metrics, now_ms, telemetry};
 
 pub use provision::Outcome;
 
@@ -65,9 +67,27 @@ impl Worker {
         let Some(job) = self.store.claim_job(&self.owner, now, leased_until).await? else {
             return Ok(None);
         };
-        let outcome = self.execute(&job).await;
-        self.record(&job, &outcome).await?;
-        Ok(Some(outcome))
+        // Every log line of the job, and every Synapse request it makes
+        // (as X-Request-Id), carries the job's own id.
+        let job_id = format!("job-{}", telemetry::new_request_id());
+        let span = tracing::info_span!("job", request_id = %job_id, user_id = %job.user_id);
+        telemetry::with_request_id(
+            job_id,
+            async {
+                let outcome = self.execute(&job).await;
+                self.record(&job, &outcome).await?;
+                Ok(Some(outcome))
+            }
+            .instrument(span),
+        )
+        .await
+    }
+
+    /// Gives back the jobs this process still holds (at shutdown, after its
+    /// loops stopped), so that another replica or the next start takes them
+    /// at once rather than when their leases run out.
+    pub async fn release_leases(&self) -> anyhow::Result<u64> {
+        Ok(self.store.release_leases(&self.owner).await?)
     }
 
     async fn execute(&self, job: &Job) -> Outcome {
@@ -83,6 +103,7 @@ impl Worker {
         let now = now_ms();
         match outcome {
             Outcome::Done(state) => {
+                metrics::provisioning("done", state.as_str());
                 tracing::debug!(user_id = %job.user_id, state = state.as_str(), "job done");
                 self.store
                     .finish_done(job, &self.owner, *state, now)
@@ -95,6 +116,7 @@ impl Worker {
                     .await?
                     .map_or(0, |p| p.attempts);
                 let delay = after.unwrap_or_else(|| backoff(attempts, self.retry_max_delay));
+                metrics::provisioning("retry", "pending");
                 tracing::warn!(
                     user_id = %job.user_id, attempts, retry_in_ms = delay.as_millis() as u64,
                     "provisioning will be retried: {reason}"
@@ -105,6 +127,7 @@ impl Worker {
                     .await?;
             }
             Outcome::Failed(reason) => {
+                metrics::provisioning("failed", "failed");
                 tracing::error!(user_id = %job.user_id, "provisioning failed: {reason}");
                 self.store
                     .finish_failed(job, &self.owner, reason, now)
@@ -115,15 +138,15 @@ impl Worker {
     }
 
     /// Runs `concurrency` loops until `shutdown` turns true; each finishes
-    /// the job in hand before it stops (unfinished jobs stay leased and come
-    /// back when the lease runs out).
+    /// the job in hand before it stops. Dropping (aborting) this future
+    /// aborts the loops too, mid-job: jobs are safe to interrupt, and
+    /// [`Worker::release_leases`] then hands them back.
     pub async fn run(self: Arc<Self>, concurrency: usize, shutdown: watch::Receiver<bool>) {
-        let loops: Vec<_> = (0..concurrency)
-            .map(|_| tokio::spawn(Arc::clone(&self).run_loop(shutdown.clone())))
-            .collect();
-        for handle in loops {
-            let _ = handle.await;
+        let mut loops = JoinSet::new();
+        for _ in 0..concurrency {
+            loops.spawn(Arc::clone(&self).run_loop(shutdown.clone()));
         }
+        while loops.join_next().await.is_some() {}
     }
 
     async fn run_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {

@@ -98,6 +98,19 @@ impl Store {
         })
     }
 
+    /// Hands back every job `owner` holds (leased, not finished), runnable
+    /// at once; returns how many.
+    pub async fn release_leases(&self, owner: &str) -> Result<u64> {
+        let released = sqlx::query(
+            "UPDATE jobs SET leased_until = 0, lease_owner = NULL WHERE lease_owner = $1",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(released)
+    }
+
     /// When the next job is due, if any is waiting (lets idle workers sleep
     /// exactly as long as needed).
     pub async fn next_due(&self) -> Result<Option<i64>> {

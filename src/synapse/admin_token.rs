@@ -89,15 +89,21 @@ impl AdminToken {
                     )
                 })
             }
-            Err(e) if e.errcode() == Some("M_USER_IN_USE") => Err(SynapseError::refused(
-                403,
-                "M_FORBIDDEN",
-                format!(
+            // Another replica (or process) may have created the account
+            // between our login and our registration: log in once more.
+            Err(e) if e.errcode() == Some("M_USER_IN_USE") => match self.login(synapse).await {
+                Ok(token) => Ok(token),
+                Err(SynapseError::Refused { status: 403, .. }) => Err(SynapseError::refused(
+                    403,
+                    "M_FORBIDDEN",
+                    format!(
                     "the admin account @{} exists but does not accept the password derived from \
                      SYNAPSE_REGISTRATION_SECRET; set SYNAPSE_ADMIN_TOKEN or SYNAPSE_ADMIN_USER",
                     self.localpart
                 ),
-            )),
+                )),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         }
     }
@@ -122,7 +128,10 @@ impl AdminToken {
     }
 }
 
-fn derived_password(registration_secret: &Secret, localpart: &str) -> Secret {
+/// The service admin account's password: anyone holding the registration
+/// secret can compute it (operators, to log in as that account; tests, to
+/// check it never appears in logs).
+pub fn derived_password(registration_secret: &Secret, localpart: &str) -> Secret {
     let mut mac = Hmac::<Sha256>::new_from_slice(registration_secret.expose().as_bytes())
         .expect("HMAC takes any key");
     mac.update(b"matrix-provisioner admin password v1\0");

@@ -15,7 +15,9 @@ use tokio::sync::Semaphore;
 use url::Url;
 
 use crate::config::{Secret, Settings};
+use crate::{metrics, telemetry};
 
+pub use admin_token::derived_password as admin_account_password;
 pub use register::{random_password, registration_mac, Registered};
 
 /// The `auth_provider` of DAARION ids in Synapse's `external_ids`.
@@ -248,23 +250,84 @@ impl Synapse {
         if let Some(body) = body {
             request = request.json(body);
         }
+        // Synapse's logs (and proxies before it) can then be matched to ours.
+        if let Some(id) = telemetry::request_id() {
+            request = request.header(telemetry::REQUEST_ID_HEADER, id);
+        }
         let _permit = self
             .limiter
             .acquire()
             .await
             .expect("the semaphore is never closed");
+        let endpoint = endpoint_name(&method, path);
         let started = std::time::Instant::now();
         let response = request.send().await;
         let outcome = classify(response).await;
+        let elapsed = started.elapsed();
+        metrics::synapse_call(
+            endpoint,
+            match &outcome {
+                Ok(_) => "ok",
+                Err(SynapseError::Unavailable { .. }) => "unavailable",
+                Err(SynapseError::Refused { .. }) => "refused",
+            },
+            elapsed,
+        );
         tracing::debug!(
             %method,
+            endpoint,
             path = %redact_path(path),
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = elapsed.as_millis() as u64,
             ok = outcome.is_ok(),
             "synapse call"
         );
         outcome
     }
+}
+
+/// A fixed, low-cardinality name for the Synapse endpoint a request goes
+/// to, for metrics (paths carry user ids). New calls get a name here.
+fn endpoint_name(method: &Method, path: &str) -> &'static str {
+    const PREFIXES: &[(&str, Option<Method>, &str)] = &[
+        ("/health", None, "health"),
+        (
+            "/_synapse/admin/v1/register",
+            Some(Method::GET),
+            "register_nonce",
+        ),
+        ("/_synapse/admin/v1/register", None, "register"),
+        (
+            "/_synapse/admin/v2/users/",
+            Some(Method::GET),
+            "admin_user_get",
+        ),
+        (
+            "/_synapse/admin/v2/users/",
+            Some(Method::PUT),
+            "admin_user_put",
+        ),
+        ("/_synapse/admin/v1/deactivate/", None, "deactivate"),
+        (
+            "/_synapse/admin/v1/auth_providers/",
+            None,
+            "external_id_lookup",
+        ),
+        (
+            "/_synapse/admin/v1/username_available",
+            None,
+            "username_available",
+        ),
+        ("/_matrix/client/v3/login", None, "login"),
+        ("/_matrix/client/v3/logout", None, "logout"),
+        ("/_matrix/client/v3/account/whoami", None, "whoami"),
+        ("/_matrix/client/v3/profile/", None, "profile"),
+        ("/_matrix/media/v3/upload", None, "media_upload"),
+        ("/_matrix/media/r0/upload", None, "media_upload"),
+    ];
+    PREFIXES
+        .iter()
+        .find(|(prefix, m, _)| path.starts_with(prefix) && m.as_ref().is_none_or(|m| m == method))
+        .map_or("other", |(_, _, name)| name)
 }
 
 async fn classify(response: reqwest::Result<reqwest::Response>) -> Result<Value> {
@@ -357,4 +420,34 @@ fn encode(segment: &str) -> String {
     url::form_urlencoded::byte_serialize(segment.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_have_fixed_names() {
+        let user = "/_synapse/admin/v2/users/%40olena%3Ad.s";
+        assert_eq!(endpoint_name(&Method::GET, user), "admin_user_get");
+        assert_eq!(endpoint_name(&Method::PUT, user), "admin_user_put");
+        assert_eq!(endpoint_name(&Method::DELETE, user), "other");
+        assert_eq!(
+            endpoint_name(&Method::GET, "/_synapse/admin/v1/register"),
+            "register_nonce"
+        );
+        assert_eq!(
+            endpoint_name(&Method::POST, "/_synapse/admin/v1/register"),
+            "register"
+        );
+        assert_eq!(
+            endpoint_name(&Method::POST, "/_matrix/client/v3/login"),
+            "login"
+        );
+        assert_eq!(
+            endpoint_name(&Method::POST, "/_matrix/media/v3/upload?filename=a.png"),
+            "media_upload"
+        );
+        assert_eq!(endpoint_name(&Method::GET, "/health"), "health");
+    }
 }

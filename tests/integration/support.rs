@@ -133,6 +133,11 @@ impl PrivateSynapse {
         self.ctl("stop");
     }
 
+    /// Synapse's own SQLite database (to read what it issued, e.g. tokens).
+    pub fn database(&self) -> PathBuf {
+        self.dir.path().join("homeserver.db")
+    }
+
     pub fn resume(&self) {
         self.ctl("start");
     }
@@ -274,6 +279,18 @@ impl SynapseAdmin {
             .put(format!("{}{path}", self.info.url))
             .bearer_auth(&self.token)
             .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .delete(format!("{}{path}", self.info.url))
+            .bearer_auth(&self.token)
             .send()
             .await
             .unwrap();
@@ -573,9 +590,9 @@ impl ChildService {
         let child = Command::new(env!("CARGO_BIN_EXE_matrix-provisioner"))
             .arg("serve")
             .env_clear()
+            .env("RUST_LOG", "info")
             .envs(env)
             .env("BIND", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -600,6 +617,27 @@ impl ChildService {
     pub fn kill(&mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM, as an orchestrator does to stop a container.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit (within `deadline`).
+    pub async fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        let mut exited = None;
+        eventually("the service to exit", deadline, || {
+            exited = exited.or_else(|| child.try_wait().unwrap());
+            std::future::ready(exited.map(drop))
+        })
+        .await;
+        exited.unwrap()
     }
 }
 
@@ -646,4 +684,121 @@ macro_rules! on_both_backends {
             }
         }
     };
+}
+
+// ---------------------------------------------------------------- a proxy
+
+/// An HTTP proxy between the service and Synapse that records the path and
+/// `X-Request-Id` of every request, and can make Synapse slow.
+pub struct SynapseProxy {
+    pub url: String,
+    state: std::sync::Arc<ProxyState>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+struct ProxyState {
+    upstream: String,
+    http: reqwest::Client,
+    delay_ms: std::sync::atomic::AtomicU64,
+    seen: std::sync::Mutex<Vec<(String, Option<String>)>>,
+}
+
+impl SynapseProxy {
+    pub fn start(upstream: &str) -> SynapseProxy {
+        use actix_web::{web, App, HttpServer};
+        let state = std::sync::Arc::new(ProxyState {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+            delay_ms: Default::default(),
+            seen: Default::default(),
+        });
+        let data = web::Data::from(std::sync::Arc::clone(&state));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .default_service(web::to(proxy_forward))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        SynapseProxy {
+            url: format!("http://127.0.0.1:{port}"),
+            state,
+            handle,
+        }
+    }
+
+    /// Every request from now on waits `delay` before it is forwarded.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.delay_ms.store(
+            delay.as_millis() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    /// (path, X-Request-Id) of every request so far.
+    pub fn seen(&self) -> Vec<(String, Option<String>)> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+async fn proxy_forward(
+    req: actix_web::HttpRequest,
+    body: actix_web::web::Bytes,
+    state: actix_web::web::Data<ProxyState>,
+) -> actix_web::HttpResponse {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    state
+        .seen
+        .lock()
+        .unwrap()
+        .push((req.path().to_string(), header("x-request-id")));
+    let delay = state.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+    if delay > 0 {
+        // A slow Synapse, not a test waiting for work.
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let url = format!(
+        "{}{}",
+        state.upstream,
+        req.uri().path_and_query().map_or("/", |p| p.as_str())
+    );
+    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap();
+    let mut forward = state.http.request(method, url).body(body.to_vec());
+    for name in ["authorization", "content-type"] {
+        if let Some(value) = header(name) {
+            forward = forward.header(name, value);
+        }
+    }
+    match forward.send().await {
+        Ok(response) => {
+            let status = actix_web::http::StatusCode::from_u16(response.status().as_u16()).unwrap();
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/json")
+                .to_string();
+            let bytes = response.bytes().await.unwrap_or_default();
+            actix_web::HttpResponse::build(status)
+                .content_type(content_type)
+                .body(bytes.to_vec())
+        }
+        Err(_) => actix_web::HttpResponse::BadGateway().finish(),
+    }
 }

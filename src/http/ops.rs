@@ -1,0 +1,82 @@
+//! The operators' plumbing: `/metrics` (Prometheus text), `/openapi.json`
+//! (this API, generated from the handlers) and `/docs` (Swagger UI, served
+//! from assets compiled into the binary, so it works without internet).
+
+use actix_web::http::header;
+use actix_web::{get, web, HttpResponse};
+use utoipa::OpenApi;
+
+use super::{ApiDoc, AppState};
+use crate::metrics::{self, Snapshot};
+use crate::now_ms;
+
+/// Prometheus metrics.
+///
+/// Counters of webhook outcomes, Synapse requests (by endpoint and outcome,
+/// with latency histograms), provisioning, profile sync and SSO token
+/// exchanges; gauges of the queue and of people by state, read from the
+/// database at scrape time.
+#[utoipa::path(
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4",
+        content_type = "text/plain", body = String)),
+)]
+#[get("/metrics")]
+pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
+    let (queue, people) = tokio::join!(
+        state.store.queue_depth(now_ms()),
+        state.store.people_by_state()
+    );
+    let snapshot = match (queue, people) {
+        (Ok(queue), Ok(people)) => Some(Snapshot { queue, people }),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!("metrics without database gauges: {e}");
+            None
+        }
+    };
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(metrics::render(snapshot))
+}
+
+/// This API's OpenAPI 3.1 description.
+#[utoipa::path(
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI document",
+        content_type = "application/json", body = Object)),
+)]
+#[get("/openapi.json")]
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
+/// Swagger UI: redirects to `/docs/`.
+#[utoipa::path(
+    tag = "operations",
+    responses((status = 308, description = "The UI lives at `/docs/`",
+        headers(("Location" = String, description = "`/docs/`")))),
+)]
+#[get("/docs")]
+pub async fn docs_redirect() -> HttpResponse {
+    HttpResponse::PermanentRedirect()
+        .insert_header((header::LOCATION, "/docs/"))
+        .finish()
+}
+
+/// Swagger UI: this API, browsable and callable from a browser.
+#[utoipa::path(
+    get,
+    path = "/docs/",
+    tag = "operations",
+    responses((status = 200, description = "The Swagger UI page",
+        content_type = "text/html", body = String)),
+)]
+#[allow(dead_code)] // Documents the route that `swagger_ui()` serves.
+fn docs_page() {}
+
+/// The Swagger UI at `/docs/`, reading `/openapi.json`. The online spec
+/// validator is off: the page makes no request beyond this service.
+pub fn swagger_ui() -> utoipa_swagger_ui::SwaggerUi {
+    utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
+        .config(utoipa_swagger_ui::Config::new(["/openapi.json"]).validator_url("none"))
+}

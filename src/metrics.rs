@@ -1,0 +1,252 @@
+//! The service's Prometheus metrics: one process-wide registry and a small
+//! function per event worth counting, so any module records with one line
+//! (`metrics::webhook("accepted", "")`) and `/metrics` renders them all.
+//!
+//! Why process-wide (a `LazyLock`) rather than a registry threaded through
+//! every constructor: the counters are touched from the HTTP handlers, the
+//! worker, the Synapse client and command-line passes (`sync-profiles`), and
+//! a counter is a process fact anyway. Gauges that describe the database
+//! (queue depth, people by state) are not kept here but read from the store
+//! at scrape time, so they are right on every replica and in tests that run
+//! several services in one process.
+//!
+//! Label values are always from small fixed sets (outcomes, error codes,
+//! endpoint names, route patterns): never user ids, paths with ids, or
+//! anything a caller controls.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::store::QueueDepth;
+
+/// Seconds; Synapse calls range from a few ms (lookups) to seconds (media,
+/// bcrypt at registration) up to the client timeout.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+struct Metrics {
+    registry: Registry,
+    webhooks: IntCounterVec,
+    synapse_calls: IntCounterVec,
+    synapse_latency: HistogramVec,
+    provisioning: IntCounterVec,
+    sync: IntCounterVec,
+    token_exchanges: IntCounterVec,
+    http_requests: IntCounterVec,
+    http_latency: HistogramVec,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique");
+            h
+        };
+        Metrics {
+            webhooks: counter(
+                "matrix_provisioner_webhooks_total",
+                "Webhook deliveries by outcome (accepted, duplicate, ignored, refused) and error code of refusals.",
+                &["outcome", "code"],
+            ),
+            synapse_calls: counter(
+                "matrix_provisioner_synapse_requests_total",
+                "Requests sent to Synapse by endpoint and outcome (ok, unavailable, refused).",
+                &["endpoint", "outcome"],
+            ),
+            synapse_latency: histogram(
+                "matrix_provisioner_synapse_request_duration_seconds",
+                "Time from sending a request to Synapse to having read its answer.",
+                &["endpoint", "outcome"],
+            ),
+            provisioning: counter(
+                "matrix_provisioner_provisioning_total",
+                "Worker job outcomes: done (by the person's resulting state), retry, failed.",
+                &["outcome", "state"],
+            ),
+            sync: counter(
+                "matrix_provisioner_profile_sync_total",
+                "Profile sync results by outcome.",
+                &["outcome"],
+            ),
+            token_exchanges: counter(
+                "matrix_provisioner_token_exchanges_total",
+                "SSO token exchanges by kind (login_token, session) and outcome (ok or the error code).",
+                &["kind", "outcome"],
+            ),
+            http_requests: counter(
+                "matrix_provisioner_http_requests_total",
+                "HTTP requests served, by route pattern and status code.",
+                &["route", "status"],
+            ),
+            http_latency: histogram(
+                "matrix_provisioner_http_request_duration_seconds",
+                "Time to answer HTTP requests, by route pattern.",
+                &["route"],
+            ),
+            registry,
+        }
+    }
+}
+
+/// A webhook delivery: `outcome` is `accepted`, `duplicate`, `ignored` or
+/// `refused`; `code` is the error code of a refusal, else empty.
+pub fn webhook(outcome: &str, code: &str) {
+    METRICS.webhooks.with_label_values(&[outcome, code]).inc();
+}
+
+/// One request to Synapse. `endpoint` is a fixed name (see
+/// `synapse::endpoint_name`), `outcome` is `ok`, `unavailable` or `refused`.
+pub fn synapse_call(endpoint: &str, outcome: &str, elapsed: Duration) {
+    METRICS
+        .synapse_calls
+        .with_label_values(&[endpoint, outcome])
+        .inc();
+    METRICS
+        .synapse_latency
+        .with_label_values(&[endpoint, outcome])
+        .observe(elapsed.as_secs_f64());
+}
+
+/// A worker job's outcome: `done` (with the person's resulting `state`),
+/// `retry` or `failed` (with an empty or the resulting state).
+pub fn provisioning(outcome: &str, state: &str) {
+    METRICS
+        .provisioning
+        .with_label_values(&[outcome, state])
+        .inc();
+}
+
+/// Profile sync results, e.g. `updated`, `unchanged`, `failed`, `deactivated`
+/// (the sync pass chooses; keep the set small). `n` at once for summaries.
+pub fn sync(outcome: &str, n: u64) {
+    METRICS.sync.with_label_values(&[outcome]).inc_by(n);
+}
+
+/// An SSO token exchange: `kind` is `login_token` or `session`, `outcome`
+/// is `ok` or the error code answered (`invalid_token`, `user_deactivated`,
+/// `homeserver_unavailable`, …).
+pub fn token_exchange(kind: &str, outcome: &str) {
+    METRICS
+        .token_exchanges
+        .with_label_values(&[kind, outcome])
+        .inc();
+}
+
+/// An HTTP request answered; `route` is the matched pattern
+/// (`/v1/users/{user_id}`), or `unmatched`.
+pub fn http_request(route: &str, status: u16, elapsed: Duration) {
+    METRICS
+        .http_requests
+        .with_label_values(&[route, &status.to_string()])
+        .inc();
+    METRICS
+        .http_latency
+        .with_label_values(&[route])
+        .observe(elapsed.as_secs_f64());
+}
+
+/// What the database says at scrape time.
+pub struct Snapshot {
+    pub queue: QueueDepth,
+    pub people: Vec<(String, i64)>,
+}
+
+/// The Prometheus text exposition of every metric, plus the gauges read
+/// from the database (`snapshot`; None when it could not be read: those
+/// gauges are left out rather than reporting stale numbers). The gauges are
+/// built per scrape, so concurrent scrapes of different stores never mix.
+pub fn render(snapshot: Option<Snapshot>) -> String {
+    let mut families = METRICS.registry.gather();
+    if let Some(s) = snapshot {
+        let gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["state"]).expect("valid metric")
+        };
+        let queue = gauge(
+            "matrix_provisioner_queue_jobs",
+            "Jobs in the durable queue by state (ready, scheduled, running, failed), read at scrape time.",
+        );
+        for (state, n) in [
+            ("ready", s.queue.ready),
+            ("scheduled", s.queue.scheduled),
+            ("running", s.queue.running),
+            ("failed", s.queue.failed),
+        ] {
+            queue.with_label_values(&[state]).set(n);
+        }
+        let people = gauge(
+            "matrix_provisioner_people",
+            "People known to the service by state (pending, provisioned, failed, deactivated), read at scrape time.",
+        );
+        // Every state is always present, so dashboards see zeros, not gaps.
+        for state in ["pending", "provisioned", "failed", "deactivated"] {
+            people.with_label_values(&[state]).set(0);
+        }
+        for (state, n) in s.people {
+            people.with_label_values(&[&state]).set(n);
+        }
+        families.extend(queue.collect());
+        families.extend(people.collect());
+    }
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&families, &mut out)
+        .expect("text encoding of metrics cannot fail");
+    String::from_utf8(out).expect("the text format is UTF-8")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_gauges_render_in_text_format() {
+        webhook("refused", "invalid_signature");
+        synapse_call("admin_user_get", "ok", Duration::from_millis(12));
+        provisioning("done", "provisioned");
+        sync("updated", 3);
+        token_exchange("login_token", "ok");
+        let text = render(Some(Snapshot {
+            queue: QueueDepth {
+                ready: 2,
+                scheduled: 1,
+                running: 0,
+                failed: 4,
+            },
+            people: vec![("provisioned".into(), 7)],
+        }));
+        for line in [
+            r#"matrix_provisioner_webhooks_total{code="invalid_signature",outcome="refused"}"#,
+            r#"matrix_provisioner_synapse_requests_total{endpoint="admin_user_get",outcome="ok"}"#,
+            r#"matrix_provisioner_synapse_request_duration_seconds_bucket{endpoint="admin_user_get",outcome="ok",le="0.025"}"#,
+            r#"matrix_provisioner_provisioning_total{outcome="done",state="provisioned"}"#,
+            r#"matrix_provisioner_profile_sync_total{outcome="updated"}"#,
+            r#"matrix_provisioner_token_exchanges_total{kind="login_token",outcome="ok"}"#,
+            r#"matrix_provisioner_queue_jobs{state="failed"} 4"#,
+            r#"matrix_provisioner_people{state="provisioned"} 7"#,
+            r#"matrix_provisioner_people{state="pending"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        // Without a snapshot the database gauges are absent, not stale.
+        assert!(!render(None).contains("matrix_provisioner_queue_jobs{"));
+    }
+}

@@ -1,0 +1,275 @@
+//! The service's logs at debug level, of a full run, hold no secret, no
+//! password, no token and no signature; they are JSON when asked, and the
+//! lines of a request carry its id.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use matrix_provisioner::config::Secret;
+use matrix_provisioner::domain::signature;
+use matrix_provisioner::synapse::admin_account_password;
+use serde_json::{json, Value};
+use sqlx::any::AnyPoolOptions;
+use sqlx::Row;
+
+use crate::on_both_backends;
+use crate::support::*;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const ADMIN_USER: &str = "matrix-provisioner";
+
+/// Every access token Synapse has for the service's own admin account,
+/// read from Synapse's database.
+async fn service_admin_tokens(synapse: &PrivateSynapse) -> HashSet<String> {
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}?mode=ro", synapse.database().display());
+    let pool = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    let user = format!("@{ADMIN_USER}:{}", synapse.info.server_name);
+    let tokens = sqlx::query("SELECT token FROM access_tokens WHERE user_id = $1")
+        .bind(&user)
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.try_get::<String, _>("token").unwrap())
+        .collect();
+    pool.close().await;
+    tokens
+}
+
+/// Runs `event` through the service, signed with `secret`; returns the
+/// signature header sent.
+async fn deliver(client: &Client, secret: &str, event: &Value, request_id: &str) -> String {
+    let body = serde_json::to_vec(event).unwrap();
+    let sig = signature::sign(secret, chrono::Utc::now().timestamp(), &body);
+    let r = client
+        .http
+        .post(format!("{}/v1/webhooks/auth", client.base))
+        .header("Content-Type", "application/json")
+        .header("X-Daarion-Signature", &sig)
+        .header("X-Request-Id", request_id)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success() || r.status() == 401,
+        "{}",
+        r.status()
+    );
+    sig
+}
+
+async fn a_full_run_logs_no_secret(backend: Backend) {
+    let synapse = PrivateSynapse::start();
+    let admin = SynapseAdmin::new(synapse.info.clone()).await;
+    let db = TestDb::new(backend).await;
+    let mut env = base_env(&db, &synapse.info);
+    // Secrets of a deployment, each distinctive enough to grep for.
+    let webhook_new = WEBHOOK_SECRET;
+    let webhook_old = "whsec-old-4e8a6b3c5d";
+    let admin_token = ADMIN_TOKEN;
+    let auth_jwt = "auth-jwt-5d2c8e1f7a";
+    let auth_api_token = "auth-api-tok-61f0a9c3";
+    let synapse_jwt = synapse.info.jwt_secret.clone();
+    let registration = synapse.info.registration_secret.clone();
+    env.insert(
+        "AUTH_WEBHOOK_SECRET".into(),
+        format!("{webhook_new},{webhook_old}"),
+    );
+    env.insert("AUTH_JWT_SECRET".into(), auth_jwt.into());
+    env.insert("AUTH_API_TOKEN".into(), auth_api_token.into());
+    env.insert("AUTH_API_URL".into(), "http://127.0.0.1:9/".into());
+    env.insert("RUST_LOG".into(), "debug".into());
+    env.insert("LOG_FORMAT".into(), "json".into());
+    let mut db_password = None;
+    if backend == Backend::Postgres {
+        // The test cluster trusts local connections, so a password in the
+        // URL is never sent, only (perhaps) printed.
+        let password = "db-pw-8f3e2a1b9c";
+        let url = db.url.replacen(
+            "postgres://postgres@",
+            &format!("postgres://postgres:{password}@"),
+            1,
+        );
+        assert_ne!(url, db.url, "unexpected test database URL");
+        env.insert("DATABASE_URL".into(), url);
+        db_password = Some(password);
+    }
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut service = ChildService::start(&env, port, log.path()).await;
+    let c = service.client.clone();
+    let tag = unique("sec");
+    let mut signatures = Vec::new();
+
+    // Signups (one redelivered, one signed with the old key), an update, a
+    // deletion, and refused deliveries.
+    let ids: Vec<String> = (0..3).map(|i| format!("u_{tag}_{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let ev = event(
+            "user.registered",
+            id,
+            json!({"username": format!("{tag}-{i}"), "display_name": format!("Людина {i}"),
+                   "email": format!("{tag}{i}@example.com")}),
+        );
+        let key = if i == 1 { webhook_old } else { webhook_new };
+        signatures.push(deliver(&c, key, &ev, &format!("scenario-signup-{i}")).await);
+        if i == 0 {
+            signatures.push(deliver(&c, key, &ev, "scenario-redelivery").await);
+        }
+    }
+    let ev = event("user.registered", &ids[0], json!({}));
+    signatures.push(deliver(&c, "wrong-secret-key", &ev, "scenario-bad-signature").await);
+    let body = serde_json::to_vec(&ev).unwrap();
+    let stale = signature::sign(webhook_new, chrono::Utc::now().timestamp() - 600, &body);
+    assert_eq!(c.post_webhook(&body, Some(&stale)).await.unwrap().0, 401);
+    signatures.push(stale);
+    for id in &ids {
+        c.wait_for_state(id, "provisioned", DEADLINE).await;
+    }
+    let mut tokens = service_admin_tokens(&synapse).await;
+    assert!(
+        !tokens.is_empty(),
+        "the service logged in as its admin account"
+    );
+
+    // Synapse forgets the service's token: it logs in again (with its
+    // password) on the next job.
+    let device_path = format!(
+        "/_synapse/admin/v2/users/@{ADMIN_USER}:{}/devices/MATRIX_PROVISIONER",
+        synapse.info.server_name
+    );
+    assert_eq!(admin.delete(&device_path).await.0, 200);
+    signatures.push(
+        deliver(
+            &c,
+            webhook_new,
+            &event(
+                "user.updated",
+                &ids[1],
+                json!({"display_name": "Нове Ім'я"}),
+            ),
+            "scenario-update",
+        )
+        .await,
+    );
+    signatures.push(
+        deliver(
+            &c,
+            webhook_new,
+            &event("user.deleted", &ids[2], json!({})),
+            "scenario-delete",
+        )
+        .await,
+    );
+    c.wait_for_state(&ids[2], "deactivated", DEADLINE).await;
+    eventually("the new display name", DEADLINE, || async {
+        let user = admin.user(&admin.user_id(&format!("{tag}-1"))).await?;
+        (user["displayname"] == "Нове Ім'я").then_some(())
+    })
+    .await;
+    tokens.extend(service_admin_tokens(&synapse).await);
+
+    // Operators' calls, right and wrong.
+    for token in [admin_token, "not-the-admin-token"] {
+        c.http
+            .get(format!("{}/v1/users/{}", c.base, ids[0]))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+    }
+    c.http
+        .get(format!(
+            "{}/v1/users/{}?access_token={admin_token}",
+            c.base, ids[0]
+        ))
+        .send()
+        .await
+        .unwrap();
+    c.http
+        .post(format!("{}/v1/admin/users/{}/retry", c.base, ids[0]))
+        .bearer_auth(admin_token)
+        .send()
+        .await
+        .unwrap();
+    for path in ["/metrics", "/readyz", "/openapi.json", "/docs/"] {
+        c.http
+            .get(format!("{}{path}", c.base))
+            .send()
+            .await
+            .unwrap();
+    }
+    c.wait_for_state(&ids[0], "provisioned", DEADLINE).await;
+    service.terminate();
+    assert!(service.wait_exit(DEADLINE).await.success());
+
+    let logs = std::fs::read_to_string(log.path()).unwrap();
+    let mut forbidden: Vec<(String, String)> = vec![
+        ("webhook secret".into(), webhook_new.into()),
+        ("old webhook secret".into(), webhook_old.into()),
+        ("admin API token".into(), admin_token.into()),
+        ("DAARION JWT secret".into(), auth_jwt.into()),
+        ("DAARION API token".into(), auth_api_token.into()),
+        ("Synapse JWT secret".into(), synapse_jwt),
+        ("registration secret".into(), registration.clone()),
+        (
+            "admin account password".into(),
+            admin_account_password(&Secret::new(registration), ADMIN_USER)
+                .expose()
+                .to_string(),
+        ),
+    ];
+    if let Some(pw) = db_password {
+        forbidden.push(("database password".into(), pw.into()));
+    }
+    for token in &tokens {
+        forbidden.push(("Synapse admin access token".into(), token.clone()));
+    }
+    for sig in &signatures {
+        forbidden.push(("signature header".into(), sig.clone()));
+        for part in sig.split(',').filter_map(|p| p.strip_prefix("v1=")) {
+            forbidden.push(("signature".into(), part.to_string()));
+        }
+    }
+    for (what, value) in &forbidden {
+        assert!(
+            !logs.contains(value.as_str()),
+            "the logs contain the {what}"
+        );
+    }
+    // People's passwords are 48 random letters and digits, never stored by
+    // us, so look for their shape.
+    for word in logs.split(|c: char| !c.is_ascii_alphanumeric()) {
+        assert_ne!(word.len(), 48, "a password-like word in the logs: {word}");
+    }
+
+    // The logs are JSON lines, at debug level, and carry request ids.
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["level"] == "DEBUG"));
+    assert!(lines.iter().any(|l| l["message"] == "synapse call"));
+    let accepted = lines
+        .iter()
+        .find(|l| {
+            l["message"] == "webhook accepted" && l["span"]["request_id"] == "scenario-signup-2"
+        })
+        .expect("the webhook's log line carries the caller's request id");
+    assert_eq!(accepted["span"]["name"], "request");
+    for l in &lines {
+        if l["message"] == "request answered" {
+            assert!(l["span"]["request_id"].is_string(), "{l}");
+        }
+        if l["message"] == "synapse call" {
+            assert!(l["span"]["request_id"].is_string(), "no request id: {l}");
+        }
+    }
+}
+on_both_backends!(a_full_run_logs_no_secret);
