@@ -3,7 +3,11 @@
 # real Synapse (installed from PyPI into .cache/) and a throwaway PostgreSQL
 # cluster, both started here on 127.0.0.1 and stopped on exit.
 #
-# Usage:   scripts/test.sh [cargo test arguments…]
+# With no arguments it then checks the running service against its own
+# OpenAPI description (Schemathesis) and Swagger UI at /docs in headless
+# Chromium (installed with apt-get when missing).
+#
+# Usage:   scripts/test.sh [cargo test arguments…]   (arguments: cargo test only)
 # Needs:   cargo, python3 (venv), PostgreSQL 15 server binaries.
 set -euo pipefail
 
@@ -40,3 +44,9 @@ export MP_TEST_SYNAPSE_URL="http://127.0.0.1:$port"
 export MP_TEST_POSTGRES_URL="$pg_url"
 
 cargo test --locked "$@"
+
+if [[ $# -eq 0 ]]; then
+    scripts/synapse-ctl.sh stop "$work/synapse" >/dev/null
+    scripts/schemathesis.sh
+    scripts/check-docs.sh
+fi
