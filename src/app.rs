@@ -13,6 +13,7 @@ use tokio::sync::{watch, Notify};
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::jobs::Worker;
+use crate::sso::Sso;
 use crate::store::{LocalpartPolicy, Store};
 use crate::synapse::Synapse;
 
@@ -47,12 +48,15 @@ impl Application {
             policy.clone(),
             Arc::clone(&wake),
         ));
+        let sso = Arc::new(Sso::new(&settings)?);
         let state = web::Data::new(AppState {
             settings: Arc::clone(&settings),
             store: store.clone(),
             synapse,
             policy,
             wake,
+            worker: Arc::clone(&worker),
+            sso,
         });
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("cannot listen on {}", settings.bind))?;

@@ -9,6 +9,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod jobs;
+pub mod sso;
 pub mod store;
 pub mod synapse;
 pub mod telemetry;

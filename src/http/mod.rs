@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod health;
+pub mod sso;
 pub mod users;
 pub mod webhooks;
 
@@ -15,6 +16,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::config::Settings;
+use crate::jobs::Worker;
+use crate::sso::Sso;
 use crate::store::{LocalpartPolicy, Store};
 use crate::synapse::Synapse;
 
@@ -26,6 +29,9 @@ pub struct AppState {
     pub policy: LocalpartPolicy,
     /// Wakes an idle worker when a job is queued.
     pub wake: Arc<Notify>,
+    /// Runs a person's job at once when an SSO login needs their account.
+    pub worker: Arc<Worker>,
+    pub sso: Arc<Sso>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -37,6 +43,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .app_data(web::PathConfig::default().error_handler(error::extractor_error))
     .app_data(web::QueryConfig::default().error_handler(error::extractor_error))
     .service(webhooks::receive)
+    .service(sso::login_token)
+    .service(sso::session)
     .service(users::get_user)
     .service(users::retry_user)
     .service(health::healthz)
@@ -57,12 +65,14 @@ async fn openapi_json() -> web::Json<utoipa::openapi::OpenApi> {
     ),
     paths(
         webhooks::receive,
+        sso::login_token,
+        sso::session,
         users::get_user,
         users::retry_user,
         health::healthz,
         health::readyz,
     ),
-    components(schemas(error::ErrorBody)),
+    components(schemas(error::ErrorBody, sso::SessionRequest)),
     modifiers(&SecuritySchemes)
 )]
 pub struct ApiDoc;
@@ -75,6 +85,16 @@ impl Modify for SecuritySchemes {
         components.add_security_scheme(
             "admin_token",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        components.add_security_scheme(
+            "daarion_token",
+            SecurityScheme::Http(
+                utoipa::openapi::security::HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("A DAARION Auth access token"))
+                    .build(),
+            ),
         );
     }
 }

@@ -107,7 +107,7 @@ pub async fn receive(
 }
 
 /// Reads the body, refusing more than `limit` bytes without reading them all.
-async fn read_limited(
+pub(super) async fn read_limited(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,

@@ -16,7 +16,7 @@ use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
 
-pub use jobs::{Job, QueueDepth};
+pub use jobs::{ClaimFor, Job, QueueDepth};
 pub use people::{Accepted, Account, LocalpartPolicy, Person, State};
 
 use crate::config::{redact_url, Secret};
