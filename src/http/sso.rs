@@ -22,7 +22,7 @@ use crate::domain::event::Event;
 use crate::jobs::AccountCheck;
 use crate::now_ms;
 use crate::sso::{Claims, Refusal};
-use crate::store::{Account, Person};
+use crate::store::Account;
 use crate::synapse::SynapseError;
 
 /// How long a login waits for another worker that is creating the same
@@ -90,10 +90,10 @@ pub async fn login_token(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let result = async {
-        let (person, _) = sign_in(&state, &req).await?;
-        let minted = mint(&state, &person)?;
+        let localpart = sign_in(&state, &req).await?;
+        let minted = mint(&state, &localpart)?;
         Ok(LoginTokenResponse {
-            matrix_user_id: state.settings.user_id(&person.localpart),
+            matrix_user_id: state.settings.user_id(&localpart),
             homeserver_url: homeserver_url(&state),
             login: LoginObject {
                 kind: JWT_LOGIN_TYPE.into(),
@@ -130,8 +130,8 @@ pub async fn session(
     let result = async {
         let body = read_limited(&req, payload, MAX_SESSION_BODY_BYTES).await?;
         let request = parse_session_request(&body)?;
-        let (person, _) = sign_in(&state, &req).await?;
-        let minted = mint(&state, &person)?;
+        let localpart = sign_in(&state, &req).await?;
+        let minted = mint(&state, &localpart)?;
         let client = client_address(&req, &state.settings.trusted_proxies);
         let session = state
             .synapse
@@ -176,9 +176,8 @@ fn homeserver_url(state: &AppState) -> String {
         .to_string()
 }
 
-/// The verified caller and their active account; the flag says whether
-/// the account was created for this login.
-async fn sign_in(state: &AppState, req: &HttpRequest) -> Result<(Person, bool), ApiError> {
+/// The verified caller's localpart, once they have an active account.
+async fn sign_in(state: &AppState, req: &HttpRequest) -> Result<String, ApiError> {
     if let Some(setting) = state.sso.missing_setting() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -219,8 +218,11 @@ fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
 }
 
 /// Makes sure the person has an active, linked account, creating it now
-/// if needed.
-async fn account_for(state: &AppState, claims: &Claims) -> Result<(Person, bool), ApiError> {
+/// if needed; answers its localpart.
+async fn account_for(state: &AppState, claims: &Claims) -> Result<String, ApiError> {
+    if let Some(localpart) = state.sso.ready.localpart(&claims.sub) {
+        return Ok(localpart);
+    }
     let known = state
         .store
         .person(&claims.sub)
@@ -231,7 +233,8 @@ async fn account_for(state: &AppState, claims: &Claims) -> Result<(Person, bool)
             return Err(deactivated());
         }
         if person.account == Account::Active {
-            return Ok((person, false));
+            state.sso.ready.remember(&person.user_id, &person.localpart);
+            return Ok(person.localpart);
         }
     }
     // Unknown (the webhook was lost or is late) or not provisioned yet.
@@ -258,7 +261,8 @@ async fn account_for(state: &AppState, claims: &Claims) -> Result<(Person, bool)
     match check {
         AccountCheck::Ready(person) => {
             tracing::info!(user_id = %claims.sub, localpart = %person.localpart, "provisioned at sign-in");
-            Ok((person, true))
+            state.sso.ready.remember(&person.user_id, &person.localpart);
+            Ok(person.localpart)
         }
         AccountCheck::Deactivated => Err(deactivated()),
         AccountCheck::Unavailable {
@@ -281,10 +285,10 @@ async fn account_for(state: &AppState, claims: &Claims) -> Result<(Person, bool)
     }
 }
 
-fn mint(state: &AppState, person: &Person) -> Result<crate::sso::LoginToken, ApiError> {
+fn mint(state: &AppState, localpart: &str) -> Result<crate::sso::LoginToken, ApiError> {
     state
         .sso
-        .login_token(&person.localpart, chrono::Utc::now())
+        .login_token(localpart, chrono::Utc::now())
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -92,6 +92,8 @@ pub async fn receive(
         .await
         .map_err(ApiError::unavailable)?;
     if accepted.queued {
+        // A deletion must stop token exchanges now, not when the cache runs out.
+        state.sso.ready.forget(&event.user_id);
         state.wake.notify_one();
     }
     tracing::info!(

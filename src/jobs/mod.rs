@@ -31,7 +31,7 @@ const LEASE_POLL: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 pub enum AccountCheck {
     /// Their account exists, is active and is linked to their DAARION id.
-    Ready(Person),
+    Ready(Box<Person>),
     /// DAARION deleted them, or their account is deactivated.
     Deactivated,
     /// Synapse did not answer (or is busy with this person elsewhere);
@@ -112,7 +112,7 @@ impl Worker {
                 return Ok(AccountCheck::Deactivated);
             }
             if person.account == Account::Active {
-                return Ok(AccountCheck::Ready(person));
+                return Ok(AccountCheck::Ready(Box::new(person)));
             }
             if Instant::now() >= give_up {
                 return Ok(AccountCheck::Unavailable {

@@ -5,6 +5,7 @@
 //! worker's business; this module only speaks JWT.
 
 pub mod jwks;
+mod ready;
 pub mod verify;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -13,6 +14,7 @@ use serde::Serialize;
 
 use crate::config::{Secret, Settings};
 
+pub use ready::ReadyCache;
 pub use verify::{Claims, Refusal, Verifier};
 
 /// Lifetime of a Synapse login token. Synapse adds 120 s of leeway to
@@ -42,6 +44,8 @@ pub struct Sso {
     synapse_key: Option<EncodingKey>,
     synapse_issuer: Option<String>,
     synapse_audience: Option<String>,
+    /// People seen with an active account a moment ago.
+    pub ready: ReadyCache,
 }
 
 impl std::fmt::Debug for Sso {
@@ -62,6 +66,7 @@ impl Sso {
                 .map(|s| EncodingKey::from_secret(s.expose().as_bytes())),
             synapse_issuer: settings.synapse_jwt_issuer.clone(),
             synapse_audience: settings.synapse_jwt_audience.clone(),
+            ready: ReadyCache::new(ready::TTL),
         })
     }
 

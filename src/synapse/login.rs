@@ -21,7 +21,7 @@ impl Synapse {
     /// `POST /_matrix/client/v3/login` with a JWT login token, on behalf of
     /// the client at `client` (so Synapse's per-address login limit counts
     /// that client, not this service). Each call creates a new device.
-    #[tracing::instrument(name = "synapse.login_jwt", skip_all, err)]
+    #[tracing::instrument(name = "synapse.login_jwt", skip_all, err(level = "warn"))]
     pub async fn login_jwt(
         &self,
         token: &Secret,

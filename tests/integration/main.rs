@@ -3,5 +3,6 @@
 
 mod provisioning;
 mod resilience;
+mod sso;
 mod support;
 mod webhooks;
