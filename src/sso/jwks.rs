@@ -101,7 +101,13 @@ impl Jwks {
             }
         }
         // One download at a time; whoever waited for it uses its result.
-        let mut last_attempt = self.fetching.lock().await;
+        // A known key that is merely old does not wait for someone else's
+        // download (DAARION Auth may be slow): it is still good.
+        let mut last_attempt = match (seen.keys.get(kid), self.fetching.try_lock()) {
+            (_, Ok(guard)) => guard,
+            (Some(key), Err(_)) => return Lookup::Found(key.clone()),
+            (None, Err(_)) => self.fetching.lock().await,
+        };
         let now = self.snapshot();
         if now.generation != seen.generation {
             return now.lookup(kid);
