@@ -15,6 +15,7 @@ use tokio::sync::{watch, Notify};
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::jobs::Worker;
+use crate::sso::Sso;
 use crate::store::{Backend, Intake, LocalpartPolicy, Store};
 use crate::synapse::Synapse;
 
@@ -55,6 +56,7 @@ impl Application {
             (n, _) => n,
         };
         let intake = Intake::start(store.clone(), policy.clone(), writers);
+        let sso = Arc::new(Sso::new(&settings)?);
         let state = web::Data::new(AppState {
             settings: Arc::clone(&settings),
             store: store.clone(),
@@ -62,6 +64,8 @@ impl Application {
             policy,
             intake,
             wake,
+            worker: Arc::clone(&worker),
+            sso,
         });
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("cannot listen on {}", settings.bind))?;

@@ -3,7 +3,7 @@
 //! wrapped in [`Secret`] so that `Debug`, logs and errors cannot print them.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use url::Url;
@@ -57,6 +57,11 @@ pub struct Settings {
     pub server_name: String,
     pub registration_secret: Secret,
     pub synapse_jwt_secret: Option<Secret>,
+    /// `iss` / `aud` put into Synapse login tokens; set them only when
+    /// Synapse's `jwt_config` has `issuer` / `audiences` (Synapse refuses an
+    /// `aud` it was not told to expect).
+    pub synapse_jwt_issuer: Option<String>,
+    pub synapse_jwt_audience: Option<String>,
     /// An admin access token given by the operator; when absent the service
     /// runs its own admin account (see `synapse::admin_token`).
     pub synapse_admin_token: Option<Secret>,
@@ -66,6 +71,12 @@ pub struct Settings {
     pub auth_jwks_url: Option<Url>,
     pub auth_jwt_issuer: Option<String>,
     pub auth_jwt_audience: Option<String>,
+    /// The least time between two JWKS downloads caused by unknown `kid`s,
+    /// so a flood of forged tokens cannot flood DAARION Auth.
+    pub auth_jwks_min_refresh: Duration,
+    /// Peers whose `X-Forwarded-For` is believed when telling Synapse who
+    /// logs in (`/v1/sso/session`); others are taken at their address.
+    pub trusted_proxies: Vec<IpAddr>,
     pub auth_api_url: Option<Url>,
     pub auth_api_token: Option<Secret>,
     pub admin_api_token: Option<Secret>,
@@ -126,6 +137,8 @@ impl Settings {
                 .secret("SYNAPSE_REGISTRATION_SECRET")?
                 .ok_or_else(|| ConfigError("SYNAPSE_REGISTRATION_SECRET is required".into()))?,
             synapse_jwt_secret: env.secret("SYNAPSE_JWT_SECRET")?,
+            synapse_jwt_issuer: env.get("SYNAPSE_JWT_ISSUER"),
+            synapse_jwt_audience: env.get("SYNAPSE_JWT_AUDIENCE"),
             synapse_admin_token: env.secret("SYNAPSE_ADMIN_TOKEN")?,
             synapse_admin_user,
             webhook_secrets: env
@@ -141,6 +154,25 @@ impl Settings {
             auth_jwks_url: env.url("AUTH_JWKS_URL")?,
             auth_jwt_issuer: env.get("AUTH_JWT_ISSUER"),
             auth_jwt_audience: env.get("AUTH_JWT_AUDIENCE"),
+            auth_jwks_min_refresh: Duration::from_secs(
+                env.positive("AUTH_JWKS_MIN_REFRESH_SECONDS")?.unwrap_or(5) as u64,
+            ),
+            trusted_proxies: env
+                .get("TRUSTED_PROXIES")
+                .map(|s| {
+                    split_list(&s)
+                        .iter()
+                        .map(|ip| {
+                            ip.parse().map_err(|_| {
+                                ConfigError(format!(
+                                    "TRUSTED_PROXIES must list IP addresses, not {ip:?}"
+                                ))
+                            })
+                        })
+                        .collect::<Result<Vec<IpAddr>, ConfigError>>()
+                })
+                .transpose()?
+                .unwrap_or_default(),
             auth_api_url: env.url("AUTH_API_URL")?,
             auth_api_token: env.secret("AUTH_API_TOKEN")?,
             admin_api_token: env.secret("ADMIN_API_TOKEN")?,
@@ -334,6 +366,24 @@ mod tests {
     }
 
     #[test]
+    fn sso_settings_parse() {
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push(("TRUSTED_PROXIES", "127.0.0.1, ::1"));
+        pairs.push(("SYNAPSE_JWT_AUDIENCE", "matrix"));
+        let s = settings(&pairs).unwrap();
+        assert_eq!(s.trusted_proxies.len(), 2);
+        assert_eq!(s.synapse_jwt_audience.as_deref(), Some("matrix"));
+        assert_eq!(s.synapse_jwt_issuer, None);
+        assert_eq!(s.auth_jwks_min_refresh, Duration::from_secs(5));
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push(("TRUSTED_PROXIES", "10.0.0.0/8"));
+        assert!(settings(&pairs)
+            .unwrap_err()
+            .to_string()
+            .starts_with("TRUSTED_PROXIES "));
+    }
+
+    #[test]
     fn secrets_come_from_files_and_lists() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");
@@ -361,9 +411,17 @@ mod tests {
         let mut pairs = MINIMAL.to_vec();
         pairs.push(("DATABASE_URL", "postgres://u:pw-database@h/db"));
         pairs.push(("AUTH_WEBHOOK_SECRET", "hook-secret"));
+        pairs.push(("AUTH_JWT_SECRET", "daarion-jwt-secret"));
+        pairs.push(("SYNAPSE_JWT_SECRET", "synapse-jwt-secret"));
         let s = settings(&pairs).unwrap();
         let debug = format!("{s:?}");
-        for secret in ["s3cret", "pw-database", "hook-secret"] {
+        for secret in [
+            "s3cret",
+            "pw-database",
+            "hook-secret",
+            "daarion-jwt-secret",
+            "synapse-jwt-secret",
+        ] {
             assert!(!debug.contains(secret), "{secret} leaked in {debug}");
         }
         assert_eq!(s.database_url_redacted(), "postgres://u:***@h/db");

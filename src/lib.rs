@@ -10,6 +10,7 @@ pub mod domain;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod sso;
 pub mod store;
 pub mod synapse;
 pub mod telemetry;

@@ -147,6 +147,42 @@ impl Event {
     }
 }
 
+impl Event {
+    /// The registration an SSO login stands in for when DAARION's webhook
+    /// has not arrived (lost or late), built from the access token's claims.
+    /// Its `created_at` is 0, so every real event wins over it field by
+    /// field, and its id is fixed per person, so repeated logins are
+    /// duplicates. `None` when `user_id` is not an acceptable id.
+    pub fn sso_registration(
+        user_id: &str,
+        username: Option<&str>,
+        display_name: Option<&str>,
+        avatar_url: Option<&str>,
+    ) -> Option<Event> {
+        if !valid_id(user_id) {
+            return None;
+        }
+        let display_name = display_name
+            .map(|n| clean_display_name(n.to_string()))
+            .filter(|n| !n.is_empty());
+        let avatar_url = avatar_url
+            .map(str::trim)
+            .filter(|u| !u.is_empty() && u.len() <= MAX_URL_BYTES);
+        Some(Event {
+            id: format!("sso:{user_id}"),
+            kind: EventKind::Registered,
+            created_at_ms: 0,
+            user_id: user_id.to_string(),
+            username: username
+                .map(str::trim)
+                .filter(|u| !u.is_empty() && u.len() <= MAX_ID_BYTES)
+                .map(str::to_string),
+            display_name: display_name.map_or(Patch::Unchanged, Patch::Set),
+            avatar_url: avatar_url.map_or(Patch::Unchanged, |u| Patch::Set(u.to_string())),
+        })
+    }
+}
+
 impl Patch<Option<String>> {
     /// `Set(None)` (an empty string) means the same as `null`.
     fn flatten_clear(self) -> Patch<String> {
@@ -158,7 +194,9 @@ impl Patch<Option<String>> {
     }
 }
 
-fn valid_id(id: &str) -> bool {
+/// The rule for DAARION ids (`data.user_id`, a token's `sub`): 1 to 255
+/// bytes, printable.
+pub fn valid_id(id: &str) -> bool {
     !id.trim().is_empty() && id.len() <= MAX_ID_BYTES && !id.chars().any(char::is_control)
 }
 
@@ -263,5 +301,30 @@ mod tests {
         };
         assert!(name.starts_with("ab я"));
         assert_eq!(name.chars().count(), MAX_DISPLAY_NAME_CHARS);
+    }
+
+    #[test]
+    fn sso_registrations_lose_to_every_real_event() {
+        let e = Event::sso_registration("u_1", Some(" olena "), Some(" \u{7}Олена "), Some(""))
+            .unwrap();
+        assert_eq!(e.id, "sso:u_1");
+        assert_eq!(e.created_at_ms, 0);
+        assert_eq!(e.username.as_deref(), Some("olena"));
+        assert_eq!(e.display_name, Patch::Set("Олена".into()));
+        assert_eq!(e.avatar_url, Patch::Unchanged);
+        assert!(Event::sso_registration(" ", None, None, None).is_none());
+
+        let real = event(
+            r#"{"id":"r","type":"user.updated","created_at":"2026-11-24T10:00:00Z",
+            "data":{"user_id":"u_1","display_name":"Real"}}"#,
+        );
+        for order in [[&e, &real], [&real, &e]] {
+            let mut w = crate::domain::person::Wanted::default();
+            for ev in order {
+                w.apply(ev);
+            }
+            assert_eq!(w.display_name.as_deref(), Some("Real"));
+            assert_eq!(w.username.as_deref(), Some("olena"));
+        }
     }
 }

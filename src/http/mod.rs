@@ -6,6 +6,7 @@ pub mod error;
 pub mod health;
 pub mod observe;
 pub mod ops;
+pub mod sso;
 pub mod users;
 pub mod webhooks;
 
@@ -17,6 +18,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::config::Settings;
+use crate::jobs::Worker;
+use crate::sso::Sso;
 use crate::store::{Intake, LocalpartPolicy, Store};
 use crate::synapse::Synapse;
 
@@ -30,6 +33,9 @@ pub struct AppState {
     pub intake: Intake,
     /// Wakes an idle worker when a job is queued.
     pub wake: Arc<Notify>,
+    /// Runs a person's job at once when an SSO login needs their account.
+    pub worker: Arc<Worker>,
+    pub sso: Arc<Sso>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -42,6 +48,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .app_data(web::PathConfig::default().error_handler(error::extractor_error))
     .app_data(web::QueryConfig::default().error_handler(error::extractor_error))
     .service(webhooks::receive)
+    .service(sso::login_token)
+    .service(sso::session)
     .service(users::get_user)
     .service(users::retry_user)
     .service(health::healthz)
@@ -87,6 +95,8 @@ fn sorted(value: serde_json::Value) -> serde_json::Value {
     ),
     paths(
         webhooks::receive,
+        sso::login_token,
+        sso::session,
         users::get_user,
         users::retry_user,
         health::healthz,
@@ -96,10 +106,11 @@ fn sorted(value: serde_json::Value) -> serde_json::Value {
         ops::docs_redirect,
         ops::docs_page,
     ),
-    components(schemas(error::ErrorBody)),
+    components(schemas(error::ErrorBody, sso::SessionRequest)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "webhooks", description = "Events from DAARION Auth"),
+        (name = "sso", description = "DAARION access tokens in, Matrix logins out; bearer DAARION JWT"),
         (name = "operators", description = "For operators and the cron; bearer `ADMIN_API_TOKEN`"),
         (name = "health", description = "Liveness and readiness probes"),
         (name = "operations", description = "Metrics and this documentation"),
@@ -121,6 +132,16 @@ impl Modify for SecuritySchemes {
                         "`Authorization: Bearer <ADMIN_API_TOKEN>`; no other way of passing it \
                          (query string, cookie) is accepted.",
                     ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "daarion_token",
+            SecurityScheme::Http(
+                utoipa::openapi::security::HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("A DAARION Auth access token"))
                     .build(),
             ),
         );

@@ -148,6 +148,8 @@ async fn receive_inner(
         .await
         .map_err(ApiError::unavailable)?;
     if accepted.queued {
+        // A deletion must stop token exchanges now, not when the cache runs out.
+        state.sso.ready.forget(&event.user_id);
         state.wake.notify_one();
     }
     tracing::info!(
@@ -163,7 +165,7 @@ async fn receive_inner(
 }
 
 /// Reads the body, refusing more than `limit` bytes without reading them all.
-async fn read_limited(
+pub(super) async fn read_limited(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,

@@ -1,12 +1,14 @@
 //! The worker: claims due jobs from the durable queue, runs the person's
 //! reconcile step (`provision`), and records the outcome: done, retry with
 //! exponential backoff and jitter, or failed for an operator to look at.
-//! [`Worker::run_one`] is the single step, so tests can drain the queue.
+//! [`Worker::run_one`] is the single step, so tests can drain the queue;
+//! [`Worker::provision_now`] runs one person's job at once, for an SSO login
+//! that cannot wait for the queue.
 
 mod provision;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tokio::sync::{watch, Notify};
@@ -14,7 +16,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::Settings;
-use crate::store::{Job, LocalpartPolicy, Store};
+use crate::store::{Account, ClaimFor, Job, LocalpartPolicy, Person, State, Store};
 use crate::synapse::Synapse;
 use crate::{metrics, now_ms, telemetry};
 
@@ -23,6 +25,28 @@ pub use provision::Outcome;
 /// How long an idle worker sleeps before looking again when nothing woke it
 /// (other replicas' jobs, retries coming due).
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How often [`Worker::provision_now`] looks again while another worker
+/// holds the person's job.
+const LEASE_POLL: Duration = Duration::from_millis(50);
+
+/// Whether a person can log in, after [`Worker::provision_now`].
+#[derive(Debug)]
+pub enum AccountCheck {
+    /// Their account exists, is active and is linked to their DAARION id.
+    Ready(Box<Person>),
+    /// DAARION deleted them, or their account is deactivated.
+    Deactivated,
+    /// Synapse did not answer (or is busy with this person elsewhere);
+    /// the job is queued and will be retried.
+    Unavailable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Provisioning failed permanently; an operator has to look.
+    Failed(String),
+    /// We have no record of this person.
+    Unknown,
+}
 
 pub struct Worker {
     store: Store,
@@ -88,6 +112,71 @@ impl Worker {
     /// at once rather than when their leases run out.
     pub async fn release_leases(&self) -> anyhow::Result<u64> {
         Ok(self.store.release_leases(&self.owner).await?)
+    }
+
+    /// Makes sure the person has an active account now: runs their job in
+    /// this task (the same reconcile step as the queue, under the same
+    /// lease, so it never races a worker), or, while another worker holds
+    /// the job, waits for it up to `wait`.
+    pub async fn provision_now(
+        &self,
+        user_id: &str,
+        wait: Duration,
+    ) -> anyhow::Result<AccountCheck> {
+        let give_up = Instant::now() + wait;
+        loop {
+            let Some(person) = self.store.person(user_id).await? else {
+                return Ok(AccountCheck::Unknown);
+            };
+            if person.wanted.deleted {
+                return Ok(AccountCheck::Deactivated);
+            }
+            if person.account == Account::Active {
+                return Ok(AccountCheck::Ready(Box::new(person)));
+            }
+            if Instant::now() >= give_up {
+                return Ok(AccountCheck::Unavailable {
+                    reason: "the account is still being created by another worker".into(),
+                    retry_after: Some(Duration::from_secs(1)),
+                });
+            }
+            let now = now_ms();
+            let leased_until = now + self.lease.as_millis() as i64;
+            match self
+                .store
+                .claim_job_for(user_id, &self.owner, now, leased_until)
+                .await?
+            {
+                ClaimFor::Claimed(job) => {
+                    let outcome = self.execute(&job).await;
+                    self.record(&job, &outcome).await?;
+                    match outcome {
+                        Outcome::Done(State::Deactivated) => return Ok(AccountCheck::Deactivated),
+                        // Read the record again: it says what was done.
+                        Outcome::Done(_) => continue,
+                        Outcome::Retry { reason, after } => {
+                            return Ok(AccountCheck::Unavailable {
+                                reason,
+                                retry_after: after,
+                            })
+                        }
+                        Outcome::Failed(reason) => return Ok(AccountCheck::Failed(reason)),
+                    }
+                }
+                ClaimFor::Parked => {
+                    return Ok(AccountCheck::Failed(
+                        person
+                            .last_error
+                            .unwrap_or_else(|| "provisioning failed".into()),
+                    ))
+                }
+                // Nothing queued, yet no usable account: queue the work again.
+                ClaimFor::Missing => {
+                    self.store.requeue(user_id, now).await?;
+                }
+                ClaimFor::Leased => tokio::time::sleep(LEASE_POLL).await,
+            }
+        }
     }
 
     async fn execute(&self, job: &Job) -> Outcome {

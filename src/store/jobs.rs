@@ -14,6 +14,18 @@ pub struct Job {
     pub generation: i64,
 }
 
+/// The outcome of [`Store::claim_job_for`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimFor {
+    Claimed(Job),
+    /// Another worker holds the lease right now.
+    Leased,
+    /// Failed permanently, waiting for an operator or a new event.
+    Parked,
+    /// The person has no job (nothing was outstanding).
+    Missing,
+}
+
 /// Jobs by state, for `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueDepth {
@@ -109,6 +121,44 @@ impl Store {
         .await?
         .rows_affected();
         Ok(released)
+    }
+
+    /// Leases this person's job to `owner`, whether or not it is due yet
+    /// (someone is waiting for it: an SSO login), unless another worker
+    /// holds it or it failed permanently.
+    pub async fn claim_job_for(
+        &self,
+        user_id: &str,
+        owner: &str,
+        now: i64,
+        leased_until: i64,
+    ) -> Result<ClaimFor> {
+        let row = sqlx::query(
+            "UPDATE jobs SET leased_until = $1, lease_owner = $2 \
+             WHERE user_id = $3 AND failed = 0 AND leased_until <= $4 \
+             RETURNING user_id, generation",
+        )
+        .bind(leased_until)
+        .bind(owner)
+        .bind(user_id)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = row {
+            return Ok(ClaimFor::Claimed(Job {
+                user_id: row.try_get("user_id")?,
+                generation: row.try_get("generation")?,
+            }));
+        }
+        let failed: Option<i64> = sqlx::query_scalar("SELECT failed FROM jobs WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match failed {
+            None => ClaimFor::Missing,
+            Some(0) => ClaimFor::Leased,
+            Some(_) => ClaimFor::Parked,
+        })
     }
 
     /// When the next job is due, if any is waiting (lets idle workers sleep

@@ -18,7 +18,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
 
 pub use batch::Intake;
-pub use jobs::{Job, QueueDepth};
+pub use jobs::{ClaimFor, Job, QueueDepth};
 pub use people::{Accepted, Account, LocalpartPolicy, Person, State};
 
 use crate::config::{redact_url, Secret};

@@ -4,6 +4,7 @@
 //! [`SynapseError::Refused`] (a 4xx with an errcode: do not repeat blindly).
 
 mod admin_token;
+mod login;
 mod register;
 
 use std::time::Duration;
@@ -18,6 +19,7 @@ use crate::config::{Secret, Settings};
 use crate::{metrics, telemetry};
 
 pub use admin_token::derived_password as admin_account_password;
+pub use login::Session;
 pub use register::{random_password, registration_mac, Registered};
 
 /// The `auth_provider` of DAARION ids in Synapse's `external_ids`.
@@ -30,6 +32,8 @@ pub enum SynapseError {
     Unavailable {
         reason: String,
         retry_after: Option<Duration>,
+        /// A 429: Synapse is up but limits this caller (or account).
+        rate_limited: bool,
     },
     /// A definite answer that repeating will not change.
     #[error("Synapse refused with {status} {errcode}: {error}")]
@@ -240,12 +244,29 @@ impl Synapse {
         body: Option<&Value>,
         token: Option<&Secret>,
     ) -> Result<Value> {
+        self.send_for(method, path, body, token, None).await
+    }
+
+    /// [`Synapse::send`] on behalf of a client at `client`, named in
+    /// `X-Forwarded-For` (Synapse's per-address limits then apply to that
+    /// client, not to this service).
+    async fn send_for(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&Secret>,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Value> {
         let url = self.base.join(path).map_err(|e| {
             SynapseError::refused(0, "M_BAD_URL", format!("cannot build a Synapse URL: {e}"))
         })?;
         let mut request = self.http.request(method.clone(), url);
         if let Some(token) = token {
             request = request.bearer_auth(token.expose());
+        }
+        if let Some(client) = client {
+            request = request.header("X-Forwarded-For", client.to_string());
         }
         if let Some(body) = body {
             request = request.json(body);
@@ -337,6 +358,7 @@ async fn classify(response: reqwest::Result<reqwest::Response>) -> Result<Value>
             return Err(SynapseError::Unavailable {
                 reason: describe_transport_error(&e),
                 retry_after: None,
+                rate_limited: false,
             })
         }
     };
@@ -353,6 +375,7 @@ async fn classify(response: reqwest::Result<reqwest::Response>) -> Result<Value>
             return Err(SynapseError::Unavailable {
                 reason: describe_transport_error(&e),
                 retry_after: None,
+                rate_limited: false,
             })
         }
     };
@@ -377,12 +400,14 @@ async fn classify(response: reqwest::Result<reqwest::Response>) -> Result<Value>
         return Err(SynapseError::Unavailable {
             reason: format!("rate limited ({errcode})"),
             retry_after,
+            rate_limited: true,
         });
     }
     if status.is_server_error() {
         return Err(SynapseError::Unavailable {
             reason: format!("{status}: {error}"),
             retry_after: header_retry,
+            rate_limited: false,
         });
     }
     Err(SynapseError::Refused {

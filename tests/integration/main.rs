@@ -6,5 +6,6 @@ mod operability;
 mod provisioning;
 mod resilience;
 mod shutdown;
+mod sso;
 mod support;
 mod webhooks;

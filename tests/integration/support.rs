@@ -104,6 +104,12 @@ pub struct PrivateSynapse {
 
 impl PrivateSynapse {
     pub fn start() -> PrivateSynapse {
+        PrivateSynapse::start_with(true)
+    }
+
+    /// `relax_ratelimits: false` keeps Synapse's default rate limits (for
+    /// tests of how we pass them on).
+    pub fn start_with(relax_ratelimits: bool) -> PrivateSynapse {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let info = SynapseInfo {
@@ -119,7 +125,7 @@ impl PrivateSynapse {
             .env("REGISTRATION_SECRET", &info.registration_secret)
             .env("JWT_SECRET", &info.jwt_secret)
             .env("BCRYPT_ROUNDS", "4")
-            .env("RELAX_RATELIMITS", "1")
+            .env("RELAX_RATELIMITS", if relax_ratelimits { "1" } else { "0" })
             .stdout(Stdio::null())
             .status()
             .unwrap();
