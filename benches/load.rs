@@ -5,6 +5,9 @@
 //!   webhooks URL SECRET CONCURRENCY SECONDS     — signed, distinct user.registered webhooks
 //!   raw-register SYNAPSE SECRET CONCURRENCY N   — Synapse's own shared-secret registration rate
 //!   e2e URL SECRET ADMIN_TOKEN CONCURRENCY N    — N signups, time until all are provisioned
+//!   post URL BEARER CONCURRENCY SECONDS         — POST rate and latency (SSO token exchange)
+//!   token hs256 SECRET SUB | token rs256 PEM KID SUB — print a DAARION access token (1 h)
+//!   jwks PEM KID                                — print a JWKS with the public half of PEM
 //!
 //! Each prints one JSON line with its figures.
 
@@ -34,10 +37,16 @@ fn main() {
                 raw_register(&args[1], &args[2], num(&args[3]), num(&args[4])).await
             }
             Some("e2e") => e2e(&args[1], &args[2], &args[3], num(&args[4]), num(&args[5])).await,
+            Some("post") => post(&args[1], &args[2], num(&args[3]), secs(&args[4])).await,
+            Some("token") => Value::String(token(&args[1..])),
+            Some("jwks") => jwks(&args[1], &args[2]),
             _ => panic!("usage: see the header of benches/load.rs"),
         }
     });
-    println!("{out}");
+    match out {
+        Value::String(text) => println!("{text}"),
+        other => println!("{other}"),
+    }
 }
 
 fn num(s: &str) -> usize {
@@ -264,4 +273,51 @@ async fn e2e(url: &str, secret: &str, admin_token: &str, concurrency: usize, n: 
         "seconds": (elapsed.as_secs_f64() * 100.0).round() / 100.0,
         "per_second": ((n - pending.len()) as f64 / elapsed.as_secs_f64() * 100.0).round() / 100.0,
     })
+}
+
+async fn post(url: &str, bearer: &str, concurrency: usize, seconds: Duration) -> Value {
+    let (http, url, bearer) = (client(concurrency), url.to_string(), bearer.to_string());
+    let (lat, failed, elapsed) = drive(concurrency, seconds, usize::MAX, move |_| {
+        let (http, url, bearer) = (http.clone(), url.clone(), bearer.clone());
+        async move {
+            let r = http.post(&url).bearer_auth(&bearer).send().await;
+            matches!(r, Ok(r) if r.status().is_success())
+        }
+    })
+    .await;
+    summary("post", lat, failed, elapsed, concurrency)
+}
+
+fn token(args: &[String]) -> String {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let now = chrono::Utc::now().timestamp();
+    let (header, key, sub) = match args[0].as_str() {
+        "hs256" => (
+            Header::new(Algorithm::HS256),
+            EncodingKey::from_secret(args[1].as_bytes()),
+            &args[2],
+        ),
+        "rs256" => {
+            let mut header = Header::new(Algorithm::RS256);
+            header.kid = Some(args[2].clone());
+            let pem = std::fs::read(&args[1]).expect("the PEM file");
+            (
+                header,
+                EncodingKey::from_rsa_pem(&pem).expect("an RSA key"),
+                &args[3],
+            )
+        }
+        other => panic!("unknown token kind {other}"),
+    };
+    let claims = json!({"sub": sub, "iat": now, "exp": now + 3600, "preferred_username": sub});
+    encode(&header, &claims, &key).expect("signing works")
+}
+
+fn jwks(pem: &str, kid: &str) -> Value {
+    use jsonwebtoken::{jwk::Jwk, Algorithm, EncodingKey};
+    let key =
+        EncodingKey::from_rsa_pem(&std::fs::read(pem).expect("the PEM file")).expect("an RSA key");
+    let mut jwk = Jwk::from_encoding_key(&key, Algorithm::RS256).expect("a public JWK");
+    jwk.common.key_id = Some(kid.to_string());
+    json!({"keys": [jwk]})
 }

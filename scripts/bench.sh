@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# bench.sh — measures webhook intake and end-to-end provisioning, each next to
-# a baseline taken in the same run: /healthz of the same binary for intake,
-# Synapse's own shared-secret registration rate for provisioning. Starts its
+# bench.sh — measures webhook intake, SSO token exchange and end-to-end
+# provisioning, each next to a baseline taken in the same run: /healthz of the
+# same binary for intake and SSO, Synapse's own shared-secret registration
+# rate for provisioning. Starts its
 # own Synapse (default bcrypt_rounds 12 unless BCRYPT_ROUNDS is set) and
 # PostgreSQL on 127.0.0.1; prints one JSON line per measurement.
 #
@@ -26,7 +27,9 @@ scripts/synapse-venv.sh >/dev/null
 work="$(mktemp -d /tmp/mp-bench.XXXXXX)"
 chmod 755 "$work"
 service_pid=""
+jwks_pid=""
 cleanup() {
+    [[ -n "$jwks_pid" ]] && kill "$jwks_pid" 2>/dev/null
     [[ -n "$service_pid" ]] && kill "$service_pid" 2>/dev/null && wait "$service_pid" 2>/dev/null
     scripts/synapse-ctl.sh stop "$work/synapse" >/dev/null 2>&1 || true
     scripts/pg-cluster.sh stop "$work/pg" >/dev/null 2>&1 || true
@@ -42,13 +45,23 @@ runuser -u postgres -- psql -q "$pg_url" -c "ALTER SYSTEM SET fsync = on" -c "SE
     || psql -q "$pg_url" -c "ALTER SYSTEM SET fsync = on" -c "SELECT pg_reload_conf()" >/dev/null
 synapse_port="$(free_port)"
 secret="bench-registration-secret"
-SERVER_NAME=bench.daarion.space REGISTRATION_SECRET="$secret" BCRYPT_ROUNDS="$rounds" RELAX_RATELIMITS=1 \
+SERVER_NAME=bench.daarion.space REGISTRATION_SECRET="$secret" JWT_SECRET=bench-synapse-jwt \
+BCRYPT_ROUNDS="$rounds" RELAX_RATELIMITS=1 \
     scripts/synapse-config.sh "$work/synapse" "$synapse_port" >/dev/null
 scripts/synapse-ctl.sh start "$work/synapse" >/dev/null
 synapse="http://127.0.0.1:$synapse_port"
 
+# DAARION Auth's JWKS for RS256 tokens, served as a static file.
+mkdir -p "$work/jwks"
+"$load" jwks tests/fixtures/jwt/rsa-a.pem bench-k1 >"$work/jwks/jwks.json"
+jwks_port="$(free_port)"
+python3 -m http.server --bind 127.0.0.1 --directory "$work/jwks" "$jwks_port" >/dev/null 2>&1 &
+jwks_pid=$!
+
 start_service() { # start_service DATABASE_URL
     local port; port="$(free_port)"
+    AUTH_JWT_SECRET=bench-auth AUTH_JWKS_URL="http://127.0.0.1:$jwks_port/jwks.json" \
+    SYNAPSE_JWT_SECRET=bench-synapse-jwt \
     BIND="127.0.0.1:$port" DATABASE_URL="$1" SYNAPSE_URL="$synapse" \
     SYNAPSE_SERVER_NAME=bench.daarion.space SYNAPSE_REGISTRATION_SECRET="$secret" \
     AUTH_WEBHOOK_SECRET=bench-webhook ADMIN_API_TOKEN=bench-admin \
@@ -70,6 +83,14 @@ for backend in sqlite postgres; do
     start_service "$db"
     echo "{\"backend\":\"$backend\",\"result\":$("$load" get "$url/healthz" "$intake_c" "$run_secs")}"
     echo "{\"backend\":\"$backend\",\"result\":$("$load" webhooks "$url" bench-webhook "$intake_c" "$run_secs")}"
+    if [[ $backend == sqlite ]]; then
+        # SSO for an already provisioned person: the first exchange provisions.
+        hs="$("$load" token hs256 bench-auth u_sso_bench)"
+        rs="$("$load" token rs256 tests/fixtures/jwt/rsa-a.pem bench-k1 u_sso_bench)"
+        curl -sf -X POST -H "Authorization: Bearer $hs" "$url/v1/sso/login-token" >/dev/null
+        echo "{\"backend\":\"$backend\",\"sso\":\"HS256\",\"result\":$("$load" post "$url/v1/sso/login-token" "$hs" "$intake_c" "$run_secs")}"
+        echo "{\"backend\":\"$backend\",\"sso\":\"RS256\",\"result\":$("$load" post "$url/v1/sso/login-token" "$rs" "$intake_c" "$run_secs")}"
+    fi
     stop_service
 done
 # Provisioning: a fresh service with an empty queue, then Synapse's raw rate.

@@ -65,6 +65,7 @@ service_env=(
     "SYNAPSE_REGISTRATION_SECRET=st-registration-secret"
     "SYNAPSE_JWT_SECRET=st-jwt-secret"
     "AUTH_WEBHOOK_SECRET=st-webhook-secret"
+    "AUTH_JWT_SECRET=st-auth-jwt-secret"
     "ADMIN_API_TOKEN=$admin_token"
 )
 env -i "${service_env[@]}" "$bin" serve >"$work/service.log" 2>&1 &

@@ -128,6 +128,8 @@ pub async fn session(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let result = async {
+        // A missing token is refused before the body is looked at.
+        bearer(&req)?;
         let body = read_limited(&req, payload, MAX_SESSION_BODY_BYTES).await?;
         let request = parse_session_request(&body)?;
         let localpart = sign_in(&state, &req).await?;
@@ -184,6 +186,7 @@ fn homeserver_url(state: &AppState) -> String {
 
 /// The verified caller's localpart, once they have an active account.
 async fn sign_in(state: &AppState, req: &HttpRequest) -> Result<String, ApiError> {
+    let token = bearer(req)?;
     if let Some(setting) = state.sso.missing_setting() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -191,7 +194,6 @@ async fn sign_in(state: &AppState, req: &HttpRequest) -> Result<String, ApiError
             format!("single sign-on is not configured on this service ({setting} is not set)"),
         ));
     }
-    let token = bearer(req)?;
     let claims = state
         .sso
         .verify(token)
@@ -308,11 +310,13 @@ fn parse_session_request(body: &[u8]) -> Result<SessionRequest, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(SessionRequest::default());
     }
-    let mut request: SessionRequest = serde_json::from_slice(body).map_err(|e| {
+    // The body is optional, and JSON `null` says "no body" too.
+    let request: Option<SessionRequest> = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body must be a JSON object like {{\"device_name\": \"...\"}}: {e}"
         ))
     })?;
+    let mut request = request.unwrap_or_default();
     request.device_name = request
         .device_name
         .map(|n| n.trim().to_string())
