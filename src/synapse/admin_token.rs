@@ -8,12 +8,11 @@
 //! An operator may instead pass `SYNAPSE_ADMIN_TOKEN`; it is then used as is.
 
 use hmac::{Hmac, Mac};
-use reqwest::Method;
 use serde_json::json;
 use sha2::Sha256;
 use tokio::sync::{Mutex, RwLock};
 
-use super::{Result, Synapse, SynapseError};
+use super::{Body, Endpoint, Result, Synapse, SynapseError};
 use crate::config::{Secret, Settings};
 
 /// One device for the service account, so logins after restarts replace
@@ -110,8 +109,13 @@ impl AdminToken {
             "device_id": DEVICE_ID,
             "initial_device_display_name": "matrix-provisioner",
         });
-        let answer = synapse
-            .send(Method::POST, "/_matrix/client/v3/login", Some(&body), None)
+        let (_, answer) = synapse
+            .send(
+                Endpoint::Login,
+                "/_matrix/client/v3/login",
+                Body::Json(&body),
+                None,
+            )
             .await?;
         answer["access_token"]
             .as_str()
