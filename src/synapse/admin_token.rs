@@ -88,15 +88,22 @@ impl AdminToken {
                     )
                 })
             }
-            Err(e) if e.errcode() == Some("M_USER_IN_USE") => Err(SynapseError::refused(
-                403,
-                "M_FORBIDDEN",
-                format!(
-                    "the admin account @{} exists but does not accept the password derived from \
-                     SYNAPSE_REGISTRATION_SECRET; set SYNAPSE_ADMIN_TOKEN or SYNAPSE_ADMIN_USER",
-                    self.localpart
-                ),
-            )),
+            // Another replica (or the cron command) may have registered it a
+            // moment ago: its password is ours too, so log in again.
+            Err(e) if e.errcode() == Some("M_USER_IN_USE") => match self.login(synapse).await {
+                Ok(token) => Ok(token),
+                Err(SynapseError::Refused { status: 403, .. }) => Err(SynapseError::refused(
+                    403,
+                    "M_FORBIDDEN",
+                    format!(
+                        "the admin account @{} exists but does not accept the password derived \
+                         from SYNAPSE_REGISTRATION_SECRET; set SYNAPSE_ADMIN_TOKEN or \
+                         SYNAPSE_ADMIN_USER",
+                        self.localpart
+                    ),
+                )),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         }
     }
