@@ -1,5 +1,6 @@
 //! Builds the running service from settings: database (migrated), Synapse
-//! client, HTTP server and workers. Tests bind port 0 and read the port back.
+//! client, HTTP server, workers and the sync pass. Tests bind port 0 and
+//! read the port back.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -10,11 +11,13 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio::sync::{watch, Notify};
 
+use crate::avatar::AvatarFetcher;
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::jobs::Worker;
 use crate::store::{LocalpartPolicy, Store};
 use crate::synapse::Synapse;
+use crate::sync::ProfileSync;
 
 /// How long in-flight requests and jobs get to finish after SIGTERM.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
@@ -24,11 +27,26 @@ pub struct Application {
     server: Server,
     worker: Arc<Worker>,
     store: Store,
+    synapse: Arc<Synapse>,
     concurrency: usize,
 }
 
-impl Application {
-    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+/// The service without its HTTP server: database (migrated), Synapse
+/// client, worker and sync pass. `serve` adds the server; the cron command
+/// (`sync-profiles`) uses this alone.
+pub struct Core {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub synapse: Arc<Synapse>,
+    pub policy: LocalpartPolicy,
+    pub worker: Arc<Worker>,
+    pub sync: Arc<ProfileSync>,
+    /// Wakes an idle worker when a job is queued.
+    pub wake: Arc<Notify>,
+}
+
+impl Core {
+    pub async fn build(settings: Settings) -> anyhow::Result<Core> {
         let settings = Arc::new(settings);
         let store = Store::connect(&settings.database_url, settings.db_max_connections).await?;
         store.migrate().await?;
@@ -40,19 +58,45 @@ impl Application {
             reserved,
         };
         let wake = Arc::new(Notify::new());
+        let avatars = Arc::new(AvatarFetcher::new(&settings)?);
         let worker = Arc::new(Worker::new(
             &settings,
             store.clone(),
             Arc::clone(&synapse),
             policy.clone(),
+            avatars,
             Arc::clone(&wake),
         ));
-        let state = web::Data::new(AppState {
-            settings: Arc::clone(&settings),
-            store: store.clone(),
+        let sync = Arc::new(ProfileSync::new(
+            Arc::clone(&settings),
+            store.clone(),
+            Arc::clone(&worker),
+            policy.clone(),
+            Arc::clone(&wake),
+        )?);
+        Ok(Core {
+            settings,
+            store,
             synapse,
             policy,
+            worker,
+            sync,
             wake,
+        })
+    }
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let core = Core::build(settings).await?;
+        let settings = Arc::clone(&core.settings);
+        let state = web::Data::new(AppState {
+            settings: Arc::clone(&settings),
+            store: core.store.clone(),
+            synapse: Arc::clone(&core.synapse),
+            policy: core.policy.clone(),
+            wake: core.wake,
+            sync: core.sync,
         });
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("cannot listen on {}", settings.bind))?;
@@ -70,8 +114,9 @@ impl Application {
         Ok(Application {
             port,
             server,
-            worker,
-            store,
+            worker: core.worker,
+            store: core.store,
+            synapse: core.synapse,
             concurrency: settings.worker_concurrency,
         })
     }
@@ -87,6 +132,11 @@ impl Application {
 
     pub fn store(&self) -> Store {
         self.store.clone()
+    }
+
+    /// The Synapse client, whose request counts tests read.
+    pub fn synapse(&self) -> Arc<Synapse> {
+        Arc::clone(&self.synapse)
     }
 
     /// Serves until `stop` resolves (SIGTERM/SIGINT in production), then

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod health;
+pub mod profile_sync;
 pub mod users;
 pub mod webhooks;
 
@@ -17,6 +18,7 @@ use utoipa::{Modify, OpenApi};
 use crate::config::Settings;
 use crate::store::{LocalpartPolicy, Store};
 use crate::synapse::Synapse;
+use crate::sync::ProfileSync;
 
 /// What every handler can reach.
 pub struct AppState {
@@ -26,6 +28,7 @@ pub struct AppState {
     pub policy: LocalpartPolicy,
     /// Wakes an idle worker when a job is queued.
     pub wake: Arc<Notify>,
+    pub sync: Arc<ProfileSync>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -39,6 +42,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(webhooks::receive)
     .service(users::get_user)
     .service(users::retry_user)
+    .service(profile_sync::profile_sync)
     .service(health::healthz)
     .service(health::readyz)
     .route("/openapi.json", web::get().to(openapi_json))
@@ -59,10 +63,11 @@ async fn openapi_json() -> web::Json<utoipa::openapi::OpenApi> {
         webhooks::receive,
         users::get_user,
         users::retry_user,
+        profile_sync::profile_sync,
         health::healthz,
         health::readyz,
     ),
-    components(schemas(error::ErrorBody)),
+    components(schemas(error::ErrorBody, profile_sync::SyncRequest, crate::sync::Summary)),
     modifiers(&SecuritySchemes)
 )]
 pub struct ApiDoc;

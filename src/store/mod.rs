@@ -8,6 +8,7 @@
 
 mod jobs;
 mod people;
+mod sync;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -17,7 +18,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
 
 pub use jobs::{Job, QueueDepth};
-pub use people::{Accepted, Account, LocalpartPolicy, Person, State};
+pub use people::{Accepted, Account, CreateVia, LocalpartPolicy, Person, State};
+pub use sync::{JobState, SyncHolder};
 
 use crate::config::{redact_url, Secret};
 
