@@ -1,7 +1,10 @@
 //! Black-box tests against a real Synapse and both databases. Run them with
 //! `scripts/test.sh`, which starts Synapse and PostgreSQL first.
 
+mod fakes;
+mod profiles;
 mod provisioning;
 mod resilience;
 mod support;
+mod sync;
 mod webhooks;
