@@ -91,9 +91,10 @@ pub struct Settings {
     pub profile_drift: DriftPolicy,
     /// People asked of DAARION's user API per page (`SYNC_PAGE_SIZE`, default 500).
     pub sync_page_size: usize,
-    /// How long a sync pass waits for the Synapse work it caused
-    /// (`SYNC_DEADLINE_SECONDS`, default 1800); what is left runs later.
-    pub sync_deadline: Duration,
+    /// How long a sync pass waits for one person's work while Synapse keeps
+    /// asking for retries (`SYNC_JOB_WAIT_SECONDS`, default 120). After the
+    /// first person runs out, the pass stops waiting: the rest stays queued.
+    pub sync_job_wait: Duration,
     pub reserved_localparts: Vec<String>,
     pub worker_concurrency: usize,
     pub synapse_max_concurrency: usize,
@@ -184,8 +185,8 @@ impl Settings {
                 }
             },
             sync_page_size: env.positive("SYNC_PAGE_SIZE")?.unwrap_or(500).min(10_000),
-            sync_deadline: Duration::from_secs(
-                env.positive("SYNC_DEADLINE_SECONDS")?.unwrap_or(1800) as u64,
+            sync_job_wait: Duration::from_secs(
+                env.positive("SYNC_JOB_WAIT_SECONDS")?.unwrap_or(120) as u64,
             ),
             reserved_localparts,
             worker_concurrency: env.positive("WORKER_CONCURRENCY")?.unwrap_or(8),

@@ -14,10 +14,12 @@
 //!   put DAARION's back or only to count it.
 //! - One pass at a time across processes and hosts: a lease row in the
 //!   database; a second pass gets [`SyncError::InProgress`].
-//! - The pass waits for its work up to `SYNC_DEADLINE_SECONDS`, running the
-//!   jobs itself (as many at once as `SYNAPSE_MAX_CONCURRENCY`) next to the
-//!   background workers; what is left then stays queued and is counted as
-//!   `unfinished`.
+//! - The pass runs the jobs it caused itself (as many at once as
+//!   `SYNAPSE_MAX_CONCURRENCY`, next to the background workers) and waits
+//!   for each, so `created`, `failed`… are true. A person whose work is
+//!   still being retried after `SYNC_JOB_WAIT_SECONDS` (Synapse down) is
+//!   counted `unfinished`, and from then on the pass stops waiting: the
+//!   rest stays queued for the workers and the cron hears about it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -236,7 +238,8 @@ impl ProfileSync {
         // Bounded: a backfill of 100,000 people reads no faster than their
         // accounts are created, keeping memory flat.
         let (touched_tx, mut touched_rx) = mpsc::channel::<Touched>(TOUCHED_BACKLOG);
-        let deadline = Instant::now() + self.settings.sync_deadline;
+        // Set when someone's work outlasted SYNC_JOB_WAIT_SECONDS.
+        let give_up = std::sync::atomic::AtomicBool::new(false);
         let mut read = ReadSide {
             sync: self,
             touched: touched_tx,
@@ -258,7 +261,7 @@ impl ProfileSync {
         };
         let incoming = stream::poll_fn(move |cx| touched_rx.poll_recv(cx));
         let driving = incoming
-            .map(|t| self.drive(t, deadline))
+            .map(|t| self.drive(t, &give_up))
             .buffer_unordered(self.settings.synapse_max_concurrency.max(1))
             .collect::<Vec<_>>();
         let ((complete, checked, failed, drift_found, errors), results) =
@@ -283,9 +286,15 @@ impl ProfileSync {
         complete
     }
 
-    /// Runs the person's job until it is done, failed, or the deadline
-    /// passes; jobs held by another worker are waited for.
-    async fn drive(&self, t: Touched, deadline: Instant) -> (Cause, Ending, bool) {
+    /// Runs the person's job until it is done or failed; jobs held by
+    /// another worker are waited for, retries up to SYNC_JOB_WAIT_SECONDS.
+    async fn drive(
+        &self,
+        t: Touched,
+        give_up: &std::sync::atomic::AtomicBool,
+    ) -> (Cause, Ending, bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let deadline = Instant::now() + self.settings.sync_job_wait;
         loop {
             // Done, failed or retried: the job's row tells which, below.
             if let Err(e) = self.worker.run_job_of(&t.user_id).await {
@@ -299,7 +308,15 @@ impl ProfileSync {
                     now_ms() + 1000
                 }
             };
+            if give_up.load(Relaxed) {
+                return (t.cause, Ending::Unfinished, false);
+            }
             if Instant::now() >= deadline {
+                tracing::warn!(
+                    user_id = %t.user_id,
+                    "work still retried after SYNC_JOB_WAIT_SECONDS; the pass stops waiting"
+                );
+                give_up.store(true, Relaxed);
                 return (t.cause, Ending::Unfinished, false);
             }
             // A retry's backoff or another worker's run: look again soon.

@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+use matrix_provisioner::app::Application;
+use matrix_provisioner::domain::event::{Event, Parsed};
+use matrix_provisioner::jobs::Outcome;
+use matrix_provisioner::store::{LocalpartPolicy, State};
 use serde_json::{json, Value};
 
 use crate::fakes::{png, AvatarHost, HUGE};
@@ -342,4 +346,96 @@ async fn an_unreachable_avatar_host_is_reported_and_does_not_block() {
     assert_eq!(user["displayname"], "Still Named");
     assert_eq!(user["avatar_url"], Value::Null);
     app.shutdown().await;
+}
+
+/// Synapse can answer 429 to a display-name PUT after saving the name. The
+/// retry must see that and not write (and rewrite every room membership)
+/// again: after a failed attempt the worker reads the profile first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_reads_the_profile_before_writing_it_again() {
+    init_logs();
+    let admin = SynapseAdmin::shared().await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    // Built but not run: we drive the queue by hand.
+    let app = Application::build(settings(&base_env(&db, &admin.info)))
+        .await
+        .unwrap();
+    let store = app.store();
+    let policy = LocalpartPolicy {
+        server_name: admin.info.server_name.clone(),
+        reserved: vec![],
+    };
+    let accept = |ev: Value| {
+        let store = store.clone();
+        let policy = policy.clone();
+        async move {
+            let body = serde_json::to_vec(&ev).unwrap();
+            let Parsed::Event(ev) = Event::parse(&body).unwrap() else {
+                panic!()
+            };
+            store
+                .accept_event(&ev, &policy, matrix_provisioner::now_ms())
+                .await
+                .unwrap();
+        }
+    };
+    let name = unique("retry");
+    let user_id = unique("u_");
+    accept(event(
+        "user.registered",
+        &user_id,
+        json!({"username": name, "display_name": "First"}),
+    ))
+    .await;
+    assert_eq!(
+        app.worker().run_one().await.unwrap(),
+        Some(Outcome::Done(State::Provisioned))
+    );
+    let mxid = admin.user_id(&name);
+
+    // The rename's PUT reached Synapse, its answer did not: what a 429
+    // after the save looks like from here (an attempt counted as failed).
+    accept(event(
+        "user.updated",
+        &user_id,
+        json!({"display_name": "Second"}),
+    ))
+    .await;
+    let (status, _) = admin
+        .put(
+            &format!("/_synapse/admin/v2/users/{mxid}"),
+            &json!({"displayname": "Second"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    db.execute(&format!(
+        "UPDATE people SET attempts = 1 WHERE user_id = '{user_id}'"
+    ))
+    .await;
+
+    let calls = app.synapse().calls().snapshot();
+    assert_eq!(
+        app.worker().run_one().await.unwrap(),
+        Some(Outcome::Done(State::Provisioned))
+    );
+    let sent = app.synapse().calls().snapshot().since(&calls);
+    assert_eq!(
+        sent.nonzero(),
+        vec![("user_get", 1)],
+        "read, not written: {sent:?}"
+    );
+    assert_eq!(admin.user(&mxid).await.unwrap()["displayname"], "Second");
+
+    // Without that failure, a change is written straight away.
+    accept(event(
+        "user.updated",
+        &user_id,
+        json!({"display_name": "Third"}),
+    ))
+    .await;
+    let calls = app.synapse().calls().snapshot();
+    app.worker().run_one().await.unwrap();
+    let sent = app.synapse().calls().snapshot().since(&calls);
+    assert_eq!(sent.nonzero(), vec![("user_put", 1)], "{sent:?}");
+    assert_eq!(admin.user(&mxid).await.unwrap()["displayname"], "Third");
 }

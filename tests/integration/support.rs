@@ -463,6 +463,19 @@ impl TestDb {
         }
     }
 
+    /// Runs one statement straight on the database (to stage a state the
+    /// service would reach only through a failure).
+    pub async fn execute(&self, sql: &str) {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.url)
+            .await
+            .unwrap();
+        sqlx::query(sql).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+
     /// Rows in `table`, read straight from the database.
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::any::install_default_drivers();

@@ -443,3 +443,45 @@ async fn backfill_respects_strangers_and_adopts_its_interrupted_creations() {
     assert_eq!(admin.lookup(&user_id).await, Some(admin.user_id(&name)));
     assert_eq!(admin.count_users(&name).await, 1, "no second account");
 }
+
+/// Synapse down during a pass: nothing fails for good, the summary says
+/// the work is unfinished (the cron exits non-zero), and the workers finish
+/// it when Synapse is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_while_synapse_is_down_leaves_the_work_queued() {
+    let synapse = PrivateSynapse::start();
+    let api = FakeUserApi::start(API_TOKEN);
+    let app = TestApp::spawn_with(
+        TestDb::new(Backend::Sqlite).await,
+        synapse.info.clone(),
+        &[
+            ("AUTH_API_URL", &api.url),
+            ("AUTH_API_TOKEN", API_TOKEN),
+            ("SYNC_JOB_WAIT_SECONDS", "2"),
+            ("RETRY_MAX_DELAY_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let tag = unique("down");
+    let ids: Vec<String> = (0..3).map(|i| format!("u_{tag}_{i}")).collect();
+    api.put_all(
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| FakeUser::new(id, &format!("{tag}-{i}"), "Waiting", ms(Utc::now()))),
+    );
+    synapse.stop();
+    let (status, summary) = app.client.profile_sync(false).await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary_counts(&summary), [3, 0, 0, 0, 0, 3], "{summary}");
+
+    synapse.resume();
+    let admin = SynapseAdmin::new(synapse.info.clone()).await;
+    for id in &ids {
+        app.client.wait_for_state(id, "provisioned", DEADLINE).await;
+        assert!(admin.lookup(id).await.is_some(), "{id}");
+    }
+    // The listing was read completely: the next pass has nothing to do.
+    let (_, summary) = app.client.profile_sync(false).await;
+    assert_eq!(summary_counts(&summary), [3, 0, 0, 0, 0, 0], "{summary}");
+    app.shutdown().await;
+}
