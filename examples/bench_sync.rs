@@ -2,9 +2,10 @@
 //! `scripts/bench-sync.sh`, which starts a Synapse (and PostgreSQL if asked)
 //! on 127.0.0.1 and passes their addresses here. Measures, in one run:
 //!
-//! 1. Backfill: people per second created by a pass, next to Synapse's raw
-//!    rate for the same admin PUT at the same concurrency, measured before
-//!    and after ours (the machine's load changes; the bracket shows it).
+//! 1. Backfill: people per second created by passes, next to Synapse's raw
+//!    rate for the same admin PUT at the same concurrency, in alternating
+//!    rounds (the machine's load changes; rounds share it), with the CPU
+//!    time Synapse and this process spent per person.
 //! 2. A pass over PEOPLE people of whom nothing changed: time and Synapse
 //!    requests, as an incremental pass that reads everyone (no drift
 //!    check) and as a full pass (with the drift check's list reads).
@@ -237,41 +238,65 @@ async fn main() {
     let mut report = Report { rows: Vec::new() };
     let run = now_ms();
 
-    // --- 1. backfill next to the raw admin PUT, bracketed.
+    // --- 1. backfill next to the raw admin PUT, in alternating rounds so
+    // that a change in the machine's load hits both alike.
     // Warm up both paths (admin logins, connection pools, Synapse caches).
     raw.create_rate(&format!("warm{run}"), 20, concurrency)
         .await;
     let t = now_ms() - 3_600_000;
-    api.put_all((0..backfill).map(|i| {
-        FakeUser::new(
-            &format!("u_bf{run}_{i}"),
-            &format!("bf{run}-{i}"),
-            &format!("Person {i}"),
-            t,
-        )
-    }));
-    let half = backfill.div_ceil(2);
-    let raw_before = raw
-        .create_rate(&format!("rawa{run}"), half, concurrency)
-        .await;
-    let backfilled = pass(&core, false).await;
-    assert_eq!(backfilled.created as usize, backfill, "{backfilled:?}");
-    let raw_after = raw
-        .create_rate(&format!("rawb{run}"), half, concurrency)
-        .await;
-    let ours = backfill as f64 / (backfilled.duration_ms as f64 / 1000.0);
-    let raw_rate = 2.0 / (1.0 / raw_before + 1.0 / raw_after);
+    let rounds = number("ROUNDS", 4).clamp(1, backfill.max(1));
+    let synapse_pid = env("MP_BENCH_SYNAPSE_PID");
+    let (mut raw_s, mut ours_s) = (0.0, 0.0);
+    let (mut raw_cpu, mut ours_cpu, mut our_own_cpu) = (0.0, 0.0, 0.0);
+    let (mut created, mut requests, mut ratios) = (0, 0, Vec::new());
+    for r in 0..rounds {
+        let range = r * backfill / rounds..(r + 1) * backfill / rounds;
+        let n = range.len();
+        let cpu = cpu_seconds(synapse_pid.as_deref());
+        let started = Instant::now();
+        raw.create_rate(&format!("raw{run}r{r}"), n, concurrency)
+            .await;
+        let raw_round = started.elapsed().as_secs_f64();
+        let cpu_after_raw = cpu_seconds(synapse_pid.as_deref());
+        // Updated now: each round's pass reads what changed since the last.
+        let updated = now_ms();
+        api.put_all(range.map(|i| {
+            FakeUser::new(
+                &format!("u_bf{run}_{i}"),
+                &format!("bf{run}-{i}"),
+                &format!("Person {i}"),
+                updated,
+            )
+        }));
+        let backfilled = pass(&core, false).await;
+        assert_eq!(backfilled.created as usize, n, "{backfilled:?}");
+        let cpu_after_ours = cpu_seconds(synapse_pid.as_deref());
+        let ours_round = backfilled.duration_ms as f64 / 1000.0;
+        raw_s += raw_round;
+        ours_s += ours_round;
+        raw_cpu += cpu_after_raw.0 - cpu.0;
+        ours_cpu += cpu_after_ours.0 - cpu_after_raw.0;
+        our_own_cpu += cpu_after_ours.1 - cpu_after_raw.1;
+        created += n;
+        requests += backfilled.synapse_requests;
+        ratios.push(round(100.0 * raw_round / ours_round));
+    }
+    let ours = created as f64 / ours_s;
+    let raw_rate = created as f64 / raw_s;
     report.add(
         "backfill (admin API, via the sync pass)",
-        json!({"people": backfill, "people_per_s": round(ours), "synapse_requests": backfilled.synapse_requests}),
+        json!({"people": created, "people_per_s": round(ours), "synapse_requests": requests,
+               "synapse_cpu_ms_per_person": round(1000.0 * ours_cpu / created as f64),
+               "our_cpu_ms_per_person": round(1000.0 * our_own_cpu / created as f64)}),
     );
     report.add(
         "raw admin PUT create, same concurrency",
-        json!({"before_per_s": round(raw_before), "after_per_s": round(raw_after), "mean_per_s": round(raw_rate)}),
+        json!({"people": created, "people_per_s": round(raw_rate),
+               "synapse_cpu_ms_per_person": round(1000.0 * raw_cpu / created as f64)}),
     );
     report.add(
         "backfill / raw",
-        json!({"percent": round(100.0 * ours / raw_rate)}),
+        json!({"percent": round(100.0 * ours / raw_rate), "per_round": ratios}),
     );
 
     // --- 2. seed the rest as already provisioned, nothing changed.
@@ -389,6 +414,29 @@ async fn seed(url: &str, api: &FakeUserApi, run: i64, from: usize, to: usize, t:
 fn any_url(url: &str) -> String {
     sqlx::any::install_default_drivers();
     url.to_string()
+}
+
+/// CPU seconds (user + system) used so far by Synapse (if its pid is
+/// known; 0 otherwise) and by this process.
+fn cpu_seconds(synapse_pid: Option<&str>) -> (f64, f64) {
+    let of = |path: String| -> f64 {
+        let Ok(stat) = std::fs::read_to_string(path) else {
+            return 0.0;
+        };
+        // Fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, r)| r)
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+        ticks / 100.0 // USER_HZ
+    };
+    (
+        synapse_pid.map_or(0.0, |pid| of(format!("/proc/{pid}/stat"))),
+        of("/proc/self/stat".to_string()),
+    )
 }
 
 fn cpu_model() -> String {

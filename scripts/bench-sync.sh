@@ -6,11 +6,14 @@
 #
 # Usage:   scripts/bench-sync.sh
 # Env:     PEOPLE         people in the user API (default 100000)
-#          BACKFILL       of them created in Synapse by a pass (default 2000)
+#          BACKFILL       of them created in Synapse by passes (default 2000)
+#          ROUNDS         the backfill alternates with the raw rate in this many
+#                         rounds (default 4)
 #          CONCURRENCY    SYNAPSE_MAX_CONCURRENCY, also used for the raw rate (16)
 #          BCRYPT_ROUNDS  Synapse's bcrypt_rounds (default 12, Synapse's own default;
 #                         the admin-API backfill does not hash, registration does)
-#          DATABASE       sqlite (default) or postgres
+#          DATABASE       sqlite (default) or postgres (PostgreSQL 15, durable:
+#                         fsync and synchronous_commit on)
 #          PROFILE_DRIFT  enforce (default), report or off
 #          BENCH_BUILD    release (default) or debug (a quick check that it runs;
 #                         its figures mean nothing)
@@ -52,9 +55,14 @@ SYNAPSE_LOG_LEVEL=WARNING RELAX_RATELIMITS=0 \
     scripts/synapse-config.sh "$work/synapse" "$port" >/dev/null
 scripts/synapse-ctl.sh start "$work/synapse" >/dev/null
 export MP_BENCH_SYNAPSE_URL="http://127.0.0.1:$port"
+export MP_BENCH_SYNAPSE_PID="$(cat "$work/synapse/synapse.pid")"
 
 if [[ "$DATABASE" == postgres ]]; then
     export BENCH_DATABASE_URL="$(scripts/pg-cluster.sh start "$work/pg" | tail -n 1)"
+    # The test cluster trades durability for speed; measure with it on.
+    psql -q "$BENCH_DATABASE_URL" -c "ALTER SYSTEM SET fsync = on" \
+        -c "ALTER SYSTEM SET synchronous_commit = on" \
+        -c "ALTER SYSTEM SET full_page_writes = on" -c "SELECT pg_reload_conf()" >/dev/null
 fi
 
 target="${CARGO_TARGET_DIR:-$repo/target}"

@@ -426,25 +426,29 @@ impl ReadSide<'_> {
             }
             let ids: Vec<String> = events.iter().map(|e| e.user_id.clone()).collect();
             let known = store.people_by_ids(&ids).await.map_err(|e| e.to_string())?;
-            for event in events {
-                let before = known.get(&event.user_id);
-                if let Some(person) = before {
-                    // Listed again without news: nothing to store or do.
-                    if !person.wanted.clone().apply(&event) {
-                        continue;
-                    }
-                }
-                let accepted = store
-                    .accept_event_via(&event, &self.sync.policy, now_ms(), CreateVia::AdminApi)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            // Listed again without news: nothing to store or do.
+            let news: Vec<Event> = events
+                .into_iter()
+                .filter(|event| {
+                    known
+                        .get(&event.user_id)
+                        .is_none_or(|person| person.wanted.clone().apply(event))
+                })
+                .collect();
+            let accepted = store
+                .accept_events_via(&news, &self.sync.policy, now_ms(), CreateVia::AdminApi)
+                .await
+                .map_err(|e| e.to_string())?;
+            if accepted.iter().any(|a| a.queued) {
+                self.sync.wake.notify_waiters();
+            }
+            for (event, accepted) in news.into_iter().zip(accepted) {
                 if accepted.queued && seen.insert(event.user_id.clone(), ()).is_none() {
-                    self.sync.wake.notify_one();
                     let _ = self
                         .touched
                         .send(Touched {
+                            before: known.get(&event.user_id).cloned(),
                             user_id: event.user_id,
-                            before: before.cloned(),
                             cause: Cause::Listing,
                         })
                         .await;
