@@ -66,3 +66,16 @@ pub async fn profile_sync(
         Err(e) => Err(ApiError::unavailable(format!("the sync pass stopped: {e}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use utoipa::OpenApi;
+
+    #[test]
+    fn the_endpoint_and_its_summary_are_documented() {
+        let doc = super::super::ApiDoc::openapi();
+        assert!(doc.paths.paths.contains_key("/v1/admin/profile-sync"));
+        let schemas = doc.components.unwrap().schemas;
+        assert!(schemas.contains_key("Summary") && schemas.contains_key("SyncRequest"));
+    }
+}
