@@ -1,5 +1,6 @@
 //! Builds the running service from settings: database (migrated), Synapse
-//! client, HTTP server and workers. Tests bind port 0 and read the port back.
+//! client, HTTP server, workers and the sync pass. Tests bind port 0 and
+//! read the port back.
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -12,24 +13,41 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio::sync::{watch, Notify};
 
+use crate::avatar::AvatarFetcher;
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::jobs::Worker;
 use crate::sso::Sso;
 use crate::store::{Backend, Intake, LocalpartPolicy, Store};
 use crate::synapse::Synapse;
+use crate::sync::ProfileSync;
 
 pub struct Application {
     port: u16,
     server: Server,
     worker: Arc<Worker>,
     store: Store,
+    synapse: Arc<Synapse>,
     concurrency: usize,
     shutdown_timeout: Duration,
 }
 
-impl Application {
-    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+/// The service without its HTTP server: database (migrated), Synapse
+/// client, worker and sync pass. `serve` adds the server; the cron command
+/// (`sync-profiles`) uses this alone.
+pub struct Core {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub synapse: Arc<Synapse>,
+    pub policy: LocalpartPolicy,
+    pub worker: Arc<Worker>,
+    pub sync: Arc<ProfileSync>,
+    /// Wakes an idle worker when a job is queued.
+    pub wake: Arc<Notify>,
+}
+
+impl Core {
+    pub async fn build(settings: Settings) -> anyhow::Result<Core> {
         let settings = Arc::new(settings);
         let store = Store::connect(&settings.database_url, settings.db_max_connections).await?;
         store.migrate().await?;
@@ -41,31 +59,57 @@ impl Application {
             reserved,
         };
         let wake = Arc::new(Notify::new());
+        let avatars = Arc::new(AvatarFetcher::new(&settings)?);
         let worker = Arc::new(Worker::new(
             &settings,
             store.clone(),
             Arc::clone(&synapse),
             policy.clone(),
+            avatars,
             Arc::clone(&wake),
         ));
+        let sync = Arc::new(ProfileSync::new(
+            Arc::clone(&settings),
+            store.clone(),
+            Arc::clone(&worker),
+            policy.clone(),
+            Arc::clone(&wake),
+        )?);
+        Ok(Core {
+            settings,
+            store,
+            synapse,
+            policy,
+            worker,
+            sync,
+            wake,
+        })
+    }
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let core = Core::build(settings).await?;
+        let settings = Arc::clone(&core.settings);
         // SQLite writes one transaction at a time anyway; PostgreSQL overlaps
         // several, each flushing a batch.
-        let writers = match (settings.intake_writers, store.backend()) {
+        let writers = match (settings.intake_writers, core.store.backend()) {
             (0, Backend::Sqlite) => 1,
             (0, Backend::Postgres) => 8,
             (n, _) => n,
         };
-        let intake = Intake::start(store.clone(), policy.clone(), writers);
+        let intake = Intake::start(core.store.clone(), core.policy.clone(), writers);
         let sso = Arc::new(Sso::new(&settings)?);
         let state = web::Data::new(AppState {
             settings: Arc::clone(&settings),
-            store: store.clone(),
-            synapse,
-            policy,
+            store: core.store.clone(),
+            synapse: Arc::clone(&core.synapse),
+            policy: core.policy.clone(),
             intake,
-            wake,
-            worker: Arc::clone(&worker),
+            wake: core.wake,
+            worker: Arc::clone(&core.worker),
             sso,
+            sync: core.sync,
         });
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("cannot listen on {}", settings.bind))?;
@@ -87,8 +131,9 @@ impl Application {
         Ok(Application {
             port,
             server,
-            worker,
-            store,
+            worker: core.worker,
+            store: core.store,
+            synapse: core.synapse,
             concurrency: settings.worker_concurrency,
             shutdown_timeout: settings.shutdown_timeout,
         })
@@ -105,6 +150,11 @@ impl Application {
 
     pub fn store(&self) -> Store {
         self.store.clone()
+    }
+
+    /// The Synapse client, whose request counts tests read.
+    pub fn synapse(&self) -> Arc<Synapse> {
+        Arc::clone(&self.synapse)
     }
 
     /// Serves until `stop` resolves (SIGTERM/SIGINT in production), then

@@ -47,6 +47,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// What a sync pass does about a profile changed in Matrix by hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftPolicy {
+    /// Put DAARION's profile back (the default).
+    Enforce,
+    /// Count it in the summary and log it, change nothing.
+    Report,
+    /// Do not look (full passes then make no Synapse calls when nothing changed).
+    Off,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub bind: SocketAddr,
@@ -81,6 +92,20 @@ pub struct Settings {
     pub auth_api_token: Option<Secret>,
     pub admin_api_token: Option<Secret>,
     pub avatar_allowed_hosts: Vec<String>,
+    /// Largest avatar downloaded (`AVATAR_MAX_BYTES`, default 5 MiB).
+    pub avatar_max_bytes: usize,
+    /// Whole download, redirects included (`AVATAR_TIMEOUT_SECONDS`, default 10).
+    pub avatar_timeout: Duration,
+    /// Redirects followed, each checked again (`AVATAR_MAX_REDIRECTS`, default 3).
+    pub avatar_max_redirects: usize,
+    /// `PROFILE_DRIFT`: `enforce` (default), `report` or `off`.
+    pub profile_drift: DriftPolicy,
+    /// People asked of DAARION's user API per page (`SYNC_PAGE_SIZE`, default 500).
+    pub sync_page_size: usize,
+    /// How long a sync pass waits for one person's work while Synapse keeps
+    /// asking for retries (`SYNC_JOB_WAIT_SECONDS`, default 120). After the
+    /// first person runs out, the pass stops waiting: the rest stays queued.
+    pub sync_job_wait: Duration,
     pub reserved_localparts: Vec<String>,
     pub worker_concurrency: usize,
     pub synapse_max_concurrency: usize,
@@ -180,6 +205,25 @@ impl Settings {
                 .get("AVATAR_ALLOWED_HOSTS")
                 .map(|s| split_list(&s))
                 .unwrap_or_default(),
+            avatar_max_bytes: env.positive("AVATAR_MAX_BYTES")?.unwrap_or(5 * 1024 * 1024),
+            avatar_timeout: Duration::from_secs(
+                env.positive("AVATAR_TIMEOUT_SECONDS")?.unwrap_or(10) as u64,
+            ),
+            avatar_max_redirects: env.parsed("AVATAR_MAX_REDIRECTS")?.unwrap_or(3),
+            profile_drift: match env.get("PROFILE_DRIFT").as_deref() {
+                None | Some("enforce") => DriftPolicy::Enforce,
+                Some("report") => DriftPolicy::Report,
+                Some("off") => DriftPolicy::Off,
+                Some(other) => {
+                    return Err(ConfigError(format!(
+                        "PROFILE_DRIFT must be `enforce`, `report` or `off`, not {other:?}"
+                    )))
+                }
+            },
+            sync_page_size: env.positive("SYNC_PAGE_SIZE")?.unwrap_or(500).min(10_000),
+            sync_job_wait: Duration::from_secs(
+                env.positive("SYNC_JOB_WAIT_SECONDS")?.unwrap_or(120) as u64,
+            ),
             reserved_localparts,
             worker_concurrency: env.positive("WORKER_CONCURRENCY")?.unwrap_or(8),
             synapse_max_concurrency: env.positive("SYNAPSE_MAX_CONCURRENCY")?.unwrap_or(16),
@@ -333,6 +377,26 @@ mod tests {
         assert_eq!(s.synapse_url.as_str(), "http://127.0.0.1:8008/");
         assert_eq!(s.synapse_public_url, s.synapse_url);
         assert!(s.webhook_secrets.is_empty());
+        assert_eq!(s.avatar_max_bytes, 5 * 1024 * 1024);
+        assert_eq!(s.profile_drift, DriftPolicy::Enforce);
+    }
+
+    #[test]
+    fn profile_settings_are_checked() {
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push(("PROFILE_DRIFT", "report"));
+        pairs.push(("AVATAR_MAX_BYTES", "1024"));
+        pairs.push(("AVATAR_ALLOWED_HOSTS", "cdn.local:8080, 127.0.0.1"));
+        let s = settings(&pairs).unwrap();
+        assert_eq!(s.profile_drift, DriftPolicy::Report);
+        assert_eq!(s.avatar_max_bytes, 1024);
+        assert_eq!(s.avatar_allowed_hosts, ["cdn.local:8080", "127.0.0.1"]);
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push(("PROFILE_DRIFT", "fix"));
+        assert!(settings(&pairs)
+            .unwrap_err()
+            .to_string()
+            .starts_with("PROFILE_DRIFT "));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! Synapse client). `app` wires them together from `config`.
 
 pub mod app;
+pub mod avatar;
 pub mod config;
+pub mod daarion;
 pub mod domain;
 pub mod http;
 pub mod jobs;
@@ -13,6 +15,7 @@ pub mod metrics;
 pub mod sso;
 pub mod store;
 pub mod synapse;
+pub mod sync;
 pub mod telemetry;
 
 /// Milliseconds since the Unix epoch.

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use matrix_provisioner::app::{termination_signal, Application};
+use matrix_provisioner::app::{termination_signal, Application, Core};
 use matrix_provisioner::config::{Secret, Settings};
 use matrix_provisioner::store::Store;
+use matrix_provisioner::sync::SyncError;
 use matrix_provisioner::{http, telemetry};
 
 /// Provisions Matrix (Synapse) accounts for DAARION Auth users.
@@ -33,7 +34,20 @@ enum Command {
     /// GET /healthz of the service at BIND (for container health checks:
     /// slim images have no curl); exit 0 when it answers 200.
     Healthcheck,
+    /// Run one profile sync pass (for cron) and print its summary as JSON.
+    ///
+    /// Exit status: 0 when everything succeeded, 1 when something failed
+    /// (see the summary), 3 when another pass is running (sync_in_progress).
+    SyncProfiles {
+        /// Read every DAARION person, not only the changes since the last
+        /// pass, and look for profiles changed by hand in Matrix.
+        #[arg(long)]
+        full: bool,
+    },
 }
+
+/// `sync-profiles` found another pass running.
+const EXIT_IN_PROGRESS: u8 = 3;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -46,6 +60,7 @@ async fn main() -> ExitCode {
             Ok(())
         }
         Command::Healthcheck => healthcheck().await,
+        Command::SyncProfiles { full } => return sync_profiles(full).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -64,6 +79,46 @@ async fn serve() -> anyhow::Result<()> {
     telemetry::init(settings.log_format);
     let app = Application::build(settings).await?;
     app.run_until(stop).await
+}
+
+async fn sync_profiles(full: bool) -> ExitCode {
+    let core = match Settings::from_env() {
+        Ok(settings) => {
+            telemetry::init(settings.log_format);
+            Core::build(settings).await
+        }
+        Err(e) => Err(e.into()),
+    };
+    let core = match core {
+        Ok(core) => core,
+        Err(e) => {
+            eprintln!("matrix-provisioner: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = core.sync.run(full).await;
+    core.store.close().await;
+    match result {
+        Ok(summary) => {
+            println!(
+                "{}",
+                serde_json::to_string(&summary).expect("a summary serialises")
+            );
+            if summary.succeeded() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e @ SyncError::InProgress(_)) => {
+            eprintln!("matrix-provisioner: sync_in_progress: {e}");
+            ExitCode::from(EXIT_IN_PROGRESS)
+        }
+        Err(e) => {
+            eprintln!("matrix-provisioner: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn migrate() -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer};
+use sha2::Digest;
 
 /// Synapse refuses longer display names (`MAX_DISPLAYNAME_LEN`); we cut rather
 /// than fail the whole account over a long name.
@@ -109,9 +110,8 @@ impl Event {
     pub fn parse(body: &[u8]) -> Result<Parsed, EventError> {
         let raw: RawEvent = serde_json::from_slice(body)
             .map_err(|e| EventError::Malformed(format!("body is not a valid event: {e}")))?;
-        let unacceptable = |m: &str| Err(EventError::Unacceptable(m.to_string()));
         if !valid_id(&raw.id) {
-            return unacceptable("id must be 1 to 255 printable characters");
+            return Err(unacceptable("id must be 1 to 255 printable characters"));
         }
         let kind = match raw.kind.as_str() {
             "user.registered" => EventKind::Registered,
@@ -119,32 +119,102 @@ impl Event {
             "user.deleted" => EventKind::Deleted,
             _ => return Ok(Parsed::Ignored { id: raw.id }),
         };
-        let Ok(created_at) = DateTime::parse_from_rfc3339(&raw.created_at) else {
-            return unacceptable("created_at must be an RFC 3339 timestamp");
-        };
-        if !valid_id(&raw.data.user_id) {
-            return unacceptable("data.user_id must be 1 to 255 printable characters");
-        }
-        if let Patch::Set(url) = &raw.data.avatar_url {
-            if url.len() > MAX_URL_BYTES {
-                return unacceptable("data.avatar_url is longer than 2048 bytes");
-            }
-        }
-        Ok(Parsed::Event(Event {
-            id: raw.id,
-            kind,
-            created_at_ms: created_at.with_timezone(&Utc).timestamp_millis(),
-            user_id: raw.data.user_id,
-            username: raw.data.username.filter(|u| !u.trim().is_empty()),
-            display_name: raw.data.display_name.map(clean_display_name),
-            avatar_url: raw
-                .data
-                .avatar_url
-                .map(|u| u.trim().to_string())
-                .map(|u| if u.is_empty() { None } else { Some(u) })
-                .flatten_clear(),
-        }))
+        let created_at = timestamp(&raw.created_at, "created_at")?;
+        build(raw.id, kind, created_at, raw.data).map(Parsed::Event)
     }
+
+    /// The event that brings a person to what DAARION Auth's user API lists
+    /// (CONTRACT.md section 5), so a sync pass goes through the same intake
+    /// and last-writer-wins rules as webhooks:
+    /// - `created_at` is the person's `updated_at`, so a newer webhook still
+    ///   wins over an older listing and the other way round;
+    /// - the id is derived from the person and `updated_at`, so listing an
+    ///   unchanged person again is a duplicate;
+    /// - the listing is a full snapshot: a missing or null field means "none";
+    /// - `deleted: false` counts as a registration at `updated_at`: the
+    ///   person exists as of then, which revives them only if they were
+    ///   deleted before that (a `user.updated` never revives).
+    pub fn from_listing(user: ListedUser) -> Result<Event, EventError> {
+        let created_at = timestamp(&user.updated_at, "updated_at")?;
+        let id = format!("sync:{}:{created_at}", user.user_id);
+        let id = if valid_id(&id) {
+            id
+        } else {
+            // Long or odd user ids still get a stable, valid id.
+            let digest = sha2::Sha256::digest(user.user_id.as_bytes());
+            format!("sync:{}:{created_at}", hex::encode(digest))
+        };
+        let kind = if user.deleted {
+            EventKind::Deleted
+        } else {
+            EventKind::Registered
+        };
+        let snapshot = |v: Option<String>| v.map_or(Patch::Clear, Patch::Set);
+        let data = RawData {
+            user_id: user.user_id,
+            username: user.username,
+            display_name: snapshot(user.display_name),
+            avatar_url: snapshot(user.avatar_url),
+        };
+        build(id, kind, created_at, data)
+    }
+}
+
+/// One person in DAARION Auth's user API (CONTRACT.md section 5).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ListedUser {
+    pub user_id: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub avatar_url: Option<String>,
+    pub updated_at: String,
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+fn unacceptable(message: &str) -> EventError {
+    EventError::Unacceptable(message.to_string())
+}
+
+fn timestamp(raw: &str, field: &str) -> Result<i64, EventError> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc).timestamp_millis())
+        .map_err(|_| EventError::Unacceptable(format!("{field} must be an RFC 3339 timestamp")))
+}
+
+/// The checks and clean-up every event goes through, whatever its source.
+fn build(
+    id: String,
+    kind: EventKind,
+    created_at_ms: i64,
+    data: RawData,
+) -> Result<Event, EventError> {
+    if !valid_id(&data.user_id) {
+        return Err(unacceptable(
+            "data.user_id must be 1 to 255 printable characters",
+        ));
+    }
+    if let Patch::Set(url) = &data.avatar_url {
+        if url.len() > MAX_URL_BYTES {
+            return Err(unacceptable("data.avatar_url is longer than 2048 bytes"));
+        }
+    }
+    Ok(Event {
+        id,
+        kind,
+        created_at_ms,
+        user_id: data.user_id,
+        username: data.username.filter(|u| !u.trim().is_empty()),
+        display_name: data.display_name.map(clean_display_name),
+        avatar_url: data
+            .avatar_url
+            .map(|u| u.trim().to_string())
+            .map(|u| if u.is_empty() { None } else { Some(u) })
+            .flatten_clear(),
+    })
 }
 
 impl Event {
@@ -326,5 +396,41 @@ mod tests {
             assert_eq!(w.display_name.as_deref(), Some("Real"));
             assert_eq!(w.username.as_deref(), Some("olena"));
         }
+    }
+
+    fn listed(json: &str) -> Result<Event, EventError> {
+        Event::from_listing(serde_json::from_str(json).unwrap())
+    }
+
+    #[test]
+    fn listings_are_full_snapshots_with_stable_ids() {
+        let e = listed(
+            r#"{"user_id":"u_1","username":"olena","display_name":" Олена ","updated_at":"2026-11-24T10:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(e.kind, EventKind::Registered);
+        assert_eq!(e.id, "sync:u_1:1795514400000");
+        assert_eq!(e.created_at_ms, 1_795_514_400_000);
+        assert_eq!(e.display_name, Patch::Set("Олена".into()));
+        // Absent in a listing means "none", unlike in a webhook.
+        assert_eq!(e.avatar_url, Patch::Clear);
+        let again = listed(
+            r#"{"user_id":"u_1","display_name":"x","updated_at":"2026-11-24T10:00:00Z","deleted":true}"#,
+        )
+        .unwrap();
+        assert_eq!(again.kind, EventKind::Deleted);
+        assert_eq!(again.id, e.id);
+    }
+
+    #[test]
+    fn listings_are_checked_like_webhooks() {
+        assert!(listed(r#"{"user_id":"","updated_at":"2026-11-24T10:00:00Z"}"#).is_err());
+        assert!(listed(r#"{"user_id":"u","updated_at":"soon"}"#).is_err());
+        let long = "u".repeat(255);
+        let e = listed(&format!(
+            r#"{{"user_id":"{long}","updated_at":"2026-11-24T10:00:00Z"}}"#
+        ))
+        .unwrap();
+        assert!(e.id.len() <= 255 && e.id.starts_with("sync:"));
     }
 }

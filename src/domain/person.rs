@@ -61,6 +61,16 @@ impl Wanted {
         }
         *self != before
     }
+
+    /// Whether Synapse must change to go from `before` to `self`: the
+    /// display name, the avatar or deletion. Newer timestamps on the same
+    /// values (a sync pass listing an unchanged person) and usernames (the
+    /// localpart never changes) ask for nothing.
+    pub fn needs_work_since(&self, before: &Wanted) -> bool {
+        self.display_name != before.display_name
+            || self.avatar_url != before.avatar_url
+            || self.deleted != before.deleted
+    }
 }
 
 impl<T> Patch<T> {
@@ -157,5 +167,20 @@ mod tests {
         w.apply(&event(EventKind::Registered, 1, Patch::Set("A".into())));
         assert!(w.deleted);
         assert_eq!(w.display_name.as_deref(), Some("A"));
+    }
+
+    #[test]
+    fn only_value_changes_need_synapse_work() {
+        let mut w = Wanted::default();
+        w.apply(&event(EventKind::Registered, 1, Patch::Set("A".into())));
+        let before = w.clone();
+        // The same name again, newer: recorded, but nothing for Synapse.
+        assert!(w.apply(&event(EventKind::Registered, 2, Patch::Set("A".into()))));
+        assert!(!w.needs_work_since(&before));
+        w.apply(&event(EventKind::Updated, 3, Patch::Set("B".into())));
+        assert!(w.needs_work_since(&before));
+        let before = w.clone();
+        w.apply(&event(EventKind::Deleted, 4, Patch::Unchanged));
+        assert!(w.needs_work_since(&before));
     }
 }

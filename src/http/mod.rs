@@ -6,6 +6,7 @@ pub mod error;
 pub mod health;
 pub mod observe;
 pub mod ops;
+pub mod profile_sync;
 pub mod sso;
 pub mod users;
 pub mod webhooks;
@@ -22,6 +23,7 @@ use crate::jobs::Worker;
 use crate::sso::Sso;
 use crate::store::{Intake, LocalpartPolicy, Store};
 use crate::synapse::Synapse;
+use crate::sync::ProfileSync;
 
 /// What every handler can reach.
 pub struct AppState {
@@ -36,6 +38,7 @@ pub struct AppState {
     /// Runs a person's job at once when an SSO login needs their account.
     pub worker: Arc<Worker>,
     pub sso: Arc<Sso>,
+    pub sync: Arc<ProfileSync>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -52,6 +55,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(sso::session)
     .service(users::get_user)
     .service(users::retry_user)
+    .service(profile_sync::profile_sync)
     .service(health::healthz)
     .service(health::readyz)
     .service(ops::scrape)
@@ -99,6 +103,7 @@ fn sorted(value: serde_json::Value) -> serde_json::Value {
         sso::session,
         users::get_user,
         users::retry_user,
+        profile_sync::profile_sync,
         health::healthz,
         health::readyz,
         ops::scrape,
@@ -106,7 +111,12 @@ fn sorted(value: serde_json::Value) -> serde_json::Value {
         ops::docs_redirect,
         ops::docs_page,
     ),
-    components(schemas(error::ErrorBody, sso::SessionRequest)),
+    components(schemas(
+        error::ErrorBody,
+        sso::SessionRequest,
+        profile_sync::SyncRequest,
+        crate::sync::Summary
+    )),
     modifiers(&SecuritySchemes),
     tags(
         (name = "webhooks", description = "Events from DAARION Auth"),

@@ -25,6 +25,9 @@ pub struct UserView {
     pub display_name: Option<String>,
     pub avatar_url: Option<String>,
     pub avatar_mxc: Option<String>,
+    /// Why DAARION's avatar is not shown in Matrix (refused, or its host
+    /// unreachable); the display name and the account are not affected.
+    pub avatar_error: Option<String>,
     /// Failed attempts since the last success.
     pub attempts: i64,
     pub last_error: Option<String>,
@@ -42,7 +45,8 @@ impl UserView {
             avatar_url: person.wanted.avatar_url,
             avatar_mxc: person.avatar_mxc,
             attempts: person.attempts,
-            last_error: person.last_error.or(person.avatar_error),
+            last_error: person.last_error.or(person.avatar_error.clone()),
+            avatar_error: person.avatar_error,
             updated_at: rfc3339(person.updated_at),
         }
     }

@@ -15,6 +15,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::avatar::AvatarFetcher;
 use crate::config::Settings;
 use crate::store::{Account, ClaimFor, Job, LocalpartPolicy, Person, State, Store};
 use crate::synapse::Synapse;
@@ -52,6 +53,7 @@ pub struct Worker {
     store: Store,
     synapse: Arc<Synapse>,
     policy: LocalpartPolicy,
+    avatars: Arc<AvatarFetcher>,
     /// Identifies this process's leases.
     owner: String,
     lease: Duration,
@@ -65,6 +67,7 @@ impl Worker {
         store: Store,
         synapse: Arc<Synapse>,
         policy: LocalpartPolicy,
+        avatars: Arc<AvatarFetcher>,
         wake: Arc<Notify>,
     ) -> Worker {
         let owner = format!(
@@ -77,6 +80,7 @@ impl Worker {
             store,
             synapse,
             policy,
+            avatars,
             owner,
             lease: settings.job_lease,
             retry_max_delay: settings.retry_max_delay,
@@ -179,13 +183,40 @@ impl Worker {
         }
     }
 
+    /// Runs this person's job if it is due and no worker holds it;
+    /// `Ok(None)` otherwise (a sync pass drives the work it caused).
+    pub async fn run_job_of(&self, user_id: &str) -> anyhow::Result<Option<Outcome>> {
+        let now = now_ms();
+        let leased_until = now + self.lease.as_millis() as i64;
+        let Some(job) = self
+            .store
+            .claim_job_of(user_id, &self.owner, now, leased_until)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let outcome = self.execute(&job).await;
+        self.record(&job, &outcome).await?;
+        Ok(Some(outcome))
+    }
+
+    pub fn synapse(&self) -> &Arc<Synapse> {
+        &self.synapse
+    }
+
     async fn execute(&self, job: &Job) -> Outcome {
         let person = match self.store.person(&job.user_id).await {
             Ok(Some(person)) => person,
             Ok(None) => return Outcome::Failed("the person's record is missing".into()),
             Err(e) => return Outcome::retry(e.to_string()),
         };
-        provision::reconcile(&self.store, &self.synapse, &self.policy, person).await
+        let deps = provision::Deps {
+            store: &self.store,
+            synapse: &self.synapse,
+            policy: &self.policy,
+            avatars: &self.avatars,
+        };
+        provision::reconcile(&deps, person).await
     }
 
     async fn record(&self, job: &Job, outcome: &Outcome) -> anyhow::Result<()> {

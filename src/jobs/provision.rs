@@ -1,6 +1,7 @@
 //! One person's reconcile step: make Synapse hold what DAARION wants —
-//! an account (registered once, linked to the DAARION id), deactivated or
-//! not, with the wanted display name. Every step is safe to repeat, and
+//! an account (created once, by shared-secret registration or, for sync
+//! backfills, the admin API; linked to the DAARION id), deactivated or not,
+//! with the wanted display name and avatar, sending only what differs. Every step is safe to repeat, and
 //! progress that matters across a crash is written down before the Synapse
 //! call it protects.
 
@@ -8,9 +9,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::avatar::{AvatarFetcher, FetchError};
 use crate::domain::localpart::Localpart;
 use crate::now_ms;
-use crate::store::{Account, LocalpartPolicy, Person, State, Store, StoreError};
+use crate::store::{Account, CreateVia, LocalpartPolicy, Person, State, Store, StoreError};
 use crate::synapse::{AdminUser, Synapse, SynapseError, AUTH_PROVIDER};
 
 /// A registration we crashed in the middle of shows up as an unlinked
@@ -57,12 +59,15 @@ impl From<StoreError> for Outcome {
     }
 }
 
-pub async fn reconcile(
-    store: &Store,
-    synapse: &Synapse,
-    policy: &LocalpartPolicy,
-    person: Person,
-) -> Outcome {
+/// What a reconcile step needs from outside.
+pub struct Deps<'a> {
+    pub store: &'a Store,
+    pub synapse: &'a Synapse,
+    pub policy: &'a LocalpartPolicy,
+    pub avatars: &'a AvatarFetcher,
+}
+
+pub async fn reconcile(deps: &Deps<'_>, person: Person) -> Outcome {
     let interrupted = match person.account {
         Account::Registering => person
             .register_started_at
@@ -70,9 +75,10 @@ pub async fn reconcile(
         _ => None,
     };
     let mut step = Step {
-        store,
-        synapse,
-        policy,
+        store: deps.store,
+        synapse: deps.synapse,
+        policy: deps.policy,
+        avatars: deps.avatars,
         interrupted,
         p: person,
     };
@@ -86,10 +92,20 @@ struct Step<'a> {
     store: &'a Store,
     synapse: &'a Synapse,
     policy: &'a LocalpartPolicy,
+    avatars: &'a AvatarFetcher,
     /// A registration an earlier run started and never saw the end of:
     /// (localpart, when it started).
     interrupted: Option<(String, i64)>,
     p: Person,
+}
+
+/// What an attempt to create the account found.
+enum Creation {
+    Created,
+    /// The localpart exists in Synapse (the account, if it still does).
+    Taken(Option<AdminUser>),
+    /// The DAARION id is already linked to this other account.
+    LinkedElsewhere(String),
 }
 
 impl Step<'_> {
@@ -100,6 +116,27 @@ impl Step<'_> {
             Account::None | Account::Registering => self.ensure_account().await?,
             Account::Active | Account::Deactivated => {}
         }
+        // After drift was found or when an earlier attempt failed (a 429 can
+        // come after Synapse saved a change), read what Synapse holds before
+        // writing, so a retry does not write the same change twice.
+        let verify = self.p.profile_verify;
+        let observed = if verify != 0 || self.p.attempts > 0 {
+            let user = self.synapse.user(&self.p.localpart).await?.ok_or_else(|| {
+                Outcome::Failed(format!(
+                    "the account {} is missing in Synapse",
+                    self.synapse.user_id(&self.p.localpart)
+                ))
+            })?;
+            self.p.applied_display_name = user.displayname.clone();
+            // Someone reactivated a deleted person's account by hand: deactivate again.
+            if self.p.wanted.deleted && self.p.account == Account::Deactivated && !user.deactivated
+            {
+                self.p.account = Account::Active;
+            }
+            Some(user)
+        } else {
+            None
+        };
         if self.p.wanted.deleted {
             if self.p.account == Account::Active {
                 self.synapse.deactivate(&self.p.localpart).await?;
@@ -116,10 +153,14 @@ impl Step<'_> {
             self.record(Account::Active).await?;
         }
         self.sync_display_name().await?;
+        self.sync_avatar(observed.as_ref()).await?;
+        if verify != 0 {
+            self.store.clear_verify(&self.p.user_id, verify).await?;
+        }
         Ok(State::Provisioned)
     }
 
-    /// Makes sure the person has exactly one account, registering it if needed.
+    /// Makes sure the person has exactly one account, creating it if needed.
     async fn ensure_account(&mut self) -> Result<(), Outcome> {
         if self.p.account == Account::Registering {
             // An earlier attempt may have got through before we crashed or
@@ -136,22 +177,19 @@ impl Step<'_> {
                 .await?;
             self.p.account = Account::Registering;
 
-            let password = crate::synapse::random_password();
-            let display_name = self.p.wanted.display_name.clone();
-            match self
-                .synapse
-                .register(&localpart, &password, display_name.as_deref(), false, true)
-                .await
-            {
-                Ok(_) => {
-                    self.synapse
-                        .link_external_id(&localpart, &self.p.user_id)
-                        .await?;
-                    self.p.applied_display_name = display_name;
+            let creation = match self.p.create_via {
+                CreateVia::Register => self.create_by_registration(&localpart).await?,
+                CreateVia::AdminApi => self.create_by_admin_api(&localpart).await?,
+            };
+            match creation {
+                Creation::Created => {
+                    // Without a name Synapse gives the account its localpart.
+                    self.p.applied_display_name =
+                        Some(self.p.wanted.display_name.clone().unwrap_or(localpart));
                     return self.record(Account::Active).await;
                 }
-                Err(e) if e.errcode() == Some("M_USER_IN_USE") => {
-                    let existing = self.synapse.user(&localpart).await?;
+                Creation::LinkedElsewhere(user_id) => return self.adopt(&user_id).await,
+                Creation::Taken(existing) => {
                     if self.is_ours(existing.as_ref()) {
                         let user = existing.expect("is_ours implies Some");
                         if !has_our_id(&user, &self.p.user_id) {
@@ -182,13 +220,82 @@ impl Step<'_> {
                         }
                     }
                 }
-                Err(e) => return Err(e.into()),
             }
         }
         Err(Outcome::Failed(format!(
             "no free localpart after {MAX_CANDIDATES} tries starting from {}",
             base.as_str()
         )))
+    }
+
+    /// Shared-secret registration, then the link to the DAARION id.
+    async fn create_by_registration(&self, localpart: &str) -> Result<Creation, Outcome> {
+        let password = crate::synapse::random_password();
+        let display_name = self.p.wanted.display_name.as_deref();
+        match self
+            .synapse
+            .register(localpart, &password, display_name, false, true)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.errcode() == Some("M_USER_IN_USE") => {
+                return Ok(Creation::Taken(self.synapse.user(localpart).await?))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        match self
+            .synapse
+            .link_external_id(localpart, &self.p.user_id)
+            .await
+        {
+            Ok(()) => Ok(Creation::Created),
+            Err(e) if e.is_external_id_conflict() => self.linked_elsewhere(localpart, e).await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The admin API's PUT, created and linked in one request with no
+    /// password hash. That PUT is an upsert, so we look first: an existing
+    /// account is handled exactly like `M_USER_IN_USE`.
+    async fn create_by_admin_api(&self, localpart: &str) -> Result<Creation, Outcome> {
+        if let Some(existing) = self.synapse.user(localpart).await? {
+            return Ok(Creation::Taken(Some(existing)));
+        }
+        let display_name = self.p.wanted.display_name.as_deref();
+        match self
+            .synapse
+            .create_user(localpart, display_name, &self.p.user_id)
+            .await
+        {
+            Ok(true) => Ok(Creation::Created),
+            // Created by someone else between our look and our PUT, which
+            // then changed it: only a person can sort that out.
+            Ok(false) => Err(Outcome::Failed(format!(
+                "the account {} appeared while we created it and was modified; check it by hand",
+                self.synapse.user_id(localpart)
+            ))),
+            Err(e) if e.is_external_id_conflict() => self.linked_elsewhere(localpart, e).await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Synapse refused to link the account just created because the DAARION
+    /// id is linked to another account: that one is the person's. The new,
+    /// unlinked account is deactivated so nobody ends up using it.
+    async fn linked_elsewhere(
+        &self,
+        created: &str,
+        conflict: SynapseError,
+    ) -> Result<Creation, Outcome> {
+        let Some(linked) = self.synapse.lookup_external_id(&self.p.user_id).await? else {
+            return Err(conflict.into());
+        };
+        tracing::warn!(
+            user_id = %self.p.user_id, linked = %linked,
+            "the DAARION id is already linked to another account; adopting it and deactivating the one just created"
+        );
+        self.synapse.deactivate(created).await?;
+        Ok(Creation::LinkedElsewhere(linked))
     }
 
     /// An existing account is ours when it carries our DAARION id, or when it
@@ -238,19 +345,139 @@ impl Step<'_> {
         self.record(account).await
     }
 
+    /// Sends the display name only when Synapse does not hold it already.
+    /// Without a DAARION display name the account shows its localpart, as
+    /// every account Synapse creates without a name does (see README).
     async fn sync_display_name(&mut self) -> Result<(), Outcome> {
-        let wanted = self.p.wanted.display_name.clone();
-        if wanted == self.p.applied_display_name {
+        let name = self
+            .p
+            .wanted
+            .display_name
+            .clone()
+            .unwrap_or_else(|| self.p.localpart.clone());
+        if self.p.applied_display_name.as_deref() == Some(name.as_str()) {
             return Ok(());
         }
-        // Without a name Synapse shows the localpart, as it does after a
-        // registration without one.
-        let name = wanted.clone().unwrap_or_else(|| self.p.localpart.clone());
         self.synapse
-            .put_user(&self.p.localpart, &json!({"displayname": name}))
+            .set_displayname(&self.p.localpart, &name)
             .await?;
-        self.p.applied_display_name = wanted;
+        self.p.applied_display_name = Some(name);
         self.record(self.p.account).await
+    }
+
+    /// Makes the profile's avatar follow DAARION's `avatar_url`. Nothing is
+    /// fetched unless the URL changed (or an earlier fetch failed); an image
+    /// is uploaded only if its bytes differ from the one already uploaded;
+    /// a refused image is recorded and leaves the profile without avatar.
+    /// `observed`: the account as just read from Synapse, if it was.
+    async fn sync_avatar(&mut self, observed: Option<&AdminUser>) -> Result<(), Outcome> {
+        let wanted = self.p.wanted.avatar_url.clone();
+        // What the profile shows now, as far as we know.
+        let shown = match observed {
+            Some(user) => user.avatar_url.clone().filter(|u| !u.is_empty()),
+            None => self.p.avatar_mxc.clone(),
+        };
+        if wanted == self.p.applied_avatar_url {
+            // Settled for this URL: at most point the profile back at our image.
+            let target = self.p.avatar_mxc.clone();
+            if shown != target {
+                self.synapse
+                    .set_avatar(&self.p.localpart, target.as_deref())
+                    .await?;
+            }
+            return Ok(());
+        }
+        let Some(url) = wanted else {
+            if shown.is_some() {
+                self.synapse.set_avatar(&self.p.localpart, None).await?;
+            }
+            return self.record_avatar(None, None, None, None).await;
+        };
+        let image = match self.avatars.fetch(&url).await {
+            Ok(image) => image,
+            Err(FetchError::Refused(reason)) => {
+                return self.refuse_avatar(url, shown, reason).await
+            }
+            Err(FetchError::Unavailable(reason)) => {
+                // Keep what the profile shows; a full sync pass tries again.
+                tracing::info!(user_id = %self.p.user_id, "avatar not fetched: {reason}");
+                self.p.avatar_error = Some(reason);
+                self.store.record_avatar(&self.p, now_ms()).await?;
+                return Ok(());
+            }
+        };
+        let sha = image.sha256.clone();
+        let known = |mxc: &Option<String>, known_sha: &Option<String>| {
+            mxc.clone().filter(|_| known_sha.as_ref() == Some(&sha))
+        };
+        let mxc = if let Some(mxc) = known(&self.p.avatar_mxc, &self.p.avatar_sha256) {
+            mxc
+        } else if let Some(mxc) = known(&self.p.upload_mxc, &self.p.upload_sha256) {
+            mxc
+        } else {
+            match self
+                .synapse
+                .upload_media(&image.bytes, image.content_type, image.filename())
+                .await
+            {
+                Ok(mxc) => {
+                    self.store
+                        .record_upload(&self.p.user_id, &mxc, &sha, now_ms())
+                        .await?;
+                    mxc
+                }
+                Err(e @ SynapseError::Refused { .. }) => {
+                    let reason = format!("Synapse refused the upload: {e}");
+                    return self.refuse_avatar(url, shown, reason).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if shown.as_deref() != Some(mxc.as_str()) {
+            match self.synapse.set_avatar(&self.p.localpart, Some(&mxc)).await {
+                Ok(()) => {}
+                Err(e @ SynapseError::Refused { .. }) => {
+                    let reason = format!("Synapse refused the avatar: {e}");
+                    return self.refuse_avatar(url, shown, reason).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.record_avatar(Some(url), Some(mxc), Some(sha), None)
+            .await
+    }
+
+    /// The avatar at `url` will not be shown; Matrix shows none rather than
+    /// an image DAARION no longer has. Fetched again only when the URL changes.
+    async fn refuse_avatar(
+        &mut self,
+        url: String,
+        shown: Option<String>,
+        reason: String,
+    ) -> Result<(), Outcome> {
+        tracing::warn!(user_id = %self.p.user_id, "avatar refused: {reason}");
+        if shown.is_some() {
+            self.synapse.set_avatar(&self.p.localpart, None).await?;
+        }
+        self.record_avatar(Some(url), None, None, Some(reason))
+            .await
+    }
+
+    async fn record_avatar(
+        &mut self,
+        applied: Option<String>,
+        mxc: Option<String>,
+        sha: Option<String>,
+        error: Option<String>,
+    ) -> Result<(), Outcome> {
+        self.p.applied_avatar_url = applied;
+        self.p.avatar_mxc = mxc;
+        self.p.avatar_sha256 = sha;
+        self.p.avatar_error = error;
+        self.p.upload_mxc = None;
+        self.p.upload_sha256 = None;
+        self.store.record_avatar(&self.p, now_ms()).await?;
+        Ok(())
     }
 
     async fn record(&mut self, account: Account) -> Result<(), Outcome> {

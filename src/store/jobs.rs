@@ -40,8 +40,7 @@ pub struct QueueDepth {
 }
 
 impl Store {
-    /// Queues work for the person (the caller sets their state to pending),
-    /// or tells a queued or running job that there is newer work (run it
+    /// Queues work for the person (and shows them as pending), or tells a queued or running job that there is newer work (run it
     /// now, even if it was waiting to retry).
     pub(super) async fn enqueue(
         &self,
@@ -56,6 +55,12 @@ impl Store {
         )
         .bind(user_id)
         .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE people SET state = 'pending' WHERE user_id = $1 AND state <> 'pending'",
+        )
+        .bind(user_id)
         .execute(&mut **tx)
         .await?;
         Ok(())

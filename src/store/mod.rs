@@ -9,6 +9,7 @@
 mod batch;
 mod jobs;
 mod people;
+mod sync;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -19,7 +20,8 @@ use sqlx::{AnyPool, Executor};
 
 pub use batch::Intake;
 pub use jobs::{ClaimFor, Job, QueueDepth};
-pub use people::{Accepted, Account, LocalpartPolicy, Person, State};
+pub use people::{Accepted, Account, CreateVia, LocalpartPolicy, Person, State};
+pub use sync::{JobState, SyncHolder};
 
 use crate::config::{redact_url, Secret};
 

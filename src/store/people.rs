@@ -1,6 +1,7 @@
 //! People: the intake transaction (event + person + job, all or nothing) and
 //! the person's record as the worker and operators see it.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 
 use sqlx::any::AnyRow;
@@ -80,6 +81,36 @@ impl FromStr for Account {
     }
 }
 
+/// How the person's account is created in Synapse when they have none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateVia {
+    /// Shared-secret registration (webhooks, SSO): what the contract names.
+    Register,
+    /// The admin API without a password, skipping Synapse's bcrypt hash:
+    /// people backfilled by a sync pass, tens of thousands at once.
+    AdminApi,
+}
+
+impl CreateVia {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreateVia::Register => "register",
+            CreateVia::AdminApi => "admin",
+        }
+    }
+}
+
+impl FromStr for CreateVia {
+    type Err = ();
+    fn from_str(s: &str) -> std::result::Result<Self, ()> {
+        Ok(match s {
+            "register" => CreateVia::Register,
+            "admin" => CreateVia::AdminApi,
+            _ => return Err(()),
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Person {
     pub user_id: String,
@@ -88,11 +119,24 @@ pub struct Person {
     pub wanted: Wanted,
     pub account: Account,
     pub register_started_at: Option<i64>,
+    pub create_via: CreateVia,
+    /// The display name Synapse holds, as far as we know (what we set, or
+    /// what we last read there).
     pub applied_display_name: Option<String>,
+    /// The DAARION avatar URL the profile reflects: its image is shown, or
+    /// it was refused (`avatar_error`).
     pub applied_avatar_url: Option<String>,
+    /// The `mxc://` URI the profile's avatar is set to by us, and the SHA-256
+    /// of its bytes.
     pub avatar_mxc: Option<String>,
     pub avatar_sha256: Option<String>,
+    /// Why DAARION's avatar is not shown (refused or not reachable).
     pub avatar_error: Option<String>,
+    /// An upload not yet known to be on the profile (reused by a retry).
+    pub upload_mxc: Option<String>,
+    pub upload_sha256: Option<String>,
+    /// Non-zero: compare with Synapse before writing the profile.
+    pub profile_verify: i64,
     pub attempts: i64,
     pub last_error: Option<String>,
     pub created_at: i64,
@@ -100,7 +144,7 @@ pub struct Person {
 }
 
 impl Person {
-    fn from_row(row: &AnyRow) -> Result<Person> {
+    pub(super) fn from_row(row: &AnyRow) -> Result<Person> {
         Ok(Person {
             user_id: row.try_get("user_id")?,
             localpart: row.try_get("localpart")?,
@@ -117,11 +161,15 @@ impl Person {
             },
             account: parse_column(row, "account")?,
             register_started_at: row.try_get("register_started_at")?,
+            create_via: parse_column(row, "create_via")?,
             applied_display_name: row.try_get("applied_display_name")?,
             applied_avatar_url: row.try_get("applied_avatar_url")?,
             avatar_mxc: row.try_get("avatar_mxc")?,
             avatar_sha256: row.try_get("avatar_sha256")?,
             avatar_error: row.try_get("avatar_error")?,
+            upload_mxc: row.try_get("upload_mxc")?,
+            upload_sha256: row.try_get("upload_sha256")?,
+            profile_verify: row.try_get("profile_verify")?,
             attempts: row.try_get("attempts")?,
             last_error: row.try_get("last_error")?,
             created_at: row.try_get("created_at")?,
@@ -158,41 +206,77 @@ pub struct Accepted {
     pub queued: bool,
 }
 
-const PERSON_COLUMNS: &str = "user_id, localpart, state, username, username_at, display_name, \
+pub(super) const PERSON_COLUMNS: &str =
+    "user_id, localpart, state, username, username_at, display_name, \
     display_name_at, avatar_url, avatar_url_at, deleted, lifecycle_at, account, \
     register_started_at, applied_display_name, applied_avatar_url, avatar_mxc, avatar_sha256, \
-    avatar_error, attempts, last_error, created_at, updated_at";
+    avatar_error, upload_mxc, upload_sha256, profile_verify, create_via, attempts, last_error, \
+    created_at, updated_at";
+/// [`PERSON_COLUMNS`] of `people p`.
+pub(super) const PERSON_COLUMNS_P: &str = "p.user_id, p.localpart, p.state, p.username, \
+    p.username_at, p.display_name, p.display_name_at, p.avatar_url, p.avatar_url_at, p.deleted, \
+    p.lifecycle_at, p.account, p.register_started_at, p.applied_display_name, \
+    p.applied_avatar_url, p.avatar_mxc, p.avatar_sha256, p.avatar_error, p.upload_mxc, \
+    p.upload_sha256, p.profile_verify, p.create_via, p.attempts, p.last_error, p.created_at, \
+    p.updated_at";
 
 impl Store {
     /// Stores `event` durably: its id (idempotency), the person (created with
     /// a localpart on first sight) with the event applied, and a job when
-    /// something changed — one transaction, so a crash leaves all or nothing.
+    /// Synapse must change — one transaction, so a crash leaves all or nothing.
     pub async fn accept_event(
         &self,
         event: &Event,
         policy: &LocalpartPolicy,
         now: i64,
     ) -> Result<Accepted> {
-        let mut accepted = self
-            .accept_events(std::slice::from_ref(event), policy, now)
-            .await?;
-        Ok(accepted.remove(0))
+        self.accept_event_via(event, policy, now, CreateVia::Register)
+            .await
+    }
+
+    /// [`Store::accept_event`]; a person seen for the first time gets their
+    /// account created `via` that way.
+    pub async fn accept_event_via(
+        &self,
+        event: &Event,
+        policy: &LocalpartPolicy,
+        now: i64,
+        via: CreateVia,
+    ) -> Result<Accepted> {
+        let mut tx = self.pool.begin().await?;
+        let accepted = self.accept_in(&mut tx, event, policy, now, via).await?;
+        tx.commit().await?;
+        Ok(accepted)
     }
 
     /// [`Store::accept_event`] for several events in one transaction: one
-    /// disk flush for all of them (group commit, see `store::batch`). Events
-    /// are applied in the given order, so duplicates within the batch are
-    /// recognised too.
+    /// disk flush for all of them (group commit of webhooks, see
+    /// `store::batch`). Events apply in the given order, so duplicates within
+    /// the batch are recognised too.
     pub async fn accept_events(
         &self,
         events: &[Event],
         policy: &LocalpartPolicy,
         now: i64,
     ) -> Result<Vec<Accepted>> {
+        self.accept_events_via(events, policy, now, CreateVia::Register)
+            .await
+    }
+
+    /// The same intake for several events (a page of a sync pass), in one
+    /// transaction: one commit instead of one per person, which is what
+    /// bounds a backfill on SQLite (each commit waits for the disk).
+    pub async fn accept_events_via(
+        &self,
+        events: &[Event],
+        policy: &LocalpartPolicy,
+        now: i64,
+        via: CreateVia,
+    ) -> Result<Vec<Accepted>> {
         let mut tx = self.pool.begin().await?;
         let mut accepted = Vec::with_capacity(events.len());
         for event in events {
-            accepted.push(self.accept_in(&mut tx, event, policy, now).await?);
+            accepted.push(self.accept_in(&mut tx, event, policy, now, via).await?);
         }
         tx.commit().await?;
         Ok(accepted)
@@ -204,6 +288,7 @@ impl Store {
         event: &Event,
         policy: &LocalpartPolicy,
         now: i64,
+        via: CreateVia,
     ) -> Result<Accepted> {
         // The first statement writes, so SQLite takes its write lock at once
         // instead of failing to upgrade a read lock later.
@@ -235,98 +320,23 @@ impl Store {
             });
         }
 
-        let (localpart, changed) = match self.person_for_update(tx, &event.user_id).await? {
-            Some(mut person) => {
-                let changed = person.wanted.apply(event);
-                if changed {
-                    self.save_wanted(tx, &person.user_id, &person.wanted, now)
-                        .await?;
-                }
-                (person.localpart, changed)
-            }
-            None => {
-                let mut wanted = Wanted::default();
-                wanted.apply(event);
-                match self.insert_person(tx, event, &wanted, policy, now).await? {
-                    Some(localpart) => (localpart, true),
-                    // Another replica created the person meanwhile: update theirs.
-                    None => {
-                        let mut person = self
-                            .person_for_update(tx, &event.user_id)
-                            .await?
-                            .expect("the person exists after a conflicting insert");
-                        let changed = person.wanted.apply(event);
-                        if changed {
-                            self.save_wanted(tx, &person.user_id, &person.wanted, now)
-                                .await?;
-                        }
-                        (person.localpart, changed)
-                    }
-                }
-            }
+        let (mut person, first_sight) = match self.person_for_update(tx, &event.user_id).await? {
+            Some(person) => (person, false),
+            None => (self.insert_person(tx, event, policy, now, via).await?, true),
         };
+        let before = person.wanted.clone();
+        let changed = person.wanted.apply(event);
+        // A new person always needs an account; otherwise only changes that
+        // Synapse shows are work (not a newer timestamp on the same values).
+        let work = first_sight || person.wanted.needs_work_since(&before);
         if changed {
-            self.enqueue(tx, &event.user_id, now).await?;
-        }
-        Ok(Accepted {
-            duplicate: false,
-            localpart: Some(localpart),
-            queued: changed,
-        })
-    }
-
-    async fn save_wanted(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        user_id: &str,
-        w: &Wanted,
-        now: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE people SET username = $2, username_at = $3, display_name = $4, \
-             display_name_at = $5, avatar_url = $6, avatar_url_at = $7, deleted = $8, \
-             lifecycle_at = $9, state = 'pending', updated_at = $10 WHERE user_id = $1",
-        )
-        .bind(user_id)
-        .bind(&w.username)
-        .bind(w.username_at)
-        .bind(&w.display_name)
-        .bind(w.display_name_at)
-        .bind(&w.avatar_url)
-        .bind(w.avatar_url_at)
-        .bind(w.deleted as i64)
-        .bind(w.lifecycle_at)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
-    /// Creates the person, with what the event wants, under the first free
-    /// candidate localpart (free in our database; Synapse is asked later by
-    /// the worker). None when another replica created the person first.
-    async fn insert_person(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        event: &Event,
-        w: &Wanted,
-        policy: &LocalpartPolicy,
-        now: i64,
-    ) -> Result<Option<String>> {
-        let base = Localpart::derive(
-            event.username.as_deref(),
-            &event.user_id,
-            &policy.server_name,
-        );
-        for candidate in policy.candidates(&base) {
-            let inserted = sqlx::query(
-                "INSERT INTO people (user_id, localpart, username, username_at, display_name, \
-                 display_name_at, avatar_url, avatar_url_at, deleted, lifecycle_at, created_at, \
-                 updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
-                 ON CONFLICT DO NOTHING",
+            let w = &person.wanted;
+            sqlx::query(
+                "UPDATE people SET username = $2, username_at = $3, display_name = $4, \
+                 display_name_at = $5, avatar_url = $6, avatar_url_at = $7, deleted = $8, \
+                 lifecycle_at = $9, updated_at = $10 WHERE user_id = $1",
             )
-            .bind(&event.user_id)
-            .bind(candidate.as_str())
+            .bind(&person.user_id)
             .bind(&w.username)
             .bind(w.username_at)
             .bind(&w.display_name)
@@ -337,22 +347,52 @@ impl Store {
             .bind(w.lifecycle_at)
             .bind(now)
             .execute(&mut **tx)
+            .await?;
+        }
+        if work {
+            self.enqueue(tx, &person.user_id, now).await?;
+        }
+        Ok(Accepted {
+            duplicate: false,
+            localpart: Some(person.localpart),
+            queued: work,
+        })
+    }
+
+    /// Creates the person with the first free candidate localpart (free in
+    /// our database; Synapse is asked later by the worker).
+    async fn insert_person(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        event: &Event,
+        policy: &LocalpartPolicy,
+        now: i64,
+        via: CreateVia,
+    ) -> Result<Person> {
+        let base = Localpart::derive(
+            event.username.as_deref(),
+            &event.user_id,
+            &policy.server_name,
+        );
+        for candidate in policy.candidates(&base) {
+            let inserted = sqlx::query(
+                "INSERT INTO people (user_id, localpart, create_via, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(&event.user_id)
+            .bind(candidate.as_str())
+            .bind(via.as_str())
+            .bind(now)
+            .execute(&mut **tx)
             .await?
             .rows_affected()
                 == 1;
-            if inserted {
-                return Ok(Some(candidate.as_str().to_string()));
-            }
             // Not inserted: either the localpart belongs to someone else (try
-            // the next), or another replica created this very person.
-            let exists: Option<String> =
-                sqlx::query_scalar("SELECT user_id FROM people WHERE user_id = $1")
-                    .bind(&event.user_id)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-            if exists.is_some() {
-                return Ok(None);
+            // the next), or another replica created this very person meanwhile.
+            if let Some(person) = self.person_for_update(tx, &event.user_id).await? {
+                return Ok(person);
             }
+            debug_assert!(!inserted);
         }
         unreachable!("the candidate iterator is endless")
     }
@@ -451,4 +491,89 @@ impl Store {
         .await?;
         Ok(())
     }
+
+    /// Several people at once (a page of a sync pass), by DAARION id.
+    pub async fn people_by_ids(&self, user_ids: &[String]) -> Result<HashMap<String, Person>> {
+        let mut found = HashMap::with_capacity(user_ids.len());
+        for chunk in user_ids.chunks(IN_LIST_CHUNK) {
+            let sql = format!(
+                "SELECT {PERSON_COLUMNS} FROM people WHERE user_id IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                let person = Person::from_row(&row)?;
+                found.insert(person.user_id.clone(), person);
+            }
+        }
+        Ok(found)
+    }
+
+    /// An image was uploaded for the person; remembered before the profile
+    /// points at it, so a retry does not upload the same bytes again.
+    pub async fn record_upload(
+        &self,
+        user_id: &str,
+        mxc: &str,
+        sha256: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE people SET upload_mxc = $2, upload_sha256 = $3, updated_at = $4 WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .bind(mxc)
+        .bind(sha256)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// What the profile's avatar now reflects.
+    pub async fn record_avatar(&self, p: &Person, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE people SET applied_avatar_url = $2, avatar_mxc = $3, avatar_sha256 = $4, \
+             avatar_error = $5, upload_mxc = $6, upload_sha256 = $7, updated_at = $8 \
+             WHERE user_id = $1",
+        )
+        .bind(&p.user_id)
+        .bind(&p.applied_avatar_url)
+        .bind(&p.avatar_mxc)
+        .bind(&p.avatar_sha256)
+        .bind(&p.avatar_error)
+        .bind(&p.upload_mxc)
+        .bind(&p.upload_sha256)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The profile was compared with Synapse after `seen` was asked for;
+    /// a newer request (drift found meanwhile) stays.
+    pub async fn clear_verify(&self, user_id: &str, seen: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE people SET profile_verify = 0 WHERE user_id = $1 AND profile_verify = $2",
+        )
+        .bind(user_id)
+        .bind(seen)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Keeps `IN (…)` lists well under both back ends' limits on bound values.
+const IN_LIST_CHUNK: usize = 500;
+
+/// `$1, $2, …, $n`.
+pub(super) fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -8,12 +8,11 @@
 //! An operator may instead pass `SYNAPSE_ADMIN_TOKEN`; it is then used as is.
 
 use hmac::{Hmac, Mac};
-use reqwest::Method;
 use serde_json::json;
 use sha2::Sha256;
 use tokio::sync::{Mutex, RwLock};
 
-use super::{Result, Synapse, SynapseError};
+use super::{Body, Endpoint, Result, Synapse, SynapseError};
 use crate::config::{Secret, Settings};
 
 /// One device for the service account, so logins after restarts replace
@@ -89,18 +88,19 @@ impl AdminToken {
                     )
                 })
             }
-            // Another replica (or process) may have created the account
-            // between our login and our registration: log in once more.
+            // Another replica (or the cron command) may have registered it a
+            // moment ago: its password is ours too, so log in again.
             Err(e) if e.errcode() == Some("M_USER_IN_USE") => match self.login(synapse).await {
                 Ok(token) => Ok(token),
                 Err(SynapseError::Refused { status: 403, .. }) => Err(SynapseError::refused(
                     403,
                     "M_FORBIDDEN",
                     format!(
-                    "the admin account @{} exists but does not accept the password derived from \
-                     SYNAPSE_REGISTRATION_SECRET; set SYNAPSE_ADMIN_TOKEN or SYNAPSE_ADMIN_USER",
-                    self.localpart
-                ),
+                        "the admin account @{} exists but does not accept the password derived \
+                         from SYNAPSE_REGISTRATION_SECRET; set SYNAPSE_ADMIN_TOKEN or \
+                         SYNAPSE_ADMIN_USER",
+                        self.localpart
+                    ),
                 )),
                 Err(e) => Err(e),
             },
@@ -116,8 +116,13 @@ impl AdminToken {
             "device_id": DEVICE_ID,
             "initial_device_display_name": "matrix-provisioner",
         });
-        let answer = synapse
-            .send(Method::POST, "/_matrix/client/v3/login", Some(&body), None)
+        let (_, answer) = synapse
+            .send(
+                Endpoint::Login,
+                "/_matrix/client/v3/login",
+                Body::Json(&body),
+                None,
+            )
             .await?;
         answer["access_token"]
             .as_str()

@@ -3,10 +3,9 @@
 
 use std::net::IpAddr;
 
-use reqwest::Method;
 use serde_json::json;
 
-use super::{Result, Synapse, SynapseError};
+use super::{Body, Endpoint, Result, Synapse, SynapseError};
 use crate::config::Secret;
 
 /// A fresh Matrix session on a new device.
@@ -32,11 +31,11 @@ impl Synapse {
         if let Some(name) = device_name {
             body["initial_device_display_name"] = json!(name);
         }
-        let answer = self
+        let (_, answer) = self
             .send_for(
-                Method::POST,
+                Endpoint::Login,
                 "/_matrix/client/v3/login",
-                Some(&body),
+                Body::Json(&body),
                 None,
                 Some(client),
             )

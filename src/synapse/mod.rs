@@ -2,14 +2,17 @@
 //! (at most `SYNAPSE_MAX_CONCURRENCY` at once), and turns every answer into
 //! success, [`SynapseError::Unavailable`] (retry later) or
 //! [`SynapseError::Refused`] (a 4xx with an errcode: do not repeat blindly).
+//! Every request is counted by endpoint ([`CallCounts`]).
 
 mod admin_token;
+mod calls;
 mod login;
+mod media;
 mod register;
 
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -19,6 +22,7 @@ use crate::config::{Secret, Settings};
 use crate::{metrics, telemetry};
 
 pub use admin_token::derived_password as admin_account_password;
+pub use calls::{CallCounts, CallSnapshot, Endpoint};
 pub use login::Session;
 pub use register::{random_password, registration_mac, Registered};
 
@@ -50,6 +54,12 @@ impl SynapseError {
             SynapseError::Refused { errcode, .. } => Some(errcode),
             SynapseError::Unavailable { .. } => None,
         }
+    }
+
+    /// Synapse's `409 External id is already in use.` (the DAARION id is
+    /// linked to another account).
+    pub fn is_external_id_conflict(&self) -> bool {
+        matches!(self, SynapseError::Refused { status: 409, .. })
     }
 
     fn refused(status: u16, errcode: &str, error: impl Into<String>) -> Self {
@@ -110,6 +120,7 @@ pub struct Synapse {
     registration_secret: Secret,
     limiter: Semaphore,
     admin: admin_token::AdminToken,
+    calls: CallCounts,
 }
 
 /// Whose credentials a request carries.
@@ -117,6 +128,23 @@ pub struct Synapse {
 enum Auth {
     None,
     Admin,
+}
+
+/// What a request carries.
+#[derive(Clone, Copy)]
+enum Body<'a> {
+    Empty,
+    Json(&'a Value),
+    /// Raw bytes (a media upload) with their content type.
+    Bytes(&'a bytes::Bytes, &'a str),
+}
+
+/// One page of Synapse's user list.
+#[derive(Debug, Clone)]
+pub struct UserPage {
+    pub users: Vec<AdminUser>,
+    /// The `from` of the next page, None after the last.
+    pub next: Option<u64>,
 }
 
 impl Synapse {
@@ -133,7 +161,13 @@ impl Synapse {
             registration_secret: settings.registration_secret.clone(),
             limiter: Semaphore::new(settings.synapse_max_concurrency),
             admin: admin_token::AdminToken::new(settings),
+            calls: CallCounts::default(),
         })
+    }
+
+    /// Requests sent so far, by endpoint.
+    pub fn calls(&self) -> &CallCounts {
+        &self.calls
     }
 
     pub fn user_id(&self, localpart: &str) -> String {
@@ -142,7 +176,7 @@ impl Synapse {
 
     /// `GET /health`: Synapse is up and serving.
     pub async fn health(&self) -> Result<()> {
-        self.call(Method::GET, "/health", None, Auth::None)
+        self.call(Endpoint::Health, "/health", Body::Empty, Auth::None)
             .await
             .map(drop)
     }
@@ -153,7 +187,10 @@ impl Synapse {
             "/_synapse/admin/v1/auth_providers/{AUTH_PROVIDER}/users/{}",
             encode(external_id)
         );
-        match self.call(Method::GET, &path, None, Auth::Admin).await {
+        match self
+            .call(Endpoint::ExternalIdLookup, &path, Body::Empty, Auth::Admin)
+            .await
+        {
             Ok(body) => Ok(body["user_id"].as_str().map(str::to_string)),
             Err(e) if e.errcode() == Some("M_NOT_FOUND") => Ok(None),
             Err(e) => Err(e),
@@ -166,7 +203,10 @@ impl Synapse {
             "/_synapse/admin/v2/users/{}",
             encode(&self.user_id(localpart))
         );
-        match self.call(Method::GET, &path, None, Auth::Admin).await {
+        match self
+            .call(Endpoint::UserGet, &path, Body::Empty, Auth::Admin)
+            .await
+        {
             Ok(body) => serde_json::from_value(body).map(Some).map_err(|e| {
                 SynapseError::refused(200, "M_BAD_JSON", format!("unexpected user JSON: {e}"))
             }),
@@ -178,13 +218,76 @@ impl Synapse {
     /// `PUT /_synapse/admin/v2/users/@localpart` (an upsert; note that
     /// `external_ids` replaces all of the user's mappings).
     pub async fn put_user(&self, localpart: &str, body: &Value) -> Result<()> {
+        self.put_user_status(localpart, body).await.map(drop)
+    }
+
+    /// [`Synapse::put_user`], telling whether Synapse created the account.
+    async fn put_user_status(&self, localpart: &str, body: &Value) -> Result<bool> {
         let path = format!(
             "/_synapse/admin/v2/users/{}",
             encode(&self.user_id(localpart))
         );
-        self.call(Method::PUT, &path, Some(body), Auth::Admin)
+        let (status, _) = self
+            .request(Endpoint::UserPut, &path, Body::Json(body), Auth::Admin)
+            .await?;
+        Ok(status == StatusCode::CREATED)
+    }
+
+    /// Creates `@localpart` through the admin API: no password (so no
+    /// bcrypt hash, which is what makes shared-secret registration slow),
+    /// linked to `external_id`. The admin PUT is an upsert: callers must
+    /// have seen that the account does not exist. Returns false when Synapse
+    /// says it modified an existing account instead (someone created it in
+    /// between). A `409` ([`SynapseError::is_external_id_conflict`]) leaves
+    /// the account created but unlinked.
+    pub async fn create_user(
+        &self,
+        localpart: &str,
+        displayname: Option<&str>,
+        external_id: &str,
+    ) -> Result<bool> {
+        let mut body = json!({"external_ids": [
+            {"auth_provider": AUTH_PROVIDER, "external_id": external_id}
+        ]});
+        if let Some(name) = displayname {
+            body["displayname"] = json!(name);
+        }
+        self.put_user_status(localpart, &body).await
+    }
+
+    /// Sets the display name (its own request: a `429` after Synapse saved
+    /// the name would drop any other field of the same request).
+    pub async fn set_displayname(&self, localpart: &str, name: &str) -> Result<()> {
+        self.put_user(localpart, &json!({"displayname": name}))
             .await
-            .map(drop)
+    }
+
+    /// Sets the avatar to `mxc`, or removes it.
+    pub async fn set_avatar(&self, localpart: &str, mxc: Option<&str>) -> Result<()> {
+        self.put_user(localpart, &json!({"avatar_url": mxc.unwrap_or("")}))
+            .await
+    }
+
+    /// One page of active, non-guest local users from offset `from`, oldest
+    /// first (accounts created meanwhile come last instead of shifting the
+    /// pages still to read).
+    pub async fn list_users(&self, from: u64, limit: u32) -> Result<UserPage> {
+        let path = format!(
+            "/_synapse/admin/v2/users?from={from}&limit={limit}&guests=false&deactivated=false\
+             &order_by=creation_ts"
+        );
+        let body = self
+            .call(Endpoint::UserList, &path, Body::Empty, Auth::Admin)
+            .await?;
+        let users: Vec<AdminUser> = serde_json::from_value(body["users"].clone()).map_err(|e| {
+            SynapseError::refused(200, "M_BAD_JSON", format!("unexpected user list JSON: {e}"))
+        })?;
+        let next = match &body["next_token"] {
+            Value::String(s) => s.parse().ok(),
+            Value::Number(n) => n.as_u64(),
+            _ => None,
+        };
+        Ok(UserPage { users, next })
     }
 
     /// Links the account to the DAARION id (its only external id).
@@ -202,35 +305,48 @@ impl Synapse {
             encode(&self.user_id(localpart))
         );
         self.call(
-            Method::POST,
+            Endpoint::Deactivate,
             &path,
-            Some(&json!({"erase": false})),
+            Body::Json(&json!({"erase": false})),
             Auth::Admin,
         )
         .await
         .map(drop)
     }
 
-    /// Sends one request and classifies the answer. Admin requests whose
-    /// token Synapse no longer knows (expired, logged out, Synapse's database
-    /// reset) get a fresh token and are sent once more.
+    /// Sends one request and classifies the answer (the body of a success).
     async fn call(
         &self,
-        method: Method,
+        endpoint: Endpoint,
         path: &str,
-        body: Option<&Value>,
+        body: Body<'_>,
         auth: Auth,
     ) -> Result<Value> {
+        self.request(endpoint, path, body, auth)
+            .await
+            .map(|(_, body)| body)
+    }
+
+    /// [`Synapse::call`] with the success status. Admin requests whose
+    /// token Synapse no longer knows (expired, logged out, Synapse's database
+    /// reset) get a fresh token and are sent once more.
+    async fn request(
+        &self,
+        endpoint: Endpoint,
+        path: &str,
+        body: Body<'_>,
+        auth: Auth,
+    ) -> Result<(StatusCode, Value)> {
         let Auth::Admin = auth else {
-            return self.send(method, path, body, None).await;
+            return self.send(endpoint, path, body, None).await;
         };
         let token = self.admin.get(self).await?;
-        match self.send(method.clone(), path, body, Some(&token)).await {
+        match self.send(endpoint, path, body, Some(&token)).await {
             Err(e) if e.errcode() == Some("M_UNKNOWN_TOKEN") => {
                 tracing::info!("Synapse no longer accepts our admin token; obtaining a new one");
                 self.admin.invalidate().await;
                 let token = self.admin.get(self).await?;
-                self.send(method, path, body, Some(&token)).await
+                self.send(endpoint, path, body, Some(&token)).await
             }
             other => other,
         }
@@ -239,12 +355,12 @@ impl Synapse {
     /// One HTTP request, with `token` as bearer if given.
     async fn send(
         &self,
-        method: Method,
+        endpoint: Endpoint,
         path: &str,
-        body: Option<&Value>,
+        body: Body<'_>,
         token: Option<&Secret>,
-    ) -> Result<Value> {
-        self.send_for(method, path, body, token, None).await
+    ) -> Result<(StatusCode, Value)> {
+        self.send_for(endpoint, path, body, token, None).await
     }
 
     /// [`Synapse::send`] on behalf of a client at `client`, named in
@@ -252,15 +368,16 @@ impl Synapse {
     /// client, not to this service).
     async fn send_for(
         &self,
-        method: Method,
+        endpoint: Endpoint,
         path: &str,
-        body: Option<&Value>,
+        body: Body<'_>,
         token: Option<&Secret>,
         client: Option<std::net::IpAddr>,
-    ) -> Result<Value> {
+    ) -> Result<(StatusCode, Value)> {
         let url = self.base.join(path).map_err(|e| {
             SynapseError::refused(0, "M_BAD_URL", format!("cannot build a Synapse URL: {e}"))
         })?;
+        let method = endpoint.method();
         let mut request = self.http.request(method.clone(), url);
         if let Some(token) = token {
             request = request.bearer_auth(token.expose());
@@ -268,9 +385,13 @@ impl Synapse {
         if let Some(client) = client {
             request = request.header("X-Forwarded-For", client.to_string());
         }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
+        request = match body {
+            Body::Empty => request,
+            Body::Json(body) => request.json(body),
+            Body::Bytes(bytes, content_type) => request
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(bytes.clone()),
+        };
         // Synapse's logs (and proxies before it) can then be matched to ours.
         if let Some(id) = telemetry::request_id() {
             request = request.header(telemetry::REQUEST_ID_HEADER, id);
@@ -280,13 +401,13 @@ impl Synapse {
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        let endpoint = endpoint_name(&method, path);
+        self.calls.record(endpoint);
         let started = std::time::Instant::now();
         let response = request.send().await;
         let outcome = classify(response).await;
         let elapsed = started.elapsed();
         metrics::synapse_call(
-            endpoint,
+            endpoint.name(),
             match &outcome {
                 Ok(_) => "ok",
                 Err(SynapseError::Unavailable { .. }) => "unavailable",
@@ -296,7 +417,7 @@ impl Synapse {
         );
         tracing::debug!(
             %method,
-            endpoint,
+            endpoint = endpoint.name(),
             path = %redact_path(path),
             elapsed_ms = elapsed.as_millis() as u64,
             ok = outcome.is_ok(),
@@ -306,52 +427,7 @@ impl Synapse {
     }
 }
 
-/// A fixed, low-cardinality name for the Synapse endpoint a request goes
-/// to, for metrics (paths carry user ids). New calls get a name here.
-fn endpoint_name(method: &Method, path: &str) -> &'static str {
-    const PREFIXES: &[(&str, Option<Method>, &str)] = &[
-        ("/health", None, "health"),
-        (
-            "/_synapse/admin/v1/register",
-            Some(Method::GET),
-            "register_nonce",
-        ),
-        ("/_synapse/admin/v1/register", None, "register"),
-        (
-            "/_synapse/admin/v2/users/",
-            Some(Method::GET),
-            "admin_user_get",
-        ),
-        (
-            "/_synapse/admin/v2/users/",
-            Some(Method::PUT),
-            "admin_user_put",
-        ),
-        ("/_synapse/admin/v1/deactivate/", None, "deactivate"),
-        (
-            "/_synapse/admin/v1/auth_providers/",
-            None,
-            "external_id_lookup",
-        ),
-        (
-            "/_synapse/admin/v1/username_available",
-            None,
-            "username_available",
-        ),
-        ("/_matrix/client/v3/login", None, "login"),
-        ("/_matrix/client/v3/logout", None, "logout"),
-        ("/_matrix/client/v3/account/whoami", None, "whoami"),
-        ("/_matrix/client/v3/profile/", None, "profile"),
-        ("/_matrix/media/v3/upload", None, "media_upload"),
-        ("/_matrix/media/r0/upload", None, "media_upload"),
-    ];
-    PREFIXES
-        .iter()
-        .find(|(prefix, m, _)| path.starts_with(prefix) && m.as_ref().is_none_or(|m| m == method))
-        .map_or("other", |(_, _, name)| name)
-}
-
-async fn classify(response: reqwest::Result<reqwest::Response>) -> Result<Value> {
+async fn classify(response: reqwest::Result<reqwest::Response>) -> Result<(StatusCode, Value)> {
     let response = match response {
         Ok(r) => r,
         Err(e) => {
@@ -381,11 +457,14 @@ async fn classify(response: reqwest::Result<reqwest::Response>) -> Result<Value>
     };
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     if status.is_success() {
-        return Ok(if body.is_null() {
-            Value::String(text)
-        } else {
-            body
-        });
+        return Ok((
+            status,
+            if body.is_null() {
+                Value::String(text)
+            } else {
+                body
+            },
+        ));
     }
     let errcode = body["errcode"].as_str().unwrap_or("M_UNKNOWN").to_string();
     let error = body["error"]
@@ -445,34 +524,4 @@ fn encode(segment: &str) -> String {
     url::form_urlencoded::byte_serialize(segment.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoints_have_fixed_names() {
-        let user = "/_synapse/admin/v2/users/%40olena%3Ad.s";
-        assert_eq!(endpoint_name(&Method::GET, user), "admin_user_get");
-        assert_eq!(endpoint_name(&Method::PUT, user), "admin_user_put");
-        assert_eq!(endpoint_name(&Method::DELETE, user), "other");
-        assert_eq!(
-            endpoint_name(&Method::GET, "/_synapse/admin/v1/register"),
-            "register_nonce"
-        );
-        assert_eq!(
-            endpoint_name(&Method::POST, "/_synapse/admin/v1/register"),
-            "register"
-        );
-        assert_eq!(
-            endpoint_name(&Method::POST, "/_matrix/client/v3/login"),
-            "login"
-        );
-        assert_eq!(
-            endpoint_name(&Method::POST, "/_matrix/media/v3/upload?filename=a.png"),
-            "media_upload"
-        );
-        assert_eq!(endpoint_name(&Method::GET, "/health"), "health");
-    }
 }

@@ -5,11 +5,10 @@
 use hmac::{Hmac, Mac};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
-use reqwest::Method;
 use serde_json::json;
 use sha1::Sha1;
 
-use super::{Result, Synapse, SynapseError};
+use super::{Body, Endpoint, Result, Synapse, SynapseError};
 use crate::config::Secret;
 
 const PATH: &str = "/_synapse/admin/v1/register";
@@ -70,7 +69,9 @@ impl Synapse {
         inhibit_login: bool,
     ) -> Result<Registered> {
         debug_assert_eq!(localpart, localpart.to_lowercase());
-        let nonce = self.send(Method::GET, PATH, None, None).await?;
+        let (_, nonce) = self
+            .send(Endpoint::RegisterNonce, PATH, Body::Empty, None)
+            .await?;
         let nonce = nonce["nonce"].as_str().ok_or_else(|| {
             SynapseError::refused(200, "M_BAD_JSON", "the register endpoint sent no nonce")
         })?;
@@ -92,7 +93,9 @@ impl Synapse {
         if let Some(name) = displayname {
             body["displayname"] = json!(name);
         }
-        let answer = self.send(Method::POST, PATH, Some(&body), None).await?;
+        let (_, answer) = self
+            .send(Endpoint::Register, PATH, Body::Json(&body), None)
+            .await?;
         Ok(Registered {
             user_id: answer["user_id"].as_str().unwrap_or_default().to_string(),
             access_token: answer["access_token"].as_str().map(Secret::new),

@@ -1,11 +1,14 @@
 //! Black-box tests against a real Synapse and both databases. Run them with
 //! `scripts/test.sh`, which starts Synapse and PostgreSQL first.
 
+mod fakes;
 mod logs;
 mod operability;
+mod profiles;
 mod provisioning;
 mod resilience;
 mod shutdown;
 mod sso;
 mod support;
+mod sync;
 mod webhooks;

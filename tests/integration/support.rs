@@ -8,12 +8,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use matrix_provisioner::app::Application;
 use matrix_provisioner::config::Settings;
 use matrix_provisioner::domain::signature;
-use matrix_provisioner::synapse::registration_mac;
+use matrix_provisioner::synapse::{registration_mac, Synapse};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde_json::{json, Value};
@@ -279,6 +280,101 @@ impl SynapseAdmin {
         panic!("Synapse keeps failing GET {path}");
     }
 
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.info.url))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The bytes behind an `mxc://server/id` URI (authenticated media).
+    pub async fn media(&self, mxc: &str) -> Vec<u8> {
+        let rest = mxc.strip_prefix("mxc://").expect("an mxc:// URI");
+        let response = self
+            .http
+            .get(format!(
+                "{}/_matrix/client/v1/media/download/{rest}",
+                self.info.url
+            ))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "download of {mxc}");
+        response.bytes().await.unwrap().to_vec()
+    }
+
+    /// How many media items `matrix_user_id` has uploaded.
+    pub async fn uploads_by(&self, matrix_user_id: &str) -> u64 {
+        let (status, body) = self
+            .get(&format!(
+                "/_synapse/admin/v1/users/{matrix_user_id}/media?limit=1"
+            ))
+            .await;
+        match status {
+            200 => body["total"].as_u64().unwrap(),
+            // The service's account does not exist before its first call.
+            404 => 0,
+            other => panic!("unexpected {other} from Synapse: {body}"),
+        }
+    }
+
+    /// A public room created by the test admin, with `matrix_user_id` joined.
+    pub async fn room_with(&self, matrix_user_id: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/_matrix/client/v3/createRoom",
+                &json!({"preset": "public_chat", "name": "profiles test"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let room_id = body["room_id"].as_str().unwrap().to_string();
+        let (status, body) = self
+            .post(
+                &format!("/_synapse/admin/v1/join/{room_id}"),
+                &json!({"user_id": matrix_user_id}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        room_id
+    }
+
+    /// The user's current `m.room.member` event content in the room.
+    pub async fn membership(&self, room_id: &str, matrix_user_id: &str) -> Value {
+        let (status, body) = self
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{matrix_user_id}"
+            ))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Waits until the user's membership event in the room has `field`
+    /// equal to `expected` (`Value::Null`: absent). Synapse rewrites
+    /// membership events after a profile change in a background task.
+    pub async fn wait_for_membership(
+        &self,
+        room_id: &str,
+        matrix_user_id: &str,
+        field: &str,
+        expected: &Value,
+    ) -> Value {
+        let what = format!("{field} = {expected} in {matrix_user_id}'s membership");
+        eventually(&what, Duration::from_secs(30), || async {
+            let member = self.membership(room_id, matrix_user_id).await;
+            let value = member.get(field).cloned().unwrap_or(Value::Null);
+            (&value == expected).then_some(member)
+        })
+        .await
+    }
+
     pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
         let response = self
             .http
@@ -399,6 +495,19 @@ impl TestDb {
         }
     }
 
+    /// Runs one statement straight on the database (to stage a state the
+    /// service would reach only through a failure).
+    pub async fn execute(&self, sql: &str) {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.url)
+            .await
+            .unwrap();
+        sqlx::query(sql).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+
     /// Rows in `table`, read straight from the database.
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::any::install_default_drivers();
@@ -485,6 +594,20 @@ impl Client {
         self.post_webhook(&body, Some(&sig)).await.unwrap()
     }
 
+    /// `POST /v1/admin/profile-sync`.
+    pub async fn profile_sync(&self, full: bool) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/v1/admin/profile-sync", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"full": full}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn user(&self, user_id: &str) -> (u16, Value) {
         let response = self
             .http
@@ -525,6 +648,8 @@ pub struct TestApp {
     pub db: TestDb,
     pub synapse: SynapseInfo,
     pub env: HashMap<String, String>,
+    /// The service's own Synapse client (its request counts).
+    pub service_synapse: Arc<Synapse>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -548,6 +673,7 @@ impl TestApp {
             .await
             .expect("the app builds");
         let client = Client::new(app.port());
+        let service_synapse = app.synapse();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until(async {
             let _ = stopped.await;
@@ -557,6 +683,7 @@ impl TestApp {
             db,
             synapse,
             env,
+            service_synapse,
             stop: Some(stop),
             task: Some(task),
         }

@@ -1,0 +1,209 @@
+//! What a sync pass keeps in the database: its watermark (where the next
+//! incremental pass starts reading), its lease (one pass at a time across
+//! cron hosts and replicas, on SQLite and PostgreSQL alike: a conditional
+//! UPDATE of one row), and the queries it runs over many people at once.
+
+use sqlx::Row;
+
+use super::people::placeholders;
+use super::{Job, Person, Result, Store};
+
+const PROFILES: &str = "profiles";
+
+/// Who holds the pass now, for the 409 message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncHolder {
+    pub owner: Option<String>,
+    pub leased_until: i64,
+}
+
+/// Where a person's job stands, seen from outside the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// No job: the work is done (or there was none).
+    None,
+    /// Parked after a permanent failure.
+    Failed,
+    /// Waiting to run at this time (ms), or leased by a worker until then.
+    Waiting(i64),
+}
+
+impl Store {
+    /// Takes the pass lease until `until` if nobody holds it; Err(holder)
+    /// otherwise. An expired lease (a crashed pass) can be taken.
+    pub async fn lease_sync(
+        &self,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<std::result::Result<(), SyncHolder>> {
+        let taken = sqlx::query(
+            "UPDATE sync_state SET lease_owner = $1, leased_until = $2 \
+             WHERE name = $3 AND leased_until <= $4",
+        )
+        .bind(owner)
+        .bind(until)
+        .bind(PROFILES)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1;
+        if taken {
+            return Ok(Ok(()));
+        }
+        let row = sqlx::query("SELECT lease_owner, leased_until FROM sync_state WHERE name = $1")
+            .bind(PROFILES)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Err(SyncHolder {
+            owner: row.try_get("lease_owner")?,
+            leased_until: row.try_get("leased_until")?,
+        }))
+    }
+
+    /// Extends our lease; false if it was lost (expired and taken).
+    pub async fn renew_sync(&self, owner: &str, until: i64) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE sync_state SET leased_until = $1 WHERE name = $2 AND lease_owner = $3",
+        )
+        .bind(until)
+        .bind(PROFILES)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// Gives the lease back, moving the watermark if the pass read
+    /// everything it asked for.
+    pub async fn release_sync(&self, owner: &str, watermark: Option<i64>) -> Result<()> {
+        sqlx::query(
+            "UPDATE sync_state SET leased_until = 0, lease_owner = NULL, \
+             watermark = COALESCE($1, watermark) WHERE name = $2 AND lease_owner = $3",
+        )
+        .bind(watermark)
+        .bind(PROFILES)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Start (ms) of the last pass that read DAARION's changes completely.
+    pub async fn sync_watermark(&self) -> Result<Option<i64>> {
+        let watermark: Option<i64> =
+            sqlx::query_scalar("SELECT watermark FROM sync_state WHERE name = $1")
+                .bind(PROFILES)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(watermark)
+    }
+
+    /// Leases this person's job if it is due and free (a sync pass runs
+    /// the work it caused itself, next to the background workers).
+    pub async fn claim_job_of(
+        &self,
+        user_id: &str,
+        owner: &str,
+        now: i64,
+        leased_until: i64,
+    ) -> Result<Option<Job>> {
+        let row = sqlx::query(
+            "UPDATE jobs SET leased_until = $1, lease_owner = $2 \
+             WHERE user_id = $3 AND failed = 0 AND run_at <= $4 AND leased_until <= $4 \
+             RETURNING user_id, generation",
+        )
+        .bind(leased_until)
+        .bind(owner)
+        .bind(user_id)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(row) => Some(Job {
+                user_id: row.try_get("user_id")?,
+                generation: row.try_get("generation")?,
+            }),
+            None => None,
+        })
+    }
+
+    pub async fn job_state(&self, user_id: &str) -> Result<JobState> {
+        let row = sqlx::query("SELECT run_at, leased_until, failed FROM jobs WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(JobState::None);
+        };
+        if row.try_get::<i64, _>("failed")? != 0 {
+            return Ok(JobState::Failed);
+        }
+        let run_at: i64 = row.try_get("run_at")?;
+        let leased_until: i64 = row.try_get("leased_until")?;
+        Ok(JobState::Waiting(run_at.max(leased_until)))
+    }
+
+    /// The people holding these localparts who have an account and no
+    /// outstanding job: those whose Synapse account should be exactly what
+    /// we applied (drift detection).
+    pub async fn settled_people_by_localparts(&self, localparts: &[String]) -> Result<Vec<Person>> {
+        let mut found = Vec::new();
+        for chunk in localparts.chunks(500) {
+            let sql = format!(
+                "SELECT {} FROM people p WHERE p.localpart IN ({}) AND p.account IN ('active', 'deactivated') \
+                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.user_id = p.user_id)",
+                super::people::PERSON_COLUMNS_P,
+                placeholders(chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for lp in chunk {
+                query = query.bind(lp);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                found.push(Person::from_row(&row)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Drift found: the next run compares the profile with Synapse and
+    /// writes what differs. Returns whether a job was queued.
+    pub async fn queue_verify(&self, user_id: &str, now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE people SET profile_verify = profile_verify + 1, updated_at = $2 WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        self.enqueue(&mut tx, user_id, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// People whose wanted avatar is not what their profile reflects and
+    /// who have no job: an avatar host that was down. A full pass tries
+    /// them again.
+    pub async fn people_with_pending_avatars(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT p.user_id FROM people p WHERE p.account = 'active' AND p.deleted = 0 \
+             AND COALESCE(p.avatar_url, '') <> COALESCE(p.applied_avatar_url, '') \
+             AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.user_id = p.user_id)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("user_id")?)).collect()
+    }
+
+    /// Queues the person's work (the avatar retry of a full pass).
+    pub async fn queue_work(&self, user_id: &str, now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        self.enqueue(&mut tx, user_id, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

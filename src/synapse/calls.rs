@@ -1,0 +1,158 @@
+//! Counts of the requests sent to Synapse, by endpoint: a sync pass reports
+//! how many it caused, tests check that a pass without changes writes
+//! nothing, and `/metrics` can export them. Plain atomics, no locks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use reqwest::Method;
+
+/// Every Synapse endpoint the service calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Health,
+    RegisterNonce,
+    Register,
+    Login,
+    UserGet,
+    UserPut,
+    UserList,
+    ExternalIdLookup,
+    Deactivate,
+    MediaUpload,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 10] = [
+        Endpoint::Health,
+        Endpoint::RegisterNonce,
+        Endpoint::Register,
+        Endpoint::Login,
+        Endpoint::UserGet,
+        Endpoint::UserPut,
+        Endpoint::UserList,
+        Endpoint::ExternalIdLookup,
+        Endpoint::Deactivate,
+        Endpoint::MediaUpload,
+    ];
+
+    /// A stable snake_case label (for metrics and summaries).
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Health => "health",
+            Endpoint::RegisterNonce => "register_nonce",
+            Endpoint::Register => "register",
+            Endpoint::Login => "login",
+            Endpoint::UserGet => "user_get",
+            Endpoint::UserPut => "user_put",
+            Endpoint::UserList => "user_list",
+            Endpoint::ExternalIdLookup => "external_id_lookup",
+            Endpoint::Deactivate => "deactivate",
+            Endpoint::MediaUpload => "media_upload",
+        }
+    }
+
+    pub fn method(self) -> Method {
+        match self {
+            Endpoint::Health
+            | Endpoint::RegisterNonce
+            | Endpoint::UserGet
+            | Endpoint::UserList
+            | Endpoint::ExternalIdLookup => Method::GET,
+            Endpoint::Register | Endpoint::Login | Endpoint::Deactivate | Endpoint::MediaUpload => {
+                Method::POST
+            }
+            Endpoint::UserPut => Method::PUT,
+        }
+    }
+
+    /// Whether the call changes something in Synapse (a login creates an
+    /// access token, so it counts).
+    pub fn is_write(self) -> bool {
+        self.method() != Method::GET
+    }
+
+    fn index(self) -> usize {
+        Endpoint::ALL
+            .iter()
+            .position(|e| *e == self)
+            .expect("ALL lists every endpoint")
+    }
+}
+
+/// Requests sent (whatever their outcome), per endpoint, since start.
+#[derive(Debug, Default)]
+pub struct CallCounts {
+    counts: [AtomicU64; Endpoint::ALL.len()],
+}
+
+impl CallCounts {
+    pub(super) fn record(&self, endpoint: Endpoint) {
+        self.counts[endpoint.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, endpoint: Endpoint) -> u64 {
+        self.counts[endpoint.index()].load(Ordering::Relaxed)
+    }
+
+    /// All counts at once, to subtract two snapshots.
+    pub fn snapshot(&self) -> CallSnapshot {
+        CallSnapshot(Endpoint::ALL.map(|e| self.get(e)))
+    }
+}
+
+/// Counts at one moment; `later - earlier` gives what happened in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CallSnapshot([u64; Endpoint::ALL.len()]);
+
+impl CallSnapshot {
+    pub fn get(&self, endpoint: Endpoint) -> u64 {
+        self.0[endpoint.index()]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    pub fn writes(&self) -> u64 {
+        Endpoint::ALL
+            .iter()
+            .filter(|e| e.is_write())
+            .map(|e| self.get(*e))
+            .sum()
+    }
+
+    /// `(name, count)` for the endpoints that were called.
+    pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
+        Endpoint::ALL
+            .iter()
+            .map(|e| (e.name(), self.get(*e)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    pub fn since(&self, earlier: &CallSnapshot) -> CallSnapshot {
+        let mut out = *self;
+        for (o, e) in out.0.iter_mut().zip(earlier.0) {
+            *o = o.saturating_sub(e);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_split_reads_and_writes() {
+        let counts = CallCounts::default();
+        let before = counts.snapshot();
+        counts.record(Endpoint::UserGet);
+        counts.record(Endpoint::UserPut);
+        counts.record(Endpoint::UserPut);
+        let delta = counts.snapshot().since(&before);
+        assert_eq!(delta.total(), 3);
+        assert_eq!(delta.writes(), 2);
+        assert_eq!(delta.nonzero(), vec![("user_get", 1), ("user_put", 2)]);
+    }
+}

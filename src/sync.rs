@@ -1,0 +1,591 @@
+//! The profile sync pass (CONTRACT.md section 4), for cron and operators:
+//! reads the people DAARION Auth changed since the last pass (everyone on a
+//! full pass), feeds each one through the same intake as webhooks (a
+//! listing is an event whose `created_at` is the person's `updated_at`, so
+//! last-writer-wins holds between the two), and runs the Synapse work this
+//! caused to completion, so the summary tells what really happened.
+//!
+//! - Unknown people are provisioned (backfill), their accounts created
+//!   through the admin API, which skips Synapse's bcrypt hash.
+//! - Nothing is sent to Synapse for people whose listing changes nothing:
+//!   they are compared in memory, a page at a time.
+//! - A full pass also looks for drift: Synapse's user list is paged and each
+//!   profile compared with what we applied; `PROFILE_DRIFT` says whether to
+//!   put DAARION's back or only to count it.
+//! - One pass at a time across processes and hosts: a lease row in the
+//!   database; a second pass gets [`SyncError::InProgress`].
+//! - The pass runs the jobs it caused itself (as many at once as
+//!   `SYNAPSE_MAX_CONCURRENCY`, next to the background workers) and waits
+//!   for each, so `created`, `failed`… are true. A person whose work is
+//!   still being retried after `SYNC_JOB_WAIT_SECONDS` (Synapse down) is
+//!   counted `unfinished`, and from then on the pass stops waiting: the
+//!   rest stays queued for the workers and the cron hears about it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt};
+use serde::Serialize;
+use tokio::sync::{mpsc, Notify};
+use utoipa::ToSchema;
+
+use crate::config::{DriftPolicy, Settings};
+use crate::daarion::DaarionApi;
+use crate::domain::event::Event;
+use crate::jobs::Worker;
+use crate::now_ms;
+use crate::store::{
+    Account, CreateVia, JobState, LocalpartPolicy, Person, State, Store, StoreError,
+};
+use crate::synapse::Synapse;
+
+/// How long a pass holds its lease without renewing it; a crashed pass
+/// blocks the next one at most this long.
+const LEASE: Duration = Duration::from_secs(60);
+/// An incremental pass reads from this long before the last pass started,
+/// so clock differences with DAARION Auth and changes committed late are
+/// not missed; re-reading an unchanged person costs nothing.
+const OVERLAP_MS: i64 = 5 * 60 * 1000;
+/// People read but not yet handled by the driving side, at most.
+const TOUCHED_BACKLOG: usize = 1024;
+/// Synapse users per page when looking for drift.
+const DRIFT_PAGE: u32 = 500;
+/// Pages overlap by this many users: an account deactivated meanwhile
+/// shifts the rest of the list back by one, which would skip someone.
+const DRIFT_OVERLAP: u64 = 50;
+
+/// What a pass did: the body of `POST /v1/admin/profile-sync` and the
+/// output of `matrix-provisioner sync-profiles`.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct Summary {
+    /// Whether everyone was read (otherwise: changes since the last pass).
+    pub full: bool,
+    /// People listed by DAARION Auth.
+    pub checked: u64,
+    /// Existing accounts whose profile was updated.
+    pub changed: u64,
+    /// Accounts created (backfill of people new to the service).
+    pub created: u64,
+    /// Accounts deactivated (people deleted in DAARION).
+    pub deactivated: u64,
+    /// Accounts of people registered again, reactivated.
+    pub reactivated: u64,
+    /// People whose work failed permanently, or whose listing is malformed.
+    pub failed: u64,
+    /// People whose work was still being retried when the pass stopped
+    /// waiting; it stays queued.
+    pub unfinished: u64,
+    /// People whose avatar could not be used (see `GET /v1/users/{id}`).
+    pub avatar_errors: u64,
+    /// Profiles in Matrix that differ from what we applied (full passes).
+    pub drift_found: u64,
+    /// Of those, put back to DAARION's (with `PROFILE_DRIFT=enforce`).
+    pub drift_fixed: u64,
+    /// Requests this process sent to Synapse during the pass, and how many
+    /// of them changed something.
+    pub synapse_requests: u64,
+    pub synapse_writes: u64,
+    pub duration_ms: u64,
+    /// Problems that stopped part of the pass (then the watermark stays).
+    pub errors: Vec<String>,
+}
+
+impl Summary {
+    /// For the cron's exit status.
+    pub fn succeeded(&self) -> bool {
+        self.failed == 0 && self.unfinished == 0 && self.errors.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("profile sync is not configured: set AUTH_API_URL (and AUTH_API_TOKEN)")]
+    NotConfigured,
+    #[error("another profile sync pass is running{}", .0.as_deref().map(|o| format!(" ({o})")).unwrap_or_default())]
+    InProgress(Option<String>),
+    #[error(transparent)]
+    Database(#[from] StoreError),
+}
+
+/// Why a person was touched by the pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    Listing,
+    Drift,
+}
+
+/// A person whose Synapse work the pass waits for.
+struct Touched {
+    user_id: String,
+    before: Option<Person>,
+    cause: Cause,
+}
+
+/// How one person's work ended.
+enum Ending {
+    Created,
+    Changed,
+    Deactivated,
+    Reactivated,
+    Nothing,
+    Failed,
+    Unfinished,
+}
+
+pub struct ProfileSync {
+    settings: Arc<Settings>,
+    store: Store,
+    worker: Arc<Worker>,
+    policy: LocalpartPolicy,
+    api: Option<DaarionApi>,
+    wake: Arc<Notify>,
+}
+
+impl ProfileSync {
+    pub fn new(
+        settings: Arc<Settings>,
+        store: Store,
+        worker: Arc<Worker>,
+        policy: LocalpartPolicy,
+        wake: Arc<Notify>,
+    ) -> anyhow::Result<ProfileSync> {
+        Ok(ProfileSync {
+            api: DaarionApi::new(&settings)?,
+            settings,
+            store,
+            worker,
+            policy,
+            wake,
+        })
+    }
+
+    fn synapse(&self) -> &Synapse {
+        self.worker.synapse()
+    }
+
+    /// Runs one pass, unless another one is running.
+    pub async fn run(&self, full: bool) -> Result<Summary, SyncError> {
+        let api = self.api.as_ref().ok_or(SyncError::NotConfigured)?;
+        let owner = format!(
+            "{}-{}-{:08x}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let started_ms = now_ms();
+        if let Err(holder) = self
+            .store
+            .lease_sync(&owner, started_ms, started_ms + LEASE.as_millis() as i64)
+            .await?
+        {
+            return Err(SyncError::InProgress(holder.owner));
+        }
+        tracing::info!(full, "profile sync pass started");
+        let started = Instant::now();
+        let calls_before = self.synapse().calls().snapshot();
+        let lease_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renewal = tokio::spawn(renew_lease(
+            self.store.clone(),
+            owner.clone(),
+            Arc::clone(&lease_lost),
+        ));
+
+        let mut summary = Summary {
+            full,
+            ..Summary::default()
+        };
+        let read_all = self.pass(api, full, &mut summary, &lease_lost).await;
+
+        renewal.abort();
+        let watermark = read_all.then_some(started_ms);
+        if let Err(e) = self.store.release_sync(&owner, watermark).await {
+            // The lease runs out by itself; the next pass reads from the old watermark.
+            summary
+                .errors
+                .push(format!("cannot record the end of the pass: {e}"));
+        }
+        let calls = self.synapse().calls().snapshot().since(&calls_before);
+        summary.synapse_requests = calls.total();
+        summary.synapse_writes = calls.writes();
+        summary.duration_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(
+            full,
+            checked = summary.checked,
+            changed = summary.changed,
+            created = summary.created,
+            deactivated = summary.deactivated,
+            failed = summary.failed,
+            unfinished = summary.unfinished,
+            drift_found = summary.drift_found,
+            synapse_requests = summary.synapse_requests,
+            duration_ms = summary.duration_ms,
+            "profile sync pass finished"
+        );
+        for (outcome, n) in [
+            ("checked", summary.checked),
+            ("changed", summary.changed),
+            ("created", summary.created),
+            ("deactivated", summary.deactivated),
+            ("reactivated", summary.reactivated),
+            ("failed", summary.failed),
+            ("unfinished", summary.unfinished),
+            ("drift_found", summary.drift_found),
+            ("drift_fixed", summary.drift_fixed),
+        ] {
+            crate::metrics::sync(outcome, n);
+        }
+        Ok(summary)
+    }
+
+    /// Reads and queues (one side) while running the queued work (the
+    /// other side), so a backfill starts creating accounts with the first
+    /// page. Returns whether DAARION's listing was read completely.
+    async fn pass(
+        &self,
+        api: &DaarionApi,
+        full: bool,
+        summary: &mut Summary,
+        lease_lost: &std::sync::atomic::AtomicBool,
+    ) -> bool {
+        // Bounded: a backfill of 100,000 people reads no faster than their
+        // accounts are created, keeping memory flat.
+        let (touched_tx, mut touched_rx) = mpsc::channel::<Touched>(TOUCHED_BACKLOG);
+        // Set when someone's work outlasted SYNC_JOB_WAIT_SECONDS.
+        let give_up = std::sync::atomic::AtomicBool::new(false);
+        let mut read = ReadSide {
+            sync: self,
+            touched: touched_tx,
+            checked: 0,
+            failed: 0,
+            drift_found: 0,
+            errors: Vec::new(),
+        };
+        let reading = async move {
+            let complete = read.read(api, full, lease_lost).await;
+            drop(read.touched);
+            (
+                complete,
+                read.checked,
+                read.failed,
+                read.drift_found,
+                read.errors,
+            )
+        };
+        let incoming = stream::poll_fn(move |cx| touched_rx.poll_recv(cx));
+        let driving = incoming
+            .map(|t| self.drive(t, &give_up))
+            .buffer_unordered(self.settings.synapse_max_concurrency.max(1))
+            .collect::<Vec<_>>();
+        let ((complete, checked, failed, drift_found, errors), results) =
+            tokio::join!(reading, driving);
+        summary.checked = checked;
+        summary.failed = failed;
+        summary.drift_found = drift_found;
+        summary.errors = errors;
+        for (cause, result, avatar_error) in results {
+            summary.avatar_errors += avatar_error as u64;
+            match (cause, result) {
+                (_, Ending::Failed) => summary.failed += 1,
+                (_, Ending::Unfinished) => summary.unfinished += 1,
+                (Cause::Drift, _) => summary.drift_fixed += 1,
+                (_, Ending::Created) => summary.created += 1,
+                (_, Ending::Changed) => summary.changed += 1,
+                (_, Ending::Deactivated) => summary.deactivated += 1,
+                (_, Ending::Reactivated) => summary.reactivated += 1,
+                (_, Ending::Nothing) => {}
+            }
+        }
+        complete
+    }
+
+    /// Runs the person's job until it is done or failed; jobs held by
+    /// another worker are waited for, retries up to SYNC_JOB_WAIT_SECONDS.
+    async fn drive(
+        &self,
+        t: Touched,
+        give_up: &std::sync::atomic::AtomicBool,
+    ) -> (Cause, Ending, bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let deadline = Instant::now() + self.settings.sync_job_wait;
+        loop {
+            // Done, failed or retried: the job's row tells which, below.
+            if let Err(e) = self.worker.run_job_of(&t.user_id).await {
+                tracing::warn!(user_id = %t.user_id, "sync cannot run a job: {e:#}");
+            }
+            let wait_until = match self.store.job_state(&t.user_id).await {
+                Ok(JobState::None) | Ok(JobState::Failed) => break,
+                Ok(JobState::Waiting(at)) => at,
+                Err(e) => {
+                    tracing::warn!(user_id = %t.user_id, "sync cannot read a job: {e}");
+                    now_ms() + 1000
+                }
+            };
+            if give_up.load(Relaxed) {
+                return (t.cause, Ending::Unfinished, false);
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    user_id = %t.user_id,
+                    "work still retried after SYNC_JOB_WAIT_SECONDS; the pass stops waiting"
+                );
+                give_up.store(true, Relaxed);
+                return (t.cause, Ending::Unfinished, false);
+            }
+            // A retry's backoff or another worker's run: look again soon.
+            let pause = (wait_until - now_ms()).clamp(20, 250) as u64;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        let after = match self.store.person(&t.user_id).await {
+            Ok(Some(after)) => after,
+            _ => return (t.cause, Ending::Failed, false),
+        };
+        let avatar_error = after.avatar_error.is_some();
+        let before = t.before.as_ref().map_or(Account::None, |p| p.account);
+        let result = match (after.state, before, after.account) {
+            (State::Failed, _, _) => Ending::Failed,
+            (State::Pending, _, _) => Ending::Unfinished,
+            (_, Account::None | Account::Registering, Account::Active) => Ending::Created,
+            (_, Account::Active, Account::Deactivated) => Ending::Deactivated,
+            (_, Account::Deactivated, Account::Active) => Ending::Reactivated,
+            (_, Account::Active, Account::Active) => Ending::Changed,
+            _ => Ending::Nothing,
+        };
+        (t.cause, result, avatar_error)
+    }
+}
+
+/// The reading half of a pass.
+struct ReadSide<'a> {
+    sync: &'a ProfileSync,
+    touched: mpsc::Sender<Touched>,
+    checked: u64,
+    failed: u64,
+    drift_found: u64,
+    errors: Vec<String>,
+}
+
+impl ReadSide<'_> {
+    /// Returns whether the listing was read completely.
+    async fn read(
+        &mut self,
+        api: &DaarionApi,
+        full: bool,
+        lease_lost: &std::sync::atomic::AtomicBool,
+    ) -> bool {
+        let complete = match self.read_listing(api, full, lease_lost).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.errors.push(e);
+                false
+            }
+        };
+        if full {
+            if let Err(e) = self.retry_pending_avatars().await {
+                self.errors.push(e);
+            }
+            if self.sync.settings.profile_drift != DriftPolicy::Off {
+                if let Err(e) = self.find_drift().await {
+                    self.errors.push(e);
+                }
+            }
+        }
+        complete
+    }
+
+    async fn read_listing(
+        &mut self,
+        api: &DaarionApi,
+        full: bool,
+        lease_lost: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), String> {
+        let store = &self.sync.store;
+        let since = if full {
+            None
+        } else {
+            store
+                .sync_watermark()
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|w| w - OVERLAP_MS)
+        };
+        let mut seen: HashMap<String, ()> = HashMap::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            if lease_lost.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(
+                    "the pass lost its lease (database unreachable?) and stopped reading".into(),
+                );
+            }
+            let page = api
+                .page(since, cursor.as_deref(), self.sync.settings.sync_page_size)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.checked += (page.users.len() + page.malformed.len()) as u64;
+            for (user_id, why) in &page.malformed {
+                tracing::warn!(user_id = ?user_id, "malformed person in DAARION's listing: {why}");
+                self.failed += 1;
+            }
+            let mut events = Vec::with_capacity(page.users.len());
+            for user in page.users {
+                let user_id = user.user_id.clone();
+                match Event::from_listing(user) {
+                    Ok(event) => events.push(event),
+                    Err(e) => {
+                        tracing::warn!(user_id = %user_id, "unacceptable person in DAARION's listing: {e:?}");
+                        self.failed += 1;
+                    }
+                }
+            }
+            let ids: Vec<String> = events.iter().map(|e| e.user_id.clone()).collect();
+            let known = store.people_by_ids(&ids).await.map_err(|e| e.to_string())?;
+            // Listed again without news: nothing to store or do.
+            let news: Vec<Event> = events
+                .into_iter()
+                .filter(|event| {
+                    known
+                        .get(&event.user_id)
+                        .is_none_or(|person| person.wanted.clone().apply(event))
+                })
+                .collect();
+            let accepted = store
+                .accept_events_via(&news, &self.sync.policy, now_ms(), CreateVia::AdminApi)
+                .await
+                .map_err(|e| e.to_string())?;
+            if accepted.iter().any(|a| a.queued) {
+                self.sync.wake.notify_waiters();
+            }
+            for (event, accepted) in news.into_iter().zip(accepted) {
+                if accepted.queued && seen.insert(event.user_id.clone(), ()).is_none() {
+                    let _ = self
+                        .touched
+                        .send(Touched {
+                            before: known.get(&event.user_id).cloned(),
+                            user_id: event.user_id,
+                            cause: Cause::Listing,
+                        })
+                        .await;
+                }
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// People whose avatar host failed last time get another try.
+    async fn retry_pending_avatars(&mut self) -> Result<(), String> {
+        let store = &self.sync.store;
+        let pending = store
+            .people_with_pending_avatars()
+            .await
+            .map_err(|e| e.to_string())?;
+        for user_id in pending {
+            let before = store.person(&user_id).await.map_err(|e| e.to_string())?;
+            store
+                .queue_work(&user_id, now_ms())
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = self
+                .touched
+                .send(Touched {
+                    user_id,
+                    before,
+                    cause: Cause::Listing,
+                })
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Pages Synapse's active users and compares each profile we manage
+    /// with what we applied. People with work outstanding are skipped:
+    /// their job sets the profile anyway.
+    async fn find_drift(&mut self) -> Result<(), String> {
+        let sync = self.sync;
+        let synapse = sync.synapse();
+        let enforce = sync.settings.profile_drift == DriftPolicy::Enforce;
+        let mut seen = std::collections::HashSet::new();
+        let mut from = 0;
+        loop {
+            let page = synapse
+                .list_users(from, DRIFT_PAGE)
+                .await
+                .map_err(|e| format!("cannot list Synapse's users to look for drift: {e}"))?;
+            let by_localpart: HashMap<String, _> = page
+                .users
+                .iter()
+                .filter(|u| seen.insert(u.name.clone()))
+                .filter_map(|u| Some((localpart_of(&u.name)?.to_string(), u)))
+                .collect();
+            let localparts: Vec<String> = by_localpart.keys().cloned().collect();
+            let people = sync
+                .store
+                .settled_people_by_localparts(&localparts)
+                .await
+                .map_err(|e| e.to_string())?;
+            for person in people {
+                let Some(user) = by_localpart.get(&person.localpart) else {
+                    continue;
+                };
+                let avatar = user.avatar_url.as_deref().filter(|u| !u.is_empty());
+                // The listing has active accounts only: one we deactivated is back.
+                let drifted = person.account == Account::Deactivated
+                    || user.displayname != person.applied_display_name
+                    || avatar != person.avatar_mxc.as_deref();
+                if !drifted {
+                    continue;
+                }
+                self.drift_found += 1;
+                tracing::info!(
+                    user_id = %person.user_id, matrix_user_id = %user.name, enforce,
+                    "the Matrix profile differs from DAARION's"
+                );
+                if enforce {
+                    sync.store
+                        .queue_verify(&person.user_id, now_ms())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    sync.wake.notify_one();
+                    let _ = self
+                        .touched
+                        .send(Touched {
+                            user_id: person.user_id.clone(),
+                            before: Some(person),
+                            cause: Cause::Drift,
+                        })
+                        .await;
+                }
+            }
+            match page.next {
+                Some(next) if next > from + DRIFT_OVERLAP => from = next - DRIFT_OVERLAP,
+                Some(next) if next > from => from = next,
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
+fn localpart_of(user_id: &str) -> Option<&str> {
+    user_id.strip_prefix('@')?.split_once(':').map(|(lp, _)| lp)
+}
+
+/// Keeps the lease alive while the pass runs; flags its loss.
+async fn renew_lease(store: Store, owner: String, lost: Arc<std::sync::atomic::AtomicBool>) {
+    let mut tick = tokio::time::interval(LEASE / 4);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let until = now_ms() + LEASE.as_millis() as i64;
+        match store.renew_sync(&owner, until).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!("the profile sync pass lost its lease");
+                lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            Err(e) => tracing::warn!("cannot renew the profile sync lease: {e}"),
+        }
+    }
+}
