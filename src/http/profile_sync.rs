@@ -41,12 +41,13 @@ pub async fn profile_sync(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> Result<web::Json<Summary>, ApiError> {
+    // The body is optional; JSON `null` says "no body" too.
     let request: SyncRequest = if body.iter().all(u8::is_ascii_whitespace) {
         SyncRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(format!("the body is not {{\"full\": bool}}: {e}"))
-        })?
+        serde_json::from_slice::<Option<SyncRequest>>(&body)
+            .map_err(|e| ApiError::bad_request(format!("the body is not {{\"full\": bool}}: {e}")))?
+            .unwrap_or_default()
     };
     let sync = state.sync.clone();
     let pass = tokio::spawn(async move { sync.run(request.full).await });
