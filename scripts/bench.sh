@@ -28,7 +28,9 @@ work="$(mktemp -d /tmp/mp-bench.XXXXXX)"
 chmod 755 "$work"
 service_pid=""
 jwks_pid=""
+silent_pid=""
 cleanup() {
+    [[ -n "$silent_pid" ]] && kill "$silent_pid" 2>/dev/null
     [[ -n "$jwks_pid" ]] && kill "$jwks_pid" 2>/dev/null
     [[ -n "$service_pid" ]] && kill "$service_pid" 2>/dev/null && wait "$service_pid" 2>/dev/null
     scripts/synapse-ctl.sh stop "$work/synapse" >/dev/null 2>&1 || true
@@ -83,9 +85,14 @@ new_pg_db() { # new_pg_db NAME: prints its URL
 
 echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# intake: $intake_c in flight, ${run_secs}s each; provisioning: $people people, $workers in flight, bcrypt_rounds $rounds"
-# Intake alone: Synapse is out of reach (a closed port), so the signups' jobs
-# only back off and Synapse's bcrypt work does not share the two cores.
-nowhere="http://127.0.0.1:$(free_port)"
+# Intake alone: "Synapse" is a socket that takes connections and never
+# answers, so the signups' jobs wait out their timeout instead of sharing the
+# two cores with Synapse's bcrypt work (or, with a closed port, failing and
+# retrying as fast as the database lets them).
+silent_port="$(free_port)"
+python3 -c "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', $silent_port)); s.listen(4096); time.sleep(3600)" &
+silent_pid=$!
+nowhere="http://127.0.0.1:$silent_port"
 for backend in sqlite postgres; do
     if [[ $backend == sqlite ]]; then db="sqlite://$work/intake.db"; else db="$(new_pg_db intake)"; fi
     start_service "$db" "$nowhere"
