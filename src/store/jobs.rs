@@ -3,9 +3,10 @@
 //! runs out), and `generation` tells them whether a newer change arrived
 //! while they worked, in which case the job stays queued.
 
+use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::people::{Account, State};
+use super::people::State;
 use super::{Backend, Result, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,13 +107,7 @@ impl Store {
             .bind(now)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(match row {
-            Some(row) => Some(Job {
-                user_id: row.try_get("user_id")?,
-                generation: row.try_get("generation")?,
-            }),
-            None => None,
-        })
+        job_from(row)
     }
 
     /// Hands back every job `owner` holds (leased, not finished), runnable
@@ -138,22 +133,11 @@ impl Store {
         now: i64,
         leased_until: i64,
     ) -> Result<ClaimFor> {
-        let row = sqlx::query(
-            "UPDATE jobs SET leased_until = $1, lease_owner = $2 \
-             WHERE user_id = $3 AND failed = 0 AND leased_until <= $4 \
-             RETURNING user_id, generation",
-        )
-        .bind(leased_until)
-        .bind(owner)
-        .bind(user_id)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(row) = row {
-            return Ok(ClaimFor::Claimed(Job {
-                user_id: row.try_get("user_id")?,
-                generation: row.try_get("generation")?,
-            }));
+        if let Some(job) = self
+            .lease_person_job(user_id, owner, now, leased_until, false)
+            .await?
+        {
+            return Ok(ClaimFor::Claimed(job));
         }
         let failed: Option<i64> = sqlx::query_scalar("SELECT failed FROM jobs WHERE user_id = $1")
             .bind(user_id)
@@ -164,6 +148,34 @@ impl Store {
             Some(0) => ClaimFor::Leased,
             Some(_) => ClaimFor::Parked,
         })
+    }
+
+    /// Leases this person's job to `owner` unless another worker holds it
+    /// or it failed permanently; with `due_only`, only once it is due. The
+    /// one per-person claim behind SSO's [`Store::claim_job_for`] and the
+    /// sync pass's [`Store::claim_job_of`].
+    pub(super) async fn lease_person_job(
+        &self,
+        user_id: &str,
+        owner: &str,
+        now: i64,
+        leased_until: i64,
+        due_only: bool,
+    ) -> Result<Option<Job>> {
+        let due = if due_only { " AND run_at <= $4" } else { "" };
+        let sql = format!(
+            "UPDATE jobs SET leased_until = $1, lease_owner = $2 \
+             WHERE user_id = $3 AND failed = 0 AND leased_until <= $4{due} \
+             RETURNING user_id, generation"
+        );
+        let row = sqlx::query(&sql)
+            .bind(leased_until)
+            .bind(owner)
+            .bind(user_id)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        job_from(row)
     }
 
     /// When the next job is due, if any is waiting (lets idle workers sleep
@@ -299,16 +311,17 @@ impl Store {
             .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
             .collect()
     }
+}
 
-    /// True when the person is deactivated in our records (for SSO refusals).
-    pub async fn is_deactivated(&self, user_id: &str) -> Result<bool> {
-        let account: Option<String> =
-            sqlx::query_scalar("SELECT account FROM people WHERE user_id = $1")
-                .bind(user_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(account.as_deref() == Some(Account::Deactivated.as_str()))
-    }
+/// A `RETURNING user_id, generation` row as a job.
+fn job_from(row: Option<AnyRow>) -> Result<Option<Job>> {
+    row.map(|row| {
+        Ok(Job {
+            user_id: row.try_get("user_id")?,
+            generation: row.try_get("generation")?,
+        })
+    })
+    .transpose()
 }
 
 /// Gives the job back: immediately runnable, or at `run_at`.

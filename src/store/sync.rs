@@ -110,24 +110,8 @@ impl Store {
         now: i64,
         leased_until: i64,
     ) -> Result<Option<Job>> {
-        let row = sqlx::query(
-            "UPDATE jobs SET leased_until = $1, lease_owner = $2 \
-             WHERE user_id = $3 AND failed = 0 AND run_at <= $4 AND leased_until <= $4 \
-             RETURNING user_id, generation",
-        )
-        .bind(leased_until)
-        .bind(owner)
-        .bind(user_id)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            Some(row) => Some(Job {
-                user_id: row.try_get("user_id")?,
-                generation: row.try_get("generation")?,
-            }),
-            None => None,
-        })
+        self.lease_person_job(user_id, owner, now, leased_until, true)
+            .await
     }
 
     pub async fn job_state(&self, user_id: &str) -> Result<JobState> {
