@@ -7,7 +7,7 @@
 # PostgreSQL on 127.0.0.1; prints one JSON line per measurement.
 #
 # Usage:   scripts/bench.sh            (about 3 minutes)
-# Env:     SECONDS_PER_RUN (10), INTAKE_CONCURRENCY (64), WORKERS (8), PEOPLE (200),
+# Env:     PARTS ("intake sso e2e": which to run), SECONDS_PER_RUN (10), INTAKE_CONCURRENCY (64), WORKERS (8), PEOPLE (200),
 #          BCRYPT_ROUNDS (12), MP_CACHE
 set -euo pipefail
 
@@ -18,6 +18,7 @@ intake_c="${INTAKE_CONCURRENCY:-64}"
 workers="${WORKERS:-8}"
 people="${PEOPLE:-200}"
 rounds="${BCRYPT_ROUNDS:-12}"
+parts=" ${PARTS:-intake sso e2e} "
 
 cargo build --release --locked --quiet
 cargo bench --locked --no-run --bench load --quiet
@@ -89,6 +90,7 @@ echo "# intake: $intake_c in flight, ${run_secs}s each; provisioning: $people pe
 # answers, so the signups' jobs wait out their timeout instead of sharing the
 # two cores with Synapse's bcrypt work (or, with a closed port, failing and
 # retrying as fast as the database lets them).
+if [[ $parts == *" intake "* ]]; then
 silent_port="$(free_port)"
 python3 -c "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', $silent_port)); s.listen(4096); time.sleep(3600)" &
 silent_pid=$!
@@ -100,6 +102,8 @@ for backend in sqlite postgres; do
     echo "{\"backend\":\"$backend\",\"result\":$("$load" webhooks "$url" bench-webhook "$intake_c" "$run_secs")}"
     stop_service
 done
+fi
+if [[ $parts == *" sso "* ]]; then
 # SSO for an already provisioned person (the first exchange provisions),
 # with no other work queued.
 start_service "sqlite://$work/sso.db"
@@ -110,8 +114,9 @@ echo "{\"backend\":\"sqlite\",\"result\":$("$load" get "$url/healthz" "$intake_c
 echo "{\"backend\":\"sqlite\",\"sso\":\"HS256\",\"result\":$("$load" post "$url/v1/sso/login-token" "$hs" "$intake_c" "$run_secs")}"
 echo "{\"backend\":\"sqlite\",\"sso\":\"RS256\",\"result\":$("$load" post "$url/v1/sso/login-token" "$rs" "$intake_c" "$run_secs")}"
 stop_service
+fi
 # Provisioning: a fresh service with an empty queue, then Synapse's raw rate.
-for backend in sqlite postgres; do
+[[ $parts == *" e2e "* ]] && for backend in sqlite postgres; do
     if [[ $backend == sqlite ]]; then db="sqlite://$work/e2e.db"; else db="$(new_pg_db e2e)"; fi
     start_service "$db"
     echo "{\"backend\":\"$backend\",\"result\":$("$load" e2e "$url" bench-webhook bench-admin "$workers" "$people")}"

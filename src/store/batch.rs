@@ -70,10 +70,6 @@ async fn write_batches(
                 }
             }
         }
-        // One order for every writer, so PostgreSQL transactions lock people
-        // in the same order and cannot deadlock each other. The sort is
-        // stable: one person's events keep their arrival order.
-        batch.sort_by(|a, b| a.0.user_id.cmp(&b.0.user_id));
         let (events, replies): (Vec<Event>, Vec<Reply>) = batch.into_iter().unzip();
         match store.accept_events(&events, &policy, now_ms()).await {
             Ok(accepted) => {

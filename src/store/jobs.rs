@@ -6,7 +6,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::people::State;
+use super::people::{placeholders, State};
 use super::{Backend, Result, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,29 +41,41 @@ pub struct QueueDepth {
 }
 
 impl Store {
-    /// Queues work for the person (and shows them as pending), or tells a queued or running job that there is newer work (run it
-    /// now, even if it was waiting to retry).
+    /// Queues work for these people (and shows them as pending), or tells
+    /// a queued or running job that there is newer work (run it now, even if
+    /// it was waiting to retry). Ids must be distinct.
     pub(super) async fn enqueue(
         &self,
         tx: &mut Transaction<'static, Any>,
-        user_id: &str,
+        user_ids: &[&str],
         now: i64,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO jobs (user_id, generation, run_at) VALUES ($1, 1, $2) \
+        if user_ids.is_empty() {
+            return Ok(());
+        }
+        let values: Vec<String> = (1..=user_ids.len())
+            .map(|i| format!("(${}, 1, $1)", i + 1))
+            .collect();
+        let sql = format!(
+            "INSERT INTO jobs (user_id, generation, run_at) VALUES {} \
              ON CONFLICT (user_id) DO UPDATE SET generation = jobs.generation + 1, \
-             run_at = $2, failed = 0",
-        )
-        .bind(user_id)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query(
-            "UPDATE people SET state = 'pending' WHERE user_id = $1 AND state <> 'pending'",
-        )
-        .bind(user_id)
-        .execute(&mut **tx)
-        .await?;
+             run_at = excluded.run_at, failed = 0",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(now);
+        for id in user_ids {
+            query = query.bind(*id);
+        }
+        query.execute(&mut **tx).await?;
+        let sql = format!(
+            "UPDATE people SET state = 'pending' WHERE user_id IN ({}) AND state <> 'pending'",
+            placeholders(user_ids.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in user_ids {
+            query = query.bind(*id);
+        }
+        query.execute(&mut **tx).await?;
         Ok(())
     }
 
@@ -80,7 +92,7 @@ impl Store {
         .rows_affected()
             == 1;
         if known {
-            self.enqueue(&mut tx, user_id, now).await?;
+            self.enqueue(&mut tx, &[user_id], now).await?;
         }
         tx.commit().await?;
         Ok(known)

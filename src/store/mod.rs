@@ -7,6 +7,7 @@
 //! the same columns mean the same thing on both back ends.
 
 mod batch;
+mod intake;
 mod jobs;
 mod people;
 mod sync;
@@ -19,8 +20,9 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
 
 pub use batch::Intake;
+pub use intake::Accepted;
 pub use jobs::{ClaimFor, Job, QueueDepth};
-pub use people::{Accepted, Account, CreateVia, LocalpartPolicy, Person, State};
+pub use people::{Account, CreateVia, LocalpartPolicy, Person, State};
 pub use sync::{JobState, SyncHolder};
 
 use crate::config::{redact_url, Secret};

@@ -1,14 +1,13 @@
-//! People: the intake transaction (event + person + job, all or nothing) and
-//! the person's record as the worker and operators see it.
+//! People: the person's record as the worker and operators see it, and the
+//! updates the worker makes to it (the intake is in `store::intake`).
 
 use std::collections::HashMap;
 use std::str::FromStr;
 
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use sqlx::Row;
 
-use super::{parse_column, Backend, Result, Store};
-use crate::domain::event::Event;
+use super::{parse_column, Result, Store};
 use crate::domain::localpart::{is_reserved, Localpart};
 use crate::domain::person::Wanted;
 
@@ -144,6 +143,31 @@ pub struct Person {
 }
 
 impl Person {
+    /// Someone seen for the first time, waiting for an account.
+    pub(super) fn new(user_id: &str, localpart: &str, create_via: CreateVia, now: i64) -> Person {
+        Person {
+            user_id: user_id.to_string(),
+            localpart: localpart.to_string(),
+            state: State::Pending,
+            wanted: Wanted::default(),
+            account: Account::None,
+            register_started_at: None,
+            create_via,
+            applied_display_name: None,
+            applied_avatar_url: None,
+            avatar_mxc: None,
+            avatar_sha256: None,
+            avatar_error: None,
+            upload_mxc: None,
+            upload_sha256: None,
+            profile_verify: 0,
+            attempts: 0,
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
     pub(super) fn from_row(row: &AnyRow) -> Result<Person> {
         Ok(Person {
             user_id: row.try_get("user_id")?,
@@ -195,17 +219,6 @@ impl LocalpartPolicy {
     }
 }
 
-/// The outcome of [`Store::accept_event`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Accepted {
-    pub duplicate: bool,
-    /// The person's localpart (None for a duplicate whose person is unknown,
-    /// which cannot happen unless rows were removed by hand).
-    pub localpart: Option<String>,
-    /// Whether work for Synapse was queued.
-    pub queued: bool,
-}
-
 pub(super) const PERSON_COLUMNS: &str =
     "user_id, localpart, state, username, username_at, display_name, \
     display_name_at, avatar_url, avatar_url_at, deleted, lifecycle_at, account, \
@@ -221,199 +234,6 @@ pub(super) const PERSON_COLUMNS_P: &str = "p.user_id, p.localpart, p.state, p.us
     p.updated_at";
 
 impl Store {
-    /// Stores `event` durably: its id (idempotency), the person (created with
-    /// a localpart on first sight) with the event applied, and a job when
-    /// Synapse must change — one transaction, so a crash leaves all or nothing.
-    pub async fn accept_event(
-        &self,
-        event: &Event,
-        policy: &LocalpartPolicy,
-        now: i64,
-    ) -> Result<Accepted> {
-        self.accept_event_via(event, policy, now, CreateVia::Register)
-            .await
-    }
-
-    /// [`Store::accept_event`]; a person seen for the first time gets their
-    /// account created `via` that way.
-    pub async fn accept_event_via(
-        &self,
-        event: &Event,
-        policy: &LocalpartPolicy,
-        now: i64,
-        via: CreateVia,
-    ) -> Result<Accepted> {
-        let mut tx = self.pool.begin().await?;
-        let accepted = self.accept_in(&mut tx, event, policy, now, via).await?;
-        tx.commit().await?;
-        Ok(accepted)
-    }
-
-    /// [`Store::accept_event`] for several events in one transaction: one
-    /// disk flush for all of them (group commit of webhooks, see
-    /// `store::batch`). Events apply in the given order, so duplicates within
-    /// the batch are recognised too.
-    pub async fn accept_events(
-        &self,
-        events: &[Event],
-        policy: &LocalpartPolicy,
-        now: i64,
-    ) -> Result<Vec<Accepted>> {
-        self.accept_events_via(events, policy, now, CreateVia::Register)
-            .await
-    }
-
-    /// The same intake for several events (a page of a sync pass), in one
-    /// transaction: one commit instead of one per person, which is what
-    /// bounds a backfill on SQLite (each commit waits for the disk).
-    pub async fn accept_events_via(
-        &self,
-        events: &[Event],
-        policy: &LocalpartPolicy,
-        now: i64,
-        via: CreateVia,
-    ) -> Result<Vec<Accepted>> {
-        let mut tx = self.pool.begin().await?;
-        let mut accepted = Vec::with_capacity(events.len());
-        for event in events {
-            accepted.push(self.accept_in(&mut tx, event, policy, now, via).await?);
-        }
-        tx.commit().await?;
-        Ok(accepted)
-    }
-
-    async fn accept_in(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        event: &Event,
-        policy: &LocalpartPolicy,
-        now: i64,
-        via: CreateVia,
-    ) -> Result<Accepted> {
-        // The first statement writes, so SQLite takes its write lock at once
-        // instead of failing to upgrade a read lock later.
-        let fresh = sqlx::query(
-            "INSERT INTO events (id, user_id, kind, created_at, received_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&event.id)
-        .bind(&event.user_id)
-        .bind(event.kind.as_str())
-        .bind(event.created_at_ms)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !fresh {
-            let localpart: Option<String> = sqlx::query_scalar(
-                "SELECT p.localpart FROM events e JOIN people p ON p.user_id = e.user_id \
-                 WHERE e.id = $1",
-            )
-            .bind(&event.id)
-            .fetch_optional(&mut **tx)
-            .await?;
-            return Ok(Accepted {
-                duplicate: true,
-                localpart,
-                queued: false,
-            });
-        }
-
-        let (mut person, first_sight) = match self.person_for_update(tx, &event.user_id).await? {
-            Some(person) => (person, false),
-            None => (self.insert_person(tx, event, policy, now, via).await?, true),
-        };
-        let before = person.wanted.clone();
-        let changed = person.wanted.apply(event);
-        // A new person always needs an account; otherwise only changes that
-        // Synapse shows are work (not a newer timestamp on the same values).
-        let work = first_sight || person.wanted.needs_work_since(&before);
-        if changed {
-            let w = &person.wanted;
-            sqlx::query(
-                "UPDATE people SET username = $2, username_at = $3, display_name = $4, \
-                 display_name_at = $5, avatar_url = $6, avatar_url_at = $7, deleted = $8, \
-                 lifecycle_at = $9, updated_at = $10 WHERE user_id = $1",
-            )
-            .bind(&person.user_id)
-            .bind(&w.username)
-            .bind(w.username_at)
-            .bind(&w.display_name)
-            .bind(w.display_name_at)
-            .bind(&w.avatar_url)
-            .bind(w.avatar_url_at)
-            .bind(w.deleted as i64)
-            .bind(w.lifecycle_at)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-        }
-        if work {
-            self.enqueue(tx, &person.user_id, now).await?;
-        }
-        Ok(Accepted {
-            duplicate: false,
-            localpart: Some(person.localpart),
-            queued: work,
-        })
-    }
-
-    /// Creates the person with the first free candidate localpart (free in
-    /// our database; Synapse is asked later by the worker).
-    async fn insert_person(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        event: &Event,
-        policy: &LocalpartPolicy,
-        now: i64,
-        via: CreateVia,
-    ) -> Result<Person> {
-        let base = Localpart::derive(
-            event.username.as_deref(),
-            &event.user_id,
-            &policy.server_name,
-        );
-        for candidate in policy.candidates(&base) {
-            let inserted = sqlx::query(
-                "INSERT INTO people (user_id, localpart, create_via, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $4) ON CONFLICT DO NOTHING",
-            )
-            .bind(&event.user_id)
-            .bind(candidate.as_str())
-            .bind(via.as_str())
-            .bind(now)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected()
-                == 1;
-            // Not inserted: either the localpart belongs to someone else (try
-            // the next), or another replica created this very person meanwhile.
-            if let Some(person) = self.person_for_update(tx, &event.user_id).await? {
-                return Ok(person);
-            }
-            debug_assert!(!inserted);
-        }
-        unreachable!("the candidate iterator is endless")
-    }
-
-    async fn person_for_update(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        user_id: &str,
-    ) -> Result<Option<Person>> {
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE",
-            Backend::Sqlite => "",
-        };
-        let sql = format!("SELECT {PERSON_COLUMNS} FROM people WHERE user_id = $1{lock}");
-        let row = sqlx::query(&sql)
-            .bind(user_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-        row.as_ref().map(Person::from_row).transpose()
-    }
-
     pub async fn person(&self, user_id: &str) -> Result<Option<Person>> {
         let sql = format!("SELECT {PERSON_COLUMNS} FROM people WHERE user_id = $1");
         let row = sqlx::query(&sql)

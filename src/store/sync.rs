@@ -164,7 +164,7 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        self.enqueue(&mut tx, user_id, now).await?;
+        self.enqueue(&mut tx, &[user_id], now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -186,7 +186,7 @@ impl Store {
     /// Queues the person's work (the avatar retry of a full pass).
     pub async fn queue_work(&self, user_id: &str, now: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        self.enqueue(&mut tx, user_id, now).await?;
+        self.enqueue(&mut tx, &[user_id], now).await?;
         tx.commit().await?;
         Ok(())
     }

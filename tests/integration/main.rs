@@ -2,6 +2,7 @@
 //! `scripts/test.sh`, which starts Synapse and PostgreSQL first.
 
 mod fakes;
+mod intake;
 mod logs;
 mod operability;
 mod profiles;

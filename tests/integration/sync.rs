@@ -418,8 +418,8 @@ async fn backfill_respects_strangers_and_adopts_its_interrupted_creations() {
     .unwrap();
     let ev = Event::from_listing(listed).unwrap();
     store
-        .accept_event_via(
-            &ev,
+        .accept_events_via(
+            std::slice::from_ref(&ev),
             &policy,
             matrix_provisioner::now_ms(),
             CreateVia::AdminApi,

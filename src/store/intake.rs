@@ -1,0 +1,359 @@
+//! The intake transaction: events, the people they concern and the work for
+//! Synapse, stored all or nothing before a webhook's `202`.
+//!
+//! It is set-based, because intake throughput is bounded by statements per
+//! transaction, not by rows: a batch of events costs one multi-row INSERT of
+//! event ids, one SELECT of the people concerned, one multi-row INSERT of new
+//! people, one UPDATE per existing person that changed, and one multi-row
+//! upsert of jobs, however many events it holds. The events are applied to
+//! the people in memory, in arrival order, with the same rules as one by one.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use sqlx::{Any, Row, Transaction};
+
+use super::people::{placeholders, PERSON_COLUMNS};
+use super::{Backend, CreateVia, LocalpartPolicy, Person, Result, Store};
+use crate::domain::event::Event;
+use crate::domain::localpart::Localpart;
+
+/// Events per set of statements: keeps bound values (14 per new person)
+/// well under both back ends' limits.
+const CHUNK: usize = 500;
+
+/// The outcome of [`Store::accept_event`] for one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub duplicate: bool,
+    /// The person's localpart (None for a duplicate whose person is unknown:
+    /// a repeated event id naming someone else).
+    pub localpart: Option<String>,
+    /// Whether work for Synapse was queued.
+    pub queued: bool,
+}
+
+/// Another replica created one of our new people while we tried to: the
+/// transaction starts again and finds them.
+struct Raced;
+
+impl Store {
+    /// Stores `event` durably: its id (idempotency), the person (created with
+    /// a localpart on first sight) with the event applied, and a job when
+    /// Synapse must change — one transaction, so a crash leaves all or nothing.
+    pub async fn accept_event(
+        &self,
+        event: &Event,
+        policy: &LocalpartPolicy,
+        now: i64,
+    ) -> Result<Accepted> {
+        let mut accepted = self
+            .accept_events_via(
+                std::slice::from_ref(event),
+                policy,
+                now,
+                CreateVia::Register,
+            )
+            .await?;
+        Ok(accepted.remove(0))
+    }
+
+    /// [`Store::accept_event`] for several events in one transaction: one
+    /// disk flush for all of them (group commit of webhooks, see
+    /// `store::batch`).
+    pub async fn accept_events(
+        &self,
+        events: &[Event],
+        policy: &LocalpartPolicy,
+        now: i64,
+    ) -> Result<Vec<Accepted>> {
+        self.accept_events_via(events, policy, now, CreateVia::Register)
+            .await
+    }
+
+    /// The intake of several events (webhooks, or a page of a sync pass) in
+    /// one transaction; people seen for the first time get their account
+    /// created `via` that way. Events apply in the given order, so
+    /// duplicates and successive changes within the batch count as they
+    /// would one by one.
+    pub async fn accept_events_via(
+        &self,
+        events: &[Event],
+        policy: &LocalpartPolicy,
+        now: i64,
+        via: CreateVia,
+    ) -> Result<Vec<Accepted>> {
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let mut accepted = Vec::with_capacity(events.len());
+            let mut raced = false;
+            for chunk in events.chunks(CHUNK) {
+                match self.accept_chunk(&mut tx, chunk, policy, now, via).await? {
+                    Ok(done) => accepted.extend(done),
+                    Err(Raced) => {
+                        raced = true;
+                        break;
+                    }
+                }
+            }
+            if raced {
+                tx.rollback().await?;
+                continue;
+            }
+            tx.commit().await?;
+            return Ok(accepted);
+        }
+    }
+
+    async fn accept_chunk(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        events: &[Event],
+        policy: &LocalpartPolicy,
+        now: i64,
+        via: CreateVia,
+    ) -> Result<std::result::Result<Vec<Accepted>, Raced>> {
+        // Event ids first: it writes, so SQLite takes its write lock at once
+        // instead of failing to upgrade a read lock later. An id repeated
+        // within the batch is new only at its first occurrence.
+        let stored = insert_events(tx, events, now).await?;
+        let mut seen = HashSet::new();
+        let fresh: Vec<bool> = events
+            .iter()
+            .map(|e| stored.contains(&e.id) && seen.insert(e.id.as_str()))
+            .collect();
+
+        let user_ids: BTreeSet<&str> = events.iter().map(|e| e.user_id.as_str()).collect();
+        let mut people = self.people_for_update(tx, &user_ids).await?;
+
+        // Apply the events in memory, as one by one.
+        // New people, in order of first sight, with their base localpart.
+        let mut created: Vec<(String, Localpart)> = Vec::new();
+        // Localparts chosen in this batch, so two new people do not get
+        // the same one.
+        let mut taken: HashSet<String> = HashSet::new();
+        let mut changed: BTreeSet<&str> = BTreeSet::new();
+        let mut queued: BTreeSet<&str> = BTreeSet::new();
+        let mut work = Vec::with_capacity(events.len());
+        for (event, fresh) in events.iter().zip(&fresh) {
+            if !fresh {
+                work.push(false);
+                continue;
+            }
+            let first_sight = !people.contains_key(&event.user_id);
+            let person = people.entry(event.user_id.clone()).or_insert_with(|| {
+                let base = Localpart::derive(
+                    event.username.as_deref(),
+                    &event.user_id,
+                    &policy.server_name,
+                );
+                let localpart = policy
+                    .candidates(&base)
+                    .find(|lp| !taken.contains(lp.as_str()))
+                    .expect("the candidate iterator is endless");
+                taken.insert(localpart.as_str().to_string());
+                created.push((event.user_id.clone(), base));
+                Person::new(&event.user_id, localpart.as_str(), via, now)
+            });
+            let before = person.wanted.clone();
+            if person.wanted.apply(event) {
+                changed.insert(event.user_id.as_str());
+            }
+            // A new person always needs an account; otherwise only changes
+            // that Synapse shows are work (not a newer timestamp on the same
+            // values).
+            let needs = first_sight || person.wanted.needs_work_since(&before);
+            if needs {
+                queued.insert(event.user_id.as_str());
+            }
+            work.push(needs);
+        }
+
+        let new_people: Vec<&Person> = created.iter().map(|(id, _)| &people[id]).collect();
+        let inserted = insert_people(tx, &new_people).await?;
+        let mut moved = Vec::new();
+        for (person, (_, base)) in new_people.into_iter().zip(&created) {
+            if inserted.contains(&person.user_id) {
+                continue;
+            }
+            // Someone in the database has the localpart already.
+            match insert_person_elsewhere(tx, person, base, policy).await? {
+                Ok(localpart) => moved.push((person.user_id.clone(), localpart)),
+                Err(Raced) => return Ok(Err(Raced)),
+            }
+        }
+        for (user_id, localpart) in moved {
+            if let Some(person) = people.get_mut(&user_id) {
+                person.localpart = localpart;
+            }
+        }
+        let new_ids: HashSet<&str> = created.iter().map(|(id, _)| id.as_str()).collect();
+        for user_id in changed.iter().filter(|id| !new_ids.contains(*id)) {
+            update_wanted(tx, &people[*user_id], now).await?;
+        }
+        let queued: Vec<&str> = queued.into_iter().collect();
+        self.enqueue(tx, &queued, now).await?;
+
+        Ok(Ok(events
+            .iter()
+            .zip(fresh)
+            .zip(work)
+            .map(|((event, fresh), queued)| Accepted {
+                duplicate: !fresh,
+                localpart: people.get(&event.user_id).map(|p| p.localpart.clone()),
+                queued,
+            })
+            .collect()))
+    }
+
+    /// The people with these ids, locked on PostgreSQL in id order (every
+    /// writer locks in the same order, so they cannot deadlock each other).
+    async fn people_for_update(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        user_ids: &BTreeSet<&str>,
+    ) -> Result<HashMap<String, Person>> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "SELECT {PERSON_COLUMNS} FROM people WHERE user_id IN ({}) ORDER BY user_id{lock}",
+            placeholders(user_ids.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in user_ids {
+            query = query.bind(*id);
+        }
+        let mut people = HashMap::with_capacity(user_ids.len());
+        for row in query.fetch_all(&mut **tx).await? {
+            let person = Person::from_row(&row)?;
+            people.insert(person.user_id.clone(), person);
+        }
+        Ok(people)
+    }
+}
+
+/// Stores the event ids; returns those that were not stored before.
+async fn insert_events(
+    tx: &mut Transaction<'static, Any>,
+    events: &[Event],
+    now: i64,
+) -> Result<HashSet<String>> {
+    let sql = format!(
+        "INSERT INTO events (id, user_id, kind, created_at, received_at) VALUES {} \
+         ON CONFLICT (id) DO NOTHING RETURNING id",
+        rows(events.len(), 5)
+    );
+    let mut query = sqlx::query(&sql);
+    for event in events {
+        query = query
+            .bind(&event.id)
+            .bind(&event.user_id)
+            .bind(event.kind.as_str())
+            .bind(event.created_at_ms)
+            .bind(now);
+    }
+    let rows = query.fetch_all(&mut **tx).await?;
+    rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+}
+
+const NEW_PERSON: &str = "INSERT INTO people (user_id, localpart, create_via, username, \
+    username_at, display_name, display_name_at, avatar_url, avatar_url_at, deleted, \
+    lifecycle_at, state, created_at, updated_at)";
+
+/// Inserts new people with the localparts chosen for them, already pending;
+/// returns the ids of those inserted (the others collided on a localpart
+/// or, with another replica, on the id).
+async fn insert_people(
+    tx: &mut Transaction<'static, Any>,
+    people: &[&Person],
+) -> Result<HashSet<String>> {
+    if people.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let sql = format!(
+        "{NEW_PERSON} VALUES {} ON CONFLICT DO NOTHING RETURNING user_id",
+        rows(people.len(), 14)
+    );
+    let mut query = sqlx::query(&sql);
+    for p in people {
+        let w = &p.wanted;
+        query = query
+            .bind(&p.user_id)
+            .bind(&p.localpart)
+            .bind(p.create_via.as_str())
+            .bind(&w.username)
+            .bind(w.username_at)
+            .bind(&w.display_name)
+            .bind(w.display_name_at)
+            .bind(&w.avatar_url)
+            .bind(w.avatar_url_at)
+            .bind(w.deleted as i64)
+            .bind(w.lifecycle_at)
+            .bind(p.state.as_str())
+            .bind(p.created_at)
+            .bind(p.updated_at);
+    }
+    let rows = query.fetch_all(&mut **tx).await?;
+    rows.iter().map(|r| Ok(r.try_get("user_id")?)).collect()
+}
+
+/// Inserts the person with the first candidate localpart that is free in
+/// the database (Synapse is asked later, by the worker); returns it.
+async fn insert_person_elsewhere(
+    tx: &mut Transaction<'static, Any>,
+    person: &Person,
+    base: &Localpart,
+    policy: &LocalpartPolicy,
+) -> Result<std::result::Result<String, Raced>> {
+    for candidate in policy.candidates(base) {
+        let mut moved = person.clone();
+        moved.localpart = candidate.as_str().to_string();
+        if !insert_people(tx, &[&moved]).await?.is_empty() {
+            return Ok(Ok(moved.localpart));
+        }
+        let exists = sqlx::query("SELECT 1 FROM people WHERE user_id = $1")
+            .bind(&person.user_id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .is_some();
+        if exists {
+            return Ok(Err(Raced));
+        }
+    }
+    unreachable!("the candidate iterator is endless")
+}
+
+/// Writes what DAARION wants of an existing person.
+async fn update_wanted(tx: &mut Transaction<'static, Any>, p: &Person, now: i64) -> Result<()> {
+    let w = &p.wanted;
+    sqlx::query(
+        "UPDATE people SET username = $2, username_at = $3, display_name = $4, \
+         display_name_at = $5, avatar_url = $6, avatar_url_at = $7, deleted = $8, \
+         lifecycle_at = $9, updated_at = $10 WHERE user_id = $1",
+    )
+    .bind(&p.user_id)
+    .bind(&w.username)
+    .bind(w.username_at)
+    .bind(&w.display_name)
+    .bind(w.display_name_at)
+    .bind(&w.avatar_url)
+    .bind(w.avatar_url_at)
+    .bind(w.deleted as i64)
+    .bind(w.lifecycle_at)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// `($1, …, $width), ($width+1, …)`: `n` rows of bound values.
+fn rows(n: usize, width: usize) -> String {
+    (0..n)
+        .map(|r| {
+            let row: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
