@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use sqlx::{Any, Row, Transaction};
 
-use super::people::{placeholders, PERSON_COLUMNS};
+use super::people::PERSON_COLUMNS;
 use super::{Backend, CreateVia, LocalpartPolicy, Person, Result, Store};
 use crate::domain::event::Event;
 use crate::domain::localpart::Localpart;
@@ -115,7 +115,7 @@ impl Store {
         // Event ids first: it writes, so SQLite takes its write lock at once
         // instead of failing to upgrade a read lock later. An id repeated
         // within the batch is new only at its first occurrence.
-        let stored = insert_events(tx, events, now).await?;
+        let stored = insert_events(tx, self.backend, events, now).await?;
         let mut seen = HashSet::new();
         let fresh: Vec<bool> = events
             .iter()
@@ -169,14 +169,14 @@ impl Store {
         }
 
         let new_people: Vec<&Person> = created.iter().map(|(id, _)| &people[id]).collect();
-        let inserted = insert_people(tx, &new_people).await?;
+        let inserted = insert_people(tx, self.backend, &new_people).await?;
         let mut moved = Vec::new();
         for (person, (_, base)) in new_people.into_iter().zip(&created) {
             if inserted.contains(&person.user_id) {
                 continue;
             }
             // Someone in the database has the localpart already.
-            match insert_person_elsewhere(tx, person, base, policy).await? {
+            match insert_person_elsewhere(tx, self.backend, person, base, policy).await? {
                 Ok(localpart) => moved.push((person.user_id.clone(), localpart)),
                 Err(Raced) => return Ok(Err(Raced)),
             }
@@ -218,7 +218,7 @@ impl Store {
         };
         let sql = format!(
             "SELECT {PERSON_COLUMNS} FROM people WHERE user_id IN ({}) ORDER BY user_id{lock}",
-            placeholders(user_ids.len())
+            self.backend.placeholders(user_ids.len())
         );
         let mut query = sqlx::query(&sql);
         for id in user_ids {
@@ -236,13 +236,14 @@ impl Store {
 /// Stores the event ids; returns those that were not stored before.
 async fn insert_events(
     tx: &mut Transaction<'static, Any>,
+    backend: Backend,
     events: &[Event],
     now: i64,
 ) -> Result<HashSet<String>> {
     let sql = format!(
         "INSERT INTO events (id, user_id, kind, created_at, received_at) VALUES {} \
          ON CONFLICT (id) DO NOTHING RETURNING id",
-        rows(events.len(), 5)
+        backend.rows(events.len(), 5)
     );
     let mut query = sqlx::query(&sql);
     for event in events {
@@ -266,6 +267,7 @@ const NEW_PERSON: &str = "INSERT INTO people (user_id, localpart, create_via, us
 /// or, with another replica, on the id).
 async fn insert_people(
     tx: &mut Transaction<'static, Any>,
+    backend: Backend,
     people: &[&Person],
 ) -> Result<HashSet<String>> {
     if people.is_empty() {
@@ -273,7 +275,7 @@ async fn insert_people(
     }
     let sql = format!(
         "{NEW_PERSON} VALUES {} ON CONFLICT DO NOTHING RETURNING user_id",
-        rows(people.len(), 14)
+        backend.rows(people.len(), 14)
     );
     let mut query = sqlx::query(&sql);
     for p in people {
@@ -302,6 +304,7 @@ async fn insert_people(
 /// the database (Synapse is asked later, by the worker); returns it.
 async fn insert_person_elsewhere(
     tx: &mut Transaction<'static, Any>,
+    backend: Backend,
     person: &Person,
     base: &Localpart,
     policy: &LocalpartPolicy,
@@ -309,7 +312,7 @@ async fn insert_person_elsewhere(
     for candidate in policy.candidates(base) {
         let mut moved = person.clone();
         moved.localpart = candidate.as_str().to_string();
-        if !insert_people(tx, &[&moved]).await?.is_empty() {
+        if !insert_people(tx, backend, &[&moved]).await?.is_empty() {
             return Ok(Ok(moved.localpart));
         }
         let exists = sqlx::query("SELECT 1 FROM people WHERE user_id = $1")
@@ -345,15 +348,4 @@ async fn update_wanted(tx: &mut Transaction<'static, Any>, p: &Person, now: i64)
     .execute(&mut **tx)
     .await?;
     Ok(())
-}
-
-/// `($1, …, $width), ($width+1, …)`: `n` rows of bound values.
-fn rows(n: usize, width: usize) -> String {
-    (0..n)
-        .map(|r| {
-            let row: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
-            format!("({})", row.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }

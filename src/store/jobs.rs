@@ -6,7 +6,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::people::{placeholders, State};
+use super::people::State;
 use super::{Backend, Result, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,23 +53,20 @@ impl Store {
         if user_ids.is_empty() {
             return Ok(());
         }
-        let values: Vec<String> = (1..=user_ids.len())
-            .map(|i| format!("(${}, 1, $1)", i + 1))
-            .collect();
         let sql = format!(
-            "INSERT INTO jobs (user_id, generation, run_at) VALUES {} \
+            "INSERT INTO jobs (user_id, run_at) VALUES {} \
              ON CONFLICT (user_id) DO UPDATE SET generation = jobs.generation + 1, \
              run_at = excluded.run_at, failed = 0",
-            values.join(", ")
+            self.backend.rows(user_ids.len(), 2)
         );
-        let mut query = sqlx::query(&sql).bind(now);
+        let mut query = sqlx::query(&sql);
         for id in user_ids {
-            query = query.bind(*id);
+            query = query.bind(*id).bind(now);
         }
         query.execute(&mut **tx).await?;
         let sql = format!(
             "UPDATE people SET state = 'pending' WHERE user_id IN ({}) AND state <> 'pending'",
-            placeholders(user_ids.len())
+            self.backend.placeholders(user_ids.len())
         );
         let mut query = sqlx::query(&sql);
         for id in user_ids {

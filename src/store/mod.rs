@@ -33,6 +33,35 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// `n` bound values, each used once and bound in order: `$1, $2, …` on
+    /// PostgreSQL, `?, ?, …` on SQLite. SQLite looks a numbered parameter's
+    /// name up in a list, so binding thousands of `$N` (a multi-row INSERT)
+    /// takes time quadratic in their number: 140 ms for 480 new people.
+    pub(crate) fn placeholders(self, n: usize) -> String {
+        self.values(0, n)
+    }
+
+    /// `n` rows of `width` bound values: `($1, $2), ($3, $4)` or `(?, ?), (?, ?)`.
+    pub(crate) fn rows(self, n: usize, width: usize) -> String {
+        (0..n)
+            .map(|r| format!("({})", self.values(r * width, width)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `n` values after the first `before`.
+    fn values(self, before: usize, n: usize) -> String {
+        (before + 1..=before + n)
+            .map(|i| match self {
+                Backend::Postgres => format!("${i}"),
+                Backend::Sqlite => "?".to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// An unexpected database failure. Callers answer 503 and retry; the message
 /// never contains the database URL.
 #[derive(Debug, thiserror::Error)]
@@ -154,4 +183,17 @@ fn parse_column<T: FromStr>(row: &AnyRow, column: &str) -> Result<T> {
             format!("unexpected value {raw:?} in column {column}").into(),
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backend;
+
+    #[test]
+    fn placeholders_are_numbered_on_postgres_and_anonymous_on_sqlite() {
+        assert_eq!(Backend::Postgres.rows(2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(Backend::Sqlite.rows(2, 2), "(?, ?), (?, ?)");
+        assert_eq!(Backend::Postgres.placeholders(3), "$1, $2, $3");
+        assert_eq!(Backend::Sqlite.placeholders(2), "?, ?");
+    }
 }

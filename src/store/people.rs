@@ -318,7 +318,7 @@ impl Store {
         for chunk in user_ids.chunks(IN_LIST_CHUNK) {
             let sql = format!(
                 "SELECT {PERSON_COLUMNS} FROM people WHERE user_id IN ({})",
-                placeholders(chunk.len())
+                self.backend.placeholders(chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for id in chunk {
@@ -389,11 +389,3 @@ impl Store {
 
 /// Keeps `IN (…)` lists well under both back ends' limits on bound values.
 const IN_LIST_CHUNK: usize = 500;
-
-/// `$1, $2, …, $n`.
-pub(super) fn placeholders(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}

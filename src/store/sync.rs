@@ -5,7 +5,6 @@
 
 use sqlx::Row;
 
-use super::people::placeholders;
 use super::{Job, Person, Result, Store};
 
 const PROFILES: &str = "profiles";
@@ -140,7 +139,7 @@ impl Store {
                 "SELECT {} FROM people p WHERE p.localpart IN ({}) AND p.account IN ('active', 'deactivated') \
                  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.user_id = p.user_id)",
                 super::people::PERSON_COLUMNS_P,
-                placeholders(chunk.len())
+                self.backend.placeholders(chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for lp in chunk {
