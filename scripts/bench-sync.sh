@@ -6,9 +6,9 @@
 #
 # Usage:   scripts/bench-sync.sh
 # Env:     PEOPLE         people in the user API (default 100000)
-#          BACKFILL       of them created in Synapse by passes (default 2000)
+#          BACKFILL       of them created in Synapse by passes (default 4000)
 #          ROUNDS         the backfill alternates with the raw rate in this many
-#                         rounds (default 4)
+#                         rounds (default 8; which goes first alternates)
 #          CONCURRENCY    SYNAPSE_MAX_CONCURRENCY, also used for the raw rate (16)
 #          BCRYPT_ROUNDS  Synapse's bcrypt_rounds (default 12, Synapse's own default;
 #                         the admin-API backfill does not hash, registration does)

@@ -6,7 +6,9 @@
 //! caused to completion, so the summary tells what really happened.
 //!
 //! - Unknown people are provisioned (backfill), their accounts created
-//!   through the admin API, which skips Synapse's bcrypt hash.
+//!   through the admin API, which skips Synapse's bcrypt hash. When many are
+//!   to be created, Synapse's account list is read once instead of looking
+//!   each localpart up (`synapse::taken`).
 //! - Nothing is sent to Synapse for people whose listing changes nothing:
 //!   they are compared in memory, a page at a time.
 //! - A full pass also looks for drift: Synapse's user list is paged and each
@@ -32,13 +34,13 @@ use utoipa::ToSchema;
 
 use crate::config::{DriftPolicy, Settings};
 use crate::daarion::DaarionApi;
-use crate::domain::event::Event;
+use crate::domain::event::{Event, EventKind};
 use crate::jobs::Worker;
 use crate::now_ms;
 use crate::store::{
     Account, CreateVia, JobState, LocalpartPolicy, Person, State, Store, StoreError,
 };
-use crate::synapse::Synapse;
+use crate::synapse::{localpart_of, Synapse};
 
 /// How long a pass holds its lease without renewing it; a crashed pass
 /// blocks the next one at most this long.
@@ -259,6 +261,7 @@ impl ProfileSync {
             checked: 0,
             failed: 0,
             drift_found: 0,
+            newcomers: 0,
             errors: Vec::new(),
         };
         let reading = async move {
@@ -275,7 +278,10 @@ impl ProfileSync {
         let incoming = stream::poll_fn(move |cx| touched_rx.poll_recv(cx));
         let driving = incoming
             .map(|t| self.drive(t, &give_up))
-            .buffer_unordered(self.settings.synapse_max_concurrency.max(1))
+            // Twice as many people in progress as requests allowed to Synapse
+            // at once: while some wait on our database, the others keep all
+            // of Synapse's slots busy (the client still caps requests).
+            .buffer_unordered(2 * self.settings.synapse_max_concurrency.max(1))
             .collect::<Vec<_>>();
         let ((complete, checked, failed, drift_found, errors), results) =
             tokio::join!(reading, driving);
@@ -362,6 +368,8 @@ struct ReadSide<'a> {
     checked: u64,
     failed: u64,
     drift_found: u64,
+    /// People read so far who will need an account.
+    newcomers: u64,
     errors: Vec<String>,
 }
 
@@ -448,6 +456,14 @@ impl ReadSide<'_> {
                         .is_none_or(|person| person.wanted.clone().apply(event))
                 })
                 .collect();
+            let newcomers = news
+                .iter()
+                .filter(|e| e.kind != EventKind::Deleted && !known.contains_key(&e.user_id))
+                .count();
+            if newcomers > 0 {
+                self.newcomers += newcomers as u64;
+                self.index_synapse_accounts().await;
+            }
             let accepted = store
                 .accept_events_via(&news, &self.sync.policy, now_ms(), CreateVia::AdminApi)
                 .await
@@ -497,6 +513,19 @@ impl ReadSide<'_> {
                 .await;
         }
         Ok(())
+    }
+
+    /// A backfill of many people reads Synapse's accounts once instead of
+    /// looking each one up before creating it (see `synapse::taken`).
+    async fn index_synapse_accounts(&self) {
+        let worker = &self.sync.worker;
+        if let Err(e) = worker
+            .taken()
+            .load_if_worth_it(worker.synapse(), self.newcomers)
+            .await
+        {
+            tracing::warn!("cannot read Synapse's accounts; looking each one up instead: {e}");
+        }
     }
 
     /// Pages Synapse's active users and compares each profile we manage
@@ -565,10 +594,6 @@ impl ReadSide<'_> {
             }
         }
     }
-}
-
-fn localpart_of(user_id: &str) -> Option<&str> {
-    user_id.strip_prefix('@')?.split_once(':').map(|(lp, _)| lp)
 }
 
 /// Keeps the lease alive while the pass runs; flags its loss.

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::avatar::AvatarFetcher;
 use crate::config::Settings;
 use crate::store::{Account, ClaimFor, Job, LocalpartPolicy, Person, State, Store};
-use crate::synapse::Synapse;
+use crate::synapse::{Synapse, TakenLocalparts};
 use crate::{metrics, now_ms, telemetry};
 
 pub use provision::Outcome;
@@ -54,6 +54,8 @@ pub struct Worker {
     synapse: Arc<Synapse>,
     policy: LocalpartPolicy,
     avatars: Arc<AvatarFetcher>,
+    /// Loaded by a sync pass that backfills many people.
+    taken: TakenLocalparts,
     /// Identifies this process's leases.
     owner: String,
     lease: Duration,
@@ -81,6 +83,7 @@ impl Worker {
             synapse,
             policy,
             avatars,
+            taken: TakenLocalparts::default(),
             owner,
             lease: settings.job_lease,
             retry_max_delay: settings.retry_max_delay,
@@ -204,6 +207,11 @@ impl Worker {
         &self.synapse
     }
 
+    /// Which localparts Synapse has, for backfills (see `synapse::taken`).
+    pub fn taken(&self) -> &TakenLocalparts {
+        &self.taken
+    }
+
     async fn execute(&self, job: &Job) -> Outcome {
         let person = match self.store.person(&job.user_id).await {
             Ok(Some(person)) => person,
@@ -215,6 +223,7 @@ impl Worker {
             synapse: &self.synapse,
             policy: &self.policy,
             avatars: &self.avatars,
+            taken: &self.taken,
         };
         provision::reconcile(&deps, person).await
     }

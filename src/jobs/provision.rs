@@ -13,7 +13,7 @@ use crate::avatar::{AvatarFetcher, FetchError};
 use crate::domain::localpart::Localpart;
 use crate::now_ms;
 use crate::store::{Account, CreateVia, LocalpartPolicy, Person, State, Store, StoreError};
-use crate::synapse::{AdminUser, Synapse, SynapseError, AUTH_PROVIDER};
+use crate::synapse::{AdminUser, Synapse, SynapseError, TakenLocalparts, AUTH_PROVIDER};
 
 /// A registration we crashed in the middle of shows up as an unlinked
 /// account created after we wrote down the attempt; this allows for the
@@ -65,6 +65,7 @@ pub struct Deps<'a> {
     pub synapse: &'a Synapse,
     pub policy: &'a LocalpartPolicy,
     pub avatars: &'a AvatarFetcher,
+    pub taken: &'a TakenLocalparts,
 }
 
 pub async fn reconcile(deps: &Deps<'_>, person: Person) -> Outcome {
@@ -79,6 +80,7 @@ pub async fn reconcile(deps: &Deps<'_>, person: Person) -> Outcome {
         synapse: deps.synapse,
         policy: deps.policy,
         avatars: deps.avatars,
+        taken: deps.taken,
         interrupted,
         p: person,
     };
@@ -93,6 +95,7 @@ struct Step<'a> {
     synapse: &'a Synapse,
     policy: &'a LocalpartPolicy,
     avatars: &'a AvatarFetcher,
+    taken: &'a TakenLocalparts,
     /// A registration an earlier run started and never saw the end of:
     /// (localpart, when it started).
     interrupted: Option<(String, i64)>,
@@ -255,11 +258,15 @@ impl Step<'_> {
     }
 
     /// The admin API's PUT, created and linked in one request with no
-    /// password hash. That PUT is an upsert, so we look first: an existing
-    /// account is handled exactly like `M_USER_IN_USE`.
+    /// password hash. That PUT is an upsert, so we look first (in the index
+    /// of a backfill, else in Synapse): an existing account is handled
+    /// exactly like `M_USER_IN_USE`. After an interrupted attempt we always
+    /// ask Synapse, which knows whether that attempt got through.
     async fn create_by_admin_api(&self, localpart: &str) -> Result<Creation, Outcome> {
-        if let Some(existing) = self.synapse.user(localpart).await? {
-            return Ok(Creation::Taken(Some(existing)));
+        if !self.known_free(localpart).await {
+            if let Some(existing) = self.synapse.user(localpart).await? {
+                return Ok(Creation::Taken(Some(existing)));
+            }
         }
         let display_name = self.p.wanted.display_name.as_deref();
         match self
@@ -276,6 +283,21 @@ impl Step<'_> {
             ))),
             Err(e) if e.is_external_id_conflict() => self.linked_elsewhere(localpart, e).await,
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether a backfill's index of Synapse's accounts says `localpart` is
+    /// free (false when there is no index or it cannot be read).
+    async fn known_free(&self, localpart: &str) -> bool {
+        if self.interrupted.is_some() {
+            return false;
+        }
+        match self.taken.is_free(self.synapse, localpart).await {
+            Ok(free) => free == Some(true),
+            Err(e) => {
+                tracing::debug!("cannot refresh the index of Synapse's accounts: {e}");
+                false
+            }
         }
     }
 

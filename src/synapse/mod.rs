@@ -9,6 +9,7 @@ mod calls;
 mod login;
 mod media;
 mod register;
+mod taken;
 
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ pub use admin_token::derived_password as admin_account_password;
 pub use calls::{CallCounts, CallSnapshot, Endpoint};
 pub use login::Session;
 pub use register::{random_password, registration_mac, Registered};
+pub use taken::TakenLocalparts;
 
 /// The `auth_provider` of DAARION ids in Synapse's `external_ids`.
 pub const AUTH_PROVIDER: &str = "daarion";
@@ -145,6 +147,13 @@ pub struct UserPage {
     pub users: Vec<AdminUser>,
     /// The `from` of the next page, None after the last.
     pub next: Option<u64>,
+    /// Accounts in the whole list.
+    pub total: u64,
+}
+
+/// `@localpart:server` → `localpart`.
+pub fn localpart_of(user_id: &str) -> Option<&str> {
+    user_id.strip_prefix('@')?.split_once(':').map(|(lp, _)| lp)
 }
 
 impl Synapse {
@@ -272,9 +281,21 @@ impl Synapse {
     /// first (accounts created meanwhile come last instead of shifting the
     /// pages still to read).
     pub async fn list_users(&self, from: u64, limit: u32) -> Result<UserPage> {
+        self.user_list(from, limit, "guests=false&deactivated=false")
+            .await
+    }
+
+    /// A page of every account, guests and deactivated ones too (they all
+    /// hold their localpart), oldest first.
+    pub async fn list_all_users(&self, from: u64, limit: u32) -> Result<UserPage> {
+        self.user_list(from, limit, "deactivated=true").await
+    }
+
+    /// Pages of the admin user list are ordered by creation time (then by
+    /// name), so accounts created meanwhile come at the end.
+    async fn user_list(&self, from: u64, limit: u32, filter: &str) -> Result<UserPage> {
         let path = format!(
-            "/_synapse/admin/v2/users?from={from}&limit={limit}&guests=false&deactivated=false\
-             &order_by=creation_ts"
+            "/_synapse/admin/v2/users?from={from}&limit={limit}&{filter}&order_by=creation_ts"
         );
         let body = self
             .call(Endpoint::UserList, &path, Body::Empty, Auth::Admin)
@@ -287,7 +308,8 @@ impl Synapse {
             Value::Number(n) => n.as_u64(),
             _ => None,
         };
-        Ok(UserPage { users, next })
+        let total = body["total"].as_u64().unwrap_or(0);
+        Ok(UserPage { users, next, total })
     }
 
     /// Links the account to the DAARION id (its only external id).

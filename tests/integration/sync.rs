@@ -8,7 +8,7 @@ use matrix_provisioner::app::Application;
 use matrix_provisioner::domain::event::{Event, ListedUser};
 use matrix_provisioner::jobs::Outcome;
 use matrix_provisioner::store::{CreateVia, LocalpartPolicy, State};
-use matrix_provisioner::synapse::Endpoint;
+use matrix_provisioner::synapse::{Endpoint, TakenLocalparts};
 use serde_json::{json, Value};
 
 use crate::fakes::{FakeUser, FakeUserApi};
@@ -130,6 +130,7 @@ async fn a_full_pass_makes_synapse_match_the_user_api(backend: Backend) {
     let never_seen_deleted: Vec<String> = (75..85).map(id).collect();
 
     let registrations = app.service_synapse.calls().get(Endpoint::Register);
+    let lookups = app.service_synapse.calls().get(Endpoint::UserGet);
     let (status, summary) = app.client.profile_sync(true).await;
     assert_eq!(status, 200, "{summary}");
     assert_eq!(
@@ -137,6 +138,9 @@ async fn a_full_pass_makes_synapse_match_the_user_api(backend: Backend) {
         [300, 39, 215, 15, 0, 0],
         "{summary}"
     );
+    // Synapse's accounts were read as a list, not looked up one by one.
+    let lookups = app.service_synapse.calls().get(Endpoint::UserGet) - lookups;
+    assert!(lookups < 100, "{lookups} lookups for 215 creations");
     assert_eq!(summary["full"], true);
     assert_eq!(summary["errors"], json!([]));
     // Backfilled accounts were created by the admin API, not registered.
@@ -484,4 +488,109 @@ async fn a_pass_while_synapse_is_down_leaves_the_work_queued() {
     let (_, summary) = app.client.profile_sync(false).await;
     assert_eq!(summary_counts(&summary), [3, 0, 0, 0, 0, 0], "{summary}");
     app.shutdown().await;
+}
+
+/// A backfill large enough to read Synapse's account list instead of
+/// looking each account up still leaves strangers alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_backfill_reads_the_account_list_and_respects_strangers() {
+    let api = FakeUserApi::start(API_TOKEN);
+    let admin = SynapseAdmin::shared().await;
+    let tag = unique("lb");
+    let stranger = format!("{tag}p7");
+    admin.register_raw(&stranger, false, true).await.unwrap();
+    let now = ms(Utc::now());
+    api.put_all((0..80).map(|i| {
+        FakeUser::new(
+            &format!("u_{tag}_{i}"),
+            &format!("{tag}p{i}"),
+            &format!("Backfilled {i}"),
+            now,
+        )
+    }));
+    let app = spawn_with_api(TestDb::new(Backend::Sqlite).await, &api, &[]).await;
+    let lookups = app.service_synapse.calls().get(Endpoint::UserGet);
+    let (status, summary) = app.client.profile_sync(false).await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["created"], 80, "{summary}");
+    let lookups = app.service_synapse.calls().get(Endpoint::UserGet) - lookups;
+    assert!(lookups < 40, "{lookups} lookups for 80 creations");
+    assert!(app.service_synapse.calls().get(Endpoint::UserList) > 0);
+
+    assert_eq!(
+        admin.lookup(&format!("u_{tag}_7")).await,
+        Some(admin.user_id(&format!("{stranger}-2")))
+    );
+    let untouched = admin.user(&admin.user_id(&stranger)).await.unwrap();
+    assert_eq!(untouched["external_ids"], json!([]));
+    assert_eq!(untouched["displayname"], stranger.as_str());
+    for i in [0, 79] {
+        assert_eq!(
+            admin.lookup(&format!("u_{tag}_{i}")).await,
+            Some(admin.user_id(&format!("{tag}p{i}")))
+        );
+    }
+    app.shutdown().await;
+}
+
+/// The index a backfill reads instead of looking each account up: it knows
+/// accounts from before it was read, in any case, deactivated ones too, and
+/// those created after it was read once it refreshes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backfill_index_knows_old_and_new_accounts() {
+    let admin = SynapseAdmin::shared().await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = Application::build(settings(&base_env(&db, &admin.info)))
+        .await
+        .unwrap();
+    let worker = app.worker();
+    let (synapse, taken) = (worker.synapse(), worker.taken());
+    let old = unique("idxold");
+    admin.register_raw(&old, false, true).await.unwrap();
+    let gone = unique("idxgone");
+    admin.register_raw(&gone, false, true).await.unwrap();
+    let (status, _) = admin
+        .post(
+            &format!("/_synapse/admin/v1/deactivate/{}", admin.user_id(&gone)),
+            &json!({"erase": false}),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    assert_eq!(
+        taken.is_free(synapse, &old).await.unwrap(),
+        None,
+        "not loaded"
+    );
+    assert!(
+        !taken.load_if_worth_it(synapse, 3).await.unwrap(),
+        "a few lookups are cheaper than reading every account"
+    );
+    assert!(taken.load_if_worth_it(synapse, 1_000_000).await.unwrap());
+    for taken_name in [old.clone(), old.to_uppercase(), gone] {
+        assert_eq!(
+            taken.is_free(synapse, &taken_name).await.unwrap(),
+            Some(false),
+            "{taken_name}"
+        );
+    }
+    let later = unique("idxnew");
+    assert_eq!(taken.is_free(synapse, &later).await.unwrap(), Some(true));
+
+    // Created by hand after the index was read.
+    admin.register_raw(&later, false, true).await.unwrap();
+    // Seen at the next refresh: after REFRESH, or longer on a slow machine.
+    tokio::time::sleep(TakenLocalparts::REFRESH).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while taken.is_free(synapse, &later).await.unwrap() != Some(false) {
+        assert!(std::time::Instant::now() < deadline, "{later} never seen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        taken.is_free(synapse, &unique("idxfree")).await.unwrap(),
+        Some(true)
+    );
+
+    taken.forget().await;
+    assert_eq!(taken.is_free(synapse, &later).await.unwrap(), None);
 }
