@@ -198,6 +198,7 @@ impl ProfileSync {
             ..Summary::default()
         };
         let read_all = self.pass(api, full, &mut summary, &lease_lost).await;
+        self.worker.taken().pause().await;
 
         renewal.abort();
         let watermark = read_all.then_some(started_ms);

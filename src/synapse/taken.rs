@@ -13,7 +13,9 @@
 //! than the lookups it saves, and the worker asks this index instead.
 //!
 //! Once read, the index is kept (a few dozen bytes per account), and later
-//! passes only read the accounts created since. It stays current: before it
+//! passes with many creations only read the accounts created since; between
+//! them, and in passes with few creations, it does not answer (lookups are
+//! cheaper than refreshing it then). It stays current: before it
 //! answers, it reads the accounts created since its last read if that was
 //! more than [`REFRESH`] ago (or ten times as long as a request for the list
 //! takes, so that refreshing stays a small part of Synapse's work on very
@@ -55,6 +57,9 @@ struct State {
     /// What reading the whole list would take, once estimated.
     full_read: Option<Duration>,
     index: Option<Index>,
+    /// Whether the index answers: only while a pass creates enough people
+    /// to pay for its refreshes; a few creations are cheaper as lookups.
+    active: bool,
 }
 
 #[derive(Default)]
@@ -74,22 +79,31 @@ impl TakenLocalparts {
     /// The shortest time between two refreshes.
     pub const REFRESH: Duration = REFRESH;
 
-    /// Reads the index if looking up `creations` accounts one by one would
-    /// cost Synapse more than reading its whole user list; returns whether
-    /// the index is loaded. The first page tells how many accounts there are
-    /// and how long a page takes, so a list too long to be worth it costs one
-    /// page to find out. The reads happen outside the lock: creations go on
-    /// (with lookups) meanwhile.
+    /// Puts the index to use if looking up `creations` accounts one by one
+    /// would cost Synapse more than reading its whole user list (or, once
+    /// read, the accounts created since); returns whether it answers now.
+    /// The first page tells how many accounts there are and how long a page
+    /// takes, so a list too long to be worth it costs one page to find out.
+    /// The reads happen outside the lock: creations go on (with lookups)
+    /// meanwhile.
     pub async fn load_if_worth_it(&self, synapse: &Synapse, creations: u64) -> Result<bool> {
         let budget = LOOKUP_COST * creations.min(u32::MAX as u64) as u32;
         let full_read = {
-            let state = self.state.lock().await;
+            let mut state = self.state.lock().await;
+            if state.active {
+                return Ok(true);
+            }
+            if creations < MIN_CREATIONS {
+                return Ok(false);
+            }
             if state.index.is_some() {
+                // Kept from an earlier pass: refreshed before it answers.
+                state.active = true;
                 return Ok(true);
             }
             state.full_read
         };
-        if creations < MIN_CREATIONS || full_read.is_some_and(|t| t > budget) {
+        if full_read.is_some_and(|t| t > budget) {
             return Ok(false);
         }
         let mut index = Index::default();
@@ -106,14 +120,16 @@ impl TakenLocalparts {
                     "read Synapse's accounts; creations skip the lookup per person"
                 );
                 state.index = Some(index);
+                state.active = true;
                 Ok(true)
             }
         }
     }
 
-    /// Drops the index: lookups again.
-    pub async fn forget(&self) {
-        *self.state.lock().await = State::default();
+    /// The pass is over: lookups again, until the next pass with many
+    /// creations. The index is kept, to be brought up to date then.
+    pub async fn pause(&self) {
+        self.state.lock().await.active = false;
     }
 
     /// Whether `localpart` is free in Synapse, if the index is loaded (None:
@@ -121,6 +137,9 @@ impl TakenLocalparts {
     /// due for a refresh.
     pub async fn is_free(&self, synapse: &Synapse, localpart: &str) -> Result<Option<bool>> {
         let mut state = self.state.lock().await;
+        if !state.active {
+            return Ok(None);
+        }
         let Some(index) = state.index.as_mut() else {
             return Ok(None);
         };

@@ -591,6 +591,20 @@ async fn the_backfill_index_knows_old_and_new_accounts() {
         Some(true)
     );
 
-    taken.forget().await;
+    // Between passes it does not answer; a pass with many creations puts it
+    // back to use, up to date.
+    taken.pause().await;
     assert_eq!(taken.is_free(synapse, &later).await.unwrap(), None);
+    let after_pause = unique("idxpause");
+    admin.register_raw(&after_pause, false, true).await.unwrap();
+    assert!(!taken.load_if_worth_it(synapse, 3).await.unwrap());
+    assert!(taken.load_if_worth_it(synapse, 1_000).await.unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while taken.is_free(synapse, &after_pause).await.unwrap() != Some(false) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{after_pause} never seen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
