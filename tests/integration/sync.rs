@@ -608,3 +608,63 @@ async fn the_backfill_index_knows_old_and_new_accounts() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The window the index leaves open: an account made by hand for exactly the
+/// localpart being backfilled, after the index was read. It is reported for
+/// a person to check (or, after a refresh, avoided with a suffix), never
+/// silently taken as the person's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_made_by_hand_during_a_backfill_is_reported_not_adopted() {
+    let admin = SynapseAdmin::shared().await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = Application::build(settings(&base_env(&db, &admin.info)))
+        .await
+        .unwrap();
+    let worker = app.worker();
+    assert!(worker
+        .taken()
+        .load_if_worth_it(worker.synapse(), 1_000_000)
+        .await
+        .unwrap());
+    let name = unique("byhand");
+    admin.register_raw(&name, false, true).await.unwrap();
+    let user_id = unique("u_");
+    let listed: ListedUser = serde_json::from_value(json!({
+        "user_id": user_id, "username": name, "display_name": "Backfilled",
+        "updated_at": Utc::now().to_rfc3339()
+    }))
+    .unwrap();
+    let policy = LocalpartPolicy {
+        server_name: admin.info.server_name.clone(),
+        reserved: vec![],
+    };
+    app.store()
+        .accept_events_via(
+            &[Event::from_listing(listed).unwrap()],
+            &policy,
+            matrix_provisioner::now_ms(),
+            CreateVia::AdminApi,
+        )
+        .await
+        .unwrap();
+    match worker.run_one().await.unwrap() {
+        Some(Outcome::Failed(reason)) => {
+            assert!(reason.contains("appeared while we created it"), "{reason}");
+            assert!(reason.contains(&name), "{reason}");
+        }
+        Some(Outcome::Done(State::Provisioned)) => {
+            // The index was refreshed first: the stranger is avoided.
+            assert_eq!(
+                admin.lookup(&user_id).await,
+                Some(admin.user_id(&format!("{name}-2")))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let person = app.store().person(&user_id).await.unwrap().unwrap();
+    assert_ne!(
+        (person.state, person.localpart.as_str()),
+        (State::Provisioned, name.as_str()),
+        "the stranger's account is never taken as the person's"
+    );
+}
