@@ -187,7 +187,7 @@ async fn main() {
     let server_name = required("MP_BENCH_SERVER_NAME");
     let secret = required("MP_BENCH_REGISTRATION_SECRET");
     let people = number("PEOPLE", 100_000);
-    let backfill = number("BACKFILL", 4_000).min(people);
+    let backfill = number("BACKFILL", 8_000).min(people);
     let concurrency = number("CONCURRENCY", 16);
     let dir = tempfile::tempdir().unwrap();
     let database_url = env("BENCH_DATABASE_URL")

@@ -6,7 +6,7 @@
 #
 # Usage:   scripts/bench-sync.sh
 # Env:     PEOPLE         people in the user API (default 100000)
-#          BACKFILL       of them created in Synapse by passes (default 4000)
+#          BACKFILL       of them created in Synapse by passes (default 8000)
 #          ROUNDS         the backfill alternates with the raw rate in this many
 #                         rounds (default 8; which goes first alternates)
 #          CONCURRENCY    SYNAPSE_MAX_CONCURRENCY, also used for the raw rate (16)
