@@ -16,6 +16,7 @@ use super::people::PERSON_COLUMNS;
 use super::{Backend, CreateVia, LocalpartPolicy, Person, Result, Store};
 use crate::domain::event::Event;
 use crate::domain::localpart::Localpart;
+use crate::domain::person::Wanted;
 
 /// Events per set of statements: keeps bound values (14 per new person)
 /// well under both back ends' limits.
@@ -279,19 +280,11 @@ async fn insert_people(
     );
     let mut query = sqlx::query(&sql);
     for p in people {
-        let w = &p.wanted;
         query = query
             .bind(&p.user_id)
             .bind(&p.localpart)
-            .bind(p.create_via.as_str())
-            .bind(&w.username)
-            .bind(w.username_at)
-            .bind(&w.display_name)
-            .bind(w.display_name_at)
-            .bind(&w.avatar_url)
-            .bind(w.avatar_url_at)
-            .bind(w.deleted as i64)
-            .bind(w.lifecycle_at)
+            .bind(p.create_via.as_str());
+        query = bind_wanted(query, &p.wanted)
             .bind(p.state.as_str())
             .bind(p.created_at)
             .bind(p.updated_at);
@@ -329,23 +322,32 @@ async fn insert_person_elsewhere(
 
 /// Writes what DAARION wants of an existing person.
 async fn update_wanted(tx: &mut Transaction<'static, Any>, p: &Person, now: i64) -> Result<()> {
-    let w = &p.wanted;
-    sqlx::query(
+    let query = sqlx::query(
         "UPDATE people SET username = $2, username_at = $3, display_name = $4, \
          display_name_at = $5, avatar_url = $6, avatar_url_at = $7, deleted = $8, \
          lifecycle_at = $9, updated_at = $10 WHERE user_id = $1",
     )
-    .bind(&p.user_id)
-    .bind(&w.username)
-    .bind(w.username_at)
-    .bind(&w.display_name)
-    .bind(w.display_name_at)
-    .bind(&w.avatar_url)
-    .bind(w.avatar_url_at)
-    .bind(w.deleted as i64)
-    .bind(w.lifecycle_at)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    .bind(&p.user_id);
+    bind_wanted(query, &p.wanted)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
+
+/// Binds the wanted fields in column order: username, username_at,
+/// display_name, display_name_at, avatar_url, avatar_url_at, deleted,
+/// lifecycle_at.
+fn bind_wanted<'q>(query: AnyQuery<'q>, w: &'q Wanted) -> AnyQuery<'q> {
+    query
+        .bind(&w.username)
+        .bind(w.username_at)
+        .bind(&w.display_name)
+        .bind(w.display_name_at)
+        .bind(&w.avatar_url)
+        .bind(w.avatar_url_at)
+        .bind(w.deleted as i64)
+        .bind(w.lifecycle_at)
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;

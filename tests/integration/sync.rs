@@ -409,27 +409,9 @@ async fn backfill_respects_strangers_and_adopts_its_interrupted_creations() {
         .await
         .unwrap();
     let store = app.store();
-    let policy = LocalpartPolicy {
-        server_name: admin.info.server_name.clone(),
-        reserved: vec![],
-    };
     let name = unique("crashed");
     let user_id = unique("u_");
-    let listed: ListedUser = serde_json::from_value(json!({
-        "user_id": user_id, "username": name, "display_name": "Crashed",
-        "updated_at": Utc::now().to_rfc3339()
-    }))
-    .unwrap();
-    let ev = Event::from_listing(listed).unwrap();
-    store
-        .accept_events_via(
-            std::slice::from_ref(&ev),
-            &policy,
-            matrix_provisioner::now_ms(),
-            CreateVia::AdminApi,
-        )
-        .await
-        .unwrap();
+    queue_backfill(&app, &admin, &user_id, &name, "Crashed").await;
     store
         .mark_registering(&user_id, &name, matrix_provisioner::now_ms())
         .await
@@ -446,6 +428,35 @@ async fn backfill_respects_strangers_and_adopts_its_interrupted_creations() {
     assert_eq!(outcome, Some(Outcome::Done(State::Provisioned)));
     assert_eq!(admin.lookup(&user_id).await, Some(admin.user_id(&name)));
     assert_eq!(admin.count_users(&name).await, 1, "no second account");
+}
+
+/// Stores what a sync pass stores for someone DAARION lists and we never
+/// saw: their account is to be created through the admin API.
+async fn queue_backfill(
+    app: &Application,
+    admin: &SynapseAdmin,
+    user_id: &str,
+    username: &str,
+    display_name: &str,
+) {
+    let listed: ListedUser = serde_json::from_value(json!({
+        "user_id": user_id, "username": username, "display_name": display_name,
+        "updated_at": Utc::now().to_rfc3339()
+    }))
+    .unwrap();
+    let policy = LocalpartPolicy {
+        server_name: admin.info.server_name.clone(),
+        reserved: vec![],
+    };
+    app.store()
+        .accept_events_via(
+            &[Event::from_listing(listed).unwrap()],
+            &policy,
+            matrix_provisioner::now_ms(),
+            CreateVia::AdminApi,
+        )
+        .await
+        .unwrap();
 }
 
 /// Synapse down during a pass: nothing fails for good, the summary says
@@ -629,24 +640,7 @@ async fn an_account_made_by_hand_during_a_backfill_is_reported_not_adopted() {
     let name = unique("byhand");
     admin.register_raw(&name, false, true).await.unwrap();
     let user_id = unique("u_");
-    let listed: ListedUser = serde_json::from_value(json!({
-        "user_id": user_id, "username": name, "display_name": "Backfilled",
-        "updated_at": Utc::now().to_rfc3339()
-    }))
-    .unwrap();
-    let policy = LocalpartPolicy {
-        server_name: admin.info.server_name.clone(),
-        reserved: vec![],
-    };
-    app.store()
-        .accept_events_via(
-            &[Event::from_listing(listed).unwrap()],
-            &policy,
-            matrix_provisioner::now_ms(),
-            CreateVia::AdminApi,
-        )
-        .await
-        .unwrap();
+    queue_backfill(&app, &admin, &user_id, &name, "Backfilled").await;
     match worker.run_one().await.unwrap() {
         Some(Outcome::Failed(reason)) => {
             assert!(reason.contains("appeared while we created it"), "{reason}");
