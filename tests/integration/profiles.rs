@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use matrix_provisioner::app::Application;
 use matrix_provisioner::domain::event::{Event, Parsed};
 use matrix_provisioner::jobs::Outcome;
 use matrix_provisioner::store::{LocalpartPolicy, State};
@@ -355,11 +354,7 @@ async fn an_unreachable_avatar_host_is_reported_and_does_not_block() {
 async fn a_retry_reads_the_profile_before_writing_it_again() {
     init_logs();
     let admin = SynapseAdmin::shared().await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    // Built but not run: we drive the queue by hand.
-    let app = Application::build(settings(&base_env(&db, &admin.info)))
-        .await
-        .unwrap();
+    let (app, db) = idle_app(&admin).await;
     let store = app.store();
     let policy = LocalpartPolicy {
         server_name: admin.info.server_name.clone(),

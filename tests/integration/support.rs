@@ -529,6 +529,17 @@ impl TestDb {
 
 // ---------------------------------------------------------------- the service
 
+/// The service built on a fresh SQLite database but not run: no background
+/// workers, so a test drives the queue by hand. Keep the `TestDb` alive as
+/// long as the app.
+pub async fn idle_app(admin: &SynapseAdmin) -> (Application, TestDb) {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = Application::build(settings(&base_env(&db, &admin.info)))
+        .await
+        .unwrap();
+    (app, db)
+}
+
 pub fn base_env(db: &TestDb, synapse: &SynapseInfo) -> HashMap<String, String> {
     [
         ("BIND", "127.0.0.1:0".to_string()),

@@ -404,10 +404,7 @@ async fn backfill_respects_strangers_and_adopts_its_interrupted_creations() {
     app.shutdown().await;
 
     // A crash after the admin API created the account, before we recorded it.
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = Application::build(settings(&base_env(&db, &admin.info)))
-        .await
-        .unwrap();
+    let (app, _db) = idle_app(&admin).await;
     let store = app.store();
     let name = unique("crashed");
     let user_id = unique("u_");
@@ -550,10 +547,7 @@ async fn a_large_backfill_reads_the_account_list_and_respects_strangers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backfill_index_knows_old_and_new_accounts() {
     let admin = SynapseAdmin::shared().await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = Application::build(settings(&base_env(&db, &admin.info)))
-        .await
-        .unwrap();
+    let (app, _db) = idle_app(&admin).await;
     let worker = app.worker();
     let (synapse, taken) = (worker.synapse(), worker.taken());
     let old = unique("idxold");
@@ -627,10 +621,7 @@ async fn the_backfill_index_knows_old_and_new_accounts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_made_by_hand_during_a_backfill_is_reported_not_adopted() {
     let admin = SynapseAdmin::shared().await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = Application::build(settings(&base_env(&db, &admin.info)))
-        .await
-        .unwrap();
+    let (app, _db) = idle_app(&admin).await;
     let worker = app.worker();
     assert!(worker
         .taken()
