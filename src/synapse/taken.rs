@@ -52,6 +52,12 @@ const REFRESH: Duration = Duration::from_secs(5);
 const PAGE: u32 = 5000;
 /// What looking up one missing account costs Synapse (CPU, measured).
 const LOOKUP_COST: Duration = Duration::from_millis(1);
+/// What one request for the user list costs Synapse (CPU, measured): a
+/// fixed part, a part per account it holds (each request counts and sorts
+/// them all), and a part per account listed.
+const LIST_REQUEST_COST: Duration = Duration::from_millis(4);
+const LIST_COST_PER_ACCOUNT_HELD: Duration = Duration::from_nanos(800);
+const LIST_COST_PER_ACCOUNT_LISTED: Duration = Duration::from_micros(20);
 /// Below this many creations, lookups are cheaper than even a short list.
 const MIN_CREATIONS: u64 = 50;
 
@@ -62,8 +68,8 @@ pub struct TakenLocalparts {
 
 #[derive(Default)]
 struct State {
-    /// What reading the whole list would take, once estimated.
-    full_read: Option<Duration>,
+    /// How many accounts Synapse had when a read was found not worth it.
+    too_many: Option<u64>,
     index: Option<Index>,
     /// Whether the index answers: only while a pass creates enough people
     /// to pay for its refreshes; a few creations are cheaper as lookups.
@@ -90,13 +96,14 @@ impl TakenLocalparts {
     /// Puts the index to use if looking up `creations` accounts one by one
     /// would cost Synapse more than reading its whole user list (or, once
     /// read, the accounts created since); returns whether it answers now.
-    /// The first page tells how many accounts there are and how long a page
-    /// takes, so a list too long to be worth it costs one page to find out.
-    /// The reads happen outside the lock: creations go on (with lookups)
-    /// meanwhile.
+    /// The first page tells how many accounts there are, so a list too long
+    /// to be worth it costs one page to find out. The estimate is made from
+    /// counts and Synapse's measured costs, not from how long the page took:
+    /// a busy moment must not change the choice. The reads happen outside
+    /// the lock: creations go on (with lookups) meanwhile.
     pub async fn load_if_worth_it(&self, synapse: &Synapse, creations: u64) -> Result<bool> {
-        let budget = LOOKUP_COST * creations.min(u32::MAX as u64) as u32;
-        let full_read = {
+        let budget = per(LOOKUP_COST, creations);
+        let too_many = {
             let mut state = self.state.lock().await;
             if state.active {
                 return Ok(true);
@@ -109,17 +116,17 @@ impl TakenLocalparts {
                 state.active = true;
                 return Ok(true);
             }
-            state.full_read
+            state.too_many
         };
-        if full_read.is_some_and(|t| t > budget) {
+        if too_many.is_some_and(|accounts| read_cost(accounts) > budget) {
             return Ok(false);
         }
         let mut index = Index::default();
         let read = index.read(synapse, Some(budget)).await?;
         let mut state = self.state.lock().await;
         match read {
-            Read::TooLong { estimate } => {
-                state.full_read = Some(estimate);
+            Read::TooLong { accounts } => {
+                state.too_many = Some(accounts);
                 Ok(false)
             }
             Read::Complete => {
@@ -161,16 +168,16 @@ impl TakenLocalparts {
 
 enum Read {
     Complete,
-    /// Reading everything would take longer than allowed; nothing more than
-    /// the first page was read.
+    /// Reading all these accounts would cost Synapse more than allowed;
+    /// nothing more than the first page was read.
     TooLong {
-        estimate: Duration,
+        accounts: u64,
     },
 }
 
 impl Index {
     /// Reads the user list from `resume` to its end, unless (with `budget`)
-    /// the first page shows that would take longer.
+    /// the first page shows that would cost Synapse more.
     async fn read(&mut self, synapse: &Synapse, budget: Option<Duration>) -> Result<Read> {
         let started = Instant::now();
         let mut from = self.resume;
@@ -187,10 +194,10 @@ impl Index {
             }
             self.total = page.total;
             if let (Some(budget), true) = (budget, from == self.resume) {
-                let pages = page.total.saturating_sub(from).div_ceil(PAGE as u64).max(1);
-                let estimate = self.request_time * pages.min(u32::MAX as u64) as u32;
-                if estimate > budget {
-                    return Ok(Read::TooLong { estimate });
+                if read_cost(page.total) > budget {
+                    return Ok(Read::TooLong {
+                        accounts: page.total,
+                    });
                 }
             }
             for (i, user) in page.users.iter().enumerate() {
@@ -210,6 +217,17 @@ impl Index {
         self.read_at = Some(started);
         Ok(Read::Complete)
     }
+}
+
+/// What reading a whole user list of `accounts` costs Synapse.
+fn read_cost(accounts: u64) -> Duration {
+    let pages = accounts.div_ceil(PAGE as u64).max(1);
+    let per_request = LIST_REQUEST_COST + per(LIST_COST_PER_ACCOUNT_HELD, accounts);
+    per(per_request, pages) + per(LIST_COST_PER_ACCOUNT_LISTED, accounts)
+}
+
+fn per(cost: Duration, n: u64) -> Duration {
+    cost.saturating_mul(n.min(u32::MAX as u64) as u32)
 }
 
 /// Where to read again next time: the first account of the newest second
@@ -244,6 +262,16 @@ impl Seconds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_the_list_costs_by_its_length() {
+        // 4,000 accounts: 7.2 ms for the request, 80 ms for the accounts.
+        assert_eq!(read_cost(4_000), Duration::from_micros(87_200));
+        // Two pages, each counting all 6,000.
+        assert_eq!(read_cost(6_000), Duration::from_micros(137_600));
+        assert_eq!(read_cost(0), LIST_REQUEST_COST);
+        assert!(read_cost(u64::MAX) > Duration::from_secs(3600));
+    }
 
     #[test]
     fn a_refresh_rereads_the_newest_second_and_the_one_before() {
