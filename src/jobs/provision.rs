@@ -172,7 +172,13 @@ impl Step<'_> {
                 return self.adopt(&user_id).await;
             }
         }
-        let (base, mut n) = split_suffix(&self.p.localpart);
+        let server_name = &self.policy.server_name;
+        let derived = Localpart::derive(
+            self.p.wanted.username.as_deref(),
+            &self.p.user_id,
+            server_name,
+        );
+        let (base, mut n) = split_suffix(&self.p.localpart, &derived, server_name);
         for _ in 0..MAX_CANDIDATES {
             let localpart = self.p.localpart.clone();
             self.store
@@ -208,7 +214,7 @@ impl Step<'_> {
                     );
                     loop {
                         n += 1;
-                        let next = base.candidate(n, &self.policy.server_name);
+                        let next = base.candidate(n, server_name);
                         if crate::domain::localpart::is_reserved(&next, &self.policy.reserved) {
                             continue;
                         }
@@ -523,11 +529,23 @@ fn has_our_id(user: &AdminUser, daarion_id: &str) -> bool {
         .any(|e| e.auth_provider == AUTH_PROVIDER && e.external_id == daarion_id)
 }
 
-/// `olena-3` → (`olena`, 3); `olena` → (`olena`, 1).
-fn split_suffix(localpart: &str) -> (Localpart, u32) {
+/// Which candidate `localpart` is: `olena-3` → (`olena`, 3); `olena` →
+/// (`olena`, 1). The localpart derived from the person's username settles
+/// the doubt when that username itself ends in `-N`: `room-7` derived from
+/// `room-7` is (`room-7`, 1), so its next candidate is `room-7-2`.
+fn split_suffix(localpart: &str, derived: &Localpart, server_name: &str) -> (Localpart, u32) {
+    if localpart == derived.as_str() {
+        return (derived.clone(), 1);
+    }
     if let Some((base, n)) = localpart.rsplit_once('-') {
-        if let (Ok(n), Ok(base)) = (n.parse::<u32>(), Localpart::parse(base, "x")) {
-            if n >= 2 && !n.to_string().starts_with('0') {
+        if let Ok(n) = n.parse::<u32>() {
+            if n >= 2 && derived.candidate(n, server_name).as_str() == localpart {
+                return (derived.clone(), n);
+            }
+            if let (true, Ok(base)) = (
+                n >= 2 && !n.to_string().starts_with('0'),
+                Localpart::parse(base, "x"),
+            ) {
                 return (base, n);
             }
         }
@@ -543,10 +561,20 @@ mod tests {
 
     #[test]
     fn suffixes_are_recognised() {
-        assert_eq!(split_suffix("olena-3").0.as_str(), "olena");
-        assert_eq!(split_suffix("olena-3").1, 3);
-        assert_eq!(split_suffix("olena").1, 1);
-        assert_eq!(split_suffix("o-p").0.as_str(), "o-p");
-        assert_eq!(split_suffix("olena-1").0.as_str(), "olena-1");
+        let split = |localpart: &str, username: &str| {
+            let derived = Localpart::derive(Some(username), "u_1", "x");
+            let (base, n) = split_suffix(localpart, &derived, "x");
+            (base.as_str().to_string(), n)
+        };
+        assert_eq!(split("olena-3", "olena"), ("olena".into(), 3));
+        assert_eq!(split("olena", "olena"), ("olena".into(), 1));
+        assert_eq!(split("o-p", "o-p"), ("o-p".into(), 1));
+        assert_eq!(split("olena-1", "olena-1"), ("olena-1".into(), 1));
+        // A username ending in a number is not a suffix…
+        assert_eq!(split("room-7", "room-7"), ("room-7".into(), 1));
+        assert_eq!(split("room-7-2", "room-7"), ("room-7".into(), 2));
+        // …unless the localpart no longer comes from the username.
+        assert_eq!(split("olena-3", "mykola"), ("olena".into(), 3));
+        assert_eq!(split("olena", "mykola"), ("olena".into(), 1));
     }
 }

@@ -61,25 +61,28 @@ async fn a_localpart_taken_by_a_stranger_gets_a_suffix(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let admin = SynapseAdmin::shared().await;
     let name = unique("stranger");
-    admin.register_raw(&name, false, true).await.unwrap();
-    let user_id = unique("u_");
-    app.client
-        .send_event(&event(
-            "user.registered",
-            &user_id,
-            json!({"username": name}),
-        ))
-        .await;
-    let record = app
-        .client
-        .wait_for_state(&user_id, "provisioned", DEADLINE)
-        .await;
-    let ours = admin.user_id(&format!("{name}-2"));
-    assert_eq!(record["matrix_user_id"], ours);
-    assert_eq!(admin.lookup(&user_id).await, Some(ours));
-    // The stranger's account is untouched.
-    let stranger = admin.user(&admin.user_id(&name)).await.unwrap();
-    assert_eq!(stranger["external_ids"], json!([]));
+    // A username that itself ends like a suffix gets one of its own.
+    for name in [name.clone(), format!("{name}-7")] {
+        admin.register_raw(&name, false, true).await.unwrap();
+        let user_id = unique("u_");
+        app.client
+            .send_event(&event(
+                "user.registered",
+                &user_id,
+                json!({"username": name}),
+            ))
+            .await;
+        let record = app
+            .client
+            .wait_for_state(&user_id, "provisioned", DEADLINE)
+            .await;
+        let ours = admin.user_id(&format!("{name}-2"));
+        assert_eq!(record["matrix_user_id"], ours);
+        assert_eq!(admin.lookup(&user_id).await, Some(ours));
+        // The stranger's account is untouched.
+        let stranger = admin.user(&admin.user_id(&name)).await.unwrap();
+        assert_eq!(stranger["external_ids"], json!([]));
+    }
     app.shutdown().await;
 }
 on_both_backends!(a_localpart_taken_by_a_stranger_gets_a_suffix);
