@@ -29,6 +29,14 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 /// How often [`Worker::provision_now`] looks again while another worker
 /// holds the person's job.
 const LEASE_POLL: Duration = Duration::from_millis(50);
+/// How long webhook event ids are remembered, to answer a redelivery as a
+/// duplicate. DAARION Auth retries for far less; a redelivery after that
+/// is applied again, which changes nothing (see `Store::forget_events`).
+pub const EVENT_MEMORY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How often older event ids are forgotten, and how many per statement (so
+/// SQLite's one writer is never held for long).
+const FORGET_EVERY: Duration = Duration::from_secs(3600);
+const FORGET_BATCH: i64 = 1000;
 
 /// Whether a person can log in, after [`Worker::provision_now`].
 #[derive(Debug)]
@@ -275,7 +283,39 @@ impl Worker {
         for _ in 0..concurrency {
             loops.spawn(Arc::clone(&self).run_loop(shutdown.clone()));
         }
+        loops.spawn(Arc::clone(&self).forget_old_events(shutdown.clone()));
         while loops.join_next().await.is_some() {}
+    }
+
+    /// At start and then every [`FORGET_EVERY`], forgets the event ids
+    /// received more than [`EVENT_MEMORY`] ago, so `events` does not grow
+    /// for ever.
+    async fn forget_old_events(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        while !*shutdown.borrow() {
+            let before = now_ms() - EVENT_MEMORY.as_millis() as i64;
+            let mut forgotten = 0;
+            loop {
+                match self.store.forget_events(before, FORGET_BATCH).await {
+                    Ok(n) => {
+                        forgotten += n;
+                        if n < FORGET_BATCH as u64 || *shutdown.borrow() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot forget old event ids: {e}");
+                        break;
+                    }
+                }
+            }
+            if forgotten > 0 {
+                tracing::info!(forgotten, "forgot event ids older than 30 days");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(FORGET_EVERY) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
     }
 
     async fn run_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {

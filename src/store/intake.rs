@@ -71,6 +71,22 @@ impl Store {
             .await
     }
 
+    /// Forgets at most `limit` event ids received before `before`; returns
+    /// how many. Their redelivery is then taken as new, which changes
+    /// nothing: each field keeps the value with the newest `created_at`.
+    pub async fn forget_events(&self, before: i64, limit: i64) -> Result<u64> {
+        let forgotten = sqlx::query(
+            "DELETE FROM events WHERE id IN \
+             (SELECT id FROM events WHERE received_at < $1 LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(forgotten)
+    }
+
     /// The intake of several events (webhooks, or a page of a sync pass) in
     /// one transaction; people seen for the first time get their account
     /// created `via` that way. Events apply in the given order, so

@@ -166,3 +166,61 @@ async fn the_same_event_five_times_at_once_gives_one_account(backend: Backend) {
     app.shutdown().await;
 }
 on_both_backends!(the_same_event_five_times_at_once_gives_one_account);
+
+/// Event ids are remembered for a month, then forgotten so `events` does not
+/// grow for ever; a redelivery after that is taken as new and changes
+/// nothing, as the newest change wins field by field.
+async fn old_event_ids_are_forgotten_and_their_redelivery_changes_nothing(backend: Backend) {
+    let deadline = Duration::from_secs(60);
+    let app = TestApp::spawn(backend).await;
+    let admin = SynapseAdmin::shared().await;
+    let (user_id, name) = (unique("u_"), unique("old"));
+    let registered = event_at(
+        "user.registered",
+        &user_id,
+        json!({"username": name, "display_name": "First"}),
+        chrono::Utc::now() - chrono::Duration::seconds(1),
+    );
+    let updated = event("user.updated", &user_id, json!({"display_name": "Newer"}));
+    for ev in [&registered, &updated] {
+        assert_eq!(app.client.send_event(ev).await.0, 202);
+    }
+    let ours = admin.user_id(&name);
+    eventually("the newer name in Synapse", deadline, || async {
+        let user = admin.user(&ours).await?;
+        (user["displayname"] == "Newer").then_some(())
+    })
+    .await;
+    // The registration was received long ago; the service starts again.
+    let id = registered["id"].as_str().unwrap();
+    app.db
+        .execute(&format!(
+            "UPDATE events SET received_at = 0 WHERE id = '{id}'"
+        ))
+        .await;
+    let db = app.shutdown().await;
+    let app = TestApp::spawn_with(db, shared_synapse(), &[]).await;
+    eventually("the old id forgotten", deadline, || async {
+        (app.db.count("events").await == 1).then_some(())
+    })
+    .await;
+
+    let calls = app.service_synapse.calls().snapshot();
+    let (status, body) = app.client.send_event(&registered).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["duplicate"], false, "{body}");
+    assert_eq!(body["matrix_user_id"], ours.as_str());
+    let (_, body) = app.client.send_event(&updated).await;
+    assert_eq!(body["duplicate"], true, "{body}");
+    // Nothing to do: no job, no request to Synapse, the newer name stays.
+    let (_, record) = app.client.user(&user_id).await;
+    assert_eq!(record["state"], "provisioned", "{record}");
+    assert_eq!(app.db.count("jobs").await, 0);
+    assert_eq!(
+        app.service_synapse.calls().snapshot().since(&calls).total(),
+        0
+    );
+    assert_eq!(admin.user(&ours).await.unwrap()["displayname"], "Newer");
+    app.shutdown().await;
+}
+on_both_backends!(old_event_ids_are_forgotten_and_their_redelivery_changes_nothing);
