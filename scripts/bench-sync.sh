@@ -25,6 +25,7 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 : "${BCRYPT_ROUNDS:=12}"
 : "${DATABASE:=sqlite}"
 : "${BENCH_BUILD:=release}"
@@ -47,13 +48,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 export MP_BENCH_SERVER_NAME="bench.daarion.space"
 export MP_BENCH_REGISTRATION_SECRET="bench-secret-$RANDOM$RANDOM"
-SERVER_NAME="$MP_BENCH_SERVER_NAME" REGISTRATION_SECRET="$MP_BENCH_REGISTRATION_SECRET" \
-SYNAPSE_LOG_LEVEL=WARNING RELAX_RATELIMITS=0 \
-    scripts/synapse-config.sh "$work/synapse" "$port" >/dev/null
-scripts/synapse-ctl.sh start "$work/synapse" >/dev/null
+port="$(SERVER_NAME="$MP_BENCH_SERVER_NAME" REGISTRATION_SECRET="$MP_BENCH_REGISTRATION_SECRET" \
+    SYNAPSE_LOG_LEVEL=WARNING RELAX_RATELIMITS=0 start_synapse "$work/synapse")"
 export MP_BENCH_SYNAPSE_URL="http://127.0.0.1:$port"
 export MP_BENCH_SYNAPSE_PID="$(cat "$work/synapse/synapse.pid")"
 

@@ -13,6 +13,7 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 run_secs="${SECONDS_PER_RUN:-10}"
 intake_c="${INTAKE_CONCURRENCY:-64}"
 workers="${WORKERS:-8}"
@@ -39,19 +40,15 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 pg_url="$(scripts/pg-cluster.sh start "$work/pg" | tail -n 1)"
 # The cluster from pg-cluster.sh is for tests (fsync=off); benchmarks want
 # real durability, so turn fsync back on.
 runuser -u postgres -- psql -q "$pg_url" -c "ALTER SYSTEM SET fsync = on" -c "SELECT pg_reload_conf()" >/dev/null 2>&1 \
     || psql -q "$pg_url" -c "ALTER SYSTEM SET fsync = on" -c "SELECT pg_reload_conf()" >/dev/null
-synapse_port="$(free_port)"
 secret="bench-registration-secret"
-SERVER_NAME=bench.daarion.space REGISTRATION_SECRET="$secret" JWT_SECRET=bench-synapse-jwt \
-BCRYPT_ROUNDS="$rounds" RELAX_RATELIMITS=1 \
-    scripts/synapse-config.sh "$work/synapse" "$synapse_port" >/dev/null
-scripts/synapse-ctl.sh start "$work/synapse" >/dev/null
+synapse_port="$(SERVER_NAME=bench.daarion.space REGISTRATION_SECRET="$secret" JWT_SECRET=bench-synapse-jwt \
+    BCRYPT_ROUNDS="$rounds" RELAX_RATELIMITS=1 start_synapse "$work/synapse")"
 synapse="http://127.0.0.1:$synapse_port"
 
 # DAARION Auth's JWKS for RS256 tokens, served as a static file.

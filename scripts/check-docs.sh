@@ -13,6 +13,7 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 out="${1:-$repo/target/check-docs}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
@@ -29,7 +30,7 @@ cargo build --locked --quiet --bin matrix-provisioner
 bin="$repo/target/debug/matrix-provisioner"
 
 work="$(mktemp -d)"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+port="$(free_port)"
 service_env=(
     "PATH=$PATH"
     "BIND=127.0.0.1:$port"

@@ -14,6 +14,7 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # The Dockerfile's build step, verbatim.
 cargo build --release --locked
@@ -28,13 +29,9 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-synapse_port="$(free_port)"
-SERVER_NAME=release.test REGISTRATION_SECRET=release-registration-secret \
-JWT_SECRET=release-jwt-secret BCRYPT_ROUNDS=4 RELAX_RATELIMITS=1 \
-    scripts/synapse-config.sh "$work/synapse" "$synapse_port" >/dev/null
-scripts/synapse-ctl.sh start "$work/synapse" >/dev/null
+synapse_port="$(SERVER_NAME=release.test REGISTRATION_SECRET=release-registration-secret \
+    JWT_SECRET=release-jwt-secret BCRYPT_ROUNDS=4 RELAX_RATELIMITS=1 start_synapse "$work/synapse")"
 
 port="$(free_port)"
 # As in the container: all addresses, SQLite in the working directory.

@@ -16,6 +16,7 @@
 # just prints its URL; on a stopped one it restarts it with its data.
 # Settings are for tests only (fsync=off, trust auth).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() { echo "usage: $0 start|stop|status DIR" >&2; exit 2; }
 [[ $# -eq 2 ]] || usage
@@ -42,10 +43,6 @@ as_pg() {
 
 is_running() {
     [[ -f "$data/PG_VERSION" ]] && as_pg "$PG_BIN/pg_ctl" -D "$data" status >/dev/null 2>&1
-}
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 port_free() {

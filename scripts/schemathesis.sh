@@ -19,6 +19,7 @@ SCHEMATHESIS_VERSION=4.32.5
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cache="${MP_CACHE:-$repo/.cache}"
 mkdir -p "$cache"
 cache="$(cd "$cache" && pwd)"
@@ -49,13 +50,9 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-synapse_port="$(free_port)"
-SERVER_NAME=schemathesis.test REGISTRATION_SECRET=st-registration-secret \
-JWT_SECRET=st-jwt-secret BCRYPT_ROUNDS=4 RELAX_RATELIMITS=1 \
-    scripts/synapse-config.sh "$work/synapse" "$synapse_port" >/dev/null
-scripts/synapse-ctl.sh start "$work/synapse" >/dev/null
+synapse_port="$(SERVER_NAME=schemathesis.test REGISTRATION_SECRET=st-registration-secret \
+    JWT_SECRET=st-jwt-secret BCRYPT_ROUNDS=4 RELAX_RATELIMITS=1 start_synapse "$work/synapse")"
 
 port="$(free_port)"
 admin_token="st-admin-token-$RANDOM$RANDOM"

@@ -13,6 +13,7 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 scripts/synapse-venv.sh >/dev/null
 
@@ -29,16 +30,13 @@ trap cleanup EXIT
 echo "test.sh: starting PostgreSQL and Synapse in $work" >&2
 pg_url="$(scripts/pg-cluster.sh start "$work/pg" | tail -n 1)"
 
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 export MP_TEST_SYNAPSE_SERVER_NAME="test.daarion.space"
 export MP_TEST_SYNAPSE_SECRET="test-registration-secret-$RANDOM$RANDOM"
 export MP_TEST_SYNAPSE_JWT_SECRET="test-jwt-secret-$RANDOM$RANDOM"
-SERVER_NAME="$MP_TEST_SYNAPSE_SERVER_NAME" \
-REGISTRATION_SECRET="$MP_TEST_SYNAPSE_SECRET" \
-JWT_SECRET="$MP_TEST_SYNAPSE_JWT_SECRET" \
-BCRYPT_ROUNDS=4 RELAX_RATELIMITS=1 \
-    scripts/synapse-config.sh "$work/synapse" "$port" >/dev/null
-scripts/synapse-ctl.sh start "$work/synapse" >/dev/null
+port="$(SERVER_NAME="$MP_TEST_SYNAPSE_SERVER_NAME" \
+    REGISTRATION_SECRET="$MP_TEST_SYNAPSE_SECRET" \
+    JWT_SECRET="$MP_TEST_SYNAPSE_JWT_SECRET" \
+    BCRYPT_ROUNDS=4 RELAX_RATELIMITS=1 start_synapse "$work/synapse")"
 
 export MP_TEST_SYNAPSE_URL="http://127.0.0.1:$port"
 export MP_TEST_POSTGRES_URL="$pg_url"

@@ -1,0 +1,21 @@
+# lib.sh — what the scripts share. A script sources it with
+#   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# and calls start_synapse from the repository's root.
+
+# free_port: prints a TCP port that is free on 127.0.0.1 right now.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start_synapse DIR: writes a throwaway Synapse's configuration into DIR (from
+# SERVER_NAME, REGISTRATION_SECRET and the other settings synapse-config.sh
+# reads from the environment), starts it on a free port of 127.0.0.1 and
+# prints that port. Stop it with `scripts/synapse-ctl.sh stop DIR`.
+start_synapse() {
+    # Chained: `set -e` does not reach into a command substitution.
+    local port
+    port="$(free_port)" &&
+        scripts/synapse-config.sh "$1" "$port" >/dev/null &&
+        scripts/synapse-ctl.sh start "$1" >/dev/null &&
+        echo "$port"
+}
