@@ -39,14 +39,7 @@ case "$BENCH_BUILD" in
 esac
 
 scripts/synapse-venv.sh >/dev/null
-work="$(mktemp -d /tmp/mp-bench.XXXXXX)"
-chmod 755 "$work"
-cleanup() {
-    scripts/synapse-ctl.sh stop "$work/synapse" >/dev/null 2>&1 || true
-    scripts/pg-cluster.sh stop "$work/pg" >/dev/null 2>&1 || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+scratch_dir mp-bench
 
 export MP_BENCH_SERVER_NAME="bench.daarion.space"
 export MP_BENCH_REGISTRATION_SECRET="bench-secret-$RANDOM$RANDOM"

@@ -26,8 +26,7 @@ cargo bench --locked --no-run --bench load --quiet
 load="$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -n 1)"
 scripts/synapse-venv.sh >/dev/null
 
-work="$(mktemp -d /tmp/mp-bench.XXXXXX)"
-chmod 755 "$work"
+scratch_dir mp-bench
 service_pid=""
 jwks_pid=""
 silent_pid=""
@@ -35,9 +34,7 @@ cleanup() {
     [[ -n "$silent_pid" ]] && kill "$silent_pid" 2>/dev/null
     [[ -n "$jwks_pid" ]] && kill "$jwks_pid" 2>/dev/null
     [[ -n "$service_pid" ]] && kill "$service_pid" 2>/dev/null && wait "$service_pid" 2>/dev/null
-    scripts/synapse-ctl.sh stop "$work/synapse" >/dev/null 2>&1 || true
-    scripts/pg-cluster.sh stop "$work/pg" >/dev/null 2>&1 || true
-    rm -rf "$work"
+    stop_scratch
 }
 trap cleanup EXIT
 

@@ -7,6 +7,22 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# scratch_dir PREFIX: sets `work` to a new directory under /tmp (where the
+# postgres user can reach it when we run as root), to be removed on exit with
+# the Synapse and PostgreSQL started in it ($work/synapse, $work/pg): a script
+# with more to stop calls stop_scratch from its own EXIT trap.
+scratch_dir() {
+    work="$(mktemp -d "/tmp/$1.XXXXXX")"
+    chmod 755 "$work"
+    trap stop_scratch EXIT
+}
+
+stop_scratch() {
+    scripts/synapse-ctl.sh stop "$work/synapse" >/dev/null 2>&1 || true
+    scripts/pg-cluster.sh stop "$work/pg" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+
 # start_synapse DIR: writes a throwaway Synapse's configuration into DIR (from
 # SERVER_NAME, REGISTRATION_SECRET and the other settings synapse-config.sh
 # reads from the environment), starts it on a free port of 127.0.0.1 and

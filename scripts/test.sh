@@ -17,15 +17,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 scripts/synapse-venv.sh >/dev/null
 
-# Under /tmp so the postgres user can reach it when we run as root.
-work="$(mktemp -d /tmp/mp-test.XXXXXX)"
-chmod 755 "$work"
-cleanup() {
-    scripts/synapse-ctl.sh stop "$work/synapse" >/dev/null 2>&1 || true
-    scripts/pg-cluster.sh stop "$work/pg" >/dev/null 2>&1 || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+scratch_dir mp-test
 
 echo "test.sh: starting PostgreSQL and Synapse in $work" >&2
 pg_url="$(scripts/pg-cluster.sh start "$work/pg" | tail -n 1)"
