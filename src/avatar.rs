@@ -313,14 +313,13 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
         return v4_reason(v4).map(|_| "an IPv4-mapped internal");
     }
     // NAT64 (64:ff9b::/96) reaches the embedded IPv4 address too.
+    let embedded = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-        return v4_reason(v4).map(|_| "a NAT64 internal");
+        return v4_reason(embedded(s[6], s[7])).map(|_| "a NAT64 internal");
     }
     // 6to4 (2002::/16) embeds an IPv4 address in its next 32 bits.
     if s[0] == 0x2002 {
-        let v4 = Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8);
-        return v4_reason(v4).map(|_| "a 6to4 internal");
+        return v4_reason(embedded(s[1], s[2])).map(|_| "a 6to4 internal");
     }
     Some(match s[0] {
         // ::/96 (IPv4-compatible, deprecated) and the rest of ::/8.

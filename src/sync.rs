@@ -23,7 +23,7 @@
 //!   counted `unfinished`, and from then on the pass stops waiting: the
 //!   rest stays queued for the workers and the cron hears about it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -418,7 +418,7 @@ impl ReadSide<'_> {
                 .map_err(|e| e.to_string())?
                 .map(|w| w - OVERLAP_MS)
         };
-        let mut seen: HashMap<String, ()> = HashMap::new();
+        let mut seen: HashSet<String> = HashSet::new();
         let mut cursor: Option<String> = None;
         loop {
             if lease_lost.load(std::sync::atomic::Ordering::Relaxed) {
@@ -473,7 +473,7 @@ impl ReadSide<'_> {
                 self.sync.wake.notify_waiters();
             }
             for (event, accepted) in news.into_iter().zip(accepted) {
-                if accepted.queued && seen.insert(event.user_id.clone(), ()).is_none() {
+                if accepted.queued && seen.insert(event.user_id.clone()) {
                     let _ = self
                         .touched
                         .send(Touched {
@@ -536,7 +536,7 @@ impl ReadSide<'_> {
         let sync = self.sync;
         let synapse = sync.synapse();
         let enforce = sync.settings.profile_drift == DriftPolicy::Enforce;
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         let mut from = 0;
         loop {
             let page = synapse

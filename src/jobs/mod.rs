@@ -32,7 +32,7 @@ const LEASE_POLL: Duration = Duration::from_millis(50);
 /// How long webhook event ids are remembered, to answer a redelivery as a
 /// duplicate. DAARION Auth retries for far less; a redelivery after that
 /// is applied again, which changes nothing (see `Store::forget_events`).
-pub const EVENT_MEMORY: Duration = Duration::from_secs(30 * 24 * 3600);
+const EVENT_MEMORY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How often older event ids are forgotten, and how many per statement (so
 /// SQLite's one writer is never held for long).
 const FORGET_EVERY: Duration = Duration::from_secs(3600);
@@ -309,7 +309,8 @@ impl Worker {
                 }
             }
             if forgotten > 0 {
-                tracing::info!(forgotten, "forgot event ids older than 30 days");
+                let days = EVENT_MEMORY.as_secs() / 86_400;
+                tracing::info!(forgotten, days, "forgot old event ids");
             }
             tokio::select! {
                 _ = tokio::time::sleep(FORGET_EVERY) => {}

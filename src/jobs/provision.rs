@@ -13,7 +13,9 @@ use crate::avatar::{AvatarFetcher, FetchError};
 use crate::domain::localpart::Localpart;
 use crate::now_ms;
 use crate::store::{Account, CreateVia, LocalpartPolicy, Person, State, Store, StoreError};
-use crate::synapse::{AdminUser, Synapse, SynapseError, TakenLocalparts, AUTH_PROVIDER};
+use crate::synapse::{
+    localpart_of, AdminUser, Synapse, SynapseError, TakenLocalparts, AUTH_PROVIDER,
+};
 
 /// A registration we crashed in the middle of shows up as an unlinked
 /// account created after we wrote down the attempt; this allows for the
@@ -76,11 +78,7 @@ pub async fn reconcile(deps: &Deps<'_>, person: Person) -> Outcome {
         _ => None,
     };
     let mut step = Step {
-        store: deps.store,
-        synapse: deps.synapse,
-        policy: deps.policy,
-        avatars: deps.avatars,
-        taken: deps.taken,
+        deps,
         interrupted,
         p: person,
     };
@@ -91,11 +89,7 @@ pub async fn reconcile(deps: &Deps<'_>, person: Person) -> Outcome {
 }
 
 struct Step<'a> {
-    store: &'a Store,
-    synapse: &'a Synapse,
-    policy: &'a LocalpartPolicy,
-    avatars: &'a AvatarFetcher,
-    taken: &'a TakenLocalparts,
+    deps: &'a Deps<'a>,
     /// A registration an earlier run started and never saw the end of:
     /// (localpart, when it started).
     interrupted: Option<(String, i64)>,
@@ -124,12 +118,17 @@ impl Step<'_> {
         // writing, so a retry does not write the same change twice.
         let verify = self.p.profile_verify;
         let observed = if verify != 0 || self.p.attempts > 0 {
-            let user = self.synapse.user(&self.p.localpart).await?.ok_or_else(|| {
-                Outcome::Failed(format!(
-                    "the account {} is missing in Synapse",
-                    self.synapse.user_id(&self.p.localpart)
-                ))
-            })?;
+            let user = self
+                .deps
+                .synapse
+                .user(&self.p.localpart)
+                .await?
+                .ok_or_else(|| {
+                    Outcome::Failed(format!(
+                        "the account {} is missing in Synapse",
+                        self.deps.synapse.user_id(&self.p.localpart)
+                    ))
+                })?;
             self.p.applied_display_name = user.displayname.clone();
             // Someone reactivated a deleted person's account by hand: deactivate again.
             if self.p.wanted.deleted && self.p.account == Account::Deactivated && !user.deactivated
@@ -142,7 +141,7 @@ impl Step<'_> {
         };
         if self.p.wanted.deleted {
             if self.p.account == Account::Active {
-                self.synapse.deactivate(&self.p.localpart).await?;
+                self.deps.synapse.deactivate(&self.p.localpart).await?;
                 self.record(Account::Deactivated).await?;
             }
             return Ok(State::Deactivated);
@@ -152,13 +151,16 @@ impl Step<'_> {
             // reactivate a local account; it is random and immediately forgotten.
             let password = crate::synapse::random_password();
             let body = json!({"deactivated": false, "password": password.expose()});
-            self.synapse.put_user(&self.p.localpart, &body).await?;
+            self.deps.synapse.put_user(&self.p.localpart, &body).await?;
             self.record(Account::Active).await?;
         }
         self.sync_display_name().await?;
         self.sync_avatar(observed.as_ref()).await?;
         if verify != 0 {
-            self.store.clear_verify(&self.p.user_id, verify).await?;
+            self.deps
+                .store
+                .clear_verify(&self.p.user_id, verify)
+                .await?;
         }
         Ok(State::Provisioned)
     }
@@ -168,11 +170,16 @@ impl Step<'_> {
         if self.p.account == Account::Registering {
             // An earlier attempt may have got through before we crashed or
             // lost the answer: look for an account already linked to us.
-            if let Some(user_id) = self.synapse.lookup_external_id(&self.p.user_id).await? {
+            if let Some(user_id) = self
+                .deps
+                .synapse
+                .lookup_external_id(&self.p.user_id)
+                .await?
+            {
                 return self.adopt(&user_id).await;
             }
         }
-        let server_name = &self.policy.server_name;
+        let server_name = &self.deps.policy.server_name;
         let derived = Localpart::derive(
             self.p.wanted.username.as_deref(),
             &self.p.user_id,
@@ -181,7 +188,8 @@ impl Step<'_> {
         let (base, mut n) = split_suffix(&self.p.localpart, &derived, server_name);
         for _ in 0..MAX_CANDIDATES {
             let localpart = self.p.localpart.clone();
-            self.store
+            self.deps
+                .store
                 .mark_registering(&self.p.user_id, &localpart, now_ms())
                 .await?;
             self.p.account = Account::Registering;
@@ -202,7 +210,8 @@ impl Step<'_> {
                     if self.is_ours(existing.as_ref()) {
                         let user = existing.expect("is_ours implies Some");
                         if !has_our_id(&user, &self.p.user_id) {
-                            self.synapse
+                            self.deps
+                                .synapse
                                 .link_external_id(&localpart, &self.p.user_id)
                                 .await?;
                         }
@@ -215,10 +224,12 @@ impl Step<'_> {
                     loop {
                         n += 1;
                         let next = base.candidate(n, server_name);
-                        if crate::domain::localpart::is_reserved(&next, &self.policy.reserved) {
+                        if crate::domain::localpart::is_reserved(&next, &self.deps.policy.reserved)
+                        {
                             continue;
                         }
                         if self
+                            .deps
                             .store
                             .change_localpart(&self.p.user_id, next.as_str(), now_ms())
                             .await?
@@ -242,17 +253,19 @@ impl Step<'_> {
         let password = crate::synapse::random_password();
         let display_name = self.p.wanted.display_name.as_deref();
         match self
+            .deps
             .synapse
             .register(localpart, &password, display_name, false, true)
             .await
         {
             Ok(_) => {}
             Err(e) if e.errcode() == Some("M_USER_IN_USE") => {
-                return Ok(Creation::Taken(self.synapse.user(localpart).await?))
+                return Ok(Creation::Taken(self.deps.synapse.user(localpart).await?))
             }
             Err(e) => return Err(e.into()),
         }
         match self
+            .deps
             .synapse
             .link_external_id(localpart, &self.p.user_id)
             .await
@@ -270,12 +283,13 @@ impl Step<'_> {
     /// ask Synapse, which knows whether that attempt got through.
     async fn create_by_admin_api(&self, localpart: &str) -> Result<Creation, Outcome> {
         if !self.known_free(localpart).await {
-            if let Some(existing) = self.synapse.user(localpart).await? {
+            if let Some(existing) = self.deps.synapse.user(localpart).await? {
                 return Ok(Creation::Taken(Some(existing)));
             }
         }
         let display_name = self.p.wanted.display_name.as_deref();
         match self
+            .deps
             .synapse
             .create_user(localpart, display_name, &self.p.user_id)
             .await
@@ -285,7 +299,7 @@ impl Step<'_> {
             // then changed it: only a person can sort that out.
             Ok(false) => Err(Outcome::Failed(format!(
                 "the account {} appeared while we created it and was modified; check it by hand",
-                self.synapse.user_id(localpart)
+                self.deps.synapse.user_id(localpart)
             ))),
             Err(e) if e.is_external_id_conflict() => self.linked_elsewhere(localpart, e).await,
             Err(e) => Err(e.into()),
@@ -298,7 +312,7 @@ impl Step<'_> {
         if self.interrupted.is_some() {
             return false;
         }
-        match self.taken.is_free(self.synapse, localpart).await {
+        match self.deps.taken.is_free(self.deps.synapse, localpart).await {
             Ok(free) => free == Some(true),
             Err(e) => {
                 tracing::debug!("cannot refresh the index of Synapse's accounts: {e}");
@@ -315,14 +329,19 @@ impl Step<'_> {
         created: &str,
         conflict: SynapseError,
     ) -> Result<Creation, Outcome> {
-        let Some(linked) = self.synapse.lookup_external_id(&self.p.user_id).await? else {
+        let Some(linked) = self
+            .deps
+            .synapse
+            .lookup_external_id(&self.p.user_id)
+            .await?
+        else {
             return Err(conflict.into());
         };
         tracing::warn!(
             user_id = %self.p.user_id, linked = %linked,
             "the DAARION id is already linked to another account; adopting it and deactivating the one just created"
         );
-        self.synapse.deactivate(created).await?;
+        self.deps.synapse.deactivate(created).await?;
         Ok(Creation::LinkedElsewhere(linked))
     }
 
@@ -338,22 +357,20 @@ impl Step<'_> {
             .iter()
             .any(|e| e.auth_provider == AUTH_PROVIDER);
         let ours_interrupted = self.interrupted.as_ref().is_some_and(|(localpart, t)| {
-            user.name == self.synapse.user_id(localpart) && user.created_ms >= t - CLOCK_SLACK_MS
+            user.name == self.deps.synapse.user_id(localpart)
+                && user.created_ms >= t - CLOCK_SLACK_MS
         });
         ours_interrupted && !linked_elsewhere
     }
 
     /// Takes over the account `user_id` (full Matrix id) as the person's.
     async fn adopt(&mut self, user_id: &str) -> Result<(), Outcome> {
-        let localpart = user_id
-            .strip_prefix('@')
-            .and_then(|s| s.split_once(':'))
-            .map(|(lp, _)| lp.to_string())
-            .ok_or_else(|| {
-                Outcome::Failed(format!("Synapse returned a malformed user id {user_id:?}"))
-            })?;
+        let localpart = localpart_of(user_id).map(str::to_string).ok_or_else(|| {
+            Outcome::Failed(format!("Synapse returned a malformed user id {user_id:?}"))
+        })?;
         if localpart != self.p.localpart
             && !self
+                .deps
                 .store
                 .change_localpart(&self.p.user_id, &localpart, now_ms())
                 .await?
@@ -363,7 +380,7 @@ impl Step<'_> {
             )));
         }
         self.p.localpart = localpart;
-        let user = self.synapse.user(&self.p.localpart).await?;
+        let user = self.deps.synapse.user(&self.p.localpart).await?;
         self.p.applied_display_name = user.as_ref().and_then(|u| u.displayname.clone());
         let account = match user {
             Some(u) if u.deactivated => Account::Deactivated,
@@ -386,7 +403,8 @@ impl Step<'_> {
         if self.p.applied_display_name.as_deref() == Some(name.as_str()) {
             return Ok(());
         }
-        self.synapse
+        self.deps
+            .synapse
             .set_displayname(&self.p.localpart, &name)
             .await?;
         self.p.applied_display_name = Some(name);
@@ -409,7 +427,8 @@ impl Step<'_> {
             // Settled for this URL: at most point the profile back at our image.
             let target = self.p.avatar_mxc.clone();
             if shown != target {
-                self.synapse
+                self.deps
+                    .synapse
                     .set_avatar(&self.p.localpart, target.as_deref())
                     .await?;
             }
@@ -417,11 +436,14 @@ impl Step<'_> {
         }
         let Some(url) = wanted else {
             if shown.is_some() {
-                self.synapse.set_avatar(&self.p.localpart, None).await?;
+                self.deps
+                    .synapse
+                    .set_avatar(&self.p.localpart, None)
+                    .await?;
             }
             return self.record_avatar(None, None, None, None).await;
         };
-        let image = match self.avatars.fetch(&url).await {
+        let image = match self.deps.avatars.fetch(&url).await {
             Ok(image) => image,
             Err(FetchError::Refused(reason)) => {
                 return self.refuse_avatar(url, shown, reason).await
@@ -430,7 +452,7 @@ impl Step<'_> {
                 // Keep what the profile shows; a full sync pass tries again.
                 tracing::info!(user_id = %self.p.user_id, "avatar not fetched: {reason}");
                 self.p.avatar_error = Some(reason);
-                self.store.record_avatar(&self.p, now_ms()).await?;
+                self.deps.store.record_avatar(&self.p, now_ms()).await?;
                 return Ok(());
             }
         };
@@ -444,12 +466,14 @@ impl Step<'_> {
             mxc
         } else {
             match self
+                .deps
                 .synapse
                 .upload_media(&image.bytes, image.content_type, image.filename())
                 .await
             {
                 Ok(mxc) => {
-                    self.store
+                    self.deps
+                        .store
                         .record_upload(&self.p.user_id, &mxc, &sha, now_ms())
                         .await?;
                     mxc
@@ -462,7 +486,12 @@ impl Step<'_> {
             }
         };
         if shown.as_deref() != Some(mxc.as_str()) {
-            match self.synapse.set_avatar(&self.p.localpart, Some(&mxc)).await {
+            match self
+                .deps
+                .synapse
+                .set_avatar(&self.p.localpart, Some(&mxc))
+                .await
+            {
                 Ok(()) => {}
                 Err(e @ SynapseError::Refused { .. }) => {
                     let reason = format!("Synapse refused the avatar: {e}");
@@ -485,7 +514,10 @@ impl Step<'_> {
     ) -> Result<(), Outcome> {
         tracing::warn!(user_id = %self.p.user_id, "avatar refused: {reason}");
         if shown.is_some() {
-            self.synapse.set_avatar(&self.p.localpart, None).await?;
+            self.deps
+                .synapse
+                .set_avatar(&self.p.localpart, None)
+                .await?;
         }
         self.record_avatar(Some(url), None, None, Some(reason))
             .await
@@ -504,13 +536,14 @@ impl Step<'_> {
         self.p.avatar_error = error;
         self.p.upload_mxc = None;
         self.p.upload_sha256 = None;
-        self.store.record_avatar(&self.p, now_ms()).await?;
+        self.deps.store.record_avatar(&self.p, now_ms()).await?;
         Ok(())
     }
 
     async fn record(&mut self, account: Account) -> Result<(), Outcome> {
         self.p.account = account;
-        self.store
+        self.deps
+            .store
             .record_account(
                 &self.p.user_id,
                 &self.p.localpart,

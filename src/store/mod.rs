@@ -6,6 +6,30 @@
 //! Times are i64 milliseconds since the epoch and flags are 0/1 integers, so
 //! the same columns mean the same thing on both back ends.
 
+/// A column holding one of a few words: `as_str` and `FromStr` of `$ty`
+/// from one table, so the two directions cannot disagree.
+macro_rules! column_words {
+    ($ty:ident { $($variant:ident => $word:literal),+ $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $word),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = ();
+            fn from_str(s: &str) -> std::result::Result<Self, ()> {
+                match s {
+                    $($word => Ok($ty::$variant),)+
+                    _ => Err(()),
+                }
+            }
+        }
+    };
+}
+
 mod batch;
 mod intake;
 mod jobs;

@@ -2,7 +2,6 @@
 //! updates the worker makes to it (the intake is in `store::intake`).
 
 use std::collections::HashMap;
-use std::str::FromStr;
 
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -20,29 +19,12 @@ pub enum State {
     Deactivated,
 }
 
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Pending => "pending",
-            State::Provisioned => "provisioned",
-            State::Failed => "failed",
-            State::Deactivated => "deactivated",
-        }
-    }
-}
-
-impl FromStr for State {
-    type Err = ();
-    fn from_str(s: &str) -> std::result::Result<Self, ()> {
-        Ok(match s {
-            "pending" => State::Pending,
-            "provisioned" => State::Provisioned,
-            "failed" => State::Failed,
-            "deactivated" => State::Deactivated,
-            _ => return Err(()),
-        })
-    }
-}
+column_words!(State {
+    Pending => "pending",
+    Provisioned => "provisioned",
+    Failed => "failed",
+    Deactivated => "deactivated",
+});
 
 /// What we know of the person's account in Synapse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,29 +38,12 @@ pub enum Account {
     Deactivated,
 }
 
-impl Account {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Account::None => "none",
-            Account::Registering => "registering",
-            Account::Active => "active",
-            Account::Deactivated => "deactivated",
-        }
-    }
-}
-
-impl FromStr for Account {
-    type Err = ();
-    fn from_str(s: &str) -> std::result::Result<Self, ()> {
-        Ok(match s {
-            "none" => Account::None,
-            "registering" => Account::Registering,
-            "active" => Account::Active,
-            "deactivated" => Account::Deactivated,
-            _ => return Err(()),
-        })
-    }
-}
+column_words!(Account {
+    None => "none",
+    Registering => "registering",
+    Active => "active",
+    Deactivated => "deactivated",
+});
 
 /// How the person's account is created in Synapse when they have none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,25 +55,10 @@ pub enum CreateVia {
     AdminApi,
 }
 
-impl CreateVia {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CreateVia::Register => "register",
-            CreateVia::AdminApi => "admin",
-        }
-    }
-}
-
-impl FromStr for CreateVia {
-    type Err = ();
-    fn from_str(s: &str) -> std::result::Result<Self, ()> {
-        Ok(match s {
-            "register" => CreateVia::Register,
-            "admin" => CreateVia::AdminApi,
-            _ => return Err(()),
-        })
-    }
-}
+column_words!(CreateVia {
+    Register => "register",
+    AdminApi => "admin",
+});
 
 #[derive(Debug, Clone)]
 pub struct Person {
@@ -225,14 +175,6 @@ pub(super) const PERSON_COLUMNS: &str =
     register_started_at, applied_display_name, applied_avatar_url, avatar_mxc, avatar_sha256, \
     avatar_error, upload_mxc, upload_sha256, profile_verify, create_via, attempts, last_error, \
     created_at, updated_at";
-/// [`PERSON_COLUMNS`] of `people p`.
-pub(super) const PERSON_COLUMNS_P: &str = "p.user_id, p.localpart, p.state, p.username, \
-    p.username_at, p.display_name, p.display_name_at, p.avatar_url, p.avatar_url_at, p.deleted, \
-    p.lifecycle_at, p.account, p.register_started_at, p.applied_display_name, \
-    p.applied_avatar_url, p.avatar_mxc, p.avatar_sha256, p.avatar_error, p.upload_mxc, \
-    p.upload_sha256, p.profile_verify, p.create_via, p.attempts, p.last_error, p.created_at, \
-    p.updated_at";
-
 impl Store {
     pub async fn person(&self, user_id: &str) -> Result<Option<Person>> {
         let sql = format!("SELECT {PERSON_COLUMNS} FROM people WHERE user_id = $1");
@@ -388,4 +330,4 @@ impl Store {
 }
 
 /// Keeps `IN (…)` lists well under both back ends' limits on bound values.
-const IN_LIST_CHUNK: usize = 500;
+pub(super) const IN_LIST_CHUNK: usize = 500;

@@ -5,6 +5,7 @@
 
 use sqlx::Row;
 
+use super::people::{IN_LIST_CHUNK, PERSON_COLUMNS};
 use super::{Job, Person, Result, Store};
 
 const PROFILES: &str = "profiles";
@@ -134,11 +135,11 @@ impl Store {
     /// we applied (drift detection).
     pub async fn settled_people_by_localparts(&self, localparts: &[String]) -> Result<Vec<Person>> {
         let mut found = Vec::new();
-        for chunk in localparts.chunks(500) {
+        for chunk in localparts.chunks(IN_LIST_CHUNK) {
             let sql = format!(
-                "SELECT {} FROM people p WHERE p.localpart IN ({}) AND p.account IN ('active', 'deactivated') \
+                "SELECT {PERSON_COLUMNS} FROM people p WHERE p.localpart IN ({}) \
+                 AND p.account IN ('active', 'deactivated') \
                  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.user_id = p.user_id)",
-                super::people::PERSON_COLUMNS_P,
                 self.backend.placeholders(chunk.len())
             );
             let mut query = sqlx::query(&sql);
@@ -153,7 +154,7 @@ impl Store {
     }
 
     /// Drift found: the next run compares the profile with Synapse and
-    /// writes what differs. Returns whether a job was queued.
+    /// writes what differs.
     pub async fn queue_verify(&self, user_id: &str, now: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
