@@ -27,6 +27,7 @@ use fakes::{FakeUser, FakeUserApi};
 use futures_util::stream::{self, StreamExt};
 use matrix_provisioner::app::Core;
 use matrix_provisioner::config::Settings;
+use matrix_provisioner::synapse::{random_password, Synapse};
 use matrix_provisioner::sync::Summary;
 use serde_json::{json, Value};
 use sqlx::any::AnyPoolOptions;
@@ -79,41 +80,23 @@ struct RawSynapse {
 }
 
 impl RawSynapse {
-    async fn new(url: &str, server_name: &str, secret: &str) -> RawSynapse {
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        let register = format!("{url}/_synapse/admin/v1/register");
-        let nonce: Value = http
-            .get(&register)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let nonce = nonce["nonce"].as_str().unwrap();
+    /// A client of its own, with an admin account of its own (registered
+    /// through the service's client: how is not what is measured).
+    async fn new(url: &str, server_name: &str, synapse: &Synapse) -> RawSynapse {
         let user = format!("bench-raw-{}", now_ms());
-        let mac =
-            matrix_provisioner::synapse::registration_mac(secret, nonce, &user, "bench-pw", true);
-        let body: Value = http
-            .post(&register)
-            .json(
-                &json!({"nonce": nonce, "username": user, "password": "bench-pw", "mac": mac,
-                          "admin": true, "inhibit_login": false}),
-            )
-            .send()
+        let registered = synapse
+            .register(&user, &random_password(), None, true, false)
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .expect("the raw side's admin account");
         RawSynapse {
             url: url.to_string(),
             server_name: server_name.to_string(),
-            token: body["access_token"]
-                .as_str()
+            token: registered
+                .access_token
                 .expect("an admin token")
+                .expose()
                 .to_string(),
-            http,
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
         }
     }
 
@@ -198,7 +181,7 @@ async fn main() {
         ("DATABASE_URL", database_url.clone()),
         ("SYNAPSE_URL", synapse_url.clone()),
         ("SYNAPSE_SERVER_NAME", server_name.clone()),
-        ("SYNAPSE_REGISTRATION_SECRET", secret.clone()),
+        ("SYNAPSE_REGISTRATION_SECRET", secret),
         ("SYNAPSE_ADMIN_USER", "bench-provisioner".into()),
         ("SYNAPSE_MAX_CONCURRENCY", concurrency.to_string()),
         ("AUTH_API_URL", api.url.clone()),
@@ -215,7 +198,7 @@ async fn main() {
     }
     let settings = Settings::from_lookup(|k| vars.get(k).cloned()).expect("bench settings");
     let core = Core::build(settings).await.expect("the service builds");
-    let raw = RawSynapse::new(&synapse_url, &server_name, &secret).await;
+    let raw = RawSynapse::new(&synapse_url, &server_name, &core.synapse).await;
 
     println!("# matrix-provisioner sync benchmark");
     println!(

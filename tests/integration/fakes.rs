@@ -13,6 +13,25 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
+/// Serves the routes `configure` sets up on a free port of 127.0.0.1 with
+/// one worker, in the background; returns the port and the server's handle.
+pub fn serve_locally<F>(configure: F) -> (u16, actix_web::dev::ServerHandle)
+where
+    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = HttpServer::new(move || App::new().configure(configure.clone()))
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (port, handle)
+}
+
 // ---------------------------------------------------------------- user API
 
 /// A person as the fake user API lists them.
@@ -109,19 +128,10 @@ impl FakeUserApi {
             gate: gate_rx,
             waiting: Arc::clone(&waiting),
         });
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .route("/v1/users", web::get().to(list_users))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        tokio::spawn(server);
+        let (port, _) = serve_locally(move |cfg| {
+            cfg.app_data(state.clone())
+                .route("/v1/users", web::get().to(list_users));
+        });
         FakeUserApi {
             url: format!("http://127.0.0.1:{port}"),
             dir,
@@ -251,19 +261,10 @@ impl AvatarHost {
             hits: Arc::clone(&hits),
             huge_bytes_sent: Arc::clone(&huge_bytes_sent),
         });
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .default_service(web::to(serve_avatar))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        tokio::spawn(server);
+        let (port, _) = serve_locally(move |cfg| {
+            cfg.app_data(state.clone())
+                .default_service(web::to(serve_avatar));
+        });
         AvatarHost {
             port,
             images,

@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use matrix_provisioner::domain::event::{Event, Parsed};
 use matrix_provisioner::jobs::Outcome;
-use matrix_provisioner::store::{LocalpartPolicy, State};
+use matrix_provisioner::store::State;
 use serde_json::{json, Value};
 
 use crate::fakes::{png, AvatarHost, HUGE};
@@ -355,32 +354,17 @@ async fn a_retry_reads_the_profile_before_writing_it_again() {
     init_logs();
     let admin = SynapseAdmin::shared().await;
     let (app, db) = idle_app(&admin).await;
-    let store = app.store();
-    let policy = LocalpartPolicy {
-        server_name: admin.info.server_name.clone(),
-        reserved: vec![],
-    };
-    let accept = |ev: Value| {
-        let store = store.clone();
-        let policy = policy.clone();
-        async move {
-            let body = serde_json::to_vec(&ev).unwrap();
-            let Parsed::Event(ev) = Event::parse(&body).unwrap() else {
-                panic!()
-            };
-            store
-                .accept_event(&ev, &policy, matrix_provisioner::now_ms())
-                .await
-                .unwrap();
-        }
-    };
     let name = unique("retry");
     let user_id = unique("u_");
-    accept(event(
-        "user.registered",
-        &user_id,
-        json!({"username": name, "display_name": "First"}),
-    ))
+    store_event(
+        &app,
+        &admin,
+        &event(
+            "user.registered",
+            &user_id,
+            json!({"username": name, "display_name": "First"}),
+        ),
+    )
     .await;
     assert_eq!(
         app.worker().run_one().await.unwrap(),
@@ -390,11 +374,11 @@ async fn a_retry_reads_the_profile_before_writing_it_again() {
 
     // The rename's PUT reached Synapse, its answer did not: what a 429
     // after the save looks like from here (an attempt counted as failed).
-    accept(event(
-        "user.updated",
-        &user_id,
-        json!({"display_name": "Second"}),
-    ))
+    store_event(
+        &app,
+        &admin,
+        &event("user.updated", &user_id, json!({"display_name": "Second"})),
+    )
     .await;
     let (status, _) = admin
         .put(
@@ -422,11 +406,11 @@ async fn a_retry_reads_the_profile_before_writing_it_again() {
     assert_eq!(admin.user(&mxid).await.unwrap()["displayname"], "Second");
 
     // Without that failure, a change is written straight away.
-    accept(event(
-        "user.updated",
-        &user_id,
-        json!({"display_name": "Third"}),
-    ))
+    store_event(
+        &app,
+        &admin,
+        &event("user.updated", &user_id, json!({"display_name": "Third"})),
+    )
     .await;
     let calls = app.synapse().calls().snapshot();
     app.worker().run_one().await.unwrap();

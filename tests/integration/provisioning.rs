@@ -4,9 +4,8 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use matrix_provisioner::app::Application;
-use matrix_provisioner::domain::event::{Event, Parsed};
 use matrix_provisioner::jobs::Outcome;
-use matrix_provisioner::store::{LocalpartPolicy, State};
+use matrix_provisioner::store::State;
 use serde_json::json;
 
 use crate::on_both_backends;
@@ -177,26 +176,11 @@ async fn an_interrupted_registration_is_adopted_not_duplicated(backend: Backend)
     // Built but not run: no background workers, we drive the queue by hand.
     let app = Application::build(settings(&env)).await.unwrap();
     let store = app.store();
-    let policy = LocalpartPolicy {
-        server_name: admin.info.server_name.clone(),
-        reserved: vec![],
-    };
     for linked in [false, true] {
         let name = unique("crash");
         let user_id = unique("u_");
-        let body = serde_json::to_vec(&event(
-            "user.registered",
-            &user_id,
-            json!({"username": name}),
-        ))
-        .unwrap();
-        let Parsed::Event(ev) = Event::parse(&body).unwrap() else {
-            panic!()
-        };
-        store
-            .accept_event(&ev, &policy, matrix_provisioner::now_ms())
-            .await
-            .unwrap();
+        let registered = event("user.registered", &user_id, json!({"username": name}));
+        store_event(&app, &admin, &registered).await;
         // What the killed worker got done: the attempt written down, the
         // account created in Synapse (and, in the second case, linked too).
         store

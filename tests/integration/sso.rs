@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -18,6 +18,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
+use crate::fakes::serve_locally;
 use crate::on_both_backends;
 use crate::support::*;
 
@@ -153,11 +154,9 @@ impl FakeJwks {
         let set = Arc::new(Mutex::new(Value::Null));
         let hits = Arc::new(AtomicUsize::new(0));
         let (served, counted) = (Arc::clone(&set), Arc::clone(&hits));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = HttpServer::new(move || {
+        let (port, _) = serve_locally(move |cfg| {
             let (served, counted) = (Arc::clone(&served), Arc::clone(&counted));
-            App::new().route(
+            cfg.route(
                 "/.well-known/jwks.json",
                 web::get().to(move || {
                     let (served, counted) = (Arc::clone(&served), Arc::clone(&counted));
@@ -167,14 +166,8 @@ impl FakeJwks {
                         HttpResponse::Ok().json(body)
                     }
                 }),
-            )
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        tokio::spawn(server);
+            );
+        });
         let jwks = FakeJwks {
             url: format!("http://127.0.0.1:{port}/.well-known/jwks.json"),
             keys: set,

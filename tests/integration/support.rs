@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use matrix_provisioner::app::Application;
 use matrix_provisioner::config::Settings;
+use matrix_provisioner::domain::event::{Event, Parsed};
 use matrix_provisioner::domain::signature;
+use matrix_provisioner::store::LocalpartPolicy;
 use matrix_provisioner::synapse::{registration_mac, Synapse};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -281,14 +283,32 @@ impl SynapseAdmin {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// One request with our admin token, sent once (writes are not retried).
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut request = self
             .http
-            .post(format!("{}{path}", self.info.url))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
+            .request(method, format!("{}{path}", self.info.url))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -373,31 +393,6 @@ impl SynapseAdmin {
             (&value == expected).then_some(member)
         })
         .await
-    }
-
-    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
-            .http
-            .put(format!("{}{path}", self.info.url))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    pub async fn delete(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .delete(format!("{}{path}", self.info.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// `GET /_synapse/admin/v2/users/@lp:server`, None on 404.
@@ -559,6 +554,27 @@ pub fn base_env(db: &TestDb, synapse: &SynapseInfo) -> HashMap<String, String> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect()
+}
+
+/// The localpart rules of the service the tests build: no reserved names.
+pub fn test_policy(admin: &SynapseAdmin) -> LocalpartPolicy {
+    LocalpartPolicy {
+        server_name: admin.info.server_name.clone(),
+        reserved: vec![],
+    }
+}
+
+/// Stores a webhook event straight into the service's database, as its
+/// intake would (for a service built but not run, whose queue a test drives).
+pub async fn store_event(app: &Application, admin: &SynapseAdmin, event: &Value) {
+    let body = serde_json::to_vec(event).unwrap();
+    let Parsed::Event(event) = Event::parse(&body).unwrap() else {
+        panic!("not an event the service acts on: {event}")
+    };
+    app.store()
+        .accept_event(&event, &test_policy(admin), matrix_provisioner::now_ms())
+        .await
+        .unwrap();
 }
 
 pub fn settings(env: &HashMap<String, String>) -> Settings {
@@ -849,7 +865,7 @@ struct ProxyState {
 
 impl SynapseProxy {
     pub fn start(upstream: &str) -> SynapseProxy {
-        use actix_web::{web, App, HttpServer};
+        use actix_web::web;
         let state = std::sync::Arc::new(ProxyState {
             upstream: upstream.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
@@ -857,20 +873,10 @@ impl SynapseProxy {
             seen: Default::default(),
         });
         let data = web::Data::from(std::sync::Arc::clone(&state));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .default_service(web::to(proxy_forward))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
+        let (port, handle) = crate::fakes::serve_locally(move |cfg| {
+            cfg.app_data(data.clone())
+                .default_service(web::to(proxy_forward));
+        });
         SynapseProxy {
             url: format!("http://127.0.0.1:{port}"),
             state,

@@ -7,7 +7,7 @@ use chrono::{TimeDelta, Utc};
 use matrix_provisioner::app::Application;
 use matrix_provisioner::domain::event::{Event, ListedUser};
 use matrix_provisioner::jobs::Outcome;
-use matrix_provisioner::store::{CreateVia, LocalpartPolicy, State};
+use matrix_provisioner::store::{CreateVia, State};
 use matrix_provisioner::synapse::{Endpoint, TakenLocalparts};
 use serde_json::{json, Value};
 
@@ -441,14 +441,10 @@ async fn queue_backfill(
         "updated_at": Utc::now().to_rfc3339()
     }))
     .unwrap();
-    let policy = LocalpartPolicy {
-        server_name: admin.info.server_name.clone(),
-        reserved: vec![],
-    };
     app.store()
         .accept_events_via(
             &[Event::from_listing(listed).unwrap()],
-            &policy,
+            &test_policy(admin),
             matrix_provisioner::now_ms(),
             CreateVia::AdminApi,
         )
