@@ -9,7 +9,6 @@ use matrix_provisioner::config::Secret;
 use matrix_provisioner::domain::signature;
 use matrix_provisioner::synapse::admin_account_password;
 use serde_json::{json, Value};
-use sqlx::any::AnyPoolOptions;
 use sqlx::Row;
 
 use crate::on_both_backends;
@@ -21,13 +20,8 @@ const ADMIN_USER: &str = "matrix-provisioner";
 /// Every access token Synapse has for the service's own admin account,
 /// read from Synapse's database.
 async fn service_admin_tokens(synapse: &PrivateSynapse) -> HashSet<String> {
-    sqlx::any::install_default_drivers();
     let url = format!("sqlite://{}?mode=ro", synapse.database().display());
-    let pool = AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(&url)
-        .await
-        .unwrap();
+    let pool = one_connection(&url).await;
     let user = format!("@{ADMIN_USER}:{}", synapse.info.server_name);
     let tokens = sqlx::query("SELECT token FROM access_tokens WHERE user_id = $1")
         .bind(&user)

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
 use serde_json::json;
-use sqlx::any::AnyPoolOptions;
 use sqlx::Row;
 
 use crate::on_both_backends;
@@ -17,12 +16,7 @@ const PEOPLE: usize = 40;
 
 /// Jobs in the queue, and how many of them are leased to someone.
 async fn jobs(db: &TestDb) -> (i64, i64) {
-    sqlx::any::install_default_drivers();
-    let pool = AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(&db.url)
-        .await
-        .unwrap();
+    let pool = one_connection(&db.url).await;
     let row = sqlx::query(
         "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN lease_owner IS NOT NULL THEN 1 ELSE 0 END), 0) AS leased FROM jobs",
     )

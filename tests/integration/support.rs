@@ -436,6 +436,17 @@ impl SynapseAdmin {
 
 // ---------------------------------------------------------------- databases
 
+/// A pool of one connection to `url`, to read or stage rows straight in a
+/// database.
+pub async fn one_connection(url: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .unwrap()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -462,12 +473,7 @@ impl TestDb {
             Backend::Postgres => {
                 let admin_url = required_env("MP_TEST_POSTGRES_URL");
                 let name = unique("t_");
-                sqlx::any::install_default_drivers();
-                let pool = AnyPoolOptions::new()
-                    .max_connections(1)
-                    .connect(&admin_url)
-                    .await
-                    .unwrap();
+                let pool = one_connection(&admin_url).await;
                 sqlx::query(&format!("CREATE DATABASE {name}"))
                     .execute(&pool)
                     .await
@@ -493,24 +499,14 @@ impl TestDb {
     /// Runs one statement straight on the database (to stage a state the
     /// service would reach only through a failure).
     pub async fn execute(&self, sql: &str) {
-        sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
-            .max_connections(1)
-            .connect(&self.url)
-            .await
-            .unwrap();
+        let pool = one_connection(&self.url).await;
         sqlx::query(sql).execute(&pool).await.unwrap();
         pool.close().await;
     }
 
     /// Rows in `table`, read straight from the database.
     pub async fn count(&self, table: &str) -> i64 {
-        sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
-            .max_connections(1)
-            .connect(&self.url)
-            .await
-            .unwrap();
+        let pool = one_connection(&self.url).await;
         let n: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
             .fetch_one(&pool)
             .await
