@@ -9,32 +9,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::domain::localpart::DEFAULT_RESERVED;
-
-/// A secret string. `Debug` and `Display` print a placeholder; the value is
-/// only reachable through [`Secret::expose`], which makes every use greppable.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+use crate::secret::{redact_url, Secret};
 
 /// A setting that is missing or malformed; the message is one line naming it.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +87,10 @@ pub struct Settings {
     pub synapse_timeout: Duration,
     pub job_lease: Duration,
     pub retry_max_delay: Duration,
+    /// How long a person known only from events without a username waits
+    /// for one before their account is named after their user id
+    /// (`USERNAME_GRACE_SECONDS`, default 30).
+    pub username_grace: Duration,
     /// How long in-flight requests and jobs get to finish after SIGTERM.
     pub shutdown_timeout: Duration,
     pub db_max_connections: u32,
@@ -234,6 +213,9 @@ impl Settings {
             retry_max_delay: Duration::from_secs(
                 env.positive("RETRY_MAX_DELAY_SECONDS")?.unwrap_or(300) as u64,
             ),
+            username_grace: Duration::from_secs(
+                env.positive("USERNAME_GRACE_SECONDS")?.unwrap_or(30) as u64,
+            ),
             shutdown_timeout: Duration::from_secs(
                 env.positive("SHUTDOWN_TIMEOUT_SECONDS")?.unwrap_or(30) as u64,
             ),
@@ -259,17 +241,6 @@ impl Settings {
     /// `@{localpart}:{server_name}`.
     pub fn user_id(&self, localpart: &str) -> String {
         format!("@{localpart}:{}", self.server_name)
-    }
-}
-
-/// Blanks the password of a URL (`postgres://u:pw@h/db` -> `postgres://u:***@h/db`).
-pub fn redact_url(raw: &str) -> String {
-    match Url::parse(raw) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("***"));
-            url.to_string()
-        }
-        _ => raw.to_string(),
     }
 }
 

@@ -9,8 +9,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use url::Url;
 
-use crate::config::{Secret, Settings};
+use crate::config::Settings;
 use crate::domain::event::ListedUser;
+use crate::secret::Secret;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts per page before the pass gives up (1 s, 2 s between them).

@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use matrix_provisioner::app::{termination_signal, Application, Core};
-use matrix_provisioner::config::{Secret, Settings};
+use matrix_provisioner::config::Settings;
+use matrix_provisioner::secret::Secret;
 use matrix_provisioner::store::Store;
 use matrix_provisioner::sync::SyncError;
 use matrix_provisioner::{http, telemetry};

@@ -171,11 +171,19 @@ pub struct Snapshot {
 }
 
 /// The Prometheus text exposition of every metric, plus the gauges read
-/// from the database (`snapshot`; None when it could not be read: those
-/// gauges are left out rather than reporting stale numbers). The gauges are
-/// built per scrape, so concurrent scrapes of different stores never mix.
-pub fn render(snapshot: Option<Snapshot>) -> String {
+/// at scrape time: whether Synapse answered its health check, and what the
+/// database says (`snapshot`; None when it could not be read: those gauges
+/// are left out rather than reporting stale numbers). The gauges are built
+/// per scrape, so concurrent scrapes of different services never mix.
+pub fn render(snapshot: Option<Snapshot>, synapse_reachable: bool) -> String {
     let mut families = METRICS.registry.gather();
+    let reachable = prometheus::IntGauge::new(
+        "matrix_provisioner_synapse_reachable",
+        "1 when Synapse answered its health check at scrape time, else 0 (webhooks are still accepted and queued).",
+    )
+    .expect("valid metric");
+    reachable.set(synapse_reachable as i64);
+    families.extend(reachable.collect());
     if let Some(s) = snapshot {
         let gauge = |name: &str, help: &str| {
             IntGaugeVec::new(Opts::new(name, help), &["state"]).expect("valid metric")
@@ -224,15 +232,18 @@ mod tests {
         provisioning("done", "provisioned");
         sync("updated", 3);
         token_exchange("login_token", "ok");
-        let text = render(Some(Snapshot {
-            queue: QueueDepth {
-                ready: 2,
-                scheduled: 1,
-                running: 0,
-                failed: 4,
-            },
-            people: vec![("provisioned".into(), 7)],
-        }));
+        let text = render(
+            Some(Snapshot {
+                queue: QueueDepth {
+                    ready: 2,
+                    scheduled: 1,
+                    running: 0,
+                    failed: 4,
+                },
+                people: vec![("provisioned".into(), 7)],
+            }),
+            true,
+        );
         for line in [
             r#"matrix_provisioner_webhooks_total{code="invalid_signature",outcome="refused"}"#,
             r#"matrix_provisioner_synapse_requests_total{endpoint="admin_user_get",outcome="ok"}"#,
@@ -243,10 +254,13 @@ mod tests {
             r#"matrix_provisioner_queue_jobs{state="failed"} 4"#,
             r#"matrix_provisioner_people{state="provisioned"} 7"#,
             r#"matrix_provisioner_people{state="pending"} 0"#,
+            "matrix_provisioner_synapse_reachable 1",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
         // Without a snapshot the database gauges are absent, not stale.
-        assert!(!render(None).contains("matrix_provisioner_queue_jobs{"));
+        let text = render(None, false);
+        assert!(!text.contains("matrix_provisioner_queue_jobs{"));
+        assert!(text.contains("matrix_provisioner_synapse_reachable 0"));
     }
 }

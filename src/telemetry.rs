@@ -14,6 +14,7 @@
 use std::future::Future;
 
 use rand::Rng;
+use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -79,6 +80,22 @@ pub async fn with_request_id<F: Future>(id: String, future: F) -> F::Output {
     REQUEST_ID.scope(id, future).await
 }
 
+/// `tokio::spawn` for work a request or job starts: the task carries the
+/// current request id (forwarded to Synapse as `X-Request-Id`) and runs in
+/// the current tracing span, so its log lines and Synapse calls are the
+/// request's. A bare `tokio::spawn` starts with neither.
+pub fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let future = future.instrument(tracing::Span::current());
+    match request_id() {
+        Some(id) => tokio::spawn(REQUEST_ID.scope(id, future)),
+        None => tokio::spawn(future),
+    }
+}
+
 /// A fresh id: 16 random hex digits (64 bits: unique enough to find a
 /// request in the logs, short enough to read).
 pub fn new_request_id() -> String {
@@ -133,5 +150,15 @@ mod tests {
         let inner = with_request_id("r1".into(), async { request_id() }).await;
         assert_eq!(inner.as_deref(), Some("r1"));
         assert_eq!(request_id(), None);
+    }
+
+    #[tokio::test]
+    async fn spawned_work_keeps_the_request_id() {
+        let seen = with_request_id("r2".into(), async {
+            spawn(async { request_id() }).await.unwrap()
+        })
+        .await;
+        assert_eq!(seen.as_deref(), Some("r2"));
+        assert_eq!(spawn(async { request_id() }).await.unwrap(), None);
     }
 }

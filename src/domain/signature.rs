@@ -6,7 +6,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// How far a signature's timestamp may be from our clock.
 pub const TOLERANCE_SECS: i64 = 300;

@@ -1,5 +1,5 @@
-//! `/healthz` (the process answers) and `/readyz` (database and Synapse
-//! reachable, with what failed in the body).
+//! `/healthz` (the process answers) and `/readyz` (ready to accept work:
+//! the database is reachable; Synapse's reachability is in the body).
 
 use std::time::Duration;
 
@@ -28,36 +28,41 @@ pub async fn healthz() -> web::Json<Health> {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
-    /// `ok`, or the snake_case `not_ready` error code.
+    /// The snake_case `not_ready` error code, when not ready.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// `ok` or what failed.
+    /// `ok` or what failed. Readiness depends on this alone.
+    #[schema(example = "ok")]
     pub database: String,
-    /// `ok` or what failed.
+    /// `ok` or what failed. Informational: while Synapse is down, webhooks
+    /// are still accepted and queued, so the service stays ready.
+    #[schema(example = "ok")]
     pub synapse: String,
 }
 
-/// The database and Synapse are reachable.
+/// Ready to accept work: the database is reachable. Synapse's reachability
+/// is reported in the body (and as `matrix_provisioner_synapse_reachable`
+/// in `/metrics`) but does not make the service unready: the durable queue
+/// is exactly what keeps webhooks while Synapse is down.
 #[utoipa::path(tag = "health", responses(
-    (status = 200, description = "Ready", body = Readiness),
-    (status = 503, description = "Something is unreachable", body = Readiness),
+    (status = 200, description = "Ready: the database is reachable (Synapse may not be; see `synapse`)", body = Readiness),
+    (status = 503, description = "The database is unreachable", body = Readiness),
 ))]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let (database, synapse) = tokio::join!(
         tokio::time::timeout(CHECK_TIMEOUT, state.store.ping()),
-        tokio::time::timeout(CHECK_TIMEOUT, state.synapse.health()),
+        synapse_reachable(&state),
     );
-    let describe = |r: Result<Result<(), String>, _>| match r {
+    let database = match database {
         Ok(Ok(())) => "ok".to_string(),
-        Ok(Err(e)) => e,
+        Ok(Err(e)) => e.to_string(),
         Err(_) => "timed out".to_string(),
     };
-    let database = describe(database.map(|r| r.map_err(|e| e.to_string())));
-    let synapse = describe(synapse.map(|r| r.map_err(|e| e.to_string())));
-    if database == "ok" && synapse == "ok" {
+    let synapse = synapse.map_or_else(|e| e, |()| "ok".to_string());
+    if database == "ok" {
         HttpResponse::Ok().json(Readiness {
             error: None,
             message: None,
@@ -67,9 +72,18 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     } else {
         HttpResponse::ServiceUnavailable().json(Readiness {
             error: Some("not_ready".into()),
-            message: Some("a dependency of the service is unreachable".into()),
+            message: Some("the service's database is unreachable".into()),
             database,
             synapse,
         })
+    }
+}
+
+/// Synapse's health check, within [`CHECK_TIMEOUT`]; what failed otherwise.
+pub(super) async fn synapse_reachable(state: &AppState) -> Result<(), String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, state.synapse.health()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".to_string()),
     }
 }

@@ -15,7 +15,7 @@ use crate::now_ms;
 /// Counters of webhook outcomes, Synapse requests (by endpoint and outcome,
 /// with latency histograms), provisioning, profile sync and SSO token
 /// exchanges; gauges of the queue and of people by state, read from the
-/// database at scrape time.
+/// database at scrape time, and whether Synapse answers its health check.
 #[utoipa::path(
     tag = "operations",
     responses((status = 200, description = "Prometheus text exposition format 0.0.4",
@@ -23,9 +23,10 @@ use crate::now_ms;
 )]
 #[get("/metrics")]
 pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
-    let (queue, people) = tokio::join!(
+    let (queue, people, synapse) = tokio::join!(
         state.store.queue_depth(now_ms()),
-        state.store.people_by_state()
+        state.store.people_by_state(),
+        super::health::synapse_reachable(&state),
     );
     let snapshot = match (queue, people) {
         (Ok(queue), Ok(people)) => Some(Snapshot { queue, people }),
@@ -36,7 +37,7 @@ pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
     };
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(metrics::render(snapshot))
+        .body(metrics::render(snapshot, synapse.is_ok()))
 }
 
 /// This API's OpenAPI 3.1 description.

@@ -50,7 +50,7 @@ pub async fn profile_sync(
             .unwrap_or_default()
     };
     let sync = state.sync.clone();
-    let pass = tokio::spawn(async move { sync.run(request.full).await });
+    let pass = crate::telemetry::spawn(async move { sync.run(request.full).await });
     match pass.await {
         Ok(Ok(summary)) => Ok(web::Json(summary)),
         Ok(Err(e @ SyncError::InProgress(_))) => Err(ApiError::new(

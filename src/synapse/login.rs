@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use serde_json::json;
 
 use super::{Body, Endpoint, Result, Synapse, SynapseError};
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// A fresh Matrix session on a new device.
 #[derive(Debug)]
@@ -41,9 +41,10 @@ impl Synapse {
             )
             .await?;
         let field = |name: &str| {
-            answer[name].as_str().map(str::to_string).ok_or_else(|| {
-                SynapseError::refused(200, "M_BAD_JSON", format!("login answer has no {name}"))
-            })
+            answer[name]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| SynapseError::unreadable(format!("login answer has no {name}")))
         };
         Ok(Session {
             user_id: field("user_id")?,

@@ -26,8 +26,6 @@ impl Synapse {
             .as_str()
             .filter(|uri| uri.starts_with("mxc://"))
             .map(str::to_string)
-            .ok_or_else(|| {
-                SynapseError::refused(200, "M_BAD_JSON", "the upload returned no mxc:// URI")
-            })
+            .ok_or_else(|| SynapseError::unreadable("the upload returned no mxc:// URI"))
     }
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 use sha1::Sha1;
 
 use super::{Body, Endpoint, Result, Synapse, SynapseError};
-use crate::config::Secret;
+use crate::secret::Secret;
 
 const PATH: &str = "/_synapse/admin/v1/register";
 
@@ -72,9 +72,9 @@ impl Synapse {
         let (_, nonce) = self
             .send(Endpoint::RegisterNonce, PATH, Body::Empty, None)
             .await?;
-        let nonce = nonce["nonce"].as_str().ok_or_else(|| {
-            SynapseError::refused(200, "M_BAD_JSON", "the register endpoint sent no nonce")
-        })?;
+        let nonce = nonce["nonce"]
+            .as_str()
+            .ok_or_else(|| SynapseError::unreadable("the register endpoint sent no nonce"))?;
         let mac = registration_mac(
             self.registration_secret.expose(),
             nonce,

@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use matrix_provisioner::config::Secret;
 use matrix_provisioner::domain::signature;
+use matrix_provisioner::secret::Secret;
 use matrix_provisioner::synapse::admin_account_password;
 use serde_json::{json, Value};
 use sqlx::Row;

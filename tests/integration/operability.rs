@@ -307,20 +307,49 @@ async fn limits_and_methods_are_enforced_everywhere() {
     app.shutdown().await;
 }
 
-/// `/readyz` names what is unreachable.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_names_what_failed() {
+/// `/readyz` is about this process accepting work: with Synapse down it is
+/// still ready (webhooks are queued), and says so in the body and metrics.
+async fn ready_while_synapse_is_down(backend: Backend) {
     let synapse = SynapseInfo {
         url: format!("http://127.0.0.1:{}", free_port()),
         ..shared_synapse()
     };
-    let app = TestApp::spawn_with(TestDb::new(Backend::Sqlite).await, synapse, &[]).await;
+    let app = TestApp::spawn_with(TestDb::new(backend).await, synapse, &[]).await;
     let r = get(&app.client, "/readyz").await;
-    assert_eq!(r.status(), 503);
+    assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["error"], "not_ready");
+    assert_eq!(body.get("error"), None, "{body}");
     assert_eq!(body["database"], "ok");
     assert!(body["synapse"].as_str().unwrap().contains("cannot connect"));
+    let metrics = get(&app.client, "/metrics").await.text().await.unwrap();
+    assert_eq!(
+        sample(&metrics, "matrix_provisioner_synapse_reachable"),
+        Some(0.0)
+    );
+    // The work is taken and kept for later.
+    let user_id = unique("u_");
+    let (status, _) = app
+        .client
+        .send_event(&event(
+            "user.registered",
+            &user_id,
+            json!({"username": unique("down")}),
+        ))
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(app.client.user(&user_id).await.1["state"], "pending");
     assert_eq!(get(&app.client, "/healthz").await.status(), 200);
+    app.shutdown().await;
+}
+on_both_backends!(ready_while_synapse_is_down);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synapse_reachable_is_a_metric() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let metrics = get(&app.client, "/metrics").await.text().await.unwrap();
+    assert_eq!(
+        sample(&metrics, "matrix_provisioner_synapse_reachable"),
+        Some(1.0)
+    );
     app.shutdown().await;
 }
