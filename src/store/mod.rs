@@ -35,6 +35,7 @@ mod intake;
 mod jobs;
 mod people;
 mod sync;
+mod tokens;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -49,7 +50,7 @@ pub use jobs::{ClaimFor, Job, QueueDepth};
 pub use people::{Account, CreateVia, LocalpartPolicy, Person, State};
 pub use sync::{JobState, SyncHolder};
 
-use crate::config::{redact_url, Secret};
+use crate::secret::{redact_url, Secret};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

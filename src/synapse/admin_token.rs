@@ -5,41 +5,81 @@
 //! registration secret, so any replica, after any restart, can log in again;
 //! anyone who could learn it could already create admins with that secret.
 //!
-//! An operator may instead pass `SYNAPSE_ADMIN_TOKEN`; it is then used as is.
+//! The token is shared through the database by every process of the
+//! deployment and replaced only when Synapse refuses it (see
+//! [`TokenStore`]). An operator may instead pass `SYNAPSE_ADMIN_TOKEN`; it
+//! is then used as is and never stored.
 
+use futures_util::future::BoxFuture;
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
 use tokio::sync::{Mutex, RwLock};
 
 use super::{Body, Endpoint, Result, Synapse, SynapseError};
-use crate::config::{Secret, Settings};
+use crate::config::Settings;
+use crate::secret::Secret;
 
-/// One device for the service account, so logins after restarts replace
-/// its token instead of piling up devices.
-const DEVICE_ID: &str = "MATRIX_PROVISIONER";
+/// The admin token as the deployment keeps it (see [`TokenStore`]).
+#[derive(Debug, Clone, Default)]
+pub struct StoredToken {
+    pub token: Option<Secret>,
+    /// Bumped by every replacement: a replacement names the version it
+    /// replaces, so of two processes replacing at once only one succeeds.
+    pub version: i64,
+}
 
-#[derive(Debug)]
+/// Where every process of one deployment (replicas, cron runs) finds the
+/// admin token: the database. Synapse keeps every token a login creates
+/// alive, so a process that logged in for itself each time it started would
+/// leave one live admin token per start (a `*/10` cron: 52,000 a year).
+pub trait TokenStore: Send + Sync {
+    fn load(&self) -> BoxFuture<'_, anyhow::Result<StoredToken>>;
+    /// Stores `token` if the stored version is still `version`; false when
+    /// another process replaced it first.
+    fn replace<'a>(
+        &'a self,
+        version: i64,
+        token: &'a Secret,
+    ) -> BoxFuture<'a, anyhow::Result<bool>>;
+}
+
 pub(super) struct AdminToken {
+    /// `SYNAPSE_ADMIN_TOKEN`: used as is and never stored.
     configured: Option<Secret>,
     localpart: String,
     password: Secret,
+    store: std::sync::Arc<dyn TokenStore>,
     cached: RwLock<Option<Secret>>,
-    /// Held while obtaining a token, so a burst of requests logs in once.
+    /// Held while finding or obtaining a token, so a burst of requests in
+    /// this process reads the database or logs in once.
     refresh: Mutex<()>,
 }
 
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminToken")
+            .field("configured", &self.configured.is_some())
+            .field("localpart", &self.localpart)
+            .finish_non_exhaustive()
+    }
+}
+
 impl AdminToken {
-    pub(super) fn new(settings: &Settings) -> AdminToken {
+    pub(super) fn new(settings: &Settings, store: std::sync::Arc<dyn TokenStore>) -> AdminToken {
         AdminToken {
             configured: settings.synapse_admin_token.clone(),
             localpart: settings.synapse_admin_user.to_lowercase(),
             password: derived_password(&settings.registration_secret, &settings.synapse_admin_user),
+            store,
             cached: RwLock::new(None),
             refresh: Mutex::new(()),
         }
     }
 
+    /// The token to use: the operator's, else the one this process holds,
+    /// else the deployment's (from the database), else a new one (a login,
+    /// stored for every other process).
     pub(super) async fn get(&self, synapse: &Synapse) -> Result<Secret> {
         if let Some(token) = &self.configured {
             return Ok(token.clone());
@@ -51,13 +91,68 @@ impl AdminToken {
         if let Some(token) = self.cached.read().await.clone() {
             return Ok(token);
         }
-        let token = self.obtain(synapse).await?;
+        self.shared_or_new(synapse, None).await
+    }
+
+    /// Synapse refused `refused` (`M_UNKNOWN_TOKEN`): the token to use now.
+    /// Another task or process may have replaced it already; only when the
+    /// database still holds the refused one does this process log in.
+    pub(super) async fn replace(&self, synapse: &Synapse, refused: &Secret) -> Result<Secret> {
+        if let Some(token) = &self.configured {
+            return Ok(token.clone());
+        }
+        let _guard = self.refresh.lock().await;
+        if let Some(token) = self.cached.read().await.clone() {
+            if token != *refused {
+                return Ok(token);
+            }
+        }
+        self.shared_or_new(synapse, Some(refused)).await
+    }
+
+    async fn shared_or_new(&self, synapse: &Synapse, refused: Option<&Secret>) -> Result<Secret> {
+        let stored = self.store.load().await.map_err(store_unavailable)?;
+        if let Some(token) = stored.token.filter(|t| Some(t) != refused) {
+            *self.cached.write().await = Some(token.clone());
+            return Ok(token);
+        }
+        let fresh = self.obtain(synapse).await?;
+        let won = match self.store.replace(stored.version, &fresh).await {
+            Ok(won) => won,
+            Err(e) => {
+                // Nobody will find this token again: do not leave it alive.
+                self.discard(synapse, &fresh).await;
+                return Err(store_unavailable(e));
+            }
+        };
+        if won {
+            tracing::info!("logged in to Synapse as the service's admin account; token shared through the database");
+            *self.cached.write().await = Some(fresh.clone());
+            return Ok(fresh);
+        }
+        // Another process stored a token meanwhile: use theirs, end ours.
+        self.discard(synapse, &fresh).await;
+        let stored = self.store.load().await.map_err(store_unavailable)?;
+        let token = stored
+            .token
+            .ok_or_else(|| store_unavailable(anyhow::anyhow!("the admin token vanished")))?;
         *self.cached.write().await = Some(token.clone());
         Ok(token)
     }
 
-    pub(super) async fn invalidate(&self) {
-        *self.cached.write().await = None;
+    /// Logs a surplus token out, so the service leaves one live token.
+    async fn discard(&self, synapse: &Synapse, token: &Secret) {
+        let outcome = synapse
+            .send(
+                Endpoint::Logout,
+                "/_matrix/client/v3/logout",
+                Body::Json(&json!({})),
+                Some(token),
+            )
+            .await;
+        if let Err(e) = outcome {
+            tracing::warn!("cannot log a surplus admin token out: {e}");
+        }
     }
 
     /// Logs in; on the very first start, registers the admin account first.
@@ -81,11 +176,7 @@ impl AdminToken {
             Ok(registered) => {
                 tracing::info!(user = %registered.user_id, "created the service's Synapse admin account");
                 registered.access_token.ok_or_else(|| {
-                    SynapseError::refused(
-                        200,
-                        "M_BAD_JSON",
-                        "registration returned no access token",
-                    )
+                    SynapseError::unreadable("registration returned no access token")
                 })
             }
             // Another replica (or the cron command) may have registered it a
@@ -113,7 +204,9 @@ impl AdminToken {
             "type": "m.login.password",
             "identifier": {"type": "m.id.user", "user": self.localpart},
             "password": self.password.expose(),
-            "device_id": DEVICE_ID,
+            // A device of its own (no fixed `device_id`): logging a surplus
+            // token out deletes its device, and with it every token of that
+            // device, so two logins must never share one.
             "initial_device_display_name": "matrix-provisioner",
         });
         let (_, answer) = synapse
@@ -127,9 +220,15 @@ impl AdminToken {
         answer["access_token"]
             .as_str()
             .map(Secret::new)
-            .ok_or_else(|| {
-                SynapseError::refused(200, "M_BAD_JSON", "login returned no access token")
-            })
+            .ok_or_else(|| SynapseError::unreadable("login returned no access token"))
+    }
+}
+
+fn store_unavailable(e: anyhow::Error) -> SynapseError {
+    SynapseError::Unavailable {
+        reason: format!("cannot read or store the shared admin token: {e:#}"),
+        retry_after: None,
+        rate_limited: false,
     }
 }
 

@@ -13,6 +13,7 @@ pub enum Endpoint {
     RegisterNonce,
     Register,
     Login,
+    Logout,
     UserGet,
     UserPut,
     UserList,
@@ -22,11 +23,12 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 10] = [
+    pub const ALL: [Endpoint; 11] = [
         Endpoint::Health,
         Endpoint::RegisterNonce,
         Endpoint::Register,
         Endpoint::Login,
+        Endpoint::Logout,
         Endpoint::UserGet,
         Endpoint::UserPut,
         Endpoint::UserList,
@@ -42,6 +44,7 @@ impl Endpoint {
             Endpoint::RegisterNonce => "register_nonce",
             Endpoint::Register => "register",
             Endpoint::Login => "login",
+            Endpoint::Logout => "logout",
             Endpoint::UserGet => "user_get",
             Endpoint::UserPut => "user_put",
             Endpoint::UserList => "user_list",
@@ -58,9 +61,11 @@ impl Endpoint {
             | Endpoint::UserGet
             | Endpoint::UserList
             | Endpoint::ExternalIdLookup => Method::GET,
-            Endpoint::Register | Endpoint::Login | Endpoint::Deactivate | Endpoint::MediaUpload => {
-                Method::POST
-            }
+            Endpoint::Register
+            | Endpoint::Login
+            | Endpoint::Logout
+            | Endpoint::Deactivate
+            | Endpoint::MediaUpload => Method::POST,
             Endpoint::UserPut => Method::PUT,
         }
     }

@@ -11,6 +11,7 @@ mod media;
 mod register;
 mod taken;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -19,10 +20,12 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use url::Url;
 
-use crate::config::{Secret, Settings};
+use crate::config::Settings;
+use crate::secret::Secret;
 use crate::{metrics, telemetry};
 
 pub use admin_token::derived_password as admin_account_password;
+pub use admin_token::{StoredToken, TokenStore};
 pub use calls::{CallCounts, CallSnapshot, Endpoint};
 pub use login::Session;
 pub use register::{random_password, registration_mac, Registered};
@@ -62,6 +65,17 @@ impl SynapseError {
     /// linked to another account).
     pub fn is_external_id_conflict(&self) -> bool {
         matches!(self, SynapseError::Refused { status: 409, .. })
+    }
+
+    /// A success (2xx) whose body is not what the endpoint answers: a
+    /// proxy's page, a cut-off answer, a Synapse in the middle of an
+    /// upgrade. Nothing says the request was refused, so it is retried.
+    fn unreadable(what: impl Into<String>) -> Self {
+        SynapseError::Unavailable {
+            reason: format!("unreadable answer: {}", what.into()),
+            retry_after: None,
+            rate_limited: false,
+        }
     }
 
     fn refused(status: u16, errcode: &str, error: impl Into<String>) -> Self {
@@ -157,7 +171,8 @@ pub fn localpart_of(user_id: &str) -> Option<&str> {
 }
 
 impl Synapse {
-    pub fn new(settings: &Settings) -> anyhow::Result<Synapse> {
+    /// `tokens`: where the deployment keeps the service's admin token.
+    pub fn new(settings: &Settings, tokens: Arc<dyn TokenStore>) -> anyhow::Result<Synapse> {
         let http = reqwest::Client::builder()
             .timeout(settings.synapse_timeout)
             .connect_timeout(Duration::from_secs(5))
@@ -169,7 +184,7 @@ impl Synapse {
             server_name: settings.server_name.clone(),
             registration_secret: settings.registration_secret.clone(),
             limiter: Semaphore::new(settings.synapse_max_concurrency),
-            admin: admin_token::AdminToken::new(settings),
+            admin: admin_token::AdminToken::new(settings, tokens),
             calls: CallCounts::default(),
         })
     }
@@ -216,9 +231,9 @@ impl Synapse {
             .call(Endpoint::UserGet, &path, Body::Empty, Auth::Admin)
             .await
         {
-            Ok(body) => serde_json::from_value(body).map(Some).map_err(|e| {
-                SynapseError::refused(200, "M_BAD_JSON", format!("unexpected user JSON: {e}"))
-            }),
+            Ok(body) => serde_json::from_value(body)
+                .map(Some)
+                .map_err(|e| SynapseError::unreadable(format!("unexpected user JSON: {e}"))),
             Err(e) if e.errcode() == Some("M_NOT_FOUND") => Ok(None),
             Err(e) => Err(e),
         }
@@ -300,9 +315,8 @@ impl Synapse {
         let body = self
             .call(Endpoint::UserList, &path, Body::Empty, Auth::Admin)
             .await?;
-        let users: Vec<AdminUser> = serde_json::from_value(body["users"].clone()).map_err(|e| {
-            SynapseError::refused(200, "M_BAD_JSON", format!("unexpected user list JSON: {e}"))
-        })?;
+        let users: Vec<AdminUser> = serde_json::from_value(body["users"].clone())
+            .map_err(|e| SynapseError::unreadable(format!("unexpected user list JSON: {e}")))?;
         let next = match &body["next_token"] {
             Value::String(s) => s.parse().ok(),
             Value::Number(n) => n.as_u64(),
@@ -365,9 +379,10 @@ impl Synapse {
         let token = self.admin.get(self).await?;
         match self.send(endpoint, path, body, Some(&token)).await {
             Err(e) if e.errcode() == Some("M_UNKNOWN_TOKEN") => {
-                tracing::info!("Synapse no longer accepts our admin token; obtaining a new one");
-                self.admin.invalidate().await;
-                let token = self.admin.get(self).await?;
+                tracing::info!(
+                    "Synapse no longer accepts our admin token; finding or obtaining another"
+                );
+                let token = self.admin.replace(self, &token).await?;
                 self.send(endpoint, path, body, Some(&token)).await
             }
             other => other,
