@@ -13,6 +13,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio::sync::{watch, Notify};
 
+use crate::accounts::Accounts;
 use crate::avatar::AvatarFetcher;
 use crate::config::Settings;
 use crate::http::{self, AppState};
@@ -51,7 +52,7 @@ impl Core {
         let settings = Arc::new(settings);
         let store = Store::connect(&settings.database_url, settings.db_max_connections).await?;
         store.migrate().await?;
-        let synapse = Arc::new(Synapse::new(&settings)?);
+        let synapse = Arc::new(Synapse::new(&settings, Arc::new(store.clone()))?);
         let mut reserved = settings.reserved_localparts.clone();
         reserved.push(settings.synapse_admin_user.clone());
         let policy = LocalpartPolicy {
@@ -72,7 +73,6 @@ impl Core {
             Arc::clone(&settings),
             store.clone(),
             Arc::clone(&worker),
-            policy.clone(),
             Arc::clone(&wake),
         )?);
         Ok(Core {
@@ -98,7 +98,7 @@ impl Application {
             (0, Backend::Postgres) => 8,
             (n, _) => n,
         };
-        let intake = Intake::start(core.store.clone(), core.policy.clone(), writers);
+        let intake = Intake::start(core.store.clone(), writers);
         let sso = Arc::new(Sso::new(&settings)?);
         let state = web::Data::new(AppState {
             settings: Arc::clone(&settings),
@@ -107,7 +107,7 @@ impl Application {
             policy: core.policy.clone(),
             intake,
             wake: core.wake,
-            worker: Arc::clone(&core.worker),
+            accounts: Arc::new(Accounts::new(core.store.clone(), Arc::clone(&core.worker))),
             sso,
             sync: core.sync,
         });

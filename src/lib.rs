@@ -2,8 +2,10 @@
 //!
 //! Data flows one way: `http` (edge, parsing) → `domain` (pure rules) →
 //! `store` (database, durable queue) → `jobs` (worker) → `synapse` (the one
-//! Synapse client). `app` wires them together from `config`.
+//! Synapse client). `app` wires them together from `config`;
+//! `secret` (values never printed) is the bottom, usable by all.
 
+pub mod accounts;
 pub mod app;
 pub mod avatar;
 pub mod config;
@@ -12,6 +14,7 @@ pub mod domain;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod secret;
 pub mod sso;
 pub mod store;
 pub mod synapse;

@@ -37,9 +37,7 @@ use crate::daarion::DaarionApi;
 use crate::domain::event::{Event, EventKind};
 use crate::jobs::Worker;
 use crate::now_ms;
-use crate::store::{
-    Account, CreateVia, JobState, LocalpartPolicy, Person, State, Store, StoreError,
-};
+use crate::store::{Account, CreateVia, JobState, Person, State, Store, StoreError};
 use crate::synapse::{localpart_of, Synapse};
 
 /// How long a pass holds its lease without renewing it; a crashed pass
@@ -139,7 +137,6 @@ pub struct ProfileSync {
     settings: Arc<Settings>,
     store: Store,
     worker: Arc<Worker>,
-    policy: LocalpartPolicy,
     api: Option<DaarionApi>,
     wake: Arc<Notify>,
 }
@@ -149,7 +146,6 @@ impl ProfileSync {
         settings: Arc<Settings>,
         store: Store,
         worker: Arc<Worker>,
-        policy: LocalpartPolicy,
         wake: Arc<Notify>,
     ) -> anyhow::Result<ProfileSync> {
         Ok(ProfileSync {
@@ -157,7 +153,6 @@ impl ProfileSync {
             settings,
             store,
             worker,
-            policy,
             wake,
         })
     }
@@ -466,7 +461,7 @@ impl ReadSide<'_> {
                 self.index_synapse_accounts().await;
             }
             let accepted = store
-                .accept_events_via(&news, &self.sync.policy, now_ms(), CreateVia::AdminApi)
+                .accept_events_via(&news, now_ms(), CreateVia::AdminApi)
                 .await
                 .map_err(|e| e.to_string())?;
             if accepted.iter().any(|a| a.queued) {
@@ -556,7 +551,11 @@ impl ReadSide<'_> {
                 .await
                 .map_err(|e| e.to_string())?;
             for person in people {
-                let Some(user) = by_localpart.get(&person.localpart) else {
+                let Some(user) = person
+                    .localpart
+                    .as_ref()
+                    .and_then(|lp| by_localpart.get(lp))
+                else {
                     continue;
                 };
                 let avatar = user.avatar_url.as_deref().filter(|u| !u.is_empty());

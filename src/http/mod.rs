@@ -18,8 +18,8 @@ use tokio::sync::Notify;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::accounts::Accounts;
 use crate::config::Settings;
-use crate::jobs::Worker;
 use crate::sso::Sso;
 use crate::store::{Intake, LocalpartPolicy, Store};
 use crate::synapse::Synapse;
@@ -35,8 +35,8 @@ pub struct AppState {
     pub intake: Intake,
     /// Wakes an idle worker when a job is queued.
     pub wake: Arc<Notify>,
-    /// Runs a person's job at once when an SSO login needs their account.
-    pub worker: Arc<Worker>,
+    /// "This person has an active account now", for sign-ins.
+    pub accounts: Arc<Accounts>,
     pub sso: Arc<Sso>,
     pub sync: Arc<ProfileSync>,
 }

@@ -6,7 +6,6 @@
 //! ever sees accounts we created and linked.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::{header, StatusCode};
@@ -18,16 +17,10 @@ use super::error::{ApiError, ErrorBody};
 use super::users::rfc3339;
 use super::webhooks::read_limited;
 use super::AppState;
-use crate::domain::event::Event;
-use crate::jobs::AccountCheck;
-use crate::now_ms;
+use crate::accounts::AccountError;
 use crate::sso::{Claims, Refusal};
-use crate::store::Account;
 use crate::synapse::SynapseError;
 
-/// How long a login waits for another worker that is creating the same
-/// person's account right now.
-const PROVISION_WAIT: Duration = Duration::from_secs(10);
 /// Synapse's limit on device display names.
 const MAX_DEVICE_NAME_CHARS: usize = 100;
 const MAX_SESSION_BODY_BYTES: usize = 4 * 1024;
@@ -225,72 +218,23 @@ fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
     Ok(token.trim())
 }
 
-/// Makes sure the person has an active, linked account, creating it now
-/// if needed; answers its localpart.
+/// The verified person's account, as an answer of this API.
 async fn account_for(state: &AppState, claims: &Claims) -> Result<String, ApiError> {
-    if let Some(localpart) = state.sso.ready.localpart(&claims.sub) {
-        return Ok(localpart);
-    }
-    let known = state
-        .store
-        .person(&claims.sub)
-        .await
-        .map_err(ApiError::unavailable)?;
-    if let Some(person) = known {
-        if person.wanted.deleted {
-            return Err(deactivated());
-        }
-        if person.account == Account::Active {
-            state.sso.ready.remember(&person.user_id, &person.localpart);
-            return Ok(person.localpart);
-        }
-    }
-    // Unknown (the webhook was lost or is late) or not provisioned yet.
-    let event = Event::sso_registration(
-        &claims.sub,
-        claims.preferred_username.as_deref(),
-        claims.name.as_deref(),
-        claims.picture.as_deref(),
-    )
-    .ok_or_else(|| invalid_token("`sub` is not an acceptable DAARION user id"))?;
     state
-        .store
-        .accept_event(&event, &state.policy, now_ms())
+        .accounts
+        .active(claims)
         .await
-        .map_err(ApiError::unavailable)?;
-    // A task of its own: a caller who hangs up must not abandon the job
-    // half-way (its lease would hold the person back until it runs out).
-    let worker = Arc::clone(&state.worker);
-    let user_id = claims.sub.clone();
-    let check = tokio::spawn(async move { worker.provision_now(&user_id, PROVISION_WAIT).await })
-        .await
-        .map_err(|e| ApiError::unavailable(format!("the provisioning task failed: {e}")))?
-        .map_err(|e| ApiError::unavailable(format!("{e:#}")))?;
-    match check {
-        AccountCheck::Ready(person) => {
-            tracing::info!(user_id = %claims.sub, localpart = %person.localpart, "provisioned at sign-in");
-            state.sso.ready.remember(&person.user_id, &person.localpart);
-            Ok(person.localpart)
-        }
-        AccountCheck::Deactivated => Err(deactivated()),
-        AccountCheck::Unavailable {
-            reason,
-            retry_after,
-        } => {
-            tracing::warn!(user_id = %claims.sub, "cannot provision at sign-in: {reason}");
-            Err(homeserver_unavailable(retry_after))
-        }
-        AccountCheck::Failed(reason) => {
-            tracing::error!(user_id = %claims.sub, "provisioning at sign-in failed: {reason}");
-            Err(ApiError::new(
+        .map_err(|refusal| match refusal {
+            AccountError::BadSubject => invalid_token("`sub` is not an acceptable DAARION user id"),
+            AccountError::Deactivated => deactivated(),
+            AccountError::Unavailable { retry_after, .. } => homeserver_unavailable(retry_after),
+            AccountError::Failed(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "provisioning_failed",
                 "the Matrix account cannot be created; operators can see why",
             )
-            .with_retry_after(60))
-        }
-        AccountCheck::Unknown => Err(ApiError::unavailable("the person vanished during sign-in")),
-    }
+            .with_retry_after(60),
+        })
 }
 
 fn mint(state: &AppState, localpart: &str) -> Result<crate::sso::LoginToken, ApiError> {

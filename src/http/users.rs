@@ -17,8 +17,11 @@ use crate::store::Person;
 pub struct UserView {
     #[schema(example = "u_7f3c2a")]
     pub user_id: String,
+    /// Null until the name is settled, just before the account is created
+    /// (a person known only from events without a username waits up to
+    /// `USERNAME_GRACE_SECONDS` for one).
     #[schema(example = "@olena:daarion.space")]
-    pub matrix_user_id: String,
+    pub matrix_user_id: Option<String>,
     /// `pending`, `provisioned`, `failed` or `deactivated`.
     #[schema(example = "provisioned")]
     pub state: String,
@@ -38,7 +41,10 @@ pub struct UserView {
 impl UserView {
     pub fn new(person: Person, server_name: &str) -> UserView {
         UserView {
-            matrix_user_id: format!("@{}:{server_name}", person.localpart),
+            matrix_user_id: person
+                .localpart
+                .as_ref()
+                .map(|lp| format!("@{lp}:{server_name}")),
             user_id: person.user_id,
             state: person.state.as_str().to_string(),
             display_name: person.wanted.display_name,

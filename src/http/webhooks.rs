@@ -149,7 +149,7 @@ async fn receive_inner(
         .map_err(ApiError::unavailable)?;
     if accepted.queued {
         // A deletion must stop token exchanges now, not when the cache runs out.
-        state.sso.ready.forget(&event.user_id);
+        state.accounts.forget(&event.user_id);
         state.wake.notify_one();
     }
     tracing::info!(

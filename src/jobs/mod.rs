@@ -68,6 +68,7 @@ pub struct Worker {
     owner: String,
     lease: Duration,
     retry_max_delay: Duration,
+    username_grace: Duration,
     wake: Arc<Notify>,
 }
 
@@ -95,6 +96,7 @@ impl Worker {
             owner,
             lease: settings.job_lease,
             retry_max_delay: settings.retry_max_delay,
+            username_grace: settings.username_grace,
             wake,
         }
     }
@@ -113,7 +115,7 @@ impl Worker {
         telemetry::with_request_id(
             job_id,
             async {
-                let outcome = self.execute(&job).await;
+                let outcome = self.execute(&job, false).await;
                 self.record(&job, &outcome).await?;
                 Ok(Some(outcome))
             }
@@ -163,7 +165,7 @@ impl Worker {
                 .await?
             {
                 ClaimFor::Claimed(job) => {
-                    let outcome = self.execute(&job).await;
+                    let outcome = self.execute(&job, true).await;
                     self.record(&job, &outcome).await?;
                     match outcome {
                         Outcome::Done(State::Deactivated) => return Ok(AccountCheck::Deactivated),
@@ -176,6 +178,13 @@ impl Worker {
                             })
                         }
                         Outcome::Failed(reason) => return Ok(AccountCheck::Failed(reason)),
+                        // Not with `settle_now`; should it come, answer as busy.
+                        Outcome::Wait { reason, .. } => {
+                            return Ok(AccountCheck::Unavailable {
+                                reason,
+                                retry_after: Some(Duration::from_secs(1)),
+                            })
+                        }
                     }
                 }
                 ClaimFor::Parked => {
@@ -206,7 +215,7 @@ impl Worker {
         else {
             return Ok(None);
         };
-        let outcome = self.execute(&job).await;
+        let outcome = self.execute(&job, false).await;
         self.record(&job, &outcome).await?;
         Ok(Some(outcome))
     }
@@ -220,7 +229,9 @@ impl Worker {
         &self.taken
     }
 
-    async fn execute(&self, job: &Job) -> Outcome {
+    /// `settle_now`: a sign-in waits for this account (see
+    /// [`provision::reconcile`]).
+    async fn execute(&self, job: &Job, settle_now: bool) -> Outcome {
         let person = match self.store.person(&job.user_id).await {
             Ok(Some(person)) => person,
             Ok(None) => return Outcome::Failed("the person's record is missing".into()),
@@ -232,8 +243,9 @@ impl Worker {
             policy: &self.policy,
             avatars: &self.avatars,
             taken: &self.taken,
+            username_grace: self.username_grace,
         };
-        provision::reconcile(&deps, person).await
+        provision::reconcile(&deps, person, settle_now).await
     }
 
     async fn record(&self, job: &Job, outcome: &Outcome) -> anyhow::Result<()> {
@@ -262,6 +274,11 @@ impl Worker {
                 self.store
                     .finish_retry(job, &self.owner, reason, run_at, now)
                     .await?;
+            }
+            Outcome::Wait { until, reason } => {
+                metrics::provisioning("wait", "pending");
+                tracing::debug!(user_id = %job.user_id, until, "job waits: {reason}");
+                self.store.finish_later(job, &self.owner, *until).await?;
             }
             Outcome::Failed(reason) => {
                 metrics::provisioning("failed", "failed");

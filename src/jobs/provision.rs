@@ -32,6 +32,12 @@ pub enum Outcome {
         after: Option<Duration>,
     },
     Failed(String),
+    /// Nothing to do before `until` (ms): the job sleeps till then, or
+    /// until new data arrives; not a failure.
+    Wait {
+        until: i64,
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -68,18 +74,24 @@ pub struct Deps<'a> {
     pub policy: &'a LocalpartPolicy,
     pub avatars: &'a AvatarFetcher,
     pub taken: &'a TakenLocalparts,
+    /// How long a person without a username waits for one.
+    pub username_grace: Duration,
 }
 
-pub async fn reconcile(deps: &Deps<'_>, person: Person) -> Outcome {
+/// `settle_now`: someone is waiting for the account (a sign-in), so its
+/// name is settled with what is known now.
+pub async fn reconcile(deps: &Deps<'_>, person: Person, settle_now: bool) -> Outcome {
     let interrupted = match person.account {
         Account::Registering => person
             .register_started_at
-            .map(|t| (person.localpart.clone(), t)),
+            .zip(person.localpart.clone())
+            .map(|(t, localpart)| (localpart, t)),
         _ => None,
     };
     let mut step = Step {
         deps,
         interrupted,
+        settle_now,
         p: person,
     };
     match step.run().await {
@@ -93,6 +105,7 @@ struct Step<'a> {
     /// A registration an earlier run started and never saw the end of:
     /// (localpart, when it started).
     interrupted: Option<(String, i64)>,
+    settle_now: bool,
     p: Person,
 }
 
@@ -121,12 +134,12 @@ impl Step<'_> {
             let user = self
                 .deps
                 .synapse
-                .user(&self.p.localpart)
+                .user(self.localpart())
                 .await?
                 .ok_or_else(|| {
                     Outcome::Failed(format!(
                         "the account {} is missing in Synapse",
-                        self.deps.synapse.user_id(&self.p.localpart)
+                        self.deps.synapse.user_id(self.localpart())
                     ))
                 })?;
             self.p.applied_display_name = user.displayname.clone();
@@ -141,7 +154,7 @@ impl Step<'_> {
         };
         if self.p.wanted.deleted {
             if self.p.account == Account::Active {
-                self.deps.synapse.deactivate(&self.p.localpart).await?;
+                self.deps.synapse.deactivate(self.localpart()).await?;
                 self.record(Account::Deactivated).await?;
             }
             return Ok(State::Deactivated);
@@ -151,7 +164,7 @@ impl Step<'_> {
             // reactivate a local account; it is random and immediately forgotten.
             let password = crate::synapse::random_password();
             let body = json!({"deactivated": false, "password": password.expose()});
-            self.deps.synapse.put_user(&self.p.localpart, &body).await?;
+            self.deps.synapse.put_user(self.localpart(), &body).await?;
             self.record(Account::Active).await?;
         }
         self.sync_display_name().await?;
@@ -179,19 +192,43 @@ impl Step<'_> {
                 return self.adopt(&user_id).await;
             }
         }
-        let server_name = &self.deps.policy.server_name;
+        if self.p.localpart.is_none() {
+            self.wait_for_a_username()?;
+        }
+        let policy = self.deps.policy;
+        let server_name = &policy.server_name;
+        // The best name known now: the newest username, else the user id.
         let derived = Localpart::derive(
             self.p.wanted.username.as_deref(),
             &self.p.user_id,
             server_name,
         );
-        let (base, mut n) = split_suffix(&self.p.localpart, &derived, server_name);
+        let (base, n) = match &self.p.localpart {
+            Some(localpart) => split_suffix(localpart, &derived, server_name),
+            None => (derived.clone(), 1),
+        };
+        let mut candidates = policy.candidates(&base, n);
         for _ in 0..MAX_CANDIDATES {
-            let localpart = self.p.localpart.clone();
-            self.deps
+            let localpart = candidates
+                .next()
+                .expect("the candidate iterator is endless")
+                .as_str()
+                .to_string();
+            // Written down before Synapse is asked; the first time, this
+            // settles the person's localpart for good.
+            if !self
+                .deps
                 .store
                 .mark_registering(&self.p.user_id, &localpart, now_ms())
-                .await?;
+                .await?
+            {
+                tracing::info!(
+                    user_id = %self.p.user_id, taken = %localpart,
+                    "localpart belongs to another DAARION person here; trying the next"
+                );
+                continue;
+            }
+            self.p.localpart = Some(localpart.clone());
             self.p.account = Account::Registering;
 
             let creation = match self.p.create_via {
@@ -221,24 +258,6 @@ impl Step<'_> {
                         user_id = %self.p.user_id, taken = %localpart,
                         "localpart belongs to someone else in Synapse; trying the next"
                     );
-                    loop {
-                        n += 1;
-                        let next = base.candidate(n, server_name);
-                        if crate::domain::localpart::is_reserved(&next, &self.deps.policy.reserved)
-                        {
-                            continue;
-                        }
-                        if self
-                            .deps
-                            .store
-                            .change_localpart(&self.p.user_id, next.as_str(), now_ms())
-                            .await?
-                        {
-                            self.p.localpart = next.as_str().to_string();
-                            self.p.account = Account::None;
-                            break;
-                        }
-                    }
                 }
             }
         }
@@ -246,6 +265,29 @@ impl Step<'_> {
             "no free localpart after {MAX_CANDIDATES} tries starting from {}",
             base.as_str()
         )))
+    }
+
+    /// A person known only from events without a username (a `user.updated`
+    /// can come before the `user.registered` that names them) gets a name
+    /// from their user id only once [`Deps::username_grace`] has passed since
+    /// they were first seen, or at once when a sign-in needs the account.
+    /// People from a sync pass's listing wait for nothing: it is DAARION's
+    /// whole record of them.
+    fn wait_for_a_username(&self) -> Result<(), Outcome> {
+        if self.p.wanted.username.is_some()
+            || self.settle_now
+            || self.p.create_via == CreateVia::AdminApi
+        {
+            return Ok(());
+        }
+        let until = self.p.created_at + self.deps.username_grace.as_millis() as i64;
+        if now_ms() < until {
+            return Err(Outcome::Wait {
+                until,
+                reason: "no username known yet".into(),
+            });
+        }
+        Ok(())
     }
 
     /// Shared-secret registration, then the link to the DAARION id.
@@ -368,7 +410,7 @@ impl Step<'_> {
         let localpart = localpart_of(user_id).map(str::to_string).ok_or_else(|| {
             Outcome::Failed(format!("Synapse returned a malformed user id {user_id:?}"))
         })?;
-        if localpart != self.p.localpart
+        if self.p.localpart.as_deref() != Some(localpart.as_str())
             && !self
                 .deps
                 .store
@@ -379,8 +421,8 @@ impl Step<'_> {
                 "the account {user_id} linked to this person has a localpart another person holds here"
             )));
         }
-        self.p.localpart = localpart;
-        let user = self.deps.synapse.user(&self.p.localpart).await?;
+        self.p.localpart = Some(localpart);
+        let user = self.deps.synapse.user(self.localpart()).await?;
         self.p.applied_display_name = user.as_ref().and_then(|u| u.displayname.clone());
         let account = match user {
             Some(u) if u.deactivated => Account::Deactivated,
@@ -399,13 +441,13 @@ impl Step<'_> {
             .wanted
             .display_name
             .clone()
-            .unwrap_or_else(|| self.p.localpart.clone());
+            .unwrap_or_else(|| self.localpart().to_string());
         if self.p.applied_display_name.as_deref() == Some(name.as_str()) {
             return Ok(());
         }
         self.deps
             .synapse
-            .set_displayname(&self.p.localpart, &name)
+            .set_displayname(self.localpart(), &name)
             .await?;
         self.p.applied_display_name = Some(name);
         self.record(self.p.account).await
@@ -429,17 +471,14 @@ impl Step<'_> {
             if shown != target {
                 self.deps
                     .synapse
-                    .set_avatar(&self.p.localpart, target.as_deref())
+                    .set_avatar(self.localpart(), target.as_deref())
                     .await?;
             }
             return Ok(());
         }
         let Some(url) = wanted else {
             if shown.is_some() {
-                self.deps
-                    .synapse
-                    .set_avatar(&self.p.localpart, None)
-                    .await?;
+                self.deps.synapse.set_avatar(self.localpart(), None).await?;
             }
             return self.record_avatar(None, None, None, None).await;
         };
@@ -489,7 +528,7 @@ impl Step<'_> {
             match self
                 .deps
                 .synapse
-                .set_avatar(&self.p.localpart, Some(&mxc))
+                .set_avatar(self.localpart(), Some(&mxc))
                 .await
             {
                 Ok(()) => {}
@@ -514,10 +553,7 @@ impl Step<'_> {
     ) -> Result<(), Outcome> {
         tracing::warn!(user_id = %self.p.user_id, "avatar refused: {reason}");
         if shown.is_some() {
-            self.deps
-                .synapse
-                .set_avatar(&self.p.localpart, None)
-                .await?;
+            self.deps.synapse.set_avatar(self.localpart(), None).await?;
         }
         self.record_avatar(Some(url), None, None, Some(reason))
             .await
@@ -540,13 +576,22 @@ impl Step<'_> {
         Ok(())
     }
 
+    /// The person's localpart, once settled (every path that talks to
+    /// Synapse about the account runs after [`Step::ensure_account`]).
+    fn localpart(&self) -> &str {
+        self.p
+            .localpart
+            .as_deref()
+            .expect("the localpart is settled before the account is used")
+    }
+
     async fn record(&mut self, account: Account) -> Result<(), Outcome> {
         self.p.account = account;
         self.deps
             .store
             .record_account(
                 &self.p.user_id,
-                &self.p.localpart,
+                self.localpart(),
                 account,
                 self.p.applied_display_name.as_deref(),
                 now_ms(),

@@ -1,20 +1,19 @@
 //! Single sign-on: DAARION access tokens in (verified in `verify`, with
 //! DAARION's public keys from `jwks`), Synapse login tokens out (minted
 //! here: `org.matrix.login.jwt`, HS256 with `SYNAPSE_JWT_SECRET`). Who may
-//! get one, and the provisioning it may need first, is `http::sso`'s and the
-//! worker's business; this module only speaks JWT.
+//! get one, and the provisioning it may need first, is `accounts`'s
+//! business; this module only speaks JWT.
 
 pub mod jwks;
-mod ready;
 pub mod verify;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
-use crate::config::{Secret, Settings};
+use crate::config::Settings;
+use crate::secret::Secret;
 
-pub use ready::ReadyCache;
 pub use verify::{Claims, Refusal, Verifier};
 
 /// Lifetime of a Synapse login token. Synapse adds 120 s of leeway to
@@ -44,8 +43,6 @@ pub struct Sso {
     synapse_key: Option<EncodingKey>,
     synapse_issuer: Option<String>,
     synapse_audience: Option<String>,
-    /// People seen with an active account a moment ago.
-    pub ready: ReadyCache,
 }
 
 impl std::fmt::Debug for Sso {
@@ -66,7 +63,6 @@ impl Sso {
                 .map(|s| EncodingKey::from_secret(s.expose().as_bytes())),
             synapse_issuer: settings.synapse_jwt_issuer.clone(),
             synapse_audience: settings.synapse_jwt_audience.clone(),
-            ready: ReadyCache::new(ready::TTL),
         })
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::{Accepted, LocalpartPolicy, Result, Store, StoreError};
+use super::{Accepted, Result, Store, StoreError};
 use crate::domain::event::Event;
 use crate::now_ms;
 
@@ -25,15 +25,11 @@ pub struct Intake {
 impl Intake {
     /// Starts `writers` writer tasks (one suits SQLite, whose writes are
     /// serial anyway; PostgreSQL profits from a few).
-    pub fn start(store: Store, policy: LocalpartPolicy, writers: usize) -> Intake {
+    pub fn start(store: Store, writers: usize) -> Intake {
         let (queue, receiver) = mpsc::channel(4 * MAX_BATCH);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..writers.max(1) {
-            tokio::spawn(write_batches(
-                store.clone(),
-                policy.clone(),
-                Arc::clone(&receiver),
-            ));
+            tokio::spawn(write_batches(store.clone(), Arc::clone(&receiver)));
         }
         Intake { queue }
     }
@@ -50,11 +46,7 @@ impl Intake {
     }
 }
 
-async fn write_batches(
-    store: Store,
-    policy: LocalpartPolicy,
-    receiver: Arc<Mutex<mpsc::Receiver<(Event, Reply)>>>,
-) {
+async fn write_batches(store: Store, receiver: Arc<Mutex<mpsc::Receiver<(Event, Reply)>>>) {
     loop {
         let mut batch = Vec::new();
         {
@@ -71,7 +63,7 @@ async fn write_batches(
             }
         }
         let (events, replies): (Vec<Event>, Vec<Reply>) = batch.into_iter().unzip();
-        match store.accept_events(&events, &policy, now_ms()).await {
+        match store.accept_events(&events, now_ms()).await {
             Ok(accepted) => {
                 for (reply, accepted) in replies.into_iter().zip(accepted) {
                     let _ = reply.send(Ok(accepted));
@@ -83,7 +75,7 @@ async fn write_batches(
                     "intake batch failed ({e}); storing its events one by one"
                 );
                 for (event, reply) in events.iter().zip(replies) {
-                    let _ = reply.send(store.accept_event(event, &policy, now_ms()).await);
+                    let _ = reply.send(store.accept_event(event, now_ms()).await);
                 }
             }
             Err(e) => {

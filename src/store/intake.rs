@@ -13,12 +13,11 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use sqlx::{Any, Row, Transaction};
 
 use super::people::PERSON_COLUMNS;
-use super::{Backend, CreateVia, LocalpartPolicy, Person, Result, Store};
+use super::{Backend, CreateVia, Person, Result, Store};
 use crate::domain::event::Event;
-use crate::domain::localpart::Localpart;
 use crate::domain::person::Wanted;
 
-/// Events per set of statements: keeps bound values (14 per new person)
+/// Events per set of statements: keeps bound values (13 per new person)
 /// well under both back ends' limits.
 const CHUNK: usize = 500;
 
@@ -26,8 +25,9 @@ const CHUNK: usize = 500;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
     pub duplicate: bool,
-    /// The person's localpart (None for a duplicate whose person is unknown:
-    /// a repeated event id naming someone else).
+    /// The person's localpart: None until the worker settles it (see
+    /// `jobs::provision`), and for a duplicate whose person is unknown (a
+    /// repeated event id naming someone else).
     pub localpart: Option<String>,
     /// Whether work for Synapse was queued.
     pub queued: bool,
@@ -41,19 +41,9 @@ impl Store {
     /// Stores `event` durably: its id (idempotency), the person (created with
     /// a localpart on first sight) with the event applied, and a job when
     /// Synapse must change — one transaction, so a crash leaves all or nothing.
-    pub async fn accept_event(
-        &self,
-        event: &Event,
-        policy: &LocalpartPolicy,
-        now: i64,
-    ) -> Result<Accepted> {
+    pub async fn accept_event(&self, event: &Event, now: i64) -> Result<Accepted> {
         let mut accepted = self
-            .accept_events_via(
-                std::slice::from_ref(event),
-                policy,
-                now,
-                CreateVia::Register,
-            )
+            .accept_events_via(std::slice::from_ref(event), now, CreateVia::Register)
             .await?;
         Ok(accepted.remove(0))
     }
@@ -61,13 +51,8 @@ impl Store {
     /// [`Store::accept_event`] for several events in one transaction: one
     /// disk flush for all of them (group commit of webhooks, see
     /// `store::batch`).
-    pub async fn accept_events(
-        &self,
-        events: &[Event],
-        policy: &LocalpartPolicy,
-        now: i64,
-    ) -> Result<Vec<Accepted>> {
-        self.accept_events_via(events, policy, now, CreateVia::Register)
+    pub async fn accept_events(&self, events: &[Event], now: i64) -> Result<Vec<Accepted>> {
+        self.accept_events_via(events, now, CreateVia::Register)
             .await
     }
 
@@ -95,7 +80,6 @@ impl Store {
     pub async fn accept_events_via(
         &self,
         events: &[Event],
-        policy: &LocalpartPolicy,
         now: i64,
         via: CreateVia,
     ) -> Result<Vec<Accepted>> {
@@ -104,7 +88,7 @@ impl Store {
             let mut accepted = Vec::with_capacity(events.len());
             let mut raced = false;
             for chunk in events.chunks(CHUNK) {
-                match self.accept_chunk(&mut tx, chunk, policy, now, via).await? {
+                match self.accept_chunk(&mut tx, chunk, now, via).await? {
                     Ok(done) => accepted.extend(done),
                     Err(Raced) => {
                         raced = true;
@@ -125,7 +109,6 @@ impl Store {
         &self,
         tx: &mut Transaction<'static, Any>,
         events: &[Event],
-        policy: &LocalpartPolicy,
         now: i64,
         via: CreateVia,
     ) -> Result<std::result::Result<Vec<Accepted>, Raced>> {
@@ -142,12 +125,11 @@ impl Store {
         let user_ids: BTreeSet<&str> = events.iter().map(|e| e.user_id.as_str()).collect();
         let mut people = self.people_for_update(tx, &user_ids).await?;
 
-        // Apply the events in memory, as one by one.
-        // New people, in order of first sight, with their base localpart.
-        let mut created: Vec<(String, Localpart)> = Vec::new();
-        // Localparts chosen in this batch, so two new people do not get
-        // the same one.
-        let mut taken: HashSet<String> = HashSet::new();
+        // Apply the events in memory, as one by one. New people get no
+        // localpart yet: the worker settles it when it is about to create
+        // the account, from the best name known then (a `user.updated`
+        // without a username may come before the registration that has it).
+        let mut created: Vec<String> = Vec::new();
         let mut changed: BTreeSet<&str> = BTreeSet::new();
         let mut queued: BTreeSet<&str> = BTreeSet::new();
         let mut work = Vec::with_capacity(events.len());
@@ -158,52 +140,34 @@ impl Store {
             }
             let first_sight = !people.contains_key(&event.user_id);
             let person = people.entry(event.user_id.clone()).or_insert_with(|| {
-                let base = Localpart::derive(
-                    event.username.as_deref(),
-                    &event.user_id,
-                    &policy.server_name,
-                );
-                let localpart = policy
-                    .candidates(&base)
-                    .find(|lp| !taken.contains(lp.as_str()))
-                    .expect("the candidate iterator is endless");
-                taken.insert(localpart.as_str().to_string());
-                created.push((event.user_id.clone(), base));
-                Person::new(&event.user_id, localpart.as_str(), via, now)
+                created.push(event.user_id.clone());
+                Person::new(&event.user_id, via, now)
             });
             let before = person.wanted.clone();
             if person.wanted.apply(event) {
                 changed.insert(event.user_id.as_str());
             }
-            // A new person always needs an account; otherwise only changes
-            // that Synapse shows are work (not a newer timestamp on the same
-            // values).
-            let needs = first_sight || person.wanted.needs_work_since(&before);
+            // A new person always needs an account, and so does one whose
+            // name was still open when a username arrives; otherwise only
+            // changes that Synapse shows are work (not a newer timestamp on
+            // the same values).
+            let needs = first_sight
+                || person.wanted.needs_work_since(&before)
+                || (person.localpart.is_none() && person.wanted.username != before.username);
             if needs {
                 queued.insert(event.user_id.as_str());
             }
             work.push(needs);
         }
 
-        let new_people: Vec<&Person> = created.iter().map(|(id, _)| &people[id]).collect();
+        let new_people: Vec<&Person> = created.iter().map(|id| &people[id]).collect();
         let inserted = insert_people(tx, self.backend, &new_people).await?;
-        let mut moved = Vec::new();
-        for (person, (_, base)) in new_people.into_iter().zip(&created) {
-            if inserted.contains(&person.user_id) {
-                continue;
-            }
-            // Someone in the database has the localpart already.
-            match insert_person_elsewhere(tx, self.backend, person, base, policy).await? {
-                Ok(localpart) => moved.push((person.user_id.clone(), localpart)),
-                Err(Raced) => return Ok(Err(Raced)),
-            }
+        if inserted.len() < new_people.len() {
+            // Another replica stored one of them first: start again and
+            // find them.
+            return Ok(Err(Raced));
         }
-        for (user_id, localpart) in moved {
-            if let Some(person) = people.get_mut(&user_id) {
-                person.localpart = localpart;
-            }
-        }
-        let new_ids: HashSet<&str> = created.iter().map(|(id, _)| id.as_str()).collect();
+        let new_ids: HashSet<&str> = created.iter().map(String::as_str).collect();
         for user_id in changed.iter().filter(|id| !new_ids.contains(*id)) {
             update_wanted(tx, &people[*user_id], now).await?;
         }
@@ -216,7 +180,7 @@ impl Store {
             .zip(work)
             .map(|((event, fresh), queued)| Accepted {
                 duplicate: !fresh,
-                localpart: people.get(&event.user_id).map(|p| p.localpart.clone()),
+                localpart: people.get(&event.user_id).and_then(|p| p.localpart.clone()),
                 queued,
             })
             .collect()))
@@ -275,13 +239,12 @@ async fn insert_events(
     rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
 }
 
-const NEW_PERSON: &str = "INSERT INTO people (user_id, localpart, create_via, username, \
+const NEW_PERSON: &str = "INSERT INTO people (user_id, create_via, username, \
     username_at, display_name, display_name_at, avatar_url, avatar_url_at, deleted, \
     lifecycle_at, state, created_at, updated_at)";
 
-/// Inserts new people with the localparts chosen for them, already pending;
-/// returns the ids of those inserted (the others collided on a localpart
-/// or, with another replica, on the id).
+/// Inserts new people, already pending and without a localpart; returns the
+/// ids of those inserted (the others another replica inserted first).
 async fn insert_people(
     tx: &mut Transaction<'static, Any>,
     backend: Backend,
@@ -292,14 +255,11 @@ async fn insert_people(
     }
     let sql = format!(
         "{NEW_PERSON} VALUES {} ON CONFLICT DO NOTHING RETURNING user_id",
-        backend.rows(people.len(), 14)
+        backend.rows(people.len(), 13)
     );
     let mut query = sqlx::query(&sql);
     for p in people {
-        query = query
-            .bind(&p.user_id)
-            .bind(&p.localpart)
-            .bind(p.create_via.as_str());
+        query = query.bind(&p.user_id).bind(p.create_via.as_str());
         query = bind_wanted(query, &p.wanted)
             .bind(p.state.as_str())
             .bind(p.created_at)
@@ -307,33 +267,6 @@ async fn insert_people(
     }
     let rows = query.fetch_all(&mut **tx).await?;
     rows.iter().map(|r| Ok(r.try_get("user_id")?)).collect()
-}
-
-/// Inserts the person with the first candidate localpart that is free in
-/// the database (Synapse is asked later, by the worker); returns it.
-async fn insert_person_elsewhere(
-    tx: &mut Transaction<'static, Any>,
-    backend: Backend,
-    person: &Person,
-    base: &Localpart,
-    policy: &LocalpartPolicy,
-) -> Result<std::result::Result<String, Raced>> {
-    for candidate in policy.candidates(base) {
-        let mut moved = person.clone();
-        moved.localpart = candidate.as_str().to_string();
-        if !insert_people(tx, backend, &[&moved]).await?.is_empty() {
-            return Ok(Ok(moved.localpart));
-        }
-        let exists = sqlx::query("SELECT 1 FROM people WHERE user_id = $1")
-            .bind(&person.user_id)
-            .fetch_optional(&mut **tx)
-            .await?
-            .is_some();
-        if exists {
-            return Ok(Err(Raced));
-        }
-    }
-    unreachable!("the candidate iterator is endless")
 }
 
 /// Writes what DAARION wants of an existing person.

@@ -258,6 +258,15 @@ impl Store {
         Ok(())
     }
 
+    /// Nothing to do before `run_at`: the job sleeps till then (no attempt
+    /// counted, no error shown), unless newer work arrived meanwhile.
+    pub async fn finish_later(&self, job: &Job, owner: &str, run_at: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        release(&mut tx, job, owner, Some(run_at)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// A permanent failure: park the job until an operator retries or a new
     /// event arrives; the reason is kept for operators.
     pub async fn finish_failed(&self, job: &Job, owner: &str, error: &str, now: i64) -> Result<()> {
@@ -333,7 +342,9 @@ fn job_from(row: Option<AnyRow>) -> Result<Option<Job>> {
     .transpose()
 }
 
-/// Gives the job back: immediately runnable, or at `run_at`.
+/// Gives the job back: immediately runnable, or at `run_at`. Work that
+/// arrived while it ran (a newer generation, queued to run at once) is not
+/// put off until `run_at`.
 async fn release(
     tx: &mut Transaction<'static, Any>,
     job: &Job,
@@ -341,12 +352,14 @@ async fn release(
     run_at: Option<i64>,
 ) -> Result<()> {
     sqlx::query(
-        "UPDATE jobs SET leased_until = 0, lease_owner = NULL, run_at = COALESCE($3, run_at) \
+        "UPDATE jobs SET leased_until = 0, lease_owner = NULL, \
+         run_at = CASE WHEN generation = $4 THEN COALESCE($3, run_at) ELSE run_at END \
          WHERE user_id = $1 AND lease_owner = $2",
     )
     .bind(&job.user_id)
     .bind(owner)
     .bind(run_at)
+    .bind(job.generation)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -63,7 +63,10 @@ column_words!(CreateVia {
 #[derive(Debug, Clone)]
 pub struct Person {
     pub user_id: String,
-    pub localpart: String,
+    /// None until the worker settles it, just before the first attempt to
+    /// create the account; never changed after that attempt (except to a
+    /// suffixed name when a stranger holds it in Synapse).
+    pub localpart: Option<String>,
     pub state: State,
     pub wanted: Wanted,
     pub account: Account,
@@ -94,10 +97,10 @@ pub struct Person {
 
 impl Person {
     /// Someone seen for the first time, waiting for an account.
-    pub(super) fn new(user_id: &str, localpart: &str, create_via: CreateVia, now: i64) -> Person {
+    pub(super) fn new(user_id: &str, create_via: CreateVia, now: i64) -> Person {
         Person {
             user_id: user_id.to_string(),
-            localpart: localpart.to_string(),
+            localpart: None,
             state: State::Pending,
             wanted: Wanted::default(),
             account: Account::None,
@@ -160,10 +163,14 @@ pub struct LocalpartPolicy {
 }
 
 impl LocalpartPolicy {
-    /// Candidates in order of preference, skipping reserved ones; `-2`, `-3`…
-    /// follow the base.
-    pub fn candidates<'a>(&'a self, base: &'a Localpart) -> impl Iterator<Item = Localpart> + 'a {
-        (1..)
+    /// Candidates in order of preference from the `n`th on (1: the base;
+    /// then `-2`, `-3`…), skipping reserved ones.
+    pub fn candidates<'a>(
+        &'a self,
+        base: &'a Localpart,
+        n: u32,
+    ) -> impl Iterator<Item = Localpart> + 'a {
+        (n.max(1)..)
             .map(move |n| base.candidate(n, &self.server_name))
             .filter(move |lp| !is_reserved(lp, &self.reserved))
     }
@@ -186,9 +193,11 @@ impl Store {
     }
 
     /// Records that we are about to ask Synapse for `localpart`, keeping the
-    /// time of the first such attempt (see [`Account::Registering`]).
-    pub async fn mark_registering(&self, user_id: &str, localpart: &str, now: i64) -> Result<()> {
-        sqlx::query(
+    /// time of the first such attempt (see [`Account::Registering`]). The
+    /// first call settles a person's localpart; false when another person
+    /// holds `localpart` here (then try the next candidate).
+    pub async fn mark_registering(&self, user_id: &str, localpart: &str, now: i64) -> Result<bool> {
+        let result = sqlx::query(
             "UPDATE people SET account = 'registering', \
              register_started_at = CASE WHEN account = 'registering' AND localpart = $2 \
                  THEN register_started_at ELSE $3 END, \
@@ -198,8 +207,12 @@ impl Store {
         .bind(localpart)
         .bind(now)
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Moves the person to another localpart (the old one is taken in

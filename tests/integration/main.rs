@@ -1,9 +1,11 @@
 //! Black-box tests against a real Synapse and both databases. Run them with
 //! `scripts/test.sh`, which starts Synapse and PostgreSQL first.
 
+mod admin_token;
 mod fakes;
 mod intake;
 mod logs;
+mod names;
 mod operability;
 mod profiles;
 mod provisioning;

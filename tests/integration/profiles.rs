@@ -358,7 +358,6 @@ async fn a_retry_reads_the_profile_before_writing_it_again() {
     let user_id = unique("u_");
     store_event(
         &app,
-        &admin,
         &event(
             "user.registered",
             &user_id,
@@ -376,7 +375,6 @@ async fn a_retry_reads_the_profile_before_writing_it_again() {
     // after the save looks like from here (an attempt counted as failed).
     store_event(
         &app,
-        &admin,
         &event("user.updated", &user_id, json!({"display_name": "Second"})),
     )
     .await;
@@ -408,7 +406,6 @@ async fn a_retry_reads_the_profile_before_writing_it_again() {
     // Without that failure, a change is written straight away.
     store_event(
         &app,
-        &admin,
         &event("user.updated", &user_id, json!({"display_name": "Third"})),
     )
     .await;

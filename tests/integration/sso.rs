@@ -377,6 +377,82 @@ async fn a_login_token_opens_a_matrix_session_as_the_person(backend: Backend) {
 }
 on_both_backends!(a_login_token_opens_a_matrix_session_as_the_person);
 
+/// Someone known only from an update (no username yet) who signs in during
+/// the grace period gets their account at once, named from the token's
+/// `preferred_username`.
+async fn a_sign_in_during_the_grace_period_names_the_account_at_once(backend: Backend) {
+    let app = sso_app(backend, None, &[("USERNAME_GRACE_SECONDS", "600")]).await;
+    let admin = SynapseAdmin::shared().await;
+    let user_id = unique("u_");
+    let username = unique("signin-");
+    let (status, body) = app
+        .client
+        .send_event(&event(
+            "user.updated",
+            &user_id,
+            json!({"display_name": "Early"}),
+        ))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["matrix_user_id"], Value::Null);
+
+    let token = SigningKey::daarion_hs256().sign(&with(
+        claims(&user_id),
+        "preferred_username",
+        json!(username),
+    ));
+    let answer = login_token(&app, &token).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let expected = admin.user_id(&username);
+    assert_eq!(answer.body["matrix_user_id"], expected);
+    assert_eq!(admin.lookup(&user_id).await, Some(expected.clone()));
+    let user = admin.user(&expected).await.unwrap();
+    assert_eq!(user["displayname"], "Early");
+    app.shutdown().await;
+}
+on_both_backends!(a_sign_in_during_the_grace_period_names_the_account_at_once);
+
+/// The provisioning a sign-in starts (in a task of its own) carries the
+/// sign-in's request id to Synapse.
+async fn provisioning_at_sign_in_carries_the_request_id(backend: Backend) {
+    let synapse = shared_synapse();
+    let proxy = SynapseProxy::start(&synapse.url);
+    let proxied = SynapseInfo {
+        url: proxy.url.clone(),
+        ..synapse
+    };
+    let app = sso_app_with(TestDb::new(backend).await, proxied, None, &[]).await;
+    let user_id = unique("u_");
+    let token = SigningKey::daarion_hs256().sign(&with(
+        claims(&user_id),
+        "preferred_username",
+        json!(unique("traced")),
+    ));
+    let request_id = unique("sso-req-");
+    let response = app
+        .client
+        .http
+        .post(format!("{}/v1/sso/login-token", app.client.base))
+        .bearer_auth(&token)
+        .header("X-Request-Id", &request_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let registrations: Vec<_> = proxy
+        .seen()
+        .into_iter()
+        .filter(|(path, _)| path == "/_synapse/admin/v1/register")
+        .collect();
+    assert!(!registrations.is_empty());
+    for (path, id) in registrations {
+        assert_eq!(id.as_deref(), Some(request_id.as_str()), "{path}");
+    }
+    app.shutdown().await;
+    proxy.stop().await;
+}
+on_both_backends!(provisioning_at_sign_in_carries_the_request_id);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_is_a_real_device_that_can_create_a_room_and_send_a_message() {
     let app = sso_app(Backend::Sqlite, None, &[]).await;

@@ -15,7 +15,6 @@ use matrix_provisioner::app::Application;
 use matrix_provisioner::config::Settings;
 use matrix_provisioner::domain::event::{Event, Parsed};
 use matrix_provisioner::domain::signature;
-use matrix_provisioner::store::LocalpartPolicy;
 use matrix_provisioner::synapse::{registration_mac, Synapse};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -210,6 +209,41 @@ impl SynapseAdmin {
             .expect("cannot register the test admin");
         admin.token = body["access_token"].as_str().unwrap().to_string();
         admin
+    }
+
+    /// This admin's access token (an operator's `SYNAPSE_ADMIN_TOKEN`).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The status of `GET /_matrix/client/v3/account/whoami` with `token`:
+    /// 200 while Synapse accepts it, 401 once it is dead.
+    pub async fn whoami(&self, token: &str) -> u16 {
+        self.http
+            .get(format!(
+                "{}/_matrix/client/v3/account/whoami",
+                self.info.url
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// Ends `token`'s session, as an expiry or an admin's clean-up would.
+    pub async fn logout(&self, token: &str) {
+        let status = self
+            .http
+            .post(format!("{}/_matrix/client/v3/logout", self.info.url))
+            .bearer_auth(token)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "logout");
     }
 
     pub fn user_id(&self, localpart: &str) -> String {
@@ -552,23 +586,15 @@ pub fn base_env(db: &TestDb, synapse: &SynapseInfo) -> HashMap<String, String> {
     .collect()
 }
 
-/// The localpart rules of the service the tests build: no reserved names.
-pub fn test_policy(admin: &SynapseAdmin) -> LocalpartPolicy {
-    LocalpartPolicy {
-        server_name: admin.info.server_name.clone(),
-        reserved: vec![],
-    }
-}
-
 /// Stores a webhook event straight into the service's database, as its
 /// intake would (for a service built but not run, whose queue a test drives).
-pub async fn store_event(app: &Application, admin: &SynapseAdmin, event: &Value) {
+pub async fn store_event(app: &Application, event: &Value) {
     let body = serde_json::to_vec(event).unwrap();
     let Parsed::Event(event) = Event::parse(&body).unwrap() else {
         panic!("not an event the service acts on: {event}")
     };
     app.store()
-        .accept_event(&event, &test_policy(admin), matrix_provisioner::now_ms())
+        .accept_event(&event, matrix_provisioner::now_ms())
         .await
         .unwrap();
 }
@@ -845,7 +871,8 @@ macro_rules! on_both_backends {
 // ---------------------------------------------------------------- a proxy
 
 /// An HTTP proxy between the service and Synapse that records the path and
-/// `X-Request-Id` of every request, and can make Synapse slow.
+/// `X-Request-Id` of every request, and can make Synapse slow or answer
+/// `200` with a body no Synapse endpoint sends.
 pub struct SynapseProxy {
     pub url: String,
     state: std::sync::Arc<ProxyState>,
@@ -857,6 +884,8 @@ struct ProxyState {
     http: reqwest::Client,
     delay_ms: std::sync::atomic::AtomicU64,
     seen: std::sync::Mutex<Vec<(String, Option<String>)>>,
+    /// (path, how many more answers to garble).
+    garble: std::sync::Mutex<Option<(String, u32)>>,
 }
 
 impl SynapseProxy {
@@ -867,6 +896,7 @@ impl SynapseProxy {
             http: reqwest::Client::new(),
             delay_ms: Default::default(),
             seen: Default::default(),
+            garble: Default::default(),
         });
         let data = web::Data::from(std::sync::Arc::clone(&state));
         let (port, handle) = crate::fakes::serve_locally(move |cfg| {
@@ -886,6 +916,12 @@ impl SynapseProxy {
             delay.as_millis() as u64,
             std::sync::atomic::Ordering::SeqCst,
         );
+    }
+
+    /// The next `times` requests for exactly `path` get `200` with an HTML
+    /// page instead of Synapse's answer (a misconfigured proxy, say).
+    pub fn garble(&self, path: &str, times: u32) {
+        *self.state.garble.lock().unwrap() = Some((path.to_string(), times));
     }
 
     /// (path, X-Request-Id) of every request so far.
@@ -914,6 +950,17 @@ async fn proxy_forward(
         .lock()
         .unwrap()
         .push((req.path().to_string(), header("x-request-id")));
+    {
+        let mut garble = state.garble.lock().unwrap();
+        if let Some((path, times)) = garble.as_mut() {
+            if path == req.path() && *times > 0 {
+                *times -= 1;
+                return actix_web::HttpResponse::Ok()
+                    .content_type("text/html")
+                    .body("<html><body>502 upstream hiccup</body></html>");
+            }
+        }
+    }
     let delay = state.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
     if delay > 0 {
         // A slow Synapse, not a test waiting for work.

@@ -16,9 +16,9 @@ use crate::on_both_backends;
 use crate::support::*;
 
 const DEADLINE: Duration = Duration::from_secs(60);
-const API_TOKEN: &str = "test-user-api-token";
+pub const API_TOKEN: &str = "test-user-api-token";
 
-async fn spawn_with_api(db: TestDb, api: &FakeUserApi, extra: &[(&str, &str)]) -> TestApp {
+pub async fn spawn_with_api(db: TestDb, api: &FakeUserApi, extra: &[(&str, &str)]) -> TestApp {
     let service_user = unique("prov");
     let mut overrides = vec![
         ("AUTH_API_URL", api.url.as_str()),
@@ -29,7 +29,7 @@ async fn spawn_with_api(db: TestDb, api: &FakeUserApi, extra: &[(&str, &str)]) -
     TestApp::spawn_with(db, shared_synapse(), &overrides).await
 }
 
-fn ms(t: chrono::DateTime<Utc>) -> i64 {
+pub fn ms(t: chrono::DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
@@ -286,7 +286,7 @@ async fn two_passes_at_once_one_runs_the_other_is_refused(backend: Backend) {
 on_both_backends!(two_passes_at_once_one_runs_the_other_is_refused);
 
 /// Runs `matrix-provisioner sync-profiles ARGS` with the service's settings.
-async fn cron(
+pub async fn cron(
     env: &std::collections::HashMap<String, String>,
     args: &[&str],
 ) -> std::process::Output {
@@ -408,7 +408,7 @@ async fn backfill_respects_strangers_and_adopts_its_interrupted_creations() {
     let store = app.store();
     let name = unique("crashed");
     let user_id = unique("u_");
-    queue_backfill(&app, &admin, &user_id, &name, "Crashed").await;
+    queue_backfill(&app, &user_id, &name, "Crashed").await;
     store
         .mark_registering(&user_id, &name, matrix_provisioner::now_ms())
         .await
@@ -429,13 +429,7 @@ async fn backfill_respects_strangers_and_adopts_its_interrupted_creations() {
 
 /// Stores what a sync pass stores for someone DAARION lists and we never
 /// saw: their account is to be created through the admin API.
-async fn queue_backfill(
-    app: &Application,
-    admin: &SynapseAdmin,
-    user_id: &str,
-    username: &str,
-    display_name: &str,
-) {
+async fn queue_backfill(app: &Application, user_id: &str, username: &str, display_name: &str) {
     let listed: ListedUser = serde_json::from_value(json!({
         "user_id": user_id, "username": username, "display_name": display_name,
         "updated_at": Utc::now().to_rfc3339()
@@ -444,7 +438,6 @@ async fn queue_backfill(
     app.store()
         .accept_events_via(
             &[Event::from_listing(listed).unwrap()],
-            &test_policy(admin),
             matrix_provisioner::now_ms(),
             CreateVia::AdminApi,
         )
@@ -635,7 +628,7 @@ async fn an_account_made_by_hand_during_a_backfill_is_reported_not_adopted() {
     let name = unique("byhand");
     admin.register_raw(&name, false, true).await.unwrap();
     let user_id = unique("u_");
-    queue_backfill(&app, &admin, &user_id, &name, "Backfilled").await;
+    queue_backfill(&app, &user_id, &name, "Backfilled").await;
     match worker.run_one().await.unwrap() {
         Some(Outcome::Failed(reason)) => {
             assert!(reason.contains("appeared while we created it"), "{reason}");
@@ -652,8 +645,62 @@ async fn an_account_made_by_hand_during_a_backfill_is_reported_not_adopted() {
     }
     let person = app.store().person(&user_id).await.unwrap().unwrap();
     assert_ne!(
-        (person.state, person.localpart.as_str()),
-        (State::Provisioned, name.as_str()),
+        (person.state, person.localpart.as_deref()),
+        (State::Provisioned, Some(name.as_str())),
         "the stranger's account is never taken as the person's"
     );
 }
+
+/// A pass started through the admin endpoint runs in a task of its own; the
+/// Synapse requests it makes carry the request's id.
+async fn a_pass_started_by_request_carries_its_request_id(backend: Backend) {
+    let api = FakeUserApi::start(API_TOKEN);
+    let synapse = shared_synapse();
+    let proxy = SynapseProxy::start(&synapse.url);
+    let proxied = SynapseInfo {
+        url: proxy.url.clone(),
+        ..synapse
+    };
+    let app = TestApp::spawn_with(
+        TestDb::new(backend).await,
+        proxied,
+        &[
+            ("AUTH_API_URL", api.url.as_str()),
+            ("AUTH_API_TOKEN", API_TOKEN),
+        ],
+    )
+    .await;
+    let tag = unique("traced");
+    api.put(FakeUser::new(
+        &format!("u_{tag}"),
+        &tag,
+        "Traced",
+        ms(Utc::now()),
+    ));
+    let request_id = unique("sync-req-");
+    let response = app
+        .client
+        .http
+        .post(format!("{}/v1/admin/profile-sync", app.client.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("X-Request-Id", &request_id)
+        .json(&json!({"full": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The pass reads Synapse's user list itself (its people's jobs may
+    // be run by a background worker, under the job's own id).
+    let seen = proxy.seen();
+    let listings: Vec<_> = seen
+        .iter()
+        .filter(|(path, _)| path == "/_synapse/admin/v2/users")
+        .collect();
+    assert!(!listings.is_empty(), "{seen:?}");
+    for (path, id) in listings {
+        assert_eq!(id.as_deref(), Some(request_id.as_str()), "{path}");
+    }
+    app.shutdown().await;
+    proxy.stop().await;
+}
+on_both_backends!(a_pass_started_by_request_carries_its_request_id);
