@@ -76,6 +76,20 @@ impl Store {
         Ok(())
     }
 
+    /// On PostgreSQL, locks the person's row first: every transaction that
+    /// writes both a person and their job takes the person before the job
+    /// (as the intake does), so a worker finishing a job and the intake of
+    /// that person's next event cannot deadlock. SQLite has one writer.
+    async fn lock_person(&self, tx: &mut Transaction<'static, Any>, user_id: &str) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT 1 FROM people WHERE user_id = $1 FOR UPDATE")
+                .bind(user_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Queues the person again by hand (operators' retry); false if unknown.
     pub async fn requeue(&self, user_id: &str, now: i64) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
@@ -203,6 +217,7 @@ impl Store {
     /// job, unless a newer change arrived meanwhile (then it runs again).
     pub async fn finish_done(&self, job: &Job, owner: &str, state: State, now: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        self.lock_person(&mut tx, &job.user_id).await?;
         let deleted = sqlx::query(
             "DELETE FROM jobs WHERE user_id = $1 AND generation = $2 AND lease_owner = $3",
         )
@@ -244,6 +259,7 @@ impl Store {
         now: i64,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        self.lock_person(&mut tx, &job.user_id).await?;
         release(&mut tx, job, owner, Some(run_at)).await?;
         sqlx::query(
             "UPDATE people SET attempts = attempts + 1, last_error = $2, updated_at = $3 \
@@ -271,6 +287,7 @@ impl Store {
     /// event arrives; the reason is kept for operators.
     pub async fn finish_failed(&self, job: &Job, owner: &str, error: &str, now: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        self.lock_person(&mut tx, &job.user_id).await?;
         let parked = sqlx::query(
             "UPDATE jobs SET failed = 1, leased_until = 0, lease_owner = NULL \
              WHERE user_id = $1 AND generation = $2 AND lease_owner = $3",
