@@ -13,8 +13,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use sqlx::{Any, Row, Transaction};
 
 use super::people::PERSON_COLUMNS;
-use super::{Backend, CreateVia, Person, Result, Store};
-use crate::domain::event::Event;
+use super::{Backend, CreateVia, Person, Result, Store, StoreError};
+use crate::domain::event::{Event, EventKind};
 use crate::domain::person::Wanted;
 
 /// Events per set of statements: keeps bound values (13 per new person)
@@ -83,26 +83,79 @@ impl Store {
         now: i64,
         via: CreateVia,
     ) -> Result<Vec<Accepted>> {
+        self.accept_events_due(events, now, via, now).await
+    }
+
+    /// The sign-in's stand-in registration (see `Event::sso_registration`),
+    /// whose job the sign-in runs itself at once: it is due only at
+    /// `due_at`, so that the background workers leave it to the sign-in
+    /// (and take it up should the sign-in die before it does).
+    pub async fn accept_for_sign_in(
+        &self,
+        event: &Event,
+        now: i64,
+        due_at: i64,
+    ) -> Result<Accepted> {
+        let mut accepted = self
+            .accept_events_due(
+                std::slice::from_ref(event),
+                now,
+                CreateVia::Register,
+                due_at,
+            )
+            .await?;
+        Ok(accepted.remove(0))
+    }
+
+    /// Work queued here is due at `due_at`.
+    async fn accept_events_due(
+        &self,
+        events: &[Event],
+        now: i64,
+        via: CreateVia,
+        due_at: i64,
+    ) -> Result<Vec<Accepted>> {
+        let mut conflicts = 0;
         loop {
-            let mut tx = self.pool.begin().await?;
-            let mut accepted = Vec::with_capacity(events.len());
-            let mut raced = false;
-            for chunk in events.chunks(CHUNK) {
-                match self.accept_chunk(&mut tx, chunk, now, via).await? {
-                    Ok(done) => accepted.extend(done),
-                    Err(Raced) => {
-                        raced = true;
-                        break;
-                    }
+            match self.try_accept(events, now, via, due_at).await {
+                Ok(Some(accepted)) => return Ok(accepted),
+                Ok(None) => continue, // raced another replica: start again
+                // PostgreSQL chose this transaction as a deadlock's victim
+                // (or it could not be serialised): nothing was stored, so
+                // storing it again is safe; only a lasting conflict fails.
+                Err(StoreError(sqlx::Error::Database(e)))
+                    if matches!(e.code().as_deref(), Some("40P01" | "40001")) && conflicts < 3 =>
+                {
+                    conflicts += 1;
+                    tracing::warn!("intake transaction conflicted ({e}); storing it again");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One attempt at [`Store::accept_events_via`]; None when another
+    /// replica stored one of our new people meanwhile.
+    async fn try_accept(
+        &self,
+        events: &[Event],
+        now: i64,
+        via: CreateVia,
+        due_at: i64,
+    ) -> Result<Option<Vec<Accepted>>> {
+        let mut tx = self.pool.begin().await?;
+        let mut accepted = Vec::with_capacity(events.len());
+        for chunk in events.chunks(CHUNK) {
+            match self.accept_chunk(&mut tx, chunk, now, via, due_at).await? {
+                Ok(done) => accepted.extend(done),
+                Err(Raced) => {
+                    tx.rollback().await?;
+                    return Ok(None);
                 }
             }
-            if raced {
-                tx.rollback().await?;
-                continue;
-            }
-            tx.commit().await?;
-            return Ok(accepted);
         }
+        tx.commit().await?;
+        Ok(Some(accepted))
     }
 
     async fn accept_chunk(
@@ -111,6 +164,7 @@ impl Store {
         events: &[Event],
         now: i64,
         via: CreateVia,
+        due_at: i64,
     ) -> Result<std::result::Result<Vec<Accepted>, Raced>> {
         // Event ids first: it writes, so SQLite takes its write lock at once
         // instead of failing to upgrade a read lock later. An id repeated
@@ -133,8 +187,16 @@ impl Store {
         let mut changed: BTreeSet<&str> = BTreeSet::new();
         let mut queued: BTreeSet<&str> = BTreeSet::new();
         let mut work = Vec::with_capacity(events.len());
+        let mut sign_outs = Vec::new();
         for (event, fresh) in events.iter().zip(&fresh) {
             if !fresh {
+                work.push(false);
+                continue;
+            }
+            if event.kind == EventKind::SignedOut {
+                // Sessions exist only for people we know; a sign-out never
+                // makes anyone known. Its work is decided below.
+                sign_outs.push(work.len());
                 work.push(false);
                 continue;
             }
@@ -171,8 +233,21 @@ impl Store {
         for user_id in changed.iter().filter(|id| !new_ids.contains(*id)) {
             update_wanted(tx, &people[*user_id], now).await?;
         }
+        for i in sign_outs {
+            let event = &events[i];
+            if !people.contains_key(&event.user_id) {
+                continue;
+            }
+            let asked =
+                Store::request_logouts(tx, &event.user_id, event.session_id.as_deref(), now)
+                    .await?;
+            if asked > 0 {
+                queued.insert(event.user_id.as_str());
+                work[i] = true;
+            }
+        }
         let queued: Vec<&str> = queued.into_iter().collect();
-        self.enqueue(tx, &queued, now).await?;
+        self.enqueue(tx, &queued, due_at).await?;
 
         Ok(Ok(events
             .iter()
