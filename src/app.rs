@@ -18,6 +18,7 @@ use crate::avatar::AvatarFetcher;
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::jobs::Worker;
+use crate::oidc::{Provider, Signer};
 use crate::sso::Sso;
 use crate::store::{Backend, Intake, LocalpartPolicy, Store};
 use crate::synapse::Synapse;
@@ -43,6 +44,8 @@ pub struct Core {
     pub policy: LocalpartPolicy,
     pub worker: Arc<Worker>,
     pub sync: Arc<ProfileSync>,
+    /// Signs what the OpenID provider issues (None: the provider is off).
+    pub signer: Option<Arc<Signer>>,
     /// Wakes an idle worker when a job is queued.
     pub wake: Arc<Notify>,
 }
@@ -61,12 +64,14 @@ impl Core {
         };
         let wake = Arc::new(Notify::new());
         let avatars = Arc::new(AvatarFetcher::new(&settings)?);
+        let signer = Signer::load(&settings, &store).await?.map(Arc::new);
         let worker = Arc::new(Worker::new(
             &settings,
             store.clone(),
             Arc::clone(&synapse),
             policy.clone(),
             avatars,
+            signer.clone(),
             Arc::clone(&wake),
         ));
         let sync = Arc::new(ProfileSync::new(
@@ -82,6 +87,7 @@ impl Core {
             policy,
             worker,
             sync,
+            signer,
             wake,
         })
     }
@@ -108,6 +114,11 @@ impl Application {
             intake,
             wake: core.wake,
             accounts: Arc::new(Accounts::new(core.store.clone(), Arc::clone(&core.worker))),
+            oidc: core
+                .signer
+                .as_ref()
+                .and_then(|signer| Provider::new(&settings, Arc::clone(signer), core.store.clone()))
+                .map(Arc::new),
             sso,
             sync: core.sync,
         });

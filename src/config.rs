@@ -11,6 +11,43 @@ use url::Url;
 use crate::domain::localpart::DEFAULT_RESERVED;
 use crate::secret::{redact_url, Secret};
 
+/// CONTRACT.md section 7.
+#[derive(Debug, Clone)]
+pub struct OidcSettings {
+    /// The service's base URL as browsers and Synapse reach it; the issuer.
+    pub public_url: Option<Url>,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    /// Compared exactly.
+    pub redirect_uris: Vec<String>,
+    /// Synapse's `idp_id`; Synapse calls the provider `oidc-<idp_id>`.
+    pub idp_id: String,
+    pub signing_key: Option<Secret>,
+    /// DAARION Auth's sign-in page.
+    pub auth_login_url: Option<Url>,
+}
+
+impl OidcSettings {
+    /// The `auth_provider` of the external id Synapse's OpenID login looks
+    /// people up by.
+    pub fn auth_provider(&self) -> String {
+        format!("oidc-{}", self.idp_id)
+    }
+
+    /// The first setting the provider cannot work without, if one is missing.
+    pub fn missing_setting(&self) -> Option<&'static str> {
+        if self.public_url.is_none() {
+            Some("PUBLIC_URL")
+        } else if self.client_secret.is_none() {
+            Some("OIDC_CLIENT_SECRET")
+        } else if self.auth_login_url.is_none() {
+            Some("AUTH_LOGIN_URL")
+        } else {
+            None
+        }
+    }
+}
+
 /// A setting that is missing or malformed; the message is one line naming it.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -55,6 +92,10 @@ pub struct Settings {
     pub webhook_secrets: Vec<Secret>,
     pub auth_jwt_secret: Option<Secret>,
     pub auth_jwks_url: Option<Url>,
+    /// The OpenID provider for Synapse's single sign-on (CONTRACT.md
+    /// section 7); it is on when `PUBLIC_URL`, `OIDC_CLIENT_SECRET` and
+    /// `AUTH_LOGIN_URL` are all set.
+    pub oidc: OidcSettings,
     pub auth_jwt_issuer: Option<String>,
     pub auth_jwt_audience: Option<String>,
     /// The least time between two JWKS downloads caused by unknown `kid`s,
@@ -124,6 +165,9 @@ impl Settings {
         let synapse_admin_user = env
             .get("SYNAPSE_ADMIN_USER")
             .unwrap_or_else(|| "matrix-provisioner".to_string());
+        let synapse_public_url = env
+            .url("SYNAPSE_PUBLIC_URL")?
+            .unwrap_or(synapse_url.clone());
         Ok(Settings {
             bind: env
                 .parsed("BIND")?
@@ -132,9 +176,6 @@ impl Settings {
                 env.get("DATABASE_URL")
                     .unwrap_or_else(|| "sqlite://matrix-provisioner.db".to_string()),
             ),
-            synapse_public_url: env
-                .url("SYNAPSE_PUBLIC_URL")?
-                .unwrap_or(synapse_url.clone()),
             synapse_url,
             server_name,
             registration_secret: env
@@ -156,6 +197,26 @@ impl Settings {
                 .unwrap_or_default(),
             auth_jwt_secret: env.secret("AUTH_JWT_SECRET")?,
             auth_jwks_url: env.url("AUTH_JWKS_URL")?,
+            oidc: OidcSettings {
+                public_url: env.url("PUBLIC_URL")?,
+                client_id: env
+                    .get("OIDC_CLIENT_ID")
+                    .unwrap_or_else(|| "synapse".into()),
+                client_secret: env.secret("OIDC_CLIENT_SECRET")?,
+                redirect_uris: env
+                    .get("OIDC_REDIRECT_URIS")
+                    .map(|s| split_list(&s))
+                    .unwrap_or_else(|| {
+                        vec![format!(
+                            "{}/_synapse/client/oidc/callback",
+                            synapse_public_url.as_str().trim_end_matches('/')
+                        )]
+                    }),
+                idp_id: env.get("OIDC_IDP_ID").unwrap_or_else(|| "daarion".into()),
+                signing_key: env.secret("OIDC_SIGNING_KEY")?,
+                auth_login_url: env.url("AUTH_LOGIN_URL")?,
+            },
+            synapse_public_url,
             auth_jwt_issuer: env.get("AUTH_JWT_ISSUER"),
             auth_jwt_audience: env.get("AUTH_JWT_AUDIENCE"),
             auth_jwks_min_refresh: Duration::from_secs(

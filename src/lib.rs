@@ -14,6 +14,7 @@ pub mod domain;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod oidc;
 pub mod secret;
 pub mod sso;
 pub mod store;

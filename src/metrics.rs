@@ -38,6 +38,7 @@ struct Metrics {
     provisioning: IntCounterVec,
     sync: IntCounterVec,
     token_exchanges: IntCounterVec,
+    sign_ins: IntCounterVec,
     http_requests: IntCounterVec,
     http_latency: HistogramVec,
 }
@@ -91,6 +92,11 @@ impl Metrics {
                 "matrix_provisioner_token_exchanges_total",
                 "SSO token exchanges by kind (login_token, session) and outcome (ok or the error code).",
                 &["kind", "outcome"],
+            ),
+            sign_ins: counter(
+                "matrix_provisioner_sign_ins_total",
+                "Steps of \"Continue with DAARION\" (authorize, return, continue, token) by outcome (ok, or what went wrong).",
+                &["step", "outcome"],
             ),
             http_requests: counter(
                 "matrix_provisioner_http_requests_total",
@@ -149,6 +155,13 @@ pub fn token_exchange(kind: &str, outcome: &str) {
         .token_exchanges
         .with_label_values(&[kind, outcome])
         .inc();
+}
+
+/// A step of the OpenID sign-in: `step` is `authorize`, `return`,
+/// `continue` or `token`; `outcome` is `ok` or a fixed word for what went
+/// wrong.
+pub fn sign_in(step: &str, outcome: &str) {
+    METRICS.sign_ins.with_label_values(&[step, outcome]).inc();
 }
 
 /// An HTTP request answered; `route` is the matched pattern

@@ -22,6 +22,9 @@ pub use ready::ReadyCache;
 /// How long a sign-in waits for another worker that is creating the same
 /// person's account right now.
 const PROVISION_WAIT: Duration = Duration::from_secs(10);
+/// The job a sign-in queues is left to the sign-in this long (it runs it
+/// at once); background workers take it up after that.
+const SIGN_IN_HOLD: Duration = Duration::from_secs(5);
 
 /// Why a verified DAARION person cannot be signed in now.
 #[derive(Debug)]
@@ -37,6 +40,14 @@ pub enum AccountError {
     },
     /// Provisioning failed permanently; an operator has to look.
     Failed(String),
+}
+
+/// A person's active account, as sign-ins hand it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveAccount {
+    pub localpart: String,
+    /// DAARION's display name of the person, if any.
+    pub display_name: Option<String>,
 }
 
 pub struct Accounts {
@@ -61,21 +72,28 @@ impl Accounts {
         self.ready.forget(user_id);
     }
 
-    /// The localpart of the person's active, linked account, created now if
+    /// The person's active account, linked to their DAARION id (for
+    /// Synapse's JWT login and its OpenID login alike), created now if
     /// needed. The token's `preferred_username` counts as a username: a
     /// person known only from events without one is named from it at once.
-    pub async fn active(&self, claims: &Claims) -> Result<String, AccountError> {
-        if let Some(localpart) = self.ready.localpart(&claims.sub) {
-            return Ok(localpart);
+    pub async fn active(&self, claims: &Claims) -> Result<ActiveAccount, AccountError> {
+        if let Some(account) = self.ready.get(&claims.sub) {
+            return Ok(account);
         }
         let known = self.store.person(&claims.sub).await.map_err(unavailable)?;
         if let Some(person) = known {
             if person.wanted.deleted {
                 return Err(AccountError::Deactivated);
             }
-            if let (Account::Active, Some(localpart)) = (person.account, person.localpart) {
-                self.ready.remember(&person.user_id, &localpart);
-                return Ok(localpart);
+            if let (Account::Active, true, Some(localpart)) =
+                (person.account, person.oidc_linked, person.localpart)
+            {
+                let account = ActiveAccount {
+                    localpart,
+                    display_name: person.wanted.display_name,
+                };
+                self.ready.remember(&person.user_id, &account);
+                return Ok(account);
             }
         }
         // Unknown (the webhook was lost or is late) or not provisioned yet.
@@ -86,8 +104,9 @@ impl Accounts {
             claims.picture.as_deref(),
         )
         .ok_or(AccountError::BadSubject)?;
+        let now = now_ms();
         self.store
-            .accept_event(&event, now_ms())
+            .accept_for_sign_in(&event, now, now + SIGN_IN_HOLD.as_millis() as i64)
             .await
             .map_err(unavailable)?;
         // A task of its own: a caller who hangs up must not abandon the job
@@ -107,8 +126,12 @@ impl Accounts {
                     .localpart
                     .ok_or_else(|| unavailable("the account has no localpart yet"))?;
                 tracing::info!(user_id = %claims.sub, %localpart, "provisioned at sign-in");
-                self.ready.remember(&person.user_id, &localpart);
-                Ok(localpart)
+                let account = ActiveAccount {
+                    localpart,
+                    display_name: person.wanted.display_name,
+                };
+                self.ready.remember(&person.user_id, &account);
+                Ok(account)
             }
             AccountCheck::Deactivated => Err(AccountError::Deactivated),
             AccountCheck::Unavailable {

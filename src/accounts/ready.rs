@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::ActiveAccount;
+
 pub const TTL: Duration = Duration::from_secs(5);
 /// Beyond this many entries the cache starts afresh (a crude bound that
 /// costs one database read per person when it trips).
@@ -17,8 +19,8 @@ const MAX_ENTRIES: usize = 100_000;
 
 pub struct ReadyCache {
     ttl: Duration,
-    /// DAARION user id → (localpart, when we saw the account active).
-    entries: Mutex<HashMap<String, (String, Instant)>>,
+    /// DAARION user id → (the account, when we saw it active).
+    entries: Mutex<HashMap<String, (ActiveAccount, Instant)>>,
 }
 
 impl ReadyCache {
@@ -29,21 +31,21 @@ impl ReadyCache {
         }
     }
 
-    /// The person's localpart, if their account was active within the TTL.
-    pub fn localpart(&self, user_id: &str) -> Option<String> {
+    /// The person's account, if it was active within the TTL.
+    pub fn get(&self, user_id: &str) -> Option<ActiveAccount> {
         let entries = self.entries.lock().expect("never poisoned");
         entries
             .get(user_id)
             .filter(|(_, seen)| seen.elapsed() < self.ttl)
-            .map(|(localpart, _)| localpart.clone())
+            .map(|(account, _)| account.clone())
     }
 
-    pub fn remember(&self, user_id: &str, localpart: &str) {
+    pub fn remember(&self, user_id: &str, account: &ActiveAccount) {
         let mut entries = self.entries.lock().expect("never poisoned");
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
         }
-        entries.insert(user_id.to_string(), (localpart.to_string(), Instant::now()));
+        entries.insert(user_id.to_string(), (account.clone(), Instant::now()));
     }
 
     /// Something about the person changed: look in the database next time.
@@ -58,15 +60,19 @@ mod tests {
 
     #[test]
     fn entries_expire_and_can_be_forgotten() {
+        let olena = ActiveAccount {
+            localpart: "olena".into(),
+            display_name: None,
+        };
         let cache = ReadyCache::new(Duration::from_secs(60));
-        assert_eq!(cache.localpart("u"), None);
-        cache.remember("u", "olena");
-        assert_eq!(cache.localpart("u").as_deref(), Some("olena"));
+        assert_eq!(cache.get("u"), None);
+        cache.remember("u", &olena);
+        assert_eq!(cache.get("u"), Some(olena.clone()));
         cache.forget("u");
-        assert_eq!(cache.localpart("u"), None);
+        assert_eq!(cache.get("u"), None);
 
         let cache = ReadyCache::new(Duration::ZERO);
-        cache.remember("u", "olena");
-        assert_eq!(cache.localpart("u"), None);
+        cache.remember("u", &olena);
+        assert_eq!(cache.get("u"), None);
     }
 }

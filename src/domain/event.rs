@@ -16,6 +16,9 @@ pub enum EventKind {
     Registered,
     Updated,
     Deleted,
+    /// The person signed out of a DAARION session (CONTRACT.md section 7):
+    /// end the Matrix sessions opened from it.
+    SignedOut,
 }
 
 impl EventKind {
@@ -24,6 +27,7 @@ impl EventKind {
             EventKind::Registered => "user.registered",
             EventKind::Updated => "user.updated",
             EventKind::Deleted => "user.deleted",
+            EventKind::SignedOut => "user.signed_out",
         }
     }
 }
@@ -74,6 +78,9 @@ pub struct RawData {
     pub display_name: Patch<String>,
     #[serde(default, deserialize_with = "patch")]
     pub avatar_url: Patch<String>,
+    /// `user.signed_out`: the DAARION session (absent or null: every one).
+    #[serde(default)]
+    pub session_id: Option<String>,
 }
 
 /// What a DAARION user looks like in an event, already validated.
@@ -87,6 +94,8 @@ pub struct Event {
     pub username: Option<String>,
     pub display_name: Patch<String>,
     pub avatar_url: Patch<String>,
+    /// `user.signed_out`: which DAARION session; None: every one.
+    pub session_id: Option<String>,
 }
 
 /// The result of parsing a signed body.
@@ -117,6 +126,7 @@ impl Event {
             "user.registered" => EventKind::Registered,
             "user.updated" => EventKind::Updated,
             "user.deleted" => EventKind::Deleted,
+            "user.signed_out" => EventKind::SignedOut,
             _ => return Ok(Parsed::Ignored { id: raw.id }),
         };
         let created_at = timestamp(&raw.created_at, "created_at")?;
@@ -155,6 +165,7 @@ impl Event {
             username: user.username,
             display_name: snapshot(user.display_name),
             avatar_url: snapshot(user.avatar_url),
+            session_id: None,
         };
         build(id, kind, created_at, data)
     }
@@ -202,6 +213,11 @@ fn build(
             return Err(unacceptable("data.avatar_url is longer than 2048 bytes"));
         }
     }
+    if data.session_id.as_deref().is_some_and(|s| !valid_id(s)) {
+        return Err(unacceptable(
+            "data.session_id must be 1 to 255 printable characters",
+        ));
+    }
     Ok(Event {
         id,
         kind,
@@ -214,6 +230,7 @@ fn build(
             .map(|u| u.trim().to_string())
             .map(|u| if u.is_empty() { None } else { Some(u) })
             .flatten_clear(),
+        session_id: data.session_id,
     })
 }
 
@@ -249,6 +266,7 @@ impl Event {
                 .map(str::to_string),
             display_name: display_name.map_or(Patch::Unchanged, Patch::Set),
             avatar_url: avatar_url.map_or(Patch::Unchanged, |u| Patch::Set(u.to_string())),
+            session_id: None,
         })
     }
 }

@@ -108,6 +108,7 @@ mod tests {
             username: None,
             display_name: name,
             avatar_url: Patch::Unchanged,
+            session_id: None,
         }
     }
 

@@ -5,7 +5,9 @@ pub mod auth;
 pub mod error;
 pub mod health;
 pub mod observe;
+pub mod oidc;
 pub mod ops;
+pub mod pages;
 pub mod profile_sync;
 pub mod sso;
 pub mod users;
@@ -20,6 +22,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::accounts::Accounts;
 use crate::config::Settings;
+use crate::oidc::Provider;
 use crate::sso::Sso;
 use crate::store::{Intake, LocalpartPolicy, Store};
 use crate::synapse::Synapse;
@@ -37,6 +40,8 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     /// "This person has an active account now", for sign-ins.
     pub accounts: Arc<Accounts>,
+    /// The OpenID provider (None: not configured).
+    pub oidc: Option<Arc<Provider>>,
     pub sso: Arc<Sso>,
     pub sync: Arc<ProfileSync>,
 }
@@ -52,6 +57,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .app_data(web::QueryConfig::default().error_handler(error::extractor_error))
     .service(webhooks::receive)
     .service(sso::login_token)
+    .service(oidc::discovery)
+    .service(oidc::jwks)
+    .service(oidc::authorize)
+    .service(oidc::sso_return)
+    .service(oidc::sso_continue)
+    .service(oidc::token)
+    .service(oidc::userinfo)
     .service(sso::session)
     .service(users::get_user)
     .service(users::retry_user)
@@ -101,6 +113,10 @@ fn sorted(value: serde_json::Value) -> serde_json::Value {
         webhooks::receive,
         sso::login_token,
         sso::session,
+        oidc::discovery,
+        oidc::jwks,
+        oidc::token,
+        oidc::userinfo,
         users::get_user,
         users::retry_user,
         profile_sync::profile_sync,
@@ -113,6 +129,7 @@ fn sorted(value: serde_json::Value) -> serde_json::Value {
     ),
     components(schemas(
         error::ErrorBody,
+        oidc::OAuthErrorBody,
         sso::SessionRequest,
         profile_sync::SyncRequest,
         crate::sync::Summary
@@ -121,6 +138,7 @@ fn sorted(value: serde_json::Value) -> serde_json::Value {
     tags(
         (name = "webhooks", description = "Events from DAARION Auth"),
         (name = "sso", description = "DAARION access tokens in, Matrix logins out; bearer DAARION JWT"),
+        (name = "sign-in", description = "The OpenID Connect provider behind Synapse's \"Continue with DAARION\" (its browser steps, `/oidc/authorize`, `/v1/sso/return` and `/v1/sso/continue`, answer HTML pages and are not listed here); errors of the token and userinfo endpoints are OAuth's `{\"error\", \"error_description\"}`"),
         (name = "operators", description = "For operators and the cron; bearer `ADMIN_API_TOKEN`"),
         (name = "health", description = "Liveness and readiness probes"),
         (name = "operations", description = "Metrics and this documentation"),
@@ -142,6 +160,15 @@ impl Modify for SecuritySchemes {
                         "`Authorization: Bearer <ADMIN_API_TOKEN>`; no other way of passing it \
                          (query string, cookie) is accepted.",
                     ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "oidc_access_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An access token from `/oidc/token`"))
                     .build(),
             ),
         );
@@ -188,10 +215,15 @@ mod tests {
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, op) in item.as_object().unwrap() {
                 for (status, response) in op["responses"].as_object().unwrap() {
+                    // OAuth's endpoints answer OAuth's error body.
+                    let body = if path == "/oidc/token" || path == "/oidc/userinfo" {
+                        "#/components/schemas/OAuthErrorBody"
+                    } else {
+                        "#/components/schemas/ErrorBody"
+                    };
                     if status.starts_with('4') || (status.starts_with('5') && path != "/readyz") {
                         assert_eq!(
-                            response["content"]["application/json"]["schema"]["$ref"],
-                            "#/components/schemas/ErrorBody",
+                            response["content"]["application/json"]["schema"]["$ref"], body,
                             "{method} {path} {status}"
                         );
                     }

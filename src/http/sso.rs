@@ -224,6 +224,7 @@ async fn account_for(state: &AppState, claims: &Claims) -> Result<String, ApiErr
         .accounts
         .active(claims)
         .await
+        .map(|account| account.localpart)
         .map_err(|refusal| match refusal {
             AccountError::BadSubject => invalid_token("`sub` is not an acceptable DAARION user id"),
             AccountError::Deactivated => deactivated(),

@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use crate::avatar::AvatarFetcher;
 use crate::config::Settings;
+use crate::oidc::Signer;
 use crate::store::{Account, ClaimFor, Job, LocalpartPolicy, Person, State, Store};
 use crate::synapse::{Synapse, TakenLocalparts};
 use crate::{metrics, now_ms, telemetry};
@@ -69,6 +70,8 @@ pub struct Worker {
     lease: Duration,
     retry_max_delay: Duration,
     username_grace: Duration,
+    /// Signs back-channel logouts (None: the OpenID provider is off).
+    oidc: Option<Arc<Signer>>,
     wake: Arc<Notify>,
 }
 
@@ -79,6 +82,7 @@ impl Worker {
         synapse: Arc<Synapse>,
         policy: LocalpartPolicy,
         avatars: Arc<AvatarFetcher>,
+        oidc: Option<Arc<Signer>>,
         wake: Arc<Notify>,
     ) -> Worker {
         let owner = format!(
@@ -97,6 +101,7 @@ impl Worker {
             lease: settings.job_lease,
             retry_max_delay: settings.retry_max_delay,
             username_grace: settings.username_grace,
+            oidc,
             wake,
         }
     }
@@ -148,7 +153,9 @@ impl Worker {
             if person.wanted.deleted {
                 return Ok(AccountCheck::Deactivated);
             }
-            if person.account == Account::Active {
+            // Ready once linked for both logins (accounts linked before the
+            // OpenID provider existed get the second id from their job).
+            if person.account == Account::Active && person.oidc_linked {
                 return Ok(AccountCheck::Ready(Box::new(person)));
             }
             if Instant::now() >= give_up {
@@ -244,6 +251,7 @@ impl Worker {
             avatars: &self.avatars,
             taken: &self.taken,
             username_grace: self.username_grace,
+            oidc: self.oidc.as_deref(),
         };
         provision::reconcile(&deps, person, settle_now).await
     }
@@ -306,7 +314,7 @@ impl Worker {
 
     /// At start and then every [`FORGET_EVERY`], forgets the event ids
     /// received more than [`EVENT_MEMORY`] ago, so `events` does not grow
-    /// for ever.
+    /// for ever, and the OpenID provider's expired sign-ins.
     async fn forget_old_events(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
             let before = now_ms() - EVENT_MEMORY.as_millis() as i64;
@@ -328,6 +336,13 @@ impl Worker {
             if forgotten > 0 {
                 let days = EVENT_MEMORY.as_secs() / 86_400;
                 tracing::info!(forgotten, days, "forgot old event ids");
+            }
+            // Expired sign-ins, codes and access tokens of the OpenID
+            // provider: refused already, now gone.
+            match self.store.forget_expired_sign_ins(now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(forgotten = n, "forgot expired sign-ins, codes and tokens"),
+                Err(e) => tracing::warn!("cannot forget expired sign-ins: {e}"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(FORGET_EVERY) => {}

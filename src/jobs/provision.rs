@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::avatar::{AvatarFetcher, FetchError};
 use crate::domain::localpart::Localpart;
 use crate::now_ms;
+use crate::oidc::Signer;
 use crate::store::{Account, CreateVia, LocalpartPolicy, Person, State, Store, StoreError};
 use crate::synapse::{
     localpart_of, AdminUser, Synapse, SynapseError, TakenLocalparts, AUTH_PROVIDER,
@@ -76,6 +77,8 @@ pub struct Deps<'a> {
     pub taken: &'a TakenLocalparts,
     /// How long a person without a username waits for one.
     pub username_grace: Duration,
+    /// Signs back-channel logouts, when the OpenID provider is on.
+    pub oidc: Option<&'a Signer>,
 }
 
 /// `settle_now`: someone is waiting for the account (a sign-in), so its
@@ -157,6 +160,10 @@ impl Step<'_> {
                 self.deps.synapse.deactivate(self.localpart()).await?;
                 self.record(Account::Deactivated).await?;
             }
+            // Deactivation ended every session: no logout is left to send.
+            for sid in self.deps.store.pending_logouts(&self.p.user_id).await? {
+                self.deps.store.logout_sent(&sid).await?;
+            }
             return Ok(State::Deactivated);
         }
         if self.p.account == Account::Deactivated {
@@ -167,8 +174,12 @@ impl Step<'_> {
             self.deps.synapse.put_user(self.localpart(), &body).await?;
             self.record(Account::Active).await?;
         }
+        if !self.p.oidc_linked {
+            self.link_for_oidc(observed.as_ref()).await?;
+        }
         self.sync_display_name().await?;
         self.sync_avatar(observed.as_ref()).await?;
+        self.send_logouts().await?;
         if verify != 0 {
             self.deps
                 .store
@@ -237,6 +248,8 @@ impl Step<'_> {
             };
             match creation {
                 Creation::Created => {
+                    // Created with both external ids.
+                    self.p.oidc_linked = true;
                     // Without a name Synapse gives the account its localpart.
                     self.p.applied_display_name =
                         Some(self.p.wanted.display_name.clone().unwrap_or(localpart));
@@ -424,12 +437,60 @@ impl Step<'_> {
         self.p.localpart = Some(localpart);
         let user = self.deps.synapse.user(self.localpart()).await?;
         self.p.applied_display_name = user.as_ref().and_then(|u| u.displayname.clone());
+        self.p.oidc_linked = user
+            .as_ref()
+            .is_some_and(|u| self.deps.synapse.fully_linked(u, &self.p.user_id));
         let account = match user {
             Some(u) if u.deactivated => Account::Deactivated,
             _ => Account::Active,
         };
         tracing::info!(user_id = %self.p.user_id, matrix_user_id = %user_id, "adopted existing account");
         self.record(account).await
+    }
+
+    /// Accounts linked before the OpenID provider existed carry only the
+    /// `daarion` external id; Synapse's OpenID login finds people by
+    /// `oidc-<idp>`. Both are written (Synapse replaces the whole list),
+    /// once, and not at all when Synapse has them already.
+    async fn link_for_oidc(&mut self, observed: Option<&AdminUser>) -> Result<(), Outcome> {
+        let read;
+        let user = match observed {
+            Some(user) => Some(user),
+            None => {
+                read = self.deps.synapse.user(self.localpart()).await?;
+                read.as_ref()
+            }
+        };
+        let Some(user) = user else {
+            return Err(Outcome::Failed(format!(
+                "the account {} is missing in Synapse",
+                self.deps.synapse.user_id(self.localpart())
+            )));
+        };
+        if !self.deps.synapse.fully_linked(user, &self.p.user_id) {
+            self.deps
+                .synapse
+                .link_external_id(self.localpart(), &self.p.user_id)
+                .await?;
+        }
+        self.p.oidc_linked = true;
+        self.deps.store.mark_oidc_linked(&self.p.user_id).await?;
+        Ok(())
+    }
+
+    /// Ends the Matrix sessions DAARION signed out of (back-channel logout
+    /// to Synapse, one per session); each is forgotten once Synapse took it.
+    async fn send_logouts(&mut self) -> Result<(), Outcome> {
+        let Some(signer) = self.deps.oidc else {
+            return Ok(());
+        };
+        for sid in self.deps.store.pending_logouts(&self.p.user_id).await? {
+            let token = signer.logout_token(&self.p.user_id, &sid);
+            self.deps.synapse.backchannel_logout(&token).await?;
+            tracing::info!(user_id = %self.p.user_id, "ended a Matrix session DAARION signed out of");
+            self.deps.store.logout_sent(&sid).await?;
+        }
+        Ok(())
     }
 
     /// Sends the display name only when Synapse does not hold it already.
@@ -594,6 +655,7 @@ impl Step<'_> {
                 self.localpart(),
                 account,
                 self.p.applied_display_name.as_deref(),
+                self.p.oidc_linked,
                 now_ms(),
             )
             .await?;

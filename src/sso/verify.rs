@@ -27,6 +27,9 @@ pub struct Claims {
     pub preferred_username: Option<String>,
     pub name: Option<String>,
     pub picture: Option<String>,
+    /// DAARION's session id, when the token carries one (sign-out ends the
+    /// Matrix sessions opened from that session).
+    pub sid: Option<String>,
 }
 
 /// Why a token is not accepted.
@@ -55,6 +58,8 @@ struct RawClaims {
     name: Option<Value>,
     #[serde(default)]
     picture: Option<Value>,
+    #[serde(default)]
+    sid: Option<Value>,
 }
 
 pub struct Verifier {
@@ -154,6 +159,7 @@ impl Verifier {
             preferred_username: text(raw.preferred_username),
             name: text(raw.name),
             picture: text(raw.picture),
+            sid: text(raw.sid).filter(|s| s.len() <= 255),
         })
     }
 }

@@ -33,6 +33,7 @@ macro_rules! column_words {
 mod batch;
 mod intake;
 mod jobs;
+mod oidc;
 mod people;
 mod sync;
 mod tokens;
@@ -47,6 +48,7 @@ use sqlx::{AnyPool, Executor};
 pub use batch::Intake;
 pub use intake::Accepted;
 pub use jobs::{ClaimFor, Job, QueueDepth};
+pub use oidc::{CodeGrant, Pending, Returned, TokenOwner};
 pub use people::{Account, CreateVia, LocalpartPolicy, Person, State};
 pub use sync::{JobState, SyncHolder};
 

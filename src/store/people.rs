@@ -89,6 +89,8 @@ pub struct Person {
     pub upload_sha256: Option<String>,
     /// Non-zero: compare with Synapse before writing the profile.
     pub profile_verify: i64,
+    /// The account is known to carry the `oidc-<idp>` external id too.
+    pub oidc_linked: bool,
     pub attempts: i64,
     pub last_error: Option<String>,
     pub created_at: i64,
@@ -114,6 +116,7 @@ impl Person {
             upload_mxc: None,
             upload_sha256: None,
             profile_verify: 0,
+            oidc_linked: false,
             attempts: 0,
             last_error: None,
             created_at: now,
@@ -147,6 +150,7 @@ impl Person {
             upload_mxc: row.try_get("upload_mxc")?,
             upload_sha256: row.try_get("upload_sha256")?,
             profile_verify: row.try_get("profile_verify")?,
+            oidc_linked: row.try_get::<i64, _>("oidc_linked")? != 0,
             attempts: row.try_get("attempts")?,
             last_error: row.try_get("last_error")?,
             created_at: row.try_get("created_at")?,
@@ -180,8 +184,8 @@ pub(super) const PERSON_COLUMNS: &str =
     "user_id, localpart, state, username, username_at, display_name, \
     display_name_at, avatar_url, avatar_url_at, deleted, lifecycle_at, account, \
     register_started_at, applied_display_name, applied_avatar_url, avatar_mxc, avatar_sha256, \
-    avatar_error, upload_mxc, upload_sha256, profile_verify, create_via, attempts, last_error, \
-    created_at, updated_at";
+    avatar_error, upload_mxc, upload_sha256, profile_verify, oidc_linked, create_via, attempts, \
+    last_error, created_at, updated_at";
 impl Store {
     pub async fn person(&self, user_id: &str) -> Result<Option<Person>> {
         let sql = format!("SELECT {PERSON_COLUMNS} FROM people WHERE user_id = $1");
@@ -251,16 +255,18 @@ impl Store {
         localpart: &str,
         account: Account,
         applied_display_name: Option<&str>,
+        oidc_linked: bool,
         now: i64,
     ) -> Result<()> {
         sqlx::query(
             "UPDATE people SET localpart = $2, account = $3, applied_display_name = $4, \
-             updated_at = $5 WHERE user_id = $1",
+             oidc_linked = $5, updated_at = $6 WHERE user_id = $1",
         )
         .bind(user_id)
         .bind(localpart)
         .bind(account.as_str())
         .bind(applied_display_name)
+        .bind(oidc_linked as i64)
         .bind(now)
         .execute(&self.pool)
         .await?;

@@ -20,10 +20,11 @@ pub enum Endpoint {
     ExternalIdLookup,
     Deactivate,
     MediaUpload,
+    BackchannelLogout,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 11] = [
+    pub const ALL: [Endpoint; 12] = [
         Endpoint::Health,
         Endpoint::RegisterNonce,
         Endpoint::Register,
@@ -35,6 +36,7 @@ impl Endpoint {
         Endpoint::ExternalIdLookup,
         Endpoint::Deactivate,
         Endpoint::MediaUpload,
+        Endpoint::BackchannelLogout,
     ];
 
     /// A stable snake_case label (for metrics and summaries).
@@ -51,6 +53,7 @@ impl Endpoint {
             Endpoint::ExternalIdLookup => "external_id_lookup",
             Endpoint::Deactivate => "deactivate",
             Endpoint::MediaUpload => "media_upload",
+            Endpoint::BackchannelLogout => "backchannel_logout",
         }
     }
 
@@ -65,7 +68,8 @@ impl Endpoint {
             | Endpoint::Login
             | Endpoint::Logout
             | Endpoint::Deactivate
-            | Endpoint::MediaUpload => Method::POST,
+            | Endpoint::MediaUpload
+            | Endpoint::BackchannelLogout => Method::POST,
             Endpoint::UserPut => Method::PUT,
         }
     }

@@ -137,6 +137,9 @@ pub struct Synapse {
     limiter: Semaphore,
     admin: admin_token::AdminToken,
     calls: CallCounts,
+    /// `oidc-<OIDC_IDP_ID>`: the provider Synapse's OpenID login looks
+    /// people up by.
+    oidc_provider: String,
 }
 
 /// Whose credentials a request carries.
@@ -153,6 +156,8 @@ enum Body<'a> {
     Json(&'a Value),
     /// Raw bytes (a media upload) with their content type.
     Bytes(&'a bytes::Bytes, &'a str),
+    /// An `application/x-www-form-urlencoded` body.
+    Form(&'a str),
 }
 
 /// One page of Synapse's user list.
@@ -186,6 +191,7 @@ impl Synapse {
             limiter: Semaphore::new(settings.synapse_max_concurrency),
             admin: admin_token::AdminToken::new(settings, tokens),
             calls: CallCounts::default(),
+            oidc_provider: settings.oidc.auth_provider(),
         })
     }
 
@@ -270,9 +276,7 @@ impl Synapse {
         displayname: Option<&str>,
         external_id: &str,
     ) -> Result<bool> {
-        let mut body = json!({"external_ids": [
-            {"auth_provider": AUTH_PROVIDER, "external_id": external_id}
-        ]});
+        let mut body = json!({"external_ids": self.external_ids(external_id)});
         if let Some(name) = displayname {
             body["displayname"] = json!(name);
         }
@@ -326,12 +330,46 @@ impl Synapse {
         Ok(UserPage { users, next, total })
     }
 
-    /// Links the account to the DAARION id (its only external id).
+    /// Links the account to the DAARION id, for the JWT login (`daarion`)
+    /// and the OpenID login (`oidc-<idp>`) alike. Synapse replaces the whole
+    /// list, so both are always sent.
     pub async fn link_external_id(&self, localpart: &str, external_id: &str) -> Result<()> {
-        let body = json!({"external_ids": [
-            {"auth_provider": AUTH_PROVIDER, "external_id": external_id}
-        ]});
+        let body = json!({"external_ids": self.external_ids(external_id)});
         self.put_user(localpart, &body).await
+    }
+
+    fn external_ids(&self, external_id: &str) -> Value {
+        json!([
+            {"auth_provider": AUTH_PROVIDER, "external_id": external_id},
+            {"auth_provider": self.oidc_provider, "external_id": external_id},
+        ])
+    }
+
+    /// Whether `user` carries both of our external ids for `external_id`.
+    pub fn fully_linked(&self, user: &AdminUser, external_id: &str) -> bool {
+        [AUTH_PROVIDER, self.oidc_provider.as_str()]
+            .iter()
+            .all(|provider| {
+                user.external_ids
+                    .iter()
+                    .any(|e| e.auth_provider == *provider && e.external_id == external_id)
+            })
+    }
+
+    /// Ends one Matrix session opened through our OpenID provider (OpenID
+    /// back-channel logout; `logout_token` names its `sid`).
+    pub async fn backchannel_logout(&self, logout_token: &Secret) -> Result<()> {
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("logout_token", logout_token.expose())
+            .finish();
+        self.call(
+            Endpoint::BackchannelLogout,
+            "/_synapse/client/oidc/backchannel_logout",
+            Body::Form(&form),
+            Auth::None,
+        )
+        .await
+        .map(drop)
     }
 
     /// Deactivates the account without erasing its messages.
@@ -428,6 +466,12 @@ impl Synapse {
             Body::Bytes(bytes, content_type) => request
                 .header(reqwest::header::CONTENT_TYPE, content_type)
                 .body(bytes.clone()),
+            Body::Form(form) => request
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(form.to_string()),
         };
         // Synapse's logs (and proxies before it) can then be matched to ours.
         if let Some(id) = telemetry::request_id() {

@@ -1,0 +1,416 @@
+//! The OpenID provider's endpoints (CONTRACT.md section 7): discovery, keys,
+//! the browser's steps (authorize, DAARION's return, continue) and Synapse's
+//! (token, userinfo). Parsing and answers only; the steps themselves are
+//! `oidc::Provider`'s. Browsers get pages (`pages`), Synapse gets OAuth's
+//! `{"error": …}` bodies; neither ever sees this API's `ErrorBody`.
+
+use std::collections::HashMap;
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::http::{header, StatusCode};
+use actix_web::{get, post, route, web, HttpRequest, HttpResponse};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use super::pages::{page_headers, Lang, Page};
+use super::webhooks::read_limited;
+use super::AppState;
+use crate::oidc::{cookie_name, Next, OAuthError, Provider, SignInError};
+
+const MAX_FORM_BYTES: usize = 16 * 1024;
+const SIGN_IN_COOKIE_SECONDS: i64 = 10 * 60;
+
+/// An OAuth 2.0 error (RFC 6749 section 5.2), as the token and userinfo
+/// endpoints answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OAuthErrorBody {
+    #[schema(example = "invalid_grant")]
+    pub error: String,
+    pub error_description: String,
+}
+
+/// The provider, or the API's 404 when it is not configured.
+fn provider(state: &AppState) -> Result<&Provider, ApiError> {
+    state.oidc.as_deref().ok_or_else(|| {
+        let missing = state
+            .settings
+            .oidc
+            .missing_setting()
+            .unwrap_or("PUBLIC_URL");
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "oidc_not_configured",
+            format!("the OpenID provider is not configured on this service ({missing} is not set)"),
+        )
+    })
+}
+
+/// The provider's discovery document.
+#[utoipa::path(
+    tag = "sign-in",
+    responses(
+        (status = 200, description = "OpenID Provider Metadata", body = Object),
+        (status = 404, description = "The provider is not configured (`oidc_not_configured`)", body = ErrorBody),
+    )
+)]
+#[get("/.well-known/openid-configuration")]
+pub async fn discovery(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let provider = provider(&state)?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
+        .json(provider.discovery()))
+}
+
+/// The keys ID tokens and logout tokens are signed with (JWKS): the one in
+/// use and, for an hour, those it replaced.
+#[utoipa::path(
+    tag = "sign-in",
+    responses(
+        (status = 200, description = "A JSON Web Key Set", body = Object),
+        (status = 404, description = "The provider is not configured (`oidc_not_configured`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
+#[get("/oidc/jwks")]
+pub async fn jwks(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let jwks = provider(&state)?
+        .jwks()
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "public, max-age=60"))
+        .json(jwks))
+}
+
+/// Step 1 (a browser, sent by Synapse): the authorization request.
+#[get("/oidc/authorize")]
+pub async fn authorize(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let Some(provider) = state.oidc.as_deref() else {
+        return Page::NotConfigured.respond(&req, StatusCode::NOT_FOUND);
+    };
+    let query = form_pairs(req.query_string().as_bytes());
+    let outcome = provider.authorize(&query).await;
+    crate::metrics::sign_in("authorize", outcome_name(&outcome));
+    answer(&req, provider, outcome)
+}
+
+/// Step 2 (a browser, sent by DAARION Auth): `access_token` and `state`, or
+/// `error=access_denied` and `state`.
+#[post("/v1/sso/return")]
+pub async fn sso_return(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let Some(provider) = state.oidc.as_deref() else {
+        return Page::NotConfigured.respond(&req, StatusCode::NOT_FOUND);
+    };
+    let form = match read_limited(&req, payload, MAX_FORM_BYTES).await {
+        Ok(body) => form_pairs(&body),
+        Err(_) => return Page::BadRequest.respond(&req, StatusCode::BAD_REQUEST),
+    };
+    let outcome = provider.returned(&state.sso, &form).await;
+    crate::metrics::sign_in("return", outcome_name(&outcome));
+    answer(&req, provider, outcome)
+}
+
+/// Step 3 (the same browser, on our origin): the account, then the code.
+#[get("/v1/sso/continue")]
+pub async fn sso_continue(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let Some(provider) = state.oidc.as_deref() else {
+        return Page::NotConfigured.respond(&req, StatusCode::NOT_FOUND);
+    };
+    let query = form_pairs(req.query_string().as_bytes());
+    let Some(sign_in) = query.get("state") else {
+        return Page::Expired.respond(&req, StatusCode::BAD_REQUEST);
+    };
+    let name = cookie_name(sign_in);
+    let binding = req.cookie(&name).map(|c| c.value().to_string());
+    let outcome = provider
+        .finish(&state.accounts, sign_in, binding.as_deref())
+        .await;
+    crate::metrics::sign_in("continue", outcome_name(&outcome));
+    let mut response = answer(&req, provider, outcome);
+    // The sign-in is over either way: the browser forgets its cookie.
+    let mut gone = sign_in_cookie(provider, name, String::new());
+    gone.make_removal();
+    let _ = response.add_cookie(&gone);
+    response
+}
+
+/// Step 4 (Synapse): the authorization code for tokens.
+#[utoipa::path(
+    tag = "sign-in",
+    request_body(content_type = "application/x-www-form-urlencoded",
+        description = "`grant_type=authorization_code`, `code`, `redirect_uri`, `code_verifier` \
+                       (with PKCE); client authentication `client_secret_basic` or \
+                       `client_secret_post` (`client_id`, `client_secret`)"),
+    responses(
+        (status = 200, description = "`access_token`, `token_type`, `expires_in`, `id_token`, `scope`", body = Object),
+        (status = 400, description = "`invalid_request`, `invalid_grant`, `unsupported_grant_type`", body = OAuthErrorBody),
+        (status = 401, description = "`invalid_client`", body = OAuthErrorBody),
+        (status = 404, description = "The provider is not configured", body = OAuthErrorBody),
+        (status = 413, description = "The body is over 16 KiB", body = OAuthErrorBody),
+        (status = 503, description = "`temporarily_unavailable`", body = OAuthErrorBody),
+    )
+)]
+#[post("/oidc/token")]
+pub async fn token(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let Some(provider) = state.oidc.as_deref() else {
+        return oauth_error(OAuthError {
+            status: 404,
+            error: "invalid_request",
+            description: "the OpenID provider is not configured".into(),
+        });
+    };
+    let form = match read_limited(&req, payload, MAX_FORM_BYTES).await {
+        Ok(body) => form_pairs(&body),
+        Err(e) => {
+            return oauth_error(OAuthError {
+                status: e.status.as_u16(),
+                error: "invalid_request",
+                description: e.message,
+            })
+        }
+    };
+    let basic = match basic_credentials(&req) {
+        Ok(basic) => basic,
+        Err(e) => return oauth_error(e),
+    };
+    let outcome = provider.token(&form, basic).await;
+    crate::metrics::sign_in(
+        "token",
+        match &outcome {
+            Ok(_) => "ok",
+            Err(e) => e.error,
+        },
+    );
+    match outcome {
+        Ok(tokens) => no_store(HttpResponse::Ok()).json(tokens),
+        Err(e) => {
+            tracing::info!(error = e.error, reason = %e.description, "token request refused");
+            oauth_error(e)
+        }
+    }
+}
+
+/// The person an access token from the token endpoint belongs to.
+#[utoipa::path(
+    get,
+    tag = "sign-in",
+    security(("oidc_access_token" = [])),
+    responses(
+        (status = 200, description = "`sub`, `preferred_username`, `name`", body = Object),
+        (status = 401, description = "`invalid_token`", body = OAuthErrorBody),
+        (status = 404, description = "The provider is not configured", body = OAuthErrorBody),
+        (status = 503, description = "`temporarily_unavailable`", body = OAuthErrorBody),
+    )
+)]
+#[route("/oidc/userinfo", method = "GET", method = "POST")]
+pub async fn userinfo(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let Some(provider) = state.oidc.as_deref() else {
+        return oauth_error(OAuthError {
+            status: 404,
+            error: "invalid_request",
+            description: "the OpenID provider is not configured".into(),
+        });
+    };
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, value)| value.trim().to_string())
+        .unwrap_or_default();
+    let invalid = || OAuthError {
+        status: 401,
+        error: "invalid_token",
+        description: "the access token is unknown or expired".into(),
+    };
+    if bearer.is_empty() {
+        return oauth_error(invalid());
+    }
+    match provider.userinfo(&bearer).await {
+        Ok(Some(info)) => no_store(HttpResponse::Ok()).json(info),
+        Ok(None) => oauth_error(invalid()),
+        Err(_) => oauth_error(OAuthError {
+            status: 503,
+            error: "temporarily_unavailable",
+            description: "retry later".into(),
+        }),
+    }
+}
+
+/// A browser step's outcome as a response: a redirect (with a page for
+/// browsers that do not follow it) or the page saying what went wrong.
+fn answer(
+    req: &HttpRequest,
+    provider: &Provider,
+    outcome: Result<Next, SignInError>,
+) -> HttpResponse {
+    let lang = Lang::of(req);
+    match outcome {
+        Ok(next) => {
+            let html = Page::Continue.html(lang, Some(&next.location));
+            let mut response = page_headers(HttpResponse::SeeOther())
+                .insert_header((header::LOCATION, next.location))
+                .body(html);
+            if let Some((name, value)) = next.cookie {
+                let cookie = sign_in_cookie(provider, name, value.expose().to_string());
+                let _ = response.add_cookie(&cookie);
+            }
+            response
+        }
+        Err(e) => {
+            let (page, status) = match e {
+                SignInError::BadRequest(reason) => {
+                    tracing::info!("sign-in request refused: {reason}");
+                    (Page::BadRequest, StatusCode::BAD_REQUEST)
+                }
+                SignInError::Expired => (Page::Expired, StatusCode::BAD_REQUEST),
+                SignInError::Refused => (Page::Refused, StatusCode::FORBIDDEN),
+                SignInError::Deactivated => (Page::Deactivated, StatusCode::FORBIDDEN),
+                SignInError::Unavailable { retry_after } => {
+                    let mut response =
+                        Page::Unavailable.respond(req, StatusCode::SERVICE_UNAVAILABLE);
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
+                    return response;
+                }
+                SignInError::Failed => (Page::Failed, StatusCode::SERVICE_UNAVAILABLE),
+            };
+            page.respond(req, status)
+        }
+    }
+}
+
+fn outcome_name(outcome: &Result<Next, SignInError>) -> &'static str {
+    match outcome {
+        Ok(_) => "ok",
+        Err(SignInError::BadRequest(_)) => "bad_request",
+        Err(SignInError::Expired) => "expired",
+        Err(SignInError::Refused) => "refused",
+        Err(SignInError::Deactivated) => "deactivated",
+        Err(SignInError::Unavailable { .. }) => "unavailable",
+        Err(SignInError::Failed) => "failed",
+    }
+}
+
+/// The cookie that binds a sign-in to the browser that began it. `Lax`:
+/// it comes back on the top-level GET to `/v1/sso/continue` that follows
+/// DAARION's cross-site POST.
+fn sign_in_cookie(provider: &Provider, name: String, value: String) -> Cookie<'static> {
+    Cookie::build(name, value)
+        .path(provider.cookie_path().to_string())
+        .http_only(true)
+        .secure(provider.secure_cookies())
+        .same_site(SameSite::Lax)
+        .max_age(actix_web::cookie::time::Duration::seconds(
+            SIGN_IN_COOKIE_SECONDS,
+        ))
+        .finish()
+}
+
+fn oauth_error(e: OAuthError) -> HttpResponse {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut builder = no_store(HttpResponse::build(status));
+    if status == StatusCode::UNAUTHORIZED {
+        builder.insert_header((
+            header::WWW_AUTHENTICATE,
+            "Basic realm=\"matrix-provisioner\"",
+        ));
+    }
+    builder.json(OAuthErrorBody {
+        error: e.error.to_string(),
+        error_description: e.description,
+    })
+}
+
+fn no_store(mut builder: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
+    builder
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::PRAGMA, "no-cache"));
+    builder
+}
+
+/// `application/x-www-form-urlencoded` (or a query string) as a map; a
+/// repeated name keeps its first value.
+fn form_pairs(body: &[u8]) -> HashMap<String, String> {
+    let mut pairs = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(body) {
+        pairs
+            .entry(k.into_owned())
+            .or_insert_with(|| v.into_owned());
+    }
+    pairs
+}
+
+/// `Authorization: Basic` client credentials (RFC 6749 section 2.3.1: each
+/// part form-urlencoded before base64).
+fn basic_credentials(req: &HttpRequest) -> Result<Option<(String, String)>, OAuthError> {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let bad = || OAuthError {
+        status: 401,
+        error: "invalid_client",
+        description: "malformed Basic credentials".into(),
+    };
+    let value = value.to_str().map_err(|_| bad())?;
+    let Some((scheme, encoded)) = value.split_once(' ') else {
+        return Err(bad());
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(bad());
+    }
+    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| bad())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(bad)?;
+    let unescape = |s: &str| -> String {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Ok(Some((unescape(id), unescape(secret))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let encoded = STANDARD.encode("synapse:s%3Acret%2B");
+        let req = TestRequest::default()
+            .insert_header((header::AUTHORIZATION, format!("Basic {encoded}")))
+            .to_http_request();
+        assert_eq!(
+            basic_credentials(&req).unwrap(),
+            Some(("synapse".into(), "s:cret+".into()))
+        );
+        let req = TestRequest::default()
+            .insert_header((header::AUTHORIZATION, "Basic !!!"))
+            .to_http_request();
+        assert_eq!(basic_credentials(&req).unwrap_err().error, "invalid_client");
+        let req = TestRequest::default().to_http_request();
+        assert_eq!(basic_credentials(&req).unwrap(), None);
+    }
+
+    #[test]
+    fn forms_keep_the_first_value() {
+        let pairs = form_pairs(b"a=1&b=x+y&a=2");
+        assert_eq!(pairs["a"], "1");
+        assert_eq!(pairs["b"], "x y");
+    }
+}

@@ -1,0 +1,746 @@
+//! The OpenID Connect provider that Synapse's single sign-on uses
+//! (CONTRACT.md section 7): authorization code flow with PKCE, DAARION Auth
+//! behind it, and back-channel logout. `http::oidc` parses requests and
+//! renders pages; the steps of a sign-in and their rules are here:
+//!
+//! 1. [`Provider::authorize`]: Synapse sends the browser with its client id,
+//!    redirect URI, state, nonce and PKCE challenge; we keep them as a
+//!    sign-in under way, bound to this browser by a cookie, and send the
+//!    browser to DAARION's sign-in page with our own single-use `state`.
+//! 2. [`Provider::returned`]: DAARION posts an access token (or
+//!    `access_denied`) back; it is checked exactly as section 3 checks one.
+//! 3. [`Provider::finish`]: in the browser that began it (the cookie), the
+//!    person's account is made sure of (created now if needed) and only then
+//!    is a code issued and the browser sent back to Synapse.
+//! 4. [`Provider::token`]: Synapse redeems the code, once, for an ID token.
+//!
+//! Codes, states and access tokens are random, kept as hashes, in the
+//! database, so any replica can serve any step.
+
+pub mod keys;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::RngCore;
+use serde::Serialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use url::Url;
+
+use crate::accounts::{AccountError, Accounts};
+use crate::config::Settings;
+use crate::now_ms;
+use crate::secret::Secret;
+use crate::sso::{Claims, Refusal, Sso};
+use crate::store::{CodeGrant, Pending, Returned, Store, StoreError, TokenOwner};
+use keys::SigningKey;
+
+/// How long a browser has from Synapse's redirect to coming back from DAARION.
+const SIGN_IN_TTL_MS: i64 = 10 * 60 * 1000;
+/// Codes are redeemed by Synapse at once; a minute is plenty.
+const CODE_TTL_MS: i64 = 60 * 1000;
+const ID_TOKEN_TTL_S: i64 = 5 * 60;
+const ACCESS_TOKEN_TTL_S: i64 = 10 * 60;
+/// A replaced key stays published this long: tokens it signed live 5
+/// minutes, and Synapse allows 2 more of leeway.
+const KEEP_RETIRED_KEY_MS: i64 = 60 * 60 * 1000;
+/// How long a published key set is reused before reading it again.
+const JWKS_CACHE_MS: i64 = 5_000;
+const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// Signs what the provider issues: ID tokens and back-channel logout
+/// tokens. Shared with the worker, which sends the logouts.
+#[derive(Debug)]
+pub struct Signer {
+    issuer: String,
+    client_id: String,
+    key: SigningKey,
+}
+
+impl Signer {
+    /// The key in use: `OIDC_SIGNING_KEY`, else the generated one every
+    /// replica shares (made now if there is none), published in the JWKS.
+    /// None when the provider is not configured.
+    pub async fn load(settings: &Settings, store: &Store) -> anyhow::Result<Option<Signer>> {
+        let oidc = &settings.oidc;
+        let Some(public_url) = oidc
+            .public_url
+            .as_ref()
+            .filter(|_| oidc.missing_setting().is_none())
+        else {
+            return Ok(None);
+        };
+        let key = match &oidc.signing_key {
+            Some(pem) => SigningKey::from_pem(pem)
+                .map_err(|reason| anyhow::anyhow!("OIDC_SIGNING_KEY {reason}"))?,
+            None => generated_key(store).await?,
+        };
+        let jwk = key.public_jwk().to_string();
+        store.use_signing_key(key.kid(), &jwk, now_ms()).await?;
+        tracing::info!(
+            kid = key.kid(),
+            alg = key.alg_name(),
+            "OpenID provider signing key"
+        );
+        Ok(Some(Signer {
+            issuer: public_url.as_str().trim_end_matches('/').to_string(),
+            client_id: oidc.client_id.clone(),
+            key,
+        }))
+    }
+
+    /// A back-channel logout token for one Matrix session (OpenID
+    /// Back-Channel Logout 1.0, section 2.4).
+    pub fn logout_token(&self, user_id: &str, sid: &str) -> Secret {
+        let now = now_ms() / 1000;
+        let claims = json!({
+            "iss": self.issuer,
+            "aud": self.client_id,
+            "iat": now,
+            "exp": now + ID_TOKEN_TTL_S,
+            "jti": random_secret(),
+            "sub": user_id,
+            "sid": sid,
+            "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
+        });
+        Secret::new(self.key.sign(&claims, Some("logout+jwt")))
+    }
+}
+
+async fn generated_key(store: &Store) -> anyhow::Result<SigningKey> {
+    let stored = store.generated_signing_key().await?;
+    if let Some(pem) = stored.token {
+        return SigningKey::from_pem(&pem)
+            .map_err(|reason| anyhow::anyhow!("the stored OpenID signing key {reason}"));
+    }
+    let (key, pem) = SigningKey::generate();
+    if store
+        .keep_generated_signing_key(stored.version, &pem)
+        .await?
+    {
+        tracing::info!("generated the OpenID provider's signing key");
+        return Ok(key);
+    }
+    // Another replica kept one first: everyone signs with that one.
+    let pem = store
+        .generated_signing_key()
+        .await?
+        .token
+        .ok_or_else(|| anyhow::anyhow!("the OpenID signing key vanished"))?;
+    SigningKey::from_pem(&pem).map_err(|reason| anyhow::anyhow!("the stored key {reason}"))
+}
+
+pub struct Provider {
+    signer: Arc<Signer>,
+    client_secret: Secret,
+    redirect_uris: Vec<String>,
+    auth_login_url: Url,
+    /// `{PUBLIC_URL}/v1/sso/return`, where DAARION hands the person back.
+    return_to: String,
+    /// Where the browser-binding cookie is sent: `{PUBLIC_URL path}/v1/sso/`.
+    cookie_path: String,
+    secure_cookies: bool,
+    store: Store,
+    jwks: std::sync::Mutex<Option<(i64, Value)>>,
+}
+
+/// A browser sign-in step that did not get through, for a page of its own.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SignInError {
+    /// Unknown client, or a redirect URI not listed: nobody to send back to.
+    BadRequest(String),
+    /// The sign-in expired, was used already, or is not this browser's.
+    Expired,
+    /// DAARION refused: the person gave up, or the token is not valid.
+    Refused,
+    Deactivated,
+    Unavailable {
+        retry_after: u64,
+    },
+    Failed,
+}
+
+/// A token-endpoint refusal (RFC 6749 section 5.2).
+#[derive(Debug, PartialEq, Eq)]
+pub struct OAuthError {
+    pub status: u16,
+    pub error: &'static str,
+    pub description: String,
+}
+
+impl OAuthError {
+    fn new(status: u16, error: &'static str, description: impl Into<String>) -> OAuthError {
+        OAuthError {
+            status,
+            error,
+            description: description.into(),
+        }
+    }
+
+    fn invalid_grant(description: &str) -> OAuthError {
+        OAuthError::new(400, "invalid_grant", description)
+    }
+}
+
+/// Where to send the browser next, and the cookie binding a new sign-in
+/// to it (name, value).
+#[derive(Debug)]
+pub struct Next {
+    pub location: String,
+    pub cookie: Option<(String, Secret)>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+    pub id_token: String,
+    pub scope: &'static str,
+}
+
+impl Provider {
+    pub fn new(settings: &Settings, signer: Arc<Signer>, store: Store) -> Option<Provider> {
+        let oidc = &settings.oidc;
+        let public_url = oidc.public_url.clone()?;
+        let base = public_url.as_str().trim_end_matches('/').to_string();
+        Some(Provider {
+            signer,
+            client_secret: oidc.client_secret.clone()?,
+            redirect_uris: oidc.redirect_uris.clone(),
+            auth_login_url: oidc.auth_login_url.clone()?,
+            return_to: format!("{base}/v1/sso/return"),
+            cookie_path: format!("{}/v1/sso/", public_url.path().trim_end_matches('/')),
+            secure_cookies: public_url.scheme() == "https",
+            store,
+            jwks: std::sync::Mutex::new(None),
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.signer.issuer
+    }
+
+    pub fn cookie_path(&self) -> &str {
+        &self.cookie_path
+    }
+
+    pub fn secure_cookies(&self) -> bool {
+        self.secure_cookies
+    }
+
+    pub fn discovery(&self) -> Value {
+        let issuer = self.issuer();
+        json!({
+            "issuer": issuer,
+            "authorization_endpoint": format!("{issuer}/oidc/authorize"),
+            "token_endpoint": format!("{issuer}/oidc/token"),
+            "jwks_uri": format!("{issuer}/oidc/jwks"),
+            "userinfo_endpoint": format!("{issuer}/oidc/userinfo"),
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code"],
+            "subject_types_supported": ["public"],
+            // The key in use first; the others too, so that a Synapse that
+            // read this document once (it keeps it until restarted) still
+            // accepts tokens after the operator changes the kind of key.
+            "id_token_signing_alg_values_supported": self.algorithms(),
+            "scopes_supported": ["openid", "profile"],
+            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "sid",
+                                 "preferred_username", "name"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "code_challenge_methods_supported": ["S256"],
+            "backchannel_logout_supported": true,
+            "backchannel_logout_session_supported": true,
+        })
+    }
+
+    fn algorithms(&self) -> Vec<&'static str> {
+        let current = self.signer.key.alg_name();
+        let mut algs = vec![current];
+        algs.extend(
+            ["RS256", "ES256", "EdDSA"]
+                .into_iter()
+                .filter(|a| *a != current),
+        );
+        algs
+    }
+
+    /// The published keys: the one in use and those retired less than an
+    /// hour ago (read from the database, so every replica publishes the
+    /// same set; reused for a few seconds).
+    pub async fn jwks(&self) -> Result<Value, StoreError> {
+        let now = now_ms();
+        if let Some((at, jwks)) = self.jwks.lock().expect("never poisoned").clone() {
+            if now - at < JWKS_CACHE_MS {
+                return Ok(jwks);
+            }
+        }
+        let keys: Vec<Value> = self
+            .store
+            .published_keys(now - KEEP_RETIRED_KEY_MS)
+            .await?
+            .iter()
+            .filter_map(|k| serde_json::from_str(k).ok())
+            .collect();
+        let jwks = json!({ "keys": keys });
+        *self.jwks.lock().expect("never poisoned") = Some((now, jwks.clone()));
+        Ok(jwks)
+    }
+
+    /// Step 1: the authorization request (query parameters).
+    pub async fn authorize(&self, q: &HashMap<String, String>) -> Result<Next, SignInError> {
+        let client_id = q.get("client_id").map(String::as_str).unwrap_or("");
+        if !bool::from(client_id.as_bytes().ct_eq(self.signer.client_id.as_bytes())) {
+            return Err(SignInError::BadRequest("unknown client".into()));
+        }
+        let redirect_uri = q.get("redirect_uri").map(String::as_str).unwrap_or("");
+        if !self.redirect_uris.iter().any(|u| u == redirect_uri) {
+            return Err(SignInError::BadRequest("redirect URI not allowed".into()));
+        }
+        let client_state = q.get("state").cloned();
+        // From here on, refusals go back to the client (RFC 6749 4.1.2.1).
+        let back = |error: &str, description: &str| Next {
+            location: with_query(
+                redirect_uri,
+                &[
+                    ("error", Some(error)),
+                    ("error_description", Some(description)),
+                    ("state", client_state.as_deref()),
+                ],
+            ),
+            cookie: None,
+        };
+        if q.get("response_type").map(String::as_str) != Some("code") {
+            return Ok(back(
+                "unsupported_response_type",
+                "only the authorization code flow is offered",
+            ));
+        }
+        let scopes = q.get("scope").map(String::as_str).unwrap_or("");
+        if !scopes.split(' ').any(|s| s == "openid") {
+            return Ok(back("invalid_scope", "the openid scope is required"));
+        }
+        let code_challenge = q.get("code_challenge").filter(|c| !c.is_empty()).cloned();
+        let method = q.get("code_challenge_method").map(String::as_str);
+        match (&code_challenge, method) {
+            (None, None) => {}
+            (Some(c), Some("S256")) if is_pkce_value(c) => {}
+            (Some(_), Some("S256")) => {
+                return Ok(back("invalid_request", "code_challenge is malformed"))
+            }
+            (None, Some(_)) => {
+                return Ok(back(
+                    "invalid_request",
+                    "code_challenge_method without a code_challenge",
+                ))
+            }
+            (Some(_), _) => {
+                return Ok(back(
+                    "invalid_request",
+                    "only the S256 code challenge method is offered",
+                ))
+            }
+        }
+        let state = random_secret();
+        let binding = random_secret();
+        let pending = Pending {
+            state_hash: digest(&state),
+            binding_hash: digest(&binding),
+            client_id: client_id.to_string(),
+            redirect_uri: redirect_uri.to_string(),
+            client_state,
+            nonce: q.get("nonce").cloned(),
+            code_challenge,
+            person: None,
+            expires_at: now_ms() + SIGN_IN_TTL_MS,
+        };
+        self.store
+            .begin_sign_in(&pending)
+            .await
+            .map_err(|_| SignInError::Unavailable { retry_after: 5 })?;
+        let location = with_query(
+            self.auth_login_url.as_str(),
+            &[
+                ("return_to", Some(&self.return_to)),
+                ("state", Some(&state)),
+            ],
+        );
+        Ok(Next {
+            location,
+            cookie: Some((cookie_name(&state), Secret::new(binding))),
+        })
+    }
+
+    /// Step 2: DAARION hands the person back (`access_token` or `error`,
+    /// and our `state`). Only records who it is; the browser then continues
+    /// at [`Provider::finish`] on our own origin, where its cookie is sent.
+    pub async fn returned(
+        &self,
+        sso: &Sso,
+        form: &HashMap<String, String>,
+    ) -> Result<Next, SignInError> {
+        let state = form.get("state").ok_or(SignInError::Expired)?;
+        let state_hash = digest(state);
+        let unavailable = |_| SignInError::Unavailable { retry_after: 5 };
+        // DAARION said no, or handed back something that is not its token:
+        // the sign-in ends (if it was one).
+        let refuse = |state_hash: String| async move {
+            match self.store.drop_sign_in(&state_hash, now_ms()).await {
+                Ok(true) => Err(SignInError::Refused),
+                Ok(false) => Err(SignInError::Expired),
+                Err(e) => Err(unavailable(e)),
+            }
+        };
+        let Some(token) = form.get("access_token").filter(|t| !t.is_empty()) else {
+            // `error=access_denied`, or nothing usable.
+            return refuse(state_hash).await;
+        };
+        let claims: Claims = match sso.verify(token).await {
+            Ok(claims) => claims,
+            Err(Refusal::Invalid(reason)) => {
+                tracing::info!("DAARION's access token at sign-in is not valid: {reason}");
+                return refuse(state_hash).await;
+            }
+            Err(Refusal::KeysUnavailable) => {
+                return Err(SignInError::Unavailable { retry_after: 5 })
+            }
+        };
+        let who = Returned {
+            user_id: claims.sub,
+            preferred_username: claims.preferred_username,
+            name: claims.name,
+            picture: claims.picture,
+            daarion_sid: claims.sid,
+        };
+        // Unknown, expired or used already: a state is used once.
+        if !self
+            .store
+            .sign_in_returned(&state_hash, &who, now_ms())
+            .await
+            .map_err(unavailable)?
+        {
+            return Err(SignInError::Expired);
+        }
+        Ok(Next {
+            location: with_query(
+                &format!("{}/v1/sso/continue", self.issuer()),
+                &[("state", Some(state))],
+            ),
+            cookie: None,
+        })
+    }
+
+    /// Step 3: in the browser that began the sign-in (`binding`, its
+    /// cookie), makes sure of the account and issues the code.
+    pub async fn finish(
+        &self,
+        accounts: &Accounts,
+        state: &str,
+        binding: Option<&str>,
+    ) -> Result<Next, SignInError> {
+        let unavailable = |_| SignInError::Unavailable { retry_after: 5 };
+        // Taken once, and only by the browser holding the cookie: someone
+        // else's sign-in (login CSRF), a lost cookie, an expired or used
+        // state all find nothing.
+        let Some(binding) = binding else {
+            return Err(SignInError::Expired);
+        };
+        let pending = self
+            .store
+            .take_sign_in(&digest(state), &digest(binding), now_ms())
+            .await
+            .map_err(unavailable)?
+            .ok_or(SignInError::Expired)?;
+        let who = pending.person.clone().ok_or(SignInError::Expired)?;
+        let claims = Claims {
+            sub: who.user_id.clone(),
+            preferred_username: who.preferred_username.clone(),
+            name: who.name.clone(),
+            picture: who.picture.clone(),
+            sid: who.daarion_sid.clone(),
+        };
+        let account = accounts.active(&claims).await.map_err(|e| match e {
+            AccountError::Deactivated => SignInError::Deactivated,
+            AccountError::BadSubject => SignInError::Refused,
+            AccountError::Unavailable { retry_after, .. } => SignInError::Unavailable {
+                retry_after: retry_after.map_or(5, |d| d.as_secs().max(1)),
+            },
+            AccountError::Failed(_) => SignInError::Failed,
+        })?;
+        let code = random_secret();
+        let now = now_ms();
+        let grant = CodeGrant {
+            code_hash: digest(&code),
+            client_id: pending.client_id.clone(),
+            redirect_uri: pending.redirect_uri.clone(),
+            code_challenge: pending.code_challenge.clone(),
+            nonce: pending.nonce.clone(),
+            user_id: who.user_id.clone(),
+            localpart: account.localpart,
+            name: account.display_name,
+            sid: random_secret(),
+            auth_time: now,
+            expires_at: now + CODE_TTL_MS,
+        };
+        self.store
+            .issue_code(&grant, who.daarion_sid.as_deref())
+            .await
+            .map_err(unavailable)?;
+        Ok(Next {
+            location: with_query(
+                &pending.redirect_uri,
+                &[
+                    ("code", Some(&code)),
+                    ("state", pending.client_state.as_deref()),
+                ],
+            ),
+            cookie: None,
+        })
+    }
+
+    /// Step 4: the token request (form fields; `basic`: the decoded
+    /// `Authorization: Basic` credentials, if sent).
+    pub async fn token(
+        &self,
+        form: &HashMap<String, String>,
+        basic: Option<(String, String)>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let (client_id, secret) = match (basic, form.get("client_secret")) {
+            (Some(_), Some(_)) => {
+                return Err(OAuthError::new(
+                    400,
+                    "invalid_request",
+                    "use one client authentication method",
+                ))
+            }
+            (Some((id, secret)), None) => (id, secret),
+            (None, Some(secret)) => (
+                form.get("client_id").cloned().unwrap_or_default(),
+                secret.clone(),
+            ),
+            (None, None) => {
+                return Err(OAuthError::new(
+                    401,
+                    "invalid_client",
+                    "client authentication is required",
+                ))
+            }
+        };
+        let id_ok = client_id.as_bytes().ct_eq(self.signer.client_id.as_bytes());
+        let secret_ok = secret
+            .as_bytes()
+            .ct_eq(self.client_secret.expose().as_bytes());
+        if !bool::from(id_ok & secret_ok) {
+            return Err(OAuthError::new(
+                401,
+                "invalid_client",
+                "client authentication failed",
+            ));
+        }
+        if form.get("grant_type").map(String::as_str) != Some("authorization_code") {
+            return Err(OAuthError::new(
+                400,
+                "unsupported_grant_type",
+                "only authorization_code is offered",
+            ));
+        }
+        let code = form
+            .get("code")
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| OAuthError::new(400, "invalid_request", "code is required"))?;
+        let unavailable = |_| OAuthError::new(503, "temporarily_unavailable", "retry later");
+        let now = now_ms();
+        let verifier = form.get("code_verifier");
+        let redirect_uri = form.get("redirect_uri");
+        let mut refusal = None;
+        let access_token = random_secret();
+        // Redeemed (deleted) whatever follows: a code is tried once.
+        let grant = self
+            .store
+            .redeem_code(&digest(code), |grant| {
+                refusal = check_grant(grant, now, &client_id, redirect_uri, verifier).err();
+                refusal.is_none().then(|| {
+                    let owner = TokenOwner {
+                        user_id: grant.user_id.clone(),
+                        localpart: grant.localpart.clone(),
+                        name: grant.name.clone(),
+                    };
+                    (
+                        digest(&access_token),
+                        owner,
+                        now + ACCESS_TOKEN_TTL_S * 1000,
+                    )
+                })
+            })
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| OAuthError::invalid_grant("the code is unknown or was used"))?;
+        if let Some(refusal) = refusal {
+            return Err(refusal);
+        }
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: ACCESS_TOKEN_TTL_S,
+            id_token: self.id_token(&grant, now / 1000),
+            scope: "openid profile",
+        })
+    }
+
+    /// The userinfo of the person an access token was issued for.
+    pub async fn userinfo(&self, access_token: &str) -> Result<Option<Value>, StoreError> {
+        let owner = self
+            .store
+            .access_token_owner(&digest(access_token), now_ms())
+            .await?;
+        Ok(owner
+            .map(|o| json!({"sub": o.user_id, "preferred_username": o.localpart, "name": o.name})))
+    }
+
+    fn id_token(&self, grant: &CodeGrant, now: i64) -> String {
+        let mut claims = json!({
+            "iss": self.issuer(),
+            "sub": grant.user_id,
+            "aud": grant.client_id,
+            "iat": now,
+            "exp": now + ID_TOKEN_TTL_S,
+            "auth_time": grant.auth_time / 1000,
+            "sid": grant.sid,
+            "preferred_username": grant.localpart,
+        });
+        if let Some(nonce) = &grant.nonce {
+            claims["nonce"] = json!(nonce);
+        }
+        if let Some(name) = &grant.name {
+            claims["name"] = json!(name);
+        }
+        self.signer.key.sign(&claims, None)
+    }
+}
+
+/// Whether the code may be redeemed by this request.
+fn check_grant(
+    grant: &CodeGrant,
+    now: i64,
+    client_id: &str,
+    redirect_uri: Option<&String>,
+    verifier: Option<&String>,
+) -> Result<(), OAuthError> {
+    if grant.expires_at <= now {
+        return Err(OAuthError::invalid_grant("the code expired"));
+    }
+    if grant.client_id != client_id {
+        return Err(OAuthError::invalid_grant(
+            "the code was issued to another client",
+        ));
+    }
+    if redirect_uri != Some(&grant.redirect_uri) {
+        return Err(OAuthError::invalid_grant(
+            "redirect_uri does not match the authorization request",
+        ));
+    }
+    match (&grant.code_challenge, verifier) {
+        (None, None) => Ok(()),
+        (Some(challenge), Some(verifier)) if pkce_matches(challenge, verifier) => Ok(()),
+        (Some(_), Some(_)) => Err(OAuthError::invalid_grant("code_verifier does not match")),
+        (Some(_), None) => Err(OAuthError::invalid_grant("code_verifier is required")),
+        (None, Some(_)) => Err(OAuthError::invalid_grant(
+            "code_verifier without a code_challenge in the authorization request",
+        )),
+    }
+}
+
+/// The name of the cookie that binds the sign-in with this state to the
+/// browser: one per sign-in, so two tabs do not undo each other.
+pub fn cookie_name(state: &str) -> String {
+    format!("mp_sso_{}", &digest(state)[..16])
+}
+
+/// RFC 7636: `BASE64URL(SHA256(verifier)) == challenge`, the verifier being
+/// 43 to 128 unreserved characters.
+pub fn pkce_matches(challenge: &str, verifier: &str) -> bool {
+    if !is_pkce_value(verifier) {
+        return false;
+    }
+    let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    bool::from(computed.as_bytes().ct_eq(challenge.as_bytes()))
+}
+
+fn is_pkce_value(v: &str) -> bool {
+    (43..=128).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+/// 256 random bits, URL-safe.
+pub fn random_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// How a handed-out secret is stored.
+pub fn digest(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// `base` with these query parameters added (None: left out).
+fn with_query(base: &str, params: &[(&str, Option<&str>)]) -> String {
+    let mut url = match Url::parse(base) {
+        Ok(url) => url,
+        Err(_) => return base.to_string(),
+    };
+    {
+        let mut pairs = url.query_pairs_mut();
+        for (k, v) in params {
+            if let Some(v) = v {
+                pairs.append_pair(k, v);
+            }
+        }
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkce_s256_as_rfc_7636_appendix_b() {
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+        assert!(pkce_matches(challenge, verifier));
+        assert!(!pkce_matches(
+            challenge,
+            "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXx"
+        ));
+        assert!(!pkce_matches(challenge, "short"));
+        assert!(!pkce_matches(challenge, &format!("{verifier} ")));
+    }
+
+    #[test]
+    fn secrets_are_random_and_stored_as_hashes() {
+        let (a, b) = (random_secret(), random_secret());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 43);
+        assert_eq!(digest(&a).len(), 64);
+        assert_ne!(digest(&a), a);
+        assert!(cookie_name(&a).starts_with("mp_sso_"));
+    }
+
+    #[test]
+    fn query_parameters_are_encoded() {
+        assert_eq!(
+            with_query(
+                "https://h/cb?x=1",
+                &[("state", Some("a b&c")), ("skip", None)]
+            ),
+            "https://h/cb?x=1&state=a+b%26c"
+        );
+    }
+}

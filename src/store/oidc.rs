@@ -1,0 +1,410 @@
+//! What the OpenID provider keeps, so that any replica can carry on a
+//! sign-in another one began: signing keys, sign-ins under way, codes,
+//! access tokens, the Matrix sessions opened, and the logouts still to send.
+//! Every secret handed out (state, codes, access tokens) is stored as its
+//! SHA-256 only; every single use is one conditional DELETE or UPDATE, so
+//! two replicas racing for the same code cannot both win.
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use super::tokens::OIDC_SIGNING_KEY;
+use super::{Result, Store};
+use crate::secret::Secret;
+use crate::synapse::StoredToken;
+
+/// A sign-in under way, from the authorization request on.
+#[derive(Debug, Clone, Default)]
+pub struct Pending {
+    pub state_hash: String,
+    /// SHA-256 of the cookie that binds it to the browser that began it.
+    pub binding_hash: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub client_state: Option<String>,
+    pub nonce: Option<String>,
+    pub code_challenge: Option<String>,
+    /// Filled in once DAARION hands the person back.
+    pub person: Option<Returned>,
+    pub expires_at: i64,
+}
+
+/// The DAARION person a verified access token named.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Returned {
+    pub user_id: String,
+    pub preferred_username: Option<String>,
+    pub name: Option<String>,
+    pub picture: Option<String>,
+    pub daarion_sid: Option<String>,
+}
+
+/// What an authorization code stands for.
+#[derive(Debug, Clone)]
+pub struct CodeGrant {
+    pub code_hash: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub code_challenge: Option<String>,
+    pub nonce: Option<String>,
+    pub user_id: String,
+    pub localpart: String,
+    pub name: Option<String>,
+    pub sid: String,
+    pub auth_time: i64,
+    pub expires_at: i64,
+}
+
+/// Who an access token belongs to (userinfo).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenOwner {
+    pub user_id: String,
+    pub localpart: String,
+    pub name: Option<String>,
+}
+
+const PENDING_COLUMNS: &str = "state_hash, binding_hash, client_id, redirect_uri, client_state, \
+    nonce, code_challenge, user_id, preferred_username, name, picture, daarion_sid, expires_at";
+
+const CODE_COLUMNS: &str = "code_hash, client_id, redirect_uri, code_challenge, nonce, user_id, \
+    localpart, name, sid, auth_time, expires_at";
+
+impl Store {
+    /// The generated signing key, if one was kept.
+    pub async fn generated_signing_key(&self) -> Result<StoredToken> {
+        self.shared_secret(OIDC_SIGNING_KEY).await
+    }
+
+    /// Keeps a newly generated signing key unless another replica kept one
+    /// first (then false: use theirs).
+    pub async fn keep_generated_signing_key(&self, version: i64, pem: &Secret) -> Result<bool> {
+        self.replace_shared_secret(OIDC_SIGNING_KEY, version, pem)
+            .await
+    }
+
+    /// Publishes `kid` as the key in use; every other key in use is retired
+    /// as of `now` (it stays published for a while, see
+    /// [`Store::published_keys`]).
+    pub async fn use_signing_key(&self, kid: &str, public_jwk: &str, now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO oidc_keys (kid, public_jwk, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (kid) DO UPDATE SET retired_at = NULL",
+        )
+        .bind(kid)
+        .bind(public_jwk)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE oidc_keys SET retired_at = $2 WHERE kid <> $1 AND retired_at IS NULL")
+            .bind(kid)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The public keys to publish: those in use, and those retired after
+    /// `retired_since` (tokens they signed may still be checked).
+    pub async fn published_keys(&self, retired_since: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT public_jwk FROM oidc_keys WHERE retired_at IS NULL OR retired_at > $1 \
+             ORDER BY created_at DESC",
+        )
+        .bind(retired_since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("public_jwk")?)).collect()
+    }
+
+    pub async fn begin_sign_in(&self, p: &Pending) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO oidc_pending ({PENDING_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL, NULL, NULL, $8)"
+        );
+        sqlx::query(&sql)
+            .bind(&p.state_hash)
+            .bind(&p.binding_hash)
+            .bind(&p.client_id)
+            .bind(&p.redirect_uri)
+            .bind(&p.client_state)
+            .bind(&p.nonce)
+            .bind(&p.code_challenge)
+            .bind(p.expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records who DAARION handed back; false if the state is unknown,
+    /// expired or was used already (a state is used once).
+    pub async fn sign_in_returned(
+        &self,
+        state_hash: &str,
+        who: &Returned,
+        now: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE oidc_pending SET user_id = $2, preferred_username = $3, name = $4, \
+             picture = $5, daarion_sid = $6 \
+             WHERE state_hash = $1 AND user_id IS NULL AND expires_at > $7",
+        )
+        .bind(state_hash)
+        .bind(&who.user_id)
+        .bind(&who.preferred_username)
+        .bind(&who.name)
+        .bind(&who.picture)
+        .bind(&who.daarion_sid)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
+    /// Ends a sign-in DAARION refused; false if there was none under way
+    /// (unknown, expired or used).
+    pub async fn drop_sign_in(&self, state_hash: &str, now: i64) -> Result<bool> {
+        let dropped = sqlx::query(
+            "DELETE FROM oidc_pending WHERE state_hash = $1 AND user_id IS NULL AND expires_at > $2",
+        )
+        .bind(state_hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(dropped == 1)
+    }
+
+    /// Takes the returned sign-in with this state, once, for the browser
+    /// whose cookie hashes to `binding_hash`.
+    pub async fn take_sign_in(
+        &self,
+        state_hash: &str,
+        binding_hash: &str,
+        now: i64,
+    ) -> Result<Option<Pending>> {
+        let sql = format!(
+            "DELETE FROM oidc_pending WHERE state_hash = $1 AND binding_hash = $2 \
+             AND user_id IS NOT NULL AND expires_at > $3 RETURNING {PENDING_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(state_hash)
+            .bind(binding_hash)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(pending_from).transpose()
+    }
+
+    /// Stores the code and the Matrix session it will open, together.
+    pub async fn issue_code(&self, code: &CodeGrant, daarion_sid: Option<&str>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "INSERT INTO oidc_codes ({CODE_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        );
+        sqlx::query(&sql)
+            .bind(&code.code_hash)
+            .bind(&code.client_id)
+            .bind(&code.redirect_uri)
+            .bind(&code.code_challenge)
+            .bind(&code.nonce)
+            .bind(&code.user_id)
+            .bind(&code.localpart)
+            .bind(&code.name)
+            .bind(&code.sid)
+            .bind(code.auth_time)
+            .bind(code.expires_at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO oidc_sessions (sid, user_id, daarion_sid, created_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&code.sid)
+        .bind(&code.user_id)
+        .bind(daarion_sid)
+        .bind(code.auth_time)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Takes the code, once: whoever deletes the row redeems it. `grant`
+    /// decides, from what the code stands for, whether an access token is
+    /// issued (its hash, owner and expiry); it is stored in the same
+    /// transaction. A code that is refused (expired, another client, a
+    /// wrong verifier) is spent all the same.
+    pub async fn redeem_code(
+        &self,
+        code_hash: &str,
+        grant: impl FnOnce(&CodeGrant) -> Option<(String, TokenOwner, i64)>,
+    ) -> Result<Option<CodeGrant>> {
+        let mut tx = self.pool.begin().await?;
+        let sql = format!("DELETE FROM oidc_codes WHERE code_hash = $1 RETURNING {CODE_COLUMNS}");
+        let row = sqlx::query(&sql)
+            .bind(code_hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let code = row.as_ref().map(code_from).transpose()?;
+        if let Some((token_hash, owner, expires_at)) = code.as_ref().and_then(grant) {
+            sqlx::query(
+                "INSERT INTO oidc_access_tokens (token_hash, user_id, localpart, name, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(token_hash)
+            .bind(&owner.user_id)
+            .bind(&owner.localpart)
+            .bind(&owner.name)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(code)
+    }
+
+    pub async fn access_token_owner(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Option<TokenOwner>> {
+        let row = sqlx::query(
+            "SELECT user_id, localpart, name FROM oidc_access_tokens \
+             WHERE token_hash = $1 AND expires_at > $2",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(TokenOwner {
+                user_id: r.try_get("user_id")?,
+                localpart: r.try_get("localpart")?,
+                name: r.try_get("name")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Sign-ins, codes and access tokens that expired before `before`.
+    pub async fn forget_expired_sign_ins(&self, before: i64) -> Result<u64> {
+        let mut forgotten = 0;
+        for table in ["oidc_pending", "oidc_codes", "oidc_access_tokens"] {
+            forgotten += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at < $1"))
+                .bind(before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(forgotten)
+    }
+
+    /// Asks for the back-channel logout of the person's Matrix sessions that
+    /// came from DAARION session `daarion_sid` (all of them when None);
+    /// returns how many were asked for.
+    pub(super) async fn request_logouts(
+        tx: &mut Transaction<'static, Any>,
+        user_id: &str,
+        daarion_sid: Option<&str>,
+        now: i64,
+    ) -> Result<u64> {
+        let insert = "INSERT INTO oidc_logouts (sid, user_id, requested_at) \
+                      SELECT sid, user_id, $2 FROM oidc_sessions WHERE user_id = $1";
+        let done = match daarion_sid {
+            Some(sid) => {
+                sqlx::query(&format!(
+                    "{insert} AND daarion_sid = $3 ON CONFLICT (sid) DO NOTHING"
+                ))
+                .bind(user_id)
+                .bind(now)
+                .bind(sid)
+                .execute(&mut **tx)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!("{insert} ON CONFLICT (sid) DO NOTHING"))
+                    .bind(user_id)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?
+            }
+        };
+        Ok(done.rows_affected())
+    }
+
+    /// The sessions whose logout is still to be sent to Synapse.
+    pub async fn pending_logouts(&self, user_id: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT sid FROM oidc_logouts WHERE user_id = $1 ORDER BY sid")
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("sid")?)).collect()
+    }
+
+    /// Synapse ended the session (or the whole account is gone).
+    pub async fn logout_sent(&self, sid: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for table in ["oidc_logouts", "oidc_sessions"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE sid = $1"))
+                .bind(sid)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The account carries the `oidc-<idp>` external id.
+    pub async fn mark_oidc_linked(&self, user_id: &str) -> Result<()> {
+        sqlx::query("UPDATE people SET oidc_linked = 1 WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+fn pending_from(r: &AnyRow) -> Result<Pending> {
+    let user_id: Option<String> = r.try_get("user_id")?;
+    let person = match user_id {
+        Some(user_id) => Some(Returned {
+            user_id,
+            preferred_username: r.try_get("preferred_username")?,
+            name: r.try_get("name")?,
+            picture: r.try_get("picture")?,
+            daarion_sid: r.try_get("daarion_sid")?,
+        }),
+        None => None,
+    };
+    Ok(Pending {
+        state_hash: r.try_get("state_hash")?,
+        binding_hash: r.try_get("binding_hash")?,
+        client_id: r.try_get("client_id")?,
+        redirect_uri: r.try_get("redirect_uri")?,
+        client_state: r.try_get("client_state")?,
+        nonce: r.try_get("nonce")?,
+        code_challenge: r.try_get("code_challenge")?,
+        person,
+        expires_at: r.try_get("expires_at")?,
+    })
+}
+
+fn code_from(r: &AnyRow) -> Result<CodeGrant> {
+    Ok(CodeGrant {
+        code_hash: r.try_get("code_hash")?,
+        client_id: r.try_get("client_id")?,
+        redirect_uri: r.try_get("redirect_uri")?,
+        code_challenge: r.try_get("code_challenge")?,
+        nonce: r.try_get("nonce")?,
+        user_id: r.try_get("user_id")?,
+        localpart: r.try_get("localpart")?,
+        name: r.try_get("name")?,
+        sid: r.try_get("sid")?,
+        auth_time: r.try_get("auth_time")?,
+        expires_at: r.try_get("expires_at")?,
+    })
+}
