@@ -19,6 +19,8 @@ scratch_dir() {
 
 stop_scratch() {
     scripts/synapse-ctl.sh stop "$work/synapse" >/dev/null 2>&1 || true
+    # The last run's Synapse log stays for a look after a failure.
+    mkdir -p .cache && cp "$work/synapse/homeserver.log" .cache/last-synapse.log 2>/dev/null || true
     scripts/pg-cluster.sh stop "$work/pg" >/dev/null 2>&1 || true
     rm -rf "$work"
 }
@@ -34,4 +36,25 @@ start_synapse() {
         scripts/synapse-config.sh "$1" "$port" >/dev/null &&
         scripts/synapse-ctl.sh start "$1" >/dev/null &&
         echo "$port"
+}
+
+# fixed_port: prints a TCP port free on 127.0.0.1 right now, from below the
+# kernel's ephemeral range, so that no socket bound to port 0 (every test
+# service) can take it before the one it is meant for binds it.
+fixed_port() {
+    python3 -c '
+import random, socket
+low = 20000
+high = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0]) - 1
+while True:
+    port = random.randint(low, high)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    s.close()
+    print(port)
+    break
+'
 }

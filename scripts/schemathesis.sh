@@ -67,6 +67,10 @@ service_env=(
     "AUTH_WEBHOOK_SECRET=st-webhook-secret"
     "AUTH_JWT_SECRET=st-auth-jwt-secret"
     "ADMIN_API_TOKEN=$admin_token"
+    # The OpenID provider on, so its JSON endpoints answer for real.
+    "PUBLIC_URL=http://127.0.0.1:$port"
+    "OIDC_CLIENT_SECRET=st-oidc-client-secret"
+    "AUTH_LOGIN_URL=http://127.0.0.1:9/login"
 )
 env -i "${service_env[@]}" "$bin" serve >"$work/service.log" 2>&1 &
 pid=$!

@@ -7,6 +7,12 @@
 # Env:     REGISTRATION_SECRET  required; Synapse's registration_shared_secret
 #          SERVER_NAME          default localhost (one DIR = one server name)
 #          JWT_SECRET           optional; enables jwt_config (HS256, subject_claim sub)
+#          OIDC_PROVIDERS       optional; "idp_id=issuer_url,…": one oidc_providers entry
+#                               each for a matrix-provisioner at issuer_url (client
+#                               synapse, secret OIDC_CLIENT_SECRET, back-channel logout,
+#                               never creating or taking over accounts)
+#          OIDC_CLIENT_SECRET   required with OIDC_PROVIDERS
+#          SSO_CLIENT_WHITELIST optional; comma-separated sso.client_whitelist
 #          BCRYPT_ROUNDS        default 12 (tests pass 4)
 #          RELAX_RATELIMITS     0 (default, Synapse's limits) or 1 (generous rc_* limits)
 #          SYNAPSE_LOG_LEVEL    default INFO (root level of DIR/homeserver.log)
@@ -55,7 +61,8 @@ fi
 
 export SC_DIR="$dir" SC_PORT="$port" SC_GEN="$gen" SERVER_NAME BCRYPT_ROUNDS \
     RELAX_RATELIMITS SYNAPSE_LOG_LEVEL REGISTRATION_SECRET
-export JWT_SECRET="${JWT_SECRET:-}"
+export JWT_SECRET="${JWT_SECRET:-}" OIDC_PROVIDERS="${OIDC_PROVIDERS:-}" \
+    OIDC_CLIENT_SECRET="${OIDC_CLIENT_SECRET:-}" SSO_CLIENT_WHITELIST="${SSO_CLIENT_WHITELIST:-}"
 "$py" - <<'EOF'
 import glob
 import os
@@ -169,6 +176,43 @@ if jwt_secret:
         "algorithm": "HS256",
         "subject_claim": "sub",
     }
+
+providers = [p for p in os.environ.get("OIDC_PROVIDERS", "").split(",") if p.strip()]
+if providers:
+    client_secret = os.environ.get("OIDC_CLIENT_SECRET", "")
+    if not client_secret:
+        raise SystemExit("synapse-config: OIDC_PROVIDERS needs OIDC_CLIENT_SECRET")
+    entries = []
+    for provider in providers:
+        idp_id, issuer = provider.strip().split("=", 1)
+        entries.append(
+            {
+                "idp_id": idp_id,
+                "idp_name": "DAARION",
+                "idp_brand": "daarion",
+                "issuer": issuer,
+                "client_id": "synapse",
+                "client_secret": client_secret,
+                "client_auth_method": "client_secret_basic",
+                "scopes": ["openid", "profile"],
+                # Everything is plain http on 127.0.0.1 here.
+                "skip_verification": True,
+                "allow_existing_users": False,
+                "enable_registration": False,
+                "backchannel_logout_enabled": True,
+                "user_mapping_provider": {
+                    "config": {
+                        "subject_template": "{{ user.sub }}",
+                        "localpart_template": "{{ user.preferred_username }}",
+                        "display_name_template": "{{ user.name }}",
+                    }
+                },
+            }
+        )
+    config["oidc_providers"] = entries
+whitelist = [w for w in os.environ.get("SSO_CLIENT_WHITELIST", "").split(",") if w.strip()]
+if whitelist:
+    config["sso"] = {"client_whitelist": whitelist}
 
 if os.environ["RELAX_RATELIMITS"] == "1":
     def lots():  # a fresh dict each time, so the yaml has no anchors/aliases

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # synapse-venv.sh — owns the Python virtualenv that runs a throwaway Synapse for
 # tests and benchmarks: ${MP_CACHE:-<repo>/.cache}/synapse-venv with
-# matrix-synapse[postgres,jwt] and matrix-nio at pinned versions.
+# matrix-synapse[postgres,jwt,oidc] and matrix-nio at pinned versions.
 #
 # Usage:   scripts/synapse-venv.sh            (prints the venv path as last line)
 # Env:     MP_CACHE        cache dir (default <repo>/.cache)
@@ -54,7 +54,7 @@ if ! installed_ok; then
     fi
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "matrix-synapse[postgres,jwt]==$SYNAPSE_VERSION" \
+        "matrix-synapse[postgres,jwt,oidc]==$SYNAPSE_VERSION" \
         "matrix-nio==$NIO_VERSION" >&2
     if ! installed_ok; then
         echo "synapse-venv: installation in $venv is incomplete" >&2

@@ -4,8 +4,9 @@
 # cluster, both started here on 127.0.0.1 and stopped on exit.
 #
 # With no arguments it then checks the running service against its own
-# OpenAPI description (Schemathesis) and Swagger UI at /docs in headless
-# Chromium (installed with apt-get when missing).
+# OpenAPI description (Schemathesis), Swagger UI at /docs in headless
+# Chromium (installed with apt-get when missing), and "Continue with DAARION"
+# in headless Chromium from Synapse's own login page.
 #
 # Usage:   scripts/test.sh [cargo test arguments…]   (arguments: cargo test only)
 # Needs:   cargo, python3 (venv), PostgreSQL 15 server binaries.
@@ -25,9 +26,20 @@ pg_url="$(scripts/pg-cluster.sh start "$work/pg" | tail -n 1)"
 export MP_TEST_SYNAPSE_SERVER_NAME="test.daarion.space"
 export MP_TEST_SYNAPSE_SECRET="test-registration-secret-$RANDOM$RANDOM"
 export MP_TEST_SYNAPSE_JWT_SECRET="test-jwt-secret-$RANDOM$RANDOM"
+# Synapse's "Continue with DAARION": one provider per database back end, on
+# ports the OpenID tests bind the service to (one test at a time per port).
+export MP_TEST_OIDC_SECRET="test-oidc-secret-$RANDOM$RANDOM"
+MP_TEST_OIDC_PORT_SQLITE="$(fixed_port)"
+MP_TEST_OIDC_PORT_POSTGRES="$(fixed_port)"
+until [[ "$MP_TEST_OIDC_PORT_POSTGRES" != "$MP_TEST_OIDC_PORT_SQLITE" ]]; do
+    MP_TEST_OIDC_PORT_POSTGRES="$(fixed_port)"
+done
+export MP_TEST_OIDC_PORT_SQLITE MP_TEST_OIDC_PORT_POSTGRES
 port="$(SERVER_NAME="$MP_TEST_SYNAPSE_SERVER_NAME" \
     REGISTRATION_SECRET="$MP_TEST_SYNAPSE_SECRET" \
     JWT_SECRET="$MP_TEST_SYNAPSE_JWT_SECRET" \
+    OIDC_PROVIDERS="daarion-sqlite=http://127.0.0.1:$MP_TEST_OIDC_PORT_SQLITE,daarion-postgres=http://127.0.0.1:$MP_TEST_OIDC_PORT_POSTGRES" \
+    OIDC_CLIENT_SECRET="$MP_TEST_OIDC_SECRET" SSO_CLIENT_WHITELIST="http://element.test/" \
     BCRYPT_ROUNDS=4 RELAX_RATELIMITS=1 start_synapse "$work/synapse")"
 
 export MP_TEST_SYNAPSE_URL="http://127.0.0.1:$port"
@@ -39,4 +51,5 @@ if [[ $# -eq 0 ]]; then
     scripts/synapse-ctl.sh stop "$work/synapse" >/dev/null
     scripts/schemathesis.sh
     scripts/check-docs.sh
+    scripts/check-sign-in.sh
 fi

@@ -35,6 +35,101 @@ async fn service_admin_tokens(synapse: &PrivateSynapse) -> HashSet<String> {
     tokens
 }
 
+/// authorize → DAARION's return → continue → token → userinfo, straight
+/// against the service (DAARION's page skipped); returns what was handed
+/// out on the way, by name.
+async fn sign_in_through_the_provider(
+    base: &str,
+    auth_jwt: &str,
+    client_secret: &str,
+    user_id: &str,
+) -> Vec<(&'static str, String)> {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let location = |r: &reqwest::Response| r.headers()["location"].to_str().unwrap().to_string();
+    let param = |url: &str, name: &str| {
+        url::Url::parse(url)
+            .unwrap()
+            .query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .unwrap()
+    };
+    let r = http
+        .get(format!(
+            "{base}/oidc/authorize?response_type=code&client_id=synapse&scope=openid\
+             &redirect_uri=http%3A%2F%2Fclient.test%2Fcb&state=st&nonce=nn"
+        ))
+        .send()
+        .await
+        .unwrap();
+    let state = param(&location(&r), "state");
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let now = chrono::Utc::now().timestamp();
+    let daarion_token = encode(
+        &Header::default(),
+        &json!({"sub": user_id, "iat": now, "exp": now + 300, "sid": "daarion-sess-9e2"}),
+        &EncodingKey::from_secret(auth_jwt.as_bytes()),
+    )
+    .unwrap();
+    let r = http
+        .post(format!("{base}/v1/sso/return"))
+        .form(&[("access_token", daarion_token.as_str()), ("state", &state)])
+        .send()
+        .await
+        .unwrap();
+    let r = http
+        .get(location(&r))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "continue");
+    let code = param(&location(&r), "code");
+    let tokens: Value = http
+        .post(format!("{base}/oidc/token"))
+        .basic_auth("synapse", Some(client_secret))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", "http://client.test/cb"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access_token = tokens["access_token"].as_str().unwrap().to_string();
+    let info = http
+        .get(format!("{base}/oidc/userinfo"))
+        .bearer_auth(&access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(info.status(), 200);
+    vec![
+        ("DAARION access token", daarion_token),
+        ("sign-in state", state),
+        (
+            "sign-in cookie",
+            cookie.split_once('=').unwrap().1.to_string(),
+        ),
+        ("authorization code", code),
+        ("OpenID access token", access_token),
+        ("ID token", tokens["id_token"].as_str().unwrap().to_string()),
+    ]
+}
+
 /// Runs `event` through the service, signed with `secret`; returns the
 /// signature header sent.
 async fn deliver(client: &Client, secret: &str, event: &Value, request_id: &str) -> String {
@@ -95,6 +190,11 @@ async fn a_full_run_logs_no_secret(backend: Backend) {
         db_password = Some(password);
     }
     let port = free_port();
+    let oidc_client_secret = "oidc-client-sec-3b9a7e";
+    env.insert("PUBLIC_URL".into(), format!("http://127.0.0.1:{port}"));
+    env.insert("OIDC_CLIENT_SECRET".into(), oidc_client_secret.into());
+    env.insert("OIDC_REDIRECT_URIS".into(), "http://client.test/cb".into());
+    env.insert("AUTH_LOGIN_URL".into(), "http://127.0.0.1:9/login".into());
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut service = ChildService::start(&env, port, log.path()).await;
     let c = service.client.clone();
@@ -192,6 +292,11 @@ async fn a_full_run_logs_no_secret(backend: Backend) {
         .send()
         .await
         .unwrap();
+    // A sign-in through the OpenID provider: every secret it hands out
+    // (state, browser cookie, code, tokens) and the DAARION token it took.
+    let handed_out =
+        sign_in_through_the_provider(&c.base, auth_jwt, oidc_client_secret, &ids[1]).await;
+
     for path in ["/metrics", "/readyz", "/openapi.json", "/docs/"] {
         c.http
             .get(format!("{}{path}", c.base))
@@ -221,6 +326,10 @@ async fn a_full_run_logs_no_secret(backend: Backend) {
     ];
     if let Some(pw) = db_password {
         forbidden.push(("database password".into(), pw.into()));
+    }
+    forbidden.push(("OpenID client secret".into(), oidc_client_secret.into()));
+    for (what, value) in handed_out {
+        forbidden.push((what.into(), value));
     }
     for token in &tokens {
         forbidden.push(("Synapse admin access token".into(), token.clone()));

@@ -6,6 +6,7 @@ mod fakes;
 mod intake;
 mod logs;
 mod names;
+mod oidc;
 mod operability;
 mod profiles;
 mod provisioning;

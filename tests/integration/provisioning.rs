@@ -50,7 +50,8 @@ async fn a_signup_becomes_a_linked_account_with_its_display_name(backend: Backen
     assert_eq!(user["admin"], false);
     assert_eq!(
         user["external_ids"],
-        json!([{"auth_provider": "daarion", "external_id": user_id}])
+        json!([{"auth_provider": "daarion", "external_id": user_id},
+            {"auth_provider": "oidc-daarion", "external_id": user_id}])
     );
     assert_eq!(admin.lookup(&user_id).await, Some(expected));
     app.shutdown().await;

@@ -549,7 +549,8 @@ async fn an_unknown_person_is_provisioned_at_login_exactly_once(backend: Backend
     let user = admin.user(&mxid).await.expect("the account exists");
     assert_eq!(
         user["external_ids"],
-        json!([{"auth_provider": "daarion", "external_id": user_id}])
+        json!([{"auth_provider": "daarion", "external_id": user_id},
+            {"auth_provider": "oidc-daarion", "external_id": user_id}])
     );
     assert_eq!(user["displayname"], "Олена Спот");
     assert_eq!(admin.lookup(&user_id).await, Some(mxid.clone()));

@@ -58,7 +58,7 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn required_env(name: &str) -> String {
+pub fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run the integration tests through scripts/test.sh")
     })
@@ -614,7 +614,13 @@ impl Client {
     pub fn new(port: u16) -> Client {
         Client {
             base: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
+            // Idle connections are dropped before the service's keep-alive
+            // (5 s) closes them, so a request never goes out on a
+            // connection the server is closing at that moment.
+            http: reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(2))
+                .build()
+                .unwrap(),
         }
     }
 
@@ -884,8 +890,8 @@ struct ProxyState {
     http: reqwest::Client,
     delay_ms: std::sync::atomic::AtomicU64,
     seen: std::sync::Mutex<Vec<(String, Option<String>)>>,
-    /// (path, how many more answers to garble).
-    garble: std::sync::Mutex<Option<(String, u32)>>,
+    /// (path, how many more answers to replace, the status to answer).
+    garble: std::sync::Mutex<Option<(String, u32, u16)>>,
 }
 
 impl SynapseProxy {
@@ -921,7 +927,13 @@ impl SynapseProxy {
     /// The next `times` requests for exactly `path` get `200` with an HTML
     /// page instead of Synapse's answer (a misconfigured proxy, say).
     pub fn garble(&self, path: &str, times: u32) {
-        *self.state.garble.lock().unwrap() = Some((path.to_string(), times));
+        *self.state.garble.lock().unwrap() = Some((path.to_string(), times, 200));
+    }
+
+    /// The next `times` requests for exactly `path` get `503`, as from a
+    /// Synapse that is down.
+    pub fn fail(&self, path: &str, times: u32) {
+        *self.state.garble.lock().unwrap() = Some((path.to_string(), times, 503));
     }
 
     /// (path, X-Request-Id) of every request so far.
@@ -952,12 +964,13 @@ async fn proxy_forward(
         .push((req.path().to_string(), header("x-request-id")));
     {
         let mut garble = state.garble.lock().unwrap();
-        if let Some((path, times)) = garble.as_mut() {
+        if let Some((path, times, status)) = garble.as_mut() {
             if path == req.path() && *times > 0 {
                 *times -= 1;
-                return actix_web::HttpResponse::Ok()
+                let status = actix_web::http::StatusCode::from_u16(*status).unwrap();
+                return actix_web::HttpResponse::build(status)
                     .content_type("text/html")
-                    .body("<html><body>502 upstream hiccup</body></html>");
+                    .body("<html><body>upstream hiccup</body></html>");
             }
         }
     }

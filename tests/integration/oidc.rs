@@ -1,0 +1,1074 @@
+//! "Continue with DAARION": the service as the OpenID provider of the real
+//! Synapse's single sign-on, walked the way Element walks it, with a fake
+//! DAARION sign-in page; then every refusal, the signing keys, and
+//! single sign-out through back-channel logout.
+//!
+//! scripts/test.sh configures Synapse with one provider per back end
+//! (`daarion-sqlite`, `daarion-postgres`) at fixed ports; the tests of one
+//! back end take turns on its port.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use chrono::Utc;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{
+    decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
+use matrix_provisioner::synapse::Endpoint;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::fakes::serve_locally;
+use crate::on_both_backends;
+use crate::support::*;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const AUTH_SECRET: &str = "oidc-test-daarion-secret";
+const ISSUER: &str = "https://auth.daarion.test";
+const AUDIENCE: &str = "matrix-provisioner";
+/// Element's address, in Synapse's `sso.client_whitelist`.
+const ELEMENT: &str = "http://element.test/";
+/// A client redirect URI of our own, for driving the provider directly.
+const CLIENT_CB: &str = "http://client.test/cb";
+
+/// One test at a time per back end: Synapse knows each provider by its port.
+static TURNS: [tokio::sync::Mutex<()>; 2] = [
+    tokio::sync::Mutex::const_new(()),
+    tokio::sync::Mutex::const_new(()),
+];
+
+fn idp(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "daarion-sqlite",
+        Backend::Postgres => "daarion-postgres",
+    }
+}
+
+fn provider_port(backend: Backend) -> u16 {
+    let name = match backend {
+        Backend::Sqlite => "MP_TEST_OIDC_PORT_SQLITE",
+        Backend::Postgres => "MP_TEST_OIDC_PORT_POSTGRES",
+    };
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with scripts/test.sh"))
+        .parse()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------- DAARION's sign-in page
+
+/// Who the fake DAARION page signs in, or that it refuses.
+#[derive(Clone)]
+enum Answer {
+    Person(Value),
+    Deny,
+    BadToken(Value),
+}
+
+/// DAARION Auth's sign-in page, as section 7 describes its side: it "signs
+/// the person in" and answers with a page that posts an access token and
+/// the state back to `return_to`.
+struct FakeDaarion {
+    url: String,
+    answer: Arc<Mutex<Answer>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl FakeDaarion {
+    fn start() -> FakeDaarion {
+        let answer = Arc::new(Mutex::new(Answer::Deny));
+        let shared = web::Data::from(Arc::clone(&answer));
+        let (port, handle) = serve_locally(move |cfg| {
+            cfg.app_data(shared.clone())
+                .route("/login", web::get().to(fake_login));
+        });
+        FakeDaarion {
+            url: format!("http://127.0.0.1:{port}/login"),
+            answer,
+            handle,
+        }
+    }
+
+    /// The next sign-ins are `user_id` with these claims.
+    fn sign_in_as(&self, user_id: &str, username: &str, name: &str, sid: Option<&str>) {
+        let mut claims = daarion_claims(user_id);
+        claims["preferred_username"] = json!(username);
+        claims["name"] = json!(name);
+        if let Some(sid) = sid {
+            claims["sid"] = json!(sid);
+        }
+        *self.answer.lock().unwrap() = Answer::Person(claims);
+    }
+
+    fn answer(&self, answer: Answer) {
+        *self.answer.lock().unwrap() = answer;
+    }
+
+    async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+fn daarion_claims(sub: &str) -> Value {
+    let now = Utc::now().timestamp();
+    json!({"sub": sub, "iat": now, "exp": now + 300, "iss": ISSUER, "aud": AUDIENCE})
+}
+
+fn daarion_token(claims: &Value, secret: &str) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn fake_login(req: HttpRequest, answer: web::Data<Mutex<Answer>>) -> HttpResponse {
+    let q: HashMap<String, String> = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .into_owned()
+        .collect();
+    let (Some(return_to), Some(state)) = (q.get("return_to"), q.get("state")) else {
+        return HttpResponse::BadRequest().body("return_to and state are required");
+    };
+    let fields = match answer.lock().unwrap().clone() {
+        Answer::Person(claims) => vec![("access_token", daarion_token(&claims, AUTH_SECRET))],
+        Answer::BadToken(claims) => vec![("access_token", daarion_token(&claims, "not-the-key"))],
+        Answer::Deny => vec![("error", "access_denied".to_string())],
+    };
+    let inputs: String = fields
+        .iter()
+        .chain(std::iter::once(&("state", state.clone())))
+        .map(|(name, value)| format!("<input type=\"hidden\" name=\"{name}\" value=\"{value}\">"))
+        .collect();
+    HttpResponse::Ok().content_type("text/html").body(format!(
+        "<!doctype html><form method=\"post\" action=\"{return_to}\">{inputs}</form>\
+         <script>document.forms[0].submit()</script>"
+    ))
+}
+
+/// The form of the fake page: its action and fields.
+fn parse_form(html: &str) -> (String, Vec<(String, String)>) {
+    let between = |s: &str, start: &str| -> Option<String> {
+        let i = s.find(start)? + start.len();
+        Some(s[i..i + s[i..].find('"')?].to_string())
+    };
+    let action = between(html, "action=\"").expect("a form action");
+    let fields = html
+        .split("<input ")
+        .skip(1)
+        .map(|input| {
+            (
+                between(input, "name=\"").unwrap(),
+                between(input, "value=\"").unwrap(),
+            )
+        })
+        .collect();
+    (action, fields)
+}
+
+// ---------------------------------------------------------------- a browser
+
+/// One step of a browser: the answer's status, `Location` and body.
+#[derive(Debug)]
+struct Hop {
+    status: u16,
+    location: Option<String>,
+    body: String,
+}
+
+/// Just enough of a browser: it keeps cookies (all of them on 127.0.0.1,
+/// whatever their path) and lets the test follow each redirect itself.
+struct Browser {
+    http: reqwest::Client,
+    jar: Mutex<HashMap<String, String>>,
+    lang: &'static str,
+}
+
+impl Browser {
+    fn new() -> Browser {
+        Browser::speaking("en")
+    }
+
+    fn speaking(lang: &'static str) -> Browser {
+        Browser {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            jar: Mutex::new(HashMap::new()),
+            lang,
+        }
+    }
+
+    async fn get(&self, url: &str) -> Hop {
+        self.send(self.http.get(url)).await
+    }
+
+    async fn post_form(&self, url: &str, fields: &[(String, String)]) -> Hop {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        self.send(
+            self.http
+                .post(url)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(body),
+        )
+        .await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Hop {
+        let cookies: Vec<String> = self
+            .jar
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let mut request = request.header("Accept-Language", self.lang);
+        if !cookies.is_empty() {
+            request = request.header("Cookie", cookies.join("; "));
+        }
+        let response = request.send().await.unwrap();
+        for set in response.headers().get_all("set-cookie") {
+            let set = set.to_str().unwrap();
+            let first = set.split(';').next().unwrap();
+            let (name, value) = first.split_once('=').unwrap();
+            let removed = set.to_ascii_lowercase().contains("max-age=0") || value.is_empty();
+            let mut jar = self.jar.lock().unwrap();
+            if removed {
+                jar.remove(name.trim());
+            } else {
+                jar.insert(name.trim().to_string(), value.trim().to_string());
+            }
+        }
+        Hop {
+            status: response.status().as_u16(),
+            location: response
+                .headers()
+                .get("location")
+                .map(|l| l.to_str().unwrap().to_string()),
+            body: response.text().await.unwrap_or_default(),
+        }
+    }
+}
+
+fn query_of(url: &str) -> HashMap<String, String> {
+    url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect()
+}
+
+fn redirected(hop: &Hop, what: &str) -> String {
+    assert!(
+        (300..400).contains(&hop.status),
+        "{what}: expected a redirect, got {} {}",
+        hop.status,
+        hop.body
+    );
+    hop.location.clone().unwrap()
+}
+
+// ---------------------------------------------------------------- the provider under test
+
+struct Provider {
+    app: TestApp,
+    port: u16,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+fn provider_overrides(backend: Backend, daarion: &FakeDaarion) -> Vec<(String, String)> {
+    let port = provider_port(backend);
+    let synapse = shared_synapse();
+    vec![
+        ("BIND".into(), format!("127.0.0.1:{port}")),
+        ("PUBLIC_URL".into(), format!("http://127.0.0.1:{port}")),
+        (
+            "OIDC_CLIENT_SECRET".into(),
+            required_env("MP_TEST_OIDC_SECRET"),
+        ),
+        ("OIDC_IDP_ID".into(), idp(backend).into()),
+        (
+            "OIDC_REDIRECT_URIS".into(),
+            format!("{}/_synapse/client/oidc/callback,{CLIENT_CB}", synapse.url),
+        ),
+        ("AUTH_LOGIN_URL".into(), daarion.url.clone()),
+        ("AUTH_JWT_SECRET".into(), AUTH_SECRET.into()),
+        ("AUTH_JWT_ISSUER".into(), ISSUER.into()),
+        ("AUTH_JWT_AUDIENCE".into(), AUDIENCE.into()),
+    ]
+}
+
+async fn provider_with(
+    backend: Backend,
+    daarion: &FakeDaarion,
+    db: TestDb,
+    synapse: SynapseInfo,
+    extra: &[(&str, &str)],
+) -> Provider {
+    let turn = TURNS[backend as usize].lock().await;
+    let mut overrides = provider_overrides(backend, daarion);
+    for (k, v) in extra {
+        overrides.retain(|(name, _)| name != k);
+        overrides.push((k.to_string(), v.to_string()));
+    }
+    let overrides: Vec<(&str, &str)> = overrides
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let app = TestApp::spawn_with(db, synapse, &overrides).await;
+    Provider {
+        app,
+        port: provider_port(backend),
+        _turn: turn,
+    }
+}
+
+async fn provider(backend: Backend, daarion: &FakeDaarion) -> Provider {
+    provider_with(
+        backend,
+        daarion,
+        TestDb::new(backend).await,
+        shared_synapse(),
+        &[],
+    )
+    .await
+}
+
+impl Provider {
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn stop(self) {
+        self.app.shutdown().await;
+    }
+}
+
+// ---------------------------------------------------------------- Element's path
+
+/// What Element does, step by step: asks Synapse for its logins, follows
+/// the DAARION button through Synapse, the provider and DAARION's page back
+/// to Element with a login token, and logs in with it.
+async fn element_sign_in(browser: &Browser, provider: &Provider, backend: Backend) -> Value {
+    // Synapse as browsers reach it (the service may go through a proxy).
+    let synapse = &shared_synapse().url;
+    let flows: Value = reqwest::get(format!("{synapse}/_matrix/client/v3/login"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let idp_id = format!("oidc-{}", idp(backend));
+    let sso = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["type"] == "m.login.sso")
+        .expect("Synapse offers single sign-on");
+    let button = sso["identity_providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == idp_id.as_str())
+        .expect("Synapse lists the DAARION provider");
+    assert_eq!(button["name"], "DAARION");
+
+    let start = format!(
+        "{synapse}/_matrix/client/v3/login/sso/redirect/{idp_id}?redirectUrl={}",
+        urlencode(ELEMENT)
+    );
+    let authorize = redirected(&browser.get(&start).await, "Synapse's SSO redirect");
+    assert!(
+        authorize.starts_with(&format!("{}/oidc/authorize?", provider.base())),
+        "{authorize}"
+    );
+    let login = redirected(&browser.get(&authorize).await, "authorize");
+    let page = browser.get(&login).await;
+    assert_eq!(page.status, 200, "DAARION's page: {}", page.body);
+    let (action, fields) = parse_form(&page.body);
+    let continue_at = redirected(&browser.post_form(&action, &fields).await, "return");
+    let callback = redirected(&browser.get(&continue_at).await, "continue");
+    assert!(
+        callback.starts_with(&format!("{synapse}/_synapse/client/oidc/callback?")),
+        "{callback}"
+    );
+    let back = redirected(&browser.get(&callback).await, "Synapse's callback");
+    assert!(back.starts_with(ELEMENT), "{back}");
+    let login_token = query_of(&back)["loginToken"].clone();
+    let response = reqwest::Client::new()
+        .post(format!("{synapse}/_matrix/client/v3/login"))
+        .json(&json!({"type": "m.login.token", "token": login_token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+async fn whoami(synapse: &str, access_token: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{synapse}/_matrix/client/v3/account/whoami"))
+        .bearer_auth(access_token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+// ---------------------------------------------------------------- the tests
+
+/// The webhook's account, an account made by the sign-in itself, and an
+/// account linked before the provider existed: Element always lands in the
+/// person's one account, and Synapse never makes one of its own.
+async fn element_signs_people_in_to_their_one_account(backend: Backend) {
+    let daarion = FakeDaarion::start();
+    let provider = provider(backend, &daarion).await;
+    let admin = SynapseAdmin::shared().await;
+    let synapse = provider.app.synapse.url.clone();
+    let oidc_provider = format!("oidc-{}", idp(backend));
+
+    // Signed up through the webhook first.
+    let user_id = unique("u_");
+    let username = unique("elem");
+    let (status, _) = provider
+        .app
+        .client
+        .send_event(&event(
+            "user.registered",
+            &user_id,
+            json!({"username": username, "display_name": "Олена Вебхук"}),
+        ))
+        .await;
+    assert_eq!(status, 202);
+    provider
+        .app
+        .client
+        .wait_for_state(&user_id, "provisioned", DEADLINE)
+        .await;
+    daarion.sign_in_as(&user_id, "someone-else", "Other Name", Some("s1"));
+    let login = element_sign_in(&Browser::new(), &provider, backend).await;
+    let expected = admin.user_id(&username);
+    assert_eq!(login["user_id"], expected);
+    let (status, me) = whoami(&synapse, login["access_token"].as_str().unwrap()).await;
+    assert_eq!((status, &me["user_id"]), (200, &json!(expected)));
+    let user = admin.user(&expected).await.unwrap();
+    let ids = user["external_ids"].as_array().unwrap();
+    assert!(ids.contains(&json!({"auth_provider": "daarion", "external_id": user_id})));
+    assert!(ids.contains(&json!({"auth_provider": oidc_provider, "external_id": user_id})));
+
+    // Nobody knows this person yet: the sign-in makes the account, once.
+    let newcomer = unique("u_");
+    let new_name = unique("fresh");
+    daarion.sign_in_as(&newcomer, &new_name, "Новий", None);
+    let login = element_sign_in(&Browser::new(), &provider, backend).await;
+    assert_eq!(login["user_id"], admin.user_id(&new_name));
+    assert_eq!(admin.count_users(&new_name).await, 1);
+    assert_eq!(
+        admin.lookup(&newcomer).await,
+        Some(admin.user_id(&new_name))
+    );
+    let again = element_sign_in(&Browser::new(), &provider, backend).await;
+    assert_eq!(again["user_id"], admin.user_id(&new_name));
+    assert_eq!(admin.count_users(&new_name).await, 1);
+
+    // Linked before the provider existed: only the `daarion` id.
+    let old = unique("u_");
+    let old_name = unique("old");
+    provider
+        .app
+        .client
+        .send_event(&event(
+            "user.registered",
+            &old,
+            json!({"username": old_name, "display_name": "Old"}),
+        ))
+        .await;
+    provider
+        .app
+        .client
+        .wait_for_state(&old, "provisioned", DEADLINE)
+        .await;
+    let (status, _) = admin
+        .put(
+            &format!("/_synapse/admin/v2/users/{}", admin.user_id(&old_name)),
+            &json!({"external_ids": [{"auth_provider": "daarion", "external_id": old}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    provider
+        .app
+        .db
+        .execute(&format!(
+            "UPDATE people SET oidc_linked = 0 WHERE user_id = '{old}'"
+        ))
+        .await;
+    daarion.sign_in_as(&old, &old_name, "Old", None);
+    let calls = provider.app.service_synapse.calls().snapshot();
+    let login = element_sign_in(&Browser::new(), &provider, backend).await;
+    assert_eq!(login["user_id"], admin.user_id(&old_name));
+    let used = provider
+        .app
+        .service_synapse
+        .calls()
+        .snapshot()
+        .since(&calls);
+    assert_eq!(
+        used.get(Endpoint::UserPut),
+        1,
+        "one write adds the oidc id: {used:?}"
+    );
+    // Already there (say, written by hand): read, not written again.
+    provider
+        .app
+        .db
+        .execute(&format!(
+            "UPDATE people SET oidc_linked = 0 WHERE user_id = '{old}'"
+        ))
+        .await;
+    let calls = provider.app.service_synapse.calls().snapshot();
+    element_sign_in(&Browser::new(), &provider, backend).await;
+    let used = provider
+        .app
+        .service_synapse
+        .calls()
+        .snapshot()
+        .since(&calls);
+    assert_eq!(used.get(Endpoint::UserPut), 0, "{used:?}");
+
+    provider.stop().await;
+    daarion.stop().await;
+}
+on_both_backends!(element_signs_people_in_to_their_one_account);
+
+/// What Synapse would do, by hand: authorize for our own client redirect,
+/// through DAARION's page, to the code.
+async fn code_for(
+    browser: &Browser,
+    provider: &Provider,
+    extra: &[(&str, &str)],
+) -> Result<(String, HashMap<String, String>), Hop> {
+    let mut params = vec![
+        ("response_type", "code"),
+        ("client_id", "synapse"),
+        ("redirect_uri", CLIENT_CB),
+        ("scope", "openid profile"),
+        ("state", "client-state"),
+        ("nonce", "n-0S6_WzA2Mj"),
+    ];
+    for (k, v) in extra {
+        params.retain(|(name, _)| name != k);
+        params.push((k, v));
+    }
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
+    let hop = browser
+        .get(&format!("{}/oidc/authorize?{query}", provider.base()))
+        .await;
+    let login = match hop.location.clone() {
+        Some(l) if hop.status == 303 && !l.starts_with(CLIENT_CB) => l,
+        _ => return Err(hop),
+    };
+    let page = browser.get(&login).await;
+    let (action, fields) = parse_form(&page.body);
+    let hop = browser.post_form(&action, &fields).await;
+    let Some(continue_at) = hop.location.clone().filter(|_| hop.status == 303) else {
+        return Err(hop);
+    };
+    let hop = browser.get(&continue_at).await;
+    match hop.location.clone() {
+        Some(l) if hop.status == 303 && l.starts_with(CLIENT_CB) => {
+            let q = query_of(&l);
+            Ok((q["code"].clone(), q))
+        }
+        _ => Err(hop),
+    }
+}
+
+async fn token_request(
+    base: &str,
+    fields: &[(&str, String)],
+    basic: Option<(&str, &str)>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}/oidc/token"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(
+            url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(fields)
+                .finish(),
+        );
+    if let Some((id, secret)) = basic {
+        request = request.header(
+            "Authorization",
+            format!("Basic {}", STANDARD.encode(format!("{id}:{secret}"))),
+        );
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A sign-in begun in `browser`, up to DAARION's answer (its form).
+async fn daarion_answer(browser: &Browser, base: &str) -> (String, Vec<(String, String)>) {
+    let hop = browser
+        .get(&format!(
+            "{base}/oidc/authorize?response_type=code&client_id=synapse&redirect_uri={}\
+             &scope=openid&state=x",
+            urlencode(CLIENT_CB)
+        ))
+        .await;
+    let page = browser.get(hop.location.as_deref().unwrap()).await;
+    parse_form(&page.body)
+}
+
+fn pkce() -> (String, String) {
+    let verifier = format!("{}{}", unique("v"), "x".repeat(40));
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    (verifier, challenge)
+}
+
+/// Every refusal of section 7 and issue 11, each leaving nothing issued,
+/// and the good path's ID token checked against the published keys.
+async fn the_provider_refuses_what_it_must(backend: Backend) {
+    let daarion = FakeDaarion::start();
+    let provider = provider(backend, &daarion).await;
+    let admin = SynapseAdmin::shared().await;
+    let base = provider.base();
+    let secret = required_env("MP_TEST_OIDC_SECRET");
+    let user_id = unique("u_");
+    let username = unique("refuse");
+    daarion.sign_in_as(&user_id, &username, "Refusals", Some("daarion-sid-1"));
+
+    // Nobody to send back to: a page, no redirect.
+    for (param, value) in [
+        ("client_id", "stranger"),
+        ("redirect_uri", "http://evil.test/cb"),
+    ] {
+        let hop = code_for(&Browser::new(), &provider, &[(param, value)])
+            .await
+            .unwrap_err();
+        assert_eq!(hop.status, 400, "{param}");
+        assert!(hop.location.is_none(), "{param}");
+        assert!(hop.body.contains("<html"), "{param}: a page");
+    }
+    // Refusals the client hears about.
+    for (extra, error) in [
+        (
+            vec![("response_type", "token")],
+            "unsupported_response_type",
+        ),
+        (vec![("scope", "profile")], "invalid_scope"),
+        (
+            vec![
+                ("code_challenge", "abc"),
+                ("code_challenge_method", "plain"),
+            ],
+            "invalid_request",
+        ),
+        (vec![("code_challenge_method", "S256")], "invalid_request"),
+    ] {
+        let hop = code_for(&Browser::new(), &provider, &extra)
+            .await
+            .unwrap_err();
+        let back = hop.location.expect("sent back to the client");
+        let q = query_of(&back);
+        assert_eq!(q["error"], error, "{extra:?}");
+        assert_eq!(q["state"], "client-state");
+        assert!(!q.contains_key("code"));
+    }
+
+    // The good path, with PKCE.
+    let (verifier, challenge) = pkce();
+    let pkce_params = [
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ];
+    let (code, q) = code_for(&Browser::new(), &provider, &pkce_params)
+        .await
+        .unwrap();
+    assert_eq!(q["state"], "client-state");
+    let good = |code: &str, verifier: &str| {
+        vec![
+            ("grant_type", "authorization_code".to_string()),
+            ("code", code.to_string()),
+            ("redirect_uri", CLIENT_CB.to_string()),
+            ("code_verifier", verifier.to_string()),
+        ]
+    };
+    // A wrong secret or an unknown client: refused, the code not spent.
+    let form = good(&code, &verifier);
+    let (status, body) = token_request(&base, &form, Some(("synapse", "wrong"))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    let (status, body) = token_request(&base, &form, Some(("stranger", &secret))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    let (status, body) = token_request(&base, &form, Some(("synapse", &secret))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token_type"], "Bearer");
+
+    // The ID token, checked as Synapse checks it, with the published keys.
+    let id_token = body["id_token"].as_str().unwrap();
+    let header = decode_header(id_token).unwrap();
+    let jwks: Value = reqwest::get(format!("{base}/oidc/jwks"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"].as_str() == header.kid.as_deref())
+        .expect("the ID token's kid is published");
+    let key = DecodingKey::from_jwk(&serde_json::from_value::<Jwk>(jwk.clone()).unwrap()).unwrap();
+    let mut validation = Validation::new(header.alg);
+    validation.set_audience(&["synapse"]);
+    validation.set_issuer(&[base.as_str()]);
+    let claims = decode::<Value>(id_token, &key, &validation).unwrap().claims;
+    assert_eq!(claims["sub"], user_id);
+    assert_eq!(claims["nonce"], "n-0S6_WzA2Mj");
+    assert_eq!(claims["preferred_username"], username);
+    assert_eq!(claims["name"], "Refusals");
+    assert!(claims["sid"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(claims["auth_time"].as_i64().is_some());
+    assert_eq!(admin.lookup(&user_id).await, Some(admin.user_id(&username)));
+
+    // userinfo with the access token, and without.
+    let info: Value = reqwest::Client::new()
+        .get(format!("{base}/oidc/userinfo"))
+        .bearer_auth(body["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["sub"], user_id);
+    assert_eq!(info["preferred_username"], username);
+    let refused = reqwest::Client::new()
+        .get(format!("{base}/oidc/userinfo"))
+        .bearer_auth("nonsense")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    // The same code again, here and on another replica of the same database.
+    let (status, body) = token_request(&base, &form, Some(("synapse", &secret))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    let replica = TestApp::spawn_with(
+        provider.app.db.shared(),
+        shared_synapse(),
+        &provider_overrides(backend, &daarion)
+            .iter()
+            .filter(|(k, _)| k != "BIND")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let (code, _) = code_for(&Browser::new(), &provider, &pkce_params)
+        .await
+        .unwrap();
+    let form = good(&code, &verifier);
+    let (first, second) = tokio::join!(
+        token_request(&base, &form, Some(("synapse", &secret))),
+        token_request(&replica.client.base, &form, Some(("synapse", &secret))),
+    );
+    let mut statuses = [first.0, second.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 400], "one replica redeems the code, once");
+    replica.shutdown().await;
+
+    // PKCE: a wrong verifier, none, or one without a challenge.
+    for (with_challenge, verifier_sent) in [
+        (true, Some("y".repeat(50))),
+        (true, None),
+        (false, Some(verifier.clone())),
+    ] {
+        let extra: &[(&str, &str)] = if with_challenge { &pkce_params } else { &[] };
+        let (code, _) = code_for(&Browser::new(), &provider, extra).await.unwrap();
+        let mut form = vec![
+            ("grant_type", "authorization_code".to_string()),
+            ("code", code),
+            ("redirect_uri", CLIENT_CB.to_string()),
+            ("client_id", "synapse".to_string()),
+            ("client_secret", secret.clone()),
+        ];
+        if let Some(v) = &verifier_sent {
+            form.push(("code_verifier", v.clone()));
+        }
+        let (status, body) = token_request(&base, &form, None).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_grant")),
+            "challenge {with_challenge}, verifier {verifier_sent:?}"
+        );
+    }
+    // client_secret_post without PKCE works; an expired code does not.
+    let (code, _) = code_for(&Browser::new(), &provider, &[]).await.unwrap();
+    let post = |code: String| {
+        vec![
+            ("grant_type", "authorization_code".to_string()),
+            ("code", code),
+            ("redirect_uri", CLIENT_CB.to_string()),
+            ("client_id", "synapse".to_string()),
+            ("client_secret", secret.clone()),
+        ]
+    };
+    let form = post(code);
+    let (status, body) = token_request(&base, &form, None).await;
+    assert_eq!(status, 200, "{body}");
+    let (code, _) = code_for(&Browser::new(), &provider, &[]).await.unwrap();
+    provider
+        .app
+        .db
+        .execute("UPDATE oidc_codes SET expires_at = 1")
+        .await;
+    let form = post(code);
+    let (status, body) = token_request(&base, &form, None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+
+    // A state is used once: DAARION's answer posted again is refused.
+    let browser = Browser::new();
+    let (action, fields) = daarion_answer(&browser, &base).await;
+    let first = browser.post_form(&action, &fields).await;
+    assert_eq!(first.status, 303);
+    let replay = browser.post_form(&action, &fields).await;
+    assert_eq!(replay.status, 400, "a replayed state: {}", replay.body);
+
+    // Login CSRF: the state of a sign-in begun in one browser, finished in
+    // another, gets nowhere.
+    let (action, fields) = daarion_answer(&Browser::new(), &base).await;
+    let victim = Browser::new();
+    let hop = victim.post_form(&action, &fields).await;
+    let hop = victim.get(hop.location.as_deref().unwrap()).await;
+    assert_eq!(hop.status, 400, "no code for another browser's sign-in");
+    assert!(hop.location.is_none());
+
+    // DAARION refuses, or hands back a token that is not DAARION's.
+    for answer in [Answer::Deny, Answer::BadToken(daarion_claims(&user_id))] {
+        daarion.answer(answer);
+        let hop = code_for(&Browser::speaking("uk-UA,uk;q=0.9"), &provider, &[])
+            .await
+            .unwrap_err();
+        assert_eq!(hop.status, 403, "{}", hop.body);
+        assert!(hop.body.contains("lang=\"uk\""), "{}", hop.body);
+    }
+
+    // A deactivated person gets a page saying so, and no code.
+    let (status, _) = provider
+        .app
+        .client
+        .send_event(&event("user.deleted", &user_id, json!({})))
+        .await;
+    assert_eq!(status, 202);
+    provider
+        .app
+        .client
+        .wait_for_state(&user_id, "deactivated", DEADLINE)
+        .await;
+    daarion.sign_in_as(&user_id, &username, "Refusals", None);
+    let hop = code_for(&Browser::speaking("uk"), &provider, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(hop.status, 403);
+    assert!(hop.body.contains("деактивовано"), "{}", hop.body);
+
+    provider.stop().await;
+    daarion.stop().await;
+}
+on_both_backends!(the_provider_refuses_what_it_must);
+
+/// DAARION's sign-out of one session ends the Matrix sessions opened from
+/// it, and only those, through back-channel logout; with Synapse down at
+/// the time, once it is back. `user.deleted` ends them all.
+async fn signing_out_of_daarion_signs_out_of_matrix(backend: Backend) {
+    let daarion = FakeDaarion::start();
+    let synapse = shared_synapse();
+    let proxy = SynapseProxy::start(&synapse.url);
+    let proxied = SynapseInfo {
+        url: proxy.url.clone(),
+        ..synapse.clone()
+    };
+    // The service reaches Synapse through the proxy; browsers do not.
+    let provider = provider_with(
+        backend,
+        &daarion,
+        TestDb::new(backend).await,
+        proxied,
+        &[("SYNAPSE_PUBLIC_URL", synapse.url.as_str())],
+    )
+    .await;
+    let user_id = unique("u_");
+    let username = unique("bye");
+    let mut tokens = Vec::new();
+    for sid in ["phone", "laptop", "laptop"] {
+        daarion.sign_in_as(&user_id, &username, "Bye", Some(sid));
+        let login = element_sign_in(&Browser::new(), &provider, backend).await;
+        tokens.push(login["access_token"].as_str().unwrap().to_string());
+    }
+    for token in &tokens {
+        assert_eq!(whoami(&synapse.url, token).await.0, 200);
+    }
+
+    // Synapse is "down" for the first three logouts.
+    let logout_path = "/_synapse/client/oidc/backchannel_logout";
+    proxy.fail(logout_path, 3);
+    let (status, _) = provider
+        .app
+        .client
+        .send_event(&event(
+            "user.signed_out",
+            &user_id,
+            json!({"session_id": "laptop"}),
+        ))
+        .await;
+    assert_eq!(status, 202);
+    eventually("the laptop's sessions to end", DEADLINE, || async {
+        let (a, b) = (
+            whoami(&synapse.url, &tokens[1]).await.0,
+            whoami(&synapse.url, &tokens[2]).await.0,
+        );
+        (a == 401 && b == 401).then_some(())
+    })
+    .await;
+    assert_eq!(
+        whoami(&synapse.url, &tokens[0]).await.0,
+        200,
+        "the phone stays"
+    );
+    let attempts = proxy
+        .seen()
+        .iter()
+        .filter(|(p, _)| p == logout_path)
+        .count();
+    assert!(attempts >= 5, "3 refused, then the 2 sessions: {attempts}");
+    assert_eq!(provider.app.db.count("oidc_logouts").await, 0);
+
+    // Deletion ends the rest.
+    provider
+        .app
+        .client
+        .send_event(&event("user.deleted", &user_id, json!({})))
+        .await;
+    eventually("the phone's session to end", DEADLINE, || async {
+        (whoami(&synapse.url, &tokens[0]).await.0 == 401).then_some(())
+    })
+    .await;
+    provider.stop().await;
+    proxy.stop().await;
+    daarion.stop().await;
+}
+on_both_backends!(signing_out_of_daarion_signs_out_of_matrix);
+
+/// Every replica and restart signs with the same generated key; a
+/// configured key takes over, and the one it replaced stays published.
+async fn signing_keys_are_shared_and_rotated(backend: Backend) {
+    let daarion = FakeDaarion::start();
+    let provider = provider(backend, &daarion).await;
+    let base = provider.base();
+    let discovery: Value = reqwest::get(format!("{base}/.well-known/openid-configuration"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(discovery["issuer"], base);
+    assert_eq!(
+        discovery["code_challenge_methods_supported"],
+        json!(["S256"])
+    );
+    assert_eq!(
+        discovery["token_endpoint_auth_methods_supported"],
+        json!(["client_secret_basic", "client_secret_post"])
+    );
+    let kids = |jwks: &Value| -> Vec<String> {
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let jwks = |url: String| async move {
+        reqwest::get(url)
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let generated = kids(&jwks(format!("{base}/oidc/jwks")).await);
+    assert_eq!(generated.len(), 1);
+
+    let overrides = provider_overrides(backend, &daarion);
+    let replica_env: Vec<(&str, &str)> = overrides
+        .iter()
+        .filter(|(k, _)| k != "BIND")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let replica =
+        TestApp::spawn_with(provider.app.db.shared(), shared_synapse(), &replica_env).await;
+    assert_eq!(
+        kids(&jwks(format!("{}/oidc/jwks", replica.client.base)).await),
+        generated,
+        "a replica signs with the same key"
+    );
+    replica.shutdown().await;
+
+    let pem = std::fs::read_to_string(repo().join("tests/fixtures/jwt/rsa-a.pem")).unwrap();
+    let mut rotated_env = replica_env.clone();
+    rotated_env.push(("OIDC_SIGNING_KEY", pem.as_str()));
+    let rotated =
+        TestApp::spawn_with(provider.app.db.shared(), shared_synapse(), &rotated_env).await;
+    let published = jwks(format!("{}/oidc/jwks", rotated.client.base)).await;
+    let now = kids(&published);
+    assert_eq!(now.len(), 2, "{published}");
+    assert!(
+        now.contains(&generated[0]),
+        "the replaced key stays published"
+    );
+    let discovery: Value = reqwest::get(format!(
+        "{}/.well-known/openid-configuration",
+        rotated.client.base
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        discovery["id_token_signing_alg_values_supported"][0], "RS256",
+        "the key in use comes first"
+    );
+    rotated.shutdown().await;
+    provider.stop().await;
+    daarion.stop().await;
+}
+on_both_backends!(signing_keys_are_shared_and_rotated);
