@@ -4,10 +4,17 @@
 # on 127.0.0.1:${SYNAPSE_PORT:-8008}, and the service on 127.0.0.1:7030 with
 # the embedded SQLite default (./matrix-provisioner.db). Secrets are made once
 # and kept in .local/secrets/ (one file each; the service reads them through
-# the *_FILE settings). Ctrl-C stops both.
+# the *_FILE settings). Ctrl-C stops all.
+#
+# "Continue with DAARION" is on: the service is Synapse's OpenID provider,
+# with a STAND-IN for DAARION Auth's sign-in page (scripts/standin-daarion.py,
+# on 127.0.0.1:7020: whoever types a name is signed in as that name). Open
+# http://127.0.0.1:8008/_matrix/static/client/login/ and press "Log in" under
+# single sign-on.
 #
 # Usage:   scripts/run-local.sh
-# Env:     SYNAPSE_PORT (8008), SYNAPSE_SERVER_NAME (localhost), BIND (127.0.0.1:7030)
+# Env:     SYNAPSE_PORT (8008), SYNAPSE_SERVER_NAME (localhost), BIND (127.0.0.1:7030),
+#          STANDIN_PORT (7020)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,7 +30,10 @@ secret() { # secret NAME: creates .local/secrets/NAME once
     [[ -s "$secrets/$1" ]] || python3 -c 'import secrets; print(secrets.token_urlsafe(32))' >"$secrets/$1"
     chmod 600 "$secrets/$1"
 }
-for name in registration jwt webhook admin; do secret "$name"; done
+for name in registration jwt webhook admin auth_jwt oidc_client; do secret "$name"; done
+bind="${BIND:-127.0.0.1:7030}"
+public_url="http://$bind"
+standin_port="${STANDIN_PORT:-7020}"
 
 echo "run-local: building matrix-provisioner (release)…" >&2
 cargo build --release --locked --quiet
@@ -33,14 +43,21 @@ scripts/synapse-venv.sh >/dev/null
 SERVER_NAME="$server_name" \
 REGISTRATION_SECRET="$(cat "$secrets/registration")" \
 JWT_SECRET="$(cat "$secrets/jwt")" \
+OIDC_PROVIDERS="daarion=$public_url" \
+OIDC_CLIENT_SECRET="$(cat "$secrets/oidc_client")" \
     scripts/synapse-config.sh "$local_dir/synapse" "$port" >/dev/null
 scripts/synapse-ctl.sh start "$local_dir/synapse" >/dev/null
-trap 'scripts/synapse-ctl.sh stop "$local_dir/synapse" >/dev/null' EXIT
+STANDIN_PORT="$standin_port" AUTH_JWT_SECRET_FILE="$secrets/auth_jwt" \
+    python3 scripts/standin-daarion.py &
+standin=$!
+trap 'kill "$standin" 2>/dev/null; scripts/synapse-ctl.sh stop "$local_dir/synapse" >/dev/null' EXIT
 
 cat >&2 <<MSG
 run-local: Synapse is up at http://127.0.0.1:$port (server name $server_name).
 run-local: secrets are in $secrets/ (webhook: AUTH_WEBHOOK_SECRET, admin: ADMIN_API_TOKEN).
-run-local: starting matrix-provisioner on ${BIND:-127.0.0.1:7030}; Ctrl-C stops both.
+run-local: starting matrix-provisioner on $bind; Ctrl-C stops all.
+run-local: sign in with DAARION: open http://127.0.0.1:$port/_matrix/static/client/login/
+run-local:   and press "Log in" (the DAARION page on 127.0.0.1:$standin_port is a STAND-IN).
 MSG
 SYNAPSE_URL="http://127.0.0.1:$port" \
 SYNAPSE_SERVER_NAME="$server_name" \
@@ -48,4 +65,9 @@ SYNAPSE_REGISTRATION_SECRET_FILE="$secrets/registration" \
 SYNAPSE_JWT_SECRET_FILE="$secrets/jwt" \
 AUTH_WEBHOOK_SECRET_FILE="$secrets/webhook" \
 ADMIN_API_TOKEN_FILE="$secrets/admin" \
+AUTH_JWT_SECRET_FILE="$secrets/auth_jwt" \
+PUBLIC_URL="$public_url" \
+OIDC_CLIENT_SECRET_FILE="$secrets/oidc_client" \
+AUTH_LOGIN_URL="http://127.0.0.1:$standin_port/login" \
+BIND="$bind" \
     target/release/matrix-provisioner serve

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# check-sign-in.sh — "Continue with DAARION" in a real browser: headless
+# Chromium opens Synapse's own login page, presses single sign-on's "Log in",
+# goes through the service (Synapse's OpenID provider) to the stand-in DAARION
+# page (scripts/standin-daarion.py), types a name, and comes back signed in.
+# The result is read from Synapse: the person's account has a new device.
+# Leaves screenshots of each page in OUT_DIR for a person to look at.
+#
+# Usage:   scripts/check-sign-in.sh [OUT_DIR]     (default: target/check-sign-in)
+# Needs:   cargo, python3; Debian's chromium and chromium-driver (installed
+#          here with apt-get when missing; needs root); selenium from PyPI
+#          (into ${MP_CACHE:-.cache}/browser-venv).
+# Network: apt-get and pip only when something is missing; the browser
+#          reaches nothing but 127.0.0.1.
+set -euo pipefail
+
+SELENIUM_VERSION=4.38.0
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+out="${1:-$repo/target/check-sign-in}"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+cache="${MP_CACHE:-$repo/.cache}"
+mkdir -p "$cache"
+
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    echo "check-sign-in: installing chromium and chromium-driver (Debian packages)" >&2
+    sudo=""
+    [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+venv="$cache/browser-venv"
+exec 9>"$cache/.browser-venv.lock"
+flock 9
+if ! "$venv/bin/python" -c "import selenium, sys; sys.exit(selenium.__version__ != '$SELENIUM_VERSION')" 2>/dev/null; then
+    echo "check-sign-in: installing selenium $SELENIUM_VERSION into $venv" >&2
+    [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "selenium==$SELENIUM_VERSION" >&2
+fi
+flock -u 9
+
+cargo build --locked --quiet --bin matrix-provisioner
+bin="$repo/target/debug/matrix-provisioner"
+scripts/synapse-venv.sh >/dev/null
+
+scratch_dir mp-sign-in
+pids=()
+stop_all() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    stop_scratch
+}
+trap stop_all EXIT
+
+python3 -c 'import secrets; print(secrets.token_urlsafe(32))' >"$work/auth_jwt"
+registration="reg-$RANDOM$RANDOM"
+client_secret="oidc-$RANDOM$RANDOM"
+service_port="$(free_port)"
+standin_port="$(free_port)"
+synapse_port="$(SERVER_NAME=signin.test REGISTRATION_SECRET="$registration" BCRYPT_ROUNDS=4 \
+    RELAX_RATELIMITS=1 OIDC_PROVIDERS="daarion=http://127.0.0.1:$service_port" \
+    OIDC_CLIENT_SECRET="$client_secret" start_synapse "$work/synapse")"
+
+STANDIN_PORT="$standin_port" AUTH_JWT_SECRET_FILE="$work/auth_jwt" \
+    python3 scripts/standin-daarion.py &
+pids+=($!)
+env -i "PATH=$PATH" "BIND=127.0.0.1:$service_port" "DATABASE_URL=sqlite://$work/provisioner.db" \
+    "SYNAPSE_URL=http://127.0.0.1:$synapse_port" "SYNAPSE_SERVER_NAME=signin.test" \
+    "SYNAPSE_REGISTRATION_SECRET=$registration" "AUTH_JWT_SECRET_FILE=$work/auth_jwt" \
+    "PUBLIC_URL=http://127.0.0.1:$service_port" "OIDC_CLIENT_SECRET=$client_secret" \
+    "AUTH_LOGIN_URL=http://127.0.0.1:$standin_port/login" \
+    "$bin" serve >"$out/service.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+    env -i "BIND=127.0.0.1:$service_port" "$bin" healthcheck 2>/dev/null && break
+    sleep 0.1
+done
+
+username="browser-$RANDOM"
+SYNAPSE="http://127.0.0.1:$synapse_port" REGISTRATION="$registration" USERNAME="$username" \
+    OUT="$out" "$venv/bin/python" - <<'PY'
+import hashlib, hmac, json, os, sys, time, urllib.request
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ready
+from selenium.webdriver.support.ui import WebDriverWait
+
+synapse, out, username = os.environ["SYNAPSE"], os.environ["OUT"], os.environ["USERNAME"]
+
+options = webdriver.ChromeOptions()
+options.binary_location = "/usr/bin/chromium"
+for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--no-first-run", "--window-size=1100,900",
+             "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
+    options.add_argument(flag)
+browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+wait = WebDriverWait(browser, 30)
+step = 0
+
+def shot(name):
+    global step
+    step += 1
+    browser.save_screenshot(os.path.join(out, f"{step}-{name}.png"))
+
+try:
+    browser.get(f"{synapse}/_matrix/static/client/login/")
+    button = wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, "#sso_form input[type=submit]")))
+    shot("synapse-login")
+    button.click()  # Synapse -> the service's authorize -> the stand-in DAARION page
+    wait.until(ready.presence_of_element_located((By.ID, "username")))
+    shot("daarion-standin")
+    browser.find_element(By.ID, "username").send_keys(username)
+    browser.find_element(By.ID, "display_name").send_keys("Браузер Тест")
+    browser.find_element(By.ID, "sign_in").click()
+    # Back on Synapse's page with a login token, which the page logs in with.
+    wait.until(lambda b: "loginToken=" in b.current_url)
+    wait.until(lambda b: b.find_element(By.ID, "title").text == "Logging in...")
+    shot("back-on-synapse")
+finally:
+    final_url = browser.current_url
+    browser.quit()
+
+# Ask Synapse: a fresh admin (shared-secret registration) reads the account.
+def call(method, path, body=None, token=None):
+    req = urllib.request.Request(synapse + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    return json.load(urllib.request.urlopen(req, timeout=10))
+
+nonce = call("GET", "/_synapse/admin/v1/register")["nonce"]
+admin, password = f"checker{int(time.time())}", "checker-password"
+mac = hmac.new(os.environ["REGISTRATION"].encode(), digestmod=hashlib.sha1)
+mac.update(b"\0".join([nonce.encode(), admin.encode(), password.encode(), b"admin"]))
+token = call("POST", "/_synapse/admin/v1/register", {
+    "nonce": nonce, "username": admin, "password": password, "admin": True,
+    "mac": mac.hexdigest()})["access_token"]
+user = f"@{username}:signin.test"
+deadline = time.time() + 30
+while True:
+    devices = call("GET", f"/_synapse/admin/v2/users/{user}/devices", token=token)
+    if devices["total"] >= 1:
+        break
+    if time.time() > deadline:
+        sys.exit(f"check-sign-in: {user} has no device after the browser came back to {final_url}")
+    time.sleep(0.2)
+profile = call("GET", f"/_synapse/admin/v2/users/{user}", token=token)
+ids = {e["auth_provider"] for e in profile["external_ids"]}
+assert ids == {"daarion", "oidc-daarion"}, profile["external_ids"]
+assert profile["displayname"] == "Браузер Тест", profile["displayname"]
+print(f"check-sign-in: Chromium signed in as {user} ({devices['total']} device) through DAARION")
+PY
