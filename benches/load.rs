@@ -8,6 +8,10 @@
 //!   post URL BEARER CONCURRENCY SECONDS         — POST rate and latency (SSO token exchange)
 //!   token hs256 SECRET SUB | token rs256 PEM KID SUB — print a DAARION access token (1 h)
 //!   jwks PEM KID                                — print a JWKS with the public half of PEM
+//!   signin URL TOKEN SECRET CONCURRENCY SECONDS — OpenID sign-ins through the provider alone:
+//!                                                 authorize, DAARION's return, continue, token
+//!   element SYNAPSE URL IDP TOKEN N             — N whole Element-path sign-ins through Synapse,
+//!                                                 with the share of their time spent in the service
 //!
 //! Each prints one JSON line with its figures.
 
@@ -40,6 +44,10 @@ fn main() {
             Some("post") => post(&args[1], &args[2], num(&args[3]), secs(&args[4])).await,
             Some("token") => Value::String(token(&args[1..])),
             Some("jwks") => jwks(&args[1], &args[2]),
+            Some("signin") => {
+                signin(&args[1], &args[2], &args[3], num(&args[4]), secs(&args[5])).await
+            }
+            Some("element") => element(&args[1], &args[2], &args[3], &args[4], num(&args[5])).await,
             _ => panic!("usage: see the header of benches/load.rs"),
         }
     });
@@ -320,4 +328,187 @@ fn jwks(pem: &str, kid: &str) -> Value {
     let mut jwk = Jwk::from_encoding_key(&key, Algorithm::RS256).expect("a public JWK");
     jwk.common.key_id = Some(kid.to_string());
     json!({"keys": [jwk]})
+}
+
+/// The redirect URI the bench's client registers (in `OIDC_REDIRECT_URIS`).
+const BENCH_CLIENT_CB: &str = "http://bench.client/cb";
+
+fn no_redirects(concurrency: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+fn query_param(url: &str, name: &str) -> Option<String> {
+    url::Url::parse(url)
+        .ok()?
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// From Synapse's redirect to the code: the service's three browser steps,
+/// with DAARION's page skipped (its answer is posted straight back).
+/// Returns (the redirect back to the client, the time spent in the service).
+async fn browser_steps(
+    http: &reqwest::Client,
+    base: &str,
+    authorize: &str,
+    daarion_token: &str,
+) -> Option<(String, Duration)> {
+    let mut in_service = Duration::ZERO;
+    let t = Instant::now();
+    let r = http.get(authorize).send().await.ok()?;
+    in_service += t.elapsed();
+    let login = r.headers().get("location")?.to_str().ok()?.to_string();
+    let cookie = r.headers().get("set-cookie")?.to_str().ok()?;
+    let cookie = cookie.split(';').next()?.to_string();
+    let state = query_param(&login, "state")?;
+    let t = Instant::now();
+    let r = http
+        .post(format!("{base}/v1/sso/return"))
+        .form(&[("access_token", daarion_token), ("state", &state)])
+        .send()
+        .await
+        .ok()?;
+    in_service += t.elapsed();
+    let next = r.headers().get("location")?.to_str().ok()?.to_string();
+    let t = Instant::now();
+    let r = http.get(&next).header("Cookie", cookie).send().await.ok()?;
+    in_service += t.elapsed();
+    let back = r.headers().get("location")?.to_str().ok()?.to_string();
+    Some((back, in_service))
+}
+
+async fn signin(
+    base: &str,
+    daarion_token: &str,
+    client_secret: &str,
+    concurrency: usize,
+    seconds: Duration,
+) -> Value {
+    let http = no_redirects(concurrency);
+    let (base, daarion_token, client_secret) = (
+        base.to_string(),
+        daarion_token.to_string(),
+        client_secret.to_string(),
+    );
+    let (lat, failed, elapsed) = drive(concurrency, seconds, usize::MAX, move |i| {
+        let (http, base, daarion_token, client_secret) = (
+            http.clone(),
+            base.clone(),
+            daarion_token.clone(),
+            client_secret.clone(),
+        );
+        async move {
+            let verifier = format!("bench-verifier-{i}-{}", "v".repeat(40));
+            let challenge = {
+                use base64::Engine;
+                use sha2::Digest;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(sha2::Sha256::digest(verifier.as_bytes()))
+            };
+            let authorize = format!(
+                "{base}/oidc/authorize?response_type=code&client_id=synapse&scope=openid%20profile\
+                 &redirect_uri={}&state=s{i}&nonce=n{i}&code_challenge={challenge}\
+                 &code_challenge_method=S256",
+                url::form_urlencoded::byte_serialize(BENCH_CLIENT_CB.as_bytes())
+                    .collect::<String>()
+            );
+            let Some((back, _)) = browser_steps(&http, &base, &authorize, &daarion_token).await
+            else {
+                return false;
+            };
+            let Some(code) = query_param(&back, "code") else {
+                return false;
+            };
+            let r = http
+                .post(format!("{base}/oidc/token"))
+                .basic_auth("synapse", Some(&client_secret))
+                .form(&[
+                    ("grant_type", "authorization_code"),
+                    ("code", &code),
+                    ("redirect_uri", BENCH_CLIENT_CB),
+                    ("code_verifier", &verifier),
+                ])
+                .send()
+                .await;
+            matches!(r, Ok(r) if r.status().is_success())
+        }
+    })
+    .await;
+    summary("signin", lat, failed, elapsed, concurrency)
+}
+
+/// The sum of the service's request durations (seconds) by route, from its
+/// `/metrics`.
+async fn service_seconds(http: &reqwest::Client, base: &str) -> f64 {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("matrix_provisioner_http_request_duration_seconds_sum"))
+        .filter(|l| !l.contains("route=\"/metrics\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn element(synapse: &str, base: &str, idp: &str, daarion_token: &str, n: usize) -> Value {
+    let http = no_redirects(1);
+    let mut totals = Vec::with_capacity(n);
+    let mut in_service = Duration::ZERO;
+    let before = service_seconds(&http, base).await;
+    for _ in 0..n {
+        let start = Instant::now();
+        let redirect = format!(
+            "{synapse}/_matrix/client/v3/login/sso/redirect/oidc-{idp}?redirectUrl=http%3A%2F%2Felement.bench%2F"
+        );
+        let r = http.get(&redirect).send().await.unwrap();
+        let synapse_cookies: Vec<String> = r
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|c| c.to_str().ok()?.split(';').next().map(str::to_string))
+            .collect();
+        let authorize = r.headers()["location"].to_str().unwrap().to_string();
+        let (callback, _) = browser_steps(&http, base, &authorize, daarion_token)
+            .await
+            .expect("the provider's steps");
+        let r = http
+            .get(&callback)
+            .header("Cookie", synapse_cookies.join("; "))
+            .send()
+            .await
+            .unwrap();
+        let back = r.headers()["location"].to_str().unwrap().to_string();
+        let token = query_param(&back, "loginToken").expect("a login token");
+        let r = http
+            .post(format!("{synapse}/_matrix/client/v3/login"))
+            .json(&json!({"type": "m.login.token", "token": token}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "m.login.token: {}", r.status());
+        totals.push(start.elapsed());
+    }
+    let after = service_seconds(&http, base).await;
+    in_service += Duration::from_secs_f64(after - before);
+    let total: Duration = totals.iter().sum();
+    let mut ms: Vec<f64> = totals.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    json!({
+        "mode": "element",
+        "sign_ins": n,
+        "p50_ms": ms[ms.len() / 2],
+        "mean_ms": (total.as_secs_f64() * 1000.0 / n as f64 * 10.0).round() / 10.0,
+        "service_share": ((in_service.as_secs_f64() / total.as_secs_f64()) * 1000.0).round() / 1000.0,
+    })
 }

@@ -6,8 +6,8 @@
 # own Synapse (default bcrypt_rounds 12 unless BCRYPT_ROUNDS is set) and
 # PostgreSQL on 127.0.0.1; prints one JSON line per measurement.
 #
-# Usage:   scripts/bench.sh            (about 3 minutes)
-# Env:     PARTS ("intake sso e2e": which to run), SECONDS_PER_RUN (10), INTAKE_CONCURRENCY (64), WORKERS (8), PEOPLE (200),
+# Usage:   scripts/bench.sh            (about 4 minutes)
+# Env:     PARTS ("intake sso signin e2e": which to run), SECONDS_PER_RUN (10), INTAKE_CONCURRENCY (64), WORKERS (8), PEOPLE (200),
 #          BCRYPT_ROUNDS (12), MP_CACHE
 set -euo pipefail
 
@@ -19,7 +19,7 @@ intake_c="${INTAKE_CONCURRENCY:-64}"
 workers="${WORKERS:-8}"
 people="${PEOPLE:-200}"
 rounds="${BCRYPT_ROUNDS:-12}"
-parts=" ${PARTS:-intake sso e2e} "
+parts=" ${PARTS:-intake sso signin e2e} "
 
 cargo build --release --locked --quiet
 cargo bench --locked --no-run --bench load --quiet
@@ -44,8 +44,12 @@ pg_url="$(scripts/pg-cluster.sh start "$work/pg" | tail -n 1)"
 runuser -u postgres -- psql -q "$pg_url" -c "ALTER SYSTEM SET fsync = on" -c "SELECT pg_reload_conf()" >/dev/null 2>&1 \
     || psql -q "$pg_url" -c "ALTER SYSTEM SET fsync = on" -c "SELECT pg_reload_conf()" >/dev/null
 secret="bench-registration-secret"
+# The port of the service that Synapse's "Continue with DAARION" talks to.
+oidc_port="$(fixed_port)"
 synapse_port="$(SERVER_NAME=bench.daarion.space REGISTRATION_SECRET="$secret" JWT_SECRET=bench-synapse-jwt \
-    BCRYPT_ROUNDS="$rounds" RELAX_RATELIMITS=1 start_synapse "$work/synapse")"
+    BCRYPT_ROUNDS="$rounds" RELAX_RATELIMITS=1 OIDC_PROVIDERS="daarion=http://127.0.0.1:$oidc_port" \
+    OIDC_CLIENT_SECRET=bench-oidc SSO_CLIENT_WHITELIST=http://element.bench/ \
+    start_synapse "$work/synapse")"
 synapse="http://127.0.0.1:$synapse_port"
 
 # DAARION Auth's JWKS for RS256 tokens, served as a static file.
@@ -55,9 +59,12 @@ jwks_port="$(free_port)"
 python3 -m http.server --bind 127.0.0.1 --directory "$work/jwks" "$jwks_port" >/dev/null 2>&1 &
 jwks_pid=$!
 
-start_service() { # start_service DATABASE_URL [SYNAPSE_URL]
-    local port; port="$(free_port)"
+start_service() { # start_service DATABASE_URL [SYNAPSE_URL]   (PORT: a fixed port)
+    local port; port="${PORT:-$(free_port)}"
     AUTH_JWT_SECRET=bench-auth AUTH_JWKS_URL="http://127.0.0.1:$jwks_port/jwks.json" \
+    PUBLIC_URL="http://127.0.0.1:$port" OIDC_CLIENT_SECRET=bench-oidc \
+    OIDC_REDIRECT_URIS="http://bench.client/cb,$synapse/_synapse/client/oidc/callback" \
+    AUTH_LOGIN_URL=http://127.0.0.1:9/login \
     SYNAPSE_JWT_SECRET=bench-synapse-jwt \
     BIND="127.0.0.1:$port" DATABASE_URL="$1" SYNAPSE_URL="${2:-$synapse}" \
     SYNAPSE_SERVER_NAME=bench.daarion.space SYNAPSE_REGISTRATION_SECRET="$secret" \
@@ -108,6 +115,23 @@ echo "{\"backend\":\"sqlite\",\"result\":$("$load" get "$url/healthz" "$intake_c
 echo "{\"backend\":\"sqlite\",\"sso\":\"HS256\",\"result\":$("$load" post "$url/v1/sso/login-token" "$hs" "$intake_c" "$run_secs")}"
 echo "{\"backend\":\"sqlite\",\"sso\":\"RS256\",\"result\":$("$load" post "$url/v1/sso/login-token" "$rs" "$intake_c" "$run_secs")}"
 stop_service
+fi
+if [[ $parts == *" signin "* ]]; then
+# "Continue with DAARION" through the provider alone (authorize, DAARION's
+# return, continue, token; DAARION's page itself skipped) for a provisioned
+# person, then whole Element-path sign-ins through Synapse.
+hs="$("$load" token hs256 bench-auth u_signin_bench)"
+for backend in sqlite postgres; do
+    if [[ $backend == sqlite ]]; then db="sqlite://$work/signin.db"; else db="$(new_pg_db signin)"; fi
+    PORT="$oidc_port" start_service "$db"
+    curl -sf -X POST -H "Authorization: Bearer $hs" "$url/v1/sso/login-token" >/dev/null
+    echo "{\"backend\":\"$backend\",\"result\":$("$load" get "$url/healthz" "$intake_c" "$run_secs")}"
+    echo "{\"backend\":\"$backend\",\"result\":$("$load" signin "$url" "$hs" bench-oidc 16 "$run_secs")}"
+    # One at a time: a sign-in's own latency, without queueing behind others.
+    echo "{\"backend\":\"$backend\",\"result\":$("$load" signin "$url" "$hs" bench-oidc 1 "$run_secs")}"
+    echo "{\"backend\":\"$backend\",\"result\":$("$load" element "$synapse" "$url" daarion "$hs" 20)}"
+    stop_service
+done
 fi
 # Provisioning: a fresh service with an empty queue, then Synapse's raw rate.
 [[ $parts == *" e2e "* ]] && for backend in sqlite postgres; do

@@ -6,10 +6,12 @@
 //! two replicas racing for the same code cannot both win.
 
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use sqlx::AnyConnection;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, Executor, Row, Transaction};
 
 use super::tokens::OIDC_SIGNING_KEY;
-use super::{Result, Store};
+use super::{Backend, Result, Store};
 use crate::secret::Secret;
 use crate::synapse::StoredToken;
 
@@ -63,6 +65,43 @@ pub struct TokenOwner {
     pub name: Option<String>,
 }
 
+/// A transaction whose commit need not survive a power cut: sign-ins under
+/// way, codes and access tokens live minutes, and losing the last ones means
+/// people press the button again. SQLite then skips the fsync of the commit
+/// (`synchronous = NORMAL` in WAL mode: still safe from a crash of the
+/// process), PostgreSQL does not wait for its WAL flush
+/// (`synchronous_commit = off`). Every other write of the service keeps
+/// full durability. Dropped without [`Light::commit`] (an error), the
+/// connection is closed, which rolls back and forgets the setting.
+struct Light {
+    conn: Option<PoolConnection<Any>>,
+    backend: Backend,
+}
+
+impl Light {
+    fn conn(&mut self) -> &mut AnyConnection {
+        self.conn.as_mut().expect("in use until committed")
+    }
+
+    async fn commit(mut self) -> Result<()> {
+        let sql = match self.backend {
+            Backend::Sqlite => "COMMIT; PRAGMA synchronous = FULL",
+            Backend::Postgres => "COMMIT",
+        };
+        self.conn().execute(sql).await?;
+        self.conn.take(); // back to the pool, as it was
+        Ok(())
+    }
+}
+
+impl Drop for Light {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+    }
+}
+
 const PENDING_COLUMNS: &str = "state_hash, binding_hash, client_id, redirect_uri, client_state, \
     nonce, code_challenge, user_id, preferred_username, name, picture, daarion_sid, expires_at";
 
@@ -70,6 +109,19 @@ const CODE_COLUMNS: &str = "code_hash, client_id, redirect_uri, code_challenge, 
     localpart, name, sid, auth_time, expires_at";
 
 impl Store {
+    async fn light(&self) -> Result<Light> {
+        let mut light = Light {
+            conn: Some(self.pool.acquire().await?),
+            backend: self.backend,
+        };
+        let begin = match self.backend {
+            Backend::Sqlite => "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN; SET LOCAL synchronous_commit = off",
+        };
+        light.conn().execute(begin).await?;
+        Ok(light)
+    }
+
     /// The generated signing key, if one was kept.
     pub async fn generated_signing_key(&self) -> Result<StoredToken> {
         self.shared_secret(OIDC_SIGNING_KEY).await
@@ -123,6 +175,7 @@ impl Store {
             "INSERT INTO oidc_pending ({PENDING_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL, NULL, NULL, $8)"
         );
+        let mut light = self.light().await?;
         sqlx::query(&sql)
             .bind(&p.state_hash)
             .bind(&p.binding_hash)
@@ -132,9 +185,9 @@ impl Store {
             .bind(&p.nonce)
             .bind(&p.code_challenge)
             .bind(p.expires_at)
-            .execute(&self.pool)
+            .execute(light.conn())
             .await?;
-        Ok(())
+        light.commit().await
     }
 
     /// Records who DAARION handed back; false if the state is unknown,
@@ -145,6 +198,7 @@ impl Store {
         who: &Returned,
         now: i64,
     ) -> Result<bool> {
+        let mut light = self.light().await?;
         let done = sqlx::query(
             "UPDATE oidc_pending SET user_id = $2, preferred_username = $3, name = $4, \
              picture = $5, daarion_sid = $6 \
@@ -157,23 +211,26 @@ impl Store {
         .bind(&who.picture)
         .bind(&who.daarion_sid)
         .bind(now)
-        .execute(&self.pool)
+        .execute(light.conn())
         .await?
         .rows_affected();
+        light.commit().await?;
         Ok(done == 1)
     }
 
     /// Ends a sign-in DAARION refused; false if there was none under way
     /// (unknown, expired or used).
     pub async fn drop_sign_in(&self, state_hash: &str, now: i64) -> Result<bool> {
+        let mut light = self.light().await?;
         let dropped = sqlx::query(
             "DELETE FROM oidc_pending WHERE state_hash = $1 AND user_id IS NULL AND expires_at > $2",
         )
         .bind(state_hash)
         .bind(now)
-        .execute(&self.pool)
+        .execute(light.conn())
         .await?
         .rows_affected();
+        light.commit().await?;
         Ok(dropped == 1)
     }
 
@@ -189,18 +246,20 @@ impl Store {
             "DELETE FROM oidc_pending WHERE state_hash = $1 AND binding_hash = $2 \
              AND user_id IS NOT NULL AND expires_at > $3 RETURNING {PENDING_COLUMNS}"
         );
+        let mut light = self.light().await?;
         let row = sqlx::query(&sql)
             .bind(state_hash)
             .bind(binding_hash)
             .bind(now)
-            .fetch_optional(&self.pool)
+            .fetch_optional(light.conn())
             .await?;
+        light.commit().await?;
         row.as_ref().map(pending_from).transpose()
     }
 
     /// Stores the code and the Matrix session it will open, together.
     pub async fn issue_code(&self, code: &CodeGrant, daarion_sid: Option<&str>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut light = self.light().await?;
         let sql = format!(
             "INSERT INTO oidc_codes ({CODE_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
@@ -217,7 +276,7 @@ impl Store {
             .bind(&code.sid)
             .bind(code.auth_time)
             .bind(code.expires_at)
-            .execute(&mut *tx)
+            .execute(light.conn())
             .await?;
         sqlx::query(
             "INSERT INTO oidc_sessions (sid, user_id, daarion_sid, created_at) \
@@ -227,10 +286,9 @@ impl Store {
         .bind(&code.user_id)
         .bind(daarion_sid)
         .bind(code.auth_time)
-        .execute(&mut *tx)
+        .execute(light.conn())
         .await?;
-        tx.commit().await?;
-        Ok(())
+        light.commit().await
     }
 
     /// Takes the code, once: whoever deletes the row redeems it. `grant`
@@ -243,11 +301,11 @@ impl Store {
         code_hash: &str,
         grant: impl FnOnce(&CodeGrant) -> Option<(String, TokenOwner, i64)>,
     ) -> Result<Option<CodeGrant>> {
-        let mut tx = self.pool.begin().await?;
+        let mut light = self.light().await?;
         let sql = format!("DELETE FROM oidc_codes WHERE code_hash = $1 RETURNING {CODE_COLUMNS}");
         let row = sqlx::query(&sql)
             .bind(code_hash)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(light.conn())
             .await?;
         let code = row.as_ref().map(code_from).transpose()?;
         if let Some((token_hash, owner, expires_at)) = code.as_ref().and_then(grant) {
@@ -260,10 +318,10 @@ impl Store {
             .bind(&owner.localpart)
             .bind(&owner.name)
             .bind(expires_at)
-            .execute(&mut *tx)
+            .execute(light.conn())
             .await?;
         }
-        tx.commit().await?;
+        light.commit().await?;
         Ok(code)
     }
 
