@@ -194,7 +194,8 @@ pub struct Next {
     pub cookie: Option<(String, Secret)>,
 }
 
-#[derive(Debug, Serialize)]
+/// The token endpoint's answer. No `Debug`: it is made of secrets.
+#[derive(Serialize)]
 pub struct TokenResponse {
     pub access_token: String,
     pub token_type: &'static str,

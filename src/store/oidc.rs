@@ -6,8 +6,8 @@
 //! two replicas racing for the same code cannot both win.
 
 use sqlx::any::AnyRow;
-use sqlx::AnyConnection;
 use sqlx::pool::PoolConnection;
+use sqlx::AnyConnection;
 use sqlx::{Any, Executor, Row, Transaction};
 
 use super::tokens::OIDC_SIGNING_KEY;
