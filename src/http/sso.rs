@@ -26,7 +26,8 @@ const MAX_DEVICE_NAME_CHARS: usize = 100;
 const MAX_SESSION_BODY_BYTES: usize = 4 * 1024;
 const JWT_LOGIN_TYPE: &str = "org.matrix.login.jwt";
 
-#[derive(Debug, Serialize, ToSchema)]
+/// No `Debug` here or in the answers below: they carry tokens.
+#[derive(Serialize, ToSchema)]
 pub struct LoginObject {
     #[serde(rename = "type")]
     #[schema(example = "org.matrix.login.jwt")]
@@ -35,7 +36,7 @@ pub struct LoginObject {
     pub token: String,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct LoginTokenResponse {
     #[schema(example = "@olena:daarion.space")]
     pub matrix_user_id: String,
@@ -54,7 +55,7 @@ pub struct SessionRequest {
     pub device_name: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct SessionResponse {
     #[schema(example = "@olena:daarion.space")]
     pub matrix_user_id: String,

@@ -854,6 +854,33 @@ async fn the_provider_refuses_what_it_must(backend: Backend) {
         (400, Some("invalid_grant"))
     );
 
+    // Expired records are forgotten by the worker's hourly clean-up; the
+    // rest stays.
+    let (_, _) = daarion_answer(&Browser::new(), &base).await;
+    let (_, _) = daarion_answer(&Browser::new(), &base).await;
+    provider
+        .app
+        .db
+        .execute(
+            "UPDATE oidc_pending SET expires_at = 1 WHERE state_hash = \
+             (SELECT MIN(state_hash) FROM oidc_pending)",
+        )
+        .await;
+    let pending = provider.app.db.count("oidc_pending").await;
+    let store = matrix_provisioner::store::Store::connect(
+        &matrix_provisioner::secret::Secret::new(provider.app.db.url.clone()),
+        1,
+    )
+    .await
+    .unwrap();
+    let forgotten = store
+        .forget_expired_sign_ins(matrix_provisioner::now_ms())
+        .await
+        .unwrap();
+    store.close().await;
+    assert!(forgotten >= 1, "{forgotten}");
+    assert_eq!(provider.app.db.count("oidc_pending").await, pending - 1);
+
     // A state is used once: DAARION's answer posted again is refused.
     let browser = Browser::new();
     let (action, fields) = daarion_answer(&browser, &base).await;
