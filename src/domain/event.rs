@@ -315,6 +315,25 @@ mod tests {
     }
 
     #[test]
+    fn sign_outs_name_a_session_or_every_one() {
+        let one = event(
+            r#"{"id":"e1","type":"user.signed_out","created_at":"2026-11-24T10:00:00Z",
+                "data":{"user_id":"u_1","session_id":"sess_9"}}"#,
+        );
+        assert_eq!(one.kind, EventKind::SignedOut);
+        assert_eq!(one.session_id.as_deref(), Some("sess_9"));
+        for all in [
+            r#"{"id":"e2","type":"user.signed_out","created_at":"2026-11-24T10:00:00Z","data":{"user_id":"u_1"}}"#,
+            r#"{"id":"e3","type":"user.signed_out","created_at":"2026-11-24T10:00:00Z","data":{"user_id":"u_1","session_id":null}}"#,
+        ] {
+            assert_eq!(event(all).session_id, None, "{all}");
+        }
+        let bad = r#"{"id":"e4","type":"user.signed_out","created_at":"2026-11-24T10:00:00Z",
+                      "data":{"user_id":"u_1","session_id":"a\u0007b"}}"#;
+        assert!(matches!(parse(bad), Err(EventError::Unacceptable(_))));
+    }
+
+    #[test]
     fn contract_example_parses() {
         let e = event(
             r#"{"id":"evt_01JDAQ6Y3S8Z","type":"user.registered","created_at":"2026-11-24T10:00:00Z",

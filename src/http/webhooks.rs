@@ -40,8 +40,10 @@ pub struct WebhookEvent {
     /// Unique per event; redeliveries repeat it.
     #[schema(example = "evt_01JDAQ6Y3S8Z")]
     id: String,
-    /// `user.registered`, `user.updated` or `user.deleted`; other types are
-    /// acknowledged and ignored.
+    /// `user.registered`, `user.updated`, `user.deleted` or
+    /// `user.signed_out` (ends the Matrix sessions signed in through the
+    /// OpenID provider from `data.session_id`, or from every session when
+    /// it is absent or null); other types are acknowledged and ignored.
     #[schema(rename = "type", example = "user.registered")]
     kind: String,
     /// RFC 3339; orders events about the same person.
@@ -66,6 +68,9 @@ pub struct WebhookEventData {
     avatar_url: Option<String>,
     #[schema(example = "olena@example.com")]
     email: Option<String>,
+    /// `user.signed_out`: the DAARION session (its access tokens' `sid`).
+    #[schema(example = "sess_01JDAQ")]
+    session_id: Option<String>,
 }
 
 /// Receive a signed DAARION Auth event.
