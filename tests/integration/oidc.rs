@@ -343,6 +343,20 @@ async fn provider(backend: Backend, daarion: &FakeDaarion) -> Provider {
 }
 
 impl Provider {
+    /// `user.registered` through the webhook, then provisioned.
+    async fn signed_up(&self, user_id: &str, data: Value) {
+        let (status, body) = self
+            .app
+            .client
+            .send_event(&event("user.registered", user_id, data))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        self.app
+            .client
+            .wait_for_state(user_id, "provisioned", DEADLINE)
+            .await;
+    }
+
     fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -417,17 +431,6 @@ fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-async fn whoami(synapse: &str, access_token: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .get(format!("{synapse}/_matrix/client/v3/account/whoami"))
-        .bearer_auth(access_token)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 // ---------------------------------------------------------------- the tests
 
 /// The webhook's account, an account made by the sign-in itself, and an
@@ -437,33 +440,25 @@ async fn element_signs_people_in_to_their_one_account(backend: Backend) {
     let daarion = FakeDaarion::start();
     let provider = provider(backend, &daarion).await;
     let admin = SynapseAdmin::shared().await;
-    let synapse = provider.app.synapse.url.clone();
     let oidc_provider = format!("oidc-{}", idp(backend));
 
     // Signed up through the webhook first.
     let user_id = unique("u_");
     let username = unique("elem");
-    let (status, _) = provider
-        .app
-        .client
-        .send_event(&event(
-            "user.registered",
+    provider
+        .signed_up(
             &user_id,
             json!({"username": username, "display_name": "Олена Вебхук"}),
-        ))
-        .await;
-    assert_eq!(status, 202);
-    provider
-        .app
-        .client
-        .wait_for_state(&user_id, "provisioned", DEADLINE)
+        )
         .await;
     daarion.sign_in_as(&user_id, "someone-else", "Other Name", Some("s1"));
     let login = element_sign_in(&Browser::new(), &provider, backend).await;
     let expected = admin.user_id(&username);
     assert_eq!(login["user_id"], expected);
-    let (status, me) = whoami(&synapse, login["access_token"].as_str().unwrap()).await;
-    assert_eq!((status, &me["user_id"]), (200, &json!(expected)));
+    assert_eq!(
+        admin.whoami(login["access_token"].as_str().unwrap()).await,
+        200
+    );
     let user = admin.user(&expected).await.unwrap();
     let ids = user["external_ids"].as_array().unwrap();
     assert!(ids.contains(&json!({"auth_provider": "daarion", "external_id": user_id})));
@@ -488,18 +483,7 @@ async fn element_signs_people_in_to_their_one_account(backend: Backend) {
     let old = unique("u_");
     let old_name = unique("old");
     provider
-        .app
-        .client
-        .send_event(&event(
-            "user.registered",
-            &old,
-            json!({"username": old_name, "display_name": "Old"}),
-        ))
-        .await;
-    provider
-        .app
-        .client
-        .wait_for_state(&old, "provisioned", DEADLINE)
+        .signed_up(&old, json!({"username": old_name, "display_name": "Old"}))
         .await;
     let (status, _) = admin
         .put(
@@ -952,6 +936,7 @@ async fn signing_out_of_daarion_signs_out_of_matrix(backend: Backend) {
         &[("SYNAPSE_PUBLIC_URL", synapse.url.as_str())],
     )
     .await;
+    let admin = SynapseAdmin::shared().await;
     let user_id = unique("u_");
     let username = unique("bye");
     let mut tokens = Vec::new();
@@ -961,7 +946,7 @@ async fn signing_out_of_daarion_signs_out_of_matrix(backend: Backend) {
         tokens.push(login["access_token"].as_str().unwrap().to_string());
     }
     for token in &tokens {
-        assert_eq!(whoami(&synapse.url, token).await.0, 200);
+        assert_eq!(admin.whoami(token).await, 200);
     }
 
     // Synapse is "down" for the first three logouts.
@@ -979,17 +964,13 @@ async fn signing_out_of_daarion_signs_out_of_matrix(backend: Backend) {
     assert_eq!(status, 202);
     eventually("the laptop's sessions to end", DEADLINE, || async {
         let (a, b) = (
-            whoami(&synapse.url, &tokens[1]).await.0,
-            whoami(&synapse.url, &tokens[2]).await.0,
+            admin.whoami(&tokens[1]).await,
+            admin.whoami(&tokens[2]).await,
         );
         (a == 401 && b == 401).then_some(())
     })
     .await;
-    assert_eq!(
-        whoami(&synapse.url, &tokens[0]).await.0,
-        200,
-        "the phone stays"
-    );
+    assert_eq!(admin.whoami(&tokens[0]).await, 200, "the phone stays");
     let attempts = proxy
         .seen()
         .iter()
@@ -1005,7 +986,7 @@ async fn signing_out_of_daarion_signs_out_of_matrix(backend: Backend) {
         .send_event(&event("user.deleted", &user_id, json!({})))
         .await;
     eventually("the phone's session to end", DEADLINE, || async {
-        (whoami(&synapse.url, &tokens[0]).await.0 == 401).then_some(())
+        (admin.whoami(&tokens[0]).await == 401).then_some(())
     })
     .await;
     provider.stop().await;
