@@ -15,7 +15,7 @@ use crate::domain::event::Event;
 use crate::jobs::{AccountCheck, Worker};
 use crate::now_ms;
 use crate::sso::Claims;
-use crate::store::{Account, Store};
+use crate::store::Store;
 
 pub use ready::ReadyCache;
 
@@ -85,9 +85,7 @@ impl Accounts {
             if person.wanted.deleted {
                 return Err(AccountError::Deactivated);
             }
-            if let (Account::Active, true, Some(localpart)) =
-                (person.account, person.oidc_linked, person.localpart)
-            {
+            if let (true, Some(localpart)) = (person.ready_for_sign_in(), person.localpart) {
                 let account = ActiveAccount {
                     localpart,
                     display_name: person.wanted.display_name,

@@ -11,6 +11,17 @@ use subtle::ConstantTimeEq;
 use super::error::ApiError;
 use super::AppState;
 
+/// The token of an `Authorization: Bearer <token>` header (the scheme in
+/// any case, as RFC 6750 allows); None when there is none. For tokens that
+/// callers present to sign in: DAARION access tokens, the OpenID
+/// provider's access tokens.
+pub(super) fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// Extractor: the request carries the admin token.
 pub struct AdminAuth;
 

@@ -164,11 +164,7 @@ pub async fn token(
     payload: web::Payload,
 ) -> HttpResponse {
     let Some(provider) = state.oidc.as_deref() else {
-        return oauth_error(OAuthError {
-            status: 404,
-            error: "invalid_request",
-            description: "the OpenID provider is not configured".into(),
-        });
+        return oauth_not_configured();
     };
     let form = match read_limited(&req, payload, MAX_FORM_BYTES).await {
         Ok(body) => form_pairs(&body),
@@ -216,29 +212,17 @@ pub async fn token(
 #[route("/oidc/userinfo", method = "GET", method = "POST")]
 pub async fn userinfo(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let Some(provider) = state.oidc.as_deref() else {
-        return oauth_error(OAuthError {
-            status: 404,
-            error: "invalid_request",
-            description: "the OpenID provider is not configured".into(),
-        });
+        return oauth_not_configured();
     };
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, value)| value.trim().to_string())
-        .unwrap_or_default();
     let invalid = || OAuthError {
         status: 401,
         error: "invalid_token",
         description: "the access token is unknown or expired".into(),
     };
-    if bearer.is_empty() {
+    let Some(bearer) = super::auth::bearer_token(&req) else {
         return oauth_error(invalid());
-    }
-    match provider.userinfo(&bearer).await {
+    };
+    match provider.userinfo(bearer).await {
         Ok(Some(info)) => no_store(HttpResponse::Ok()).json(info),
         Ok(None) => oauth_error(invalid()),
         Err(_) => oauth_error(OAuthError {
@@ -318,6 +302,14 @@ fn sign_in_cookie(provider: &Provider, name: String, value: String) -> Cookie<'s
             SIGN_IN_COOKIE_SECONDS,
         ))
         .finish()
+}
+
+fn oauth_not_configured() -> HttpResponse {
+    oauth_error(OAuthError {
+        status: 404,
+        error: "invalid_request",
+        description: "the OpenID provider is not configured".into(),
+    })
 }
 
 fn oauth_error(e: OAuthError) -> HttpResponse {

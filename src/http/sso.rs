@@ -205,18 +205,9 @@ async fn sign_in(state: &AppState, req: &HttpRequest) -> Result<String, ApiError
 }
 
 fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
-    let value = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-        return Err(invalid_token(
-            "an `Authorization: Bearer <DAARION access token>` header is required",
-        ));
-    }
-    Ok(token.trim())
+    super::auth::bearer_token(req).ok_or_else(|| {
+        invalid_token("an `Authorization: Bearer <DAARION access token>` header is required")
+    })
 }
 
 /// The verified person's account, as an answer of this API.

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::avatar::AvatarFetcher;
 use crate::config::Settings;
 use crate::oidc::Signer;
-use crate::store::{Account, ClaimFor, Job, LocalpartPolicy, Person, State, Store};
+use crate::store::{ClaimFor, Job, LocalpartPolicy, Person, State, Store};
 use crate::synapse::{Synapse, TakenLocalparts};
 use crate::{metrics, now_ms, telemetry};
 
@@ -153,9 +153,9 @@ impl Worker {
             if person.wanted.deleted {
                 return Ok(AccountCheck::Deactivated);
             }
-            // Ready once linked for both logins (accounts linked before the
-            // OpenID provider existed get the second id from their job).
-            if person.account == Account::Active && person.oidc_linked {
+            // Accounts linked before the OpenID provider existed get the
+            // second external id from their job first.
+            if person.ready_for_sign_in() {
                 return Ok(AccountCheck::Ready(Box::new(person)));
             }
             if Instant::now() >= give_up {

@@ -98,6 +98,12 @@ pub struct Person {
 }
 
 impl Person {
+    /// Whether the person can sign in now: their account is active and
+    /// linked for both logins (`daarion` and `oidc-<idp>`).
+    pub fn ready_for_sign_in(&self) -> bool {
+        self.account == Account::Active && self.oidc_linked && self.localpart.is_some()
+    }
+
     /// Someone seen for the first time, waiting for an account.
     pub(super) fn new(user_id: &str, create_via: CreateVia, now: i64) -> Person {
         Person {
