@@ -36,6 +36,7 @@ struct Metrics {
     synapse_calls: IntCounterVec,
     synapse_latency: HistogramVec,
     provisioning: IntCounterVec,
+    jobs: IntCounterVec,
     sync: IntCounterVec,
     token_exchanges: IntCounterVec,
     sign_ins: IntCounterVec,
@@ -82,6 +83,11 @@ impl Metrics {
                 "matrix_provisioner_provisioning_total",
                 "Worker job outcomes: done (by the person's resulting state), retry, failed.",
                 &["outcome", "state"],
+            ),
+            jobs: counter(
+                "matrix_provisioner_jobs_total",
+                "Worker job outcomes by kind of subject (person, room): done (by the subject's resulting state), retry, wait, failed.",
+                &["kind", "outcome", "state"],
             ),
             sync: counter(
                 "matrix_provisioner_profile_sync_total",
@@ -132,13 +138,20 @@ pub fn synapse_call(endpoint: &str, outcome: &str, elapsed: Duration) {
         .observe(elapsed.as_secs_f64());
 }
 
-/// A worker job's outcome: `done` (with the person's resulting `state`),
-/// `retry` or `failed` (with an empty or the resulting state).
-pub fn provisioning(outcome: &str, state: &str) {
+/// A worker job's outcome: `done` (with the subject's resulting `state`),
+/// `retry`, `wait` or `failed`. People's jobs are also counted in the
+/// older `matrix_provisioner_provisioning_total`, which dashboards use.
+pub fn job(kind: &str, outcome: &str, state: &str) {
     METRICS
-        .provisioning
-        .with_label_values(&[outcome, state])
+        .jobs
+        .with_label_values(&[kind, outcome, state])
         .inc();
+    if kind == "person" {
+        METRICS
+            .provisioning
+            .with_label_values(&[outcome, state])
+            .inc();
+    }
 }
 
 /// Profile sync results, e.g. `updated`, `unchanged`, `failed`, `deactivated`

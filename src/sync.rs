@@ -37,7 +37,7 @@ use crate::daarion::DaarionApi;
 use crate::domain::event::{Event, EventKind};
 use crate::jobs::Worker;
 use crate::now_ms;
-use crate::store::{Account, CreateVia, JobState, Person, State, Store, StoreError};
+use crate::store::{Account, CreateVia, JobKind, JobState, Person, State, Store, StoreError};
 use crate::synapse::{localpart_of, Synapse};
 
 /// How long a pass holds its lease without renewing it; a crashed pass
@@ -312,10 +312,10 @@ impl ProfileSync {
         let deadline = Instant::now() + self.settings.sync_job_wait;
         loop {
             // Done, failed or retried: the job's row tells which, below.
-            if let Err(e) = self.worker.run_job_of(&t.user_id).await {
+            if let Err(e) = self.worker.run_job_of(JobKind::Person, &t.user_id).await {
                 tracing::warn!(user_id = %t.user_id, "sync cannot run a job: {e:#}");
             }
-            let wait_until = match self.store.job_state(&t.user_id).await {
+            let wait_until = match self.store.job_state(JobKind::Person, &t.user_id).await {
                 Ok(JobState::None) | Ok(JobState::Failed) => break,
                 Ok(JobState::Waiting(at)) => at,
                 Err(e) => {

@@ -11,7 +11,7 @@ use super::auth::AdminAuth;
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::now_ms;
-use crate::store::Person;
+use crate::store::{JobKind, Person};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UserView {
@@ -124,7 +124,7 @@ pub async fn retry_user(
 ) -> Result<HttpResponse, ApiError> {
     let known = state
         .store
-        .requeue(&user_id, now_ms())
+        .requeue(JobKind::Person, &user_id, now_ms())
         .await
         .map_err(ApiError::unavailable)?;
     if !known {

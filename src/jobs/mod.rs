@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::avatar::AvatarFetcher;
 use crate::config::Settings;
 use crate::oidc::Signer;
-use crate::store::{ClaimFor, Job, LocalpartPolicy, Person, State, Store};
+use crate::store::{ClaimFor, Job, JobKind, LocalpartPolicy, Person, State, Store};
 use crate::synapse::{Synapse, TakenLocalparts};
 use crate::{metrics, now_ms, telemetry};
 
@@ -116,7 +116,9 @@ impl Worker {
         // Every log line of the job, and every Synapse request it makes
         // (as X-Request-Id), carries the job's own id.
         let job_id = format!("job-{}", telemetry::new_request_id());
-        let span = tracing::info_span!("job", request_id = %job_id, user_id = %job.user_id);
+        let span = tracing::info_span!(
+            "job", request_id = %job_id, kind = job.kind.as_str(), subject = %job.subject
+        );
         telemetry::with_request_id(
             job_id,
             async {
@@ -168,7 +170,7 @@ impl Worker {
             let leased_until = now + self.lease.as_millis() as i64;
             match self
                 .store
-                .claim_job_for(user_id, &self.owner, now, leased_until)
+                .claim_job_for(JobKind::Person, user_id, &self.owner, now, leased_until)
                 .await?
             {
                 ClaimFor::Claimed(job) => {
@@ -203,21 +205,21 @@ impl Worker {
                 }
                 // Nothing queued, yet no usable account: queue the work again.
                 ClaimFor::Missing => {
-                    self.store.requeue(user_id, now).await?;
+                    self.store.requeue(JobKind::Person, user_id, now).await?;
                 }
                 ClaimFor::Leased => tokio::time::sleep(LEASE_POLL).await,
             }
         }
     }
 
-    /// Runs this person's job if it is due and no worker holds it;
+    /// Runs this subject's job if it is due and no worker holds it;
     /// `Ok(None)` otherwise (a sync pass drives the work it caused).
-    pub async fn run_job_of(&self, user_id: &str) -> anyhow::Result<Option<Outcome>> {
+    pub async fn run_job_of(&self, kind: JobKind, key: &str) -> anyhow::Result<Option<Outcome>> {
         let now = now_ms();
         let leased_until = now + self.lease.as_millis() as i64;
         let Some(job) = self
             .store
-            .claim_job_of(user_id, &self.owner, now, leased_until)
+            .claim_job_of(kind, key, &self.owner, now, leased_until)
             .await?
         else {
             return Ok(None);
@@ -236,10 +238,17 @@ impl Worker {
         &self.taken
     }
 
-    /// `settle_now`: a sign-in waits for this account (see
-    /// [`provision::reconcile`]).
+    /// Runs the job's handler. `settle_now`: a sign-in waits for this
+    /// account (see [`provision::reconcile`]).
     async fn execute(&self, job: &Job, settle_now: bool) -> Outcome {
-        let person = match self.store.person(&job.user_id).await {
+        match job.kind {
+            JobKind::Person => self.provision(job, settle_now).await,
+            JobKind::Room => Outcome::Failed("rooms are not handled yet".into()),
+        }
+    }
+
+    async fn provision(&self, job: &Job, settle_now: bool) -> Outcome {
+        let person = match self.store.person(&job.subject).await {
             Ok(Some(person)) => person,
             Ok(None) => return Outcome::Failed("the person's record is missing".into()),
             Err(e) => return Outcome::retry(e.to_string()),
@@ -258,39 +267,40 @@ impl Worker {
 
     async fn record(&self, job: &Job, outcome: &Outcome) -> anyhow::Result<()> {
         let now = now_ms();
+        let kind = job.kind.as_str();
+        let subject = job.subject.as_str();
         match outcome {
             Outcome::Done(state) => {
-                metrics::provisioning("done", state.as_str());
-                tracing::debug!(user_id = %job.user_id, state = state.as_str(), "job done");
+                metrics::job(kind, "done", state.as_str());
+                tracing::debug!(kind, subject, state = state.as_str(), "job done");
                 self.store
-                    .finish_done(job, &self.owner, *state, now)
+                    .finish_done(job, &self.owner, state.as_str(), now)
                     .await?;
             }
             Outcome::Retry { reason, after } => {
-                let attempts = self
-                    .store
-                    .person(&job.user_id)
-                    .await?
-                    .map_or(0, |p| p.attempts);
+                let attempts = job.attempts;
                 let delay = after.unwrap_or_else(|| backoff(attempts, self.retry_max_delay));
-                metrics::provisioning("retry", "pending");
+                metrics::job(kind, "retry", "pending");
                 tracing::warn!(
-                    user_id = %job.user_id, attempts, retry_in_ms = delay.as_millis() as u64,
-                    "provisioning will be retried: {reason}"
+                    kind,
+                    subject,
+                    attempts,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "job will be retried: {reason}"
                 );
                 let run_at = now + delay.as_millis() as i64;
                 self.store
-                    .finish_retry(job, &self.owner, reason, run_at, now)
+                    .finish_retry(job, &self.owner, reason, run_at)
                     .await?;
             }
             Outcome::Wait { until, reason } => {
-                metrics::provisioning("wait", "pending");
-                tracing::debug!(user_id = %job.user_id, until, "job waits: {reason}");
+                metrics::job(kind, "wait", "pending");
+                tracing::debug!(kind, subject, until, "job waits: {reason}");
                 self.store.finish_later(job, &self.owner, *until).await?;
             }
             Outcome::Failed(reason) => {
-                metrics::provisioning("failed", "failed");
-                tracing::error!(user_id = %job.user_id, "provisioning failed: {reason}");
+                metrics::job(kind, "failed", "failed");
+                tracing::error!(kind, subject, "job failed: {reason}");
                 self.store
                     .finish_failed(job, &self.owner, reason, now)
                     .await?;

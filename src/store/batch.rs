@@ -4,7 +4,11 @@
 //! everything that queued up meanwhile (up to [`MAX_BATCH`]) and stores it in
 //! one transaction, so one flush serves many requests. If a batch fails, its
 //! events are retried one by one, so one bad event cannot fail its neighbours.
+//!
+//! It is generic over what a batch writes ([`Batched`]): DAARION Auth's
+//! person events and DAARION.city's events each have their intake.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -15,17 +19,48 @@ use crate::now_ms;
 
 pub const MAX_BATCH: usize = 256;
 
-type Reply = oneshot::Sender<Result<Accepted>>;
+/// Something the intake stores in batches: one transaction for the whole
+/// batch, answering for each item in order.
+pub trait Batched: Send + Sync + Sized + 'static {
+    type Accepted: Send + 'static;
 
-#[derive(Clone)]
-pub struct Intake {
-    queue: mpsc::Sender<(Event, Reply)>,
+    fn store_batch(
+        store: &Store,
+        items: &[Self],
+        now: i64,
+    ) -> impl Future<Output = Result<Vec<Self::Accepted>>> + Send;
 }
 
-impl Intake {
+impl Batched for Event {
+    type Accepted = Accepted;
+
+    fn store_batch(
+        store: &Store,
+        items: &[Self],
+        now: i64,
+    ) -> impl Future<Output = Result<Vec<Accepted>>> + Send {
+        store.accept_events(items, now)
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<<T as Batched>::Accepted>>;
+
+pub struct Intake<T: Batched = Event> {
+    queue: mpsc::Sender<(T, Reply<T>)>,
+}
+
+impl<T: Batched> Clone for Intake<T> {
+    fn clone(&self) -> Self {
+        Intake {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<T: Batched> Intake<T> {
     /// Starts `writers` writer tasks (one suits SQLite, whose writes are
     /// serial anyway; PostgreSQL profits from a few).
-    pub fn start(store: Store, writers: usize) -> Intake {
+    pub fn start(store: Store, writers: usize) -> Intake<T> {
         let (queue, receiver) = mpsc::channel(4 * MAX_BATCH);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..writers.max(1) {
@@ -34,8 +69,9 @@ impl Intake {
         Intake { queue }
     }
 
-    /// Stores the event durably (see [`Store::accept_event`]).
-    pub async fn accept(&self, event: Event) -> Result<Accepted> {
+    /// Stores the item durably (for a person's event, see
+    /// [`Store::accept_event`]).
+    pub async fn accept(&self, event: T) -> Result<T::Accepted> {
         let closed = || StoreError(sqlx::Error::PoolClosed);
         let (reply, answer) = oneshot::channel();
         self.queue
@@ -46,7 +82,10 @@ impl Intake {
     }
 }
 
-async fn write_batches(store: Store, receiver: Arc<Mutex<mpsc::Receiver<(Event, Reply)>>>) {
+async fn write_batches<T: Batched>(
+    store: Store,
+    receiver: Arc<Mutex<mpsc::Receiver<(T, Reply<T>)>>>,
+) {
     loop {
         let mut batch = Vec::new();
         {
@@ -62,8 +101,8 @@ async fn write_batches(store: Store, receiver: Arc<Mutex<mpsc::Receiver<(Event, 
                 }
             }
         }
-        let (events, replies): (Vec<Event>, Vec<Reply>) = batch.into_iter().unzip();
-        match store.accept_events(&events, now_ms()).await {
+        let (events, replies): (Vec<T>, Vec<Reply<T>>) = batch.into_iter().unzip();
+        match T::store_batch(&store, &events, now_ms()).await {
             Ok(accepted) => {
                 for (reply, accepted) in replies.into_iter().zip(accepted) {
                     let _ = reply.send(Ok(accepted));
@@ -75,7 +114,8 @@ async fn write_batches(store: Store, receiver: Arc<Mutex<mpsc::Receiver<(Event, 
                     "intake batch failed ({e}); storing its events one by one"
                 );
                 for (event, reply) in events.iter().zip(replies) {
-                    let _ = reply.send(store.accept_event(event, now_ms()).await);
+                    let one = T::store_batch(&store, std::slice::from_ref(event), now_ms()).await;
+                    let _ = reply.send(one.map(|mut a| a.remove(0)));
                 }
             }
             Err(e) => {

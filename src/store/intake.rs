@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use sqlx::{Any, Row, Transaction};
 
 use super::people::PERSON_COLUMNS;
-use super::{Backend, CreateVia, Person, Result, Store, StoreError};
+use super::{Backend, CreateVia, JobKind, Person, Result, Store, StoreError};
 use crate::domain::event::{Event, EventKind};
 use crate::domain::person::Wanted;
 
@@ -61,8 +61,8 @@ impl Store {
     /// nothing: each field keeps the value with the newest `created_at`.
     pub async fn forget_events(&self, before: i64, limit: i64) -> Result<u64> {
         let forgotten = sqlx::query(
-            "DELETE FROM events WHERE id IN \
-             (SELECT id FROM events WHERE received_at < $1 LIMIT $2)",
+            "DELETE FROM events WHERE (source, id) IN \
+             (SELECT source, id FROM events WHERE received_at < $1 LIMIT $2)",
         )
         .bind(before)
         .bind(limit)
@@ -247,7 +247,7 @@ impl Store {
             }
         }
         let queued: Vec<&str> = queued.into_iter().collect();
-        self.enqueue(tx, &queued, due_at).await?;
+        self.enqueue(tx, JobKind::Person, &queued, due_at).await?;
 
         Ok(Ok(events
             .iter()
@@ -289,6 +289,9 @@ impl Store {
     }
 }
 
+/// The source of DAARION Auth's events in `events`.
+const AUTH: &str = "auth";
+
 /// Stores the event ids; returns those that were not stored before.
 async fn insert_events(
     tx: &mut Transaction<'static, Any>,
@@ -297,13 +300,14 @@ async fn insert_events(
     now: i64,
 ) -> Result<HashSet<String>> {
     let sql = format!(
-        "INSERT INTO events (id, user_id, kind, created_at, received_at) VALUES {} \
-         ON CONFLICT (id) DO NOTHING RETURNING id",
-        backend.rows(events.len(), 5)
+        "INSERT INTO events (source, id, subject, kind, created_at, received_at) VALUES {} \
+         ON CONFLICT (source, id) DO NOTHING RETURNING id",
+        backend.rows(events.len(), 6)
     );
     let mut query = sqlx::query(&sql);
     for event in events {
         query = query
+            .bind(AUTH)
             .bind(&event.id)
             .bind(&event.user_id)
             .bind(event.kind.as_str())

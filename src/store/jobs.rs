@@ -1,18 +1,52 @@
-//! The durable queue: one job per person with outstanding Synapse work.
+//! The durable queue: one job per subject (a person, a City Room, …) with
+//! outstanding Synapse work, keyed by the kind of subject and its key.
 //! Workers lease a job (so a crashed worker's job comes back when the lease
 //! runs out), and `generation` tells them whether a newer change arrived
-//! while they worked, in which case the job stays queued.
+//! while they worked, in which case the job stays queued. The job carries
+//! its failed attempts and last error; the subject's row carries its state
+//! (`pending` while queued, what the handler reports when done, `failed`
+//! when parked).
+//!
+//! Every transaction that writes both a subject and its job locks the
+//! subject's row first (as the intake does), so they cannot deadlock.
 
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::people::State;
 use super::{Backend, Result, Store};
+
+/// What a job works on. Each kind has its table of subjects, whose `state`
+/// column the queue keeps, and its handler in `jobs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobKind {
+    /// A DAARION person: their account and profile (`people.user_id`).
+    Person,
+    /// A City Room: its Matrix room, members and roles (`rooms.room_id`).
+    Room,
+}
+
+column_words!(JobKind { Person => "person", Room => "room" });
+
+impl JobKind {
+    pub const ALL: [JobKind; 2] = [JobKind::Person, JobKind::Room];
+
+    /// The table of this kind's subjects and its key column.
+    fn table(self) -> (&'static str, &'static str) {
+        match self {
+            JobKind::Person => ("people", "user_id"),
+            JobKind::Room => ("rooms", "room_id"),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
-    pub user_id: String,
+    pub kind: JobKind,
+    /// The subject's key: a person's user_id, a City Room's room_id.
+    pub subject: String,
     pub generation: i64,
+    /// Failed attempts since the job last succeeded.
+    pub attempts: i64,
 }
 
 /// The outcome of [`Store::claim_job_for`].
@@ -41,69 +75,98 @@ pub struct QueueDepth {
 }
 
 impl Store {
-    /// Queues work for these people (and shows them as pending), or tells
+    /// Queues work for these subjects (and shows them as pending), or tells
     /// a queued or running job that there is newer work (run it now, even if
-    /// it was waiting to retry). Ids must be distinct.
+    /// it was waiting to retry). Keys must be distinct.
     pub(super) async fn enqueue(
         &self,
         tx: &mut Transaction<'static, Any>,
-        user_ids: &[&str],
+        kind: JobKind,
+        keys: &[&str],
         now: i64,
     ) -> Result<()> {
-        if user_ids.is_empty() {
+        if keys.is_empty() {
             return Ok(());
         }
         let sql = format!(
-            "INSERT INTO jobs (user_id, run_at) VALUES {} \
-             ON CONFLICT (user_id) DO UPDATE SET generation = jobs.generation + 1, \
+            "INSERT INTO jobs (kind, subject, run_at) VALUES {} \
+             ON CONFLICT (kind, subject) DO UPDATE SET generation = jobs.generation + 1, \
              run_at = excluded.run_at, failed = 0",
-            self.backend.rows(user_ids.len(), 2)
+            self.backend.rows(keys.len(), 3)
         );
         let mut query = sqlx::query(&sql);
-        for id in user_ids {
-            query = query.bind(*id).bind(now);
+        for key in keys {
+            query = query.bind(kind.as_str()).bind(*key).bind(now);
         }
         query.execute(&mut **tx).await?;
+        let (table, key_column) = kind.table();
         let sql = format!(
-            "UPDATE people SET state = 'pending' WHERE user_id IN ({}) AND state <> 'pending'",
-            self.backend.placeholders(user_ids.len())
+            "UPDATE {table} SET state = 'pending' WHERE {key_column} IN ({}) AND state <> 'pending'",
+            self.backend.placeholders(keys.len())
         );
         let mut query = sqlx::query(&sql);
-        for id in user_ids {
-            query = query.bind(*id);
+        for key in keys {
+            query = query.bind(*key);
         }
         query.execute(&mut **tx).await?;
         Ok(())
     }
 
-    /// On PostgreSQL, locks the person's row first: every transaction that
-    /// writes both a person and their job takes the person before the job
+    /// On PostgreSQL, locks the subject's row first: every transaction that
+    /// writes both a subject and its job takes the subject before the job
     /// (as the intake does), so a worker finishing a job and the intake of
-    /// that person's next event cannot deadlock. SQLite has one writer.
-    async fn lock_person(&self, tx: &mut Transaction<'static, Any>, user_id: &str) -> Result<()> {
+    /// the subject's next event cannot deadlock. SQLite has one writer.
+    async fn lock_subject(&self, tx: &mut Transaction<'static, Any>, job: &Job) -> Result<()> {
         if self.backend == Backend::Postgres {
-            sqlx::query("SELECT 1 FROM people WHERE user_id = $1 FOR UPDATE")
-                .bind(user_id)
+            let (table, key_column) = job.kind.table();
+            let sql = format!("SELECT 1 FROM {table} WHERE {key_column} = $1 FOR UPDATE");
+            sqlx::query(&sql)
+                .bind(&job.subject)
                 .fetch_optional(&mut **tx)
                 .await?;
         }
         Ok(())
     }
 
-    /// Queues the person again by hand (operators' retry); false if unknown.
-    pub async fn requeue(&self, user_id: &str, now: i64) -> Result<bool> {
+    /// Sets the subject's state.
+    async fn set_subject_state(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        job: &Job,
+        state: &str,
+        now: i64,
+    ) -> Result<()> {
+        let (table, key_column) = job.kind.table();
+        let sql = format!("UPDATE {table} SET state = $2, updated_at = $3 WHERE {key_column} = $1");
+        sqlx::query(&sql)
+            .bind(&job.subject)
+            .bind(state)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Queues the subject again by hand (operators' retry), its attempts
+    /// forgotten; false if unknown.
+    pub async fn requeue(&self, kind: JobKind, key: &str, now: i64) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let known = sqlx::query(
-            "UPDATE people SET attempts = 0, state = 'pending', updated_at = $2 WHERE user_id = $1",
-        )
-        .bind(user_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
+        let (table, key_column) = kind.table();
+        let sql = format!("UPDATE {table} SET updated_at = $2 WHERE {key_column} = $1");
+        let known = sqlx::query(&sql)
+            .bind(key)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
             == 1;
         if known {
-            self.enqueue(&mut tx, &[user_id], now).await?;
+            self.enqueue(&mut tx, kind, &[key], now).await?;
+            sqlx::query("UPDATE jobs SET attempts = 0 WHERE kind = $1 AND subject = $2")
+                .bind(kind.as_str())
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(known)
@@ -118,11 +181,11 @@ impl Store {
             Backend::Sqlite => "",
         };
         let sql = format!(
-            "UPDATE jobs SET leased_until = $1, lease_owner = $2 WHERE user_id = (\
-                SELECT user_id FROM jobs WHERE failed = 0 AND run_at <= $3 AND leased_until <= $3 \
+            "UPDATE jobs SET leased_until = $1, lease_owner = $2 WHERE (kind, subject) = (\
+                SELECT kind, subject FROM jobs WHERE failed = 0 AND run_at <= $3 AND leased_until <= $3 \
                 ORDER BY run_at LIMIT 1{skip_locked}) \
              AND leased_until <= $3 \
-             RETURNING user_id, generation"
+             RETURNING {JOB_COLUMNS}"
         );
         let row = sqlx::query(&sql)
             .bind(leased_until)
@@ -146,26 +209,29 @@ impl Store {
         Ok(released)
     }
 
-    /// Leases this person's job to `owner`, whether or not it is due yet
+    /// Leases this subject's job to `owner`, whether or not it is due yet
     /// (someone is waiting for it: an SSO login), unless another worker
     /// holds it or it failed permanently.
     pub async fn claim_job_for(
         &self,
-        user_id: &str,
+        kind: JobKind,
+        key: &str,
         owner: &str,
         now: i64,
         leased_until: i64,
     ) -> Result<ClaimFor> {
         if let Some(job) = self
-            .lease_person_job(user_id, owner, now, leased_until, false)
+            .lease_job(kind, key, owner, now, leased_until, false)
             .await?
         {
             return Ok(ClaimFor::Claimed(job));
         }
-        let failed: Option<i64> = sqlx::query_scalar("SELECT failed FROM jobs WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let failed: Option<i64> =
+            sqlx::query_scalar("SELECT failed FROM jobs WHERE kind = $1 AND subject = $2")
+                .bind(kind.as_str())
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(match failed {
             None => ClaimFor::Missing,
             Some(0) => ClaimFor::Leased,
@@ -173,28 +239,30 @@ impl Store {
         })
     }
 
-    /// Leases this person's job to `owner` unless another worker holds it
+    /// Leases this subject's job to `owner` unless another worker holds it
     /// or it failed permanently; with `due_only`, only once it is due. The
-    /// one per-person claim behind SSO's [`Store::claim_job_for`] and the
-    /// sync pass's [`Store::claim_job_of`].
-    pub(super) async fn lease_person_job(
+    /// one per-subject claim behind SSO's [`Store::claim_job_for`] and the
+    /// sync passes' [`Store::claim_job_of`].
+    pub(super) async fn lease_job(
         &self,
-        user_id: &str,
+        kind: JobKind,
+        key: &str,
         owner: &str,
         now: i64,
         leased_until: i64,
         due_only: bool,
     ) -> Result<Option<Job>> {
-        let due = if due_only { " AND run_at <= $4" } else { "" };
+        let due = if due_only { " AND run_at <= $5" } else { "" };
         let sql = format!(
             "UPDATE jobs SET leased_until = $1, lease_owner = $2 \
-             WHERE user_id = $3 AND failed = 0 AND leased_until <= $4{due} \
-             RETURNING user_id, generation"
+             WHERE kind = $3 AND subject = $4 AND failed = 0 AND leased_until <= $5{due} \
+             RETURNING {JOB_COLUMNS}"
         );
         let row = sqlx::query(&sql)
             .bind(leased_until)
             .bind(owner)
-            .bind(user_id)
+            .bind(kind.as_str())
+            .bind(key)
             .bind(now)
             .fetch_optional(&self.pool)
             .await?;
@@ -213,15 +281,18 @@ impl Store {
         Ok(next)
     }
 
-    /// The job's work is done: record the person's new state and drop the
-    /// job, unless a newer change arrived meanwhile (then it runs again).
-    pub async fn finish_done(&self, job: &Job, owner: &str, state: State, now: i64) -> Result<()> {
+    /// The job's work is done: record the subject's new state and drop
+    /// the job, unless a newer change arrived meanwhile (then it runs
+    /// again, its attempts forgotten).
+    pub async fn finish_done(&self, job: &Job, owner: &str, state: &str, now: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        self.lock_person(&mut tx, &job.user_id).await?;
+        self.lock_subject(&mut tx, job).await?;
         let deleted = sqlx::query(
-            "DELETE FROM jobs WHERE user_id = $1 AND generation = $2 AND lease_owner = $3",
+            "DELETE FROM jobs WHERE kind = $1 AND subject = $2 AND generation = $3 \
+             AND lease_owner = $4",
         )
-        .bind(&job.user_id)
+        .bind(job.kind.as_str())
+        .bind(&job.subject)
         .bind(job.generation)
         .bind(owner)
         .execute(&mut *tx)
@@ -229,21 +300,16 @@ impl Store {
         .rows_affected()
             == 1;
         if deleted {
-            sqlx::query(
-                "UPDATE people SET state = $2, attempts = 0, last_error = NULL, updated_at = $3 \
-                 WHERE user_id = $1",
-            )
-            .bind(&job.user_id)
-            .bind(state.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            self.set_subject_state(&mut tx, job, state, now).await?;
         } else {
             release(&mut tx, job, owner, None).await?;
-            sqlx::query("UPDATE people SET attempts = 0, last_error = NULL WHERE user_id = $1")
-                .bind(&job.user_id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE jobs SET attempts = 0, last_error = NULL WHERE kind = $1 AND subject = $2",
+            )
+            .bind(job.kind.as_str())
+            .bind(&job.subject)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -256,20 +322,11 @@ impl Store {
         owner: &str,
         error: &str,
         run_at: i64,
-        now: i64,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        self.lock_person(&mut tx, &job.user_id).await?;
+        self.lock_subject(&mut tx, job).await?;
         release(&mut tx, job, owner, Some(run_at)).await?;
-        sqlx::query(
-            "UPDATE people SET attempts = attempts + 1, last_error = $2, updated_at = $3 \
-             WHERE user_id = $1",
-        )
-        .bind(&job.user_id)
-        .bind(error)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        count_attempt(&mut tx, job, error).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -287,32 +344,26 @@ impl Store {
     /// event arrives; the reason is kept for operators.
     pub async fn finish_failed(&self, job: &Job, owner: &str, error: &str, now: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        self.lock_person(&mut tx, &job.user_id).await?;
+        self.lock_subject(&mut tx, job).await?;
         let parked = sqlx::query(
             "UPDATE jobs SET failed = 1, leased_until = 0, lease_owner = NULL \
-             WHERE user_id = $1 AND generation = $2 AND lease_owner = $3",
+             WHERE kind = $1 AND subject = $2 AND generation = $3 AND lease_owner = $4",
         )
-        .bind(&job.user_id)
+        .bind(job.kind.as_str())
+        .bind(&job.subject)
         .bind(job.generation)
         .bind(owner)
         .execute(&mut *tx)
         .await?
         .rows_affected()
             == 1;
-        if !parked {
+        if parked {
+            self.set_subject_state(&mut tx, job, "failed", now).await?;
+        } else {
             // Newer data arrived; it may not fail the same way.
             release(&mut tx, job, owner, None).await?;
         }
-        sqlx::query(
-            "UPDATE people SET state = CASE WHEN $4 = 1 THEN 'failed' ELSE state END, \
-             attempts = attempts + 1, last_error = $2, updated_at = $3 WHERE user_id = $1",
-        )
-        .bind(&job.user_id)
-        .bind(error)
-        .bind(now)
-        .bind(parked as i64)
-        .execute(&mut *tx)
-        .await?;
+        count_attempt(&mut tx, job, error).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -348,15 +399,32 @@ impl Store {
     }
 }
 
-/// A `RETURNING user_id, generation` row as a job.
+const JOB_COLUMNS: &str = "kind, subject, generation, attempts";
+
+/// A `RETURNING {JOB_COLUMNS}` row as a job.
 fn job_from(row: Option<AnyRow>) -> Result<Option<Job>> {
     row.map(|row| {
         Ok(Job {
-            user_id: row.try_get("user_id")?,
+            kind: super::parse_column(&row, "kind")?,
+            subject: row.try_get("subject")?,
             generation: row.try_get("generation")?,
+            attempts: row.try_get("attempts")?,
         })
     })
     .transpose()
+}
+
+/// One more failed attempt of the job, and why.
+async fn count_attempt(tx: &mut Transaction<'static, Any>, job: &Job, error: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET attempts = attempts + 1, last_error = $3 WHERE kind = $1 AND subject = $2",
+    )
+    .bind(job.kind.as_str())
+    .bind(&job.subject)
+    .bind(error)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Gives the job back: immediately runnable, or at `run_at`. Work that
@@ -370,10 +438,11 @@ async fn release(
 ) -> Result<()> {
     sqlx::query(
         "UPDATE jobs SET leased_until = 0, lease_owner = NULL, \
-         run_at = CASE WHEN generation = $4 THEN COALESCE($3, run_at) ELSE run_at END \
-         WHERE user_id = $1 AND lease_owner = $2",
+         run_at = CASE WHEN generation = $5 THEN COALESCE($4, run_at) ELSE run_at END \
+         WHERE kind = $1 AND subject = $2 AND lease_owner = $3",
     )
-    .bind(&job.user_id)
+    .bind(job.kind.as_str())
+    .bind(&job.subject)
     .bind(owner)
     .bind(run_at)
     .bind(job.generation)

@@ -45,9 +45,9 @@ use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
 
-pub use batch::Intake;
+pub use batch::{Batched, Intake};
 pub use intake::Accepted;
-pub use jobs::{ClaimFor, Job, QueueDepth};
+pub use jobs::{ClaimFor, Job, JobKind, QueueDepth};
 pub use oidc::{CodeGrant, Pending, Returned, TokenOwner};
 pub use people::{Account, CreateVia, LocalpartPolicy, Person, State};
 pub use sync::{JobState, SyncHolder};

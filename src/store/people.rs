@@ -91,6 +91,8 @@ pub struct Person {
     pub profile_verify: i64,
     /// The account is known to carry the `oidc-<idp>` external id too.
     pub oidc_linked: bool,
+    /// Failed attempts of the person's job since it last succeeded, and
+    /// the last error (both kept on the job; none without one).
     pub attempts: i64,
     pub last_error: Option<String>,
     pub created_at: i64,
@@ -190,8 +192,11 @@ pub(super) const PERSON_COLUMNS: &str =
     "user_id, localpart, state, username, username_at, display_name, \
     display_name_at, avatar_url, avatar_url_at, deleted, lifecycle_at, account, \
     register_started_at, applied_display_name, applied_avatar_url, avatar_mxc, avatar_sha256, \
-    avatar_error, upload_mxc, upload_sha256, profile_verify, oidc_linked, create_via, attempts, \
-    last_error, created_at, updated_at";
+    avatar_error, upload_mxc, upload_sha256, profile_verify, oidc_linked, create_via, \
+    COALESCE((SELECT j.attempts FROM jobs j WHERE j.kind = 'person' AND j.subject = user_id), 0) \
+    AS attempts, \
+    (SELECT j.last_error FROM jobs j WHERE j.kind = 'person' AND j.subject = user_id) AS last_error, \
+    created_at, updated_at";
 impl Store {
     pub async fn person(&self, user_id: &str) -> Result<Option<Person>> {
         let sql = format!("SELECT {PERSON_COLUMNS} FROM people WHERE user_id = $1");

@@ -6,7 +6,7 @@
 use sqlx::Row;
 
 use super::people::{IN_LIST_CHUNK, PERSON_COLUMNS};
-use super::{Job, Person, Result, Store};
+use super::{Job, JobKind, Person, Result, Store};
 
 const PROFILES: &str = "profiles";
 
@@ -101,24 +101,28 @@ impl Store {
         Ok(watermark)
     }
 
-    /// Leases this person's job if it is due and free (a sync pass runs
+    /// Leases this subject's job if it is due and free (a sync pass runs
     /// the work it caused itself, next to the background workers).
     pub async fn claim_job_of(
         &self,
-        user_id: &str,
+        kind: JobKind,
+        key: &str,
         owner: &str,
         now: i64,
         leased_until: i64,
     ) -> Result<Option<Job>> {
-        self.lease_person_job(user_id, owner, now, leased_until, true)
+        self.lease_job(kind, key, owner, now, leased_until, true)
             .await
     }
 
-    pub async fn job_state(&self, user_id: &str) -> Result<JobState> {
-        let row = sqlx::query("SELECT run_at, leased_until, failed FROM jobs WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?;
+    pub async fn job_state(&self, kind: JobKind, key: &str) -> Result<JobState> {
+        let row = sqlx::query(
+            "SELECT run_at, leased_until, failed FROM jobs WHERE kind = $1 AND subject = $2",
+        )
+        .bind(kind.as_str())
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
         let Some(row) = row else {
             return Ok(JobState::None);
         };
@@ -139,7 +143,7 @@ impl Store {
             let sql = format!(
                 "SELECT {PERSON_COLUMNS} FROM people p WHERE p.localpart IN ({}) \
                  AND p.account IN ('active', 'deactivated') \
-                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.user_id = p.user_id)",
+                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.kind = 'person' AND j.subject = p.user_id)",
                 self.backend.placeholders(chunk.len())
             );
             let mut query = sqlx::query(&sql);
@@ -164,7 +168,8 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        self.enqueue(&mut tx, &[user_id], now).await?;
+        self.enqueue(&mut tx, JobKind::Person, &[user_id], now)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -176,7 +181,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT p.user_id FROM people p WHERE p.account = 'active' AND p.deleted = 0 \
              AND COALESCE(p.avatar_url, '') <> COALESCE(p.applied_avatar_url, '') \
-             AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.user_id = p.user_id)",
+             AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.kind = 'person' AND j.subject = p.user_id)",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -186,7 +191,8 @@ impl Store {
     /// Queues the person's work (the avatar retry of a full pass).
     pub async fn queue_work(&self, user_id: &str, now: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        self.enqueue(&mut tx, &[user_id], now).await?;
+        self.enqueue(&mut tx, JobKind::Person, &[user_id], now)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
