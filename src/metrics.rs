@@ -255,7 +255,7 @@ mod tests {
     fn counters_and_gauges_render_in_text_format() {
         webhook("refused", "invalid_signature");
         synapse_call("admin_user_get", "ok", Duration::from_millis(12));
-        provisioning("done", "provisioned");
+        job("person", "done", "provisioned");
         sync("updated", 3);
         token_exchange("login_token", "ok");
         let text = render(

@@ -44,6 +44,8 @@ impl Batched for Event {
 }
 
 type Reply<T> = oneshot::Sender<Result<<T as Batched>::Accepted>>;
+/// The writers' shared end of the queue.
+type Receiver<T> = Arc<Mutex<mpsc::Receiver<(T, Reply<T>)>>>;
 
 pub struct Intake<T: Batched = Event> {
     queue: mpsc::Sender<(T, Reply<T>)>,
@@ -82,10 +84,7 @@ impl<T: Batched> Intake<T> {
     }
 }
 
-async fn write_batches<T: Batched>(
-    store: Store,
-    receiver: Arc<Mutex<mpsc::Receiver<(T, Reply<T>)>>>,
-) {
+async fn write_batches<T: Batched>(store: Store, receiver: Receiver<T>) {
     loop {
         let mut batch = Vec::new();
         {

@@ -4,7 +4,7 @@
 use matrix_provisioner::domain::event::{Event, EventKind, Patch};
 use matrix_provisioner::secret::Secret;
 use matrix_provisioner::store::JobState::None as JobNone;
-use matrix_provisioner::store::{Accepted, Store};
+use matrix_provisioner::store::{Accepted, JobKind, Store};
 
 use crate::on_both_backends;
 use crate::support::*;
@@ -124,8 +124,8 @@ async fn a_batch_stores_what_one_by_one_would(backend: Backend) {
         assert_eq!(a.wanted, b.wanted, "{user_id}");
         assert_eq!(a.state, b.state, "{user_id}");
         assert_eq!(
-            batched.job_state(&user_id).await.unwrap() == JobNone,
-            single.job_state(&user_id).await.unwrap() == JobNone,
+            batched.job_state(JobKind::Person, &user_id).await.unwrap() == JobNone,
+            single.job_state(JobKind::Person, &user_id).await.unwrap() == JobNone,
             "{user_id}"
         );
         compared += 1;
