@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use matrix_provisioner::jobs::Outcome;
+use matrix_provisioner::jobs::{JobOutcome, Outcome};
 use matrix_provisioner::store::State;
 use serde_json::{json, Value};
 
@@ -367,7 +367,7 @@ async fn a_retry_reads_the_profile_before_writing_it_again() {
     .await;
     assert_eq!(
         app.worker().run_one().await.unwrap(),
-        Some(Outcome::Done(State::Provisioned))
+        Some(JobOutcome::Person(Outcome::Done(State::Provisioned)))
     );
     let mxid = admin.user_id(&name);
 
@@ -386,14 +386,14 @@ async fn a_retry_reads_the_profile_before_writing_it_again() {
         .await;
     assert_eq!(status, 200);
     db.execute(&format!(
-        "UPDATE people SET attempts = 1 WHERE user_id = '{user_id}'"
+        "UPDATE jobs SET attempts = 1 WHERE kind = 'person' AND subject = '{user_id}'"
     ))
     .await;
 
     let calls = app.synapse().calls().snapshot();
     assert_eq!(
         app.worker().run_one().await.unwrap(),
-        Some(Outcome::Done(State::Provisioned))
+        Some(JobOutcome::Person(Outcome::Done(State::Provisioned)))
     );
     let sent = app.synapse().calls().snapshot().since(&calls);
     assert_eq!(
