@@ -13,6 +13,9 @@
 #                               never creating or taking over accounts)
 #          OIDC_CLIENT_SECRET   required with OIDC_PROVIDERS
 #          SSO_CLIENT_WHITELIST optional; comma-separated sso.client_whitelist
+#          APPSERVICE_FILES     optional; comma-separated registration files for
+#                               app_service_config_files (matrix-provisioner's, printed
+#                               by `matrix-provisioner appservice-registration`)
 #          BCRYPT_ROUNDS        default 12 (tests pass 4)
 #          RELAX_RATELIMITS     0 (default, Synapse's limits) or 1 (generous rc_* limits)
 #          SYNAPSE_LOG_LEVEL    default INFO (root level of DIR/homeserver.log)
@@ -62,7 +65,8 @@ fi
 export SC_DIR="$dir" SC_PORT="$port" SC_GEN="$gen" SERVER_NAME BCRYPT_ROUNDS \
     RELAX_RATELIMITS SYNAPSE_LOG_LEVEL REGISTRATION_SECRET
 export JWT_SECRET="${JWT_SECRET:-}" OIDC_PROVIDERS="${OIDC_PROVIDERS:-}" \
-    OIDC_CLIENT_SECRET="${OIDC_CLIENT_SECRET:-}" SSO_CLIENT_WHITELIST="${SSO_CLIENT_WHITELIST:-}"
+    OIDC_CLIENT_SECRET="${OIDC_CLIENT_SECRET:-}" SSO_CLIENT_WHITELIST="${SSO_CLIENT_WHITELIST:-}" \
+    APPSERVICE_FILES="${APPSERVICE_FILES:-}"
 "$py" - <<'EOF'
 import glob
 import os
@@ -213,6 +217,18 @@ if providers:
 whitelist = [w for w in os.environ.get("SSO_CLIENT_WHITELIST", "").split(",") if w.strip()]
 if whitelist:
     config["sso"] = {"client_whitelist": whitelist}
+
+appservices = [f for f in os.environ.get("APPSERVICE_FILES", "").split(",") if f.strip()]
+if appservices:
+    config["app_service_config_files"] = [os.path.abspath(f) for f in appservices]
+    # Synapse lists no room in its directory unless a rule allows who asks;
+    # the application services' bots publish the public City Rooms.
+    rules = []
+    for f in appservices:
+        with open(f) as reg:
+            sender = yaml.safe_load(reg)["sender_localpart"]
+        rules.append({"user_id": f"@{sender}:{server_name}", "action": "allow"})
+    config["room_list_publication_rules"] = rules
 
 if os.environ["RELAX_RATELIMITS"] == "1":
     def lots():  # a fresh dict each time, so the yaml has no anchors/aliases

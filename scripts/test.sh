@@ -35,11 +35,29 @@ until [[ "$MP_TEST_OIDC_PORT_POSTGRES" != "$MP_TEST_OIDC_PORT_SQLITE" ]]; do
     MP_TEST_OIDC_PORT_POSTGRES="$(fixed_port)"
 done
 export MP_TEST_OIDC_PORT_SQLITE MP_TEST_OIDC_PORT_POSTGRES
+# The application service of each back end (City Rooms): registration files
+# printed by the service itself, loaded by Synapse. Synapse reaches the
+# service on the back end's fixed port; bot, agents and aliases are apart.
+cargo build --locked --quiet
+export MP_TEST_AS_TOKEN="test-as-token-$RANDOM$RANDOM" MP_TEST_HS_TOKEN="test-hs-token-$RANDOM$RANDOM"
+registrations=""
+for backend in sqlite postgres; do
+    port_var="MP_TEST_OIDC_PORT_${backend^^}"
+    SYNAPSE_SERVER_NAME="$MP_TEST_SYNAPSE_SERVER_NAME" SYNAPSE_REGISTRATION_SECRET=unused \
+        APPSERVICE_ID="daarion-$backend" APPSERVICE_BOT="daarion-$backend" \
+        AGENT_LOCALPART_PREFIX="agent-$backend-" ROOM_ALIAS_PREFIX="city-$backend-" \
+        APPSERVICE_AS_TOKEN="$MP_TEST_AS_TOKEN-$backend" APPSERVICE_HS_TOKEN="$MP_TEST_HS_TOKEN-$backend" \
+        APPSERVICE_URL="http://127.0.0.1:${!port_var}" \
+        target/debug/matrix-provisioner appservice-registration > "$work/appservice-$backend.yaml"
+    registrations+="${registrations:+,}$work/appservice-$backend.yaml"
+done
+
 port="$(SERVER_NAME="$MP_TEST_SYNAPSE_SERVER_NAME" \
     REGISTRATION_SECRET="$MP_TEST_SYNAPSE_SECRET" \
     JWT_SECRET="$MP_TEST_SYNAPSE_JWT_SECRET" \
     OIDC_PROVIDERS="daarion-sqlite=http://127.0.0.1:$MP_TEST_OIDC_PORT_SQLITE,daarion-postgres=http://127.0.0.1:$MP_TEST_OIDC_PORT_POSTGRES" \
     OIDC_CLIENT_SECRET="$MP_TEST_OIDC_SECRET" SSO_CLIENT_WHITELIST="http://element.test/" \
+    APPSERVICE_FILES="$registrations" \
     BCRYPT_ROUNDS=4 RELAX_RATELIMITS=1 start_synapse "$work/synapse")"
 
 export MP_TEST_SYNAPSE_URL="http://127.0.0.1:$port"

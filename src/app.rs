@@ -19,6 +19,7 @@ use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::jobs::Worker;
 use crate::oidc::{Provider, Signer};
+use crate::room_sync::RoomSync;
 use crate::sso::Sso;
 use crate::store::{Backend, Intake, LocalpartPolicy, Store};
 use crate::synapse::Synapse;
@@ -44,6 +45,7 @@ pub struct Core {
     pub policy: LocalpartPolicy,
     pub worker: Arc<Worker>,
     pub sync: Arc<ProfileSync>,
+    pub room_sync: Arc<RoomSync>,
     /// Signs what the OpenID provider issues (None: the provider is off).
     pub signer: Option<Arc<Signer>>,
     /// Wakes an idle worker when a job is queued.
@@ -58,9 +60,13 @@ impl Core {
         let synapse = Arc::new(Synapse::new(&settings, Arc::new(store.clone()))?);
         let mut reserved = settings.reserved_localparts.clone();
         reserved.push(settings.synapse_admin_user.clone());
+        // People never get names inside the application service's
+        // namespaces (CONTRACT.md section 9).
+        reserved.push(settings.city.bot.clone());
         let policy = LocalpartPolicy {
             server_name: settings.server_name.clone(),
             reserved,
+            reserved_prefixes: vec![settings.city.agent_prefix.clone()],
         };
         let wake = Arc::new(Notify::new());
         let avatars = Arc::new(AvatarFetcher::new(&settings)?);
@@ -80,6 +86,12 @@ impl Core {
             Arc::clone(&worker),
             Arc::clone(&wake),
         )?);
+        let room_sync = Arc::new(RoomSync::new(
+            Arc::clone(&settings),
+            store.clone(),
+            Arc::clone(&worker),
+            Arc::clone(&wake),
+        )?);
         Ok(Core {
             settings,
             store,
@@ -87,6 +99,7 @@ impl Core {
             policy,
             worker,
             sync,
+            room_sync,
             signer,
             wake,
         })
@@ -105,6 +118,7 @@ impl Application {
             (n, _) => n,
         };
         let intake = Intake::start(core.store.clone(), writers);
+        let city_intake = Intake::start(core.store.clone(), writers.min(2));
         let sso = Arc::new(Sso::new(&settings)?);
         let state = web::Data::new(AppState {
             settings: Arc::clone(&settings),
@@ -112,6 +126,7 @@ impl Application {
             synapse: Arc::clone(&core.synapse),
             policy: core.policy.clone(),
             intake,
+            city_intake,
             wake: core.wake,
             accounts: Arc::new(Accounts::new(core.store.clone(), Arc::clone(&core.worker))),
             oidc: core
@@ -121,6 +136,7 @@ impl Application {
                 .map(Arc::new),
             sso,
             sync: core.sync,
+            room_sync: core.room_sync,
         });
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("cannot listen on {}", settings.bind))?;

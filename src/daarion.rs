@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Deserialize;
 use serde_json::Value;
 use url::Url;
 
@@ -23,28 +22,56 @@ pub struct ApiError(pub String);
 
 /// One page of the listing. Entries that are not of the contract's shape
 /// are kept apart, so one bad record does not stop the pass.
-#[derive(Debug, Clone, Default)]
-pub struct Page {
-    pub users: Vec<ListedUser>,
+#[derive(Debug, Clone)]
+pub struct Page<T = ListedUser> {
+    pub users: Vec<T>,
     /// (user_id if readable, what is wrong)
     pub malformed: Vec<(Option<String>, String)>,
     pub next_cursor: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct RawPage {
-    users: Vec<Value>,
-    #[serde(default)]
-    next_cursor: Option<String>,
+impl<T> Default for Page<T> {
+    fn default() -> Self {
+        Page {
+            users: Vec::new(),
+            malformed: Vec::new(),
+            next_cursor: None,
+        }
+    }
 }
 
-pub struct DaarionApi {
+/// What a listing API lists: DAARION Auth's users (`GET /v1/users`, a
+/// `users` list keyed by `user_id`) or DAARION.city's rooms (`GET
+/// /v1/rooms`, a `rooms` list keyed by `room_id`); same paging, same
+/// bearer token, same retries.
+pub trait Listed: serde::de::DeserializeOwned {
+    /// The path under the API's base URL and the name of the list.
+    const LIST: &'static str;
+    /// The field that identifies an item (logged when one is malformed).
+    const ID: &'static str;
+}
+
+impl Listed for ListedUser {
+    const LIST: &'static str = "users";
+    const ID: &'static str = "user_id";
+}
+
+impl Listed for crate::domain::city::ListedRoom {
+    const LIST: &'static str = "rooms";
+    const ID: &'static str = "room_id";
+}
+
+pub struct DaarionApi<T = ListedUser> {
     http: reqwest::Client,
     users_url: Url,
     token: Option<Secret>,
+    items: std::marker::PhantomData<fn() -> T>,
 }
 
-impl std::fmt::Debug for DaarionApi {
+/// DAARION.city's room API (CONTRACT.md section 8).
+pub type CityApi = DaarionApi<crate::domain::city::ListedRoom>;
+
+impl<T> std::fmt::Debug for DaarionApi<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DaarionApi")
             .field("users_url", &self.users_url.as_str())
@@ -52,14 +79,38 @@ impl std::fmt::Debug for DaarionApi {
     }
 }
 
-impl DaarionApi {
+impl DaarionApi<ListedUser> {
     /// None when `AUTH_API_URL` is not set (no sync, no backfill).
     pub fn new(settings: &Settings) -> anyhow::Result<Option<DaarionApi>> {
-        let Some(base) = &settings.auth_api_url else {
+        DaarionApi::at(
+            settings.auth_api_url.as_ref(),
+            settings.auth_api_token.as_ref(),
+        )
+    }
+}
+
+impl CityApi {
+    /// None when `CITY_API_URL` is not set.
+    pub fn new_city(settings: &Settings) -> anyhow::Result<Option<CityApi>> {
+        DaarionApi::at(
+            settings.city.api_url.as_ref(),
+            settings.city.api_token.as_ref(),
+        )
+    }
+}
+
+impl<T: Listed> DaarionApi<T> {
+    /// The API at `base` (None: not configured). The base may carry a
+    /// path prefix (https://host/auth).
+    fn at(base: Option<&Url>, token: Option<&Secret>) -> anyhow::Result<Option<DaarionApi<T>>> {
+        let Some(base) = base else {
             return Ok(None);
         };
-        // AUTH_API_URL may carry a path prefix (https://host/auth).
-        let users_url = Url::parse(&format!("{}/v1/users", base.as_str().trim_end_matches('/')))?;
+        let users_url = Url::parse(&format!(
+            "{}/v1/{}",
+            base.as_str().trim_end_matches('/'),
+            T::LIST
+        ))?;
         let http = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
@@ -68,7 +119,8 @@ impl DaarionApi {
         Ok(Some(DaarionApi {
             http,
             users_url,
-            token: settings.auth_api_token.clone(),
+            token: token.cloned(),
+            items: std::marker::PhantomData,
         }))
     }
 
@@ -79,7 +131,7 @@ impl DaarionApi {
         updated_since: Option<i64>,
         cursor: Option<&str>,
         limit: usize,
-    ) -> Result<Page, ApiError> {
+    ) -> Result<Page<T>, ApiError> {
         let mut attempt = 1;
         loop {
             match self.page_once(updated_since, cursor, limit).await {
@@ -100,7 +152,7 @@ impl DaarionApi {
         updated_since: Option<i64>,
         cursor: Option<&str>,
         limit: usize,
-    ) -> Result<Page, (ApiError, bool)> {
+    ) -> Result<Page<T>, (ApiError, bool)> {
         let mut url = self.users_url.clone();
         {
             let mut query = url.query_pairs_mut();
@@ -132,21 +184,32 @@ impl DaarionApi {
             let transient = status.is_server_error() || status.as_u16() == 429;
             return Err((ApiError(format!("answered {status}")), transient));
         }
-        let raw: RawPage = response.json().await.map_err(|e| {
+        let not_a_page = |e: String| {
             (
                 ApiError(format!(
-                    "answered something other than a page of users: {e}"
+                    "answered something other than a page of {}: {e}",
+                    T::LIST
                 )),
                 false,
             )
-        })?;
+        };
+        let mut raw: Value = response
+            .json()
+            .await
+            .map_err(|e| not_a_page(e.to_string()))?;
+        let Some(Value::Array(items)) = raw.get_mut(T::LIST).map(Value::take) else {
+            return Err(not_a_page(format!("no `{}` list", T::LIST)));
+        };
         let mut page = Page {
-            next_cursor: raw.next_cursor.filter(|c| !c.is_empty()),
+            next_cursor: raw["next_cursor"]
+                .as_str()
+                .filter(|c| !c.is_empty())
+                .map(str::to_string),
             ..Page::default()
         };
-        for entry in raw.users {
-            let user_id = entry["user_id"].as_str().map(str::to_string);
-            match serde_json::from_value::<ListedUser>(entry) {
+        for entry in items {
+            let user_id = entry[T::ID].as_str().map(str::to_string);
+            match serde_json::from_value::<T>(entry) {
                 Ok(user) => page.users.push(user),
                 Err(e) => page.malformed.push((user_id, e.to_string())),
             }

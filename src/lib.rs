@@ -15,6 +15,7 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod oidc;
+pub mod room_sync;
 pub mod secret;
 pub mod sso;
 pub mod store;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use matrix_provisioner::app::{termination_signal, Application, Core};
 use matrix_provisioner::config::Settings;
+use matrix_provisioner::room_sync::RoomSyncError;
 use matrix_provisioner::secret::Secret;
 use matrix_provisioner::store::Store;
 use matrix_provisioner::sync::SyncError;
@@ -45,6 +46,17 @@ enum Command {
         #[arg(long)]
         full: bool,
     },
+    /// Run one City Rooms reconcile pass (for cron) and print its summary
+    /// as JSON. Exit status as for sync-profiles.
+    SyncRooms {
+        /// Read every City Room, and compare every Matrix room with what
+        /// Synapse holds (puts back hand edits).
+        #[arg(long)]
+        full: bool,
+    },
+    /// Print the application service's registration file for Synapse's
+    /// `app_service_config_files` (from APPSERVICE_* and ROOM_ALIAS_PREFIX).
+    AppserviceRegistration,
 }
 
 /// `sync-profiles` found another pass running.
@@ -62,6 +74,11 @@ async fn main() -> ExitCode {
         }
         Command::Healthcheck => healthcheck().await,
         Command::SyncProfiles { full } => return sync_profiles(full).await,
+        Command::SyncRooms { full } => return sync_rooms(full).await,
+        Command::AppserviceRegistration => Settings::from_env()
+            .and_then(|s| s.city.registration(&s.server_name))
+            .map(|file| print!("{file}"))
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,6 +97,51 @@ async fn serve() -> anyhow::Result<()> {
     telemetry::init(settings.log_format);
     let app = Application::build(settings).await?;
     app.run_until(stop).await
+}
+
+/// The core for a command-line pass, or the exit status of its failure.
+async fn pass_core() -> Result<Core, ExitCode> {
+    let core = match Settings::from_env() {
+        Ok(settings) => {
+            telemetry::init(settings.log_format);
+            Core::build(settings).await
+        }
+        Err(e) => Err(e.into()),
+    };
+    core.map_err(|e| {
+        eprintln!("matrix-provisioner: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+async fn sync_rooms(full: bool) -> ExitCode {
+    let core = match pass_core().await {
+        Ok(core) => core,
+        Err(code) => return code,
+    };
+    let result = core.room_sync.run(full).await;
+    core.store.close().await;
+    match result {
+        Ok(summary) => {
+            println!(
+                "{}",
+                serde_json::to_string(&summary).expect("a summary serialises")
+            );
+            if summary.succeeded() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e @ RoomSyncError::InProgress(_)) => {
+            eprintln!("matrix-provisioner: sync_in_progress: {e}");
+            ExitCode::from(EXIT_IN_PROGRESS)
+        }
+        Err(e) => {
+            eprintln!("matrix-provisioner: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn sync_profiles(full: bool) -> ExitCode {

@@ -194,6 +194,7 @@ pub fn http_request(route: &str, status: u16, elapsed: Duration) {
 pub struct Snapshot {
     pub queue: QueueDepth,
     pub people: Vec<(String, i64)>,
+    pub rooms: Vec<(String, i64)>,
 }
 
 /// The Prometheus text exposition of every metric, plus the gauges read
@@ -237,8 +238,19 @@ pub fn render(snapshot: Option<Snapshot>, synapse_reachable: bool) -> String {
         for (state, n) in s.people {
             people.with_label_values(&[&state]).set(n);
         }
+        let rooms = gauge(
+            "matrix_provisioner_rooms",
+            "City Rooms known to the service by state (pending, ready, closed, failed), read at scrape time.",
+        );
+        for state in ["pending", "ready", "closed", "failed"] {
+            rooms.with_label_values(&[state]).set(0);
+        }
+        for (state, n) in s.rooms {
+            rooms.with_label_values(&[&state]).set(n);
+        }
         families.extend(queue.collect());
         families.extend(people.collect());
+        families.extend(rooms.collect());
     }
     let mut out = Vec::new();
     TextEncoder::new()
@@ -267,6 +279,7 @@ mod tests {
                     failed: 4,
                 },
                 people: vec![("provisioned".into(), 7)],
+                rooms: vec![("ready".into(), 3)],
             }),
             true,
         );
@@ -276,6 +289,9 @@ mod tests {
             r#"matrix_provisioner_synapse_request_duration_seconds_bucket{endpoint="admin_user_get",outcome="ok",le="0.025"}"#,
             r#"matrix_provisioner_provisioning_total{outcome="done",state="provisioned"}"#,
             r#"matrix_provisioner_profile_sync_total{outcome="updated"}"#,
+            r#"matrix_provisioner_rooms{state="ready"} 3"#,
+            r#"matrix_provisioner_rooms{state="closed"} 0"#,
+            r#"matrix_provisioner_jobs_total{kind="person",outcome="done",state="provisioned"}"#,
             r#"matrix_provisioner_token_exchanges_total{kind="login_token",outcome="ok"}"#,
             r#"matrix_provisioner_queue_jobs{state="failed"} 4"#,
             r#"matrix_provisioner_people{state="provisioned"} 7"#,

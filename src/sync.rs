@@ -37,12 +37,12 @@ use crate::daarion::DaarionApi;
 use crate::domain::event::{Event, EventKind};
 use crate::jobs::Worker;
 use crate::now_ms;
-use crate::store::{Account, CreateVia, JobKind, JobState, Person, State, Store, StoreError};
+use crate::store::{Account, CreateVia, JobKind, JobState, Pass, Person, State, Store, StoreError};
 use crate::synapse::{localpart_of, Synapse};
 
 /// How long a pass holds its lease without renewing it; a crashed pass
 /// blocks the next one at most this long.
-const LEASE: Duration = Duration::from_secs(60);
+pub(crate) const LEASE: Duration = Duration::from_secs(60);
 /// An incremental pass reads from this long before the last pass started,
 /// so clock differences with DAARION Auth and changes committed late are
 /// not missed; re-reading an unchanged person costs nothing.
@@ -173,7 +173,12 @@ impl ProfileSync {
         let started_ms = now_ms();
         if let Err(holder) = self
             .store
-            .lease_sync(&owner, started_ms, started_ms + LEASE.as_millis() as i64)
+            .lease_sync(
+                Pass::Profiles,
+                &owner,
+                started_ms,
+                started_ms + LEASE.as_millis() as i64,
+            )
             .await?
         {
             return Err(SyncError::InProgress(holder.owner));
@@ -184,6 +189,7 @@ impl ProfileSync {
         let lease_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let renewal = tokio::spawn(renew_lease(
             self.store.clone(),
+            Pass::Profiles,
             owner.clone(),
             Arc::clone(&lease_lost),
         ));
@@ -197,7 +203,11 @@ impl ProfileSync {
 
         renewal.abort();
         let watermark = read_all.then_some(started_ms);
-        if let Err(e) = self.store.release_sync(&owner, watermark).await {
+        if let Err(e) = self
+            .store
+            .release_sync(Pass::Profiles, &owner, watermark)
+            .await
+        {
             // The lease runs out by itself; the next pass reads from the old watermark.
             summary
                 .errors
@@ -408,7 +418,7 @@ impl ReadSide<'_> {
             None
         } else {
             store
-                .sync_watermark()
+                .sync_watermark(Pass::Profiles)
                 .await
                 .map_err(|e| e.to_string())?
                 .map(|w| w - OVERLAP_MS)
@@ -596,21 +606,26 @@ impl ReadSide<'_> {
     }
 }
 
-/// Keeps the lease alive while the pass runs; flags its loss.
-async fn renew_lease(store: Store, owner: String, lost: Arc<std::sync::atomic::AtomicBool>) {
+/// Keeps a pass's lease alive while it runs; flags its loss.
+pub(crate) async fn renew_lease(
+    store: Store,
+    pass: Pass,
+    owner: String,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+) {
     let mut tick = tokio::time::interval(LEASE / 4);
     tick.tick().await;
     loop {
         tick.tick().await;
         let until = now_ms() + LEASE.as_millis() as i64;
-        match store.renew_sync(&owner, until).await {
+        match store.renew_sync(pass, &owner, until).await {
             Ok(true) => {}
             Ok(false) => {
-                tracing::error!("the profile sync pass lost its lease");
+                tracing::error!(?pass, "the sync pass lost its lease");
                 lost.store(true, std::sync::atomic::Ordering::Relaxed);
                 return;
             }
-            Err(e) => tracing::warn!("cannot renew the profile sync lease: {e}"),
+            Err(e) => tracing::warn!(?pass, "cannot renew the sync pass's lease: {e}"),
         }
     }
 }

@@ -9,7 +9,7 @@ use sha2::Digest;
 /// than fail the whole account over a long name.
 pub const MAX_DISPLAY_NAME_CHARS: usize = 256;
 const MAX_ID_BYTES: usize = 255;
-const MAX_URL_BYTES: usize = 2048;
+pub(super) const MAX_URL_BYTES: usize = 2048;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -42,7 +42,7 @@ pub enum Patch<T> {
 }
 
 impl<T> Patch<T> {
-    fn map<U>(self, f: impl FnOnce(T) -> U) -> Patch<U> {
+    pub(super) fn map<U>(self, f: impl FnOnce(T) -> U) -> Patch<U> {
         match self {
             Patch::Unchanged => Patch::Unchanged,
             Patch::Clear => Patch::Clear,
@@ -53,7 +53,9 @@ impl<T> Patch<T> {
 
 /// Distinguishes an absent field (`Patch::Unchanged`, via `#[serde(default)]`)
 /// from an explicit `null`.
-fn patch<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Patch<T>, D::Error> {
+pub(super) fn patch<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Patch<T>, D::Error> {
     Ok(match Option::<T>::deserialize(d)? {
         None => Patch::Clear,
         Some(v) => Patch::Set(v),
@@ -186,11 +188,11 @@ pub struct ListedUser {
     pub deleted: bool,
 }
 
-fn unacceptable(message: &str) -> EventError {
+pub(super) fn unacceptable(message: &str) -> EventError {
     EventError::Unacceptable(message.to_string())
 }
 
-fn timestamp(raw: &str, field: &str) -> Result<i64, EventError> {
+pub(super) fn timestamp(raw: &str, field: &str) -> Result<i64, EventError> {
     DateTime::parse_from_rfc3339(raw)
         .map(|t| t.with_timezone(&Utc).timestamp_millis())
         .map_err(|_| EventError::Unacceptable(format!("{field} must be an RFC 3339 timestamp")))
@@ -273,7 +275,7 @@ impl Event {
 
 impl Patch<Option<String>> {
     /// `Set(None)` (an empty string) means the same as `null`.
-    fn flatten_clear(self) -> Patch<String> {
+    pub(super) fn flatten_clear(self) -> Patch<String> {
         match self {
             Patch::Unchanged => Patch::Unchanged,
             Patch::Clear | Patch::Set(None) => Patch::Clear,
@@ -289,7 +291,7 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 /// Control characters out, surrounding space trimmed, at most 256 characters.
-fn clean_display_name(name: String) -> String {
+pub(super) fn clean_display_name(name: String) -> String {
     name.chars()
         .filter(|c| !c.is_control())
         .collect::<String>()

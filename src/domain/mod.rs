@@ -1,6 +1,7 @@
 //! Pure types and rules, no I/O: webhook events and their signatures, how
 //! events change what DAARION wants for a person, and Matrix localparts.
 
+pub mod city;
 pub mod event;
 pub mod localpart;
 pub mod person;

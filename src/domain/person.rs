@@ -74,7 +74,7 @@ impl Wanted {
 }
 
 impl<T> Patch<T> {
-    fn as_ref(&self) -> Patch<&T> {
+    pub(super) fn as_ref(&self) -> Patch<&T> {
         match self {
             Patch::Unchanged => Patch::Unchanged,
             Patch::Clear => Patch::Clear,
@@ -83,7 +83,7 @@ impl<T> Patch<T> {
     }
 }
 
-fn set(field: &mut Option<String>, field_at: &mut i64, patch: Patch<&String>, t: i64) {
+pub(super) fn set(field: &mut Option<String>, field_at: &mut i64, patch: Patch<&String>, t: i64) {
     if t < *field_at {
         return;
     }

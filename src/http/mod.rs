@@ -1,6 +1,7 @@
 //! The HTTP interface: one file per resource, shared state, the route table
 //! and the OpenAPI description generated from the handlers.
 
+pub mod appservice;
 pub mod auth;
 pub mod error;
 pub mod health;
@@ -9,6 +10,7 @@ pub mod oidc;
 pub mod ops;
 pub mod pages;
 pub mod profile_sync;
+pub mod rooms;
 pub mod sso;
 pub mod users;
 pub mod webhooks;
@@ -22,7 +24,9 @@ use utoipa::{Modify, OpenApi};
 
 use crate::accounts::Accounts;
 use crate::config::Settings;
+use crate::domain::city::CityEvent;
 use crate::oidc::Provider;
+use crate::room_sync::RoomSync;
 use crate::sso::Sso;
 use crate::store::{Intake, LocalpartPolicy, Store};
 use crate::synapse::Synapse;
@@ -36,6 +40,7 @@ pub struct AppState {
     pub policy: LocalpartPolicy,
     /// Group-committed webhook intake.
     pub intake: Intake,
+    pub city_intake: Intake<CityEvent>,
     /// Wakes an idle worker when a job is queued.
     pub wake: Arc<Notify>,
     /// "This person has an active account now", for sign-ins.
@@ -44,6 +49,7 @@ pub struct AppState {
     pub oidc: Option<Arc<Provider>>,
     pub sso: Arc<Sso>,
     pub sync: Arc<ProfileSync>,
+    pub room_sync: Arc<RoomSync>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -56,6 +62,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .app_data(web::PathConfig::default().error_handler(error::extractor_error))
     .app_data(web::QueryConfig::default().error_handler(error::extractor_error))
     .service(webhooks::receive)
+    .service(rooms::receive_city)
+    .service(rooms::get_room)
+    .service(rooms::retry_room)
+    .service(rooms::room_sync)
+    .service(appservice::transaction)
+    .service(appservice::ping)
+    .service(appservice::query_user)
+    .service(appservice::query_alias)
     .service(sso::login_token)
     .service(oidc::discovery)
     .service(oidc::jwks)
@@ -120,6 +134,10 @@ fn sorted(value: serde_json::Value) -> serde_json::Value {
         users::get_user,
         users::retry_user,
         profile_sync::profile_sync,
+        rooms::receive_city,
+        rooms::get_room,
+        rooms::retry_room,
+        rooms::room_sync,
         health::healthz,
         health::readyz,
         ops::scrape,
@@ -132,11 +150,13 @@ fn sorted(value: serde_json::Value) -> serde_json::Value {
         oidc::OAuthErrorBody,
         sso::SessionRequest,
         profile_sync::SyncRequest,
-        crate::sync::Summary
+        rooms::RoomSyncRequest,
+        crate::sync::Summary,
+        crate::room_sync::RoomSummary
     )),
     modifiers(&SecuritySchemes),
     tags(
-        (name = "webhooks", description = "Events from DAARION Auth"),
+        (name = "webhooks", description = "Events from DAARION Auth and DAARION.city"),
         (name = "sso", description = "DAARION access tokens in, Matrix logins out; bearer DAARION JWT"),
         (name = "sign-in", description = "The OpenID Connect provider behind Synapse's \"Continue with DAARION\" (its browser steps, `/oidc/authorize`, `/v1/sso/return` and `/v1/sso/continue`, answer HTML pages and are not listed here); errors of the token and userinfo endpoints are OAuth's `{\"error\", \"error_description\"}`"),
         (name = "operators", description = "For operators and the cron; bearer `ADMIN_API_TOKEN`"),

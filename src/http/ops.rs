@@ -23,14 +23,19 @@ use crate::now_ms;
 )]
 #[get("/metrics")]
 pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
-    let (queue, people, synapse) = tokio::join!(
+    let (queue, people, rooms, synapse) = tokio::join!(
         state.store.queue_depth(now_ms()),
         state.store.people_by_state(),
+        state.store.rooms_by_state(),
         super::health::synapse_reachable(&state),
     );
-    let snapshot = match (queue, people) {
-        (Ok(queue), Ok(people)) => Some(Snapshot { queue, people }),
-        (Err(e), _) | (_, Err(e)) => {
+    let snapshot = match (queue, people, rooms) {
+        (Ok(queue), Ok(people), Ok(rooms)) => Some(Snapshot {
+            queue,
+            people,
+            rooms,
+        }),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             tracing::warn!("metrics without database gauges: {e}");
             None
         }

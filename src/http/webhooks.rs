@@ -114,37 +114,16 @@ async fn receive_inner(
     req: &HttpRequest,
     payload: web::Payload,
 ) -> Result<WebhookAccepted, ApiError> {
-    let body = read_limited(req, payload, MAX_BODY_BYTES).await?;
-    let header = req
-        .headers()
-        .get(SIGNATURE_HEADER)
-        .map(|v| v.to_str().unwrap_or(""));
-    let now = now_ms();
-    signature::verify(header, &body, &state.settings.webhook_secrets, now / 1000).map_err(|e| {
-        let code = match e {
-            signature::SignatureError::Stale => "stale_signature",
-            signature::SignatureError::Missing => "missing_signature",
-            _ => "invalid_signature",
-        };
-        ApiError::new(StatusCode::UNAUTHORIZED, code, e.message())
-    })?;
-    let event = match Event::parse(&body) {
-        Ok(Parsed::Event(event)) => event,
-        Ok(Parsed::Ignored { id }) => {
+    let body = signed_body(req, payload, &state.settings.webhook_secrets).await?;
+    let event = match Event::parse(&body).map_err(refusal)? {
+        Parsed::Event(event) => event,
+        Parsed::Ignored { id } => {
             return Ok(WebhookAccepted {
                 event_id: id,
                 duplicate: false,
                 matrix_user_id: None,
                 ignored: true,
             })
-        }
-        Err(EventError::Malformed(m)) => return Err(ApiError::bad_request(m)),
-        Err(EventError::Unacceptable(m)) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unacceptable_value",
-                m,
-            ))
         }
     };
     let accepted = state
@@ -167,6 +146,38 @@ async fn receive_inner(
         matrix_user_id: accepted.localpart.map(|lp| state.settings.user_id(&lp)),
         ignored: false,
     })
+}
+
+/// The body, once its size and signature (by one of `secrets`) are checked.
+pub(super) async fn signed_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    secrets: &[crate::secret::Secret],
+) -> Result<web::BytesMut, ApiError> {
+    let body = read_limited(req, payload, MAX_BODY_BYTES).await?;
+    let header = req
+        .headers()
+        .get(SIGNATURE_HEADER)
+        .map(|v| v.to_str().unwrap_or(""));
+    signature::verify(header, &body, secrets, now_ms() / 1000).map_err(|e| {
+        let code = match e {
+            signature::SignatureError::Stale => "stale_signature",
+            signature::SignatureError::Missing => "missing_signature",
+            _ => "invalid_signature",
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, code, e.message())
+    })?;
+    Ok(body)
+}
+
+/// A body that does not parse as an event: 400, or 422 for a value.
+pub(super) fn refusal(e: EventError) -> ApiError {
+    match e {
+        EventError::Malformed(m) => ApiError::bad_request(m),
+        EventError::Unacceptable(m) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unacceptable_value", m)
+        }
+    }
 }
 
 /// Reads the body, refusing more than `limit` bytes without reading them all.

@@ -6,6 +6,7 @@
 //! that cannot wait for the queue.
 
 mod provision;
+mod room;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,11 +19,37 @@ use tracing::Instrument;
 use crate::avatar::AvatarFetcher;
 use crate::config::Settings;
 use crate::oidc::Signer;
-use crate::store::{ClaimFor, Job, JobKind, LocalpartPolicy, Person, State, Store};
+use crate::store::{
+    Account, ClaimFor, Job, JobKind, LocalpartPolicy, Person, RoomState, State, Store,
+};
 use crate::synapse::{Synapse, TakenLocalparts};
 use crate::{metrics, now_ms, telemetry};
 
 pub use provision::Outcome;
+
+/// How a job of either kind ended (what [`Worker::run_one`] reports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    Person(Outcome<State>),
+    Room(Outcome<RoomState>),
+}
+
+/// A subject's state as its table stores it.
+pub trait SubjectState: Copy {
+    fn word(self) -> &'static str;
+}
+
+impl SubjectState for State {
+    fn word(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl SubjectState for RoomState {
+    fn word(self) -> &'static str {
+        self.as_str()
+    }
+}
 
 /// How long an idle worker sleeps before looking again when nothing woke it
 /// (other replicas' jobs, retries coming due).
@@ -72,6 +99,10 @@ pub struct Worker {
     username_grace: Duration,
     /// Signs back-channel logouts (None: the OpenID provider is off).
     oidc: Option<Arc<Signer>>,
+    alias_prefix: String,
+    /// Set once the application service's bot is known to exist (and to
+    /// be a server admin) in this process.
+    bot_ready: tokio::sync::OnceCell<()>,
     wake: Arc<Notify>,
 }
 
@@ -102,12 +133,14 @@ impl Worker {
             retry_max_delay: settings.retry_max_delay,
             username_grace: settings.username_grace,
             oidc,
+            alias_prefix: settings.city.alias_prefix.clone(),
+            bot_ready: tokio::sync::OnceCell::new(),
             wake,
         }
     }
 
     /// Claims one due job and runs it. `Ok(None)` when nothing is due.
-    pub async fn run_one(&self) -> anyhow::Result<Option<Outcome>> {
+    pub async fn run_one(&self) -> anyhow::Result<Option<JobOutcome>> {
         let now = now_ms();
         let leased_until = now + self.lease.as_millis() as i64;
         let Some(job) = self.store.claim_job(&self.owner, now, leased_until).await? else {
@@ -121,12 +154,7 @@ impl Worker {
         );
         telemetry::with_request_id(
             job_id,
-            async {
-                let outcome = self.execute(&job, false).await;
-                self.record(&job, &outcome).await?;
-                Ok(Some(outcome))
-            }
-            .instrument(span),
+            async { self.execute(&job).await.map(Some) }.instrument(span),
         )
         .await
     }
@@ -174,7 +202,7 @@ impl Worker {
                 .await?
             {
                 ClaimFor::Claimed(job) => {
-                    let outcome = self.execute(&job, true).await;
+                    let outcome = self.provision(&job, true).await;
                     self.record(&job, &outcome).await?;
                     match outcome {
                         Outcome::Done(State::Deactivated) => return Ok(AccountCheck::Deactivated),
@@ -214,7 +242,7 @@ impl Worker {
 
     /// Runs this subject's job if it is due and no worker holds it;
     /// `Ok(None)` otherwise (a sync pass drives the work it caused).
-    pub async fn run_job_of(&self, kind: JobKind, key: &str) -> anyhow::Result<Option<Outcome>> {
+    pub async fn run_job_of(&self, kind: JobKind, key: &str) -> anyhow::Result<Option<JobOutcome>> {
         let now = now_ms();
         let leased_until = now + self.lease.as_millis() as i64;
         let Some(job) = self
@@ -224,9 +252,7 @@ impl Worker {
         else {
             return Ok(None);
         };
-        let outcome = self.execute(&job, false).await;
-        self.record(&job, &outcome).await?;
-        Ok(Some(outcome))
+        self.execute(&job).await.map(Some)
     }
 
     pub fn synapse(&self) -> &Arc<Synapse> {
@@ -238,21 +264,53 @@ impl Worker {
         &self.taken
     }
 
-    /// Runs the job's handler. `settle_now`: a sign-in waits for this
-    /// account (see [`provision::reconcile`]).
-    async fn execute(&self, job: &Job, settle_now: bool) -> Outcome {
+    /// Runs the job's handler and records its outcome.
+    async fn execute(&self, job: &Job) -> anyhow::Result<JobOutcome> {
         match job.kind {
-            JobKind::Person => self.provision(job, settle_now).await,
-            JobKind::Room => Outcome::Failed("rooms are not handled yet".into()),
+            JobKind::Person => {
+                let outcome = self.provision(job, false).await;
+                self.record(job, &outcome).await?;
+                Ok(JobOutcome::Person(outcome))
+            }
+            JobKind::Room => {
+                let outcome = self.reconcile_room(job).await;
+                self.record(job, &outcome).await?;
+                Ok(JobOutcome::Room(outcome))
+            }
         }
     }
 
+    async fn reconcile_room(&self, job: &Job) -> Outcome<RoomState> {
+        let room = match self.store.room(&job.subject).await {
+            Ok(Some(room)) => room,
+            Ok(None) => return Outcome::Failed("the room's record is missing".into()),
+            Err(e) => return Outcome::retry(e.to_string()),
+        };
+        if let Err(e) = self
+            .bot_ready
+            .get_or_try_init(|| self.synapse.ensure_bot())
+            .await
+        {
+            return e.into();
+        }
+        let deps = room::RoomDeps {
+            store: &self.store,
+            synapse: &self.synapse,
+            avatars: &self.avatars,
+            alias_prefix: &self.alias_prefix,
+        };
+        room::reconcile(&deps, room).await
+    }
+
+    /// A person's reconcile step. `settle_now`: a sign-in waits for this
+    /// account (see [`provision::reconcile`]).
     async fn provision(&self, job: &Job, settle_now: bool) -> Outcome {
         let person = match self.store.person(&job.subject).await {
             Ok(Some(person)) => person,
             Ok(None) => return Outcome::Failed("the person's record is missing".into()),
             Err(e) => return Outcome::retry(e.to_string()),
         };
+        let had_account = person.account == Account::Active;
         let deps = provision::Deps {
             store: &self.store,
             synapse: &self.synapse,
@@ -262,19 +320,29 @@ impl Worker {
             username_grace: self.username_grace,
             oidc: self.oidc.as_deref(),
         };
-        provision::reconcile(&deps, person, settle_now).await
+        let outcome = provision::reconcile(&deps, person, settle_now).await;
+        if outcome == Outcome::Done(State::Provisioned) && !had_account {
+            // A new (or reactivated) account: the City Rooms the person is
+            // a member of can join them now.
+            match self.store.queue_rooms_of(&job.subject, now_ms()).await {
+                Ok(0) => {}
+                Ok(_) => self.wake.notify_waiters(),
+                Err(e) => return e.into(),
+            }
+        }
+        outcome
     }
 
-    async fn record(&self, job: &Job, outcome: &Outcome) -> anyhow::Result<()> {
+    async fn record<S: SubjectState>(&self, job: &Job, outcome: &Outcome<S>) -> anyhow::Result<()> {
         let now = now_ms();
         let kind = job.kind.as_str();
         let subject = job.subject.as_str();
         match outcome {
             Outcome::Done(state) => {
-                metrics::job(kind, "done", state.as_str());
-                tracing::debug!(kind, subject, state = state.as_str(), "job done");
+                metrics::job(kind, "done", state.word());
+                tracing::debug!(kind, subject, state = state.word(), "job done");
                 self.store
-                    .finish_done(job, &self.owner, state.as_str(), now)
+                    .finish_done(job, &self.owner, state.word(), now)
                     .await?;
             }
             Outcome::Retry { reason, after } => {

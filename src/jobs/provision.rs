@@ -25,9 +25,11 @@ const CLOCK_SLACK_MS: i64 = 60_000;
 /// Suffixes tried before giving up on a name (`-2` … `-50`).
 const MAX_CANDIDATES: u32 = 50;
 
+/// How a job's run ended. `S` is the state its subject reached (a person's
+/// [`State`], a room's `RoomState`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Done(State),
+pub enum Outcome<S = State> {
+    Done(S),
     Retry {
         reason: String,
         after: Option<Duration>,
@@ -41,8 +43,8 @@ pub enum Outcome {
     },
 }
 
-impl Outcome {
-    pub fn retry(reason: impl Into<String>) -> Outcome {
+impl<S> Outcome<S> {
+    pub fn retry(reason: impl Into<String>) -> Outcome<S> {
         Outcome::Retry {
             reason: reason.into(),
             after: None,
@@ -50,8 +52,8 @@ impl Outcome {
     }
 }
 
-impl From<SynapseError> for Outcome {
-    fn from(e: SynapseError) -> Outcome {
+impl<S> From<SynapseError> for Outcome<S> {
+    fn from(e: SynapseError) -> Outcome<S> {
         match e {
             SynapseError::Unavailable { retry_after, .. } => Outcome::Retry {
                 reason: e.to_string(),
@@ -62,8 +64,8 @@ impl From<SynapseError> for Outcome {
     }
 }
 
-impl From<StoreError> for Outcome {
-    fn from(e: StoreError) -> Outcome {
+impl<S> From<StoreError> for Outcome<S> {
+    fn from(e: StoreError) -> Outcome<S> {
         Outcome::retry(e.to_string())
     }
 }

@@ -19,7 +19,7 @@ use crate::domain::person::Wanted;
 
 /// Events per set of statements: keeps bound values (13 per new person)
 /// well under both back ends' limits.
-const CHUNK: usize = 500;
+pub(super) const CHUNK: usize = 500;
 
 /// The outcome of [`Store::accept_event`] for one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,11 +292,41 @@ impl Store {
 /// The source of DAARION Auth's events in `events`.
 const AUTH: &str = "auth";
 
-/// Stores the event ids; returns those that were not stored before.
+/// Stores the event ids of DAARION Auth's events; returns those that were
+/// not stored before.
 async fn insert_events(
     tx: &mut Transaction<'static, Any>,
     backend: Backend,
     events: &[Event],
+    now: i64,
+) -> Result<HashSet<String>> {
+    let logged: Vec<Logged> = events
+        .iter()
+        .map(|e| Logged {
+            id: &e.id,
+            subject: &e.user_id,
+            kind: e.kind.as_str(),
+            created_at: e.created_at_ms,
+        })
+        .collect();
+    log_events(tx, backend, AUTH, &logged, now).await
+}
+
+/// An event as the event log keeps it.
+pub(super) struct Logged<'a> {
+    pub id: &'a str,
+    pub subject: &'a str,
+    pub kind: &'a str,
+    pub created_at: i64,
+}
+
+/// Stores event ids of `source`; returns those that were not stored before
+/// (the idempotency of every intake).
+pub(super) async fn log_events(
+    tx: &mut Transaction<'static, Any>,
+    backend: Backend,
+    source: &str,
+    events: &[Logged<'_>],
     now: i64,
 ) -> Result<HashSet<String>> {
     let sql = format!(
@@ -307,11 +337,11 @@ async fn insert_events(
     let mut query = sqlx::query(&sql);
     for event in events {
         query = query
-            .bind(AUTH)
-            .bind(&event.id)
-            .bind(&event.user_id)
-            .bind(event.kind.as_str())
-            .bind(event.created_at_ms)
+            .bind(source)
+            .bind(event.id)
+            .bind(event.subject)
+            .bind(event.kind)
+            .bind(event.created_at)
             .bind(now);
     }
     let rows = query.fetch_all(&mut **tx).await?;

@@ -35,6 +35,7 @@ mod intake;
 mod jobs;
 mod oidc;
 mod people;
+mod rooms;
 mod sync;
 mod tokens;
 
@@ -50,7 +51,8 @@ pub use intake::Accepted;
 pub use jobs::{ClaimFor, Job, JobKind, QueueDepth};
 pub use oidc::{CodeGrant, Pending, Returned, TokenOwner};
 pub use people::{Account, CreateVia, LocalpartPolicy, Person, State};
-pub use sync::{JobState, SyncHolder};
+pub use rooms::{CityAccepted, MemberAccount, Room, RoomState};
+pub use sync::{JobState, Pass, SyncHolder};
 
 use crate::secret::{redact_url, Secret};
 

@@ -172,6 +172,10 @@ impl Person {
 pub struct LocalpartPolicy {
     pub server_name: String,
     pub reserved: Vec<String>,
+    /// Prefixes that belong to the application service's namespace (its
+    /// agents, CONTRACT.md section 9): a person whose name starts with one
+    /// gets `u-` in front, as stably as any other name.
+    pub reserved_prefixes: Vec<String>,
 }
 
 impl LocalpartPolicy {
@@ -182,9 +186,26 @@ impl LocalpartPolicy {
         base: &'a Localpart,
         n: u32,
     ) -> impl Iterator<Item = Localpart> + 'a {
+        let base = self.outside_namespaces(base);
         (n.max(1)..)
             .map(move |n| base.candidate(n, &self.server_name))
             .filter(move |lp| !is_reserved(lp, &self.reserved))
+    }
+}
+
+impl LocalpartPolicy {
+    /// `base`, or `u-<base>` when it starts with a reserved prefix.
+    fn outside_namespaces(&self, base: &Localpart) -> Localpart {
+        let lower = base.as_str().to_ascii_lowercase();
+        let taken = self
+            .reserved_prefixes
+            .iter()
+            .any(|p| !p.is_empty() && lower.starts_with(&p.to_ascii_lowercase()));
+        if !taken {
+            return base.clone();
+        }
+        Localpart::parse(&format!("u-{}", base.as_str()), &self.server_name)
+            .unwrap_or_else(|_| base.candidate(2, &self.server_name))
     }
 }
 

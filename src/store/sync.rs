@@ -8,7 +8,21 @@ use sqlx::Row;
 use super::people::{IN_LIST_CHUNK, PERSON_COLUMNS};
 use super::{Job, JobKind, Person, Result, Store};
 
-const PROFILES: &str = "profiles";
+/// The passes, each with its row in `sync_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    Profiles,
+    Rooms,
+}
+
+impl Pass {
+    fn name(self) -> &'static str {
+        match self {
+            Pass::Profiles => "profiles",
+            Pass::Rooms => "rooms",
+        }
+    }
+}
 
 /// Who holds the pass now, for the 409 message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +47,7 @@ impl Store {
     /// otherwise. An expired lease (a crashed pass) can be taken.
     pub async fn lease_sync(
         &self,
+        pass: Pass,
         owner: &str,
         now: i64,
         until: i64,
@@ -43,7 +58,7 @@ impl Store {
         )
         .bind(owner)
         .bind(until)
-        .bind(PROFILES)
+        .bind(pass.name())
         .bind(now)
         .execute(&self.pool)
         .await?
@@ -53,7 +68,7 @@ impl Store {
             return Ok(Ok(()));
         }
         let row = sqlx::query("SELECT lease_owner, leased_until FROM sync_state WHERE name = $1")
-            .bind(PROFILES)
+            .bind(pass.name())
             .fetch_one(&self.pool)
             .await?;
         Ok(Err(SyncHolder {
@@ -63,12 +78,12 @@ impl Store {
     }
 
     /// Extends our lease; false if it was lost (expired and taken).
-    pub async fn renew_sync(&self, owner: &str, until: i64) -> Result<bool> {
+    pub async fn renew_sync(&self, pass: Pass, owner: &str, until: i64) -> Result<bool> {
         Ok(sqlx::query(
             "UPDATE sync_state SET leased_until = $1 WHERE name = $2 AND lease_owner = $3",
         )
         .bind(until)
-        .bind(PROFILES)
+        .bind(pass.name())
         .bind(owner)
         .execute(&self.pool)
         .await?
@@ -78,13 +93,18 @@ impl Store {
 
     /// Gives the lease back, moving the watermark if the pass read
     /// everything it asked for.
-    pub async fn release_sync(&self, owner: &str, watermark: Option<i64>) -> Result<()> {
+    pub async fn release_sync(
+        &self,
+        pass: Pass,
+        owner: &str,
+        watermark: Option<i64>,
+    ) -> Result<()> {
         sqlx::query(
             "UPDATE sync_state SET leased_until = 0, lease_owner = NULL, \
              watermark = COALESCE($1, watermark) WHERE name = $2 AND lease_owner = $3",
         )
         .bind(watermark)
-        .bind(PROFILES)
+        .bind(pass.name())
         .bind(owner)
         .execute(&self.pool)
         .await?;
@@ -92,10 +112,10 @@ impl Store {
     }
 
     /// Start (ms) of the last pass that read DAARION's changes completely.
-    pub async fn sync_watermark(&self) -> Result<Option<i64>> {
+    pub async fn sync_watermark(&self, pass: Pass) -> Result<Option<i64>> {
         let watermark: Option<i64> =
             sqlx::query_scalar("SELECT watermark FROM sync_state WHERE name = $1")
-                .bind(PROFILES)
+                .bind(pass.name())
                 .fetch_one(&self.pool)
                 .await?;
         Ok(watermark)

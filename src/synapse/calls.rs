@@ -21,10 +21,21 @@ pub enum Endpoint {
     Deactivate,
     MediaUpload,
     BackchannelLogout,
+    AsRegister,
+    AsPing,
+    RoomCreate,
+    AliasLookup,
+    AliasDelete,
+    RoomState,
+    StatePut,
+    PowerLevelsPut,
+    AdminJoin,
+    Kick,
+    DirectoryPut,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 12] = [
+    pub const ALL: [Endpoint; 23] = [
         Endpoint::Health,
         Endpoint::RegisterNonce,
         Endpoint::Register,
@@ -37,6 +48,17 @@ impl Endpoint {
         Endpoint::Deactivate,
         Endpoint::MediaUpload,
         Endpoint::BackchannelLogout,
+        Endpoint::AsRegister,
+        Endpoint::AsPing,
+        Endpoint::RoomCreate,
+        Endpoint::AliasLookup,
+        Endpoint::AliasDelete,
+        Endpoint::RoomState,
+        Endpoint::StatePut,
+        Endpoint::PowerLevelsPut,
+        Endpoint::AdminJoin,
+        Endpoint::Kick,
+        Endpoint::DirectoryPut,
     ];
 
     /// A stable snake_case label (for metrics and summaries).
@@ -54,6 +76,17 @@ impl Endpoint {
             Endpoint::Deactivate => "deactivate",
             Endpoint::MediaUpload => "media_upload",
             Endpoint::BackchannelLogout => "backchannel_logout",
+            Endpoint::AsRegister => "appservice_register",
+            Endpoint::AsPing => "appservice_ping",
+            Endpoint::RoomCreate => "room_create",
+            Endpoint::AliasLookup => "alias_lookup",
+            Endpoint::AliasDelete => "alias_delete",
+            Endpoint::RoomState => "room_state",
+            Endpoint::StatePut => "room_state_put",
+            Endpoint::PowerLevelsPut => "room_power_levels_put",
+            Endpoint::AdminJoin => "room_join",
+            Endpoint::Kick => "room_kick",
+            Endpoint::DirectoryPut => "room_directory_put",
         }
     }
 
@@ -63,14 +96,25 @@ impl Endpoint {
             | Endpoint::RegisterNonce
             | Endpoint::UserGet
             | Endpoint::UserList
-            | Endpoint::ExternalIdLookup => Method::GET,
+            | Endpoint::ExternalIdLookup
+            | Endpoint::AliasLookup
+            | Endpoint::RoomState => Method::GET,
             Endpoint::Register
             | Endpoint::Login
             | Endpoint::Logout
             | Endpoint::Deactivate
             | Endpoint::MediaUpload
-            | Endpoint::BackchannelLogout => Method::POST,
-            Endpoint::UserPut => Method::PUT,
+            | Endpoint::BackchannelLogout
+            | Endpoint::AsRegister
+            | Endpoint::AsPing
+            | Endpoint::RoomCreate
+            | Endpoint::AdminJoin
+            | Endpoint::Kick => Method::POST,
+            Endpoint::UserPut
+            | Endpoint::StatePut
+            | Endpoint::PowerLevelsPut
+            | Endpoint::DirectoryPut => Method::PUT,
+            Endpoint::AliasDelete => Method::DELETE,
         }
     }
 

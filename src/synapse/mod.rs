@@ -9,6 +9,7 @@ mod calls;
 mod login;
 mod media;
 mod register;
+mod rooms;
 mod taken;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub use admin_token::{StoredToken, TokenStore};
 pub use calls::{CallCounts, CallSnapshot, Endpoint};
 pub use login::Session;
 pub use register::{random_password, registration_mac, Registered};
+pub use rooms::{RoomView, CREATOR_POWER_VERSION};
 pub use taken::TakenLocalparts;
 
 /// The `auth_provider` of DAARION ids in Synapse's `external_ids`.
@@ -104,6 +106,8 @@ pub struct AdminUser {
     pub created_ms: i64,
     #[serde(default)]
     pub external_ids: Vec<ExternalId>,
+    #[serde(default, deserialize_with = "flag")]
+    pub admin: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -140,6 +144,11 @@ pub struct Synapse {
     /// `oidc-<OIDC_IDP_ID>`: the provider Synapse's OpenID login looks
     /// people up by.
     oidc_provider: String,
+    /// The application service's token (None: rooms are off); requests
+    /// with it act as the bot, the registration's `sender_localpart`.
+    as_token: Option<Secret>,
+    appservice_id: String,
+    bot: String,
 }
 
 /// Whose credentials a request carries.
@@ -147,6 +156,8 @@ pub struct Synapse {
 enum Auth {
     None,
     Admin,
+    /// The application service's token: acts as its bot.
+    AppService,
 }
 
 /// What a request carries.
@@ -192,6 +203,9 @@ impl Synapse {
             admin: admin_token::AdminToken::new(settings, tokens),
             calls: CallCounts::default(),
             oidc_provider: settings.oidc.auth_provider(),
+            as_token: settings.city.as_token.clone(),
+            appservice_id: settings.city.appservice_id.clone(),
+            bot: settings.city.bot.clone(),
         })
     }
 
@@ -411,9 +425,20 @@ impl Synapse {
         body: Body<'_>,
         auth: Auth,
     ) -> Result<(StatusCode, Value)> {
-        let Auth::Admin = auth else {
-            return self.send(endpoint, path, body, None).await;
+        let token = match auth {
+            Auth::None => None,
+            Auth::AppService => Some(self.as_token.as_ref().ok_or_else(|| {
+                SynapseError::refused(
+                    0,
+                    "M_NOT_CONFIGURED",
+                    "the application service is not configured (APPSERVICE_AS_TOKEN)",
+                )
+            })?),
+            Auth::Admin => None,
         };
+        if !matches!(auth, Auth::Admin) {
+            return self.send(endpoint, path, body, token).await;
+        }
         let token = self.admin.get(self).await?;
         match self.send(endpoint, path, body, Some(&token)).await {
             Err(e) if e.errcode() == Some("M_UNKNOWN_TOKEN") => {

@@ -11,6 +11,7 @@ mod operability;
 mod profiles;
 mod provisioning;
 mod resilience;
+mod rooms;
 mod shutdown;
 mod sso;
 mod support;

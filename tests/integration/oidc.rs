@@ -37,7 +37,7 @@ const ELEMENT: &str = "http://element.test/";
 const CLIENT_CB: &str = "http://client.test/cb";
 
 /// One test at a time per back end: Synapse knows each provider by its port.
-static TURNS: [tokio::sync::Mutex<()>; 2] = [
+pub(crate) static TURNS: [tokio::sync::Mutex<()>; 2] = [
     tokio::sync::Mutex::const_new(()),
     tokio::sync::Mutex::const_new(()),
 ];

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use matrix_provisioner::app::Application;
-use matrix_provisioner::jobs::Outcome;
+use matrix_provisioner::jobs::{JobOutcome, Outcome};
 use matrix_provisioner::store::State;
 use serde_json::json;
 
@@ -201,7 +201,10 @@ async fn an_interrupted_registration_is_adopted_not_duplicated(backend: Backend)
         }
 
         let outcome = app.worker().run_one().await.unwrap();
-        assert_eq!(outcome, Some(Outcome::Done(State::Provisioned)));
+        assert_eq!(
+            outcome,
+            Some(JobOutcome::Person(Outcome::Done(State::Provisioned)))
+        );
         assert_eq!(admin.lookup(&user_id).await, Some(admin.user_id(&name)));
         assert_eq!(admin.count_users(&name).await, 1, "no second account");
         let person = store.person(&user_id).await.unwrap().unwrap();

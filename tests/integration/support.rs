@@ -892,6 +892,11 @@ struct ProxyState {
     seen: std::sync::Mutex<Vec<(String, Option<String>)>>,
     /// (path, how many more answers to replace, the status to answer).
     garble: std::sync::Mutex<Option<(String, u32, u16)>>,
+    /// (path, how long): Synapse answers such a request, and the answer is
+    /// held back that long (a service killed meanwhile never sees it).
+    hold: std::sync::Mutex<Option<(String, Duration)>>,
+    /// Requests for a held path that Synapse answered.
+    held: std::sync::atomic::AtomicU64,
 }
 
 impl SynapseProxy {
@@ -903,6 +908,8 @@ impl SynapseProxy {
             delay_ms: Default::default(),
             seen: Default::default(),
             garble: Default::default(),
+            hold: Default::default(),
+            held: Default::default(),
         });
         let data = web::Data::from(std::sync::Arc::clone(&state));
         let (port, handle) = crate::fakes::serve_locally(move |cfg| {
@@ -934,6 +941,17 @@ impl SynapseProxy {
     /// Synapse that is down.
     pub fn fail(&self, path: &str, times: u32) {
         *self.state.garble.lock().unwrap() = Some((path.to_string(), times, 503));
+    }
+
+    /// Requests for exactly `path` reach Synapse, but its answer is held
+    /// back for `delay`.
+    pub fn hold_answers(&self, path: &str, delay: Duration) {
+        *self.state.hold.lock().unwrap() = Some((path.to_string(), delay));
+    }
+
+    /// How many held requests Synapse has answered.
+    pub fn held(&self) -> u64 {
+        self.state.held.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// (path, X-Request-Id) of every request so far.
@@ -991,8 +1009,18 @@ async fn proxy_forward(
             forward = forward.header(name, value);
         }
     }
+    let hold = state
+        .hold
+        .lock()
+        .unwrap()
+        .clone()
+        .filter(|(path, _)| path == req.path());
     match forward.send().await {
         Ok(response) => {
+            if let Some((_, delay)) = hold {
+                state.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+            }
             let status = actix_web::http::StatusCode::from_u16(response.status().as_u16()).unwrap();
             let content_type = response
                 .headers()

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use matrix_provisioner::app::Application;
 use matrix_provisioner::domain::event::{Event, ListedUser};
-use matrix_provisioner::jobs::Outcome;
+use matrix_provisioner::jobs::{JobOutcome, Outcome};
 use matrix_provisioner::store::{CreateVia, State};
 use matrix_provisioner::synapse::{Endpoint, TakenLocalparts};
 use serde_json::{json, Value};
@@ -422,7 +422,10 @@ async fn backfill_respects_strangers_and_adopts_its_interrupted_creations() {
         .await;
     assert_eq!(status, 201, "{body}");
     let outcome = app.worker().run_one().await.unwrap();
-    assert_eq!(outcome, Some(Outcome::Done(State::Provisioned)));
+    assert_eq!(
+        outcome,
+        Some(JobOutcome::Person(Outcome::Done(State::Provisioned)))
+    );
     assert_eq!(admin.lookup(&user_id).await, Some(admin.user_id(&name)));
     assert_eq!(admin.count_users(&name).await, 1, "no second account");
 }
@@ -630,11 +633,11 @@ async fn an_account_made_by_hand_during_a_backfill_is_reported_not_adopted() {
     let user_id = unique("u_");
     queue_backfill(&app, &user_id, &name, "Backfilled").await;
     match worker.run_one().await.unwrap() {
-        Some(Outcome::Failed(reason)) => {
+        Some(JobOutcome::Person(Outcome::Failed(reason))) => {
             assert!(reason.contains("appeared while we created it"), "{reason}");
             assert!(reason.contains(&name), "{reason}");
         }
-        Some(Outcome::Done(State::Provisioned)) => {
+        Some(JobOutcome::Person(Outcome::Done(State::Provisioned))) => {
             // The index was refreshed first: the stranger is avoided.
             assert_eq!(
                 admin.lookup(&user_id).await,

@@ -1,0 +1,627 @@
+//! DAARION.city's room events (CONTRACT.md section 8): the webhook shape,
+//! [`CityEvent::parse`] (the only way to get a validated one), the room
+//! listing of its API turned into the same kind of event, and how events
+//! change what DAARION.city wants of a room and its members. As for people,
+//! every field and every membership remembers the `created_at` of the event
+//! that last set it, so an older event never overwrites a newer one.
+
+use serde::Deserialize;
+
+use super::event::{
+    clean_display_name, patch, timestamp, unacceptable, valid_id, EventError, Patch, MAX_URL_BYTES,
+};
+use super::person::set;
+
+/// Longest topic kept (Matrix has no hard limit; events must stay < 64 KiB).
+const MAX_TOPIC_CHARS: usize = 4096;
+/// Longest slug: it becomes an alias, `#<prefix><slug>:<server>` ≤ 255 bytes.
+const MAX_SLUG_BYTES: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    Public,
+    Private,
+}
+
+impl Visibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Public => "public",
+            Visibility::Private => "private",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Visibility> {
+        match s {
+            "public" => Some(Visibility::Public),
+            "private" => Some(Visibility::Private),
+            _ => None,
+        }
+    }
+}
+
+/// A member's role in a City Room and its Matrix power level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Member,
+    Moderator,
+    Owner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Moderator => "moderator",
+            Role::Owner => "owner",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "member" => Some(Role::Member),
+            "moderator" => Some(Role::Moderator),
+            "owner" => Some(Role::Owner),
+            _ => None,
+        }
+    }
+
+    /// CONTRACT.md section 8: owner 100, moderator 50, member 0.
+    pub fn power(self) -> i64 {
+        match self {
+            Role::Member => 0,
+            Role::Moderator => 50,
+            Role::Owner => 100,
+        }
+    }
+}
+
+/// What an event says about its room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// `room.created` / `room.updated`: absent fields unchanged.
+    Room(RoomFields),
+    Deleted,
+    MemberAdded {
+        member_id: String,
+        role: Role,
+    },
+    MemberRemoved {
+        member_id: String,
+    },
+    /// A listing of the room API: every field, and the whole membership.
+    Listing {
+        fields: RoomFields,
+        members: Vec<(String, Role)>,
+        deleted: bool,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomFields {
+    pub slug: Option<String>,
+    pub name: Patch<String>,
+    pub topic: Patch<String>,
+    pub avatar_url: Patch<String>,
+    pub visibility: Option<Visibility>,
+}
+
+/// A validated DAARION.city event about one room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CityEvent {
+    pub id: String,
+    /// The event's type, as sent (for logs and the event log).
+    pub kind: &'static str,
+    /// Milliseconds since the epoch; orders events of one room.
+    pub created_at_ms: i64,
+    pub room_id: String,
+    pub change: Change,
+}
+
+/// The result of parsing a signed body.
+#[derive(Debug)]
+pub enum ParsedCity {
+    Event(CityEvent),
+    /// A well-formed event of a type not handled (yet); acknowledged, not stored.
+    Ignored {
+        id: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+struct RawEvent {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    created_at: String,
+    data: serde_json::Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawRoom {
+    room_id: String,
+    #[serde(default)]
+    slug: Option<String>,
+    #[serde(default, deserialize_with = "patch")]
+    name: Patch<String>,
+    #[serde(default, deserialize_with = "patch")]
+    topic: Patch<String>,
+    #[serde(default, deserialize_with = "patch")]
+    avatar_url: Patch<String>,
+    #[serde(default)]
+    visibility: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawMember {
+    room_id: String,
+    member_id: String,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+/// One room of DAARION.city's room API (CONTRACT.md section 8).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ListedRoom {
+    pub room_id: String,
+    #[serde(default)]
+    pub slug: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub topic: Option<String>,
+    #[serde(default)]
+    pub avatar_url: Option<String>,
+    #[serde(default)]
+    pub visibility: Option<String>,
+    #[serde(default)]
+    pub members: Vec<ListedMember>,
+    pub updated_at: String,
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ListedMember {
+    pub member_id: String,
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+impl CityEvent {
+    pub fn parse(body: &[u8]) -> Result<ParsedCity, EventError> {
+        let raw: RawEvent = serde_json::from_slice(body)
+            .map_err(|e| EventError::Malformed(format!("body is not a valid event: {e}")))?;
+        if !valid_id(&raw.id) {
+            return Err(unacceptable("id must be 1 to 255 printable characters"));
+        }
+        let kind: &'static str = match raw.kind.as_str() {
+            "room.created" => "room.created",
+            "room.updated" => "room.updated",
+            "room.deleted" => "room.deleted",
+            "room.member_added" => "room.member_added",
+            "room.member_removed" => "room.member_removed",
+            _ => return Ok(ParsedCity::Ignored { id: raw.id }),
+        };
+        let created_at_ms = timestamp(&raw.created_at, "created_at")?;
+        let malformed = |e: serde_json::Error| {
+            EventError::Malformed(format!("data does not fit {}: {e}", raw.kind))
+        };
+        let (room_id, change) = match kind {
+            "room.created" | "room.updated" | "room.deleted" => {
+                let room: RawRoom = serde_json::from_value(raw.data).map_err(malformed)?;
+                let change = if kind == "room.deleted" {
+                    Change::Deleted
+                } else {
+                    Change::Room(fields(
+                        room.slug,
+                        room.name,
+                        room.topic,
+                        room.avatar_url,
+                        room.visibility,
+                    )?)
+                };
+                if kind == "room.created" {
+                    if let Change::Room(f) = &change {
+                        if f.slug.is_none() {
+                            return Err(unacceptable("room.created needs data.slug"));
+                        }
+                    }
+                }
+                (room.room_id, change)
+            }
+            _ => {
+                let member: RawMember = serde_json::from_value(raw.data).map_err(malformed)?;
+                if !valid_id(&member.member_id) {
+                    return Err(unacceptable(
+                        "data.member_id must be 1 to 255 printable characters",
+                    ));
+                }
+                let change = if kind == "room.member_added" {
+                    Change::MemberAdded {
+                        member_id: member.member_id,
+                        role: role(member.role.as_deref())?,
+                    }
+                } else {
+                    Change::MemberRemoved {
+                        member_id: member.member_id,
+                    }
+                };
+                (member.room_id, change)
+            }
+        };
+        if !valid_id(&room_id) {
+            return Err(unacceptable(
+                "data.room_id must be 1 to 255 printable characters",
+            ));
+        }
+        Ok(ParsedCity::Event(CityEvent {
+            id: raw.id,
+            kind,
+            created_at_ms,
+            room_id,
+            change,
+        }))
+    }
+
+    /// The event that brings a room to what the room API lists: its
+    /// `created_at` is the room's `updated_at` (so newer webhooks still
+    /// win), and its id is fixed per room and version, so listing an
+    /// unchanged room again is a duplicate.
+    pub fn from_listing(room: ListedRoom) -> Result<CityEvent, EventError> {
+        if !valid_id(&room.room_id) {
+            return Err(unacceptable(
+                "room_id must be 1 to 255 printable characters",
+            ));
+        }
+        let created_at_ms = timestamp(&room.updated_at, "updated_at")?;
+        let opt = |v: Option<String>| v.map_or(Patch::Clear, Patch::Set);
+        let fields = fields(
+            room.slug,
+            opt(room.name),
+            opt(room.topic),
+            opt(room.avatar_url),
+            room.visibility,
+        )?;
+        let mut members = Vec::with_capacity(room.members.len());
+        for m in room.members {
+            if !valid_id(&m.member_id) {
+                return Err(unacceptable(
+                    "member_id must be 1 to 255 printable characters",
+                ));
+            }
+            members.push((m.member_id, role(m.role.as_deref())?));
+        }
+        Ok(CityEvent {
+            id: format!("listing:{}:{created_at_ms}", room.room_id),
+            kind: "room.listed",
+            created_at_ms,
+            room_id: room.room_id,
+            change: Change::Listing {
+                fields,
+                members,
+                deleted: room.deleted,
+            },
+        })
+    }
+}
+
+fn role(raw: Option<&str>) -> Result<Role, EventError> {
+    match raw {
+        None => Ok(Role::Member),
+        Some(r) => Role::parse(r)
+            .ok_or_else(|| unacceptable("data.role must be member, moderator or owner")),
+    }
+}
+
+fn fields(
+    slug: Option<String>,
+    name: Patch<String>,
+    topic: Patch<String>,
+    avatar_url: Patch<String>,
+    visibility: Option<String>,
+) -> Result<RoomFields, EventError> {
+    let slug = slug.map(|s| s.trim().to_string());
+    if slug.as_deref().is_some_and(|s| {
+        s.is_empty() || s.len() > MAX_SLUG_BYTES || s.chars().any(char::is_control)
+    }) {
+        return Err(unacceptable("data.slug must be 1 to 100 printable bytes"));
+    }
+    if let Patch::Set(url) = &avatar_url {
+        if url.len() > MAX_URL_BYTES {
+            return Err(unacceptable("data.avatar_url is longer than 2048 bytes"));
+        }
+    }
+    let visibility = match visibility.as_deref() {
+        None => None,
+        Some(v) => Some(
+            Visibility::parse(v)
+                .ok_or_else(|| unacceptable("data.visibility must be public or private"))?,
+        ),
+    };
+    let empty_is_clear = |p: Patch<String>| match p {
+        Patch::Set(v) if v.is_empty() => Patch::Clear,
+        other => other,
+    };
+    Ok(RoomFields {
+        slug,
+        name: empty_is_clear(name.map(clean_display_name)),
+        topic: empty_is_clear(
+            topic.map(|t| t.trim().chars().take(MAX_TOPIC_CHARS).collect::<String>()),
+        ),
+        avatar_url: empty_is_clear(avatar_url.map(|u| u.trim().to_string())),
+        visibility,
+    })
+}
+
+/// What DAARION.city wants of a room (not its members).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomWanted {
+    pub slug: Option<String>,
+    pub slug_at: i64,
+    pub name: Option<String>,
+    pub name_at: i64,
+    pub topic: Option<String>,
+    pub topic_at: i64,
+    pub avatar_url: Option<String>,
+    pub avatar_url_at: i64,
+    /// None until an event says (then private: the safe side).
+    pub visibility: Option<Visibility>,
+    pub visibility_at: i64,
+    pub deleted: bool,
+    /// `created_at` of the newest creation, listing or deletion applied.
+    pub lifecycle_at: i64,
+}
+
+/// What DAARION.city wants of one membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberWanted {
+    pub member_id: String,
+    pub role: Role,
+    /// False: removed (kept to know whom to remove, and to order events).
+    pub present: bool,
+    pub at: i64,
+}
+
+impl RoomWanted {
+    /// Applies `event` to the room and its `members` (the room's known
+    /// memberships, changed in place, new ones appended); returns whether
+    /// the room or a membership changed.
+    pub fn apply(&mut self, event: &CityEvent, members: &mut Vec<MemberWanted>) -> bool {
+        let before = self.clone();
+        let t = event.created_at_ms;
+        let mut members_changed = false;
+        match &event.change {
+            Change::Room(f) => {
+                // Only a newer creation brings a deleted room back.
+                if event.kind == "room.created" && (t > self.lifecycle_at || self.lifecycle_at == 0)
+                {
+                    self.deleted = false;
+                    self.lifecycle_at = t;
+                }
+                self.apply_fields(f, t);
+            }
+            Change::Deleted => {
+                if t >= self.lifecycle_at {
+                    self.deleted = true;
+                    self.lifecycle_at = t;
+                }
+            }
+            Change::MemberAdded { member_id, role } => {
+                members_changed = set_member(members, member_id, Some(*role), t);
+            }
+            Change::MemberRemoved { member_id } => {
+                members_changed = set_member(members, member_id, None, t);
+            }
+            Change::Listing {
+                fields,
+                members: listed,
+                deleted,
+            } => {
+                if t >= self.lifecycle_at {
+                    self.deleted = *deleted;
+                    self.lifecycle_at = t;
+                }
+                self.apply_fields(fields, t);
+                for (member_id, role) in listed {
+                    members_changed |= set_member(members, member_id, Some(*role), t);
+                }
+                let listed: std::collections::HashSet<&str> =
+                    listed.iter().map(|(m, _)| m.as_str()).collect();
+                for m in members.iter_mut() {
+                    if m.present && m.at < t && !listed.contains(m.member_id.as_str()) {
+                        m.present = false;
+                        m.at = t;
+                        members_changed = true;
+                    }
+                }
+            }
+        }
+        members_changed || *self != before
+    }
+
+    fn apply_fields(&mut self, f: &RoomFields, t: i64) {
+        if let Some(slug) = &f.slug {
+            set(&mut self.slug, &mut self.slug_at, Patch::Set(slug), t);
+        }
+        set(&mut self.name, &mut self.name_at, f.name.as_ref(), t);
+        set(&mut self.topic, &mut self.topic_at, f.topic.as_ref(), t);
+        set(
+            &mut self.avatar_url,
+            &mut self.avatar_url_at,
+            f.avatar_url.as_ref(),
+            t,
+        );
+        if let Some(v) = f.visibility {
+            if t >= self.visibility_at {
+                self.visibility = Some(v);
+                self.visibility_at = t;
+            }
+        }
+    }
+}
+
+/// Sets one membership (`role` None: removed) unless a newer event set it;
+/// returns whether it changed.
+fn set_member(
+    members: &mut Vec<MemberWanted>,
+    member_id: &str,
+    role: Option<Role>,
+    t: i64,
+) -> bool {
+    let present = role.is_some();
+    match members.iter_mut().find(|m| m.member_id == member_id) {
+        Some(m) if t < m.at => false,
+        Some(m) => {
+            let changed = m.present != present || (present && Some(m.role) != role);
+            m.present = present;
+            if let Some(role) = role {
+                m.role = role;
+            }
+            m.at = t;
+            changed
+        }
+        None => {
+            members.push(MemberWanted {
+                member_id: member_id.to_string(),
+                role: role.unwrap_or(Role::Member),
+                present,
+                at: t,
+            });
+            present
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> CityEvent {
+        match CityEvent::parse(body.as_bytes()).unwrap() {
+            ParsedCity::Event(e) => e,
+            ParsedCity::Ignored { .. } => panic!("ignored"),
+        }
+    }
+
+    fn member(kind: &str, t: u32, member: &str, role: &str) -> CityEvent {
+        parse(&format!(
+            r#"{{"id":"e{t}{member}","type":"{kind}","created_at":"2026-11-24T10:00:{t:02}Z",
+                "data":{{"room_id":"r","member_id":"{member}","role":"{role}"}}}}"#
+        ))
+    }
+
+    #[test]
+    fn room_events_parse_and_are_checked() {
+        let e = parse(
+            r#"{"id":"e1","type":"room.created","created_at":"2026-11-24T10:00:00Z",
+                "data":{"room_id":"r_kyiv","slug":"kyiv-center","name":"Київ","topic":null,
+                        "visibility":"public"}}"#,
+        );
+        assert_eq!(e.room_id, "r_kyiv");
+        let Change::Room(f) = e.change else { panic!() };
+        assert_eq!(f.slug.as_deref(), Some("kyiv-center"));
+        assert_eq!(f.name, Patch::Set("Київ".into()));
+        assert_eq!(f.topic, Patch::Clear);
+        assert_eq!(f.avatar_url, Patch::Unchanged);
+        assert_eq!(f.visibility, Some(Visibility::Public));
+        for bad in [
+            r#"{"id":"e","type":"room.created","created_at":"2026-11-24T10:00:00Z","data":{"room_id":"r"}}"#,
+            r#"{"id":"e","type":"room.updated","created_at":"2026-11-24T10:00:00Z","data":{"room_id":"r","visibility":"secret"}}"#,
+            r#"{"id":"e","type":"room.member_added","created_at":"2026-11-24T10:00:00Z","data":{"room_id":"r","member_id":"u","role":"king"}}"#,
+            r#"{"id":"e","type":"room.updated","created_at":"yesterday","data":{"room_id":"r"}}"#,
+        ] {
+            assert!(
+                matches!(
+                    CityEvent::parse(bad.as_bytes()),
+                    Err(EventError::Unacceptable(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            CityEvent::parse(br#"{"id":"e","type":"room.member_added","created_at":"2026-11-24T10:00:00Z","data":{"room_id":"r"}}"#),
+            Err(EventError::Malformed(_))
+        ));
+        assert!(matches!(
+            CityEvent::parse(br#"{"id":"e","type":"city.weather","created_at":"2026-11-24T10:00:00Z","data":{}}"#),
+            Ok(ParsedCity::Ignored { .. })
+        ));
+    }
+
+    #[test]
+    fn memberships_follow_the_newest_event_in_any_order() {
+        let events = [
+            member("room.member_added", 1, "u1", "member"),
+            member("room.member_added", 3, "u1", "owner"),
+            member("room.member_removed", 2, "u1", "member"),
+        ];
+        for order in [[0, 1, 2], [2, 1, 0], [1, 0, 2], [2, 0, 1]] {
+            let mut room = RoomWanted::default();
+            let mut members = Vec::new();
+            for i in order {
+                room.apply(&events[i], &mut members);
+            }
+            assert_eq!(members.len(), 1);
+            assert!(members[0].present, "{order:?}");
+            assert_eq!(members[0].role, Role::Owner, "{order:?}");
+        }
+    }
+
+    #[test]
+    fn a_listing_is_the_whole_membership_but_never_undoes_newer_events() {
+        let mut room = RoomWanted::default();
+        let mut members = Vec::new();
+        room.apply(
+            &member("room.member_added", 1, "old", "member"),
+            &mut members,
+        );
+        room.apply(
+            &member("room.member_added", 9, "late", "member"),
+            &mut members,
+        );
+        let listing = CityEvent::from_listing(ListedRoom {
+            room_id: "r".into(),
+            slug: Some("s".into()),
+            name: Some("N".into()),
+            topic: None,
+            avatar_url: None,
+            visibility: Some("private".into()),
+            members: vec![ListedMember {
+                member_id: "new".into(),
+                role: Some("moderator".into()),
+            }],
+            updated_at: "2026-11-24T10:00:05Z".into(),
+            deleted: false,
+        })
+        .unwrap();
+        assert!(room.apply(&listing, &mut members));
+        let get = |id: &str| members.iter().find(|m| m.member_id == id).unwrap().clone();
+        assert!(!get("old").present);
+        assert!(get("late").present, "a newer webhook wins over the listing");
+        assert_eq!(get("new").role, Role::Moderator);
+        assert_eq!(room.visibility, Some(Visibility::Private));
+        // The same listing again changes nothing.
+        assert!(!room.apply(&listing, &mut members));
+    }
+
+    #[test]
+    fn a_deleted_room_comes_back_only_with_a_newer_creation() {
+        let deleted = parse(
+            r#"{"id":"d","type":"room.deleted","created_at":"2026-11-24T10:00:05Z","data":{"room_id":"r"}}"#,
+        );
+        let created = |t: u32| {
+            parse(&format!(
+                r#"{{"id":"c{t}","type":"room.created","created_at":"2026-11-24T10:00:{t:02}Z",
+                    "data":{{"room_id":"r","slug":"s"}}}}"#
+            ))
+        };
+        let mut room = RoomWanted::default();
+        let mut members = Vec::new();
+        room.apply(&deleted, &mut members);
+        room.apply(&created(1), &mut members);
+        assert!(room.deleted);
+        room.apply(&created(7), &mut members);
+        assert!(!room.deleted);
+    }
+}

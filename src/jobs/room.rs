@@ -1,0 +1,449 @@
+//! One City Room's reconcile step: make its Matrix room what DAARION.city
+//! wants, sending only what differs from the room's current state (read
+//! once per run).
+//!
+//! - Created once: the alias is written down before `createRoom`, and a
+//!   room that already answers to it (we crashed after Synapse created it,
+//!   or another replica did) is adopted instead of creating a second one.
+//! - Name, topic, avatar (fetched like people's: SSRF-safe, reused by
+//!   content hash), join rule and directory listing follow the City Room.
+//! - Members with an active account are joined, removed members kicked,
+//!   and in private rooms everyone who is not a member; roles become one
+//!   power-levels write. Members without an account yet are joined when
+//!   they get one (the person's job queues their rooms).
+//! - A deleted room is closed: members removed, alias freed, invite-only,
+//!   out of the directory; its history stays.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde_json::{json, Value};
+
+use super::provision::Outcome;
+use crate::avatar::{AvatarFetcher, FetchError};
+use crate::domain::city::{Role, Visibility};
+use crate::now_ms;
+use crate::store::{MemberAccount, Room, RoomState, Store};
+use crate::synapse::{RoomView, Synapse, SynapseError};
+
+/// Alias candidates tried before giving up (`-2` … `-50`).
+const MAX_ALIASES: u32 = 50;
+/// Matrix ids (and so aliases) are at most 255 bytes.
+const MAX_ALIAS_BYTES: usize = 255;
+
+pub struct RoomDeps<'a> {
+    pub store: &'a Store,
+    pub synapse: &'a Synapse,
+    pub avatars: &'a AvatarFetcher,
+    pub alias_prefix: &'a str,
+}
+
+pub async fn reconcile(deps: &RoomDeps<'_>, room: Room) -> Outcome<RoomState> {
+    let mut step = Step { deps, r: room };
+    match step.run().await {
+        Ok(state) => Outcome::Done(state),
+        Err(outcome) => outcome,
+    }
+}
+
+struct Step<'a> {
+    deps: &'a RoomDeps<'a>,
+    r: Room,
+}
+
+type StepResult<T> = Result<T, Outcome<RoomState>>;
+
+impl Step<'_> {
+    async fn run(&mut self) -> StepResult<RoomState> {
+        let synapse = self.deps.synapse;
+        let room_id = match self.r.matrix_room_id.clone() {
+            Some(id) => id,
+            // Deleted before it ever reached Matrix: nothing to close.
+            None if self.r.wanted.deleted => return Ok(RoomState::Closed),
+            // Known only from membership events so far: created when
+            // `room.created` (or a listing) brings its slug.
+            None if self.r.wanted.slug.is_none() => return Ok(RoomState::Pending),
+            None => self.create().await?,
+        };
+        let view = synapse.room_state(&room_id).await?;
+        if self.r.wanted.deleted {
+            self.close(&room_id, &view).await?;
+            return Ok(RoomState::Closed);
+        }
+        self.sync_details(&room_id, &view).await?;
+        self.sync_members(&room_id, &view).await?;
+        Ok(RoomState::Ready)
+    }
+
+    /// Creates the Matrix room once; returns its id.
+    async fn create(&mut self) -> StepResult<String> {
+        let synapse = self.deps.synapse;
+        let alias_lp = self.settle_alias().await?;
+        let alias = synapse.alias(&alias_lp);
+        if let Some(existing) = synapse.lookup_alias(&alias).await? {
+            return self.adopt(existing).await;
+        }
+        let public = self.visibility() == Visibility::Public;
+        let mut body = json!({
+            "room_alias_name": alias_lp,
+            "preset": if public { "public_chat" } else { "private_chat" },
+            "visibility": if public { "public" } else { "private" },
+            "creation_content": {"m.federate": true},
+            "power_level_content_override": {"invite": 50, "kick": 50, "ban": 50, "redact": 50},
+        });
+        if let Some(name) = &self.r.wanted.name {
+            body["name"] = json!(name);
+        }
+        if let Some(topic) = &self.r.wanted.topic {
+            body["topic"] = json!(topic);
+        }
+        match synapse.create_room(&body).await {
+            // The directory listing is set apart (see `sync_details`):
+            // Synapse creates the room unlisted, without a word, when its
+            // `room_list_publication_rules` do not allow the bot.
+            Ok(room_id) => {
+                tracing::info!(room_id = %self.r.room_id, matrix_room_id = %room_id, "created the Matrix room");
+                self.adopt(room_id).await
+            }
+            // Someone (we, before a crash; another replica) created it.
+            Err(e) if e.errcode() == Some("M_ROOM_IN_USE") => {
+                match synapse.lookup_alias(&alias).await? {
+                    Some(existing) => self.adopt(existing).await,
+                    None => Err(Outcome::retry("the alias is taken but points nowhere yet")),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn adopt(&mut self, matrix_room_id: String) -> StepResult<String> {
+        self.deps
+            .store
+            .set_matrix_room_id(&self.r.room_id, &matrix_room_id, now_ms())
+            .await?;
+        self.r.matrix_room_id = Some(matrix_room_id.clone());
+        Ok(matrix_room_id)
+    }
+
+    /// The alias localpart, written down before the room is created.
+    async fn settle_alias(&mut self) -> StepResult<String> {
+        if let Some(alias) = &self.r.alias {
+            return Ok(alias.clone());
+        }
+        let slug = self.r.wanted.slug.as_deref().unwrap_or(&self.r.room_id);
+        let base = format!("{}{}", self.deps.alias_prefix, alias_safe(slug));
+        let server_len = self.deps.synapse.alias("").len();
+        for n in 1..=MAX_ALIASES {
+            let suffix = if n == 1 {
+                String::new()
+            } else {
+                format!("-{n}")
+            };
+            let budget = MAX_ALIAS_BYTES.saturating_sub(server_len + suffix.len());
+            let candidate = format!("{}{suffix}", truncate(&base, budget));
+            if self
+                .deps
+                .store
+                .settle_room_alias(&self.r.room_id, &candidate, now_ms())
+                .await?
+            {
+                // Another replica may have settled first: theirs counts.
+                let settled = self
+                    .deps
+                    .store
+                    .room(&self.r.room_id)
+                    .await?
+                    .and_then(|r| r.alias)
+                    .unwrap_or(candidate);
+                self.r.alias = Some(settled.clone());
+                return Ok(settled);
+            }
+        }
+        Err(Outcome::Failed(format!(
+            "no free alias for slug {slug:?} among {MAX_ALIASES} candidates"
+        )))
+    }
+
+    fn visibility(&self) -> Visibility {
+        self.r.wanted.visibility.unwrap_or(Visibility::Private)
+    }
+
+    /// Name, topic, avatar, join rule and directory listing.
+    async fn sync_details(&mut self, room_id: &str, view: &RoomView) -> StepResult<()> {
+        let synapse = self.deps.synapse;
+        let w = self.r.wanted.clone();
+        if view.name != w.name {
+            let name = w.name.clone().unwrap_or_default();
+            synapse
+                .put_state(room_id, "m.room.name", "", &json!({"name": name}))
+                .await?;
+        }
+        if view.topic != w.topic {
+            let topic = w.topic.clone().unwrap_or_default();
+            synapse
+                .put_state(room_id, "m.room.topic", "", &json!({"topic": topic}))
+                .await?;
+        }
+        self.sync_avatar(room_id, view).await?;
+        let public = self.visibility() == Visibility::Public;
+        let rule = if public { "public" } else { "invite" };
+        if view.join_rule.as_deref() != Some(rule) {
+            synapse
+                .put_state(
+                    room_id,
+                    "m.room.join_rules",
+                    "",
+                    &json!({"join_rule": rule}),
+                )
+                .await?;
+        }
+        let directory = self.visibility().as_str();
+        if self.r.applied_directory.as_deref() != Some(directory) {
+            synapse.set_directory(room_id, public).await.map_err(|e| {
+                if e.errcode().is_some() && public {
+                    Outcome::Failed(format!(
+                        "{e} (Synapse's room_list_publication_rules must allow {})",
+                        synapse.bot_user_id()
+                    ))
+                } else {
+                    e.into()
+                }
+            })?;
+            self.deps
+                .store
+                .set_room_directory(&self.r.room_id, directory)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn sync_avatar(&mut self, room_id: &str, view: &RoomView) -> StepResult<()> {
+        let synapse = self.deps.synapse;
+        let store = self.deps.store;
+        let wanted = self.r.wanted.avatar_url.clone();
+        if wanted != self.r.applied_avatar_url {
+            let (mxc, sha, error) = match &wanted {
+                None => (None, None, None),
+                Some(url) => match self.deps.avatars.fetch(url).await {
+                    Ok(image) if Some(&image.sha256) == self.r.avatar_sha256.as_ref() => {
+                        (self.r.avatar_mxc.clone(), Some(image.sha256), None)
+                    }
+                    Ok(image) => {
+                        match synapse
+                            .upload_media(&image.bytes, image.content_type, image.filename())
+                            .await
+                        {
+                            Ok(mxc) => (Some(mxc), Some(image.sha256), None),
+                            Err(e @ SynapseError::Refused { .. }) => {
+                                (None, None, Some(format!("Synapse refused the upload: {e}")))
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    Err(FetchError::Refused(reason)) => (None, None, Some(reason)),
+                    Err(FetchError::Unavailable(reason)) => {
+                        // Keep what the room shows; the next run tries again.
+                        store
+                            .record_room_avatar(
+                                &self.r.room_id,
+                                self.r.applied_avatar_url.as_deref(),
+                                self.r.avatar_mxc.as_deref(),
+                                self.r.avatar_sha256.as_deref(),
+                                Some(&reason),
+                            )
+                            .await?;
+                        return Err(Outcome::retry(format!("avatar unavailable: {reason}")));
+                    }
+                },
+            };
+            store
+                .record_room_avatar(
+                    &self.r.room_id,
+                    wanted.as_deref(),
+                    mxc.as_deref(),
+                    sha.as_deref(),
+                    error.as_deref(),
+                )
+                .await?;
+            self.r.applied_avatar_url = wanted;
+            self.r.avatar_mxc = mxc;
+            self.r.avatar_sha256 = sha;
+            self.r.avatar_error = error;
+        }
+        if view.avatar != self.r.avatar_mxc {
+            let url = self.r.avatar_mxc.clone().unwrap_or_default();
+            synapse
+                .put_state(room_id, "m.room.avatar", "", &json!({"url": url}))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Joins, removals and power levels: only what differs from `view`.
+    async fn sync_members(&mut self, room_id: &str, view: &RoomView) -> StepResult<()> {
+        let synapse = self.deps.synapse;
+        let store = self.deps.store;
+        let bot = synapse.bot_user_id();
+        let members = store.room_members(&self.r.room_id).await?;
+        let accounts: HashMap<String, String> = store
+            .member_accounts(&self.r.room_id)
+            .await?
+            .into_iter()
+            .map(
+                |MemberAccount {
+                     member_id,
+                     localpart,
+                 }| (member_id, synapse.user_id(&localpart)),
+            )
+            .collect();
+        // Matrix id → wanted role, for members with an account; and every
+        // Matrix id the room's memberships ever named (managed users).
+        let mut wanted: BTreeMap<String, Role> = BTreeMap::new();
+        let mut managed: HashSet<String> = HashSet::new();
+        for m in &members {
+            if let Some(user) = accounts.get(&m.member_id) {
+                managed.insert(user.clone());
+                if m.present {
+                    wanted.insert(user.clone(), m.role);
+                }
+            }
+        }
+        for user in wanted.keys() {
+            if !view.is_joined(user) {
+                synapse.join_user(room_id, user).await?;
+            }
+        }
+        let private = self.visibility() == Visibility::Private;
+        let unwanted: Vec<String> = view
+            .in_room()
+            .filter(|u| *u != bot && !wanted.contains_key(*u))
+            .filter(|u| private || managed.contains(*u))
+            .map(str::to_string)
+            .collect();
+        for user in &unwanted {
+            synapse
+                .kick(room_id, user, "not a member of this City Room")
+                .await?;
+        }
+        self.sync_power(room_id, view, &bot, &wanted, &managed)
+            .await
+    }
+
+    /// One power-levels write when managed users' levels differ; levels
+    /// of users the service does not manage are left alone.
+    async fn sync_power(
+        &self,
+        room_id: &str,
+        view: &RoomView,
+        bot: &str,
+        wanted: &BTreeMap<String, Role>,
+        managed: &HashSet<String>,
+    ) -> StepResult<()> {
+        let mut content = view.power_levels.clone();
+        if !content.is_object() {
+            content = json!({});
+        }
+        let current: serde_json::Map<String, Value> =
+            content["users"].as_object().cloned().unwrap_or_default();
+        let mut users = current.clone();
+        for user in managed {
+            users.remove(user);
+        }
+        for (user, role) in wanted {
+            if role.power() != 0 {
+                users.insert(user.clone(), json!(role.power()));
+            }
+        }
+        if view.creators_unlimited() {
+            users.remove(bot);
+        } else {
+            users.insert(bot.to_string(), json!(100));
+        }
+        if users != current {
+            content["users"] = Value::Object(users);
+            self.deps
+                .synapse
+                .put_state(room_id, "m.room.power_levels", "", &content)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A deleted City Room: members out, alias freed, invite-only, out of
+    /// the directory; history kept.
+    async fn close(&mut self, room_id: &str, view: &RoomView) -> StepResult<()> {
+        let synapse = self.deps.synapse;
+        let bot = synapse.bot_user_id();
+        for user in view.in_room().filter(|u| *u != bot) {
+            synapse
+                .kick(room_id, user, "this City Room was deleted")
+                .await?;
+        }
+        if let Some(alias) = &self.r.alias {
+            let alias = synapse.alias(alias);
+            if synapse.lookup_alias(&alias).await?.as_deref() == Some(room_id) {
+                synapse.delete_alias(&alias).await?;
+            }
+        }
+        if view.join_rule.as_deref() != Some("invite") {
+            synapse
+                .put_state(
+                    room_id,
+                    "m.room.join_rules",
+                    "",
+                    &json!({"join_rule": "invite"}),
+                )
+                .await?;
+        }
+        if self.r.applied_directory.as_deref() != Some("closed") {
+            synapse.set_directory(room_id, false).await?;
+            self.deps
+                .store
+                .set_room_directory(&self.r.room_id, "closed")
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A slug as alias characters: lower case ASCII letters, digits, `.`, `_`,
+/// `-`; anything else becomes `-`.
+fn alias_safe(slug: &str) -> String {
+    let cleaned: String = slug
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let trimmed = cleaned.trim_matches('-');
+    if trimmed.is_empty() {
+        "room".into()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        s
+    } else {
+        &s[..max] // ASCII only (see `alias_safe`)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_become_alias_characters() {
+        assert_eq!(alias_safe("kyiv-center"), "kyiv-center");
+        assert_eq!(alias_safe("Kyiv Center!"), "kyiv-center");
+        assert_eq!(alias_safe("Київ"), "room");
+        assert_eq!(alias_safe("a/b:c"), "a-b-c");
+    }
+}

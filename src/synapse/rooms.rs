@@ -1,0 +1,255 @@
+//! The application service's side of Synapse (SYNAPSE.md "Application
+//! services", "Rooms and members"): the bot, City Rooms, their state and
+//! members. Requests carry the application service's token and so act as
+//! its bot (the registration's `sender_localpart`); the bot is made a
+//! server admin once, so that the admin join API works in invite-only rooms
+//! it administers.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::{encode, Auth, Body, Endpoint, Result, Synapse, SynapseError};
+
+/// From this room version on, creators have unlimited power and must not
+/// be listed in `power_levels.users` (SYNAPSE.md).
+pub const CREATOR_POWER_VERSION: u32 = 12;
+
+/// What a room's current state says, as far as the service manages it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RoomView {
+    pub room_version: String,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub avatar: Option<String>,
+    pub join_rule: Option<String>,
+    /// The whole `m.room.power_levels` content.
+    pub power_levels: Value,
+    /// Local and remote users by membership (`join`, `invite`, `leave`, `ban`…).
+    pub members: HashMap<String, String>,
+}
+
+impl RoomView {
+    /// Users whose membership is `join` or `invite`.
+    pub fn in_room(&self) -> impl Iterator<Item = &str> {
+        self.members
+            .iter()
+            .filter(|(_, m)| *m == "join" || *m == "invite")
+            .map(|(u, _)| u.as_str())
+    }
+
+    pub fn is_joined(&self, user_id: &str) -> bool {
+        self.members.get(user_id).is_some_and(|m| m == "join")
+    }
+
+    /// Whether the room's creators hold unlimited power (version 12 on).
+    pub fn creators_unlimited(&self) -> bool {
+        self.room_version
+            .parse::<u32>()
+            .is_ok_and(|v| v >= CREATOR_POWER_VERSION)
+    }
+
+    fn from_state(events: &[Value]) -> RoomView {
+        let mut view = RoomView::default();
+        for event in events {
+            let content = &event["content"];
+            let text = |field: &str| content[field].as_str().map(str::to_string);
+            match event["type"].as_str().unwrap_or("") {
+                "m.room.create" => {
+                    view.room_version = text("room_version").unwrap_or_else(|| "1".into())
+                }
+                "m.room.name" => view.name = text("name").filter(|n| !n.is_empty()),
+                "m.room.topic" => view.topic = text("topic").filter(|t| !t.is_empty()),
+                "m.room.avatar" => view.avatar = text("url").filter(|u| !u.is_empty()),
+                "m.room.join_rules" => view.join_rule = text("join_rule"),
+                "m.room.power_levels" => view.power_levels = content.clone(),
+                "m.room.member" => {
+                    if let (Some(user), Some(membership)) =
+                        (event["state_key"].as_str(), content["membership"].as_str())
+                    {
+                        view.members
+                            .insert(user.to_string(), membership.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+        view
+    }
+}
+
+impl Synapse {
+    /// The bot's Matrix id.
+    pub fn bot_user_id(&self) -> String {
+        self.user_id(&self.bot)
+    }
+
+    /// `#<localpart>:<server>`.
+    pub fn alias(&self, localpart: &str) -> String {
+        format!("#{localpart}:{}", self.server_name)
+    }
+
+    /// Registers the bot through the application service (works with
+    /// registration off) and makes it a server admin; safe to repeat.
+    pub async fn ensure_bot(&self) -> Result<()> {
+        let body = json!({"type": "m.login.application_service", "username": self.bot});
+        match self
+            .call(
+                Endpoint::AsRegister,
+                "/_matrix/client/v3/register",
+                Body::Json(&body),
+                Auth::AppService,
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(bot = %self.bot_user_id(), "registered the application service's bot")
+            }
+            Err(e) if e.errcode() == Some("M_USER_IN_USE") => {}
+            Err(e) => return Err(e),
+        }
+        let user = self.user(&self.bot).await?.ok_or_else(|| {
+            SynapseError::refused(404, "M_NOT_FOUND", "the bot's account is missing")
+        })?;
+        if !user.admin {
+            self.put_user(&self.bot, &json!({"admin": true})).await?;
+        }
+        Ok(())
+    }
+
+    /// Asks Synapse to ping the service back through the application
+    /// service link (`POST /_matrix/client/v1/appservice/{id}/ping`).
+    pub async fn appservice_ping(&self) -> Result<Value> {
+        let path = format!(
+            "/_matrix/client/v1/appservice/{}/ping",
+            encode(&self.appservice_id)
+        );
+        self.call(
+            Endpoint::AsPing,
+            &path,
+            Body::Json(&json!({})),
+            Auth::AppService,
+        )
+        .await
+    }
+
+    /// The room an alias points to, if any.
+    pub async fn lookup_alias(&self, alias: &str) -> Result<Option<String>> {
+        let path = format!("/_matrix/client/v3/directory/room/{}", encode(alias));
+        match self
+            .call(Endpoint::AliasLookup, &path, Body::Empty, Auth::AppService)
+            .await
+        {
+            Ok(body) => Ok(body["room_id"].as_str().map(str::to_string)),
+            Err(e) if e.errcode() == Some("M_NOT_FOUND") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `createRoom` as the bot; returns the room id. A taken alias is
+    /// `400 M_ROOM_IN_USE` (look it up).
+    pub async fn create_room(&self, body: &Value) -> Result<String> {
+        let answer = self
+            .call(
+                Endpoint::RoomCreate,
+                "/_matrix/client/v3/createRoom",
+                Body::Json(body),
+                Auth::AppService,
+            )
+            .await?;
+        answer["room_id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| SynapseError::unreadable("createRoom returned no room_id"))
+    }
+
+    /// The room's current state, as the bot sees it (one read).
+    pub async fn room_state(&self, room_id: &str) -> Result<RoomView> {
+        let path = format!("/_matrix/client/v3/rooms/{}/state", encode(room_id));
+        let answer = self
+            .call(Endpoint::RoomState, &path, Body::Empty, Auth::AppService)
+            .await?;
+        let events = answer
+            .as_array()
+            .ok_or_else(|| SynapseError::unreadable("the room state is not a list"))?;
+        Ok(RoomView::from_state(events))
+    }
+
+    pub async fn put_state(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        state_key: &str,
+        content: &Value,
+    ) -> Result<()> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/{}/{}",
+            encode(room_id),
+            encode(event_type),
+            encode(state_key)
+        );
+        // Power levels are counted apart: a pass reports its role changes.
+        let endpoint = if event_type == "m.room.power_levels" {
+            Endpoint::PowerLevelsPut
+        } else {
+            Endpoint::StatePut
+        };
+        self.call(endpoint, &path, Body::Json(content), Auth::AppService)
+            .await
+            .map(drop)
+    }
+
+    /// Joins a local user to the room (the admin join API, as the bot: it
+    /// invites first in rooms that are not public).
+    pub async fn join_user(&self, room_id: &str, user_id: &str) -> Result<()> {
+        let path = format!("/_synapse/admin/v1/join/{}", encode(room_id));
+        self.call(
+            Endpoint::AdminJoin,
+            &path,
+            Body::Json(&json!({"user_id": user_id})),
+            Auth::AppService,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Removes a member (the bot kicks; there is no admin API for it).
+    pub async fn kick(&self, room_id: &str, user_id: &str, reason: &str) -> Result<()> {
+        let path = format!("/_matrix/client/v3/rooms/{}/kick", encode(room_id));
+        self.call(
+            Endpoint::Kick,
+            &path,
+            Body::Json(&json!({"user_id": user_id, "reason": reason})),
+            Auth::AppService,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Frees an alias (gone already counts as done).
+    pub async fn delete_alias(&self, alias: &str) -> Result<()> {
+        let path = format!("/_matrix/client/v3/directory/room/{}", encode(alias));
+        match self
+            .call(Endpoint::AliasDelete, &path, Body::Empty, Auth::AppService)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.errcode() == Some("M_NOT_FOUND") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lists the room in the server's room directory, or takes it out.
+    pub async fn set_directory(&self, room_id: &str, public: bool) -> Result<()> {
+        let path = format!("/_matrix/client/v3/directory/list/room/{}", encode(room_id));
+        let visibility = if public { "public" } else { "private" };
+        self.call(
+            Endpoint::DirectoryPut,
+            &path,
+            Body::Json(&json!({"visibility": visibility})),
+            Auth::AppService,
+        )
+        .await
+        .map(drop)
+    }
+}
