@@ -38,7 +38,6 @@ export MP_TEST_OIDC_PORT_SQLITE MP_TEST_OIDC_PORT_POSTGRES
 # The application service of each back end (City Rooms): registration files
 # printed by the service itself, loaded by Synapse. Synapse reaches the
 # service on the back end's fixed port; bot, agents and aliases are apart.
-cargo build --locked --quiet
 export MP_TEST_AS_TOKEN="test-as-token-$RANDOM$RANDOM" MP_TEST_HS_TOKEN="test-hs-token-$RANDOM$RANDOM"
 registrations=""
 for backend in sqlite postgres; do
@@ -48,7 +47,7 @@ for backend in sqlite postgres; do
         AGENT_LOCALPART_PREFIX="agent-$backend-" ROOM_ALIAS_PREFIX="city-$backend-" \
         APPSERVICE_AS_TOKEN="$MP_TEST_AS_TOKEN-$backend" APPSERVICE_HS_TOKEN="$MP_TEST_HS_TOKEN-$backend" \
         APPSERVICE_URL="http://127.0.0.1:${!port_var}" \
-        target/debug/matrix-provisioner appservice-registration > "$work/appservice-$backend.yaml"
+        cargo run --locked --quiet -- appservice-registration > "$work/appservice-$backend.yaml"
     registrations+="${registrations:+,}$work/appservice-$backend.yaml"
 done
 

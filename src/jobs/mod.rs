@@ -100,6 +100,7 @@ pub struct Worker {
     /// Signs back-channel logouts (None: the OpenID provider is off).
     oidc: Option<Arc<Signer>>,
     alias_prefix: String,
+    join_concurrency: usize,
     /// Set once the application service's bot is known to exist (and to
     /// be a server admin) in this process.
     bot_ready: tokio::sync::OnceCell<()>,
@@ -134,6 +135,7 @@ impl Worker {
             username_grace: settings.username_grace,
             oidc,
             alias_prefix: settings.city.alias_prefix.clone(),
+            join_concurrency: settings.synapse_max_concurrency,
             bot_ready: tokio::sync::OnceCell::new(),
             wake,
         }
@@ -298,6 +300,7 @@ impl Worker {
             synapse: &self.synapse,
             avatars: &self.avatars,
             alias_prefix: &self.alias_prefix,
+            join_concurrency: self.join_concurrency,
         };
         room::reconcile(&deps, room).await
     }

@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
 use super::provision::Outcome;
@@ -35,6 +36,8 @@ pub struct RoomDeps<'a> {
     pub synapse: &'a Synapse,
     pub avatars: &'a AvatarFetcher,
     pub alias_prefix: &'a str,
+    /// Joins sent at once for one room.
+    pub join_concurrency: usize,
 }
 
 pub async fn reconcile(deps: &RoomDeps<'_>, room: Room) -> Outcome<RoomState> {
@@ -241,7 +244,9 @@ impl Step<'_> {
                     }
                     Err(FetchError::Refused(reason)) => (None, None, Some(reason)),
                     Err(FetchError::Unavailable(reason)) => {
-                        // Keep what the room shows; the next run tries again.
+                        // Keep what the room shows and go on with the rest;
+                        // the next run (a full pass at the latest) tries again.
+                        tracing::info!(room_id = %self.r.room_id, "room avatar not fetched: {reason}");
                         store
                             .record_room_avatar(
                                 &self.r.room_id,
@@ -251,7 +256,8 @@ impl Step<'_> {
                                 Some(&reason),
                             )
                             .await?;
-                        return Err(Outcome::retry(format!("avatar unavailable: {reason}")));
+                        self.r.avatar_error = Some(reason);
+                        return self.show_avatar(room_id, view).await;
                     }
                 },
             };
@@ -269,9 +275,15 @@ impl Step<'_> {
             self.r.avatar_sha256 = sha;
             self.r.avatar_error = error;
         }
+        self.show_avatar(room_id, view).await
+    }
+
+    /// Points the room's avatar at our image (or none), if it does not.
+    async fn show_avatar(&self, room_id: &str, view: &RoomView) -> StepResult<()> {
         if view.avatar != self.r.avatar_mxc {
             let url = self.r.avatar_mxc.clone().unwrap_or_default();
-            synapse
+            self.deps
+                .synapse
                 .put_state(room_id, "m.room.avatar", "", &json!({"url": url}))
                 .await?;
         }
@@ -307,10 +319,21 @@ impl Step<'_> {
                 }
             }
         }
-        for user in wanted.keys() {
-            if !view.is_joined(user) {
-                synapse.join_user(room_id, user).await?;
-            }
+        // Joins go out side by side (Synapse's admin join is one request
+        // per member; a room of a thousand is otherwise a thousand round
+        // trips in a row); the client's limit still caps them.
+        let joins: Vec<String> = wanted
+            .keys()
+            .filter(|u| !view.is_joined(u))
+            .cloned()
+            .collect();
+        let results: Vec<Result<(), SynapseError>> = stream::iter(joins)
+            .map(|user| async move { synapse.join_user(room_id, &user).await })
+            .buffer_unordered(self.deps.join_concurrency.max(1))
+            .collect()
+            .await;
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            return Err(e.into());
         }
         let private = self.visibility() == Visibility::Private;
         let unwanted: Vec<String> = view

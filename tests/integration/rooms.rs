@@ -910,3 +910,129 @@ async fn the_service_is_an_application_service(backend: Backend) {
     drop(turn);
 }
 on_both_backends!(the_service_is_an_application_service);
+
+/// The room avatar comes through the same guarded fetcher as people's and
+/// is uploaded once per image; a room Synapse refuses, or limits, is
+/// recorded on that room and never holds up another.
+async fn avatars_follow_and_one_failing_room_never_holds_up_another(backend: Backend) {
+    use crate::fakes::{png, AvatarHost};
+    let host = AvatarHost::start();
+    host.put("a.png", png(7));
+    host.put("a-copy.png", png(7));
+    let synapse = shared_synapse();
+    let proxy = SynapseProxy::start(&synapse.url);
+    let allowed = format!("127.0.0.1:{}", host.port);
+    let mut env = city_env(backend, None);
+    env.push(("SYNAPSE_URL".into(), proxy.url.clone()));
+    env.push(("AVATAR_ALLOWED_HOSTS".into(), allowed));
+    let overrides: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let app = TestApp::spawn_with(TestDb::new(backend).await, synapse, &overrides).await;
+    let bot = Bot::new(backend);
+
+    let pictured = unique("r_");
+    let e = city_event(
+        "room.created",
+        json!({"room_id": pictured, "slug": unique("pic-"), "visibility": "public",
+               "avatar_url": host.url("/img/a.png")}),
+    );
+    assert_eq!(send_city(&app.client, &e).await.0, 202);
+    let record = wait_room_state(&app.client, &pictured, "ready").await;
+    let room = record["matrix_room_id"].as_str().unwrap().to_string();
+    let mxc = bot.content(&room, "m.room.avatar").await["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(mxc.starts_with("mxc://"), "{mxc}");
+    let uploads = app.service_synapse.calls().snapshot();
+
+    // The same bytes at another URL: nothing uploaded, nothing changed.
+    let e = city_event(
+        "room.updated",
+        json!({"room_id": pictured, "avatar_url": host.url("/img/a-copy.png")}),
+    );
+    assert_eq!(send_city(&app.client, &e).await.0, 202);
+    eventually("the copy to be fetched", WAIT, || async {
+        (host.hits("/img/a-copy.png") == 1).then_some(())
+    })
+    .await;
+    wait_room_state(&app.client, &pictured, "ready").await;
+    let sent = app.service_synapse.calls().snapshot().since(&uploads);
+    assert_eq!(
+        sent.get(matrix_provisioner::synapse::Endpoint::MediaUpload),
+        0,
+        "{sent:?}"
+    );
+    assert_eq!(bot.content(&room, "m.room.avatar").await["url"], json!(mxc));
+
+    // An avatar that cannot be used: no avatar, the error shown, the room fine.
+    let e = city_event(
+        "room.updated",
+        json!({"room_id": pictured, "avatar_url": "http://10.255.255.1/x.png", "name": "Still here"}),
+    );
+    assert_eq!(send_city(&app.client, &e).await.0, 202);
+    let record = eventually("the avatar error", WAIT, || async {
+        let (_, body) = room_record(&app.client, &pictured).await;
+        (body["state"] == "ready" && body["avatar_error"].is_string()).then_some(body)
+    })
+    .await;
+    assert!(record["last_error"].is_null(), "{record}");
+    assert_eq!(
+        bot.content(&room, "m.room.name").await["name"],
+        json!("Still here")
+    );
+    let avatar = bot.content(&room, "m.room.avatar").await;
+    assert!(avatar.is_null() || avatar["url"] == json!(""), "{avatar}");
+
+    // Synapse refuses one room: failed with the reason, the other one made.
+    let (refused, fine) = (unique("r_"), unique("r_"));
+    let refused_slug = unique("refused-");
+    proxy.fail_body(&refused_slug, 1, 403);
+    for (room_id, slug) in [(&refused, refused_slug.clone()), (&fine, unique("fine-"))] {
+        let e = city_event(
+            "room.created",
+            json!({"room_id": room_id, "slug": slug, "visibility": "private"}),
+        );
+        assert_eq!(send_city(&app.client, &e).await.0, 202);
+    }
+    let failed = wait_room_state(&app.client, &refused, "failed").await;
+    assert!(
+        failed["last_error"].as_str().unwrap().contains("403"),
+        "{failed}"
+    );
+    wait_room_state(&app.client, &fine, "ready").await;
+    // The operator's retry, once Synapse agrees.
+    let (status, _) = admin_call(
+        &app.client,
+        reqwest::Method::POST,
+        &format!("/v1/admin/rooms/{refused}/retry"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    wait_room_state(&app.client, &refused, "ready").await;
+
+    // A rate limit is retried with backoff, the error shown meanwhile.
+    let limited = unique("r_");
+    let limited_slug = unique("limited-");
+    proxy.fail_body(&limited_slug, 3, 429);
+    let e = city_event(
+        "room.created",
+        json!({"room_id": limited, "slug": limited_slug, "visibility": "private"}),
+    );
+    assert_eq!(send_city(&app.client, &e).await.0, 202);
+    eventually("the rate limit to show", WAIT, || async {
+        let (_, body) = room_record(&app.client, &limited).await;
+        (body["attempts"].as_i64() >= Some(1)
+            && body["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("rate limited")))
+        .then_some(())
+    })
+    .await;
+    let done = wait_room_state(&app.client, &limited, "ready").await;
+    assert_eq!(done["attempts"], 0, "{done}");
+    assert!(done["last_error"].is_null(), "{done}");
+    app.shutdown().await;
+    proxy.stop().await;
+}
+on_both_backends!(avatars_follow_and_one_failing_room_never_holds_up_another);

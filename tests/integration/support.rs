@@ -892,6 +892,8 @@ struct ProxyState {
     seen: std::sync::Mutex<Vec<(String, Option<String>)>>,
     /// (path, how many more answers to replace, the status to answer).
     garble: std::sync::Mutex<Option<(String, u32, u16)>>,
+    /// (text in the body, how many more, the status to answer).
+    fail_body: std::sync::Mutex<Option<(String, u32, u16)>>,
     /// (path, how long): Synapse answers such a request, and the answer is
     /// held back that long (a service killed meanwhile never sees it).
     hold: std::sync::Mutex<Option<(String, Duration)>>,
@@ -910,6 +912,7 @@ impl SynapseProxy {
             garble: Default::default(),
             hold: Default::default(),
             held: Default::default(),
+            fail_body: Default::default(),
         });
         let data = web::Data::from(std::sync::Arc::clone(&state));
         let (port, handle) = crate::fakes::serve_locally(move |cfg| {
@@ -941,6 +944,12 @@ impl SynapseProxy {
     /// Synapse that is down.
     pub fn fail(&self, path: &str, times: u32) {
         *self.state.garble.lock().unwrap() = Some((path.to_string(), times, 503));
+    }
+
+    /// The next `times` requests whose body contains `text` get `status`
+    /// with a Matrix error body (a refusal, a 429) instead of Synapse's answer.
+    pub fn fail_body(&self, text: &str, times: u32, status: u16) {
+        *self.state.fail_body.lock().unwrap() = Some((text.to_string(), times, status));
     }
 
     /// Requests for exactly `path` reach Synapse, but its answer is held
@@ -989,6 +998,23 @@ async fn proxy_forward(
                 return actix_web::HttpResponse::build(status)
                     .content_type("text/html")
                     .body("<html><body>upstream hiccup</body></html>");
+            }
+        }
+    }
+    {
+        let mut fail = state.fail_body.lock().unwrap();
+        if let Some((text, times, status)) = fail.as_mut() {
+            if *times > 0 && String::from_utf8_lossy(&body).contains(text.as_str()) {
+                *times -= 1;
+                let status = actix_web::http::StatusCode::from_u16(*status).unwrap();
+                let errcode = if status.as_u16() == 429 {
+                    "M_LIMIT_EXCEEDED"
+                } else {
+                    "M_FORBIDDEN"
+                };
+                return actix_web::HttpResponse::build(status).json(
+                    serde_json::json!({"errcode": errcode, "error": "refused by the test proxy", "retry_after_ms": 300}),
+                );
             }
         }
     }
