@@ -12,6 +12,15 @@
 //!                                                 authorize, DAARION's return, continue, token
 //!   element SYNAPSE URL IDP TOKEN N             — N whole Element-path sign-ins through Synapse,
 //!                                                 with the share of their time spent in the service
+//!   people URL SECRET ADMIN_TOKEN N FILE        — N signups, waits until provisioned, writes
+//!                                                 "user_id matrix_user_id" lines to FILE
+//!   room-joins URL SYNAPSE CITY_SECRET ADMIN_TOKEN AS_TOKEN FILE CONCURRENCY
+//!                                               — the people of FILE's first half join one City
+//!                                                 Room through the service (member_added webhooks),
+//!                                                 the second half join a room of the bot's raw
+//!                                                 through Synapse's admin join API, same concurrency
+//!   listing ROOMS MEMBERS FILE                  — a page of DAARION.city's room API: ROOMS rooms
+//!                                                 of MEMBERS people each, drawn from FILE
 //!
 //! Each prints one JSON line with its figures.
 
@@ -48,6 +57,9 @@ fn main() {
                 signin(&args[1], &args[2], &args[3], num(&args[4]), secs(&args[5])).await
             }
             Some("element") => element(&args[1], &args[2], &args[3], &args[4], num(&args[5])).await,
+            Some("people") => people(&args[1], &args[2], &args[3], num(&args[4]), &args[5]).await,
+            Some("room-joins") => room_joins(&args[1..7], num(&args[7])).await,
+            Some("listing") => listing(num(&args[1]), num(&args[2]), &args[3]),
             _ => panic!("usage: see the header of benches/load.rs"),
         }
     });
@@ -274,6 +286,7 @@ async fn e2e(url: &str, secret: &str, admin_token: &str, concurrency: usize, n: 
     let elapsed = start.elapsed();
     json!({
         "mode": "e2e",
+        "tag": tag,
         "worker_concurrency": concurrency,
         "people": n,
         "unfinished": pending.len(),
@@ -511,4 +524,204 @@ async fn element(synapse: &str, base: &str, idp: &str, daarion_token: &str, n: u
         "mean_ms": (total.as_secs_f64() * 1000.0 / n as f64 * 10.0).round() / 10.0,
         "service_share": ((in_service.as_secs_f64() / total.as_secs_f64()) * 1000.0).round() / 1000.0,
     })
+}
+
+/// Signs N people up, waits for their accounts, writes their ids.
+async fn people(url: &str, secret: &str, admin_token: &str, n: usize, file: &str) -> Value {
+    let result = e2e(url, secret, admin_token, 16, n).await;
+    let http = client(16);
+    let tag = result["tag"].as_str().unwrap().to_string();
+    let mut lines = String::new();
+    for i in 0..n {
+        let (id, _) = signup(&tag, i);
+        let body: Value = http
+            .get(format!("{url}/v1/users/{id}"))
+            .bearer_auth(admin_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mxid = body["matrix_user_id"].as_str().expect("provisioned");
+        lines.push_str(&format!("{id} {mxid}\n"));
+    }
+    std::fs::write(file, lines).unwrap();
+    result
+}
+
+fn read_people(file: &str) -> Vec<(String, String)> {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (id, mxid) = l.split_once(' ').unwrap();
+            (id.to_string(), mxid.to_string())
+        })
+        .collect()
+}
+
+async fn post_city(http: &reqwest::Client, url: &str, secret: &str, event: &Value) -> bool {
+    let body = serde_json::to_vec(event).unwrap();
+    let sig = signature::sign(secret, chrono::Utc::now().timestamp(), &body);
+    let r = http
+        .post(format!("{url}/v1/webhooks/city"))
+        .header("Content-Type", "application/json")
+        .header("X-Daarion-Signature", sig)
+        .body(body)
+        .send()
+        .await;
+    matches!(r, Ok(r) if r.status().as_u16() == 202)
+}
+
+/// Members Synapse counts as joined in the room.
+async fn joined(http: &reqwest::Client, synapse: &str, token: &str, room: &str) -> u64 {
+    let r = http
+        .get(format!("{synapse}/_synapse/admin/v1/rooms/{room}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    body["joined_members"].as_u64().unwrap_or(0)
+}
+
+async fn wait_joined(http: &reqwest::Client, synapse: &str, token: &str, room: &str, n: u64) {
+    let limit = Instant::now() + Duration::from_secs(3600);
+    while joined(http, synapse, token, room).await < n {
+        assert!(
+            Instant::now() < limit,
+            "the joins did not finish within an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The first half of FILE's people join a City Room through the service;
+/// the second half join a room of the bot's through Synapse's admin join
+/// API directly (the bot is the server admin the service makes it), at the
+/// same concurrency.
+async fn room_joins(args: &[String], concurrency: usize) -> Value {
+    let (url, synapse, city_secret, admin_token, as_token, file) =
+        (&args[0], &args[1], &args[2], &args[3], &args[4], &args[5]);
+    let people = read_people(file);
+    let half = people.len() / 2;
+    let (ours, raw) = people.split_at(half);
+    let http = client(concurrency);
+    let room_id = format!("r_{}", tag());
+    let created = json!({"id": format!("{room_id}-created"), "type": "room.created",
+        "created_at": chrono::Utc::now().to_rfc3339(),
+        "data": {"room_id": room_id, "slug": room_id, "name": "Bench joins", "visibility": "public"}});
+    assert!(post_city(&http, url, city_secret, &created).await);
+    let room = loop {
+        let body: Value = http
+            .get(format!("{url}/v1/rooms/{room_id}"))
+            .bearer_auth(admin_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or(Value::Null);
+        if body["state"] == "ready" {
+            break body["matrix_room_id"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let encoded: String = url::form_urlencoded::byte_serialize(room.as_bytes()).collect();
+
+    let start = Instant::now();
+    let members: Arc<Vec<String>> = Arc::new(ours.iter().map(|(id, _)| id.clone()).collect());
+    let (h, u, s, r) = (
+        http.clone(),
+        url.clone(),
+        city_secret.clone(),
+        room_id.clone(),
+    );
+    let (lat, failed, sent) = drive(concurrency, Duration::from_secs(3600), half, move |i| {
+        let (h, u, s) = (h.clone(), u.clone(), s.clone());
+        let event = json!({"id": format!("{r}-m{i}"), "type": "room.member_added",
+            "created_at": chrono::Utc::now().to_rfc3339(),
+            "data": {"room_id": r, "member_id": members[i], "role": "member"}});
+        async move { post_city(&h, &u, &s, &event).await }
+    })
+    .await;
+    assert_eq!(
+        (lat.len(), failed),
+        (half, 0),
+        "every member_added is accepted"
+    );
+    wait_joined(&http, synapse, as_token, &encoded, half as u64 + 1).await;
+    let service = start.elapsed();
+
+    let created: Value = http
+        .post(format!("{synapse}/_matrix/client/v3/createRoom"))
+        .bearer_auth(as_token)
+        .json(&json!({"preset": "public_chat", "name": "Bench raw joins"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let raw_room = created["room_id"].as_str().unwrap().to_string();
+    let raw_encoded: String = url::form_urlencoded::byte_serialize(raw_room.as_bytes()).collect();
+    let targets: Arc<Vec<String>> = Arc::new(raw.iter().map(|(_, mxid)| mxid.clone()).collect());
+    let (h, sy, tok, room) = (
+        http.clone(),
+        synapse.clone(),
+        as_token.clone(),
+        raw_encoded.clone(),
+    );
+    let (lat, failed, raw_elapsed) =
+        drive(concurrency, Duration::from_secs(3600), half, move |i| {
+            let (h, sy, tok, room) = (h.clone(), sy.clone(), tok.clone(), room.clone());
+            let user = targets[i].clone();
+            async move {
+                let r = h
+                    .post(format!("{sy}/_synapse/admin/v1/join/{room}"))
+                    .bearer_auth(tok)
+                    .json(&json!({"user_id": user}))
+                    .send()
+                    .await;
+                matches!(r, Ok(r) if r.status().is_success())
+            }
+        })
+        .await;
+    assert_eq!((lat.len(), failed), (half, 0), "every raw join succeeds");
+    let per_second = |n: usize, d: Duration| (n as f64 / d.as_secs_f64() * 10.0).round() / 10.0;
+    let ours_rate = per_second(half, service);
+    let raw_rate = per_second(half, raw_elapsed);
+    json!({
+        "mode": "room-joins",
+        "members": half,
+        "concurrency": concurrency,
+        "webhooks_sent_in_seconds": (sent.as_secs_f64() * 100.0).round() / 100.0,
+        "service_seconds": (service.as_secs_f64() * 100.0).round() / 100.0,
+        "service_per_second": ours_rate,
+        "raw_seconds": (raw_elapsed.as_secs_f64() * 100.0).round() / 100.0,
+        "raw_per_second": raw_rate,
+        "ratio": (ours_rate / raw_rate * 100.0).round() / 100.0,
+    })
+}
+
+/// One page of DAARION.city's room API with every room.
+fn listing(rooms: usize, members: usize, file: &str) -> Value {
+    let people = read_people(file);
+    let updated_at = (chrono::Utc::now() - chrono::Duration::minutes(10)).to_rfc3339();
+    let list: Vec<Value> = (0..rooms)
+        .map(|r| {
+            let members: Vec<Value> = (0..members)
+                .map(|m| {
+                    let (id, _) = &people[(r * 7 + m) % people.len()];
+                    json!({"member_id": id, "role": if m == 0 { "owner" } else { "member" }})
+                })
+                .collect();
+            json!({"room_id": format!("bench_{r}"), "slug": format!("bench-{r}"),
+                   "name": format!("Bench room {r}"), "topic": "benchmark",
+                   "visibility": if r % 2 == 0 { "public" } else { "private" },
+                   "members": members, "updated_at": updated_at, "deleted": false})
+        })
+        .collect();
+    json!({"rooms": list, "next_cursor": null})
 }

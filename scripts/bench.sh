@@ -6,9 +6,16 @@
 # own Synapse (default bcrypt_rounds 12 unless BCRYPT_ROUNDS is set) and
 # PostgreSQL on 127.0.0.1; prints one JSON line per measurement.
 #
-# Usage:   scripts/bench.sh            (about 4 minutes)
-# Env:     PARTS ("intake sso signin e2e": which to run), SECONDS_PER_RUN (10), INTAKE_CONCURRENCY (64), WORKERS (8), PEOPLE (200),
-#          BCRYPT_ROUNDS (12), MP_CACHE
+# City Rooms (part "rooms", its own Synapse with bcrypt_rounds 4, since
+# accounts are set-up there, not measured): 2×JOINS people, then JOINS joins
+# to one City Room through the service next to the same joins sent raw to
+# Synapse's admin join API at the same concurrency; then a reconcile pass
+# over ROOMS rooms of MEMBERS members: the backfill, then an incremental and
+# a full pass with nothing changed (time, Synapse requests, service memory).
+#
+# Usage:   scripts/bench.sh            (about 4 minutes without rooms)
+# Env:     PARTS ("intake sso signin e2e rooms": which to run), SECONDS_PER_RUN (10), INTAKE_CONCURRENCY (64), WORKERS (8), PEOPLE (200),
+#          BCRYPT_ROUNDS (12), JOINS (1000), JOIN_CONCURRENCY (16), ROOMS (1000), MEMBERS (100), MP_CACHE
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,7 +26,11 @@ intake_c="${INTAKE_CONCURRENCY:-64}"
 workers="${WORKERS:-8}"
 people="${PEOPLE:-200}"
 rounds="${BCRYPT_ROUNDS:-12}"
-parts=" ${PARTS:-intake sso signin e2e} "
+parts=" ${PARTS:-intake sso signin e2e rooms} "
+joins="${JOINS:-1000}"
+join_c="${JOIN_CONCURRENCY:-16}"
+rooms="${ROOMS:-1000}"
+members="${MEMBERS:-100}"
 
 cargo build --release --locked --quiet
 cargo bench --locked --no-run --bench load --quiet
@@ -30,7 +41,10 @@ scratch_dir mp-bench
 service_pid=""
 jwks_pid=""
 silent_pid=""
+city_pid=""
 cleanup() {
+    [[ -n "$city_pid" ]] && kill "$city_pid" 2>/dev/null
+    scripts/synapse-ctl.sh stop "$work/synapse-rooms" >/dev/null 2>&1 || true
     [[ -n "$silent_pid" ]] && kill "$silent_pid" 2>/dev/null
     [[ -n "$jwks_pid" ]] && kill "$jwks_pid" 2>/dev/null
     [[ -n "$service_pid" ]] && kill "$service_pid" 2>/dev/null && wait "$service_pid" 2>/dev/null
@@ -141,4 +155,44 @@ fi
     stop_service
     echo "{\"backend\":\"synapse\",\"result\":$("$load" raw-register "$synapse" "$secret" "$workers" "$people")}"
 done
+if [[ $parts == *" rooms "* ]]; then
+# The application service's registration, printed by the service, loaded by
+# a Synapse of its own (bcrypt_rounds 4: the people are set-up, not measured).
+as_env=(APPSERVICE_ID=bench APPSERVICE_BOT=bench-bot APPSERVICE_AS_TOKEN=bench-as APPSERVICE_HS_TOKEN=bench-hs
+        APPSERVICE_URL="http://127.0.0.1:$(fixed_port)" CITY_WEBHOOK_SECRET=bench-city)
+env "${as_env[@]}" SYNAPSE_SERVER_NAME=bench.daarion.space SYNAPSE_REGISTRATION_SECRET="$secret" \
+    target/release/matrix-provisioner appservice-registration >"$work/appservice.yaml"
+rooms_port="$(SERVER_NAME=bench.daarion.space REGISTRATION_SECRET="$secret" JWT_SECRET=bench-synapse-jwt \
+    BCRYPT_ROUNDS=4 RELAX_RATELIMITS=1 APPSERVICE_FILES="$work/appservice.yaml" \
+    start_synapse "$work/synapse-rooms")"
+rooms_synapse="http://127.0.0.1:$rooms_port"
+# DAARION.city's room API: one page with every room, as a static file.
+mkdir -p "$work/city/v1"
+city_port="$(free_port)"
+python3 -m http.server --bind 127.0.0.1 --directory "$work/city" "$city_port" >/dev/null 2>&1 &
+city_pid=$!
+peak_rss() { # the service's peak resident memory since reset_peak, in MiB
+    awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$service_pid/status"
+}
+reset_peak() { echo 5 >"/proc/$service_pid/clear_refs"; } # VmHWM := VmRSS now
+for backend in sqlite postgres; do
+    if [[ $backend == sqlite ]]; then db="sqlite://$work/rooms.db"; else db="$(new_pg_db rooms)"; fi
+    env "${as_env[@]}" CITY_API_URL="http://127.0.0.1:$city_port" SYNC_JOB_WAIT_SECONDS=3600 \
+        start_service "$db" "$rooms_synapse"
+    "$load" people "$url" bench-webhook bench-admin $((2 * joins)) "$work/people-$backend" >/dev/null
+    echo "{\"backend\":\"$backend\",\"result\":$("$load" room-joins "$url" "$rooms_synapse" bench-city bench-admin bench-as "$work/people-$backend" "$join_c")}"
+    "$load" listing "$rooms" "$members" "$work/people-$backend" >"$work/city/v1/rooms"
+    pass() { # pass FULL: one reconcile pass through the admin endpoint
+        curl -sf -X POST -H "Authorization: Bearer bench-admin" -H "Content-Type: application/json" \
+            -d "{\"full\": $1}" "$url/v1/admin/room-sync"
+    }
+    reset_peak
+    echo "{\"backend\":\"$backend\",\"rooms\":$rooms,\"members\":$members,\"pass\":\"backfill\",\"result\":$(pass false),\"peak_rss_mib\":$(peak_rss)}"
+    for full in false true; do
+        reset_peak
+        echo "{\"backend\":\"$backend\",\"pass\":\"nothing changed, full $full\",\"result\":$(pass $full),\"peak_rss_mib\":$(peak_rss)}"
+    done
+    stop_service
+done
+fi
 echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
