@@ -30,7 +30,7 @@ use crate::domain::city::CityEvent;
 use crate::jobs::Worker;
 use crate::now_ms;
 use crate::store::{JobKind, JobState, Pass, RoomState, Store, StoreError};
-use crate::synapse::Endpoint;
+use crate::synapse::{with_purpose, Endpoint, Purpose};
 use crate::sync::{renew_lease, LEASE};
 
 /// An incremental pass reads from this long before the last one started.
@@ -109,7 +109,13 @@ impl RoomSync {
         })
     }
 
+    /// Runs one pass, unless another one is running. Its Synapse requests
+    /// (and those of the jobs it drives) come out of the passes' budget.
     pub async fn run(&self, full: bool) -> Result<RoomSummary, RoomSyncError> {
+        with_purpose(Purpose::Pass, self.run_pass(full)).await
+    }
+
+    async fn run_pass(&self, full: bool) -> Result<RoomSummary, RoomSyncError> {
         let api = self
             .api
             .as_ref()

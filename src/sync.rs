@@ -38,7 +38,7 @@ use crate::domain::event::{Event, EventKind};
 use crate::jobs::Worker;
 use crate::now_ms;
 use crate::store::{Account, CreateVia, JobKind, JobState, Pass, Person, State, Store, StoreError};
-use crate::synapse::{localpart_of, Synapse};
+use crate::synapse::{localpart_of, with_purpose, Purpose, Synapse};
 
 /// How long a pass holds its lease without renewing it; a crashed pass
 /// blocks the next one at most this long.
@@ -161,8 +161,13 @@ impl ProfileSync {
         self.worker.synapse()
     }
 
-    /// Runs one pass, unless another one is running.
+    /// Runs one pass, unless another one is running. Its Synapse requests
+    /// (and those of the jobs it drives) come out of the passes' budget.
     pub async fn run(&self, full: bool) -> Result<Summary, SyncError> {
+        with_purpose(Purpose::Pass, self.run_pass(full)).await
+    }
+
+    async fn run_pass(&self, full: bool) -> Result<Summary, SyncError> {
         let api = self.api.as_ref().ok_or(SyncError::NotConfigured)?;
         let owner = format!(
             "{}-{}-{:08x}",

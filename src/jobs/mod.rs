@@ -22,7 +22,7 @@ use crate::oidc::Signer;
 use crate::store::{
     Account, ClaimFor, Job, JobKind, LocalpartPolicy, Person, RoomState, State, Store,
 };
-use crate::synapse::{Synapse, TakenLocalparts};
+use crate::synapse::{with_purpose, Purpose, Synapse, TakenLocalparts};
 use crate::{metrics, now_ms, telemetry};
 
 pub use provision::Outcome;
@@ -434,7 +434,7 @@ impl Worker {
 
     async fn run_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
-            let pause = match self.run_one().await {
+            let pause = match with_purpose(Purpose::Queue, self.run_one()).await {
                 Ok(Some(_)) => continue,
                 Ok(None) => self.idle_pause().await,
                 Err(e) => {

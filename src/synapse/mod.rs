@@ -1,10 +1,11 @@
 //! The one place that talks to Synapse: builds its URLs, sends requests
-//! (at most `SYNAPSE_MAX_CONCURRENCY` at once), and turns every answer into
+//! (at most `SYNAPSE_MAX_CONCURRENCY` at once per purpose, see `budget`), and turns every answer into
 //! success, [`SynapseError::Unavailable`] (retry later) or
 //! [`SynapseError::Refused`] (a 4xx with an errcode: do not repeat blindly).
 //! Every request is counted by endpoint ([`CallCounts`]).
 
 mod admin_token;
+mod budget;
 mod calls;
 mod login;
 mod media;
@@ -18,7 +19,6 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
 use url::Url;
 
 use crate::config::Settings;
@@ -27,6 +27,7 @@ use crate::{metrics, telemetry};
 
 pub use admin_token::derived_password as admin_account_password;
 pub use admin_token::{StoredToken, TokenStore};
+pub use budget::{with_purpose, Purpose};
 pub use calls::{CallCounts, CallSnapshot, Endpoint};
 pub use login::Session;
 pub use register::{random_password, registration_mac, Registered};
@@ -138,7 +139,8 @@ pub struct Synapse {
     base: Url,
     server_name: String,
     registration_secret: Secret,
-    limiter: Semaphore,
+    /// Requests in flight, limited per purpose (see `budget`).
+    limiter: budget::Budget,
     admin: admin_token::AdminToken,
     calls: CallCounts,
     /// `oidc-<OIDC_IDP_ID>`: the provider Synapse's OpenID login looks
@@ -199,7 +201,7 @@ impl Synapse {
             base: settings.synapse_url.clone(),
             server_name: settings.server_name.clone(),
             registration_secret: settings.registration_secret.clone(),
-            limiter: Semaphore::new(settings.synapse_max_concurrency),
+            limiter: budget::Budget::new(settings.synapse_max_concurrency),
             admin: admin_token::AdminToken::new(settings, tokens),
             calls: CallCounts::default(),
             oidc_provider: settings.oidc.auth_provider(),
@@ -502,11 +504,7 @@ impl Synapse {
         if let Some(id) = telemetry::request_id() {
             request = request.header(telemetry::REQUEST_ID_HEADER, id);
         }
-        let _permit = self
-            .limiter
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
+        let _permit = self.limiter.acquire().await;
         self.calls.record(endpoint);
         let started = std::time::Instant::now();
         let response = request.send().await;
