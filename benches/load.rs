@@ -19,8 +19,10 @@
 //!                                                 Room through the service (member_added webhooks),
 //!                                                 the second half join a room of the bot's raw
 //!                                                 through Synapse's admin join API, same concurrency
-//!   listing ROOMS MEMBERS FILE                  — a page of DAARION.city's room API: ROOMS rooms
-//!                                                 of MEMBERS people each, drawn from FILE
+//!   listing TAG ROOMS MEMBERS FILE|- [EARLIER]  — a page of DAARION.city's room API: ROOMS rooms
+//!                                                 of MEMBERS people each, drawn from FILE (`-`:
+//!                                                 DAARION people without a Matrix account yet),
+//!                                                 after the rooms of an EARLIER listing
 //!
 //! Each prints one JSON line with its figures.
 
@@ -59,7 +61,13 @@ fn main() {
             Some("element") => element(&args[1], &args[2], &args[3], &args[4], num(&args[5])).await,
             Some("people") => people(&args[1], &args[2], &args[3], num(&args[4]), &args[5]).await,
             Some("room-joins") => room_joins(&args[1..7], num(&args[7])).await,
-            Some("listing") => listing(num(&args[1]), num(&args[2]), &args[3]),
+            Some("listing") => listing(
+                &args[1],
+                num(&args[2]),
+                num(&args[3]),
+                &args[4],
+                args.get(5).map(String::as_str),
+            ),
             _ => panic!("usage: see the header of benches/load.rs"),
         }
     });
@@ -706,22 +714,32 @@ async fn room_joins(args: &[String], concurrency: usize) -> Value {
 }
 
 /// One page of DAARION.city's room API with every room.
-fn listing(rooms: usize, members: usize, file: &str) -> Value {
-    let people = read_people(file);
+fn listing(tag: &str, rooms: usize, members: usize, file: &str, earlier: Option<&str>) -> Value {
+    let people = if file == "-" {
+        (0..rooms * members)
+            .map(|i| (format!("ghost_{tag}_{i}"), String::new()))
+            .collect()
+    } else {
+        read_people(file)
+    };
     let updated_at = (chrono::Utc::now() - chrono::Duration::minutes(10)).to_rfc3339();
-    let list: Vec<Value> = (0..rooms)
-        .map(|r| {
-            let members: Vec<Value> = (0..members)
-                .map(|m| {
-                    let (id, _) = &people[(r * 7 + m) % people.len()];
-                    json!({"member_id": id, "role": if m == 0 { "owner" } else { "member" }})
-                })
-                .collect();
-            json!({"room_id": format!("bench_{r}"), "slug": format!("bench-{r}"),
+    let mut list: Vec<Value> = earlier
+        .map(|f| {
+            let page: Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+            page["rooms"].as_array().unwrap().clone()
+        })
+        .unwrap_or_default();
+    list.extend((0..rooms).map(|r| {
+        let members: Vec<Value> = (0..members)
+            .map(|m| {
+                let (id, _) = &people[(r * 7 + m) % people.len()];
+                json!({"member_id": id, "role": if m == 0 { "owner" } else { "member" }})
+            })
+            .collect();
+        json!({"room_id": format!("{tag}_{r}"), "slug": format!("{tag}-{r}"),
                    "name": format!("Bench room {r}"), "topic": "benchmark",
                    "visibility": if r % 2 == 0 { "public" } else { "private" },
                    "members": members, "updated_at": updated_at, "deleted": false})
-        })
-        .collect();
+    }));
     json!({"rooms": list, "next_cursor": null})
 }

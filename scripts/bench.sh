@@ -11,11 +11,16 @@
 # to one City Room through the service next to the same joins sent raw to
 # Synapse's admin join API at the same concurrency; then a reconcile pass
 # over ROOMS rooms of MEMBERS members: the backfill, then an incremental and
-# a full pass with nothing changed (time, Synapse requests, service memory).
+# a full pass with nothing changed (time, Synapse requests, service memory),
+# first over ROOMS rooms of MEMBERS people who have no Matrix account yet (so
+# the rooms hold only the bot: the listing's size at no cost of joins), then
+# over JOINED_ROOMS more rooms of JOINED_MEMBERS people who are all joined
+# (the listing then has both sets, as DAARION.city keeps its rooms).
 #
 # Usage:   scripts/bench.sh            (about 4 minutes without rooms)
 # Env:     PARTS ("intake sso signin e2e rooms": which to run), SECONDS_PER_RUN (10), INTAKE_CONCURRENCY (64), WORKERS (8), PEOPLE (200),
-#          BCRYPT_ROUNDS (12), JOINS (1000), JOIN_CONCURRENCY (16), ROOMS (1000), MEMBERS (100), MP_CACHE
+#          BCRYPT_ROUNDS (12), JOINS (1000), JOIN_CONCURRENCY (16), ROOMS (1000), MEMBERS (100),
+#          JOINED_ROOMS (100), JOINED_MEMBERS (100), MP_CACHE
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,6 +36,8 @@ joins="${JOINS:-1000}"
 join_c="${JOIN_CONCURRENCY:-16}"
 rooms="${ROOMS:-1000}"
 members="${MEMBERS:-100}"
+joined_rooms="${JOINED_ROOMS:-100}"
+joined_members="${JOINED_MEMBERS:-100}"
 
 cargo build --release --locked --quiet
 cargo bench --locked --no-run --bench load --quiet
@@ -177,20 +184,29 @@ peak_rss() { # the service's peak resident memory since reset_peak, in MiB
 reset_peak() { echo 5 >"/proc/$service_pid/clear_refs"; } # VmHWM := VmRSS now
 for backend in sqlite postgres; do
     if [[ $backend == sqlite ]]; then db="sqlite://$work/rooms.db"; else db="$(new_pg_db rooms)"; fi
-    env "${as_env[@]}" CITY_API_URL="http://127.0.0.1:$city_port" SYNC_JOB_WAIT_SECONDS=3600 \
-        start_service "$db" "$rooms_synapse"
+    # The last part: its settings may stay in the environment.
+    export "${as_env[@]}" CITY_API_URL="http://127.0.0.1:$city_port" SYNC_JOB_WAIT_SECONDS=3600
+    start_service "$db" "$rooms_synapse"
     "$load" people "$url" bench-webhook bench-admin $((2 * joins)) "$work/people-$backend" >/dev/null
     echo "{\"backend\":\"$backend\",\"result\":$("$load" room-joins "$url" "$rooms_synapse" bench-city bench-admin bench-as "$work/people-$backend" "$join_c")}"
-    "$load" listing "$rooms" "$members" "$work/people-$backend" >"$work/city/v1/rooms"
     pass() { # pass FULL: one reconcile pass through the admin endpoint
         curl -sf -X POST -H "Authorization: Bearer bench-admin" -H "Content-Type: application/json" \
             -d "{\"full\": $1}" "$url/v1/admin/room-sync"
     }
-    reset_peak
-    echo "{\"backend\":\"$backend\",\"rooms\":$rooms,\"members\":$members,\"pass\":\"backfill\",\"result\":$(pass false),\"peak_rss_mib\":$(peak_rss)}"
-    for full in false true; do
+    earlier=""
+    for shape in "unjoined $rooms $members -" "joined $joined_rooms $joined_members $work/people-$backend"; do
+        read -r kind n m people <<<"$shape"
+        # The city keeps its earlier rooms: the second listing has both.
+        "$load" listing "$kind$backend" "$n" "$m" "$people" ${earlier:-} >"$work/listing"
+        mv "$work/listing" "$work/city/v1/rooms"
+        earlier="$work/city/v1/rooms.earlier"
+        cp "$work/city/v1/rooms" "$earlier"
         reset_peak
-        echo "{\"backend\":\"$backend\",\"pass\":\"nothing changed, full $full\",\"result\":$(pass $full),\"peak_rss_mib\":$(peak_rss)}"
+        echo "{\"backend\":\"$backend\",\"rooms\":$n,\"members\":$m,\"members_in_matrix\":\"$kind\",\"pass\":\"backfill\",\"result\":$(pass false),\"peak_rss_mib\":$(peak_rss)}"
+        for full in false true; do
+            reset_peak
+            echo "{\"backend\":\"$backend\",\"rooms\":$n,\"members\":$m,\"members_in_matrix\":\"$kind\",\"pass\":\"nothing changed, full $full\",\"result\":$(pass $full),\"peak_rss_mib\":$(peak_rss)}"
+        done
     done
     stop_service
 done
