@@ -173,10 +173,11 @@ rooms_port="$(SERVER_NAME=bench.daarion.space REGISTRATION_SECRET="$secret" JWT_
     BCRYPT_ROUNDS=4 RELAX_RATELIMITS=1 APPSERVICE_FILES="$work/appservice.yaml" \
     start_synapse "$work/synapse-rooms")"
 rooms_synapse="http://127.0.0.1:$rooms_port"
-# DAARION.city's room API: one page with every room, as a static file.
-mkdir -p "$work/city/v1"
+# DAARION.city's room API, paged as the contract says.
+mkdir -p "$work/city"
+echo '{"rooms": []}' >"$work/city/rooms.json"
 city_port="$(free_port)"
-python3 -m http.server --bind 127.0.0.1 --directory "$work/city" "$city_port" >/dev/null 2>&1 &
+python3 scripts/fake-city-api.py "$city_port" "$work/city/rooms.json" &
 city_pid=$!
 peak_rss() { # the service's peak resident memory since reset_peak, in MiB
     awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$service_pid/status"
@@ -198,9 +199,9 @@ for backend in sqlite postgres; do
         read -r kind n m people <<<"$shape"
         # The city keeps its earlier rooms: the second listing has both.
         "$load" listing "$kind$backend" "$n" "$m" "$people" ${earlier:-} >"$work/listing"
-        mv "$work/listing" "$work/city/v1/rooms"
-        earlier="$work/city/v1/rooms.earlier"
-        cp "$work/city/v1/rooms" "$earlier"
+        mv "$work/listing" "$work/city/rooms.json"
+        earlier="$work/city/rooms.earlier"
+        cp "$work/city/rooms.json" "$earlier"
         reset_peak
         echo "{\"backend\":\"$backend\",\"rooms\":$n,\"members\":$m,\"members_in_matrix\":\"$kind\",\"pass\":\"backfill\",\"result\":$(pass false),\"peak_rss_mib\":$(peak_rss)}"
         for full in false true; do

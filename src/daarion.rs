@@ -1,10 +1,13 @@
-//! DAARION Auth's user API (CONTRACT.md section 5), the one client of it:
-//! `GET {AUTH_API_URL}/v1/users?updated_since=&cursor=&limit=` with
-//! `AUTH_API_TOKEN` as bearer, one page at a time.
+//! The listing APIs, one client for both: DAARION Auth's users (CONTRACT.md
+//! section 5, `GET {AUTH_API_URL}/v1/users?updated_since=&cursor=&limit=`
+//! with `AUTH_API_TOKEN`) and DAARION.city's rooms (section 8,
+//! `GET {CITY_API_URL}/v1/rooms?…` with `CITY_API_TOKEN`), one page at a time.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use url::Url;
 
@@ -193,25 +196,38 @@ impl<T: Listed> DaarionApi<T> {
                 false,
             )
         };
-        let mut raw: Value = response
-            .json()
+        // Each item is kept as its text and read straight into `T`: a page
+        // of a thousand rooms of a hundred members is never a tree of
+        // `Value`s (several times the bytes), and one malformed item is
+        // reported alone.
+        let body = response
+            .bytes()
             .await
-            .map_err(|e| not_a_page(e.to_string()))?;
-        let Some(Value::Array(items)) = raw.get_mut(T::LIST).map(Value::take) else {
-            return Err(not_a_page(format!("no `{}` list", T::LIST)));
-        };
+            .map_err(|_| (ApiError("broke off its answer".to_string()), true))?;
+        let raw: HashMap<&str, &RawValue> =
+            serde_json::from_slice(&body).map_err(|e| not_a_page(e.to_string()))?;
+        let items: Vec<&RawValue> = raw
+            .get(T::LIST)
+            .map(|list| serde_json::from_str(list.get()))
+            .transpose()
+            .map_err(|e| not_a_page(e.to_string()))?
+            .ok_or_else(|| not_a_page(format!("no `{}` list", T::LIST)))?;
+        let next_cursor: Option<String> = raw
+            .get("next_cursor")
+            .and_then(|c| serde_json::from_str(c.get()).ok());
         let mut page = Page {
-            next_cursor: raw["next_cursor"]
-                .as_str()
-                .filter(|c| !c.is_empty())
-                .map(str::to_string),
+            next_cursor: next_cursor.filter(|c| !c.is_empty()),
             ..Page::default()
         };
         for entry in items {
-            let user_id = entry[T::ID].as_str().map(str::to_string);
-            match serde_json::from_value::<T>(entry) {
-                Ok(user) => page.users.push(user),
-                Err(e) => page.malformed.push((user_id, e.to_string())),
+            match serde_json::from_str::<T>(entry.get()) {
+                Ok(item) => page.users.push(item),
+                Err(e) => {
+                    let id = serde_json::from_str::<Value>(entry.get())
+                        .ok()
+                        .and_then(|v| v[T::ID].as_str().map(str::to_string));
+                    page.malformed.push((id, e.to_string()));
+                }
             }
         }
         Ok(page)

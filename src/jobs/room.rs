@@ -28,6 +28,8 @@ use crate::synapse::{RoomView, Synapse, SynapseError};
 
 /// Alias candidates tried before giving up (`-2` … `-50`).
 const MAX_ALIASES: u32 = 50;
+/// `applied_directory` of a closed room (out of the directory, alias freed).
+const CLOSED: &str = "closed";
 /// Matrix ids (and so aliases) are at most 255 bytes.
 const MAX_ALIAS_BYTES: usize = 255;
 
@@ -71,6 +73,12 @@ impl Step<'_> {
         if self.r.wanted.deleted {
             self.close(&room_id, &view).await?;
             return Ok(RoomState::Closed);
+        }
+        if self.r.applied_directory.as_deref() == Some(CLOSED) {
+            // Deleted, then created anew: it gets its alias back.
+            if let Some(alias) = &self.r.alias {
+                synapse.put_alias(&synapse.alias(alias), &room_id).await?;
+            }
         }
         self.sync_details(&room_id, &view).await?;
         self.sync_members(&room_id, &view).await?;
@@ -417,11 +425,11 @@ impl Step<'_> {
                 )
                 .await?;
         }
-        if self.r.applied_directory.as_deref() != Some("closed") {
+        if self.r.applied_directory.as_deref() != Some(CLOSED) {
             synapse.set_directory(room_id, false).await?;
             self.deps
                 .store
-                .set_room_directory(&self.r.room_id, "closed")
+                .set_room_directory(&self.r.room_id, CLOSED)
                 .await?;
         }
         Ok(())

@@ -26,7 +26,9 @@ pub enum Endpoint {
     RoomCreate,
     AliasLookup,
     AliasDelete,
+    AliasPut,
     RoomState,
+    MemberGet,
     StatePut,
     PowerLevelsPut,
     AdminJoin,
@@ -35,7 +37,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 23] = [
+    pub const ALL: [Endpoint; 25] = [
         Endpoint::Health,
         Endpoint::RegisterNonce,
         Endpoint::Register,
@@ -53,7 +55,9 @@ impl Endpoint {
         Endpoint::RoomCreate,
         Endpoint::AliasLookup,
         Endpoint::AliasDelete,
+        Endpoint::AliasPut,
         Endpoint::RoomState,
+        Endpoint::MemberGet,
         Endpoint::StatePut,
         Endpoint::PowerLevelsPut,
         Endpoint::AdminJoin,
@@ -81,7 +85,9 @@ impl Endpoint {
             Endpoint::RoomCreate => "room_create",
             Endpoint::AliasLookup => "alias_lookup",
             Endpoint::AliasDelete => "alias_delete",
+            Endpoint::AliasPut => "alias_put",
             Endpoint::RoomState => "room_state",
+            Endpoint::MemberGet => "room_member_get",
             Endpoint::StatePut => "room_state_put",
             Endpoint::PowerLevelsPut => "room_power_levels_put",
             Endpoint::AdminJoin => "room_join",
@@ -98,7 +104,8 @@ impl Endpoint {
             | Endpoint::UserList
             | Endpoint::ExternalIdLookup
             | Endpoint::AliasLookup
-            | Endpoint::RoomState => Method::GET,
+            | Endpoint::RoomState
+            | Endpoint::MemberGet => Method::GET,
             Endpoint::Register
             | Endpoint::Login
             | Endpoint::Logout
@@ -113,6 +120,7 @@ impl Endpoint {
             Endpoint::UserPut
             | Endpoint::StatePut
             | Endpoint::PowerLevelsPut
+            | Endpoint::AliasPut
             | Endpoint::DirectoryPut => Method::PUT,
             Endpoint::AliasDelete => Method::DELETE,
         }

@@ -200,30 +200,70 @@ impl Synapse {
     }
 
     /// Joins a local user to the room (the admin join API, as the bot: it
-    /// invites first in rooms that are not public).
+    /// invites first in rooms that are not public). Already joined counts
+    /// as done: a join whose answer was lost (a timeout under load) may
+    /// have gone through, and then the invite step is refused with `403`.
     pub async fn join_user(&self, room_id: &str, user_id: &str) -> Result<()> {
         let path = format!("/_synapse/admin/v1/join/{}", encode(room_id));
-        self.call(
-            Endpoint::AdminJoin,
-            &path,
-            Body::Json(&json!({"user_id": user_id})),
-            Auth::AppService,
-        )
-        .await
-        .map(drop)
+        match self
+            .call(
+                Endpoint::AdminJoin,
+                &path,
+                Body::Json(&json!({"user_id": user_id})),
+                Auth::AppService,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e @ SynapseError::Refused { status: 403, .. }) => {
+                match self.membership(room_id, user_id).await?.as_deref() {
+                    Some("join") => Ok(()),
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The user's membership of the room (`join`, `invite`, `leave`, …).
+    pub async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<String>> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            encode(room_id),
+            encode(user_id)
+        );
+        match self
+            .call(Endpoint::MemberGet, &path, Body::Empty, Auth::AppService)
+            .await
+        {
+            Ok(content) => Ok(content["membership"].as_str().map(str::to_string)),
+            Err(e) if e.errcode() == Some("M_NOT_FOUND") => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Removes a member (the bot kicks; there is no admin API for it).
+    /// Gone already counts as done (the `403` of a kick that came too late).
     pub async fn kick(&self, room_id: &str, user_id: &str, reason: &str) -> Result<()> {
         let path = format!("/_matrix/client/v3/rooms/{}/kick", encode(room_id));
-        self.call(
-            Endpoint::Kick,
-            &path,
-            Body::Json(&json!({"user_id": user_id, "reason": reason})),
-            Auth::AppService,
-        )
-        .await
-        .map(drop)
+        match self
+            .call(
+                Endpoint::Kick,
+                &path,
+                Body::Json(&json!({"user_id": user_id, "reason": reason})),
+                Auth::AppService,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e @ SynapseError::Refused { status: 403, .. }) => {
+                match self.membership(room_id, user_id).await?.as_deref() {
+                    Some("join" | "invite") => Err(e),
+                    _ => Ok(()),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Frees an alias (gone already counts as done).
@@ -235,6 +275,31 @@ impl Synapse {
         {
             Ok(_) => Ok(()),
             Err(e) if e.errcode() == Some("M_NOT_FOUND") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Points the alias at the room again (a deleted City Room created
+    /// anew); an alias already pointing there counts as done.
+    pub async fn put_alias(&self, alias: &str, room_id: &str) -> Result<()> {
+        let path = format!("/_matrix/client/v3/directory/room/{}", encode(alias));
+        let body = json!({"room_id": room_id});
+        match self
+            .call(
+                Endpoint::AliasPut,
+                &path,
+                Body::Json(&body),
+                Auth::AppService,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.errcode() == Some("M_UNKNOWN") || e.errcode() == Some("M_ROOM_IN_USE") => {
+                match self.lookup_alias(alias).await? {
+                    Some(current) if current == room_id => Ok(()),
+                    _ => Err(e),
+                }
+            }
             Err(e) => Err(e),
         }
     }

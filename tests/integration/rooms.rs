@@ -514,6 +514,18 @@ async fn a_private_room_keeps_strangers_out_and_a_deleted_room_closes(backend: B
     assert_eq!(bot.directory(&matrix_room).await, "private");
     assert_eq!(rooms_named(&admin, &slug).await, 1, "history kept");
 
+    // Created anew (a newer event): the same room opens again, with its
+    // alias and its members.
+    let e = city_event(
+        "room.created",
+        json!({"room_id": room_id, "slug": slug, "name": slug, "visibility": "private"}),
+    );
+    assert_eq!(send_city(&app.client, &e).await.0, 202);
+    wait_room_state(&app.client, &room_id, "ready").await;
+    assert_eq!(bot.alias(&alias).await, Some(matrix_room.clone()));
+    bot.wait_membership(&matrix_room, &a_mxid, "join").await;
+    assert_eq!(rooms_named(&admin, &slug).await, 1, "still one room");
+
     // Unknown rooms and bad input.
     assert_eq!(room_record(&app.client, "r_nobody").await.0, 404);
     let (status, body) = send_city(
@@ -1015,6 +1027,24 @@ async fn avatars_follow_and_one_failing_room_never_holds_up_another(backend: Bac
     .await;
     assert_eq!(status, 202);
     wait_room_state(&app.client, &refused, "ready").await;
+
+    // A join that Synapse carried out but whose answer says `403` (as when
+    // a lost answer makes a retry's invite step meet a joined member): the
+    // member is in, and the room does not fail.
+    let (member_id, member_mxid) = provisioned(&app.client, &unique("joiner")).await;
+    proxy.fail_body_after_forwarding(&member_mxid, 1, 403);
+    let e = city_event(
+        "room.member_added",
+        json!({"room_id": fine, "member_id": member_id}),
+    );
+    assert_eq!(send_city(&app.client, &e).await.0, 202);
+    let fine_room = wait_room_state(&app.client, &fine, "ready").await["matrix_room_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    bot.wait_membership(&fine_room, &member_mxid, "join").await;
+    let record = wait_room_state(&app.client, &fine, "ready").await;
+    assert!(record["last_error"].is_null(), "{record}");
 
     // A rate limit is retried with backoff, the error shown meanwhile.
     let limited = unique("r_");

@@ -892,8 +892,9 @@ struct ProxyState {
     seen: std::sync::Mutex<Vec<(String, Option<String>)>>,
     /// (path, how many more answers to replace, the status to answer).
     garble: std::sync::Mutex<Option<(String, u32, u16)>>,
-    /// (text in the body, how many more, the status to answer).
-    fail_body: std::sync::Mutex<Option<(String, u32, u16)>>,
+    /// (text in the body, how many more, the status to answer, whether
+    /// Synapse gets the request first).
+    fail_body: std::sync::Mutex<Option<(String, u32, u16, bool)>>,
     /// (path, how long): Synapse answers such a request, and the answer is
     /// held back that long (a service killed meanwhile never sees it).
     hold: std::sync::Mutex<Option<(String, Duration)>>,
@@ -949,7 +950,13 @@ impl SynapseProxy {
     /// The next `times` requests whose body contains `text` get `status`
     /// with a Matrix error body (a refusal, a 429) instead of Synapse's answer.
     pub fn fail_body(&self, text: &str, times: u32, status: u16) {
-        *self.state.fail_body.lock().unwrap() = Some((text.to_string(), times, status));
+        *self.state.fail_body.lock().unwrap() = Some((text.to_string(), times, status, false));
+    }
+
+    /// Like [`SynapseProxy::fail_body`], but Synapse gets (and carries out)
+    /// the request first: only its answer is replaced.
+    pub fn fail_body_after_forwarding(&self, text: &str, times: u32, status: u16) {
+        *self.state.fail_body.lock().unwrap() = Some((text.to_string(), times, status, true));
     }
 
     /// Requests for exactly `path` reach Synapse, but its answer is held
@@ -1001,22 +1008,31 @@ async fn proxy_forward(
             }
         }
     }
-    {
+    let refusal = {
         let mut fail = state.fail_body.lock().unwrap();
-        if let Some((text, times, status)) = fail.as_mut() {
-            if *times > 0 && String::from_utf8_lossy(&body).contains(text.as_str()) {
+        match fail.as_mut() {
+            Some((text, times, status, after))
+                if *times > 0 && String::from_utf8_lossy(&body).contains(text.as_str()) =>
+            {
                 *times -= 1;
-                let status = actix_web::http::StatusCode::from_u16(*status).unwrap();
-                let errcode = if status.as_u16() == 429 {
-                    "M_LIMIT_EXCEEDED"
-                } else {
-                    "M_FORBIDDEN"
-                };
-                return actix_web::HttpResponse::build(status).json(
-                    serde_json::json!({"errcode": errcode, "error": "refused by the test proxy", "retry_after_ms": 300}),
-                );
+                Some((*status, *after))
             }
+            _ => None,
         }
+    };
+    let refuse = |status: u16| {
+        let status = actix_web::http::StatusCode::from_u16(status).unwrap();
+        let errcode = if status.as_u16() == 429 {
+            "M_LIMIT_EXCEEDED"
+        } else {
+            "M_FORBIDDEN"
+        };
+        actix_web::HttpResponse::build(status).json(serde_json::json!(
+            {"errcode": errcode, "error": "refused by the test proxy", "retry_after_ms": 300}
+        ))
+    };
+    if let Some((status, false)) = refusal {
+        return refuse(status);
     }
     let delay = state.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
     if delay > 0 {
@@ -1046,6 +1062,10 @@ async fn proxy_forward(
             if let Some((_, delay)) = hold {
                 state.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::time::sleep(delay).await;
+            }
+            if let Some((status, true)) = refusal {
+                let _ = response.bytes().await;
+                return refuse(status);
             }
             let status = actix_web::http::StatusCode::from_u16(response.status().as_u16()).unwrap();
             let content_type = response
