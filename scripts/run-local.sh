@@ -12,6 +12,11 @@
 # http://127.0.0.1:8008/_matrix/static/client/login/ and press "Log in" under
 # single sign-on.
 #
+# City Rooms are on too: the service is Synapse's application service (its
+# registration, printed by the service, in .local/appservice.yaml), so
+# signed `room.*` webhooks to /v1/webhooks/city (CITY_WEBHOOK_SECRET in
+# .local/secrets/city_webhook) become Matrix rooms.
+#
 # Usage:   scripts/run-local.sh
 # Env:     SYNAPSE_PORT (8008), SYNAPSE_SERVER_NAME (localhost), BIND (127.0.0.1:7030),
 #          STANDIN_PORT (7020)
@@ -30,7 +35,9 @@ secret() { # secret NAME: creates .local/secrets/NAME once
     [[ -s "$secrets/$1" ]] || python3 -c 'import secrets; print(secrets.token_urlsafe(32))' >"$secrets/$1"
     chmod 600 "$secrets/$1"
 }
-for name in registration jwt webhook admin auth_jwt oidc_client; do secret "$name"; done
+for name in registration jwt webhook admin auth_jwt oidc_client as_token hs_token city_webhook; do
+    secret "$name"
+done
 bind="${BIND:-127.0.0.1:7030}"
 public_url="http://$bind"
 standin_port="${STANDIN_PORT:-7020}"
@@ -40,11 +47,19 @@ cargo build --release --locked --quiet
 
 echo "run-local: setting up Synapse for $server_name on 127.0.0.1:$port…" >&2
 scripts/synapse-venv.sh >/dev/null
+# The service's settings, shared by its registration file and `serve`.
+export SYNAPSE_URL="http://127.0.0.1:$port" SYNAPSE_SERVER_NAME="$server_name" \
+    SYNAPSE_REGISTRATION_SECRET_FILE="$secrets/registration" \
+    APPSERVICE_AS_TOKEN_FILE="$secrets/as_token" APPSERVICE_HS_TOKEN_FILE="$secrets/hs_token" \
+    APPSERVICE_URL="$public_url" CITY_WEBHOOK_SECRET_FILE="$secrets/city_webhook"
+target/release/matrix-provisioner appservice-registration >"$local_dir/appservice.yaml"
+chmod 600 "$local_dir/appservice.yaml"
 SERVER_NAME="$server_name" \
 REGISTRATION_SECRET="$(cat "$secrets/registration")" \
 JWT_SECRET="$(cat "$secrets/jwt")" \
 OIDC_PROVIDERS="daarion=$public_url" \
 OIDC_CLIENT_SECRET="$(cat "$secrets/oidc_client")" \
+APPSERVICE_FILES="$local_dir/appservice.yaml" \
     scripts/synapse-config.sh "$local_dir/synapse" "$port" >/dev/null
 scripts/synapse-ctl.sh start "$local_dir/synapse" >/dev/null
 STANDIN_PORT="$standin_port" AUTH_JWT_SECRET_FILE="$secrets/auth_jwt" \
@@ -54,14 +69,12 @@ trap 'kill "$standin" 2>/dev/null; scripts/synapse-ctl.sh stop "$local_dir/synap
 
 cat >&2 <<MSG
 run-local: Synapse is up at http://127.0.0.1:$port (server name $server_name).
-run-local: secrets are in $secrets/ (webhook: AUTH_WEBHOOK_SECRET, admin: ADMIN_API_TOKEN).
+run-local: secrets are in $secrets/ (webhook: AUTH_WEBHOOK_SECRET, city_webhook:
+run-local:   CITY_WEBHOOK_SECRET, admin: ADMIN_API_TOKEN).
 run-local: starting matrix-provisioner on $bind; Ctrl-C stops all.
 run-local: sign in with DAARION: open http://127.0.0.1:$port/_matrix/static/client/login/
 run-local:   and press "Log in" (the DAARION page on 127.0.0.1:$standin_port is a STAND-IN).
 MSG
-SYNAPSE_URL="http://127.0.0.1:$port" \
-SYNAPSE_SERVER_NAME="$server_name" \
-SYNAPSE_REGISTRATION_SECRET_FILE="$secrets/registration" \
 SYNAPSE_JWT_SECRET_FILE="$secrets/jwt" \
 AUTH_WEBHOOK_SECRET_FILE="$secrets/webhook" \
 ADMIN_API_TOKEN_FILE="$secrets/admin" \

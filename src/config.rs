@@ -281,15 +281,7 @@ impl Settings {
             synapse_jwt_audience: env.get("SYNAPSE_JWT_AUDIENCE"),
             synapse_admin_token: env.secret("SYNAPSE_ADMIN_TOKEN")?,
             synapse_admin_user,
-            webhook_secrets: env
-                .secret("AUTH_WEBHOOK_SECRET")?
-                .map(|s| {
-                    split_list(s.expose())
-                        .into_iter()
-                        .map(Secret::new)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            webhook_secrets: env.secret_list("AUTH_WEBHOOK_SECRET")?,
             auth_jwt_secret: env.secret("AUTH_JWT_SECRET")?,
             auth_jwks_url: env.url("AUTH_JWKS_URL")?,
             oidc: OidcSettings {
@@ -312,15 +304,7 @@ impl Settings {
                 auth_login_url: env.url("AUTH_LOGIN_URL")?,
             },
             city: CitySettings {
-                webhook_secrets: env
-                    .secret("CITY_WEBHOOK_SECRET")?
-                    .map(|s| {
-                        split_list(s.expose())
-                            .into_iter()
-                            .map(Secret::new)
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                webhook_secrets: env.secret_list("CITY_WEBHOOK_SECRET")?,
                 api_url: env.url("CITY_API_URL")?,
                 api_token: env.secret("CITY_API_TOKEN")?,
                 events_url: env.url("CITY_EVENTS_URL")?,
@@ -468,6 +452,19 @@ impl Env<'_> {
             return Err(ConfigError(format!("{file_var}: {path} is empty")));
         }
         Ok(Some(Secret::new(value)))
+    }
+
+    /// A comma-separated list of secrets (key rotation); empty when unset.
+    fn secret_list(&self, name: &str) -> Result<Vec<Secret>, ConfigError> {
+        Ok(self
+            .secret(name)?
+            .map(|s| {
+                split_list(s.expose())
+                    .into_iter()
+                    .map(Secret::new)
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     fn url(&self, name: &str) -> Result<Option<Url>, ConfigError> {

@@ -99,52 +99,50 @@ async fn serve() -> anyhow::Result<()> {
     app.run_until(stop).await
 }
 
-/// The core for a command-line pass, or the exit status of its failure.
-async fn pass_core() -> Result<Core, ExitCode> {
-    let core = match Settings::from_env() {
-        Ok(settings) => {
-            telemetry::init(settings.log_format);
-            Core::build(settings).await
-        }
-        Err(e) => Err(e.into()),
-    };
-    core.map_err(|e| {
-        eprintln!("matrix-provisioner: {e:#}");
-        ExitCode::FAILURE
-    })
+/// A command-line pass's report: printed as JSON, its success the exit status.
+trait PassReport: serde::Serialize {
+    fn succeeded(&self) -> bool;
 }
 
-async fn sync_rooms(full: bool) -> ExitCode {
-    let core = match pass_core().await {
-        Ok(core) => core,
-        Err(code) => return code,
-    };
-    let result = core.room_sync.run(full).await;
-    core.store.close().await;
-    match result {
-        Ok(summary) => {
-            println!(
-                "{}",
-                serde_json::to_string(&summary).expect("a summary serialises")
-            );
-            if summary.succeeded() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e @ RoomSyncError::InProgress(_)) => {
-            eprintln!("matrix-provisioner: sync_in_progress: {e}");
-            ExitCode::from(EXIT_IN_PROGRESS)
-        }
-        Err(e) => {
-            eprintln!("matrix-provisioner: {e}");
-            ExitCode::FAILURE
-        }
+impl PassReport for matrix_provisioner::sync::Summary {
+    fn succeeded(&self) -> bool {
+        self.succeeded()
+    }
+}
+
+impl PassReport for matrix_provisioner::room_sync::RoomSummary {
+    fn succeeded(&self) -> bool {
+        self.succeeded()
     }
 }
 
 async fn sync_profiles(full: bool) -> ExitCode {
+    run_pass(|core| async move {
+        let result = core.sync.run(full).await;
+        let busy = matches!(result, Err(SyncError::InProgress(_)));
+        (result.map_err(|e| e.to_string()), busy)
+    })
+    .await
+}
+
+async fn sync_rooms(full: bool) -> ExitCode {
+    run_pass(|core| async move {
+        let result = core.room_sync.run(full).await;
+        let busy = matches!(result, Err(RoomSyncError::InProgress(_)));
+        (result.map_err(|e| e.to_string()), busy)
+    })
+    .await
+}
+
+/// Builds the core, runs one pass (for cron) and reports it: exit status 0
+/// when everything succeeded, 1 when something failed, 3 when another pass
+/// is running (sync_in_progress).
+async fn run_pass<R, F, Fut>(pass: F) -> ExitCode
+where
+    R: PassReport,
+    F: FnOnce(std::sync::Arc<Core>) -> Fut,
+    Fut: std::future::Future<Output = (Result<R, String>, bool)>,
+{
     let core = match Settings::from_env() {
         Ok(settings) => {
             telemetry::init(settings.log_format);
@@ -153,13 +151,13 @@ async fn sync_profiles(full: bool) -> ExitCode {
         Err(e) => Err(e.into()),
     };
     let core = match core {
-        Ok(core) => core,
+        Ok(core) => std::sync::Arc::new(core),
         Err(e) => {
             eprintln!("matrix-provisioner: {e:#}");
             return ExitCode::FAILURE;
         }
     };
-    let result = core.sync.run(full).await;
+    let (result, busy) = pass(std::sync::Arc::clone(&core)).await;
     core.store.close().await;
     match result {
         Ok(summary) => {
@@ -173,7 +171,7 @@ async fn sync_profiles(full: bool) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Err(e @ SyncError::InProgress(_)) => {
+        Err(e) if busy => {
             eprintln!("matrix-provisioner: sync_in_progress: {e}");
             ExitCode::from(EXIT_IN_PROGRESS)
         }

@@ -121,12 +121,7 @@ impl RoomSync {
             .as_ref()
             .filter(|_| self.settings.city.appservice_enabled())
             .ok_or(RoomSyncError::NotConfigured)?;
-        let owner = format!(
-            "{}-{}-{:08x}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
-            std::process::id(),
-            rand::random::<u32>()
-        );
+        let owner = crate::store::lease_owner();
         let started_ms = now_ms();
         if let Err(holder) = self
             .store

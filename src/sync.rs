@@ -169,12 +169,7 @@ impl ProfileSync {
 
     async fn run_pass(&self, full: bool) -> Result<Summary, SyncError> {
         let api = self.api.as_ref().ok_or(SyncError::NotConfigured)?;
-        let owner = format!(
-            "{}-{}-{:08x}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
-            std::process::id(),
-            rand::random::<u32>()
-        );
+        let owner = crate::store::lease_owner();
         let started_ms = now_ms();
         if let Err(holder) = self
             .store

@@ -117,12 +117,7 @@ impl Worker {
         oidc: Option<Arc<Signer>>,
         wake: Arc<Notify>,
     ) -> Worker {
-        let owner = format!(
-            "{}-{}-{:08x}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
-            std::process::id(),
-            rand::random::<u32>()
-        );
+        let owner = crate::store::lease_owner();
         Worker {
             store,
             synapse,

@@ -390,9 +390,14 @@ impl Store {
 
     /// People by state, for `/metrics`.
     pub async fn people_by_state(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM people GROUP BY state")
-            .fetch_all(&self.pool)
-            .await?;
+        self.subjects_by_state(JobKind::Person).await
+    }
+
+    /// Subjects of a kind by state.
+    pub(super) async fn subjects_by_state(&self, kind: JobKind) -> Result<Vec<(String, i64)>> {
+        let (table, _) = kind.table();
+        let sql = format!("SELECT state, COUNT(*) AS n FROM {table} GROUP BY state");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
             .collect()

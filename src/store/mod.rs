@@ -191,6 +191,17 @@ impl Store {
     }
 }
 
+/// A name for the leases this process takes (jobs, passes): host, process
+/// and a random part, so two runs on one host never share one.
+pub fn lease_owner() -> String {
+    format!(
+        "{}-{}-{:08x}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
 /// `sqlite://path` → the same with `mode=rwc`, so the file is created on
 /// first start as the contract promises.
 fn sqlite_url(raw: &str) -> String {

@@ -470,12 +470,7 @@ impl Store {
 
     /// Rooms by state, for `/metrics`.
     pub async fn rooms_by_state(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM rooms GROUP BY state")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
-            .collect()
+        self.subjects_by_state(JobKind::Room).await
     }
 }
 
