@@ -29,7 +29,7 @@ use crate::daarion::CityApi;
 use crate::domain::city::CityEvent;
 use crate::jobs::Worker;
 use crate::now_ms;
-use crate::store::{JobKind, JobState, Pass, RoomState, Store, StoreError};
+use crate::store::{JobKind, Pass, RoomState, Store, StoreError};
 use crate::synapse::{with_purpose, Endpoint, Purpose};
 use crate::sync::{renew_lease, LEASE};
 
@@ -278,22 +278,15 @@ impl RoomSync {
     /// Runs the room's job until it is done or failed, retries up to
     /// `wait` (then it stays queued for the workers).
     async fn drive(&self, room_id: String, wait: Duration) -> Ending {
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Err(e) = self.worker.run_job_of(JobKind::Room, &room_id).await {
-                tracing::warn!(%room_id, "room sync cannot run a job: {e:#}");
-            }
-            let wait_until = match self.store.job_state(JobKind::Room, &room_id).await {
-                Ok(JobState::None) => break,
-                Ok(JobState::Failed) => return Ending::Failed,
-                Ok(JobState::Waiting(at)) => at,
-                Err(_) => now_ms() + 1000,
-            };
-            if Instant::now() >= deadline {
-                return Ending::Unfinished;
-            }
-            let pause = (wait_until - now_ms()).clamp(20, 250) as u64;
-            tokio::time::sleep(Duration::from_millis(pause)).await;
+        // Each room waits for itself: one slow room does not stop the
+        // pass from waiting for the others.
+        let give_up = std::sync::atomic::AtomicBool::new(false);
+        if !self
+            .worker
+            .settle(JobKind::Room, &room_id, Instant::now() + wait, &give_up)
+            .await
+        {
+            return Ending::Unfinished;
         }
         match self.store.room(&room_id).await {
             Ok(Some(room)) if room.state == RoomState::Failed => Ending::Failed,

@@ -37,7 +37,7 @@ use crate::daarion::DaarionApi;
 use crate::domain::event::{Event, EventKind};
 use crate::jobs::Worker;
 use crate::now_ms;
-use crate::store::{Account, CreateVia, JobKind, JobState, Pass, Person, State, Store, StoreError};
+use crate::store::{Account, CreateVia, JobKind, Pass, Person, State, Store, StoreError};
 use crate::synapse::{localpart_of, with_purpose, Purpose, Synapse};
 
 /// How long a pass holds its lease without renewing it; a crashed pass
@@ -318,35 +318,13 @@ impl ProfileSync {
         t: Touched,
         give_up: &std::sync::atomic::AtomicBool,
     ) -> (Cause, Ending, bool) {
-        use std::sync::atomic::Ordering::Relaxed;
         let deadline = Instant::now() + self.settings.sync_job_wait;
-        loop {
-            // Done, failed or retried: the job's row tells which, below.
-            if let Err(e) = self.worker.run_job_of(JobKind::Person, &t.user_id).await {
-                tracing::warn!(user_id = %t.user_id, "sync cannot run a job: {e:#}");
-            }
-            let wait_until = match self.store.job_state(JobKind::Person, &t.user_id).await {
-                Ok(JobState::None) | Ok(JobState::Failed) => break,
-                Ok(JobState::Waiting(at)) => at,
-                Err(e) => {
-                    tracing::warn!(user_id = %t.user_id, "sync cannot read a job: {e}");
-                    now_ms() + 1000
-                }
-            };
-            if give_up.load(Relaxed) {
-                return (t.cause, Ending::Unfinished, false);
-            }
-            if Instant::now() >= deadline {
-                tracing::warn!(
-                    user_id = %t.user_id,
-                    "work still retried after SYNC_JOB_WAIT_SECONDS; the pass stops waiting"
-                );
-                give_up.store(true, Relaxed);
-                return (t.cause, Ending::Unfinished, false);
-            }
-            // A retry's backoff or another worker's run: look again soon.
-            let pause = (wait_until - now_ms()).clamp(20, 250) as u64;
-            tokio::time::sleep(Duration::from_millis(pause)).await;
+        if !self
+            .worker
+            .settle(JobKind::Person, &t.user_id, deadline, give_up)
+            .await
+        {
+            return (t.cause, Ending::Unfinished, false);
         }
         let after = match self.store.person(&t.user_id).await {
             Ok(Some(after)) => after,

@@ -11,12 +11,12 @@ use utoipa::ToSchema;
 use super::auth::AdminAuth;
 use super::error::{ApiError, ErrorBody};
 use super::users::rfc3339;
-use super::webhooks::{refusal, signed_body};
+use super::webhooks::{answer, refusal, signed_body, Acknowledged};
 use super::AppState;
 use crate::domain::city::{CityEvent, ParsedCity};
+use crate::now_ms;
 use crate::room_sync::{RoomSummary, RoomSyncError};
 use crate::store::JobKind;
-use crate::{metrics, now_ms};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CityWebhookAccepted {
@@ -57,14 +57,16 @@ pub async fn receive_city(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let result = receive_inner(&state, &req, payload).await;
-    match &result {
-        Ok(accepted) if accepted.ignored => metrics::webhook("ignored", ""),
-        Ok(accepted) if accepted.duplicate => metrics::webhook("duplicate", ""),
-        Ok(_) => metrics::webhook("accepted", ""),
-        Err(e) => metrics::webhook("refused", e.code),
+    answer(receive_inner(&state, &req, payload).await)
+}
+
+impl Acknowledged for CityWebhookAccepted {
+    fn ignored(&self) -> bool {
+        self.ignored
     }
-    result.map(|accepted| HttpResponse::Accepted().json(accepted))
+    fn duplicate(&self) -> bool {
+        self.duplicate
+    }
 }
 
 async fn receive_inner(

@@ -99,10 +99,32 @@ pub async fn receive(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let result = receive_inner(&state, &req, payload).await;
+    answer(receive_inner(&state, &req, payload).await)
+}
+
+/// What a webhook's `202` says about the event, for the metrics.
+pub(super) trait Acknowledged: Serialize {
+    fn ignored(&self) -> bool;
+    fn duplicate(&self) -> bool;
+}
+
+impl Acknowledged for WebhookAccepted {
+    fn ignored(&self) -> bool {
+        self.ignored
+    }
+    fn duplicate(&self) -> bool {
+        self.duplicate
+    }
+}
+
+/// Counts a webhook's outcome and answers it: `202` with the body, or the
+/// refusal.
+pub(super) fn answer<T: Acknowledged>(
+    result: Result<T, ApiError>,
+) -> Result<HttpResponse, ApiError> {
     match &result {
-        Ok(accepted) if accepted.ignored => metrics::webhook("ignored", ""),
-        Ok(accepted) if accepted.duplicate => metrics::webhook("duplicate", ""),
+        Ok(accepted) if accepted.ignored() => metrics::webhook("ignored", ""),
+        Ok(accepted) if accepted.duplicate() => metrics::webhook("duplicate", ""),
         Ok(_) => metrics::webhook("accepted", ""),
         Err(e) => metrics::webhook("refused", e.code),
     }

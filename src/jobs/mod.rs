@@ -20,7 +20,7 @@ use crate::avatar::AvatarFetcher;
 use crate::config::Settings;
 use crate::oidc::Signer;
 use crate::store::{
-    Account, ClaimFor, Job, JobKind, LocalpartPolicy, Person, RoomState, State, Store,
+    Account, ClaimFor, Job, JobKind, JobState, LocalpartPolicy, Person, RoomState, State, Store,
 };
 use crate::synapse::{with_purpose, Purpose, Synapse, TakenLocalparts};
 use crate::{metrics, now_ms, telemetry};
@@ -239,7 +239,7 @@ impl Worker {
 
     /// Runs this subject's job if it is due and no worker holds it;
     /// `Ok(None)` otherwise (a sync pass drives the work it caused).
-    pub async fn run_job_of(&self, kind: JobKind, key: &str) -> anyhow::Result<Option<JobOutcome>> {
+    async fn run_job_of(&self, kind: JobKind, key: &str) -> anyhow::Result<Option<JobOutcome>> {
         let now = now_ms();
         let leased_until = now + self.lease.as_millis() as i64;
         let Some(job) = self
@@ -250,6 +250,49 @@ impl Worker {
             return Ok(None);
         };
         self.execute(&job).await.map(Some)
+    }
+
+    /// Runs the subject's job until it is done or parked (a pass drives the
+    /// work it caused), waiting out retries and other workers' leases
+    /// until `deadline`. False when it is still being retried then, or once
+    /// `give_up` is set (by this or another job of the same pass): it stays
+    /// queued for the background workers.
+    pub async fn settle(
+        &self,
+        kind: JobKind,
+        key: &str,
+        deadline: Instant,
+        give_up: &std::sync::atomic::AtomicBool,
+    ) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        loop {
+            // Done, failed or retried: the job's row tells which, below.
+            if let Err(e) = self.run_job_of(kind, key).await {
+                tracing::warn!(kind = kind.as_str(), subject = %key, "cannot run a job: {e:#}");
+            }
+            let wait_until = match self.store.job_state(kind, key).await {
+                Ok(JobState::None) | Ok(JobState::Failed) => return true,
+                Ok(JobState::Waiting(at)) => at,
+                Err(e) => {
+                    tracing::warn!(kind = kind.as_str(), subject = %key, "cannot read a job: {e}");
+                    now_ms() + 1000
+                }
+            };
+            if give_up.load(Relaxed) {
+                return false;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    kind = kind.as_str(), subject = %key,
+                    "work still retried after SYNC_JOB_WAIT_SECONDS; the pass stops waiting"
+                );
+                give_up.store(true, Relaxed);
+                return false;
+            }
+            // A retry's backoff or another worker's run: look again soon.
+            let pause = (wait_until - now_ms()).clamp(20, 250) as u64;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
     }
 
     pub fn synapse(&self) -> &Arc<Synapse> {

@@ -115,23 +115,7 @@ impl Store {
         via: CreateVia,
         due_at: i64,
     ) -> Result<Vec<Accepted>> {
-        let mut conflicts = 0;
-        loop {
-            match self.try_accept(events, now, via, due_at).await {
-                Ok(Some(accepted)) => return Ok(accepted),
-                Ok(None) => continue, // raced another replica: start again
-                // PostgreSQL chose this transaction as a deadlock's victim
-                // (or it could not be serialised): nothing was stored, so
-                // storing it again is safe; only a lasting conflict fails.
-                Err(StoreError(sqlx::Error::Database(e)))
-                    if matches!(e.code().as_deref(), Some("40P01" | "40001")) && conflicts < 3 =>
-                {
-                    conflicts += 1;
-                    tracing::warn!("intake transaction conflicted ({e}); storing it again");
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        retry_conflicts("intake", || self.try_accept(events, now, via, due_at)).await
     }
 
     /// One attempt at [`Store::accept_events_via`]; None when another
@@ -286,6 +270,32 @@ impl Store {
             people.insert(person.user_id.clone(), person);
         }
         Ok(people)
+    }
+}
+
+/// Runs an intake transaction until it stores: again when `attempt` says
+/// another replica stored one of its new subjects first (`Ok(None)`: it
+/// starts again and finds them), and up to three times when PostgreSQL
+/// chose it as a deadlock's victim or could not serialise it (nothing was
+/// stored, so storing it again is safe; only a lasting conflict fails).
+pub(super) async fn retry_conflicts<T, F, Fut>(what: &str, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let mut conflicts = 0;
+    loop {
+        match attempt().await {
+            Ok(Some(done)) => return Ok(done),
+            Ok(None) => continue,
+            Err(StoreError(sqlx::Error::Database(e)))
+                if matches!(e.code().as_deref(), Some("40P01" | "40001")) && conflicts < 3 =>
+            {
+                conflicts += 1;
+                tracing::warn!("{what} transaction conflicted ({e}); storing it again");
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use std::future::Future;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::intake::{log_events, Logged, CHUNK};
-use super::{parse_column, Backend, Batched, JobKind, Result, Store, StoreError};
+use super::intake::{log_events, retry_conflicts, Logged, CHUNK};
+use super::{parse_column, Backend, Batched, JobKind, Result, Store};
 use crate::domain::city::{CityEvent, MemberWanted, Role, RoomWanted, Visibility};
 
 /// The source of DAARION.city's events in `events`.
@@ -155,20 +155,7 @@ impl Store {
         events: &[CityEvent],
         now: i64,
     ) -> Result<Vec<CityAccepted>> {
-        let mut conflicts = 0;
-        loop {
-            match self.try_accept_city(events, now).await {
-                Ok(Some(accepted)) => return Ok(accepted),
-                Ok(None) => continue, // raced another replica: start again
-                Err(StoreError(sqlx::Error::Database(e)))
-                    if matches!(e.code().as_deref(), Some("40P01" | "40001")) && conflicts < 3 =>
-                {
-                    conflicts += 1;
-                    tracing::warn!("city intake transaction conflicted ({e}); storing it again");
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        retry_conflicts("city intake", || self.try_accept_city(events, now)).await
     }
 
     async fn try_accept_city(

@@ -885,44 +885,10 @@ async fn the_service_is_an_application_service(backend: Backend) {
     // People never get names inside the application service's namespaces.
     let server = shared_synapse().server_name;
     let tail = unique("");
-    for (username, expected) in [(
-        format!("agent-{b}-{tail}"),
-        format!("@u-agent-{b}-{tail}:{server}"),
-    )] {
-        let user_id = unique("u_");
-        let (status, _) = app
-            .client
-            .send_event(&event(
-                "user.registered",
-                &user_id,
-                json!({"username": username}),
-            ))
-            .await;
-        assert_eq!(status, 202);
-        let person = app
-            .client
-            .wait_for_state(&user_id, "provisioned", WAIT)
-            .await;
-        assert_eq!(person["matrix_user_id"], json!(expected));
-    }
-    let user_id = unique("u_");
-    let (status, _) = app
-        .client
-        .send_event(&event(
-            "user.registered",
-            &user_id,
-            json!({"username": format!("daarion-{b}")}),
-        ))
-        .await;
-    assert_eq!(status, 202);
-    let person = app
-        .client
-        .wait_for_state(&user_id, "provisioned", WAIT)
-        .await;
-    assert_ne!(
-        person["matrix_user_id"],
-        json!(format!("@daarion-{b}:{server}"))
-    );
+    let (_, agent_like) = provisioned(&app.client, &format!("agent-{b}-{tail}")).await;
+    assert_eq!(agent_like, format!("@u-agent-{b}-{tail}:{server}"));
+    let (_, bot_like) = provisioned(&app.client, &format!("daarion-{b}")).await;
+    assert_ne!(bot_like, format!("@daarion-{b}:{server}"));
     app.shutdown().await;
     drop(turn);
 }
