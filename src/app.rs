@@ -79,7 +79,7 @@ impl Core {
             avatars,
             signer.clone(),
             Arc::clone(&wake),
-        ));
+        )?);
         let sync = Arc::new(ProfileSync::new(
             Arc::clone(&settings),
             store.clone(),
@@ -193,6 +193,9 @@ impl Application {
         let mut workers = tokio::spawn(Arc::clone(&self.worker).run(self.concurrency, shutdown_rx));
         let handle: ServerHandle = self.server.handle();
         let server = tokio::spawn(self.server);
+        if self.synapse.appservice_enabled() {
+            tokio::spawn(ping_homeserver(Arc::clone(&self.synapse)));
+        }
         stop.await;
         tracing::info!(
             deadline_s = self.shutdown_timeout.as_secs(),
@@ -229,6 +232,28 @@ impl Application {
             .context("the HTTP server failed")?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Asks Synapse to ping the service through the application service link,
+/// once it listens: it shows (in the log) whether the link works both
+/// ways, and makes Synapse send at once the transactions it held back while
+/// the service was down, instead of after its backoff (up to 512 s).
+async fn ping_homeserver(synapse: Arc<Synapse>) {
+    for attempt in 1..=5u32 {
+        match synapse.appservice_ping().await {
+            Ok(answer) => {
+                tracing::info!(
+                    duration_ms = answer["duration_ms"].as_u64(),
+                    "Synapse reaches the application service"
+                );
+                return;
+            }
+            Err(e) if attempt == 5 => {
+                tracing::warn!("Synapse cannot reach the application service: {e}");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(2 * attempt as u64)).await,
+        }
     }
 }
 

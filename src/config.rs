@@ -69,6 +69,9 @@ pub struct CitySettings {
     pub bot: String,
     pub agent_prefix: String,
     pub alias_prefix: String,
+    /// `MESSAGE_WAIT_SECONDS`: how long an agent's message waits for its
+    /// room or agent to be in Matrix before it is failed.
+    pub message_wait: Duration,
 }
 
 impl CitySettings {
@@ -321,6 +324,9 @@ impl Settings {
                 alias_prefix: env
                     .get("ROOM_ALIAS_PREFIX")
                     .unwrap_or_else(|| "city-".into()),
+                message_wait: Duration::from_secs(
+                    env.positive("MESSAGE_WAIT_SECONDS")?.unwrap_or(3600) as u64,
+                ),
             },
             synapse_public_url,
             auth_jwt_issuer: env.get("AUTH_JWT_ISSUER"),

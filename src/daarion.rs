@@ -233,3 +233,71 @@ impl<T: Listed> DaarionApi<T> {
         Ok(page)
     }
 }
+
+/// DAARION.city's receiver of what happens in Matrix (CONTRACT.md section
+/// 9, `CITY_EVENTS_URL`): events POSTed with the envelope and signature of
+/// section 2, signed with the first key of `CITY_WEBHOOK_SECRET`.
+pub struct CityEvents {
+    http: reqwest::Client,
+    url: Url,
+    secret: Secret,
+}
+
+impl std::fmt::Debug for CityEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CityEvents")
+            .field("url", &crate::secret::redact_url(self.url.as_str()))
+            .finish()
+    }
+}
+
+impl CityEvents {
+    /// None when `CITY_EVENTS_URL` is not set. It needs a key to sign with.
+    pub fn new(settings: &Settings) -> anyhow::Result<Option<CityEvents>> {
+        let Some(url) = settings.city.events_url.clone() else {
+            return Ok(None);
+        };
+        let secret = settings
+            .city
+            .webhook_secrets
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("CITY_EVENTS_URL needs CITY_WEBHOOK_SECRET to sign"))?;
+        let http = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("matrix-provisioner/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Some(CityEvents { http, url, secret }))
+    }
+
+    /// POSTs one event (`body`, the envelope as JSON); Err says why it was
+    /// not taken (anything but a `2xx`).
+    pub async fn deliver(&self, body: &str) -> Result<(), String> {
+        let t = Utc::now().timestamp();
+        let signature = crate::domain::signature::sign(self.secret.expose(), t, body.as_bytes());
+        let response = self
+            .http
+            .post(self.url.clone())
+            .header("Content-Type", "application/json")
+            .header(crate::domain::signature::HEADER, signature)
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    "timed out".to_string()
+                } else if e.is_connect() {
+                    "cannot connect".to_string()
+                } else {
+                    "request failed".to_string()
+                }
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("answered {status}"))
+        }
+    }
+}

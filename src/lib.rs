@@ -5,6 +5,30 @@
 //! Synapse client). `app` wires them together from `config`;
 //! `secret` (values never printed) is the bottom, usable by all.
 
+/// A column holding one of a few words: `as_str` and `FromStr` of `$ty`
+/// from one table, so the two directions cannot disagree.
+macro_rules! column_words {
+    ($ty:ident { $($variant:ident => $word:literal),+ $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $word),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = ();
+            fn from_str(s: &str) -> std::result::Result<Self, ()> {
+                match s {
+                    $($word => Ok($ty::$variant),)+
+                    _ => Err(()),
+                }
+            }
+        }
+    };
+}
+
 pub mod accounts;
 pub mod app;
 pub mod avatar;

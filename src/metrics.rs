@@ -22,7 +22,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::store::QueueDepth;
+use crate::store::{OutboxSummary, QueueDepth};
 
 /// Seconds; Synapse calls range from a few ms (lookups) to seconds (media,
 /// bcrypt at registration) up to the client timeout.
@@ -42,6 +42,9 @@ struct Metrics {
     sign_ins: IntCounterVec,
     http_requests: IntCounterVec,
     http_latency: HistogramVec,
+    messages: IntCounterVec,
+    transactions: IntCounterVec,
+    city_delay: HistogramVec,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -54,14 +57,17 @@ impl Metrics {
             registry.register(Box::new(c.clone())).expect("unique");
             c
         };
-        let histogram = |name: &str, help: &str, labels: &[&str]| {
+        let histogram_in = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
             let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
                 labels,
             )
             .expect("valid metric");
             registry.register(Box::new(h.clone())).expect("unique");
             h
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            histogram_in(name, help, labels, LATENCY_BUCKETS)
         };
         Metrics {
             webhooks: counter(
@@ -114,9 +120,52 @@ impl Metrics {
                 "Time to answer HTTP requests, by route pattern.",
                 &["route"],
             ),
+            messages: counter(
+                "matrix_provisioner_messages_total",
+                "Messages by direction (to_matrix: agents' messages; to_city: people's messages and presence for DAARION.city) and outcome (sent, failed, delivered, retried).",
+                &["direction", "outcome"],
+            ),
+            transactions: counter(
+                "matrix_provisioner_appservice_transactions_total",
+                "Transactions from Synapse by outcome (applied, duplicate, refused, unavailable).",
+                &["outcome"],
+            ),
+            city_delay: histogram_in(
+                "matrix_provisioner_city_delivery_delay_seconds",
+                "Time from Synapse's transaction to DAARION.city's 2xx, per event.",
+                &[],
+                DELAY_BUCKETS,
+            ),
             registry,
         }
     }
+}
+
+/// Seconds; from a few ms (DAARION.city up) to an hour (down for a while).
+const DELAY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0,
+];
+
+/// A message either way: `direction` is `to_matrix` or `to_city`;
+/// `outcome` is `sent`, `failed`, `delivered` or `retried`.
+pub fn message(direction: &str, outcome: &str) {
+    METRICS
+        .messages
+        .with_label_values(&[direction, outcome])
+        .inc();
+}
+
+/// A transaction from Synapse: `applied`, `duplicate`, `refused`, `unavailable`.
+pub fn transaction(outcome: &str) {
+    METRICS.transactions.with_label_values(&[outcome]).inc();
+}
+
+/// An event reached DAARION.city `ms` after Synapse's transaction brought it.
+pub fn city_delivery_delay(ms: i64) {
+    METRICS
+        .city_delay
+        .with_label_values::<&str>(&[])
+        .observe(ms.max(0) as f64 / 1000.0);
 }
 
 /// A webhook delivery: `outcome` is `accepted`, `duplicate`, `ignored` or
@@ -195,6 +244,10 @@ pub struct Snapshot {
     pub queue: QueueDepth,
     pub people: Vec<(String, i64)>,
     pub rooms: Vec<(String, i64)>,
+    pub agents: Vec<(String, i64)>,
+    pub outbox: OutboxSummary,
+    /// When the snapshot was taken (ms), for the oldest events' ages.
+    pub now: i64,
 }
 
 /// The Prometheus text exposition of every metric, plus the gauges read
@@ -248,9 +301,55 @@ pub fn render(snapshot: Option<Snapshot>, synapse_reachable: bool) -> String {
         for (state, n) in s.rooms {
             rooms.with_label_values(&[&state]).set(n);
         }
+        let agents = gauge(
+            "matrix_provisioner_agents",
+            "Agents known to the service by state (pending, ready, deactivated, failed), read at scrape time.",
+        );
+        for state in ["pending", "ready", "deactivated", "failed"] {
+            agents.with_label_values(&[state]).set(0);
+        }
+        for (state, n) in s.agents {
+            agents.with_label_values(&[&state]).set(n);
+        }
+        let outbox = IntGaugeVec::new(
+            Opts::new(
+                "matrix_provisioner_outbox_messages",
+                "Messages not delivered yet by direction (to_matrix, to_city) and state (pending, failed), read at scrape time.",
+            ),
+            &["direction", "state"],
+        )
+        .expect("valid metric");
+        let o = &s.outbox;
+        outbox
+            .with_label_values(&["to_matrix", "pending"])
+            .set(o.to_matrix_pending);
+        outbox
+            .with_label_values(&["to_matrix", "failed"])
+            .set(o.to_matrix_failed);
+        outbox
+            .with_label_values(&["to_city", "pending"])
+            .set(o.to_city_pending);
+        let oldest = IntGaugeVec::new(
+            Opts::new(
+                "matrix_provisioner_outbox_oldest_seconds",
+                "Age of the oldest message not delivered yet, by direction (0: none), read at scrape time.",
+            ),
+            &["direction"],
+        )
+        .expect("valid metric");
+        let age = |t: Option<i64>| t.map_or(0, |t| (s.now - t).max(0) / 1000);
+        oldest
+            .with_label_values(&["to_matrix"])
+            .set(age(o.to_matrix_oldest));
+        oldest
+            .with_label_values(&["to_city"])
+            .set(age(o.to_city_oldest));
         families.extend(queue.collect());
         families.extend(people.collect());
         families.extend(rooms.collect());
+        families.extend(agents.collect());
+        families.extend(outbox.collect());
+        families.extend(oldest.collect());
     }
     let mut out = Vec::new();
     TextEncoder::new()
@@ -280,6 +379,13 @@ mod tests {
                 },
                 people: vec![("provisioned".into(), 7)],
                 rooms: vec![("ready".into(), 3)],
+                agents: vec![("ready".into(), 2)],
+                outbox: OutboxSummary {
+                    to_city_pending: 5,
+                    to_city_oldest: Some(1_000),
+                    ..OutboxSummary::default()
+                },
+                now: 61_000,
             }),
             true,
         );
@@ -297,6 +403,9 @@ mod tests {
             r#"matrix_provisioner_people{state="provisioned"} 7"#,
             r#"matrix_provisioner_people{state="pending"} 0"#,
             "matrix_provisioner_synapse_reachable 1",
+            r#"matrix_provisioner_agents{state="ready"} 2"#,
+            r#"matrix_provisioner_outbox_messages{direction="to_city",state="pending"} 5"#,
+            r#"matrix_provisioner_outbox_oldest_seconds{direction="to_city"} 60"#,
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -231,7 +231,7 @@ impl RoomSync {
                     for (event, a) in events.iter().zip(accepted) {
                         if a.queued {
                             summary.changed += 1;
-                            touched.insert(event.room_id.clone());
+                            touched.insert(event.subject.clone());
                         }
                     }
                 }

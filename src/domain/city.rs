@@ -7,6 +7,7 @@
 
 use serde::Deserialize;
 
+use super::agent::{parse_agent, parse_message, parse_presence, AgentChange, AgentMessage};
 use super::event::{
     clean_display_name, patch, timestamp, unacceptable, valid_id, EventError, Patch, MAX_URL_BYTES,
 };
@@ -95,6 +96,17 @@ pub enum Change {
         members: Vec<(String, Role)>,
         deleted: bool,
     },
+    /// `agent.*` and `presence.changed`: about the agent `subject`.
+    Agent(AgentChange),
+    /// `agent.message`, into the City Room `subject`.
+    Message(AgentMessage),
+}
+
+impl Change {
+    /// Whether the change is about a room (its fields or members).
+    pub fn is_room(&self) -> bool {
+        !matches!(self, Change::Agent(_) | Change::Message(_))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -106,7 +118,7 @@ pub struct RoomFields {
     pub visibility: Option<Visibility>,
 }
 
-/// A validated DAARION.city event about one room.
+/// A validated DAARION.city event about one room or one agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CityEvent {
     pub id: String,
@@ -114,7 +126,9 @@ pub struct CityEvent {
     pub kind: &'static str,
     /// Milliseconds since the epoch; orders events of one room.
     pub created_at_ms: i64,
-    pub room_id: String,
+    /// What it is about: a room's `room_id` (room events, and an agent's
+    /// message into the room), or an agent's `agent_id`.
+    pub subject: String,
     pub change: Change,
 }
 
@@ -201,9 +215,37 @@ impl CityEvent {
             "room.deleted" => "room.deleted",
             "room.member_added" => "room.member_added",
             "room.member_removed" => "room.member_removed",
+            "agent.created" => "agent.created",
+            "agent.updated" => "agent.updated",
+            "agent.deleted" => "agent.deleted",
+            "agent.message" => "agent.message",
+            "presence.changed" => "presence.changed",
             _ => return Ok(ParsedCity::Ignored { id: raw.id }),
         };
         let created_at_ms = timestamp(&raw.created_at, "created_at")?;
+        if kind.starts_with("agent.") || kind == "presence.changed" {
+            let (subject, change) = match kind {
+                "agent.message" => {
+                    let message = parse_message(raw.data)?;
+                    (message.room_id.clone(), Change::Message(message))
+                }
+                "presence.changed" => {
+                    let (member_id, change) = parse_presence(raw.data)?;
+                    (member_id, Change::Agent(change))
+                }
+                _ => {
+                    let (agent_id, change) = parse_agent(kind, raw.data)?;
+                    (agent_id, Change::Agent(change))
+                }
+            };
+            return Ok(ParsedCity::Event(CityEvent {
+                id: raw.id,
+                kind,
+                created_at_ms,
+                subject,
+                change,
+            }));
+        }
         let malformed = |e: serde_json::Error| {
             EventError::Malformed(format!("data does not fit {}: {e}", raw.kind))
         };
@@ -259,7 +301,7 @@ impl CityEvent {
             id: raw.id,
             kind,
             created_at_ms,
-            room_id,
+            subject: room_id,
             change,
         }))
     }
@@ -296,7 +338,7 @@ impl CityEvent {
             id: format!("listing:{}:{created_at_ms}", room.room_id),
             kind: "room.listed",
             created_at_ms,
-            room_id: room.room_id,
+            subject: room.room_id,
             change: Change::Listing {
                 fields,
                 members,
@@ -436,6 +478,8 @@ impl RoomWanted {
                     }
                 }
             }
+            // Not about the room (see `Change::is_room`).
+            Change::Agent(_) | Change::Message(_) => {}
         }
         members_changed || *self != before
     }
@@ -518,7 +562,7 @@ mod tests {
                 "data":{"room_id":"r_kyiv","slug":"kyiv-center","name":"Київ","topic":null,
                         "visibility":"public"}}"#,
         );
-        assert_eq!(e.room_id, "r_kyiv");
+        assert_eq!(e.subject, "r_kyiv");
         let Change::Room(f) = e.change else { panic!() };
         assert_eq!(f.slug.as_deref(), Some("kyiv-center"));
         assert_eq!(f.name, Patch::Set("Київ".into()));

@@ -10,6 +10,8 @@ use crate::secret::Secret;
 
 /// How far a signature's timestamp may be from our clock.
 pub const TOLERANCE_SECS: i64 = 300;
+/// The header that carries the signature, both ways.
+pub const HEADER: &str = "X-Daarion-Signature";
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum SignatureError {

@@ -10,7 +10,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::auth::bearer_token;
+use super::observe::MAX_TRANSACTION_BYTES;
+use super::webhooks::read_limited;
 use super::AppState;
+use crate::domain::matrix::{Names, Transaction};
+use crate::{metrics, now_ms};
 
 fn matrix_error(status: StatusCode, errcode: &str, error: &str) -> HttpResponse {
     HttpResponse::build(status).json(json!({"errcode": errcode, "error": error}))
@@ -46,28 +50,76 @@ fn refuse_unless_homeserver(state: &AppState, req: &HttpRequest) -> Option<HttpR
 }
 
 /// `PUT /_matrix/app/v1/transactions/{txnId}`: events for the service's
-/// namespaces. Answered `{}` once the body is a transaction; what people
-/// say in City Rooms is handled by the agents issue (13).
+/// namespaces and rooms. What people say in City Rooms (and their presence)
+/// is stored for DAARION.city before the `200`; a transaction Synapse sends
+/// again is answered without being applied twice (keyed by its id and
+/// content: Synapse's ids restart with a new database), and each event is
+/// applied once whatever transaction brings it.
 #[put("/_matrix/app/v1/transactions/{txn_id}")]
 pub async fn transaction(
     state: web::Data<AppState>,
     req: HttpRequest,
     txn_id: web::Path<String>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> HttpResponse {
     if let Some(refusal) = refuse_unless_homeserver(&state, &req) {
+        metrics::transaction("refused");
         return refusal;
     }
-    let Ok(txn) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return matrix_error(
-            StatusCode::BAD_REQUEST,
-            "M_NOT_JSON",
-            "the body is not JSON",
-        );
+    let body = match read_limited(&req, payload, MAX_TRANSACTION_BYTES).await {
+        Ok(body) => body,
+        Err(e) => {
+            metrics::transaction("refused");
+            return matrix_error(StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", &e.to_string());
+        }
     };
-    let events = txn["events"].as_array().map_or(0, Vec::len);
-    tracing::debug!(txn_id = %txn_id, events, "application service transaction");
-    HttpResponse::Ok().json(json!({}))
+    let city = &state.settings.city;
+    let names = Names {
+        server_name: &state.settings.server_name,
+        bot: &city.bot,
+        agent_prefix: &city.agent_prefix,
+    };
+    let txn = match Transaction::parse(&body, &names) {
+        Ok(txn) => txn,
+        Err(reason) => {
+            metrics::transaction("refused");
+            return matrix_error(StatusCode::BAD_REQUEST, "M_NOT_JSON", &reason);
+        }
+    };
+    let digest = Sha256::digest(&body);
+    let key = format!("{txn_id}:{}", hex::encode(&digest[..12]));
+    let outbox = city.events_url.is_some();
+    match state
+        .store
+        .accept_transaction(&key, &txn, &names, outbox, now_ms())
+        .await
+    {
+        Ok(accepted) => {
+            metrics::transaction(if accepted.duplicate {
+                "duplicate"
+            } else {
+                "applied"
+            });
+            if accepted.queued > 0 {
+                state.wake.notify_one();
+            }
+            tracing::debug!(
+                txn_id = %txn_id, events = txn.events, queued = accepted.queued,
+                duplicate = accepted.duplicate, "application service transaction"
+            );
+            HttpResponse::Ok().json(json!({}))
+        }
+        // Synapse sends it again later (with backoff): nothing is lost.
+        Err(e) => {
+            metrics::transaction("unavailable");
+            tracing::warn!(txn_id = %txn_id, "cannot store a transaction: {e}");
+            matrix_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "M_UNKNOWN",
+                "the service cannot store the transaction now",
+            )
+        }
+    }
 }
 
 /// `POST /_matrix/app/v1/ping`: Synapse checking the link.

@@ -1,6 +1,7 @@
 //! The HTTP interface: one file per resource, shared state, the route table
 //! and the OpenAPI description generated from the handlers.
 
+pub mod agents;
 pub mod appservice;
 pub mod auth;
 pub mod error;
@@ -66,6 +67,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(rooms::get_room)
     .service(rooms::retry_room)
     .service(rooms::room_sync)
+    .service(agents::get_agent)
+    .service(agents::get_message)
+    .service(agents::retry_message)
+    .service(agents::outbox)
     .service(appservice::transaction)
     .service(appservice::ping)
     .service(appservice::query_user)
@@ -121,7 +126,8 @@ fn sorted(value: serde_json::Value) -> serde_json::Value {
             Every error response has the body `{\"error\": \"<snake_case_code>\", \"message\": \"…\"}` \
             (`ErrorBody`). Every response carries `X-Request-Id`: the caller's, when it is at most \
             64 characters of `[A-Za-z0-9-_.]`, else a fresh one; it is on every log line of the \
-            request and forwarded to Synapse. Request bodies are limited to 64 KiB (`413`)."
+            request and forwarded to Synapse. Request bodies are limited to 64 KiB (`413`), except \
+            Synapse's application service transactions (16 MiB)."
     ),
     paths(
         webhooks::receive,
@@ -138,6 +144,10 @@ fn sorted(value: serde_json::Value) -> serde_json::Value {
         rooms::get_room,
         rooms::retry_room,
         rooms::room_sync,
+        agents::get_agent,
+        agents::get_message,
+        agents::retry_message,
+        agents::outbox,
         health::healthz,
         health::readyz,
         ops::scrape,

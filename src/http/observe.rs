@@ -20,6 +20,18 @@ use crate::{metrics, telemetry};
 /// No endpoint takes a larger body (webhooks and JSON bodies are capped at
 /// the same size by their extractors, which also catch chunked bodies).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Except Synapse's transactions: up to 100 events (each under 64 KiB)
+/// plus ephemeral ones.
+pub const MAX_TRANSACTION_BYTES: usize = 16 * 1024 * 1024;
+
+/// The largest body a request to `path` may carry.
+fn body_limit(path: &str) -> usize {
+    if path.starts_with("/_matrix/app/") {
+        MAX_TRANSACTION_BYTES
+    } else {
+        MAX_BODY_BYTES
+    }
+}
 
 pub async fn observe(
     req: ServiceRequest,
@@ -38,11 +50,12 @@ pub async fn observe(
     );
     let started = Instant::now();
 
-    let result = if declared_length(&req).is_some_and(|n| n > MAX_BODY_BYTES) {
+    let limit = body_limit(req.path());
+    let result = if declared_length(&req).is_some_and(|n| n > limit) {
         let refusal = ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("the body is larger than {} KiB", MAX_BODY_BYTES / 1024),
+            format!("the body is larger than {} KiB", limit / 1024),
         );
         Ok(req.into_response(refusal.error_response()))
     } else {

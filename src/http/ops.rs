@@ -23,26 +23,36 @@ use crate::now_ms;
 )]
 #[get("/metrics")]
 pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
-    let (queue, people, rooms, synapse) = tokio::join!(
-        state.store.queue_depth(now_ms()),
-        state.store.people_by_state(),
-        state.store.rooms_by_state(),
+    let (snapshot, synapse) = tokio::join!(
+        snapshot(&state.store),
         super::health::synapse_reachable(&state),
     );
-    let snapshot = match (queue, people, rooms) {
-        (Ok(queue), Ok(people), Ok(rooms)) => Some(Snapshot {
-            queue,
-            people,
-            rooms,
-        }),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-            tracing::warn!("metrics without database gauges: {e}");
-            None
-        }
-    };
+    let snapshot = snapshot
+        .map_err(|e| tracing::warn!("metrics without database gauges: {e}"))
+        .ok();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(metrics::render(snapshot, synapse.is_ok()))
+}
+
+/// What the database says for the gauges.
+async fn snapshot(store: &crate::store::Store) -> Result<Snapshot, crate::store::StoreError> {
+    let now = now_ms();
+    let (queue, people, rooms, agents, outbox) = tokio::try_join!(
+        store.queue_depth(now),
+        store.people_by_state(),
+        store.rooms_by_state(),
+        store.agents_by_state(),
+        store.outbox_summary(),
+    )?;
+    Ok(Snapshot {
+        queue,
+        people,
+        rooms,
+        agents,
+        outbox,
+        now,
+    })
 }
 
 /// This API's OpenAPI 3.1 description.

@@ -1,4 +1,4 @@
-//! DAARION.city's side (CONTRACT.md section 8): its signed webhooks
+//! DAARION.city's side (CONTRACT.md sections 8 and 9): its signed webhooks
 //! (`POST /v1/webhooks/city`, same guarantees as DAARION Auth's: signature,
 //! durable before the `202`, repeats and older events change nothing), and
 //! the operators' view of City Rooms, their retry and the reconcile pass.
@@ -30,15 +30,16 @@ pub struct CityWebhookAccepted {
 }
 
 /// Receive a signed DAARION.city event (`room.created`, `room.updated`,
-/// `room.deleted`, `room.member_added`, `room.member_removed`; other types
-/// are acknowledged and ignored).
+/// `room.deleted`, `room.member_added`, `room.member_removed`,
+/// `agent.created`, `agent.updated`, `agent.deleted`, `agent.message`,
+/// `presence.changed`; other types are acknowledged and ignored).
 ///
 /// The envelope, signature header, replay window, limits and answers are
 /// those of `/v1/webhooks/auth`, signed with `CITY_WEBHOOK_SECRET`.
 #[utoipa::path(
     tag = "webhooks",
     request_body(content = Object, content_type = "application/json",
-        description = "`{\"id\", \"type\", \"created_at\", \"data\": {\"room_id\", …}}` (CONTRACT.md section 8)"),
+        description = "`{\"id\", \"type\", \"created_at\", \"data\": {…}}` (CONTRACT.md sections 8 and 9)"),
     params(("X-Daarion-Signature" = String, Header,
         description = "`t=<unix seconds>,v1=<hex HMAC-SHA256(CITY_WEBHOOK_SECRET, \"<t>.<raw body>\")>`")),
     responses(
@@ -94,7 +95,7 @@ async fn receive_inner(
         state.wake.notify_one();
     }
     tracing::info!(
-        event_id = %event.id, kind = event.kind, room_id = %event.room_id,
+        event_id = %event.id, kind = event.kind, room_id = %event.subject,
         duplicate = accepted.duplicate, "city webhook accepted"
     );
     Ok(CityWebhookAccepted {

@@ -15,7 +15,7 @@ use crate::domain::signature;
 use crate::{metrics, now_ms};
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-pub const SIGNATURE_HEADER: &str = "X-Daarion-Signature";
+pub const SIGNATURE_HEADER: &str = crate::domain::signature::HEADER;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookAccepted {

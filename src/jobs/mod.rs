@@ -5,12 +5,17 @@
 //! [`Worker::provision_now`] runs one person's job at once, for an SSO login
 //! that cannot wait for the queue.
 
+mod agent;
+mod avatar;
+mod deliver;
 mod provision;
 mod room;
+mod send;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use rand::Rng;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
@@ -18,9 +23,11 @@ use tracing::Instrument;
 
 use crate::avatar::AvatarFetcher;
 use crate::config::Settings;
+use crate::daarion::CityEvents;
 use crate::oidc::Signer;
 use crate::store::{
-    Account, ClaimFor, Job, JobKind, JobState, LocalpartPolicy, Person, RoomState, State, Store,
+    Account, AgentState, ClaimFor, Job, JobKind, JobState, LocalpartPolicy, Pass, Person,
+    RoomState, State, Store,
 };
 use crate::synapse::{with_purpose, Purpose, Synapse, TakenLocalparts};
 use crate::{metrics, now_ms, telemetry};
@@ -32,6 +39,26 @@ pub use provision::Outcome;
 pub enum JobOutcome {
     Person(Outcome<State>),
     Room(Outcome<RoomState>),
+    Agent(Outcome<AgentState>),
+    Send(Outcome<Drained>),
+    Deliver(Outcome<Drained>),
+}
+
+/// An outbox's job ran out of rows (outboxes have no state of their own;
+/// each row has its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained;
+
+impl SubjectState for Drained {
+    fn word(self) -> &'static str {
+        "done"
+    }
+}
+
+impl SubjectState for AgentState {
+    fn word(self) -> &'static str {
+        self.as_str()
+    }
 }
 
 /// A subject's state as its table stores it.
@@ -65,6 +92,9 @@ const EVENT_MEMORY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// SQLite's one writer is never held for long).
 const FORGET_EVERY: Duration = Duration::from_secs(3600);
 const FORGET_BATCH: i64 = 1000;
+/// How often online agents' presence is set again: Synapse takes a user
+/// who neither syncs nor acts for 30 s as offline.
+const PRESENCE_REFRESH: Duration = Duration::from_secs(15);
 
 /// Whether a person can log in, after [`Worker::provision_now`].
 #[derive(Debug)]
@@ -100,7 +130,12 @@ pub struct Worker {
     /// Signs back-channel logouts (None: the OpenID provider is off).
     oidc: Option<Arc<Signer>>,
     alias_prefix: String,
+    agent_prefix: String,
     join_concurrency: usize,
+    /// How long an agent's message may wait for its room or agent.
+    message_wait: Duration,
+    /// Where people's messages and presence go (None: not sent).
+    city_events: Option<CityEvents>,
     /// Set once the application service's bot is known to exist (and to
     /// be a server admin) in this process.
     bot_ready: tokio::sync::OnceCell<()>,
@@ -116,9 +151,10 @@ impl Worker {
         avatars: Arc<AvatarFetcher>,
         oidc: Option<Arc<Signer>>,
         wake: Arc<Notify>,
-    ) -> Worker {
+    ) -> anyhow::Result<Worker> {
         let owner = crate::store::lease_owner();
-        Worker {
+        let city_events = CityEvents::new(settings)?;
+        Ok(Worker {
             store,
             synapse,
             policy,
@@ -130,10 +166,13 @@ impl Worker {
             username_grace: settings.username_grace,
             oidc,
             alias_prefix: settings.city.alias_prefix.clone(),
+            agent_prefix: settings.city.agent_prefix.clone(),
             join_concurrency: settings.synapse_max_concurrency,
+            message_wait: settings.city.message_wait,
+            city_events,
             bot_ready: tokio::sync::OnceCell::new(),
             wake,
-        }
+        })
     }
 
     /// Claims one due job and runs it. `Ok(None)` when nothing is due.
@@ -315,9 +354,72 @@ impl Worker {
             JobKind::Room => {
                 let outcome = self.reconcile_room(job).await;
                 self.record(job, &outcome).await?;
+                if outcome == Outcome::Done(RoomState::Ready) {
+                    // Agents' messages that waited for the room can go.
+                    self.queue_sends_of(&job.subject, false).await;
+                }
                 Ok(JobOutcome::Room(outcome))
             }
+            JobKind::Agent => {
+                let outcome = self.reconcile_agent(job).await;
+                self.record(job, &outcome).await?;
+                Ok(JobOutcome::Agent(outcome))
+            }
+            JobKind::Send => {
+                let deps = send::SendDeps {
+                    store: &self.store,
+                    synapse: &self.synapse,
+                    max_wait: self.message_wait,
+                };
+                let outcome = send::drain(&deps, &job.subject).await;
+                self.record(job, &outcome).await?;
+                Ok(JobOutcome::Send(outcome))
+            }
+            JobKind::Deliver => {
+                let outcome =
+                    deliver::drain(&self.store, self.city_events.as_ref(), &job.subject).await;
+                self.record(job, &outcome).await?;
+                Ok(JobOutcome::Deliver(outcome))
+            }
         }
+    }
+
+    /// Queues the `send` jobs that waited for this room or agent.
+    async fn queue_sends_of(&self, key: &str, agent: bool) {
+        match self.store.queue_sends_of(key, agent, now_ms()).await {
+            Ok(0) => {}
+            Ok(_) => self.wake.notify_waiters(),
+            Err(e) => tracing::warn!("cannot queue waiting messages: {e}"),
+        }
+    }
+
+    async fn reconcile_agent(&self, job: &Job) -> Outcome<AgentState> {
+        let agent = match self.store.agent(&job.subject).await {
+            Ok(Some(agent)) => agent,
+            Ok(None) => return Outcome::Failed("the agent's record is missing".into()),
+            Err(e) => return Outcome::retry(e.to_string()),
+        };
+        let had_puppet = agent.registered;
+        let deps = agent::AgentDeps {
+            store: &self.store,
+            synapse: &self.synapse,
+            avatars: &self.avatars,
+            agent_prefix: &self.agent_prefix,
+        };
+        let outcome = agent::reconcile(&deps, agent).await;
+        if outcome == Outcome::Done(AgentState::Ready) {
+            if !had_puppet {
+                // A new puppet: the City Rooms the agent is a member of
+                // can join it now.
+                match self.store.queue_rooms_of(&job.subject, now_ms()).await {
+                    Ok(0) => {}
+                    Ok(_) => self.wake.notify_waiters(),
+                    Err(e) => return e.into(),
+                }
+            }
+            self.queue_sends_of(&job.subject, true).await;
+        }
+        outcome
     }
 
     async fn reconcile_room(&self, job: &Job) -> Outcome<RoomState> {
@@ -428,6 +530,9 @@ impl Worker {
             loops.spawn(Arc::clone(&self).run_loop(shutdown.clone()));
         }
         loops.spawn(Arc::clone(&self).forget_old_events(shutdown.clone()));
+        if self.synapse.appservice_enabled() {
+            loops.spawn(Arc::clone(&self).refresh_presence(shutdown.clone()));
+        }
         while loops.join_next().await.is_some() {}
     }
 
@@ -466,6 +571,60 @@ impl Worker {
             tokio::select! {
                 _ = tokio::time::sleep(FORGET_EVERY) => {}
                 _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Every [`PRESENCE_REFRESH`], one replica (the one that takes the
+    /// lease) sets the presence of every online or unavailable agent again,
+    /// a batch of requests side by side, rather than a timer per agent.
+    async fn refresh_presence(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        while !*shutdown.borrow() {
+            tokio::select! {
+                _ = tokio::time::sleep(PRESENCE_REFRESH) => {}
+                _ = shutdown.changed() => continue,
+            }
+            let now = now_ms();
+            let until = now + PRESENCE_REFRESH.as_millis() as i64 - 1000;
+            match self
+                .store
+                .lease_sync(Pass::Presence, &self.owner, now, until)
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => continue, // another replica's turn
+                Err(e) => {
+                    tracing::warn!("cannot take the presence refresh: {e}");
+                    continue;
+                }
+            }
+            let agents = match self.store.present_agents().await {
+                Ok(agents) => agents,
+                Err(e) => {
+                    tracing::warn!("cannot read agents' presence: {e}");
+                    continue;
+                }
+            };
+            let synapse = &self.synapse;
+            let failed = with_purpose(
+                Purpose::Pass,
+                futures_util::stream::iter(agents)
+                    .map(|a| async move {
+                        synapse
+                            .set_presence(
+                                &synapse.user_id(&a.localpart),
+                                a.presence.as_str(),
+                                a.status_msg.as_deref(),
+                            )
+                            .await
+                    })
+                    .buffer_unordered(self.join_concurrency.max(1))
+                    .filter(|r| std::future::ready(r.is_err()))
+                    .count(),
+            )
+            .await;
+            if failed > 0 {
+                tracing::warn!(failed, "could not refresh some agents' presence");
             }
         }
     }

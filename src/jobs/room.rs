@@ -19,8 +19,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
+use super::avatar::{image_for, Applied, Image};
 use super::provision::Outcome;
-use crate::avatar::{AvatarFetcher, FetchError};
+use crate::avatar::AvatarFetcher;
 use crate::domain::city::{Role, Visibility};
 use crate::now_ms;
 use crate::store::{MemberAccount, Room, RoomState, Store};
@@ -228,60 +229,44 @@ impl Step<'_> {
     }
 
     async fn sync_avatar(&mut self, room_id: &str, view: &RoomView) -> StepResult<()> {
-        let synapse = self.deps.synapse;
-        let store = self.deps.store;
         let wanted = self.r.wanted.avatar_url.clone();
         if wanted != self.r.applied_avatar_url {
-            let (mxc, sha, error) = match &wanted {
-                None => (None, None, None),
-                Some(url) => match self.deps.avatars.fetch(url).await {
-                    Ok(image) if Some(&image.sha256) == self.r.avatar_sha256.as_ref() => {
-                        (self.r.avatar_mxc.clone(), Some(image.sha256), None)
-                    }
-                    Ok(image) => {
-                        match synapse
-                            .upload_media(&image.bytes, image.content_type, image.filename())
-                            .await
-                        {
-                            Ok(mxc) => (Some(mxc), Some(image.sha256), None),
-                            Err(e @ SynapseError::Refused { .. }) => {
-                                (None, None, Some(format!("Synapse refused the upload: {e}")))
-                            }
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                    Err(FetchError::Refused(reason)) => (None, None, Some(reason)),
-                    Err(FetchError::Unavailable(reason)) => {
-                        // Keep what the room shows and go on with the rest;
-                        // the next run (a full pass at the latest) tries again.
-                        tracing::info!(room_id = %self.r.room_id, "room avatar not fetched: {reason}");
-                        store
-                            .record_room_avatar(
-                                &self.r.room_id,
-                                self.r.applied_avatar_url.as_deref(),
-                                self.r.avatar_mxc.as_deref(),
-                                self.r.avatar_sha256.as_deref(),
-                                Some(&reason),
-                            )
-                            .await?;
-                        self.r.avatar_error = Some(reason);
-                        return self.show_avatar(room_id, view).await;
-                    }
-                },
+            let image = image_for(
+                self.deps.avatars,
+                self.deps.synapse,
+                wanted.as_deref(),
+                (
+                    self.r.avatar_mxc.as_deref(),
+                    self.r.avatar_sha256.as_deref(),
+                ),
+            )
+            .await?;
+            if let Image::Unavailable(reason) = &image {
+                // Keep what the room shows and go on with the rest; the
+                // next run (a full pass at the latest) tries again.
+                tracing::info!(room_id = %self.r.room_id, "room avatar not fetched: {reason}");
+            }
+            let current = Applied {
+                url: self.r.applied_avatar_url.clone(),
+                mxc: self.r.avatar_mxc.clone(),
+                sha256: self.r.avatar_sha256.clone(),
+                error: None,
             };
-            store
+            let applied = image.applied(wanted, current);
+            self.deps
+                .store
                 .record_room_avatar(
                     &self.r.room_id,
-                    wanted.as_deref(),
-                    mxc.as_deref(),
-                    sha.as_deref(),
-                    error.as_deref(),
+                    applied.url.as_deref(),
+                    applied.mxc.as_deref(),
+                    applied.sha256.as_deref(),
+                    applied.error.as_deref(),
                 )
                 .await?;
-            self.r.applied_avatar_url = wanted;
-            self.r.avatar_mxc = mxc;
-            self.r.avatar_sha256 = sha;
-            self.r.avatar_error = error;
+            self.r.applied_avatar_url = applied.url;
+            self.r.avatar_mxc = applied.mxc;
+            self.r.avatar_sha256 = applied.sha256;
+            self.r.avatar_error = applied.error;
         }
         self.show_avatar(room_id, view).await
     }

@@ -23,18 +23,42 @@ pub enum JobKind {
     Person,
     /// A City Room: its Matrix room, members and roles (`rooms.room_id`).
     Room,
+    /// An agent's puppet: account, profile, presence (`agents.agent_id`).
+    Agent,
+    /// A City Room's outbox of agents' messages, sent into its Matrix room
+    /// in order (subject: the `room_id`).
+    Send,
+    /// An outbox stream to DAARION.city (`city_outbox.stream`: a room's
+    /// people's messages, or presence), delivered in order.
+    Deliver,
 }
 
-column_words!(JobKind { Person => "person", Room => "room" });
+column_words!(JobKind {
+    Person => "person",
+    Room => "room",
+    Agent => "agent",
+    Send => "send",
+    Deliver => "deliver",
+});
 
 impl JobKind {
-    pub const ALL: [JobKind; 2] = [JobKind::Person, JobKind::Room];
+    pub const ALL: [JobKind; 5] = [
+        JobKind::Person,
+        JobKind::Room,
+        JobKind::Agent,
+        JobKind::Send,
+        JobKind::Deliver,
+    ];
 
-    /// The table of this kind's subjects and its key column.
-    fn table(self) -> (&'static str, &'static str) {
+    /// The table of this kind's subjects and its key column, for kinds
+    /// whose subjects have a `state` the queue keeps. Outboxes have none:
+    /// each of their rows carries its own.
+    fn table(self) -> Option<(&'static str, &'static str)> {
         match self {
-            JobKind::Person => ("people", "user_id"),
-            JobKind::Room => ("rooms", "room_id"),
+            JobKind::Person => Some(("people", "user_id")),
+            JobKind::Room => Some(("rooms", "room_id")),
+            JobKind::Agent => Some(("agents", "agent_id")),
+            JobKind::Send | JobKind::Deliver => None,
         }
     }
 }
@@ -99,7 +123,9 @@ impl Store {
             query = query.bind(kind.as_str()).bind(*key).bind(now);
         }
         query.execute(&mut **tx).await?;
-        let (table, key_column) = kind.table();
+        let Some((table, key_column)) = kind.table() else {
+            return Ok(());
+        };
         let sql = format!(
             "UPDATE {table} SET state = 'pending' WHERE {key_column} IN ({}) AND state <> 'pending'",
             self.backend.placeholders(keys.len())
@@ -117,8 +143,7 @@ impl Store {
     /// (as the intake does), so a worker finishing a job and the intake of
     /// the subject's next event cannot deadlock. SQLite has one writer.
     async fn lock_subject(&self, tx: &mut Transaction<'static, Any>, job: &Job) -> Result<()> {
-        if self.backend == Backend::Postgres {
-            let (table, key_column) = job.kind.table();
+        if let (Backend::Postgres, Some((table, key_column))) = (self.backend, job.kind.table()) {
             let sql = format!("SELECT 1 FROM {table} WHERE {key_column} = $1 FOR UPDATE");
             sqlx::query(&sql)
                 .bind(&job.subject)
@@ -136,7 +161,9 @@ impl Store {
         state: &str,
         now: i64,
     ) -> Result<()> {
-        let (table, key_column) = job.kind.table();
+        let Some((table, key_column)) = job.kind.table() else {
+            return Ok(());
+        };
         let sql = format!("UPDATE {table} SET state = $2, updated_at = $3 WHERE {key_column} = $1");
         sqlx::query(&sql)
             .bind(&job.subject)
@@ -151,15 +178,20 @@ impl Store {
     /// forgotten; false if unknown.
     pub async fn requeue(&self, kind: JobKind, key: &str, now: i64) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let (table, key_column) = kind.table();
-        let sql = format!("UPDATE {table} SET updated_at = $2 WHERE {key_column} = $1");
-        let known = sqlx::query(&sql)
-            .bind(key)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
+        // An outbox's stream is known while it has rows; its job looks.
+        let known = match kind.table() {
+            Some((table, key_column)) => {
+                let sql = format!("UPDATE {table} SET updated_at = $2 WHERE {key_column} = $1");
+                sqlx::query(&sql)
+                    .bind(key)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1
+            }
+            None => true,
+        };
         if known {
             self.enqueue(&mut tx, kind, &[key], now).await?;
             sqlx::query("UPDATE jobs SET attempts = 0 WHERE kind = $1 AND subject = $2")
@@ -395,7 +427,9 @@ impl Store {
 
     /// Subjects of a kind by state.
     pub(super) async fn subjects_by_state(&self, kind: JobKind) -> Result<Vec<(String, i64)>> {
-        let (table, _) = kind.table();
+        let Some((table, _)) = kind.table() else {
+            return Ok(Vec::new());
+        };
         let sql = format!("SELECT state, COUNT(*) AS n FROM {table} GROUP BY state");
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter()

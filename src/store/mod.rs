@@ -6,33 +6,11 @@
 //! Times are i64 milliseconds since the epoch and flags are 0/1 integers, so
 //! the same columns mean the same thing on both back ends.
 
-/// A column holding one of a few words: `as_str` and `FromStr` of `$ty`
-/// from one table, so the two directions cannot disagree.
-macro_rules! column_words {
-    ($ty:ident { $($variant:ident => $word:literal),+ $(,)? }) => {
-        impl $ty {
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($ty::$variant => $word),+
-                }
-            }
-        }
-
-        impl std::str::FromStr for $ty {
-            type Err = ();
-            fn from_str(s: &str) -> std::result::Result<Self, ()> {
-                match s {
-                    $($word => Ok($ty::$variant),)+
-                    _ => Err(()),
-                }
-            }
-        }
-    };
-}
-
+mod agents;
 mod batch;
 mod intake;
 mod jobs;
+mod messages;
 mod oidc;
 mod people;
 mod rooms;
@@ -46,9 +24,13 @@ use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
 
+pub use agents::{Agent, AgentState, PresentAgent};
 pub use batch::{Batched, Intake};
 pub use intake::Accepted;
 pub use jobs::{ClaimFor, Job, JobKind, QueueDepth};
+pub use messages::{
+    room_stream, OutboxEntry, OutboxSummary, StoredMessage, TxnAccepted, PRESENCE_STREAM,
+};
 pub use oidc::{CodeGrant, Pending, Returned, TokenOwner};
 pub use people::{Account, CreateVia, LocalpartPolicy, Person, State};
 pub use rooms::{CityAccepted, MemberAccount, Room, RoomState};
@@ -80,7 +62,7 @@ impl Backend {
     }
 
     /// `n` values after the first `before`.
-    fn values(self, before: usize, n: usize) -> String {
+    pub(crate) fn values(self, before: usize, n: usize) -> String {
         (before + 1..=before + n)
             .map(|i| match self {
                 Backend::Postgres => format!("${i}"),

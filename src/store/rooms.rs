@@ -11,7 +11,7 @@ use sqlx::{Any, Row, Transaction};
 
 use super::intake::{log_events, retry_conflicts, Logged, CHUNK};
 use super::{parse_column, Backend, Batched, JobKind, Result, Store};
-use crate::domain::city::{CityEvent, MemberWanted, Role, RoomWanted, Visibility};
+use crate::domain::city::{Change, CityEvent, MemberWanted, Role, RoomWanted, Visibility};
 
 /// The source of DAARION.city's events in `events`.
 const CITY: &str = "city";
@@ -189,7 +189,7 @@ impl Store {
             .iter()
             .map(|e| Logged {
                 id: &e.id,
-                subject: &e.room_id,
+                subject: &e.subject,
                 kind: e.kind,
                 created_at: e.created_at_ms,
             })
@@ -201,29 +201,51 @@ impl Store {
             .map(|e| stored.contains(&e.id) && seen.insert(e.id.as_str()))
             .collect();
 
-        let room_ids: BTreeSet<&str> = events.iter().map(|e| e.room_id.as_str()).collect();
+        // Agents and their messages have their own tables (see `agents`,
+        // `messages`); the rest of this is about rooms.
+        let mut work = vec![false; events.len()];
+        let mut agent_changes = Vec::new();
+        let mut messages = Vec::new();
+        for (i, (event, fresh)) in events.iter().zip(&fresh).enumerate() {
+            match &event.change {
+                Change::Agent(change) if *fresh => agent_changes.push((i, event, change)),
+                Change::Message(message) if *fresh => messages.push((i, event, message)),
+                _ => {}
+            }
+        }
+        if !self
+            .accept_agent_changes(tx, &agent_changes, &mut work, now)
+            .await?
+        {
+            return Ok(None);
+        }
+        self.accept_messages(tx, &messages, &mut work, now).await?;
+
+        let room_ids: BTreeSet<&str> = events
+            .iter()
+            .filter(|e| e.change.is_room())
+            .map(|e| e.subject.as_str())
+            .collect();
         let mut rooms = self.rooms_for_update(tx, &room_ids).await?;
         let mut members = self.members_of(tx, &room_ids).await?;
         let before: HashMap<String, Vec<MemberWanted>> = members.clone();
 
         let mut created = Vec::new();
         let mut changed: BTreeSet<&str> = BTreeSet::new();
-        let mut work = Vec::with_capacity(events.len());
-        for (event, fresh) in events.iter().zip(&fresh) {
-            if !fresh {
-                work.push(false);
+        for (i, (event, fresh)) in events.iter().zip(&fresh).enumerate() {
+            if !fresh || !event.change.is_room() {
                 continue;
             }
-            let room = rooms.entry(event.room_id.clone()).or_insert_with(|| {
-                created.push(event.room_id.clone());
-                Room::new(&event.room_id, now)
+            let room = rooms.entry(event.subject.clone()).or_insert_with(|| {
+                created.push(event.subject.clone());
+                Room::new(&event.subject, now)
             });
-            let list = members.entry(event.room_id.clone()).or_default();
+            let list = members.entry(event.subject.clone()).or_default();
             let did = room.wanted.apply(event, list);
             if did {
-                changed.insert(event.room_id.as_str());
+                changed.insert(event.subject.as_str());
             }
-            work.push(did);
+            work[i] = did;
         }
 
         let new_rooms: Vec<&Room> = created.iter().map(|id| &rooms[id]).collect();
@@ -257,6 +279,9 @@ impl Store {
         tx: &mut Transaction<'static, Any>,
         room_ids: &BTreeSet<&str>,
     ) -> Result<HashMap<String, Room>> {
+        if room_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE",
             Backend::Sqlite => "",
@@ -282,6 +307,9 @@ impl Store {
         tx: &mut Transaction<'static, Any>,
         room_ids: &BTreeSet<&str>,
     ) -> Result<HashMap<String, Vec<MemberWanted>>> {
+        if room_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
         let sql = format!(
             "SELECT room_id, member_id, role, present, at FROM room_members \
              WHERE room_id IN ({}) ORDER BY room_id, member_id",
@@ -320,14 +348,21 @@ impl Store {
         rows.iter().map(member_from).collect()
     }
 
-    /// Of the room's members, those who are people with an active account.
+    /// Of the room's members, those with a Matrix user: people with an
+    /// active account, and agents whose puppet exists.
     pub async fn member_accounts(&self, room_id: &str) -> Result<Vec<MemberAccount>> {
         let rows = sqlx::query(
             "SELECT m.member_id, p.localpart FROM room_members m \
              JOIN people p ON p.user_id = m.member_id \
              WHERE m.room_id = $1 AND p.account = 'active' AND p.deleted = 0 \
-             AND p.localpart IS NOT NULL ORDER BY m.member_id",
+             AND p.localpart IS NOT NULL \
+             UNION ALL \
+             SELECT m.member_id, a.localpart FROM room_members m \
+             JOIN agents a ON a.agent_id = m.member_id \
+             WHERE m.room_id = $2 AND a.registered = 1 AND a.deleted = 0 \
+             AND a.localpart IS NOT NULL ORDER BY member_id",
         )
+        .bind(room_id)
         .bind(room_id)
         .fetch_all(&self.pool)
         .await?;

@@ -13,6 +13,8 @@ use super::{Job, JobKind, Person, Result, Store};
 pub enum Pass {
     Profiles,
     Rooms,
+    /// The refresh of agents' presence (one replica at a time).
+    Presence,
 }
 
 impl Pass {
@@ -20,6 +22,7 @@ impl Pass {
         match self {
             Pass::Profiles => "profiles",
             Pass::Rooms => "rooms",
+            Pass::Presence => "presence",
         }
     }
 }

@@ -34,10 +34,13 @@ pub enum Endpoint {
     AdminJoin,
     Kick,
     DirectoryPut,
+    MessageSend,
+    RoomMessages,
+    PresencePut,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 25] = [
+    pub const ALL: [Endpoint; 28] = [
         Endpoint::Health,
         Endpoint::RegisterNonce,
         Endpoint::Register,
@@ -63,6 +66,9 @@ impl Endpoint {
         Endpoint::AdminJoin,
         Endpoint::Kick,
         Endpoint::DirectoryPut,
+        Endpoint::MessageSend,
+        Endpoint::RoomMessages,
+        Endpoint::PresencePut,
     ];
 
     /// A stable snake_case label (for metrics and summaries).
@@ -93,6 +99,9 @@ impl Endpoint {
             Endpoint::AdminJoin => "room_join",
             Endpoint::Kick => "room_kick",
             Endpoint::DirectoryPut => "room_directory_put",
+            Endpoint::MessageSend => "room_message_send",
+            Endpoint::RoomMessages => "room_messages",
+            Endpoint::PresencePut => "presence_put",
         }
     }
 
@@ -105,7 +114,8 @@ impl Endpoint {
             | Endpoint::ExternalIdLookup
             | Endpoint::AliasLookup
             | Endpoint::RoomState
-            | Endpoint::MemberGet => Method::GET,
+            | Endpoint::MemberGet
+            | Endpoint::RoomMessages => Method::GET,
             Endpoint::Register
             | Endpoint::Login
             | Endpoint::Logout
@@ -121,7 +131,9 @@ impl Endpoint {
             | Endpoint::StatePut
             | Endpoint::PowerLevelsPut
             | Endpoint::AliasPut
-            | Endpoint::DirectoryPut => Method::PUT,
+            | Endpoint::DirectoryPut
+            | Endpoint::MessageSend
+            | Endpoint::PresencePut => Method::PUT,
             Endpoint::AliasDelete => Method::DELETE,
         }
     }

@@ -9,6 +9,7 @@ mod budget;
 mod calls;
 mod login;
 mod media;
+mod puppets;
 mod register;
 mod rooms;
 mod taken;
@@ -209,6 +210,11 @@ impl Synapse {
             appservice_id: settings.city.appservice_id.clone(),
             bot: settings.city.bot.clone(),
         })
+    }
+
+    /// Whether the application service is configured (its token is set).
+    pub fn appservice_enabled(&self) -> bool {
+        self.as_token.is_some()
     }
 
     /// Requests sent so far, by endpoint.

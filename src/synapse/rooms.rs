@@ -92,21 +92,8 @@ impl Synapse {
     /// Registers the bot through the application service (works with
     /// registration off) and makes it a server admin; safe to repeat.
     pub async fn ensure_bot(&self) -> Result<()> {
-        let body = json!({"type": "m.login.application_service", "username": self.bot});
-        match self
-            .call(
-                Endpoint::AsRegister,
-                "/_matrix/client/v3/register",
-                Body::Json(&body),
-                Auth::AppService,
-            )
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(bot = %self.bot_user_id(), "registered the application service's bot")
-            }
-            Err(e) if e.errcode() == Some("M_USER_IN_USE") => {}
-            Err(e) => return Err(e),
+        if self.register_puppet(&self.bot).await? {
+            tracing::info!(bot = %self.bot_user_id(), "registered the application service's bot");
         }
         let user = self.user(&self.bot).await?.ok_or_else(|| {
             SynapseError::refused(404, "M_NOT_FOUND", "the bot's account is missing")

@@ -2,6 +2,7 @@
 //! `scripts/test.sh`, which starts Synapse and PostgreSQL first.
 
 mod admin_token;
+mod agents;
 mod fakes;
 mod intake;
 mod logs;

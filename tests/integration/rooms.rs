@@ -16,10 +16,10 @@ use crate::fakes::serve_locally;
 use crate::on_both_backends;
 use crate::support::*;
 
-const CITY_SECRET: &str = "test-city-secret";
-const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const CITY_SECRET: &str = "test-city-secret";
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
-fn backend_name(backend: Backend) -> &'static str {
+pub(crate) fn backend_name(backend: Backend) -> &'static str {
     match backend {
         Backend::Sqlite => "sqlite",
         Backend::Postgres => "postgres",
@@ -28,12 +28,12 @@ fn backend_name(backend: Backend) -> &'static str {
 
 /// Where Synapse reaches the back end's application service (the port the
 /// OpenID tests use too: one test at a time binds it).
-fn appservice_port(backend: Backend) -> u16 {
+pub(crate) fn appservice_port(backend: Backend) -> u16 {
     let name = format!("MP_TEST_OIDC_PORT_{}", backend_name(backend).to_uppercase());
     required_env(&name).parse().unwrap()
 }
 
-fn as_token(backend: Backend) -> String {
+pub(crate) fn as_token(backend: Backend) -> String {
     format!(
         "{}-{}",
         required_env("MP_TEST_AS_TOKEN"),
@@ -41,7 +41,7 @@ fn as_token(backend: Backend) -> String {
     )
 }
 
-fn hs_token(backend: Backend) -> String {
+pub(crate) fn hs_token(backend: Backend) -> String {
     format!(
         "{}-{}",
         required_env("MP_TEST_HS_TOKEN"),
@@ -50,7 +50,7 @@ fn hs_token(backend: Backend) -> String {
 }
 
 /// The settings of the back end's application service, as registered.
-fn city_env(backend: Backend, api: Option<&str>) -> Vec<(String, String)> {
+pub(crate) fn city_env(backend: Backend, api: Option<&str>) -> Vec<(String, String)> {
     let b = backend_name(backend);
     let mut env = vec![
         ("CITY_WEBHOOK_SECRET".to_string(), CITY_SECRET.to_string()),
@@ -73,13 +73,13 @@ fn city_env(backend: Backend, api: Option<&str>) -> Vec<(String, String)> {
     env
 }
 
-async fn spawn_city(backend: Backend, db: TestDb, api: Option<&str>) -> TestApp {
+pub(crate) async fn spawn_city(backend: Backend, db: TestDb, api: Option<&str>) -> TestApp {
     let env = city_env(backend, api);
     let overrides: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     TestApp::spawn_with(db, shared_synapse(), &overrides).await
 }
 
-fn city_event(kind: &str, data: Value) -> Value {
+pub(crate) fn city_event(kind: &str, data: Value) -> Value {
     json!({
         "id": unique("cevt_"),
         "type": kind,
@@ -88,7 +88,7 @@ fn city_event(kind: &str, data: Value) -> Value {
     })
 }
 
-async fn send_city(client: &Client, event: &Value) -> (u16, Value) {
+pub(crate) async fn send_city(client: &Client, event: &Value) -> (u16, Value) {
     let body = serde_json::to_vec(event).unwrap();
     let sig = signature::sign(CITY_SECRET, chrono::Utc::now().timestamp(), &body);
     let response = client
@@ -104,7 +104,7 @@ async fn send_city(client: &Client, event: &Value) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn admin_call(
+pub(crate) async fn admin_call(
     client: &Client,
     method: reqwest::Method,
     path: &str,
@@ -122,7 +122,7 @@ async fn admin_call(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn room_record(client: &Client, room_id: &str) -> (u16, Value) {
+pub(crate) async fn room_record(client: &Client, room_id: &str) -> (u16, Value) {
     admin_call(
         client,
         reqwest::Method::GET,
@@ -132,7 +132,7 @@ async fn room_record(client: &Client, room_id: &str) -> (u16, Value) {
     .await
 }
 
-async fn wait_room_state(client: &Client, room_id: &str, state: &str) -> Value {
+pub(crate) async fn wait_room_state(client: &Client, room_id: &str, state: &str) -> Value {
     eventually(&format!("room {room_id} to be {state}"), WAIT, || async {
         let (status, body) = room_record(client, room_id).await;
         assert!(
@@ -145,7 +145,7 @@ async fn wait_room_state(client: &Client, room_id: &str, state: &str) -> Value {
 }
 
 /// A person with an account: their Matrix id.
-async fn provisioned(client: &Client, username: &str) -> (String, String) {
+pub(crate) async fn provisioned(client: &Client, username: &str) -> (String, String) {
     let user_id = unique("u_");
     let (status, _) = client
         .send_event(&event(
@@ -163,14 +163,14 @@ async fn provisioned(client: &Client, username: &str) -> (String, String) {
 }
 
 /// Synapse as the application service's bot sees it.
-struct Bot {
+pub(crate) struct Bot {
     http: reqwest::Client,
     base: String,
     token: String,
 }
 
 impl Bot {
-    fn new(backend: Backend) -> Bot {
+    pub(crate) fn new(backend: Backend) -> Bot {
         Bot {
             http: reqwest::Client::new(),
             base: shared_synapse().url,
@@ -178,7 +178,12 @@ impl Bot {
         }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -192,7 +197,7 @@ impl Bot {
     }
 
     /// The room's state events by (type, state_key).
-    async fn state(&self, room_id: &str) -> HashMap<(String, String), Value> {
+    pub(crate) async fn state(&self, room_id: &str) -> HashMap<(String, String), Value> {
         let (status, body) = self
             .call(
                 reqwest::Method::GET,
@@ -216,32 +221,32 @@ impl Bot {
             .collect()
     }
 
-    async fn content(&self, room_id: &str, kind: &str) -> Value {
+    pub(crate) async fn content(&self, room_id: &str, kind: &str) -> Value {
         self.state(room_id)
             .await
             .remove(&(kind.to_string(), String::new()))
             .unwrap_or(Value::Null)
     }
 
-    async fn membership(&self, room_id: &str, user: &str) -> Option<String> {
+    pub(crate) async fn membership(&self, room_id: &str, user: &str) -> Option<String> {
         self.state(room_id)
             .await
             .get(&("m.room.member".to_string(), user.to_string()))
             .and_then(|c| c["membership"].as_str().map(str::to_string))
     }
 
-    async fn wait_membership(&self, room_id: &str, user: &str, membership: &str) {
+    pub(crate) async fn wait_membership(&self, room_id: &str, user: &str, membership: &str) {
         eventually(&format!("{user} to be {membership}"), WAIT, || async {
             (self.membership(room_id, user).await.as_deref() == Some(membership)).then_some(())
         })
         .await
     }
 
-    async fn power(&self, room_id: &str, user: &str) -> Option<i64> {
+    pub(crate) async fn power(&self, room_id: &str, user: &str) -> Option<i64> {
         self.content(room_id, "m.room.power_levels").await["users"][user].as_i64()
     }
 
-    async fn alias(&self, alias: &str) -> Option<String> {
+    pub(crate) async fn alias(&self, alias: &str) -> Option<String> {
         let (status, body) = self
             .call(
                 reqwest::Method::GET,
@@ -252,7 +257,7 @@ impl Bot {
         (status == 200).then(|| body["room_id"].as_str().unwrap().to_string())
     }
 
-    async fn directory(&self, room_id: &str) -> String {
+    pub(crate) async fn directory(&self, room_id: &str) -> String {
         let (status, body) = self
             .call(
                 reqwest::Method::GET,
@@ -264,7 +269,7 @@ impl Bot {
         body["visibility"].as_str().unwrap().to_string()
     }
 
-    async fn put_state(&self, room_id: &str, kind: &str, content: Value) {
+    pub(crate) async fn put_state(&self, room_id: &str, kind: &str, content: Value) {
         let (status, body) = self
             .call(
                 reqwest::Method::PUT,
@@ -276,7 +281,7 @@ impl Bot {
     }
 }
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 

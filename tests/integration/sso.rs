@@ -986,13 +986,7 @@ async fn matrix_nio_logs_in_with_our_login_token() {
     assert_eq!(answer.status, 200, "{}", answer.body);
     let mxid = answer.body["matrix_user_id"].as_str().unwrap().to_string();
 
-    let venv = std::process::Command::new(repo().join("scripts/synapse-venv.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(venv.status.success(), "synapse-venv.sh failed");
-    let venv = String::from_utf8(venv.stdout).unwrap();
-    let python = std::path::Path::new(venv.lines().last().unwrap().trim()).join("bin/python");
+    let python = venv_python();
     let text = format!("hello from matrix-nio {}", unique(""));
     let mut child = tokio::process::Command::new(python)
         .arg(repo().join("tests/clients/nio_sso_login.py"))

@@ -64,6 +64,18 @@ pub fn required_env(name: &str) -> String {
     })
 }
 
+/// The Python of the test virtualenv (matrix-nio is in it), set up by
+/// scripts/synapse-venv.sh.
+pub fn venv_python() -> PathBuf {
+    let venv = Command::new(repo().join("scripts/synapse-venv.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(venv.status.success(), "synapse-venv.sh failed");
+    let venv = String::from_utf8(venv.stdout).unwrap();
+    PathBuf::from(venv.lines().last().unwrap().trim()).join("bin/python")
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -1,0 +1,234 @@
+//! A City Room's outbox of agents' messages, sent into its Matrix room in
+//! order (DAARION.city's `created_at`), each exactly once:
+//!
+//! - the send's transaction id is derived from the message id, so a repeat
+//!   within Synapse's memory returns the first event;
+//! - before a batch is sent its messages are marked as tried, and a run
+//!   that finds tried-but-unrecorded messages (the service died between
+//!   Synapse's answer and the database, or the answer was lost) first reads
+//!   the room's latest messages for their `city.daarion.message_id`, so not
+//!   even a Synapse restart makes a second event;
+//! - the event id is recorded per message (the message → event table).
+//!
+//! A message whose room or agent is not in Matrix yet waits for it (and
+//! holds the room's later messages back, to keep the order), up to
+//! `MESSAGE_WAIT_SECONDS`; one that can never be sent (agent or room
+//! deleted, the agent not a member, Synapse refusing it) is failed with the
+//! reason, and the room's next messages go on.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::provision::Outcome;
+use super::Drained;
+use crate::domain::agent::{message_content, txn_id, MESSAGE_ID_FIELD};
+use crate::store::{Agent, JobKind, Store, StoredMessage};
+use crate::synapse::{Synapse, SynapseError};
+use crate::{metrics, now_ms};
+
+/// Messages read (and marked as tried) at once.
+const BATCH: i64 = 50;
+/// How far back a run looks for messages that were sent but not recorded.
+const SCAN: u32 = 100;
+/// How soon a waiting room looks again (new data wakes it sooner).
+const WAIT_STEP_MS: i64 = 2000;
+
+pub struct SendDeps<'a> {
+    pub store: &'a Store,
+    pub synapse: &'a Synapse,
+    /// How long a message may wait for its room or agent.
+    pub max_wait: Duration,
+}
+
+type StepResult<T> = Result<T, Outcome<Drained>>;
+
+pub async fn drain(deps: &SendDeps<'_>, room_id: &str) -> Outcome<Drained> {
+    match run(deps, room_id).await {
+        Ok(()) => Outcome::Done(Drained),
+        Err(outcome) => outcome,
+    }
+}
+
+async fn run(deps: &SendDeps<'_>, room_id: &str) -> StepResult<()> {
+    let store = deps.store;
+    let room = store.room(room_id).await?;
+    let mut agents: HashMap<String, Option<Agent>> = HashMap::new();
+    loop {
+        let batch = store.pending_messages(room_id, BATCH).await?;
+        let Some(first) = batch.first() else {
+            return Ok(());
+        };
+        let matrix_room = match &room {
+            Some(r) if r.wanted.deleted => {
+                for m in &batch {
+                    fail(deps, m, "the City Room was deleted").await?;
+                }
+                continue;
+            }
+            Some(r) => r.matrix_room_id.clone(),
+            None => None,
+        };
+        let Some(matrix_room) = matrix_room else {
+            wait(deps, first, "its City Room is not in Matrix yet").await?;
+            continue;
+        };
+        // Tried before and not recorded: perhaps in Matrix already.
+        let sent_before = if batch.iter().any(|m| m.attempted_at.is_some()) {
+            sent_messages(deps.synapse, &matrix_room).await?
+        } else {
+            HashMap::new()
+        };
+        let untried: Vec<&str> = batch
+            .iter()
+            .filter(|m| m.attempted_at.is_none())
+            .map(|m| m.message.message_id.as_str())
+            .collect();
+        store.mark_attempted(&untried, now_ms()).await?;
+        for m in &batch {
+            if !agents.contains_key(&m.message.agent_id) {
+                let agent = store.agent(&m.message.agent_id).await?;
+                agents.insert(m.message.agent_id.clone(), agent);
+            }
+            let agent = &agents[&m.message.agent_id];
+            if !send_one(deps, &matrix_room, m, agent.as_ref(), &sent_before).await? {
+                break; // it failed and changed the order: read the batch again
+            }
+        }
+    }
+}
+
+/// Sends one message (or records it as sent before). False when the
+/// message was failed instead.
+async fn send_one(
+    deps: &SendDeps<'_>,
+    matrix_room: &str,
+    m: &StoredMessage,
+    agent: Option<&Agent>,
+    sent_before: &HashMap<String, (String, String)>,
+) -> StepResult<bool> {
+    let synapse = deps.synapse;
+    let puppet = match agent {
+        Some(a) if a.wanted.deleted => {
+            fail(deps, m, "the agent was deleted").await?;
+            return Ok(false);
+        }
+        Some(Agent {
+            localpart: Some(localpart),
+            registered: true,
+            ..
+        }) => synapse.user_id(localpart),
+        _ => {
+            wait(deps, m, "its agent has no Matrix user yet").await?;
+            return Ok(false);
+        }
+    };
+    let message_id = &m.message.message_id;
+    if let Some((sender, event_id)) = sent_before.get(message_id) {
+        if *sender == puppet {
+            deps.store
+                .record_sent(message_id, event_id, now_ms())
+                .await?;
+            tracing::info!(%message_id, %event_id, "found the message in Matrix already");
+            return Ok(true);
+        }
+    }
+    let reply = match &m.message.reply_to {
+        // The `id` of a `matrix.message` is its Matrix event id.
+        Some(r) if r.starts_with('$') => Some(r.clone()),
+        Some(r) => deps.store.message_event(r).await?,
+        None => None,
+    };
+    let content = message_content(&m.message, reply.as_deref());
+    match synapse
+        .send_message(
+            matrix_room,
+            &puppet,
+            &txn_id(message_id),
+            m.created_at,
+            &content,
+        )
+        .await
+    {
+        Ok(event_id) => {
+            deps.store
+                .record_sent(message_id, &event_id, now_ms())
+                .await?;
+            metrics::message("to_matrix", "sent");
+            Ok(true)
+        }
+        Err(e @ SynapseError::Refused { status: 403, .. }) => {
+            // Not in the room (yet): the room's job joins its members.
+            let member = deps
+                .store
+                .room_members(&m.message.room_id)
+                .await?
+                .iter()
+                .any(|w| w.member_id == m.message.agent_id && w.present);
+            if member {
+                deps.store
+                    .requeue(JobKind::Room, &m.message.room_id, now_ms())
+                    .await?;
+                wait(deps, m, "its agent is not joined to the room yet").await?;
+            } else {
+                let reason = format!("the agent is not a member of this City Room ({e})");
+                fail(deps, m, &reason).await?;
+            }
+            Ok(false)
+        }
+        Err(e @ SynapseError::Refused { .. }) => {
+            fail(deps, m, &e.to_string()).await?;
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The room's latest messages that carry a DAARION message id:
+/// message id → (sender, event id).
+async fn sent_messages(
+    synapse: &Synapse,
+    matrix_room: &str,
+) -> StepResult<HashMap<String, (String, String)>> {
+    let events = synapse.recent_messages(matrix_room, SCAN).await?;
+    Ok(events
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["content"][MESSAGE_ID_FIELD].as_str()?.to_string(),
+                (
+                    e["sender"].as_str()?.to_string(),
+                    e["event_id"].as_str()?.to_string(),
+                ),
+            ))
+        })
+        .collect())
+}
+
+async fn fail(deps: &SendDeps<'_>, m: &StoredMessage, reason: &str) -> StepResult<()> {
+    tracing::warn!(message_id = %m.message.message_id, "agent message failed: {reason}");
+    deps.store
+        .fail_message(&m.message.message_id, reason)
+        .await?;
+    metrics::message("to_matrix", "failed");
+    Ok(())
+}
+
+/// The room waits for `m`'s room or agent, unless it has waited too long:
+/// then `m` fails and the caller goes on (`Ok`).
+async fn wait(deps: &SendDeps<'_>, m: &StoredMessage, reason: &str) -> StepResult<()> {
+    let now = now_ms();
+    if now - m.received_at > deps.max_wait.as_millis() as i64 {
+        let reason = format!(
+            "{reason} after {} s (MESSAGE_WAIT_SECONDS)",
+            deps.max_wait.as_secs()
+        );
+        return fail(deps, m, &reason).await;
+    }
+    deps.store
+        .note_message_wait(&m.message.message_id, reason)
+        .await?;
+    Err(Outcome::Wait {
+        until: now + WAIT_STEP_MS,
+        reason: format!("message {}: {reason}", m.message.message_id),
+    })
+}

@@ -1,0 +1,595 @@
+//! Messages both ways, each an ordered outbox drained by a job per stream:
+//!
+//! - agents' messages into Matrix (`agent_messages`): stored by the city
+//!   intake, sent by the room's `send` job in `created_at` order; the row
+//!   keeps the message id → event id record that makes each message one
+//!   Matrix event;
+//! - what goes back to DAARION.city (`city_outbox`): stored by the intake
+//!   of Synapse's transactions, before Synapse gets its `200`, and
+//!   delivered by the stream's `deliver` job in arrival order.
+//!
+//! Unlike a subject's job, whose repeats fold into one run, every row here
+//! is its own delivery; the job only says "this stream has rows".
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use super::intake::{log_events, retry_conflicts, Logged};
+use super::{JobKind, Result, Store};
+use crate::domain::agent::{AgentMessage, Format};
+use crate::domain::city::CityEvent;
+use crate::domain::matrix::{self, Names};
+
+/// The event log's sources for Synapse's transactions and events.
+const MATRIX_TXN: &str = "matrix-txn";
+const MATRIX_EVENT: &str = "matrix";
+/// The `city_outbox` stream of people's presence.
+pub const PRESENCE_STREAM: &str = "presence";
+
+/// The `city_outbox` stream of a City Room's messages.
+pub fn room_stream(room_id: &str) -> String {
+    format!("room:{room_id}")
+}
+
+/// An agent's message as stored.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub message: AgentMessage,
+    /// DAARION.city's `created_at`, ms.
+    pub created_at: i64,
+    pub received_at: i64,
+    /// `pending`, `sent` or `failed`.
+    pub state: String,
+    /// When a send was first tried (it may be in Matrix already).
+    pub attempted_at: Option<i64>,
+    pub event_id: Option<String>,
+    pub last_error: Option<String>,
+}
+
+const MESSAGE_COLUMNS: &str = "message_id, room_id, agent_id, body, format, reply_to, \
+    created_at, received_at, state, attempted_at, event_id, last_error";
+
+fn message_from(row: &AnyRow) -> Result<StoredMessage> {
+    let format: String = row.try_get("format")?;
+    Ok(StoredMessage {
+        message: AgentMessage {
+            message_id: row.try_get("message_id")?,
+            agent_id: row.try_get("agent_id")?,
+            room_id: row.try_get("room_id")?,
+            body: row.try_get("body")?,
+            format: format.parse().unwrap_or(Format::Plain),
+            reply_to: row.try_get("reply_to")?,
+        },
+        created_at: row.try_get("created_at")?,
+        received_at: row.try_get("received_at")?,
+        state: row.try_get("state")?,
+        attempted_at: row.try_get("attempted_at")?,
+        event_id: row.try_get("event_id")?,
+        last_error: row.try_get("last_error")?,
+    })
+}
+
+/// One undelivered event for DAARION.city.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    pub seq: i64,
+    pub id: String,
+    pub kind: String,
+    /// The envelope, as sent.
+    pub body: String,
+    pub received_at: i64,
+}
+
+/// What operators see of both outboxes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxSummary {
+    /// Agents' messages not in Matrix yet.
+    pub to_matrix_pending: i64,
+    pub to_matrix_failed: i64,
+    /// `received_at` of the oldest pending one.
+    pub to_matrix_oldest: Option<i64>,
+    /// Events DAARION.city has not acknowledged yet.
+    pub to_city_pending: i64,
+    pub to_city_oldest: Option<i64>,
+    /// The last error of a stream still being retried, either way.
+    pub to_matrix_last_error: Option<String>,
+    pub to_city_last_error: Option<String>,
+}
+
+/// The outcome of [`Store::accept_transaction`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnAccepted {
+    /// The same transaction was applied before.
+    pub duplicate: bool,
+    /// Events queued for DAARION.city.
+    pub queued: usize,
+}
+
+impl Store {
+    /// Stores agents' messages inside the city intake's transaction (a
+    /// message id seen before is a repeat); marks in `work` those queued,
+    /// and queues the `send` job of their rooms.
+    pub(super) async fn accept_messages(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        messages: &[(usize, &CityEvent, &AgentMessage)],
+        work: &mut [bool],
+        now: i64,
+    ) -> Result<()> {
+        let mut rooms: BTreeSet<&str> = BTreeSet::new();
+        for (i, event, m) in messages {
+            let inserted = sqlx::query(
+                "INSERT INTO agent_messages (message_id, room_id, agent_id, body, format, \
+                 reply_to, created_at, received_at, state) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending') ON CONFLICT DO NOTHING",
+            )
+            .bind(&m.message_id)
+            .bind(&m.room_id)
+            .bind(&m.agent_id)
+            .bind(&m.body)
+            .bind(m.format.as_str())
+            .bind(&m.reply_to)
+            .bind(event.created_at_ms)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                rooms.insert(m.room_id.as_str());
+                work[*i] = true;
+            }
+        }
+        let keys: Vec<&str> = rooms.into_iter().collect();
+        self.enqueue(tx, JobKind::Send, &keys, now).await
+    }
+
+    /// The room's next pending messages, in the order they are sent:
+    /// DAARION.city's `created_at`, then arrival, then id.
+    pub async fn pending_messages(&self, room_id: &str, limit: i64) -> Result<Vec<StoredMessage>> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM agent_messages WHERE room_id = $1 AND state = 'pending' \
+             ORDER BY created_at, received_at, message_id LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(room_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(message_from).collect()
+    }
+
+    pub async fn message(&self, message_id: &str) -> Result<Option<StoredMessage>> {
+        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM agent_messages WHERE message_id = $1");
+        let row = sqlx::query(&sql)
+            .bind(message_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(message_from).transpose()
+    }
+
+    /// Notes that these messages are about to be sent (one statement for a
+    /// batch), unless noted before.
+    pub async fn mark_attempted(&self, message_ids: &[&str], now: i64) -> Result<()> {
+        if message_ids.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "UPDATE agent_messages SET attempted_at = $1 WHERE attempted_at IS NULL \
+             AND message_id IN ({})",
+            self.backend.values(1, message_ids.len())
+        );
+        let mut query = sqlx::query(&sql).bind(now);
+        for id in message_ids {
+            query = query.bind(*id);
+        }
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn record_sent(&self, message_id: &str, event_id: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE agent_messages SET state = 'sent', event_id = $2, last_error = NULL, \
+             sent_at = $3 WHERE message_id = $1",
+        )
+        .bind(message_id)
+        .bind(event_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The message can never be sent: failed, with the reason.
+    pub async fn fail_message(&self, message_id: &str, reason: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE agent_messages SET state = 'failed', last_error = $2 WHERE message_id = $1",
+        )
+        .bind(message_id)
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Why the room's next message waits (shown to operators; not failed).
+    pub async fn note_message_wait(&self, message_id: &str, reason: &str) -> Result<()> {
+        sqlx::query("UPDATE agent_messages SET last_error = $2 WHERE message_id = $1")
+            .bind(message_id)
+            .bind(reason)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The Matrix event of an agent's message, for a reply to it.
+    pub async fn message_event(&self, message_id: &str) -> Result<Option<String>> {
+        let event: Option<Option<String>> =
+            sqlx::query_scalar("SELECT event_id FROM agent_messages WHERE message_id = $1")
+                .bind(message_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(event.flatten())
+    }
+
+    /// An operator's retry of a failed message: pending again, its room's
+    /// outbox queued; false if unknown or not failed.
+    pub async fn retry_message(&self, message_id: &str, now: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let room: Option<String> = sqlx::query_scalar(
+            "UPDATE agent_messages SET state = 'pending', last_error = NULL \
+             WHERE message_id = $1 AND state = 'failed' RETURNING room_id",
+        )
+        .bind(message_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(room) = &room {
+            self.enqueue(&mut tx, JobKind::Send, &[room.as_str()], now)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(room.is_some())
+    }
+
+    /// Queues the `send` job of every room with pending messages of this
+    /// agent, or in this room (`agent` false): what waited for it can go.
+    pub async fn queue_sends_of(&self, key: &str, agent: bool, now: i64) -> Result<usize> {
+        let column = if agent { "agent_id" } else { "room_id" };
+        let sql = format!(
+            "SELECT DISTINCT room_id FROM agent_messages WHERE {column} = $1 AND state = 'pending'"
+        );
+        let rooms: Vec<String> = sqlx::query_scalar(&sql)
+            .bind(key)
+            .fetch_all(&self.pool)
+            .await?;
+        if !rooms.is_empty() {
+            let mut tx = self.pool.begin().await?;
+            let keys: Vec<&str> = rooms.iter().map(String::as_str).collect();
+            self.enqueue(&mut tx, JobKind::Send, &keys, now).await?;
+            tx.commit().await?;
+        }
+        Ok(rooms.len())
+    }
+
+    /// The stream's next undelivered events, oldest first.
+    pub async fn outbox(&self, stream: &str, limit: i64) -> Result<Vec<OutboxEntry>> {
+        let rows = sqlx::query(
+            "SELECT seq, id, kind, body, received_at FROM city_outbox WHERE stream = $1 \
+             ORDER BY seq LIMIT $2",
+        )
+        .bind(stream)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboxEntry {
+                    seq: r.try_get("seq")?,
+                    id: r.try_get("id")?,
+                    kind: r.try_get("kind")?,
+                    body: r.try_get("body")?,
+                    received_at: r.try_get("received_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// DAARION.city acknowledged it.
+    pub async fn delivered(&self, seq: i64) -> Result<()> {
+        sqlx::query("DELETE FROM city_outbox WHERE seq = $1")
+            .bind(seq)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn outbox_summary(&self) -> Result<OutboxSummary> {
+        let row = sqlx::query(
+            "SELECT \
+               (SELECT COUNT(*) FROM agent_messages WHERE state = 'pending') AS mp, \
+               (SELECT COUNT(*) FROM agent_messages WHERE state = 'failed') AS mf, \
+               (SELECT MIN(received_at) FROM agent_messages WHERE state = 'pending') AS mo, \
+               (SELECT COUNT(*) FROM city_outbox) AS cp, \
+               (SELECT MIN(received_at) FROM city_outbox) AS co, \
+               (SELECT last_error FROM jobs WHERE kind = 'send' AND last_error IS NOT NULL \
+                ORDER BY run_at DESC LIMIT 1) AS me, \
+               (SELECT last_error FROM jobs WHERE kind = 'deliver' AND last_error IS NOT NULL \
+                ORDER BY run_at DESC LIMIT 1) AS ce",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(OutboxSummary {
+            to_matrix_pending: row.try_get("mp")?,
+            to_matrix_failed: row.try_get("mf")?,
+            to_matrix_oldest: row.try_get("mo")?,
+            to_city_pending: row.try_get("cp")?,
+            to_city_oldest: row.try_get("co")?,
+            to_matrix_last_error: row.try_get("me")?,
+            to_city_last_error: row.try_get("ce")?,
+        })
+    }
+
+    /// Stores what a transaction from Synapse means for DAARION.city, in one
+    /// database transaction, before Synapse is answered: the transaction's
+    /// key and its events' ids (each applied once, whatever Synapse
+    /// resends), and, with `outbox` on (`CITY_EVENTS_URL` set), a
+    /// `matrix.message` per person's message in a City Room and a
+    /// `matrix.presence` per change of a DAARION person's presence.
+    pub async fn accept_transaction(
+        &self,
+        txn_key: &str,
+        txn: &matrix::Transaction,
+        names: &Names<'_>,
+        outbox: bool,
+        now: i64,
+    ) -> Result<TxnAccepted> {
+        retry_conflicts("transaction intake", || {
+            self.try_accept_transaction(txn_key, txn, names, outbox, now)
+        })
+        .await
+    }
+
+    async fn try_accept_transaction(
+        &self,
+        txn_key: &str,
+        txn: &matrix::Transaction,
+        names: &Names<'_>,
+        outbox: bool,
+        now: i64,
+    ) -> Result<Option<TxnAccepted>> {
+        let mut tx = self.pool.begin().await?;
+        let first = log_events(
+            &mut tx,
+            self.backend,
+            MATRIX_TXN,
+            &[Logged {
+                id: txn_key,
+                subject: "",
+                kind: "transaction",
+                created_at: now,
+            }],
+            now,
+        )
+        .await?;
+        if first.is_empty() {
+            return Ok(Some(TxnAccepted {
+                duplicate: true,
+                queued: 0,
+            }));
+        }
+        let mut queued = 0;
+        if outbox {
+            queued += self.queue_messages(&mut tx, txn, names, now).await?;
+            queued += self.queue_presence(&mut tx, txn, names, now).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(TxnAccepted {
+            duplicate: false,
+            queued,
+        }))
+    }
+
+    /// People's messages in City Rooms, each once, into their room's stream.
+    async fn queue_messages(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        txn: &matrix::Transaction,
+        names: &Names<'_>,
+        now: i64,
+    ) -> Result<usize> {
+        if txn.messages.is_empty() {
+            return Ok(0);
+        }
+        let matrix_rooms: BTreeSet<&str> =
+            txn.messages.iter().map(|m| m.room_id.as_str()).collect();
+        let rooms = self.city_rooms_of(tx, &matrix_rooms).await?;
+        let messages: Vec<&matrix::InboundMessage> = txn
+            .messages
+            .iter()
+            .filter(|m| rooms.contains_key(&m.room_id))
+            .collect();
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        let logged: Vec<Logged> = messages
+            .iter()
+            .map(|m| Logged {
+                id: &m.event_id,
+                subject: &m.room_id,
+                kind: "m.room.message",
+                created_at: m.origin_server_ts,
+            })
+            .collect();
+        let fresh = log_events(tx, self.backend, MATRIX_EVENT, &logged, now).await?;
+        let mut seen = HashSet::new();
+        let messages: Vec<&matrix::InboundMessage> = messages
+            .into_iter()
+            .filter(|m| fresh.contains(&m.event_id) && seen.insert(m.event_id.as_str()))
+            .collect();
+
+        // Who sent them, what they answer and whom they mention.
+        let localparts: BTreeSet<String> = messages
+            .iter()
+            .filter_map(|m| names.local(&m.sender).map(str::to_string))
+            .collect();
+        let people = self.people_by_localparts(tx, &localparts).await?;
+        let replies: BTreeSet<&str> = messages.iter().filter_map(|m| m.reply_event()).collect();
+        let replied = self.messages_of_events(tx, &replies).await?;
+        let mentioned: Vec<BTreeSet<String>> =
+            messages.iter().map(|m| m.mentioned_users()).collect();
+        let agent_localparts: BTreeSet<String> = mentioned
+            .iter()
+            .flatten()
+            .filter_map(|u| names.agent(u).map(str::to_string))
+            .collect();
+        let agents = self.agents_by_localparts(tx, &agent_localparts).await?;
+
+        let mut streams: BTreeSet<String> = BTreeSet::new();
+        for (m, mentioned) in messages.iter().zip(&mentioned) {
+            let room_id = &rooms[&m.room_id];
+            let sender_id = names
+                .local(&m.sender)
+                .and_then(|lp| people.get(lp))
+                .map(String::as_str);
+            let reply_to = m
+                .reply_event()
+                .map(|e| replied.get(e).map_or(e, String::as_str));
+            let mentions: Vec<String> = mentioned
+                .iter()
+                .filter_map(|u| names.agent(u).and_then(|lp| agents.get(lp)).cloned())
+                .collect();
+            let envelope = m.envelope(room_id, sender_id, reply_to, &mentions);
+            let stream = room_stream(room_id);
+            insert_outbox(tx, &stream, &m.event_id, "matrix.message", &envelope, now).await?;
+            streams.insert(stream);
+        }
+        let keys: Vec<&str> = streams.iter().map(String::as_str).collect();
+        self.enqueue(tx, JobKind::Deliver, &keys, now).await?;
+        Ok(messages.len())
+    }
+
+    /// DAARION people's presence, when it changed since last told.
+    async fn queue_presence(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        txn: &matrix::Transaction,
+        names: &Names<'_>,
+        now: i64,
+    ) -> Result<usize> {
+        let mut queued = 0;
+        for (n, p) in txn.presence.iter().enumerate() {
+            let Some(localpart) = names.local(&p.user_id) else {
+                continue;
+            };
+            // Changes only: the row is updated only when the word differs.
+            let sender: Option<String> = sqlx::query_scalar(
+                "UPDATE people SET matrix_presence = $2 WHERE localpart = $1 \
+                 AND COALESCE(matrix_presence, '') <> $2 RETURNING user_id",
+            )
+            .bind(localpart)
+            .bind(&p.presence)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some(sender_id) = sender else {
+                continue;
+            };
+            let id = format!("presence:{sender_id}:{now}:{n}");
+            let envelope = matrix::presence_envelope(&id, &sender_id, p, now);
+            insert_outbox(tx, PRESENCE_STREAM, &id, "matrix.presence", &envelope, now).await?;
+            queued += 1;
+        }
+        if queued > 0 {
+            self.enqueue(tx, JobKind::Deliver, &[PRESENCE_STREAM], now)
+                .await?;
+        }
+        Ok(queued)
+    }
+
+    /// Matrix room id → City Room id, for the rooms that are City Rooms.
+    async fn city_rooms_of(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        matrix_rooms: &BTreeSet<&str>,
+    ) -> Result<HashMap<String, String>> {
+        let sql = format!(
+            "SELECT matrix_room_id, room_id FROM rooms WHERE matrix_room_id IN ({})",
+            self.backend.placeholders(matrix_rooms.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in matrix_rooms {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(&mut **tx).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("matrix_room_id")?, r.try_get("room_id")?)))
+            .collect()
+    }
+
+    /// localpart → DAARION user_id.
+    async fn people_by_localparts(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        localparts: &BTreeSet<String>,
+    ) -> Result<HashMap<String, String>> {
+        if localparts.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "SELECT localpart, user_id FROM people WHERE localpart IN ({})",
+            self.backend.placeholders(localparts.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for lp in localparts {
+            query = query.bind(lp);
+        }
+        let rows = query.fetch_all(&mut **tx).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("localpart")?, r.try_get("user_id")?)))
+            .collect()
+    }
+
+    /// Matrix event id → message id, for agents' messages among `events`.
+    async fn messages_of_events(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        events: &BTreeSet<&str>,
+    ) -> Result<HashMap<String, String>> {
+        if events.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "SELECT event_id, message_id FROM agent_messages WHERE event_id IN ({})",
+            self.backend.placeholders(events.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in events {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(&mut **tx).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("event_id")?, r.try_get("message_id")?)))
+            .collect()
+    }
+}
+
+async fn insert_outbox(
+    tx: &mut Transaction<'static, Any>,
+    stream: &str,
+    id: &str,
+    kind: &str,
+    envelope: &serde_json::Value,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO city_outbox (stream, id, kind, body, received_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(stream)
+    .bind(id)
+    .bind(kind)
+    .bind(envelope.to_string())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
