@@ -19,6 +19,15 @@
 //!                                                 Room through the service (member_added webhooks),
 //!                                                 the second half join a room of the bot's raw
 //!                                                 through Synapse's admin join API, same concurrency
+//!   agent-messages URL SYNAPSE CITY_SECRET ADMIN_TOKEN AS_TOKEN AGENT_PREFIX N ROOMS CONCURRENCY
+//!                                               — N agent messages into ROOMS City Rooms through
+//!                                                 the service (webhook to Matrix event) next to N
+//!                                                 sent raw by the application service, CONCURRENCY
+//!                                                 in flight on the raw side
+//!   people-messages URL SYNAPSE CITY_SECRET ADMIN_TOKEN AS_TOKEN FILE RECEIVER_PORT N
+//!                                               — a person of FILE sends N messages in a City Room;
+//!                                                 delay until DAARION.city (a receiver on
+//!                                                 RECEIVER_PORT) has each, p50 and p99
 //!   listing TAG ROOMS MEMBERS FILE|- [EARLIER]  — a page of DAARION.city's room API: ROOMS rooms
 //!                                                 of MEMBERS people each, drawn from FILE (`-`:
 //!                                                 DAARION people without a Matrix account yet),
@@ -61,6 +70,12 @@ fn main() {
             Some("element") => element(&args[1], &args[2], &args[3], &args[4], num(&args[5])).await,
             Some("people") => people(&args[1], &args[2], &args[3], num(&args[4]), &args[5]).await,
             Some("room-joins") => room_joins(&args[1..7], num(&args[7])).await,
+            Some("agent-messages") => {
+                agent_messages(&args[1..7], num(&args[7]), num(&args[8]), num(&args[9])).await
+            }
+            Some("people-messages") => {
+                people_messages(&args[1..7], num(&args[7]) as u16, num(&args[8])).await
+            }
             Some("listing") => listing(
                 &args[1],
                 num(&args[2]),
@@ -801,4 +816,428 @@ fn listing(tag: &str, rooms: usize, members: usize, file: &str, earlier: Option<
                    "members": members, "updated_at": updated_at, "deleted": false})
     }));
     json!({"rooms": list, "next_cursor": null})
+}
+
+// ---------------------------------------------------------------- agents
+
+/// GET a JSON document of the service (admin token).
+async fn admin_get(http: &reqwest::Client, url: &str, token: &str) -> Value {
+    match http.get(url).bearer_auth(token).send().await {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
+/// Polls `check` every 20 ms until it holds (at most an hour).
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let limit = Instant::now() + Duration::from_secs(3600);
+    while !check().await {
+        assert!(
+            Instant::now() < limit,
+            "{what} did not happen within an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// A City Room with `members`, ready in Matrix with all of them joined:
+/// its DAARION id and its Matrix room id.
+async fn city_room(
+    http: &reqwest::Client,
+    url: &str,
+    synapse: &str,
+    secret: &str,
+    admin_token: &str,
+    as_token: &str,
+    members: &[String],
+) -> (String, String) {
+    let room_id = format!("r_{}", tag());
+    let now = chrono::Utc::now().to_rfc3339();
+    let mut events = vec![json!({"id": format!("{room_id}-c"), "type": "room.created",
+        "created_at": now, "data": {"room_id": room_id, "slug": room_id,
+        "name": "Bench agents", "visibility": "public"}})];
+    for (i, m) in members.iter().enumerate() {
+        events.push(
+            json!({"id": format!("{room_id}-m{i}"), "type": "room.member_added",
+            "created_at": now, "data": {"room_id": room_id, "member_id": m}}),
+        );
+    }
+    for e in &events {
+        assert!(post_city(http, url, secret, e).await);
+    }
+    let limit = Instant::now() + Duration::from_secs(3600);
+    let matrix_room = loop {
+        let body = admin_get(http, &format!("{url}/v1/rooms/{room_id}"), admin_token).await;
+        if body["state"] == "ready" {
+            break body["matrix_room_id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < limit,
+            "the City Room is not ready after an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let n = members.len() as u64 + 1;
+    wait_joined(http, synapse, as_token, &enc(&matrix_room), n).await;
+    (room_id, matrix_room)
+}
+
+/// Agent messages per second through the service (webhook in, until all
+/// are in Matrix) next to the same sends made raw by an application service
+/// (`PUT …/send?user_id=&ts=`), into ROOMS rooms, N messages a side in two
+/// rounds whose first side alternates. The service sends each room's
+/// messages in order, one at a time; the raw side sends with CONCURRENCY
+/// in flight (1 for one room: ordered, like the service).
+async fn agent_messages(args: &[String], n: usize, rooms: usize, concurrency: usize) -> Value {
+    let (url, synapse, secret, admin_token, as_token, prefix) =
+        (&args[0], &args[1], &args[2], &args[3], &args[4], &args[5]);
+    let http = client(32);
+    let t = tag();
+    let agent_id = format!("a_{t}");
+    let created = json!({"id": format!("{agent_id}-c"), "type": "agent.created",
+        "created_at": chrono::Utc::now().to_rfc3339(),
+        "data": {"agent_id": agent_id, "slug": t, "display_name": "Bench agent"}});
+    assert!(post_city(&http, url, secret, &created).await);
+    until("the agent's puppet", || async {
+        admin_get(&http, &format!("{url}/v1/agents/{agent_id}"), admin_token).await["state"]
+            == "ready"
+    })
+    .await;
+    let mut ours_rooms = Vec::new();
+    for _ in 0..rooms {
+        let (room_id, _) = city_room(
+            &http,
+            url,
+            synapse,
+            secret,
+            admin_token,
+            as_token,
+            std::slice::from_ref(&agent_id),
+        )
+        .await;
+        ours_rooms.push(room_id);
+    }
+    // The raw side: a puppet of the same namespace in rooms of the bot's.
+    let puppet = format!("{prefix}raw-{t}");
+    let r = http
+        .post(format!("{synapse}/_matrix/client/v3/register"))
+        .bearer_auth(as_token)
+        .json(
+            &json!({"type": "m.login.application_service", "username": puppet,
+                      "inhibit_login": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let registered: Value = r.json().await.unwrap();
+    let puppet_id = registered["user_id"]
+        .as_str()
+        .expect("registered")
+        .to_string();
+    let mut raw_rooms = Vec::new();
+    for _ in 0..rooms {
+        let created: Value = http
+            .post(format!("{synapse}/_matrix/client/v3/createRoom"))
+            .bearer_auth(as_token)
+            .json(&json!({"preset": "public_chat", "name": "Bench raw agents"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let room = enc(created["room_id"].as_str().unwrap());
+        let joined = http
+            .post(format!("{synapse}/_synapse/admin/v1/join/{room}"))
+            .bearer_auth(as_token)
+            .json(&json!({"user_id": puppet_id}))
+            .send()
+            .await
+            .unwrap();
+        assert!(joined.status().is_success());
+        raw_rooms.push(room);
+    }
+    let (mut service, mut direct) = (Duration::ZERO, Duration::ZERO);
+    let half = n / 2;
+    for round in 0..2 {
+        let ours = || {
+            agent_burst(
+                &http,
+                url,
+                secret,
+                admin_token,
+                &agent_id,
+                &ours_rooms,
+                round,
+                half,
+            )
+        };
+        let raw = || {
+            raw_burst(
+                &http,
+                synapse,
+                as_token,
+                &puppet_id,
+                &raw_rooms,
+                round,
+                half,
+                concurrency,
+            )
+        };
+        if round == 0 {
+            service += ours().await;
+            direct += raw().await;
+        } else {
+            direct += raw().await;
+            service += ours().await;
+        }
+    }
+    let rate = |d: Duration| (2.0 * half as f64 / d.as_secs_f64() * 10.0).round() / 10.0;
+    json!({
+        "mode": "agent-messages",
+        "messages": 2 * half,
+        "rooms": rooms,
+        "rounds": 2,
+        "raw_concurrency": concurrency,
+        "service_seconds": (service.as_secs_f64() * 100.0).round() / 100.0,
+        "service_per_second": rate(service),
+        "raw_seconds": (direct.as_secs_f64() * 100.0).round() / 100.0,
+        "raw_per_second": rate(direct),
+        "ratio": (rate(service) / rate(direct) * 100.0).round() / 100.0,
+    })
+}
+
+/// `n` agent messages by webhook, spread over `rooms` round-robin, dated in
+/// order; the time from the first webhook until none is pending.
+#[allow(clippy::too_many_arguments)]
+async fn agent_burst(
+    http: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    admin_token: &str,
+    agent_id: &str,
+    rooms: &[String],
+    round: usize,
+    n: usize,
+) -> Duration {
+    let start = Instant::now();
+    let t0 = chrono::Utc::now();
+    let events: Arc<Vec<Value>> = Arc::new(
+        (0..n)
+            .map(|i| {
+                let id = format!("{agent_id}-r{round}-{i}");
+                let at = t0 + chrono::Duration::milliseconds(i as i64);
+                json!({"id": id, "type": "agent.message", "created_at": at.to_rfc3339(),
+                       "data": {"message_id": id, "agent_id": agent_id,
+                                "room_id": rooms[i % rooms.len()], "body": format!("bench {i}")}})
+            })
+            .collect(),
+    );
+    let (h, u, s) = (http.clone(), url.to_string(), secret.to_string());
+    let (lat, failed, _) = drive(16, Duration::from_secs(3600), n, move |i| {
+        let (h, u, s, events) = (h.clone(), u.clone(), s.clone(), Arc::clone(&events));
+        async move { post_city(&h, &u, &s, &events[i]).await }
+    })
+    .await;
+    assert_eq!(
+        (lat.len(), failed),
+        (n, 0),
+        "every agent.message is accepted"
+    );
+    until("the agent's messages to be sent", || async {
+        let o = admin_get(http, &format!("{url}/v1/admin/outbox"), admin_token).await;
+        o["to_matrix"]["pending"] == 0
+    })
+    .await;
+    let o = admin_get(http, &format!("{url}/v1/admin/outbox"), admin_token).await;
+    assert_eq!(o["to_matrix"]["failed"], 0, "no message failed: {o}");
+    start.elapsed()
+}
+
+/// `n` messages sent raw as `puppet` (`?user_id=&ts=`), round-robin over
+/// `rooms`, `concurrency` in flight.
+#[allow(clippy::too_many_arguments)]
+async fn raw_burst(
+    http: &reqwest::Client,
+    synapse: &str,
+    as_token: &str,
+    puppet: &str,
+    rooms: &[String],
+    round: usize,
+    n: usize,
+    concurrency: usize,
+) -> Duration {
+    let rooms = Arc::new(rooms.to_vec());
+    let (h, sy, tok, user) = (
+        http.clone(),
+        synapse.to_string(),
+        as_token.to_string(),
+        enc(puppet),
+    );
+    let run = tag();
+    let (lat, failed, elapsed) = drive(concurrency, Duration::from_secs(3600), n, move |i| {
+        let (h, sy, tok, user, rooms) = (h.clone(), sy.clone(), tok.clone(), user.clone(), Arc::clone(&rooms));
+        let txn = format!("raw-{run}-{round}-{i}");
+        async move {
+            let ts = chrono::Utc::now().timestamp_millis();
+            let room = &rooms[i % rooms.len()];
+            let r = h
+                .put(format!(
+                    "{sy}/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}?user_id={user}&ts={ts}"
+                ))
+                .bearer_auth(tok)
+                .json(&json!({"msgtype": "m.text", "body": format!("raw {i}")}))
+                .send()
+                .await;
+            matches!(r, Ok(r) if r.status().is_success())
+        }
+    })
+    .await;
+    assert_eq!((lat.len(), failed), (n, 0), "every raw send succeeds");
+    elapsed
+}
+
+/// People's messages on their way to DAARION.city: a person of FILE in a
+/// City Room sends N messages one after another (a receiver on
+/// RECEIVER_PORT plays DAARION.city); the delay from Synapse's answer to
+/// the person's send until the receiver has the event, p50 and p99; and
+/// the service's own histogram (from Synapse's transaction to the 2xx).
+async fn people_messages(args: &[String], receiver_port: u16, n: usize) -> Value {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    let (url, synapse, secret, admin_token, as_token, file) =
+        (&args[0], &args[1], &args[2], &args[3], &args[4], &args[5]);
+    let arrived: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let seen = Arc::clone(&arrived);
+    let server = actix_web::HttpServer::new(move || {
+        let seen = Arc::clone(&seen);
+        actix_web::App::new().route(
+            "/events",
+            actix_web::web::post().to(move |body: actix_web::web::Bytes| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    if event["type"] == "matrix.message" {
+                        if let Some(id) = event["id"].as_str() {
+                            seen.lock().unwrap().insert(id.to_string(), Instant::now());
+                        }
+                    }
+                    actix_web::HttpResponse::Ok().finish()
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(("127.0.0.1", receiver_port))
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+
+    let http = client(8);
+    let (person, mxid) = read_people(file).into_iter().next().expect("a person");
+    let (_, room) = city_room(
+        &http,
+        url,
+        synapse,
+        secret,
+        admin_token,
+        as_token,
+        &[person],
+    )
+    .await;
+    let login: Value = http
+        .post(format!(
+            "{synapse}/_synapse/admin/v1/users/{}/login",
+            enc(&mxid)
+        ))
+        .bearer_auth(as_token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().expect("a login").to_string();
+    let room = enc(&room);
+    let run = tag();
+    let mut sent: Vec<(String, Instant)> = Vec::with_capacity(n);
+    for i in 0..n {
+        let r: Value = http
+            .put(format!(
+                "{synapse}/_matrix/client/v3/rooms/{room}/send/m.room.message/{run}-{i}"
+            ))
+            .bearer_auth(&token)
+            .json(&json!({"msgtype": "m.text", "body": format!("person {i}")}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        sent.push((
+            r["event_id"].as_str().expect("sent").to_string(),
+            Instant::now(),
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until("DAARION.city to have every message", || async {
+        arrived.lock().unwrap().len() >= n
+    })
+    .await;
+    let arrived = arrived.lock().unwrap().clone();
+    let mut delays: Vec<u64> = sent
+        .iter()
+        .map(|(id, at)| arrived[id].saturating_duration_since(*at).as_micros() as u64)
+        .collect();
+    delays.sort_unstable();
+    let pct =
+        |p: f64| delays[((delays.len() as f64 * p) as usize).min(delays.len() - 1)] as f64 / 1000.0;
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    handle.stop(false).await;
+    json!({
+        "mode": "people-messages",
+        "messages": n,
+        "delay_p50_ms": pct(0.50),
+        "delay_p99_ms": pct(0.99),
+        "delay_max_ms": pct(1.0),
+        "service_histogram_p50_le_s": histogram_bound(&metrics, 0.50),
+        "service_histogram_p99_le_s": histogram_bound(&metrics, 0.99),
+    })
+}
+
+/// The bucket bound under which fraction `p` of the service's delivery
+/// delays fall (its histogram, from Synapse's transaction to the 2xx).
+fn histogram_bound(metrics: &str, p: f64) -> Value {
+    let buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter(|l| l.starts_with("matrix_provisioner_city_delivery_delay_seconds_bucket"))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let count: f64 = l.rsplit(' ').next()?.parse().ok()?;
+            Some((le.parse().unwrap_or(f64::INFINITY), count))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= total * p && total > 0.0)
+        .map_or(Value::Null, |(le, _)| json!(le))
 }

@@ -17,10 +17,17 @@
 # over JOINED_ROOMS more rooms of JOINED_MEMBERS people who are all joined
 # (the listing then has both sets, as DAARION.city keeps its rooms).
 #
-# Usage:   scripts/bench.sh            (about 4 minutes without rooms)
-# Env:     PARTS ("intake sso signin e2e rooms": which to run), SECONDS_PER_RUN (10), INTAKE_CONCURRENCY (64), WORKERS (8), PEOPLE (200),
+# Agents (part "agents", the same Synapse): AGENT_MESSAGES agent messages
+# through the service (webhook in, until all are Matrix events) next to the
+# same sends made raw by the application service, into one room and into
+# AGENT_ROOMS rooms; then PEOPLE_MESSAGES messages of a person, with the
+# delay until DAARION.city's receiver has each (p50, p99).
+#
+# Usage:   scripts/bench.sh            (about 4 minutes without rooms and agents)
+# Env:     PARTS ("intake sso signin e2e rooms agents": which to run), SECONDS_PER_RUN (10), INTAKE_CONCURRENCY (64), WORKERS (8), PEOPLE (200),
 #          BCRYPT_ROUNDS (12), JOINS (1000), JOIN_CONCURRENCY (16), ROOMS (1000), MEMBERS (100),
-#          JOINED_ROOMS (100), JOINED_MEMBERS (100), MP_CACHE
+#          JOINED_ROOMS (100), JOINED_MEMBERS (100), AGENT_MESSAGES (1000), AGENT_ROOMS (20),
+#          PEOPLE_MESSAGES (200), MP_CACHE
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,13 +38,16 @@ intake_c="${INTAKE_CONCURRENCY:-64}"
 workers="${WORKERS:-8}"
 people="${PEOPLE:-200}"
 rounds="${BCRYPT_ROUNDS:-12}"
-parts=" ${PARTS:-intake sso signin e2e rooms} "
+parts=" ${PARTS:-intake sso signin e2e rooms agents} "
 joins="${JOINS:-1000}"
 join_c="${JOIN_CONCURRENCY:-16}"
 rooms="${ROOMS:-1000}"
 members="${MEMBERS:-100}"
 joined_rooms="${JOINED_ROOMS:-100}"
 joined_members="${JOINED_MEMBERS:-100}"
+agent_msgs="${AGENT_MESSAGES:-1000}"
+agent_rooms="${AGENT_ROOMS:-20}"
+people_msgs="${PEOPLE_MESSAGES:-200}"
 
 cargo build --release --locked --quiet
 cargo bench --locked --no-run --bench load --quiet
@@ -162,11 +172,12 @@ fi
     stop_service
     echo "{\"backend\":\"synapse\",\"result\":$("$load" raw-register "$synapse" "$secret" "$workers" "$people")}"
 done
-if [[ $parts == *" rooms "* ]]; then
+if [[ $parts == *" rooms "* || $parts == *" agents "* ]]; then
 # The application service's registration, printed by the service, loaded by
 # a Synapse of its own (bcrypt_rounds 4: the people are set-up, not measured).
+as_port="$(fixed_port)"
 as_env=(APPSERVICE_ID=bench APPSERVICE_BOT=bench-bot APPSERVICE_AS_TOKEN=bench-as APPSERVICE_HS_TOKEN=bench-hs
-        APPSERVICE_URL="http://127.0.0.1:$(fixed_port)" CITY_WEBHOOK_SECRET=bench-city)
+        APPSERVICE_URL="http://127.0.0.1:$as_port" CITY_WEBHOOK_SECRET=bench-city)
 env "${as_env[@]}" SYNAPSE_SERVER_NAME=bench.daarion.space SYNAPSE_REGISTRATION_SECRET="$secret" \
     target/release/matrix-provisioner appservice-registration >"$work/appservice.yaml"
 rooms_port="$(SERVER_NAME=bench.daarion.space REGISTRATION_SECRET="$secret" JWT_SECRET=bench-synapse-jwt \
@@ -183,6 +194,8 @@ peak_rss() { # the service's peak resident memory since reset_peak, in MiB
     awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$service_pid/status"
 }
 reset_peak() { echo 5 >"/proc/$service_pid/clear_refs"; } # VmHWM := VmRSS now
+fi
+if [[ $parts == *" rooms "* ]]; then
 for backend in sqlite postgres; do
     if [[ $backend == sqlite ]]; then db="sqlite://$work/rooms.db"; else db="$(new_pg_db rooms)"; fi
     # The last part: its settings may stay in the environment.
@@ -209,6 +222,25 @@ for backend in sqlite postgres; do
             echo "{\"backend\":\"$backend\",\"rooms\":$n,\"members\":$m,\"members_in_matrix\":\"$kind\",\"pass\":\"nothing changed, full $full\",\"result\":$(pass $full),\"peak_rss_mib\":$(peak_rss)}"
         done
     done
+    stop_service
+done
+fi
+if [[ $parts == *" agents "* ]]; then
+# Agents' messages into Matrix (one room: the service sends a room's
+# messages in order, so the raw side sends one at a time too; many rooms:
+# the raw side with as many in flight as the service has workers), and
+# people's messages back to DAARION.city (a receiver inside the load
+# generator). The service listens on the registration's port, so Synapse's
+# transactions reach it.
+for backend in sqlite postgres; do
+    if [[ $backend == sqlite ]]; then db="sqlite://$work/agents.db"; else db="$(new_pg_db agents)"; fi
+    receiver_port="$(free_port)"
+    export "${as_env[@]}" CITY_EVENTS_URL="http://127.0.0.1:$receiver_port/events"
+    PORT="$as_port" start_service "$db" "$rooms_synapse"
+    "$load" people "$url" bench-webhook bench-admin 1 "$work/agents-people-$backend" >/dev/null
+    echo "{\"backend\":\"$backend\",\"result\":$("$load" agent-messages "$url" "$rooms_synapse" bench-city bench-admin bench-as agent- "$agent_msgs" 1 1)}"
+    echo "{\"backend\":\"$backend\",\"result\":$("$load" agent-messages "$url" "$rooms_synapse" bench-city bench-admin bench-as agent- "$agent_msgs" "$agent_rooms" "$workers")}"
+    echo "{\"backend\":\"$backend\",\"result\":$("$load" people-messages "$url" "$rooms_synapse" bench-city bench-admin bench-as "$work/agents-people-$backend" "$receiver_port" "$people_msgs")}"
     stop_service
 done
 fi

@@ -175,12 +175,14 @@ impl Store {
         if message_ids.is_empty() {
             return Ok(());
         }
+        // `now` is written in (an integer of ours): SQLite's anonymous `?`
+        // do not mix with a numbered parameter before them.
         let sql = format!(
-            "UPDATE agent_messages SET attempted_at = $1 WHERE attempted_at IS NULL \
+            "UPDATE agent_messages SET attempted_at = {now} WHERE attempted_at IS NULL \
              AND message_id IN ({})",
-            self.backend.values(1, message_ids.len())
+            self.backend.placeholders(message_ids.len())
         );
-        let mut query = sqlx::query(&sql).bind(now);
+        let mut query = sqlx::query(&sql);
         for id in message_ids {
             query = query.bind(*id);
         }

@@ -62,7 +62,7 @@ impl Backend {
     }
 
     /// `n` values after the first `before`.
-    pub(crate) fn values(self, before: usize, n: usize) -> String {
+    fn values(self, before: usize, n: usize) -> String {
         (before + 1..=before + n)
             .map(|i| match self {
                 Backend::Postgres => format!("${i}"),

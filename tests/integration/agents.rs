@@ -819,3 +819,52 @@ async fn two_hundred_messages_through_a_kill_are_two_hundred_events(backend: Bac
     drop(service);
 }
 on_both_backends!(two_hundred_messages_through_a_kill_are_two_hundred_events);
+
+/// Synapse sends the message but its answer is lost: the next run reads
+/// the room, finds the message by its DAARION id and records it, without a
+/// second send (so it holds even against a Synapse that forgot its
+/// transaction ids, as a restarted one does).
+async fn a_lost_answer_is_found_in_the_room_not_sent_again(backend: Backend) {
+    let synapse = shared_synapse();
+    let proxy = SynapseProxy::start(&synapse.url);
+    let app = spawn_city_via(backend, &proxy.url).await;
+    let client = &app.client;
+    let s = scene(client, backend, "public").await;
+    let message_id = unique("msg_");
+    let marker = unique("lost-answer-");
+    proxy.fail_body_after_forwarding(&marker, 1, 502);
+    let e = agent_message(&s, &message_id, json!({"body": marker}));
+    assert_eq!(send_city(client, &e).await.0, 202);
+    let record = wait_message_state(client, &message_id, "sent").await;
+    let txn = matrix_provisioner::domain::agent::txn_id(&message_id);
+    let sends = proxy
+        .seen()
+        .iter()
+        .filter(|(path, _)| path.contains(&format!("/send/m.room.message/{txn}")))
+        .count();
+    assert_eq!(sends, 1, "sent once; the second run read the room instead");
+    assert!(
+        proxy
+            .seen()
+            .iter()
+            .any(|(path, _)| path.ends_with("/messages")),
+        "the room was read"
+    );
+    let events: Vec<Value> = room_messages(&Bot::new(backend), &s.matrix_room)
+        .await
+        .into_iter()
+        .filter(|e| e["content"]["body"] == marker.as_str())
+        .collect();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["event_id"], record["event_id"]);
+    app.shutdown().await;
+    proxy.stop().await;
+}
+on_both_backends!(a_lost_answer_is_found_in_the_room_not_sent_again);
+
+async fn spawn_city_via(backend: Backend, synapse_url: &str) -> TestApp {
+    let mut env = city_env(backend, None);
+    env.push(("SYNAPSE_URL".into(), synapse_url.to_string()));
+    let overrides: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    TestApp::spawn_with(TestDb::new(backend).await, shared_synapse(), &overrides).await
+}
