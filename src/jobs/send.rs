@@ -8,7 +8,8 @@
 //!   Synapse's answer and the database, or the answer was lost) first reads
 //!   the room's latest messages for their `city.daarion.message_id`, so not
 //!   even a Synapse restart makes a second event;
-//! - the event id is recorded per message (the message → event table).
+//! - the event id is recorded per message (the message → event table), a
+//!   few messages at a time.
 //!
 //! A message whose room or agent is not in Matrix yet waits for it (and
 //! holds the room's later messages back, to keep the order), up to
@@ -43,17 +44,55 @@ pub struct SendDeps<'a> {
 type StepResult<T> = Result<T, Outcome<Drained>>;
 
 pub async fn drain(deps: &SendDeps<'_>, room_id: &str) -> Outcome<Drained> {
-    match run(deps, room_id).await {
+    let mut recorder = Recorder::default();
+    let outcome = run(deps, room_id, &mut recorder).await;
+    // What went out is recorded whatever stopped the run (a message that
+    // waits, Synapse down).
+    if let Err(e) = recorder.flush(deps.store).await {
+        return e.into();
+    }
+    match outcome {
         Ok(()) => Outcome::Done(Drained),
         Err(outcome) => outcome,
     }
 }
 
-async fn run(deps: &SendDeps<'_>, room_id: &str) -> StepResult<()> {
+/// The events sent in this run: recorded a few at a time (a commit per
+/// message would cost a disk flush each); until then, a crash is covered by
+/// the batch's "tried" mark and the read of the room.
+#[derive(Default)]
+struct Recorder {
+    unrecorded: Vec<(String, String)>,
+    /// message id → event id, for replies to a message of this run.
+    events: HashMap<String, String>,
+}
+
+/// Sent messages recorded at once.
+const RECORD_EVERY: usize = 10;
+
+impl Recorder {
+    fn sent(&mut self, message_id: &str, event_id: &str) {
+        self.unrecorded
+            .push((message_id.to_string(), event_id.to_string()));
+        self.events
+            .insert(message_id.to_string(), event_id.to_string());
+    }
+
+    async fn flush(&mut self, store: &Store) -> Result<(), crate::store::StoreError> {
+        store.record_sent(&self.unrecorded, now_ms()).await?;
+        self.unrecorded.clear();
+        Ok(())
+    }
+}
+
+async fn run(deps: &SendDeps<'_>, room_id: &str, recorder: &mut Recorder) -> StepResult<()> {
     let store = deps.store;
     let room = store.room(room_id).await?;
     let mut agents: HashMap<String, Option<Agent>> = HashMap::new();
     loop {
+        // What this run sent is recorded before the next read, which would
+        // otherwise find it pending.
+        recorder.flush(store).await?;
         let batch = store.pending_messages(room_id, BATCH).await?;
         let Some(first) = batch.first() else {
             return Ok(());
@@ -89,15 +128,20 @@ async fn run(deps: &SendDeps<'_>, room_id: &str) -> StepResult<()> {
                 let agent = store.agent(&m.message.agent_id).await?;
                 agents.insert(m.message.agent_id.clone(), agent);
             }
-            let agent = &agents[&m.message.agent_id];
-            if !send_one(deps, &matrix_room, m, agent.as_ref(), &sent_before).await? {
-                break; // it failed and changed the order: read the batch again
+            let agent = agents[&m.message.agent_id].as_ref();
+            match send_one(deps, &matrix_room, m, agent, &sent_before, recorder).await? {
+                Some(event_id) => recorder.sent(&m.message.message_id, &event_id),
+                // It failed and changed the order: read the batch again.
+                None => break,
+            }
+            if recorder.unrecorded.len() >= RECORD_EVERY {
+                recorder.flush(store).await?;
             }
         }
     }
 }
 
-/// Sends one message (or records it as sent before). False when the
+/// Sends one message (or finds it sent before): its event. None when the
 /// message was failed instead.
 async fn send_one(
     deps: &SendDeps<'_>,
@@ -105,12 +149,13 @@ async fn send_one(
     m: &StoredMessage,
     agent: Option<&Agent>,
     sent_before: &HashMap<String, (String, String)>,
-) -> StepResult<bool> {
+    recorder: &Recorder,
+) -> StepResult<Option<String>> {
     let synapse = deps.synapse;
     let puppet = match agent {
         Some(a) if a.wanted.deleted => {
             fail(deps, m, "the agent was deleted").await?;
-            return Ok(false);
+            return Ok(None);
         }
         Some(Agent {
             localpart: Some(localpart),
@@ -119,23 +164,23 @@ async fn send_one(
         }) => synapse.user_id(localpart),
         _ => {
             wait(deps, m, "its agent has no Matrix user yet").await?;
-            return Ok(false);
+            return Ok(None);
         }
     };
     let message_id = &m.message.message_id;
     if let Some((sender, event_id)) = sent_before.get(message_id) {
         if *sender == puppet {
-            deps.store
-                .record_sent(message_id, event_id, now_ms())
-                .await?;
             tracing::info!(%message_id, %event_id, "found the message in Matrix already");
-            return Ok(true);
+            return Ok(Some(event_id.clone()));
         }
     }
     let reply = match &m.message.reply_to {
         // The `id` of a `matrix.message` is its Matrix event id.
         Some(r) if r.starts_with('$') => Some(r.clone()),
-        Some(r) => deps.store.message_event(r).await?,
+        Some(r) => match recorder.events.get(r) {
+            Some(event_id) => Some(event_id.clone()),
+            None => deps.store.message_event(r).await?,
+        },
         None => None,
     };
     let content = message_content(&m.message, reply.as_deref());
@@ -150,11 +195,8 @@ async fn send_one(
         .await
     {
         Ok(event_id) => {
-            deps.store
-                .record_sent(message_id, &event_id, now_ms())
-                .await?;
             metrics::message("to_matrix", "sent");
-            Ok(true)
+            Ok(Some(event_id))
         }
         Err(e @ SynapseError::Refused { status: 403, .. }) => {
             // Not in the room (yet): the room's job joins its members.
@@ -173,11 +215,11 @@ async fn send_one(
                 let reason = format!("the agent is not a member of this City Room ({e})");
                 fail(deps, m, &reason).await?;
             }
-            Ok(false)
+            Ok(None)
         }
         Err(e @ SynapseError::Refused { .. }) => {
             fail(deps, m, &e.to_string()).await?;
-            Ok(false)
+            Ok(None)
         }
         Err(e) => Err(e.into()),
     }

@@ -190,16 +190,39 @@ impl Store {
         Ok(())
     }
 
-    pub async fn record_sent(&self, message_id: &str, event_id: &str, now: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE agent_messages SET state = 'sent', event_id = $2, last_error = NULL, \
-             sent_at = $3 WHERE message_id = $1",
-        )
-        .bind(message_id)
-        .bind(event_id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+    /// These messages are in Matrix as these events: one statement for
+    /// all of them (a commit per message costs a disk flush each).
+    pub async fn record_sent(&self, sent: &[(String, String)], now: i64) -> Result<()> {
+        if sent.is_empty() {
+            return Ok(());
+        }
+        let b = self.backend;
+        let cases: String = (0..sent.len())
+            .map(|i| {
+                format!(
+                    " WHEN {} THEN {}",
+                    b.placeholder(2 * i + 1),
+                    b.placeholder(2 * i + 2)
+                )
+            })
+            .collect();
+        let ids: Vec<String> = (0..sent.len())
+            .map(|i| b.placeholder(2 * sent.len() + i + 1))
+            .collect();
+        // `now` is written in (an integer of ours), see `mark_attempted`.
+        let sql = format!(
+            "UPDATE agent_messages SET state = 'sent', last_error = NULL, sent_at = {now}, \
+             event_id = CASE message_id{cases} END WHERE message_id IN ({})",
+            ids.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for (message_id, event_id) in sent {
+            query = query.bind(message_id).bind(event_id);
+        }
+        for (message_id, _) in sent {
+            query = query.bind(message_id);
+        }
+        query.execute(&self.pool).await?;
         Ok(())
     }
 

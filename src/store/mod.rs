@@ -64,12 +64,18 @@ impl Backend {
     /// `n` values after the first `before`.
     fn values(self, before: usize, n: usize) -> String {
         (before + 1..=before + n)
-            .map(|i| match self {
-                Backend::Postgres => format!("${i}"),
-                Backend::Sqlite => "?".to_string(),
-            })
+            .map(|i| self.placeholder(i))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// The `i`-th bound value (from 1) of a statement whose values are all
+    /// bound in order (SQLite's anonymous `?` do not mix with numbered ones).
+    pub(crate) fn placeholder(self, i: usize) -> String {
+        match self {
+            Backend::Postgres => format!("${i}"),
+            Backend::Sqlite => "?".to_string(),
+        }
     }
 }
 
