@@ -4,10 +4,10 @@
 //! last gave; a deleted agent's puppet is deactivated (which also makes it
 //! leave its rooms). Sends only what differs from what Synapse shows.
 
-use super::avatar::{image_for, Applied, Image};
+use super::avatar::follow;
 use super::provision::Outcome;
 use crate::avatar::AvatarFetcher;
-use crate::store::{Agent, AgentState, Store};
+use crate::store::{Agent, AgentState, AppliedAvatar, JobKind, Store};
 use crate::synapse::Synapse;
 
 pub struct AgentDeps<'a> {
@@ -115,41 +115,19 @@ async fn sync_avatar(
     localpart: &str,
     shown: Option<&str>,
 ) -> StepResult<()> {
+    let current = AppliedAvatar {
+        url: a.applied_avatar_url.clone(),
+        mxc: a.avatar_mxc.clone(),
+        sha256: a.avatar_sha256.clone(),
+        error: a.avatar_error.clone(),
+    };
     let wanted = a.wanted.avatar_url.clone();
-    if wanted != a.applied_avatar_url {
-        let image = image_for(
-            deps.avatars,
-            deps.synapse,
-            wanted.as_deref(),
-            (a.avatar_mxc.as_deref(), a.avatar_sha256.as_deref()),
-        )
-        .await?;
-        if let Image::Unavailable(reason) = &image {
-            tracing::info!(agent_id = %a.agent_id, "agent avatar not fetched: {reason}");
-        }
-        let current = Applied {
-            url: a.applied_avatar_url.clone(),
-            mxc: a.avatar_mxc.clone(),
-            sha256: a.avatar_sha256.clone(),
-            error: None,
-        };
-        let applied = image.applied(wanted, current);
-        deps.store
-            .record_agent_avatar(
-                &a.agent_id,
-                applied.url.as_deref(),
-                applied.mxc.as_deref(),
-                applied.sha256.as_deref(),
-                applied.error.as_deref(),
-            )
-            .await?;
-        a.avatar_mxc = applied.mxc;
-        a.avatar_sha256 = applied.sha256;
-    }
+    let fetch = (deps.avatars, deps.synapse, deps.store);
+    let applied = follow(fetch, JobKind::Agent, &a.agent_id, wanted, current).await?;
     let shown = shown.filter(|s| !s.is_empty());
-    if shown != a.avatar_mxc.as_deref() {
+    if shown != applied.mxc.as_deref() {
         deps.synapse
-            .set_avatar(localpart, a.avatar_mxc.as_deref())
+            .set_avatar(localpart, applied.mxc.as_deref())
             .await?;
     }
     Ok(())

@@ -2,12 +2,14 @@
 //! `avatar_url`: fetched like people's avatars (SSRF-safe, size-limited),
 //! uploaded once and reused while its content hash is unchanged.
 
+use super::provision::Outcome;
 use crate::avatar::{AvatarFetcher, FetchError};
+use crate::store::{AppliedAvatar, JobKind, Store};
 use crate::synapse::{Synapse, SynapseError};
 
 /// What to show.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Image {
+enum Image {
     /// DAARION.city has no avatar for it.
     None,
     /// This upload.
@@ -22,7 +24,7 @@ pub enum Image {
 
 /// The image for `url`, reusing `known` (the last upload's mxc and hash)
 /// when the content is the same.
-pub async fn image_for(
+async fn image_for(
     avatars: &AvatarFetcher,
     synapse: &Synapse,
     url: Option<&str>,
@@ -59,37 +61,53 @@ pub async fn image_for(
     }
 }
 
-/// What is recorded of an avatar: the DAARION URL it shows, the upload
-/// and its hash, and why it is not shown.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Applied {
-    pub url: Option<String>,
-    pub mxc: Option<String>,
-    pub sha256: Option<String>,
-    pub error: Option<String>,
-}
-
 impl Image {
     /// The record after this outcome for `wanted`; `current` is kept when
     /// the image could not be fetched now.
-    pub fn applied(self, wanted: Option<String>, current: Applied) -> Applied {
+    fn applied(self, wanted: Option<String>, current: AppliedAvatar) -> AppliedAvatar {
         match self {
-            Image::None => Applied::default(),
-            Image::Shown { mxc, sha256 } => Applied {
+            Image::None => AppliedAvatar::default(),
+            Image::Shown { mxc, sha256 } => AppliedAvatar {
                 url: wanted,
                 mxc: Some(mxc),
                 sha256: Some(sha256),
                 error: None,
             },
-            Image::Refused(reason) => Applied {
+            Image::Refused(reason) => AppliedAvatar {
                 url: wanted,
                 error: Some(reason),
-                ..Applied::default()
+                ..AppliedAvatar::default()
             },
-            Image::Unavailable(reason) => Applied {
+            Image::Unavailable(reason) => AppliedAvatar {
                 error: Some(reason),
                 ..current
             },
         }
     }
+}
+
+/// The avatar of a City Room or an agent (`kind`, `key`) after following
+/// DAARION.city's `wanted` URL from `current`: fetched and uploaded when the
+/// URL changed (reused by content hash), and recorded.
+pub async fn follow<S>(
+    deps: (&AvatarFetcher, &Synapse, &Store),
+    kind: JobKind,
+    key: &str,
+    wanted: Option<String>,
+    current: AppliedAvatar,
+) -> Result<AppliedAvatar, Outcome<S>> {
+    let (avatars, synapse, store) = deps;
+    if wanted == current.url {
+        return Ok(current);
+    }
+    let known = (current.mxc.as_deref(), current.sha256.as_deref());
+    let image = image_for(avatars, synapse, wanted.as_deref(), known).await?;
+    if let Image::Unavailable(reason) = &image {
+        // Keep what is shown and go on with the rest; the next run (a full
+        // pass at the latest) tries again.
+        tracing::info!(kind = kind.as_str(), subject = %key, "avatar not fetched: {reason}");
+    }
+    let applied = image.applied(wanted, current);
+    store.record_avatar_of(kind, key, &applied).await?;
+    Ok(applied)
 }

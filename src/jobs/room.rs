@@ -19,12 +19,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
-use super::avatar::{image_for, Applied, Image};
+use super::avatar::follow;
 use super::provision::Outcome;
 use crate::avatar::AvatarFetcher;
 use crate::domain::city::{Role, Visibility};
 use crate::now_ms;
-use crate::store::{MemberAccount, Room, RoomState, Store};
+use crate::store::{AppliedAvatar, JobKind, MemberAccount, Room, RoomState, Store};
 use crate::synapse::{RoomView, Synapse, SynapseError};
 
 /// Alias candidates tried before giving up (`-2` … `-50`).
@@ -229,45 +229,19 @@ impl Step<'_> {
     }
 
     async fn sync_avatar(&mut self, room_id: &str, view: &RoomView) -> StepResult<()> {
+        let current = AppliedAvatar {
+            url: self.r.applied_avatar_url.clone(),
+            mxc: self.r.avatar_mxc.clone(),
+            sha256: self.r.avatar_sha256.clone(),
+            error: self.r.avatar_error.clone(),
+        };
+        let deps = (self.deps.avatars, self.deps.synapse, self.deps.store);
         let wanted = self.r.wanted.avatar_url.clone();
-        if wanted != self.r.applied_avatar_url {
-            let image = image_for(
-                self.deps.avatars,
-                self.deps.synapse,
-                wanted.as_deref(),
-                (
-                    self.r.avatar_mxc.as_deref(),
-                    self.r.avatar_sha256.as_deref(),
-                ),
-            )
-            .await?;
-            if let Image::Unavailable(reason) = &image {
-                // Keep what the room shows and go on with the rest; the
-                // next run (a full pass at the latest) tries again.
-                tracing::info!(room_id = %self.r.room_id, "room avatar not fetched: {reason}");
-            }
-            let current = Applied {
-                url: self.r.applied_avatar_url.clone(),
-                mxc: self.r.avatar_mxc.clone(),
-                sha256: self.r.avatar_sha256.clone(),
-                error: None,
-            };
-            let applied = image.applied(wanted, current);
-            self.deps
-                .store
-                .record_room_avatar(
-                    &self.r.room_id,
-                    applied.url.as_deref(),
-                    applied.mxc.as_deref(),
-                    applied.sha256.as_deref(),
-                    applied.error.as_deref(),
-                )
-                .await?;
-            self.r.applied_avatar_url = applied.url;
-            self.r.avatar_mxc = applied.mxc;
-            self.r.avatar_sha256 = applied.sha256;
-            self.r.avatar_error = applied.error;
-        }
+        let applied = follow(deps, JobKind::Room, &self.r.room_id, wanted, current).await?;
+        self.r.applied_avatar_url = applied.url;
+        self.r.avatar_mxc = applied.mxc;
+        self.r.avatar_sha256 = applied.sha256;
+        self.r.avatar_error = applied.error;
         self.show_avatar(room_id, view).await
     }
 

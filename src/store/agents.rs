@@ -249,30 +249,6 @@ impl Store {
         Ok(())
     }
 
-    /// The avatar is what DAARION.city's `applied_url` showed (`mxc` and
-    /// its hash; `error` when it could not be used).
-    pub async fn record_agent_avatar(
-        &self,
-        agent_id: &str,
-        applied_url: Option<&str>,
-        mxc: Option<&str>,
-        sha256: Option<&str>,
-        error: Option<&str>,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE agents SET applied_avatar_url = $2, avatar_mxc = $3, avatar_sha256 = $4, \
-             avatar_error = $5 WHERE agent_id = $1",
-        )
-        .bind(agent_id)
-        .bind(applied_url)
-        .bind(mxc)
-        .bind(sha256)
-        .bind(error)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     pub async fn record_agent_presence(&self, agent_id: &str, presence: Presence) -> Result<()> {
         sqlx::query("UPDATE agents SET applied_presence = $2 WHERE agent_id = $1")
             .bind(agent_id)
@@ -302,30 +278,6 @@ impl Store {
                     status_msg: r.try_get("status_msg")?,
                 })
             })
-            .collect()
-    }
-
-    /// The agents behind these puppet localparts (mentions in people's
-    /// messages).
-    pub(super) async fn agents_by_localparts(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        localparts: &BTreeSet<String>,
-    ) -> Result<HashMap<String, String>> {
-        if localparts.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let sql = format!(
-            "SELECT localpart, agent_id FROM agents WHERE localpart IN ({})",
-            self.backend.placeholders(localparts.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for lp in localparts {
-            query = query.bind(lp);
-        }
-        let rows = query.fetch_all(&mut **tx).await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("localpart")?, r.try_get("agent_id")?)))
             .collect()
     }
 

@@ -63,6 +63,16 @@ impl JobKind {
     }
 }
 
+/// What is recorded of an image shown for DAARION's `avatar_url`: the URL
+/// it shows, the upload and its hash, and why it is not shown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedAvatar {
+    pub url: Option<String>,
+    pub mxc: Option<String>,
+    pub sha256: Option<String>,
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
     pub kind: JobKind,
@@ -170,6 +180,32 @@ impl Store {
             .bind(state)
             .bind(now)
             .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Records the avatar a City Room or an agent now shows (see
+    /// `jobs::avatar`); the subject's table has the four avatar columns.
+    pub async fn record_avatar_of(
+        &self,
+        kind: JobKind,
+        key: &str,
+        avatar: &AppliedAvatar,
+    ) -> Result<()> {
+        let Some((table, key_column)) = kind.table() else {
+            return Ok(());
+        };
+        let sql = format!(
+            "UPDATE {table} SET applied_avatar_url = $2, avatar_mxc = $3, avatar_sha256 = $4, \
+             avatar_error = $5 WHERE {key_column} = $1"
+        );
+        sqlx::query(&sql)
+            .bind(key)
+            .bind(&avatar.url)
+            .bind(&avatar.mxc)
+            .bind(&avatar.sha256)
+            .bind(&avatar.error)
+            .execute(&self.pool)
             .await?;
         Ok(())
     }

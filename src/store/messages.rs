@@ -428,7 +428,14 @@ impl Store {
         }
         let matrix_rooms: BTreeSet<&str> =
             txn.messages.iter().map(|m| m.room_id.as_str()).collect();
-        let rooms = self.city_rooms_of(tx, &matrix_rooms).await?;
+        // Matrix room id → City Room id, for the rooms that are City Rooms.
+        let rooms = self
+            .pairs(
+                tx,
+                "SELECT matrix_room_id AS k, room_id AS v FROM rooms WHERE matrix_room_id IN ({})",
+                &matrix_rooms,
+            )
+            .await?;
         let messages: Vec<&matrix::InboundMessage> = txn
             .messages
             .iter()
@@ -454,21 +461,39 @@ impl Store {
             .collect();
 
         // Who sent them, what they answer and whom they mention.
-        let localparts: BTreeSet<String> = messages
+        let localparts: BTreeSet<&str> = messages
             .iter()
-            .filter_map(|m| names.local(&m.sender).map(str::to_string))
+            .filter_map(|m| names.local(&m.sender))
             .collect();
-        let people = self.people_by_localparts(tx, &localparts).await?;
+        let people = self
+            .pairs(
+                tx,
+                "SELECT localpart AS k, user_id AS v FROM people WHERE localpart IN ({})",
+                &localparts,
+            )
+            .await?;
         let replies: BTreeSet<&str> = messages.iter().filter_map(|m| m.reply_event()).collect();
-        let replied = self.messages_of_events(tx, &replies).await?;
+        let replied = self
+            .pairs(
+                tx,
+                "SELECT event_id AS k, message_id AS v FROM agent_messages WHERE event_id IN ({})",
+                &replies,
+            )
+            .await?;
         let mentioned: Vec<BTreeSet<String>> =
             messages.iter().map(|m| m.mentioned_users()).collect();
-        let agent_localparts: BTreeSet<String> = mentioned
+        let agent_localparts: BTreeSet<&str> = mentioned
             .iter()
             .flatten()
-            .filter_map(|u| names.agent(u).map(str::to_string))
+            .filter_map(|u| names.agent(u))
             .collect();
-        let agents = self.agents_by_localparts(tx, &agent_localparts).await?;
+        let agents = self
+            .pairs(
+                tx,
+                "SELECT localpart AS k, agent_id AS v FROM agents WHERE localpart IN ({})",
+                &agent_localparts,
+            )
+            .await?;
 
         let mut streams: BTreeSet<String> = BTreeSet::new();
         for (m, mentioned) in messages.iter().zip(&mentioned) {
@@ -531,69 +556,26 @@ impl Store {
         Ok(queued)
     }
 
-    /// Matrix room id → City Room id, for the rooms that are City Rooms.
-    async fn city_rooms_of(
+    /// `k → v` for the rows of `select` (a query of two columns, `k` and
+    /// `v`, with `{}` where the keys' placeholders go) whose key is among
+    /// `keys`: how the intake of a transaction resolves ids in bulk.
+    pub(super) async fn pairs(
         &self,
         tx: &mut Transaction<'static, Any>,
-        matrix_rooms: &BTreeSet<&str>,
+        select: &str,
+        keys: &BTreeSet<&str>,
     ) -> Result<HashMap<String, String>> {
-        let sql = format!(
-            "SELECT matrix_room_id, room_id FROM rooms WHERE matrix_room_id IN ({})",
-            self.backend.placeholders(matrix_rooms.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for id in matrix_rooms {
-            query = query.bind(*id);
-        }
-        let rows = query.fetch_all(&mut **tx).await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("matrix_room_id")?, r.try_get("room_id")?)))
-            .collect()
-    }
-
-    /// localpart → DAARION user_id.
-    async fn people_by_localparts(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        localparts: &BTreeSet<String>,
-    ) -> Result<HashMap<String, String>> {
-        if localparts.is_empty() {
+        if keys.is_empty() {
             return Ok(HashMap::new());
         }
-        let sql = format!(
-            "SELECT localpart, user_id FROM people WHERE localpart IN ({})",
-            self.backend.placeholders(localparts.len())
-        );
+        let sql = select.replace("{}", &self.backend.placeholders(keys.len()));
         let mut query = sqlx::query(&sql);
-        for lp in localparts {
-            query = query.bind(lp);
+        for key in keys {
+            query = query.bind(*key);
         }
         let rows = query.fetch_all(&mut **tx).await?;
         rows.iter()
-            .map(|r| Ok((r.try_get("localpart")?, r.try_get("user_id")?)))
-            .collect()
-    }
-
-    /// Matrix event id → message id, for agents' messages among `events`.
-    async fn messages_of_events(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        events: &BTreeSet<&str>,
-    ) -> Result<HashMap<String, String>> {
-        if events.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let sql = format!(
-            "SELECT event_id, message_id FROM agent_messages WHERE event_id IN ({})",
-            self.backend.placeholders(events.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for id in events {
-            query = query.bind(*id);
-        }
-        let rows = query.fetch_all(&mut **tx).await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("event_id")?, r.try_get("message_id")?)))
+            .map(|r| Ok((r.try_get("k")?, r.try_get("v")?)))
             .collect()
     }
 }

@@ -27,7 +27,7 @@ use sqlx::{AnyPool, Executor};
 pub use agents::{Agent, AgentState, PresentAgent};
 pub use batch::{Batched, Intake};
 pub use intake::Accepted;
-pub use jobs::{ClaimFor, Job, JobKind, QueueDepth};
+pub use jobs::{AppliedAvatar, ClaimFor, Job, JobKind, QueueDepth};
 pub use messages::{
     room_stream, OutboxEntry, OutboxSummary, StoredMessage, TxnAccepted, PRESENCE_STREAM,
 };

@@ -418,30 +418,6 @@ impl Store {
         Ok(())
     }
 
-    /// The avatar is what DAARION.city's `applied_url` showed (`mxc` and
-    /// its hash; `error` when it could not be used).
-    pub async fn record_room_avatar(
-        &self,
-        room_id: &str,
-        applied_url: Option<&str>,
-        mxc: Option<&str>,
-        sha256: Option<&str>,
-        error: Option<&str>,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE rooms SET applied_avatar_url = $2, avatar_mxc = $3, avatar_sha256 = $4, \
-             avatar_error = $5 WHERE room_id = $1",
-        )
-        .bind(room_id)
-        .bind(applied_url)
-        .bind(mxc)
-        .bind(sha256)
-        .bind(error)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     pub async fn set_room_directory(&self, room_id: &str, directory: &str) -> Result<()> {
         sqlx::query("UPDATE rooms SET applied_directory = $2 WHERE room_id = $1")
             .bind(room_id)

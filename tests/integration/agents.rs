@@ -574,7 +574,11 @@ on_both_backends!(agents_speak_and_people_answer);
 /// can never be sent fails with its reason (and an operator can retry it);
 /// the agent's profile follows; a deleted agent leaves and is deactivated.
 async fn messages_wait_for_their_agent_and_fail_with_a_reason(backend: Backend) {
-    let app = spawn_city(backend, TestDb::new(backend).await, None).await;
+    use crate::fakes::{png, AvatarHost};
+    let host = AvatarHost::start();
+    host.put("helper.png", png(11));
+    let allowed = format!("127.0.0.1:{}", host.port);
+    let app = spawn_city_with(backend, &[("AVATAR_ALLOWED_HOSTS", allowed)]).await;
     let client = &app.client;
     let admin = SynapseAdmin::shared().await;
     let bot = Bot::new(backend);
@@ -630,17 +634,20 @@ async fn messages_wait_for_their_agent_and_fail_with_a_reason(backend: Backend) 
     );
     assert_eq!(event["content"]["body"], "I was waiting");
 
-    // The profile follows DAARION.city's.
+    // The profile follows DAARION.city's: name and avatar.
     let renamed = city_event(
         "agent.updated",
-        json!({"agent_id": s.agent_id, "display_name": "Helper Two"}),
+        json!({"agent_id": s.agent_id, "display_name": "Helper Two",
+               "avatar_url": host.url("/img/helper.png")}),
     );
     assert_eq!(send_city(client, &renamed).await.0, 202);
-    eventually("the puppet's new name", WAIT, || async {
+    let mxc = eventually("the puppet's new name and avatar", WAIT, || async {
         let user = admin.user(&s.puppet).await?;
-        (user["displayname"] == "Helper Two").then_some(())
+        let mxc = user["avatar_url"].as_str()?.to_string();
+        (user["displayname"] == "Helper Two").then_some(mxc)
     })
     .await;
+    assert_eq!(admin.media(&mxc).await, png(11));
 
     // An agent that is not a member of the room: failed, with the reason.
     let outsider = unique("a_");
@@ -824,7 +831,7 @@ on_both_backends!(two_hundred_messages_through_a_kill_are_two_hundred_events);
 async fn a_lost_answer_is_found_in_the_room_not_sent_again(backend: Backend) {
     let synapse = shared_synapse();
     let proxy = SynapseProxy::start(&synapse.url);
-    let app = spawn_city_via(backend, &proxy.url).await;
+    let app = spawn_city_with(backend, &[("SYNAPSE_URL", proxy.url.clone())]).await;
     let client = &app.client;
     let s = scene(client, backend, "public").await;
     let message_id = unique("msg_");
@@ -859,9 +866,11 @@ async fn a_lost_answer_is_found_in_the_room_not_sent_again(backend: Backend) {
 }
 on_both_backends!(a_lost_answer_is_found_in_the_room_not_sent_again);
 
-async fn spawn_city_via(backend: Backend, synapse_url: &str) -> TestApp {
+async fn spawn_city_with(backend: Backend, extra: &[(&str, String)]) -> TestApp {
     let mut env = city_env(backend, None);
-    env.push(("SYNAPSE_URL".into(), synapse_url.to_string()));
+    for (k, v) in extra {
+        env.push((k.to_string(), v.clone()));
+    }
     let overrides: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     TestApp::spawn_with(TestDb::new(backend).await, shared_synapse(), &overrides).await
 }
