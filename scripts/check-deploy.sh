@@ -1,0 +1,781 @@
+#!/usr/bin/env bash
+# check-deploy.sh — deploy/ checked by the programs that read its files, on
+# this machine (no Docker engine):
+#
+#   1. deploy/render.sh renders .env.example (with fresh secrets) and
+#      refuses a setting the files could not hold;
+#   2. Element's config.json has what Element reads, agreeing with Synapse's;
+#   3. docker-compose (Debian's, `config`) accepts the compose file, whose
+#      images, build context, Dockerfile, volumes and mounted files exist;
+#   4. the same templates rendered with a local layout (everything on
+#      127.0.0.1, paths in a scratch directory, a self-signed certificate):
+#      PostgreSQL runs the rendered init.sql; Synapse starts on it from the
+#      rendered homeserver.yaml with the OpenID provider and the application
+#      service loaded; the service runs from the rendered environment; nginx
+#      loads the rendered gateway config in front of them (and a stand-in of
+#      Element's container serving the rendered config.json), and every
+#      path answers through the gateway as deploy/README.md says: Matrix,
+#      the /.well-known answers, the sign-in paths, Element, uploads up to
+#      AVATAR_MAX_BYTES, and 404 for the webhooks, the operators' paths and
+#      the application service while they work directly;
+#   5. "Continue with DAARION" in headless Chromium from Synapse's login page
+#      at the gateway's origin (https), through the service and the stand-in
+#      DAARION page (scripts/standin-daarion.py), back signed in;
+#   6. the gateway's switches: GATEWAY_EXPOSE_WEBHOOKS and GATEWAY_ADMIN_ALLOW
+#      open what they say, re-rendered and reloaded into the running nginx.
+#
+# Usage:   scripts/check-deploy.sh
+# Needs:   cargo, python3, PostgreSQL 15 server binaries, openssl; Debian's
+#          nginx, docker-compose, gettext-base, chromium and chromium-driver
+#          (installed here with apt-get when missing; needs root); selenium
+#          from PyPI (${MP_CACHE:-.cache}/browser-venv), Synapse from PyPI
+#          (scripts/synapse-venv.sh).
+# Network: apt-get and pip only when something is missing; everything else
+#          stays on 127.0.0.1.
+set -euo pipefail
+
+SELENIUM_VERSION=4.38.0 # as scripts/check-sign-in.sh
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cache="${MP_CACHE:-$repo/.cache}"
+mkdir -p "$cache"
+
+say() { echo "check-deploy: $*"; }
+ok() { echo "check-deploy: ok   $*"; }
+fail() {
+    echo "check-deploy: FAIL $*" >&2
+    exit 1
+}
+
+# ---- tools -----------------------------------------------------------------
+missing=()
+command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v envsubst >/dev/null 2>&1 || missing+=(gettext-base)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if ((${#missing[@]})); then
+    say "installing ${missing[*]} (Debian packages)" >&2
+    sudo=""
+    [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+fi
+browser_venv="$cache/browser-venv"
+exec 9>"$cache/.browser-venv.lock"
+flock 9
+if ! "$browser_venv/bin/python" -c "import selenium, sys; sys.exit(selenium.__version__ != '$SELENIUM_VERSION')" 2>/dev/null; then
+    say "installing selenium $SELENIUM_VERSION into $browser_venv" >&2
+    [[ -x "$browser_venv/bin/python" ]] || python3 -m venv "$browser_venv"
+    "$browser_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "selenium==$SELENIUM_VERSION" >&2
+fi
+flock -u 9
+
+cargo build --locked --quiet --bin matrix-provisioner
+bin="$repo/target/debug/matrix-provisioner"
+venv="$(scripts/synapse-venv.sh | tail -n 1)"
+py="$venv/bin/python" # has yaml and cryptography
+
+scratch_dir mp-deploy
+pids=()
+stop_all() {
+    local pid
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    scripts/synapse-ctl.sh stop "$work/rendered/synapse" >/dev/null 2>&1 || true
+    stop_scratch
+}
+trap stop_all EXIT
+# Print the logs of what ran when a check fails.
+show_logs() {
+    local f
+    if [[ -f "$work/rendered/synapse/synapse.out" ]]; then
+        echo "---- Synapse's warnings and errors ----" >&2
+        grep -E -A8 ' - (ERROR|CRITICAL) - ' "$work/rendered/synapse/synapse.out" | tail -n 40 >&2 || true
+    fi
+    for f in "$work/service.log" "$work/nginx/error.log"; do
+        [[ -f "$f" ]] || continue
+        echo "---- tail of $f ----" >&2
+        tail -n 15 "$f" >&2
+    done
+}
+
+# set_env FILE KEY VALUE: sets KEY's value in an env file (the key must be there).
+set_env() {
+    awk -v k="$2" -v v="$3" '
+        index($0, k "=") == 1 { print k "=" v; found = 1; next }
+        { print }
+        END { if (!found) exit 3 }' "$1" >"$1.tmp" || fail "set_env: no $2 in $1"
+    mv "$1.tmp" "$1"
+}
+
+# The checks written in Python (HTTP, JSON, YAML), one subcommand each.
+cat >"$work/checks.py" <<'PY'
+import base64, hashlib, hmac, json, os, ssl, sys, time
+import urllib.error, urllib.parse, urllib.request
+
+
+def ok(msg):
+    print(f"check-deploy: ok   {msg}", flush=True)
+
+
+def fail(msg):
+    print(f"check-deploy: FAIL {msg}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def load_env(path):
+    env = {}
+    for line in open(path, encoding="utf8"):
+        line = line.rstrip("\n")
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            env[key] = value
+    return env
+
+
+E = load_env(sys.argv[2])
+REPO = os.environ["REPO"]
+deploy = os.path.join(REPO, "deploy")
+rendered = E["RENDERED_DIR"]
+if not os.path.isabs(rendered):
+    rendered = os.path.join(deploy, rendered)
+port = E["HTTPS_PORT"]
+ORIGIN = f"https://{E['MATRIX_HOST']}" + ("" if port == "443" else f":{port}")
+SERVER = E["SYNAPSE_SERVER_NAME"]
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def call(method, url, body=None, token=None, headers=None):
+    """(status, headers, body bytes); redirects are answers, not followed."""
+    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None and not (headers and "Content-Type" in headers):
+        req.add_header("Content-Type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    ctx = ssl.create_default_context(cafile=E["TLS_CERTIFICATE"]) if url.startswith("https") else None
+    opener = urllib.request.build_opener(
+        NoRedirect, urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx))
+    try:
+        with opener.open(req, timeout=30) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def jcall(method, url, body=None, token=None, want=200):
+    status, _, data = call(method, url, body, token)
+    check(status == want, f"{method} {url}: {status} {data[:300]!r}, expected {want}")
+    return json.loads(data)
+
+
+def service(path):
+    return f"http://127.0.0.1:{E['PROVISIONER_PORT']}{path}"
+
+
+def synapse(path):
+    return f"http://127.0.0.1:{E['SYNAPSE_PORT']}{path}"
+
+
+def admin_token():
+    """A fresh Synapse admin through shared-secret registration."""
+    nonce = jcall("GET", synapse("/_synapse/admin/v1/register"))["nonce"]
+    user, password = f"deploycheck{int(time.time() * 1000)}", "deploy-check-password"
+    mac = hmac.new(E["SYNAPSE_REGISTRATION_SECRET"].encode(), digestmod=hashlib.sha1)
+    mac.update(b"\0".join([nonce.encode(), user.encode(), password.encode(), b"admin"]))
+    return jcall("POST", synapse("/_synapse/admin/v1/register"), {
+        "nonce": nonce, "username": user, "password": password, "admin": True,
+        "mac": mac.hexdigest()})["access_token"]
+
+
+def closed(method, path, direct_status, token=None, body=None, direct=None):
+    """404 from nginx (not the service's JSON) at the gateway; direct_status directly."""
+    status, _, data = call(method, ORIGIN + path, body, token)
+    check(status == 404 and b'"error"' not in data,
+          f"{method} {path} through the gateway: {status} {data[:200]!r}, expected nginx's 404")
+    url = (direct or service)(path)
+    status, _, data = call(method, url, body, token)
+    check(status == direct_status, f"{method} {url} directly: {status} {data[:200]!r}, expected {direct_status}")
+    return f"{path} {direct_status}"
+
+
+def cmd_element():
+    path = os.path.join(rendered, "element", "config.json")
+    c = json.load(open(path, encoding="utf8"))
+    # The keys Element Web reads (its IConfigOptions); anything else is a typo.
+    known = {
+        "default_server_config", "default_server_name", "default_hs_url", "default_is_url",
+        "disable_custom_urls", "disable_guests", "disable_3pid_login",
+        "disable_login_language_selector", "brand", "branding", "embedded_pages",
+        "sso_redirect_options", "logout_redirect_url", "room_directory",
+        "default_country_code", "setting_defaults", "show_labs_settings", "features",
+        "default_theme", "default_federate", "permalink_prefix", "integrations_ui_url",
+        "integrations_rest_url", "integrations_widgets_urls", "bug_report_endpoint_url",
+        "jitsi", "element_call", "map_style_url", "mobile_guide_toast", "help_url",
+        "terms_and_conditions_links", "privacy_policy_url", "voip", "welcome_user_id",
+        "oidc_static_clients", "default_device_display_name", "desktop_builds",
+        "mobile_builds", "custom_translations_url", "report_event",
+        "enable_presence_by_hs_url", "analytics_owner", "posthog", "sentry",
+    }
+    check(not set(c) - known, f"{path}: keys Element does not read: {sorted(set(c) - known)}")
+    hs = c.get("default_server_config", {}).get("m.homeserver", {})
+    check(hs.get("base_url") == ORIGIN, f"{path}: m.homeserver base_url {hs.get('base_url')!r}, expected {ORIGIN}")
+    check(hs.get("server_name") == SERVER, f"{path}: m.homeserver server_name {hs.get('server_name')!r}")
+    check(c.get("sso_redirect_options", {}).get("immediate") is True,
+          f"{path}: sso_redirect_options.immediate is not true (straight to DAARION)")
+    check(c.get("logout_redirect_url") == E["DAARION_LOGOUT_URL"], f"{path}: logout_redirect_url")
+    check(c.get("brand") == E["ELEMENT_BRAND"], f"{path}: brand")
+    for flag in ("disable_custom_urls", "disable_guests"):
+        check(c.get(flag) is True, f"{path}: {flag} is not true")
+    check(c.get("room_directory", {}).get("servers") == [SERVER], f"{path}: room_directory.servers")
+    import yaml
+    hs_yaml = yaml.safe_load(open(os.path.join(rendered, "synapse", "homeserver.yaml")))
+    element_url = ORIGIN + "/element/"
+    check(element_url in hs_yaml["sso"]["client_whitelist"],
+          f"Synapse's sso.client_whitelist lacks Element's {element_url}")
+    check(hs_yaml["public_baseurl"] == ORIGIN + "/", "Synapse's public_baseurl is not Element's base_url")
+    ok(f"Element's config.json: homeserver {ORIGIN} ({SERVER}), SSO straight to DAARION, "
+       f"sign-out to {c['logout_redirect_url']}, brand {c['brand']!r}, custom URLs and guests off; "
+       f"Synapse lets {element_url} back in without a page")
+
+
+def environment(service):
+    """A service's environment as `config` resolved it (env_file included)."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+    env = {k: ("" if v is None else str(v)) for k, v in env.items()}
+    files = service.get("env_file") or []
+    for f in [files] if isinstance(files, str) else files:
+        path = f["path"] if isinstance(f, dict) else f
+        for k, v in load_env(path).items():
+            env.setdefault(k, v)
+    return env
+
+
+def cmd_compose():
+    import yaml
+    out = yaml.safe_load(open(sys.argv[3], encoding="utf8"))
+    services = out["services"]
+    check(set(services) == {"postgres", "synapse", "provisioner", "element", "gateway"},
+          f"services: {sorted(services)}")
+    for name, s in services.items():
+        image = s.get("image", "")
+        last = image.rsplit("/", 1)[-1]
+        check(":" in last and not last.endswith(":latest"), f"{name}: image {image!r} has no pinned tag")
+    synapse_version = next(l.split("=", 1)[1].strip() for l in open(os.path.join(REPO, "scripts/synapse-venv.sh"))
+                           if l.startswith("SYNAPSE_VERSION="))
+    check(services["synapse"]["image"].endswith(":v" + synapse_version),
+          f"Synapse image {services['synapse']['image']} is not the version the checks run ({synapse_version})")
+    pg_major = next(l.split("/postgresql/")[1].split("/")[0] for l in open(os.path.join(REPO, "scripts/pg-cluster.sh"))
+                    if l.startswith('PG_BIN="${PG_BIN:-'))
+    check(services["postgres"]["image"].split(":")[1].startswith(pg_major),
+          f"PostgreSQL image {services['postgres']['image']} is not the major version the checks run ({pg_major})")
+
+    build = services["provisioner"]["build"]
+    context = build["context"] if isinstance(build, dict) else build
+    dockerfile = os.path.join(context, (build.get("dockerfile") if isinstance(build, dict) else None) or "Dockerfile")
+    check(os.path.isdir(context) and os.path.samefile(context, REPO), f"provisioner build context {context} is not the repository")
+    check(os.path.isfile(dockerfile), f"no {dockerfile}")
+    text = open(dockerfile).read()
+    check('ENTRYPOINT ["matrix-provisioner"]' in text and "HEALTHCHECK" in text,
+          f"{dockerfile}: no matrix-provisioner ENTRYPOINT or HEALTHCHECK (compose waits for it healthy)")
+
+    named = set(out.get("volumes") or {})
+
+    def mounts(s):
+        for v in s.get("volumes", []):
+            if isinstance(v, dict):
+                yield v.get("type"), v.get("source"), v["target"]
+            else:
+                parts = v.split(":")
+                src, dst = parts[0], parts[1]
+                yield ("bind" if src.startswith(("/", ".")) else "volume"), src, dst
+
+    tls_dir = E["TLS_DIR"]
+    host_of = {}
+    outside = []
+    for name, s in services.items():
+        for kind, src, dst in mounts(s):
+            if kind == "volume":
+                check(src in named, f"{name}: volume {src} is not declared")
+                continue
+            if not src.startswith("/"):
+                src = os.path.normpath(os.path.join(deploy, src))
+            host_of[(name, dst)] = src
+            if src == tls_dir or src.startswith(tls_dir + "/"):
+                outside.append(src)  # the certificates live on the server
+                continue
+            check(os.path.exists(src), f"{name}: mounted {src} does not exist (after rendering)")
+    for name, target in (("postgres", "/var/lib/postgresql/data"), ("synapse", E["SYNAPSE_DATA_DIR"]),
+                         ("provisioner", "/var/lib/matrix-provisioner")):
+        check(any(k == "volume" and d == target for k, _, d in mounts(services[name])),
+              f"{name}: no named volume at {target}")
+    config_path = environment(services["synapse"])["SYNAPSE_CONFIG_PATH"]
+    config_dir = E["SYNAPSE_CONFIG_DIR"]
+    check(os.path.dirname(config_path) == config_dir, f"SYNAPSE_CONFIG_PATH {config_path} is not in {config_dir}")
+    for rel in ("homeserver.yaml", "log.config", "appservice.yaml"):
+        check(os.path.isfile(os.path.join(host_of[("synapse", config_dir)], rel)), f"Synapse's {rel} is not mounted")
+    check(os.path.isfile(host_of[("element", "/app/config.json")]), "Element's config.json is not a file")
+    check(os.path.isfile(host_of[("postgres", "/docker-entrypoint-initdb.d/init.sql")]), "init.sql is not a file")
+    check(os.path.isfile(os.path.join(host_of[("gateway", "/etc/nginx/conf.d")], "gateway.conf")), "gateway.conf is not mounted")
+
+    env = environment(services["provisioner"])
+    for key, want in (("PUBLIC_URL", ORIGIN), ("SYNAPSE_REGISTRATION_SECRET", E["SYNAPSE_REGISTRATION_SECRET"]),
+                      ("APPSERVICE_URL", f"http://{E['PROVISIONER_HOST']}:{E['PROVISIONER_PORT']}"),
+                      ("TRUSTED_PROXIES", E["GATEWAY_IP"])):
+        check(env.get(key) == want, f"provisioner's {key} from provisioner.env is {env.get(key)!r}")
+
+    for name, s in services.items():
+        if name != "gateway":
+            check(not s.get("ports"), f"{name} publishes ports; only the gateway may")
+    published = set()
+    for p in services["gateway"].get("ports", []):
+        published.add(str(p.get("published")) if isinstance(p, dict) else p.split(":")[0])
+    check(published == {E["HTTPS_PORT"], E["HTTP_PORT"]}, f"gateway publishes {sorted(published)}")
+    net = services["gateway"]["networks"]["matrix"]
+    check(net.get("ipv4_address") == E["GATEWAY_IP"] and E["MATRIX_HOST"] in (net.get("aliases") or []),
+          "gateway: no fixed address or MATRIX_HOST alias on the network")
+    ok("docker-compose config: 5 services, pinned images (Synapse v%s, PostgreSQL %s), build context %s "
+       "with its Dockerfile, %d named volumes, every mounted file rendered%s" % (
+           synapse_version, pg_major, context, len(named),
+           f"; TLS from {tls_dir} on the server" if outside else ""))
+
+
+def cmd_live():
+    # Synapse: the OpenID provider and the application service are loaded.
+    flows = jcall("GET", ORIGIN + "/_matrix/client/v3/login")["flows"]
+    types = {f["type"] for f in flows}
+    sso = next((f for f in flows if f["type"] == "m.login.sso"), {})
+    idps = {(i["id"], i.get("name")) for i in sso.get("identity_providers", [])}
+    idp = f"oidc-{E['OIDC_IDP_ID']}"
+    check((idp, "DAARION") in idps, f"login flows list no {idp} provider: {flows}")
+    check({"org.matrix.login.jwt", "m.login.application_service"} <= types, f"login flows: {sorted(types)}")
+    ok(f"Synapse answers through the gateway: login flows {sorted(types)}, SSO provider {idp} (DAARION)")
+
+    as_token = E["APPSERVICE_AS_TOKEN"]
+    puppet = f"{E['AGENT_LOCALPART_PREFIX']}deploy-check"
+    got = jcall("POST", ORIGIN + "/_matrix/client/v3/register",
+                {"type": "m.login.application_service", "username": puppet}, token=as_token)
+    check(got["user_id"] == f"@{puppet}:{SERVER}", f"registered {got}")
+    ping = jcall("POST", ORIGIN + f"/_matrix/client/v1/appservice/{E['APPSERVICE_ID']}/ping", {}, token=as_token)
+    ok(f"application service loaded: {got['user_id']} registered with the as_token; Synapse pinged "
+       f"the service at {E['PROVISIONER_HOST']}:{E['PROVISIONER_PORT']} directly ({ping.get('duration_ms')} ms)")
+
+    # Federation delegation and client discovery.
+    for name, want in (("server", {"m.server": f"{E['MATRIX_HOST']}:{E['HTTPS_PORT']}"}),
+                       ("client", {"m.homeserver": {"base_url": ORIGIN}})):
+        status, headers, data = call("GET", ORIGIN + f"/.well-known/matrix/{name}")
+        check(status == 200 and headers.get("Content-Type", "").startswith("application/json"),
+              f"/.well-known/matrix/{name}: {status} {headers.get('Content-Type')}")
+        check(json.loads(data) == want, f"/.well-known/matrix/{name}: {data!r}, expected {want}")
+        check(headers.get("Access-Control-Allow-Origin") == "*", f"/.well-known/matrix/{name}: no CORS header")
+        copy = json.load(open(os.path.join(rendered, "well-known", "matrix", name)))
+        check(copy == want, f"rendered well-known/matrix/{name} differs from the gateway's answer")
+    ok(f"/.well-known/matrix/server {{\"m.server\": \"{E['MATRIX_HOST']}:{E['HTTPS_PORT']}\"}} and "
+       f"/.well-known/matrix/client (JSON, CORS), the same as the rendered copies")
+
+    # The OpenID provider at the one origin, signing with the key from OIDC_SIGNING_KEY_PATH.
+    disco = jcall("GET", ORIGIN + "/.well-known/openid-configuration")
+    check(disco["issuer"] == ORIGIN and disco["authorization_endpoint"].startswith(ORIGIN + "/oidc/"),
+          f"discovery: {disco}")
+    jwks = jcall("GET", ORIGIN + "/oidc/jwks")["keys"]
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    numbers = load_pem_private_key(open(E["OIDC_SIGNING_KEY_PATH"], "rb").read(), None).public_key().public_numbers()
+    b64 = lambda n: base64.urlsafe_b64encode(n.to_bytes(32, "big")).rstrip(b"=").decode()
+    check(any(k.get("x") == b64(numbers.x) and k.get("y") == b64(numbers.y) for k in jwks),
+          "the JWKS does not hold the key of OIDC_SIGNING_KEY_PATH")
+    ok(f"OpenID provider through the gateway: issuer {ORIGIN}, JWKS holds the key of OIDC_SIGNING_KEY_PATH")
+
+    # Element through the gateway; / goes there.
+    status, headers, _ = call("GET", ORIGIN + "/")
+    check(status == 302 and headers["Location"].endswith("/element/"), f"/: {status} {headers.get('Location')}")
+    status, _, data = call("GET", ORIGIN + "/element/config.json")
+    check(status == 200 and json.loads(data) == json.load(open(os.path.join(rendered, "element", "config.json"))),
+          f"/element/config.json: {status}")
+    ok("Element at /element/ (its rendered config.json), / redirects there")
+
+    # Plain HTTP: ACME challenges, else a redirect to the origin.
+    http = f"http://127.0.0.1:{E['HTTP_PORT']}"
+    status, headers, _ = call("GET", http + "/_matrix/client/versions")
+    check(status == 301 and headers["Location"] == ORIGIN + "/_matrix/client/versions",
+          f"http: {status} {headers.get('Location')}")
+    status, _, data = call("GET", http + "/.well-known/acme-challenge/deploy-check")
+    check(status == 200 and data == b"acme-token\n", f"ACME challenge: {status} {data[:100]!r}")
+    ok(f"port {E['HTTP_PORT']}: ACME challenges from ACME_WEBROOT, everything else 301 to {ORIGIN}")
+
+    # Avatars as big as the service uploads pass the gateway and Synapse.
+    token = admin_token()
+    size = int(E["AVATAR_MAX_BYTES"])
+    status, _, data = call("POST", ORIGIN + "/_matrix/media/v3/upload?filename=avatar", os.urandom(size), token,
+                           {"Content-Type": "application/octet-stream"})
+    check(status == 200 and json.loads(data)["content_uri"].startswith("mxc://"),
+          f"upload of {size} bytes: {status} {data[:200]!r}")
+    media = os.path.join(E["SYNAPSE_DATA_DIR"], "media_store")
+    check(os.path.isfile(os.path.join(E["SYNAPSE_DATA_DIR"], "signing.key")) and os.path.isdir(media),
+          f"no signing.key or media_store in SYNAPSE_DATA_DIR {E['SYNAPSE_DATA_DIR']}")
+    ok(f"an upload of AVATAR_MAX_BYTES ({size} bytes) passes through the gateway; signing key and media in SYNAPSE_DATA_DIR")
+
+    metrics = call("GET", f"http://127.0.0.1:{E['SYNAPSE_METRICS_PORT']}/_synapse/metrics")
+    check(metrics[0] == 200 and b"synapse_" in metrics[2], f"Synapse metrics: {metrics[0]}")
+    ok(f"Synapse's metrics on port SYNAPSE_METRICS_PORT ({E['SYNAPSE_METRICS_PORT']}), not routed by the gateway")
+
+    # Closed at the gateway, working directly.
+    admin = E["ADMIN_API_TOKEN"]
+    done = [
+        closed("POST", "/v1/webhooks/auth", 401, body={}),
+        closed("POST", "/v1/webhooks/city", 401, body={}),
+        closed("GET", "/v1/admin/outbox", 200, token=admin),
+        closed("GET", "/v1/rooms/r_deploy_check", 404, token=admin),
+        closed("GET", "/v1/agents/a_deploy_check", 404, token=admin),
+        closed("GET", "/v1/messages/m_deploy_check", 404, token=admin),
+        closed("GET", "/metrics", 200),
+        closed("GET", "/docs", 308),
+        closed("GET", "/openapi.json", 200),
+        closed("GET", "/healthz", 200),
+        closed("PUT", "/_matrix/app/v1/transactions/deploy-check", 200, token=E["APPSERVICE_HS_TOKEN"],
+               body={"events": []}),
+        closed("GET", "/_synapse/admin/v1/server_version", 200, direct=synapse),
+    ]
+    ok("closed at the gateway (nginx 404), answering directly: " + ", ".join(done))
+
+
+def cmd_signed_in():
+    username = sys.argv[3]
+    token = admin_token()
+    user = f"@{username}:{SERVER}"
+    devices = jcall("GET", synapse(f"/_synapse/admin/v2/users/{user}/devices"), token=token)
+    check(devices["total"] >= 1, f"{user} has no device")
+    profile = jcall("GET", synapse(f"/_synapse/admin/v2/users/{user}"), token=token)
+    ids = {e["auth_provider"] for e in profile["external_ids"]}
+    check(ids == {"daarion", f"oidc-{E['OIDC_IDP_ID']}"}, f"external ids {profile['external_ids']}")
+    sub = "u_" + hashlib.sha256(username.encode()).hexdigest()[:12]  # as the stand-in makes it
+    person = closed("GET", f"/v1/users/{sub}", 200, token=E["ADMIN_API_TOKEN"])
+    ok(f"Chromium signed in as {user} through {ORIGIN} (Synapse's SSO, the service, the stand-in DAARION "
+       f"page and back): {devices['total']} device, external ids {sorted(ids)}; {person} directly, 404 at the gateway")
+
+
+def cmd_admin_password():
+    """deploy/README.md's formula for the password of the service's admin account."""
+    password = os.environ["ADMIN_PASSWORD"]
+    got = jcall("POST", ORIGIN + "/_matrix/client/v3/login", {
+        "type": "m.login.password", "password": password,
+        "identifier": {"type": "m.id.user", "user": "matrix-provisioner"}})
+    jcall("POST", ORIGIN + "/_matrix/client/v3/logout", {}, token=got["access_token"])
+    ok(f"{got['user_id']} (the service's admin account) accepts the password deploy/README.md derives "
+       "from SYNAPSE_REGISTRATION_SECRET with openssl (its rotation)")
+
+
+def wait_for(fn, what):
+    deadline = time.time() + 15
+    while True:
+        got = fn()
+        if got is True:
+            return
+        if time.time() > deadline:
+            fail(f"{what}: {got}")
+        time.sleep(0.3)
+
+
+def cmd_webhooks_open():
+    def probe():
+        status, _, data = call("POST", ORIGIN + "/v1/webhooks/auth", {})
+        return True if status == 401 and b'"error"' in data else (status, data[:200])
+    wait_for(probe, "GATEWAY_EXPOSE_WEBHOOKS=yes: POST /v1/webhooks/auth through the gateway")
+    status, _, _ = call("GET", ORIGIN + "/metrics")
+    check(status == 403, f"/metrics from an address GATEWAY_ADMIN_ALLOW does not list: {status}")
+    ok("GATEWAY_EXPOSE_WEBHOOKS=yes: /v1/webhooks/* reach the service (401 unsigned); "
+       "GATEWAY_ADMIN_ALLOW=192.0.2.0/24: /metrics 403 from 127.0.0.1")
+
+
+def cmd_admin_open():
+    def probe():
+        status, _, data = call("GET", ORIGIN + "/metrics")
+        return True if status == 200 and b"matrix_provisioner_" in data else (status, data[:200])
+    wait_for(probe, "GATEWAY_ADMIN_ALLOW=127.0.0.1: GET /metrics through the gateway")
+    jcall("GET", ORIGIN + "/v1/admin/outbox", token=E["ADMIN_API_TOKEN"])
+    status, _, _ = call("GET", ORIGIN + "/v1/admin/outbox")
+    check(status == 401, f"/v1/admin/outbox without the admin token: {status}")
+    status, _, data = call("PUT", ORIGIN + "/_matrix/app/v1/transactions/x", {"events": []},
+                           token=E["APPSERVICE_HS_TOKEN"])
+    check(status == 404 and b'"error"' not in data, f"/_matrix/app/ opened along: {status}")
+    ok("GATEWAY_ADMIN_ALLOW=127.0.0.1: /metrics and /v1/admin/* reach the service (admin token still "
+       "required); /_matrix/app/* stays closed")
+
+
+{"element": cmd_element, "compose": cmd_compose, "live": cmd_live, "signed-in": cmd_signed_in,
+ "admin-password": cmd_admin_password,
+ "webhooks-open": cmd_webhooks_open, "admin-open": cmd_admin_open}[sys.argv[1]]()
+PY
+checks() { REPO="$repo" "$py" "$work/checks.py" "$@"; }
+
+# ---- 1. render .env.example -------------------------------------------------
+deploy/new-env.sh "$work/prod.env" 2>/dev/null
+set_env "$work/prod.env" RENDERED_DIR "$work/prod"
+MATRIX_PROVISIONER="$bin" deploy/render.sh "$work/prod.env" >/dev/null 2>"$work/render.log" ||
+    { cat "$work/render.log" >&2; fail "deploy/render.sh refuses .env.example with fresh secrets"; }
+files="$(grep -c '^render: wrote' "$work/render.log")"
+leftover="$(grep -rl '\${' "$work/prod" || true)"
+[[ -z "$leftover" ]] || fail "\${…} left in $leftover"
+ok "deploy/render.sh renders .env.example (fresh secrets from deploy/new-env.sh): $files files, nothing left unsubstituted"
+
+refused=()
+for case in 'MEDIA_MAX_UPLOAD_SIZE=4M' 'ADMIN_API_TOKEN=short' 'ELEMENT_BRAND=a"b' 'AUTH_JWKS_URL=' \
+    'GATEWAY_EXPOSE_WEBHOOKS=maybe' 'GATEWAY_ADMIN_ALLOW=everyone'; do
+    cp "$work/prod.env" "$work/bad.env"
+    set_env "$work/bad.env" "${case%%=*}" "${case#*=}"
+    if MATRIX_PROVISIONER="$bin" deploy/render.sh "$work/bad.env" >/dev/null 2>&1; then
+        fail "deploy/render.sh accepts $case"
+    fi
+    refused+=("$case")
+done
+grep -v '^ELEMENT_PORT=' "$work/prod.env" >"$work/bad.env"
+MATRIX_PROVISIONER="$bin" deploy/render.sh "$work/bad.env" >/dev/null 2>&1 && fail "deploy/render.sh accepts a missing setting"
+ok "deploy/render.sh refuses ${refused[*]} and a missing setting"
+
+# ---- 2. Element's config.json --------------------------------------------------
+checks element "$work/prod.env"
+
+# ---- 3. docker-compose ----------------------------------------------------------
+if ! env -i "PATH=$PATH" "HOME=$work" docker-compose --env-file "$work/prod.env" \
+    --project-directory deploy -f deploy/docker-compose.yml config >"$work/compose.yml" 2>"$work/compose.err"; then
+    cat "$work/compose.err" >&2
+    fail "docker-compose config refuses deploy/docker-compose.yml"
+fi
+grep -v '^\s*$' "$work/compose.err" | sed 's/^/check-deploy:      docker-compose: /' >&2 || true
+checks compose "$work/prod.env" "$work/compose.yml"
+
+# ---- 4. the same templates, run on this machine -------------------------------------
+https_port="$(free_port)"
+http_port="$(free_port)"
+synapse_port="$(free_port)"
+metrics_port="$(free_port)"
+service_port="$(free_port)"
+element_port="$(free_port)"
+standin_port="$(free_port)"
+
+mkdir -p "$work/tls" "$work/acme/.well-known/acme-challenge" "$work/synapse-data" "$work/element-root"
+chmod 755 "$work/synapse-data"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$work/tls/key.pem" -out "$work/tls/cert.pem" 2>/dev/null
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/oidc-signing-key.pem" 2>/dev/null
+echo acme-token >"$work/acme/.well-known/acme-challenge/deploy-check"
+python3 -c 'import secrets; print(secrets.token_urlsafe(32))' >"$work/auth_jwt"
+
+# The production settings with a local layout: what deploy/.env.example
+# calls "Layout", plus the stand-in for DAARION Auth.
+cp "$work/prod.env" "$work/test.env"
+while read -r key value; do
+    set_env "$work/test.env" "$key" "$value"
+done <<EOF
+RENDERED_DIR $work/rendered
+MATRIX_HOST 127.0.0.1
+HTTPS_PORT $https_port
+HTTP_PORT $http_port
+LISTEN_ADDRESS 127.0.0.1
+POSTGRES_HOST 127.0.0.1
+SYNAPSE_HOST 127.0.0.1
+SYNAPSE_PORT $synapse_port
+SYNAPSE_METRICS_PORT $metrics_port
+SYNAPSE_CONFIG_DIR $work/rendered/synapse
+SYNAPSE_DATA_DIR $work/synapse-data
+PROVISIONER_HOST 127.0.0.1
+PROVISIONER_PORT $service_port
+PROVISIONER_CONFIG_DIR $work/rendered/provisioner
+ELEMENT_HOST 127.0.0.1
+ELEMENT_PORT $element_port
+GATEWAY_IP 127.0.0.1
+TLS_DIR $work/tls
+TLS_CERTIFICATE $work/tls/cert.pem
+TLS_CERTIFICATE_KEY $work/tls/key.pem
+ACME_WEBROOT $work/acme
+AUTH_LOGIN_URL http://127.0.0.1:$standin_port/login
+AUTH_JWKS_URL
+AUTH_JWT_SECRET $(cat "$work/auth_jwt")
+OIDC_SIGNING_KEY_PATH $work/oidc-signing-key.pem
+EOF
+
+scripts/pg-cluster.sh start "$work/pg" >/dev/null
+pg_port="$(cat "$work/pg/port")"
+set_env "$work/test.env" POSTGRES_PORT "$pg_port"
+MATRIX_PROVISIONER="$bin" deploy/render.sh "$work/test.env" >/dev/null 2>"$work/render.log" ||
+    { cat "$work/render.log" >&2; fail "deploy/render.sh refuses the local layout"; }
+
+# PostgreSQL's first start: the image runs init.sql as the superuser on a
+# fresh cluster (pg-cluster.sh made a `provisioner` database of its own).
+# psql_in DB ARGS…: psql as the superuser.
+psql_in() { "${PG_BIN:-/usr/lib/postgresql/15/bin}/psql" "postgres://postgres@127.0.0.1:$pg_port/$1" -XtAq -v ON_ERROR_STOP=1 "${@:2}"; }
+psql_super() { psql_in postgres "$@"; }
+psql_super -c 'DROP DATABASE provisioner'
+psql_super -f "$work/rendered/postgres/init.sql" >/dev/null || fail "PostgreSQL refuses the rendered init.sql"
+collation="$(psql_super -c "SELECT datcollate || '/' || datctype FROM pg_database WHERE datname = 'synapse'")"
+[[ "$collation" == C/C ]] || fail "Synapse's database has collation $collation"
+owners="$(psql_super -c "SELECT string_agg(datname || ':' || pg_get_userbyid(datdba), ',' ORDER BY datname)
+                         FROM pg_database WHERE datname IN ('synapse', 'provisioner')")"
+[[ "$owners" == provisioner:provisioner,synapse:synapse ]] || fail "databases and owners: $owners"
+ok "PostgreSQL 15 runs the rendered init.sql: databases synapse (collation C/C) and provisioner, each owned by its role"
+
+# In the deployment's order: the gateway, the service and Element, then
+# Synapse, which loads the provider's discovery through the gateway as it starts.
+
+# The nginx image's nginx.conf, on a scratch prefix: conf.d/ is the rendered nginx/.
+mkdir -p "$work/nginx/tmp"
+ln -s "$work/rendered/nginx" "$work/nginx/conf.d"
+cat >"$work/nginx/nginx.conf" <<'EOF'
+# As the nginx image's /etc/nginx/nginx.conf: the site comes from conf.d/.
+daemon off;
+worker_processes 1;
+pid nginx.pid;
+events {
+    worker_connections 512;
+}
+http {
+    access_log access.log;
+    client_body_temp_path tmp/body;
+    proxy_temp_path tmp/proxy;
+    fastcgi_temp_path tmp/fastcgi;
+    uwsgi_temp_path tmp/uwsgi;
+    scgi_temp_path tmp/scgi;
+    include conf.d/*.conf;
+}
+EOF
+nginx_args=(-p "$work/nginx/" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log")
+nginx -t "${nginx_args[@]}" 2>"$work/nginx/test.log" || { cat "$work/nginx/test.log" >&2; fail "nginx -t refuses the rendered gateway config"; }
+ok "nginx $(nginx -v 2>&1 | sed 's,.*/,,') accepts the rendered gateway.conf (nginx -t)"
+
+nginx "${nginx_args[@]}" &
+pids+=($!)
+for _ in $(seq 1 50); do
+    [[ -s "$work/nginx/nginx.pid" ]] && python3 -c "import socket; socket.create_connection(('127.0.0.1', $https_port), 1)" 2>/dev/null && break
+    sleep 0.1
+done
+
+service_env=("PATH=$PATH")
+while IFS= read -r line; do
+    [[ "$line" =~ ^[A-Z_]+= ]] && service_env+=("$line")
+done <"$work/rendered/provisioner.env"
+env -i "${service_env[@]}" "$bin" serve >"$work/service.log" 2>&1 &
+pids+=($!)
+cp "$work/rendered/element/config.json" "$work/element-root/config.json"
+echo '<!doctype html><title>Element stand-in</title>' >"$work/element-root/index.html"
+python3 -m http.server "$element_port" --bind 127.0.0.1 --directory "$work/element-root" >/dev/null 2>&1 &
+pids+=($!)
+STANDIN_PORT="$standin_port" AUTH_JWT_SECRET_FILE="$work/auth_jwt" python3 scripts/standin-daarion.py &
+pids+=($!)
+
+for _ in $(seq 1 100); do
+    env -i "BIND=127.0.0.1:$service_port" "$bin" healthcheck 2>/dev/null && break
+    sleep 0.1
+done
+env -i "BIND=127.0.0.1:$service_port" "$bin" healthcheck 2>/dev/null ||
+    { show_logs; fail "matrix-provisioner does not start from the rendered provisioner.env"; }
+migrations="$(psql_in provisioner -c "SELECT pg_get_userbyid(c.relowner) || ':' || count(m.*)
+    FROM pg_class c, _sqlx_migrations m WHERE c.relname = '_sqlx_migrations' GROUP BY c.relowner")" ||
+    fail "no migrations in the provisioner database"
+[[ "$migrations" == provisioner:* ]] || fail "the provisioner database's migrations belong to ${migrations%%:*}"
+ok "matrix-provisioner serves from the rendered provisioner.env: database provisioner, ${migrations#*:} migrations applied as its role"
+
+# Synapse trusts the gateway's certificate: it fetches the provider's
+# discovery and tokens from https://MATRIX_HOST, as in the deployment.
+SSL_CERT_FILE="$work/tls/cert.pem" scripts/synapse-ctl.sh start "$work/rendered/synapse" \
+    >/dev/null 2>"$work/synapse-ctl.err" ||
+    { cat "$work/synapse-ctl.err" >&2; fail "Synapse does not start from the rendered homeserver.yaml"; }
+ok "Synapse $("$py" -c 'import synapse; print(synapse.__version__)') starts from the rendered homeserver.yaml on PostgreSQL (log config, signing key, media store, app service file from the local layout)"
+
+checks live "$work/test.env" || { show_logs; exit 1; }
+if grep -q 'Error while preloading OIDC provider' "$work/rendered/synapse/synapse.out"; then
+    show_logs
+    fail "Synapse could not load the OpenID provider's discovery through the gateway as it started"
+fi
+ok "Synapse loaded the OpenID provider's discovery from https://127.0.0.1:$https_port as it started (the gateway's certificate trusted)"
+
+# ---- 5. "Continue with DAARION" through the gateway ----------------------------
+origin="https://127.0.0.1:$https_port"
+username="deploy-$RANDOM"
+ORIGIN="$origin" USERNAME="$username" OUT="$work" "$browser_venv/bin/python" - <<'PY' || { show_logs; exit 1; }
+import os, sys, urllib.parse
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ready
+from selenium.webdriver.support.ui import WebDriverWait
+
+origin, username = os.environ["ORIGIN"], os.environ["USERNAME"]
+options = webdriver.ChromeOptions()
+options.binary_location = "/usr/bin/chromium"
+for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--no-first-run", "--window-size=1100,900",
+             "--ignore-certificate-errors",  # the gateway's certificate is self-signed here
+             "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
+    options.add_argument(flag)
+browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+wait = WebDriverWait(browser, 30)
+try:
+    browser.get(f"{origin}/_matrix/static/client/login/")
+    button = wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, "#sso_form input[type=submit]")))
+    button.click()  # Synapse -> the service's /oidc/authorize (gateway) -> the stand-in DAARION page
+    wait.until(ready.presence_of_element_located((By.ID, "username")))
+    return_to = urllib.parse.parse_qs(urllib.parse.urlsplit(browser.current_url).query)["return_to"][0]
+    if return_to != f"{origin}/v1/sso/return":
+        sys.exit(f"check-deploy: FAIL DAARION's page returns to {return_to}, not through the gateway")
+    browser.find_element(By.ID, "username").send_keys(username)
+    browser.find_element(By.ID, "display_name").send_keys("Деплой Перевірка")
+    browser.find_element(By.ID, "sign_in").click()
+    # Back on Synapse's page at the gateway's origin with a login token, which it logs in with.
+    wait.until(lambda b: "loginToken=" in b.current_url)
+    if not browser.current_url.startswith(origin + "/_matrix/static/client/login/"):
+        sys.exit(f"check-deploy: FAIL came back to {browser.current_url}")
+    wait.until(lambda b: b.find_element(By.ID, "title").text == "Logging in...")
+except Exception:
+    browser.save_screenshot(os.path.join(os.environ["OUT"], "sign-in-failure.png"))
+    print(f"check-deploy: FAIL the browser stopped at {browser.current_url}", file=sys.stderr)
+    raise
+finally:
+    browser.quit()
+PY
+checks signed-in "$work/test.env" "$username" || { show_logs; exit 1; }
+registration_secret="$(grep '^SYNAPSE_REGISTRATION_SECRET=' "$work/test.env" | cut -d= -f2)"
+ADMIN_PASSWORD="$(printf 'matrix-provisioner admin password v1\0matrix-provisioner' |
+    openssl dgst -sha256 -hmac "$registration_secret" -hex | cut -d' ' -f2)" \
+    checks admin-password "$work/test.env" || { show_logs; exit 1; }
+
+# ---- 6. the gateway's switches ---------------------------------------------------
+# reopen KEY=VALUE...: renders the local layout with these settings into a
+# second directory and reloads the running nginx onto it.
+reopen() {
+    cp "$work/test.env" "$work/open.env"
+    set_env "$work/open.env" RENDERED_DIR "$work/rendered-open"
+    local pair
+    for pair in "$@"; do set_env "$work/open.env" "${pair%%=*}" "${pair#*=}"; done
+    MATRIX_PROVISIONER="$bin" deploy/render.sh "$work/open.env" >/dev/null 2>"$work/render.log" ||
+        { cat "$work/render.log" >&2; fail "deploy/render.sh refuses $*"; }
+    ln -sfn "$work/rendered-open/nginx" "$work/nginx/conf.d"
+    nginx -t "${nginx_args[@]}" 2>"$work/nginx/test.log" || { cat "$work/nginx/test.log" >&2; fail "nginx -t refuses $*"; }
+    kill -HUP "$(cat "$work/nginx/nginx.pid")"
+}
+reopen GATEWAY_EXPOSE_WEBHOOKS=yes GATEWAY_ADMIN_ALLOW=192.0.2.0/24
+checks webhooks-open "$work/open.env" || { show_logs; exit 1; }
+reopen GATEWAY_ADMIN_ALLOW=127.0.0.1,::1
+checks admin-open "$work/open.env" || { show_logs; exit 1; }
+
+say "deploy/ passes: render, Element's config, docker-compose config, PostgreSQL, Synapse, the service and nginx from the rendered files, sign-in through the gateway"
