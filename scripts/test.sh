@@ -6,7 +6,9 @@
 # With no arguments it then checks the running service against its own
 # OpenAPI description (Schemathesis), Swagger UI at /docs in headless
 # Chromium (installed with apt-get when missing), and "Continue with DAARION"
-# in headless Chromium from Synapse's own login page.
+# in headless Chromium from Synapse's own login page, and deploy/ with the
+# programs that read it (scripts/check-deploy.sh: Synapse, PostgreSQL, nginx,
+# docker-compose config, the sign-in through the gateway).
 #
 # Usage:   scripts/test.sh [cargo test arguments…]   (arguments: cargo test only)
 # Needs:   cargo, python3 (venv), PostgreSQL 15 server binaries.
@@ -69,4 +71,5 @@ if [[ $# -eq 0 ]]; then
     scripts/schemathesis.sh
     scripts/check-docs.sh
     scripts/check-sign-in.sh
+    scripts/check-deploy.sh
 fi
