@@ -11,7 +11,7 @@
 //! Unlike a subject's job, whose repeats fold into one run, every row here
 //! is its own delivery; the job only says "this stream has rows".
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -519,7 +519,9 @@ impl Store {
         Ok(messages.len())
     }
 
-    /// DAARION people's presence, when it changed since last told.
+    /// DAARION people's presence, when it changed since last told: the
+    /// last word per person in the transaction, written in `user_id` order
+    /// (every writer locks people in that order, so none deadlocks another).
     async fn queue_presence(
         &self,
         tx: &mut Transaction<'static, Any>,
@@ -527,25 +529,41 @@ impl Store {
         names: &Names<'_>,
         now: i64,
     ) -> Result<usize> {
-        let mut queued = 0;
-        for (n, p) in txn.presence.iter().enumerate() {
-            let Some(localpart) = names.local(&p.user_id) else {
-                continue;
-            };
-            // Changes only: the row is updated only when the word differs.
-            let sender: Option<String> = sqlx::query_scalar(
-                "UPDATE people SET matrix_presence = $2 WHERE localpart = $1 \
-                 AND COALESCE(matrix_presence, '') <> $2 RETURNING user_id",
+        let localparts: BTreeSet<&str> = txn
+            .presence
+            .iter()
+            .filter_map(|p| names.local(&p.user_id))
+            .collect();
+        let people = self
+            .pairs(
+                tx,
+                "SELECT localpart AS k, user_id AS v FROM people WHERE localpart IN ({})",
+                &localparts,
             )
-            .bind(localpart)
-            .bind(&p.presence)
-            .fetch_optional(&mut **tx)
             .await?;
-            let Some(sender_id) = sender else {
+        let mut latest: BTreeMap<&str, &matrix::InboundPresence> = BTreeMap::new();
+        for p in &txn.presence {
+            if let Some(user_id) = names.local(&p.user_id).and_then(|lp| people.get(lp)) {
+                latest.insert(user_id, p);
+            }
+        }
+        let mut queued = 0;
+        for (user_id, p) in latest {
+            // Changes only: the row is updated only when the word differs.
+            let changed = sqlx::query(
+                "UPDATE people SET matrix_presence = $2 WHERE user_id = $1 \
+                 AND COALESCE(matrix_presence, '') <> $2",
+            )
+            .bind(user_id)
+            .bind(&p.presence)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if changed == 0 {
                 continue;
-            };
-            let id = format!("presence:{sender_id}:{now}:{n}");
-            let envelope = matrix::presence_envelope(&id, &sender_id, p, now);
+            }
+            let id = format!("presence:{user_id}:{now}");
+            let envelope = matrix::presence_envelope(&id, user_id, p, now);
             insert_outbox(tx, PRESENCE_STREAM, &id, "matrix.presence", &envelope, now).await?;
             queued += 1;
         }
