@@ -2,7 +2,9 @@
 //! exists once (registered through the application service), shows the
 //! agent's display name and avatar, and carries the presence DAARION.city
 //! last gave; a deleted agent's puppet is deactivated (which also makes it
-//! leave its rooms). Sends only what differs from what Synapse shows.
+//! leave its rooms), and reactivated when the agent is created again. Sends only what differs from what Synapse shows.
+
+use serde_json::json;
 
 use super::avatar::follow;
 use super::provision::Outcome;
@@ -54,11 +56,13 @@ async fn run(deps: &AgentDeps<'_>, mut a: Agent) -> StepResult<AgentState> {
         Outcome::retry("the puppet's account is not visible yet after its registration")
     })?;
     if user.deactivated {
-        return Err(Outcome::Failed(format!(
-            "the puppet {} was deactivated (agent deleted before); Synapse does not \
-             reactivate an account without a password",
-            user.name
-        )));
+        // DAARION.city created the agent again. Synapse wants a password to
+        // reactivate a local account; it is random and at once forgotten
+        // (as for people: nobody logs in as a puppet).
+        let password = crate::synapse::random_password();
+        let body = json!({"deactivated": false, "password": password.expose()});
+        synapse.put_user(&localpart, &body).await?;
+        tracing::info!(agent_id = %a.agent_id, "reactivated the agent's puppet");
     }
     let name = a.wanted.display_name.clone().unwrap_or(slug);
     if user.displayname.as_deref() != Some(name.as_str()) {

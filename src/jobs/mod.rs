@@ -399,7 +399,9 @@ impl Worker {
             Ok(None) => return Outcome::Failed("the agent's record is missing".into()),
             Err(e) => return Outcome::retry(e.to_string()),
         };
-        let had_puppet = agent.registered;
+        // A puppet that was not ready (new, reactivated, failed before) is
+        // joined to its City Rooms by their jobs.
+        let was_ready = agent.state == AgentState::Ready;
         let deps = agent::AgentDeps {
             store: &self.store,
             synapse: &self.synapse,
@@ -408,9 +410,7 @@ impl Worker {
         };
         let outcome = agent::reconcile(&deps, agent).await;
         if outcome == Outcome::Done(AgentState::Ready) {
-            if !had_puppet {
-                // A new puppet: the City Rooms the agent is a member of
-                // can join it now.
+            if !was_ready {
                 match self.store.queue_rooms_of(&job.subject, now_ms()).await {
                     Ok(0) => {}
                     Ok(_) => self.wake.notify_waiters(),

@@ -746,6 +746,23 @@ async fn messages_wait_for_their_agent_and_fail_with_a_reason(backend: Backend) 
         record["last_error"].as_str().unwrap().contains("deleted"),
         "{record}"
     );
+
+    // Created again (newer): the same puppet, active, back in its room.
+    let again = city_event(
+        "agent.created",
+        json!({"agent_id": s.agent_id, "slug": "ignored-once-settled", "display_name": "Back"}),
+    );
+    assert_eq!(send_city(client, &again).await.0, 202);
+    eventually("the puppet to be active again", WAIT, || async {
+        let user = admin.user(&s.puppet).await?;
+        (user["deactivated"] == false || user["deactivated"] == 0).then_some(())
+    })
+    .await;
+    bot.wait_membership(&s.matrix_room, &s.puppet, "join").await;
+    let back = unique("msg_");
+    let e = agent_message(&s, &back, json!({"body": "back again"}));
+    assert_eq!(send_city(client, &e).await.0, 202);
+    wait_message_state(client, &back, "sent").await;
     app.shutdown().await;
 }
 on_both_backends!(messages_wait_for_their_agent_and_fail_with_a_reason);
