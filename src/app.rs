@@ -235,25 +235,19 @@ impl Application {
     }
 }
 
-/// Asks Synapse to ping the service through the application service link,
-/// once it listens: it shows (in the log) whether the link works both
-/// ways, and makes Synapse send at once the transactions it held back while
-/// the service was down, instead of after its backoff (up to 512 s).
+/// Asks Synapse, once, to ping the service through the application
+/// service link, now that it listens: the log says whether the link works
+/// both ways, and Synapse sends at once the transactions it held back while
+/// the service was down, instead of after its backoff (up to 512 s). Not
+/// repeated: a Synapse that is not up yet sends what it holds on its own
+/// schedule once it is.
 async fn ping_homeserver(synapse: Arc<Synapse>) {
-    for attempt in 1..=5u32 {
-        match synapse.appservice_ping().await {
-            Ok(answer) => {
-                tracing::info!(
-                    duration_ms = answer["duration_ms"].as_u64(),
-                    "Synapse reaches the application service"
-                );
-                return;
-            }
-            Err(e) if attempt == 5 => {
-                tracing::warn!("Synapse cannot reach the application service: {e}");
-            }
-            Err(_) => tokio::time::sleep(Duration::from_secs(2 * attempt as u64)).await,
-        }
+    match synapse.appservice_ping().await {
+        Ok(answer) => tracing::info!(
+            duration_ms = answer["duration_ms"].as_u64(),
+            "Synapse reaches the application service"
+        ),
+        Err(e) => tracing::warn!("Synapse's ping of the application service failed: {e}"),
     }
 }
 
