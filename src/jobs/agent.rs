@@ -9,6 +9,7 @@ use serde_json::json;
 use super::avatar::follow;
 use super::provision::Outcome;
 use crate::avatar::AvatarFetcher;
+use crate::now_ms;
 use crate::store::{Agent, AgentState, AppliedAvatar, JobKind, Store};
 use crate::synapse::Synapse;
 
@@ -51,6 +52,7 @@ async fn run(deps: &AgentDeps<'_>, mut a: Agent) -> StepResult<AgentState> {
             tracing::info!(agent_id = %a.agent_id, %localpart, "registered the agent's puppet");
         }
         deps.store.mark_agent_registered(&a.agent_id).await?;
+        usable_now(deps, &a.agent_id).await?;
     }
     let user = synapse.user(&localpart).await?.ok_or_else(|| {
         Outcome::retry("the puppet's account is not visible yet after its registration")
@@ -63,6 +65,7 @@ async fn run(deps: &AgentDeps<'_>, mut a: Agent) -> StepResult<AgentState> {
         let body = json!({"deactivated": false, "password": password.expose()});
         synapse.put_user(&localpart, &body).await?;
         tracing::info!(agent_id = %a.agent_id, "reactivated the agent's puppet");
+        usable_now(deps, &a.agent_id).await?;
     }
     let name = a.wanted.display_name.clone().unwrap_or(slug);
     if user.displayname.as_deref() != Some(name.as_str()) {
@@ -84,6 +87,15 @@ async fn run(deps: &AgentDeps<'_>, mut a: Agent) -> StepResult<AgentState> {
         }
     }
     Ok(AgentState::Ready)
+}
+
+/// The puppet exists (registered or reactivated just now): its City Rooms'
+/// jobs join it, and its messages that waited for it can go. Queued at once,
+/// before anything later in the run can fail.
+async fn usable_now(deps: &AgentDeps<'_>, agent_id: &str) -> StepResult<()> {
+    deps.store.queue_rooms_of(agent_id, now_ms()).await?;
+    deps.store.queue_sends_of(agent_id, true, now_ms()).await?;
+    Ok(())
 }
 
 /// `<prefix><slug>`, written down once: a later slug does not rename the

@@ -399,27 +399,13 @@ impl Worker {
             Ok(None) => return Outcome::Failed("the agent's record is missing".into()),
             Err(e) => return Outcome::retry(e.to_string()),
         };
-        // A puppet that was not ready (new, reactivated, failed before) is
-        // joined to its City Rooms by their jobs.
-        let was_ready = agent.state == AgentState::Ready;
         let deps = agent::AgentDeps {
             store: &self.store,
             synapse: &self.synapse,
             avatars: &self.avatars,
             agent_prefix: &self.agent_prefix,
         };
-        let outcome = agent::reconcile(&deps, agent).await;
-        if outcome == Outcome::Done(AgentState::Ready) {
-            if !was_ready {
-                match self.store.queue_rooms_of(&job.subject, now_ms()).await {
-                    Ok(0) => {}
-                    Ok(_) => self.wake.notify_waiters(),
-                    Err(e) => return e.into(),
-                }
-            }
-            self.queue_sends_of(&job.subject, true).await;
-        }
-        outcome
+        agent::reconcile(&deps, agent).await
     }
 
     async fn reconcile_room(&self, job: &Job) -> Outcome<RoomState> {

@@ -266,9 +266,12 @@ async fn wait(deps: &SendDeps<'_>, m: &StoredMessage, reason: &str) -> StepResul
         );
         return fail(deps, m, &reason).await;
     }
-    deps.store
-        .note_message_wait(&m.message.message_id, reason)
-        .await?;
+    // Written once per reason, not on every look while it waits.
+    if m.last_error.as_deref() != Some(reason) {
+        deps.store
+            .note_message_wait(&m.message.message_id, reason)
+            .await?;
+    }
     Err(Outcome::Wait {
         until: now + WAIT_STEP_MS,
         reason: format!("message {}: {reason}", m.message.message_id),

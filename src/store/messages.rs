@@ -28,6 +28,10 @@ const MATRIX_EVENT: &str = "matrix";
 /// The `city_outbox` stream of people's presence.
 pub const PRESENCE_STREAM: &str = "presence";
 
+/// DAARION people by their localpart (the senders of Matrix events).
+const PEOPLE_BY_LOCALPART: &str =
+    "SELECT localpart AS k, user_id AS v FROM people WHERE localpart IN ({})";
+
 /// The `city_outbox` stream of a City Room's messages.
 pub fn room_stream(room_id: &str) -> String {
     format!("room:{room_id}")
@@ -369,8 +373,16 @@ impl Store {
         outbox: bool,
         now: i64,
     ) -> Result<TxnAccepted> {
+        // Most transactions carry nothing for DAARION.city (the agents' own
+        // messages coming back, typing, receipts): no write for them.
+        if !outbox || (txn.messages.is_empty() && txn.presence.is_empty()) {
+            return Ok(TxnAccepted {
+                duplicate: false,
+                queued: 0,
+            });
+        }
         retry_conflicts("transaction intake", || {
-            self.try_accept_transaction(txn_key, txn, names, outbox, now)
+            self.try_accept_transaction(txn_key, txn, names, now)
         })
         .await
     }
@@ -380,7 +392,6 @@ impl Store {
         txn_key: &str,
         txn: &matrix::Transaction,
         names: &Names<'_>,
-        outbox: bool,
         now: i64,
     ) -> Result<Option<TxnAccepted>> {
         let mut tx = self.pool.begin().await?;
@@ -403,11 +414,8 @@ impl Store {
                 queued: 0,
             }));
         }
-        let mut queued = 0;
-        if outbox {
-            queued += self.queue_messages(&mut tx, txn, names, now).await?;
-            queued += self.queue_presence(&mut tx, txn, names, now).await?;
-        }
+        let queued = self.queue_messages(&mut tx, txn, names, now).await?
+            + self.queue_presence(&mut tx, txn, names, now).await?;
         tx.commit().await?;
         Ok(Some(TxnAccepted {
             duplicate: false,
@@ -465,13 +473,7 @@ impl Store {
             .iter()
             .filter_map(|m| names.local(&m.sender))
             .collect();
-        let people = self
-            .pairs(
-                tx,
-                "SELECT localpart AS k, user_id AS v FROM people WHERE localpart IN ({})",
-                &localparts,
-            )
-            .await?;
+        let people = self.pairs(tx, PEOPLE_BY_LOCALPART, &localparts).await?;
         let replies: BTreeSet<&str> = messages.iter().filter_map(|m| m.reply_event()).collect();
         let replied = self
             .pairs(
@@ -534,13 +536,7 @@ impl Store {
             .iter()
             .filter_map(|p| names.local(&p.user_id))
             .collect();
-        let people = self
-            .pairs(
-                tx,
-                "SELECT localpart AS k, user_id AS v FROM people WHERE localpart IN ({})",
-                &localparts,
-            )
-            .await?;
+        let people = self.pairs(tx, PEOPLE_BY_LOCALPART, &localparts).await?;
         let mut latest: BTreeMap<&str, &matrix::InboundPresence> = BTreeMap::new();
         for p in &txn.presence {
             if let Some(user_id) = names.local(&p.user_id).and_then(|lp| people.get(lp)) {
