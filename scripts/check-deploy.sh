@@ -484,12 +484,15 @@ def cmd_admin_password():
 
 
 def wait_for(fn, what):
+    # After a reload nginx's old workers still answer for a moment with the
+    # old configuration: the new one counts once it answered three times
+    # in a row.
     deadline = time.time() + 15
-    while True:
+    streak = 0
+    while streak < 3:
         got = fn()
-        if got is True:
-            return
-        if time.time() > deadline:
+        streak = streak + 1 if got is True else 0
+        if streak == 0 and time.time() > deadline:
             fail(f"{what}: {got}")
         time.sleep(0.3)
 
@@ -497,7 +500,10 @@ def wait_for(fn, what):
 def cmd_webhooks_open():
     def probe():
         status, _, data = call("POST", ORIGIN + "/v1/webhooks/auth", {})
-        return True if status == 401 and b'"error"' in data else (status, data[:200])
+        if not (status == 401 and b'"error"' in data):
+            return (status, data[:200])
+        status, _, data = call("GET", ORIGIN + "/metrics")
+        return True if status == 403 else ("/metrics", status, data[:200])
     wait_for(probe, "GATEWAY_EXPOSE_WEBHOOKS=yes: POST /v1/webhooks/auth through the gateway")
     status, _, _ = call("GET", ORIGIN + "/metrics")
     check(status == 403, f"/metrics from an address GATEWAY_ADMIN_ALLOW does not list: {status}")
@@ -508,7 +514,10 @@ def cmd_webhooks_open():
 def cmd_admin_open():
     def probe():
         status, _, data = call("GET", ORIGIN + "/metrics")
-        return True if status == 200 and b"matrix_provisioner_" in data else (status, data[:200])
+        if not (status == 200 and b"matrix_provisioner_" in data):
+            return (status, data[:200])
+        status, _, data = call("GET", ORIGIN + "/v1/admin/outbox", token=E["ADMIN_API_TOKEN"])
+        return True if status == 200 else ("/v1/admin/outbox", status, data[:200])
     wait_for(probe, "GATEWAY_ADMIN_ALLOW=127.0.0.1: GET /metrics through the gateway")
     jcall("GET", ORIGIN + "/v1/admin/outbox", token=E["ADMIN_API_TOKEN"])
     status, _, _ = call("GET", ORIGIN + "/v1/admin/outbox")
