@@ -80,6 +80,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(oidc::jwks)
     .service(oidc::authorize)
     .service(oidc::sso_return)
+    .service(oidc::sso_review)
     .service(oidc::sso_continue)
     .service(oidc::token)
     .service(oidc::userinfo)

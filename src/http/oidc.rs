@@ -15,10 +15,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::pages::{page_headers, Lang, Page};
+use super::pages::{confirm_page, page_headers, Lang, Page};
 use super::webhooks::read_limited;
 use super::AppState;
-use crate::oidc::{cookie_name, Next, OAuthError, Provider, SignInError};
+use crate::oidc::{Next, OAuthError, Provider, SignInError};
 
 const MAX_FORM_BYTES: usize = 16 * 1024;
 const SIGN_IN_COOKIE_SECONDS: i64 = 10 * 60;
@@ -92,7 +92,8 @@ pub async fn authorize(state: web::Data<AppState>, req: HttpRequest) -> HttpResp
         return Page::NotConfigured.respond(&req, StatusCode::NOT_FOUND);
     };
     let query = form_pairs(req.query_string().as_bytes());
-    let outcome = provider.authorize(&query).await;
+    let client = super::sso::client_address(&req, &state.settings.trusted_proxies);
+    let outcome = provider.authorize(&query, &client.to_string()).await;
     crate::metrics::sign_in("authorize", outcome_name(&outcome));
     answer(&req, provider, outcome)
 }
@@ -117,28 +118,92 @@ pub async fn sso_return(
     answer(&req, provider, outcome)
 }
 
-/// Step 3 (the same browser, on our origin): the account, then the code.
+/// Step 3, first half (the browser, on our origin, sent by step 2 with
+/// `state` and `proof`): the account is made sure of and the person sees
+/// whom they are about to be signed in as, with "Continue" and "Not me".
 #[get("/v1/sso/continue")]
-pub async fn sso_continue(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+pub async fn sso_review(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let Some(provider) = state.oidc.as_deref() else {
         return Page::NotConfigured.respond(&req, StatusCode::NOT_FOUND);
     };
     let query = form_pairs(req.query_string().as_bytes());
-    let Some(sign_in) = query.get("state") else {
+    let (Some(sign_in), Some(proof)) = (query.get("state"), query.get("proof")) else {
         return Page::Expired.respond(&req, StatusCode::BAD_REQUEST);
     };
-    let name = cookie_name(sign_in);
+    let name = provider.cookie_name(sign_in);
     let binding = req.cookie(&name).map(|c| c.value().to_string());
     let outcome = provider
-        .finish(&state.accounts, sign_in, binding.as_deref())
+        .review(&state.accounts, sign_in, binding.as_deref(), proof)
         .await;
-    crate::metrics::sign_in("continue", outcome_name(&outcome));
+    crate::metrics::sign_in(
+        "review",
+        match &outcome {
+            Ok(_) => "ok",
+            Err(e) => error_name(e),
+        },
+    );
+    match outcome {
+        Ok(confirm) => {
+            let matrix_id = state.settings.user_id(&confirm.localpart);
+            let fields = [("state", sign_in.as_str()), ("proof", proof.as_str())];
+            confirm_page(
+                Lang::of(&req),
+                &matrix_id,
+                confirm.display_name.as_deref(),
+                &provider.continue_url(),
+                &fields,
+                &confirm.client_origin,
+            )
+        }
+        Err(e) => {
+            // Over: the browser forgets its cookie.
+            let mut response = answer(&req, provider, Err(e));
+            forget_cookie(provider, name, &mut response);
+            response
+        }
+    }
+}
+
+/// Step 3, second half (the confirmation form, posted on our origin):
+/// `state`, `proof` and `answer` (`continue` or `cancel`); on `continue`
+/// the code, and the browser on to Synapse.
+#[post("/v1/sso/continue")]
+pub async fn sso_continue(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let Some(provider) = state.oidc.as_deref() else {
+        return Page::NotConfigured.respond(&req, StatusCode::NOT_FOUND);
+    };
+    let form = match read_limited(&req, payload, MAX_FORM_BYTES).await {
+        Ok(body) => form_pairs(&body),
+        Err(_) => return Page::BadRequest.respond(&req, StatusCode::BAD_REQUEST),
+    };
+    let consent = match form.get("answer").map(String::as_str) {
+        Some("continue") => true,
+        Some("cancel") => false,
+        _ => return Page::BadRequest.respond(&req, StatusCode::BAD_REQUEST),
+    };
+    let (Some(sign_in), Some(proof)) = (form.get("state"), form.get("proof")) else {
+        return Page::Expired.respond(&req, StatusCode::BAD_REQUEST);
+    };
+    let name = provider.cookie_name(sign_in);
+    let binding = req.cookie(&name).map(|c| c.value().to_string());
+    let outcome = provider
+        .finish(&state.accounts, sign_in, binding.as_deref(), proof, consent)
+        .await;
+    crate::metrics::sign_in("confirm", outcome_name(&outcome));
     let mut response = answer(&req, provider, outcome);
     // The sign-in is over either way: the browser forgets its cookie.
+    forget_cookie(provider, name, &mut response);
+    response
+}
+
+fn forget_cookie(provider: &Provider, name: String, response: &mut HttpResponse) {
     let mut gone = sign_in_cookie(provider, name, String::new());
     gone.make_removal();
     let _ = response.add_cookie(&gone);
-    response
 }
 
 /// Step 4 (Synapse): the authorization code for tokens.
@@ -260,6 +325,15 @@ fn answer(
                     (Page::BadRequest, StatusCode::BAD_REQUEST)
                 }
                 SignInError::Expired => (Page::Expired, StatusCode::BAD_REQUEST),
+                SignInError::OtherBrowser => (Page::OtherBrowser, StatusCode::BAD_REQUEST),
+                SignInError::Cancelled => (Page::Cancelled, StatusCode::OK),
+                SignInError::TooMany { retry_after } => {
+                    let mut response = Page::TooMany.respond(req, StatusCode::TOO_MANY_REQUESTS);
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
+                    return response;
+                }
                 SignInError::Refused => (Page::Refused, StatusCode::FORBIDDEN),
                 SignInError::Deactivated => (Page::Deactivated, StatusCode::FORBIDDEN),
                 SignInError::Unavailable { retry_after } => {
@@ -280,18 +354,28 @@ fn answer(
 fn outcome_name(outcome: &Result<Next, SignInError>) -> &'static str {
     match outcome {
         Ok(_) => "ok",
-        Err(SignInError::BadRequest(_)) => "bad_request",
-        Err(SignInError::Expired) => "expired",
-        Err(SignInError::Refused) => "refused",
-        Err(SignInError::Deactivated) => "deactivated",
-        Err(SignInError::Unavailable { .. }) => "unavailable",
-        Err(SignInError::Failed) => "failed",
+        Err(e) => error_name(e),
+    }
+}
+
+fn error_name(e: &SignInError) -> &'static str {
+    match e {
+        SignInError::BadRequest(_) => "bad_request",
+        SignInError::Expired => "expired",
+        SignInError::OtherBrowser => "other_browser",
+        SignInError::TooMany { .. } => "too_many",
+        SignInError::Cancelled => "cancelled",
+        SignInError::Refused => "refused",
+        SignInError::Deactivated => "deactivated",
+        SignInError::Unavailable { .. } => "unavailable",
+        SignInError::Failed => "failed",
     }
 }
 
 /// The cookie that binds a sign-in to the browser that began it. `Lax`:
 /// it comes back on the top-level GET to `/v1/sso/continue` that follows
-/// DAARION's cross-site POST.
+/// DAARION's cross-site POST, and on the same-origin POST of the
+/// confirmation form; never on a POST from another site.
 fn sign_in_cookie(provider: &Provider, name: String, value: String) -> Cookie<'static> {
     Cookie::build(name, value)
         .path(provider.cookie_path().to_string())

@@ -54,6 +54,9 @@ pub enum Page {
     /// not follow it on their own).
     Continue,
     Expired,
+    OtherBrowser,
+    TooMany,
+    Cancelled,
     Refused,
     Deactivated,
     Unavailable,
@@ -76,6 +79,30 @@ impl Page {
             (Expired, En) => (
                 "Sign-in expired",
                 "This sign-in has expired, was already used, or was started in another browser. Please start signing in to Matrix again.",
+            ),
+            (OtherBrowser, Uk) => (
+                "Вхід зупинено",
+                "Цей вхід у Matrix почався в іншому браузері, тому ми його зупинили. Якщо ви щойно не входили в Matrix, можливо, хтось надіслав вам це посилання: нічого робити не треба. Якщо входили, почніть знову в цьому браузері.",
+            ),
+            (OtherBrowser, En) => (
+                "Sign-in stopped",
+                "This Matrix sign-in was started in another browser, so it has been stopped. If you were not signing in to Matrix just now, someone may have sent you this link: there is nothing you need to do. If you were, please start again in this browser.",
+            ),
+            (TooMany, Uk) => (
+                "Забагато спроб входу",
+                "З вашої мережі зараз почато забагато входів. Спробуйте за хвилину.",
+            ),
+            (TooMany, En) => (
+                "Too many sign-ins",
+                "Too many sign-ins have been started from your network. Please try again in a minute.",
+            ),
+            (Cancelled, Uk) => (
+                "Вхід скасовано",
+                "Ви не входили в Matrix. Якщо в DAARION увійшов хтось інший, вийдіть з DAARION і почніть вхід у Matrix знову.",
+            ),
+            (Cancelled, En) => (
+                "Sign-in cancelled",
+                "You were not signed in to Matrix. If someone else is signed in to DAARION in this browser, sign out of DAARION and start signing in to Matrix again.",
             ),
             (Refused, Uk) => (
                 "DAARION не підтвердив вхід",
@@ -138,10 +165,6 @@ impl Page {
     /// The page as HTML; `link` (already a full URL) is offered as a button.
     pub fn html(self, lang: Lang, link: Option<&str>) -> String {
         let (title, body) = self.text(lang);
-        let code = match lang {
-            Lang::Uk => "uk",
-            Lang::En => "en",
-        };
         let link = link
             .map(|href| {
                 format!(
@@ -151,15 +174,7 @@ impl Page {
                 )
             })
             .unwrap_or_default();
-        format!(
-            "<!doctype html>\n<html lang=\"{code}\"><head><meta charset=\"utf-8\">\
-             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-             <title>{title} · DAARION</title><style>body{{font-family:system-ui,sans-serif;\
-             max-width:32rem;margin:4rem auto;padding:0 1rem;color:#1b1b1f}}h1{{font-size:1.4rem}}\
-             a{{display:inline-block;padding:.5rem 1rem;background:#1b1b1f;color:#fff;\
-             border-radius:.4rem;text-decoration:none}}</style></head>\
-             <body><h1>{title}</h1><p>{body}</p>{link}</body></html>\n"
-        )
+        document(lang, title, &format!("<p>{body}</p>{link}"))
     }
 
     /// This page as a response with `status`.
@@ -170,17 +185,105 @@ impl Page {
 }
 
 /// The headers every page carries.
-pub fn page_headers(mut builder: HttpResponseBuilder) -> HttpResponseBuilder {
+pub fn page_headers(builder: HttpResponseBuilder) -> HttpResponseBuilder {
+    headers_with_form_action(builder, "'none'")
+}
+
+/// The page's headers, its forms allowed to go to `form_action` only (the
+/// browser checks redirects after a form's submission against it too).
+fn headers_with_form_action(
+    mut builder: HttpResponseBuilder,
+    form_action: &str,
+) -> HttpResponseBuilder {
     builder
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((
             header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; form-action 'none'",
+            format!(
+                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; \
+                 form-action {form_action}"
+            ),
         ))
         .insert_header((header::REFERRER_POLICY, "no-referrer"))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"));
     builder
+}
+
+/// "Sign in to Matrix as …?": whom DAARION signed in, before any code is
+/// issued, with "Continue" and "Not me" posting `fields` to `action` (our
+/// own origin; the browser then goes on to `client_origin`, Synapse's).
+pub fn confirm_page(
+    lang: Lang,
+    matrix_id: &str,
+    display_name: Option<&str>,
+    action: &str,
+    fields: &[(&str, &str)],
+    client_origin: &str,
+) -> HttpResponse {
+    let (title, body, yes, no) = match lang {
+        Lang::Uk => (
+            "Увійти в Matrix?",
+            "DAARION підтвердив, що це ви. Увійти в Matrix як:",
+            "Продовжити",
+            "Це не я",
+        ),
+        Lang::En => (
+            "Sign in to Matrix?",
+            "DAARION confirmed it is you. Sign in to Matrix as:",
+            "Continue",
+            "Not me",
+        ),
+    };
+    let who = match display_name.filter(|n| !n.trim().is_empty()) {
+        Some(name) => format!(
+            "<p class=\"who\"><strong>{}</strong><br><code>{}</code></p>",
+            escape(name),
+            escape(matrix_id)
+        ),
+        None => format!(
+            "<p class=\"who\"><strong><code>{}</code></strong></p>",
+            escape(matrix_id)
+        ),
+    };
+    let inputs: String = fields
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                escape(name),
+                escape(value)
+            )
+        })
+        .collect();
+    let form = format!(
+        "<form method=\"post\" action=\"{}\">{inputs}\
+         <button type=\"submit\" id=\"continue\" name=\"answer\" value=\"continue\">{yes}</button> \
+         <button type=\"submit\" id=\"cancel\" name=\"answer\" value=\"cancel\" class=\"no\">{no}</button>\
+         </form>",
+        escape(action)
+    );
+    let html = document(lang, title, &format!("<p>{body}</p>{who}{form}"));
+    let form_action = format!("'self' {client_origin}");
+    headers_with_form_action(HttpResponse::Ok(), &form_action).body(html)
+}
+
+/// A whole page around `content` (already HTML).
+fn document(lang: Lang, title: &str, content: &str) -> String {
+    let code = match lang {
+        Lang::Uk => "uk",
+        Lang::En => "en",
+    };
+    format!(
+        "<!doctype html>\n<html lang=\"{code}\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title} · DAARION</title><style>body{{font-family:system-ui,sans-serif;\
+         max-width:32rem;margin:4rem auto;padding:0 1rem;color:#1b1b1f}}h1{{font-size:1.4rem}}\
+         a,button{{display:inline-block;padding:.5rem 1rem;background:#1b1b1f;color:#fff;\
+         border:0;border-radius:.4rem;text-decoration:none;font:inherit;cursor:pointer}}\
+         button.no{{background:#e4e4e9;color:#1b1b1f}}.who{{font-size:1.1rem}}</style></head>\
+         <body><h1>{title}</h1>{content}</body></html>\n"
+    )
 }
 
 fn escape(s: &str) -> String {
@@ -211,6 +314,9 @@ mod tests {
         for page in [
             Page::Continue,
             Page::Expired,
+            Page::OtherBrowser,
+            Page::TooMany,
+            Page::Cancelled,
             Page::Refused,
             Page::Deactivated,
             Page::Unavailable,
@@ -229,5 +335,40 @@ mod tests {
         assert!(Page::Deactivated
             .html(Lang::Uk, None)
             .contains("деактивовано"));
+    }
+
+    #[actix_web::test]
+    async fn the_confirmation_names_the_person_escaped_and_posts_only_to_us_and_the_client() {
+        let response = confirm_page(
+            Lang::En,
+            "@olena:daarion.space",
+            Some("<script>Олена</script>"),
+            "https://m.test/v1/sso/continue",
+            &[("state", "s\"1"), ("proof", "p")],
+            "https://matrix.test",
+        );
+        let csp = response
+            .headers()
+            .get(header::CONTENT_SECURITY_POLICY)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            csp.ends_with("form-action 'self' https://matrix.test"),
+            "{csp}"
+        );
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        let body = actix_web::body::to_bytes(response.into_body()).await;
+        let html = String::from_utf8(body.unwrap().to_vec()).unwrap();
+        assert!(
+            html.contains("&lt;script&gt;Олена&lt;/script&gt;"),
+            "{html}"
+        );
+        assert!(!html.contains("<script"), "{html}");
+        assert!(html.contains("@olena:daarion.space"));
+        assert!(html.contains("name=\"state\" value=\"s&quot;1\""), "{html}");
+        assert!(html.contains("value=\"continue\"") && html.contains("value=\"cancel\""));
+        assert!(html.contains("action=\"https://m.test/v1/sso/continue\""));
     }
 }

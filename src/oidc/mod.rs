@@ -8,14 +8,25 @@
 //!    sign-in under way, bound to this browser by a cookie, and send the
 //!    browser to DAARION's sign-in page with our own single-use `state`.
 //! 2. [`Provider::returned`]: DAARION posts an access token (or
-//!    `access_denied`) back; it is checked exactly as section 3 checks one.
-//! 3. [`Provider::finish`]: in the browser that began it (the cookie), the
-//!    person's account is made sure of (created now if needed) and only then
-//!    is a code issued and the browser sent back to Synapse.
+//!    `access_denied`) back; it is checked exactly as section 3 checks one,
+//!    and the browser that brought it gets a one-time proof.
+//! 3. [`Provider::review`]: only a browser holding both the cookie of step 1
+//!    and the proof of step 2 gets on: the person's account is made sure of
+//!    (created now if needed) and they see, on our origin, whom they are
+//!    about to be signed in as. [`Provider::finish`]: they confirm (the same
+//!    cookie and proof again), and only then is a code issued and the
+//!    browser sent back to Synapse.
 //! 4. [`Provider::token`]: Synapse redeems the code, once, for an ID token.
 //!
-//! Codes, states and access tokens are random, kept as hashes, in the
-//! database, so any replica can serve any step.
+//! Why both the cookie and the proof: DAARION "uses its own session", so a
+//! sign-in link (step 1's redirect, with our `state`) that one person sends
+//! to another would otherwise let the sender's browser finish the sign-in
+//! with the receiver's DAARION session. The cookie lives only in the
+//! starting browser, the proof only in the browser DAARION answered in;
+//! a browser with one and not the other ends the sign-in.
+//!
+//! Codes, states, proofs and access tokens are random, kept as hashes, in
+//! the database, so any replica can serve any step.
 
 pub mod keys;
 
@@ -36,7 +47,9 @@ use crate::config::Settings;
 use crate::now_ms;
 use crate::secret::Secret;
 use crate::sso::{Claims, Refusal, Sso};
-use crate::store::{CodeGrant, Pending, Returned, Store, StoreError, TokenOwner};
+use crate::store::{
+    Begun, CodeGrant, Pending, Returned, Review, SignInLimits, Store, StoreError, TokenOwner,
+};
 use keys::SigningKey;
 
 /// How long a browser has from Synapse's redirect to coming back from DAARION.
@@ -51,6 +64,17 @@ const KEEP_RETIRED_KEY_MS: i64 = 60 * 60 * 1000;
 /// How long a published key set is reused before reading it again.
 const JWKS_CACHE_MS: i64 = 5_000;
 const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+/// The longest `state` and `nonce` a client may have kept for it. Synapse
+/// sends about 40 characters; anything longer is refused before anything
+/// is stored.
+pub const MAX_CLIENT_VALUE_BYTES: usize = 512;
+/// Sign-ins under way at once (each lives [`SIGN_IN_TTL_MS`]): from one
+/// client address (a busy office behind one address stays far below), and
+/// in all. Beyond them authorize answers "too many" and stores nothing.
+const SIGN_IN_LIMITS: SignInLimits = SignInLimits {
+    per_address: 100,
+    total: 20_000,
+};
 
 /// Signs what the provider issues: ID tokens and back-channel logout
 /// tokens. Shared with the worker, which sends the logouts.
@@ -153,8 +177,17 @@ pub struct Provider {
 pub enum SignInError {
     /// Unknown client, or a redirect URI not listed: nobody to send back to.
     BadRequest(String),
-    /// The sign-in expired, was used already, or is not this browser's.
+    /// The sign-in expired or was used already.
     Expired,
+    /// DAARION's answer and the start of the sign-in are in two browsers:
+    /// the sign-in was ended (someone may have sent this link).
+    OtherBrowser,
+    /// Too many sign-ins under way from this address, or in all.
+    TooMany {
+        retry_after: u64,
+    },
+    /// The person said "not me" on the confirmation page.
+    Cancelled,
     /// DAARION refused: the person gave up, or the token is not valid.
     Refused,
     Deactivated,
@@ -194,6 +227,16 @@ pub struct Next {
     pub cookie: Option<(String, Secret)>,
 }
 
+/// Whom a sign-in is about to sign in, for the person to confirm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirm {
+    pub localpart: String,
+    pub display_name: Option<String>,
+    /// The origin the browser goes on to (Synapse's), which the
+    /// confirmation form must be allowed to reach.
+    pub client_origin: String,
+}
+
 /// The token endpoint's answer. No `Debug`: it is made of secrets.
 #[derive(Serialize)]
 pub struct TokenResponse {
@@ -226,8 +269,32 @@ impl Provider {
         &self.signer.issuer
     }
 
+    /// Where the binding cookie is sent. `/` on https: the `__Host-`
+    /// prefix (see [`Provider::cookie_name`]) requires it.
     pub fn cookie_path(&self) -> &str {
-        &self.cookie_path
+        if self.secure_cookies {
+            "/"
+        } else {
+            &self.cookie_path
+        }
+    }
+
+    /// The name of the cookie that binds the sign-in with this state to the
+    /// browser: one per sign-in, so two tabs do not undo each other. On
+    /// https it is a `__Host-` cookie, which only this origin itself can
+    /// set: a sibling subdomain cannot plant one.
+    pub fn cookie_name(&self, state: &str) -> String {
+        let name = cookie_name(state);
+        if self.secure_cookies {
+            format!("__Host-{name}")
+        } else {
+            name
+        }
+    }
+
+    /// `{PUBLIC_URL}/v1/sso/continue`, where the confirmation form posts.
+    pub fn continue_url(&self) -> String {
+        format!("{}/v1/sso/continue", self.issuer())
     }
 
     pub fn secure_cookies(&self) -> bool {
@@ -293,8 +360,13 @@ impl Provider {
         Ok(jwks)
     }
 
-    /// Step 1: the authorization request (query parameters).
-    pub async fn authorize(&self, q: &HashMap<String, String>) -> Result<Next, SignInError> {
+    /// Step 1: the authorization request (query parameters), from the
+    /// browser at `client_addr`.
+    pub async fn authorize(
+        &self,
+        q: &HashMap<String, String>,
+        client_addr: &str,
+    ) -> Result<Next, SignInError> {
         let client_id = q.get("client_id").map(String::as_str).unwrap_or("");
         if !bool::from(client_id.as_bytes().ct_eq(self.signer.client_id.as_bytes())) {
             return Err(SignInError::BadRequest("unknown client".into()));
@@ -304,6 +376,16 @@ impl Provider {
             return Err(SignInError::BadRequest("redirect URI not allowed".into()));
         }
         let client_state = q.get("state").cloned();
+        let nonce = q.get("nonce").cloned();
+        // Kept for ten minutes for whoever asks: never more than a little.
+        if [&client_state, &nonce]
+            .iter()
+            .any(|v| v.as_ref().is_some_and(|v| v.len() > MAX_CLIENT_VALUE_BYTES))
+        {
+            return Err(SignInError::BadRequest(format!(
+                "state or nonce longer than {MAX_CLIENT_VALUE_BYTES} bytes"
+            )));
+        }
         // From here on, refusals go back to the client (RFC 6749 4.1.2.1).
         let back = |error: &str, description: &str| Next {
             location: with_query(
@@ -355,15 +437,24 @@ impl Provider {
             client_id: client_id.to_string(),
             redirect_uri: redirect_uri.to_string(),
             client_state,
-            nonce: q.get("nonce").cloned(),
+            nonce,
             code_challenge,
             person: None,
+            proof_hash: None,
+            client_addr: client_addr.to_string(),
             expires_at: now_ms() + SIGN_IN_TTL_MS,
         };
-        self.store
-            .begin_sign_in(&pending)
+        let begun = self
+            .store
+            .begin_sign_in(&pending, SIGN_IN_LIMITS, now_ms())
             .await
             .map_err(|_| SignInError::Unavailable { retry_after: 5 })?;
+        if begun == Begun::TooMany {
+            tracing::warn!(client_addr, "too many sign-ins under way: refused");
+            return Err(SignInError::TooMany {
+                retry_after: (SIGN_IN_TTL_MS / 1000 / 10) as u64,
+            });
+        }
         let location = with_query(
             self.auth_login_url.as_str(),
             &[
@@ -373,13 +464,14 @@ impl Provider {
         );
         Ok(Next {
             location,
-            cookie: Some((cookie_name(&state), Secret::new(binding))),
+            cookie: Some((self.cookie_name(&state), Secret::new(binding))),
         })
     }
 
     /// Step 2: DAARION hands the person back (`access_token` or `error`,
-    /// and our `state`). Only records who it is; the browser then continues
-    /// at [`Provider::finish`] on our own origin, where its cookie is sent.
+    /// and our `state`). Only records who it is, and hands this browser a
+    /// one-time proof; the browser then continues at [`Provider::review`]
+    /// on our own origin, where its cookie is sent.
     pub async fn returned(
         &self,
         sso: &Sso,
@@ -419,9 +511,10 @@ impl Provider {
             daarion_sid: claims.sid,
         };
         // Unknown, expired or used already: a state is used once.
+        let proof = random_secret();
         if !self
             .store
-            .sign_in_returned(&state_hash, &who, now_ms())
+            .sign_in_returned(&state_hash, &who, &digest(&proof), now_ms())
             .await
             .map_err(unavailable)?
         {
@@ -429,50 +522,80 @@ impl Provider {
         }
         Ok(Next {
             location: with_query(
-                &format!("{}/v1/sso/continue", self.issuer()),
-                &[("state", Some(state))],
+                &self.continue_url(),
+                &[("state", Some(state)), ("proof", Some(&proof))],
             ),
             cookie: None,
         })
     }
 
-    /// Step 3: in the browser that began the sign-in (`binding`, its
-    /// cookie), makes sure of the account and issues the code.
+    /// Step 3, first half: in the browser that began the sign-in (`binding`,
+    /// its cookie) and brought DAARION's answer (`proof`), makes sure of the
+    /// account and says whom the person is about to be signed in as.
+    pub async fn review(
+        &self,
+        accounts: &Accounts,
+        state: &str,
+        binding: Option<&str>,
+        proof: &str,
+    ) -> Result<Confirm, SignInError> {
+        let unavailable = |_| SignInError::Unavailable { retry_after: 5 };
+        let binding_hash = binding.map(digest);
+        let pending = match self
+            .store
+            .review_sign_in(
+                &digest(state),
+                binding_hash.as_deref(),
+                &digest(proof),
+                now_ms(),
+            )
+            .await
+            .map_err(unavailable)?
+        {
+            Review::Ours(pending) => pending,
+            Review::Ended => {
+                tracing::warn!(
+                    "a sign-in's DAARION answer came to a browser that did not start it: ended"
+                );
+                return Err(SignInError::OtherBrowser);
+            }
+            Review::Unknown => return Err(SignInError::Expired),
+        };
+        let account = active(accounts, &pending).await?;
+        Ok(Confirm {
+            localpart: account.localpart,
+            display_name: account.display_name,
+            client_origin: origin_of(&pending.redirect_uri),
+        })
+    }
+
+    /// Step 3, second half: the person confirmed (`consent`) or said "not
+    /// me". The sign-in is taken once, by the browser holding both the
+    /// cookie and the proof; on consent the code is issued.
     pub async fn finish(
         &self,
         accounts: &Accounts,
         state: &str,
         binding: Option<&str>,
+        proof: &str,
+        consent: bool,
     ) -> Result<Next, SignInError> {
         let unavailable = |_| SignInError::Unavailable { retry_after: 5 };
-        // Taken once, and only by the browser holding the cookie: someone
-        // else's sign-in (login CSRF), a lost cookie, an expired or used
-        // state all find nothing.
         let Some(binding) = binding else {
-            return Err(SignInError::Expired);
+            return Err(SignInError::OtherBrowser);
         };
         let pending = self
             .store
-            .take_sign_in(&digest(state), &digest(binding), now_ms())
+            .take_sign_in(&digest(state), &digest(binding), &digest(proof), now_ms())
             .await
             .map_err(unavailable)?
             .ok_or(SignInError::Expired)?;
+        if !consent {
+            return Err(SignInError::Cancelled);
+        }
         let who = pending.person.clone().ok_or(SignInError::Expired)?;
-        let claims = Claims {
-            sub: who.user_id.clone(),
-            preferred_username: who.preferred_username.clone(),
-            name: who.name.clone(),
-            picture: who.picture.clone(),
-            sid: who.daarion_sid.clone(),
-        };
-        let account = accounts.active(&claims).await.map_err(|e| match e {
-            AccountError::Deactivated => SignInError::Deactivated,
-            AccountError::BadSubject => SignInError::Refused,
-            AccountError::Unavailable { retry_after, .. } => SignInError::Unavailable {
-                retry_after: retry_after.map_or(5, |d| d.as_secs().max(1)),
-            },
-            AccountError::Failed(_) => SignInError::Failed,
-        })?;
+        // Again: the person may have been deleted while the page was open.
+        let account = active(accounts, &pending).await?;
         let code = random_secret();
         let now = now_ms();
         let grant = CodeGrant {
@@ -624,6 +747,37 @@ impl Provider {
     }
 }
 
+/// The account of the person a returned sign-in names, made sure of.
+async fn active(
+    accounts: &Accounts,
+    pending: &Pending,
+) -> Result<crate::accounts::ActiveAccount, SignInError> {
+    let who = pending.person.as_ref().ok_or(SignInError::Expired)?;
+    let claims = Claims {
+        sub: who.user_id.clone(),
+        preferred_username: who.preferred_username.clone(),
+        name: who.name.clone(),
+        picture: who.picture.clone(),
+        sid: who.daarion_sid.clone(),
+    };
+    accounts.active(&claims).await.map_err(|e| match e {
+        AccountError::Deactivated => SignInError::Deactivated,
+        AccountError::BadSubject => SignInError::Refused,
+        AccountError::Unavailable { retry_after, .. } => SignInError::Unavailable {
+            retry_after: retry_after.map_or(5, |d| d.as_secs().max(1)),
+        },
+        AccountError::Failed(_) => SignInError::Failed,
+    })
+}
+
+/// `scheme://host[:port]` of a URL (the URL itself if it does not parse:
+/// the redirect URIs are the operator's, checked at start-up).
+fn origin_of(url: &str) -> String {
+    Url::parse(url)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_else(|_| url.to_string())
+}
+
 /// Whether the code may be redeemed by this request.
 fn check_grant(
     grant: &CodeGrant,
@@ -658,7 +812,7 @@ fn check_grant(
 
 /// The name of the cookie that binds the sign-in with this state to the
 /// browser: one per sign-in, so two tabs do not undo each other.
-pub fn cookie_name(state: &str) -> String {
+fn cookie_name(state: &str) -> String {
     format!("mp_sso_{}", &digest(state)[..16])
 }
 

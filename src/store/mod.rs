@@ -31,7 +31,7 @@ pub use jobs::{AppliedAvatar, ClaimFor, Job, JobKind, QueueDepth};
 pub use messages::{
     room_stream, OutboxEntry, OutboxSummary, StoredMessage, TxnAccepted, PRESENCE_STREAM,
 };
-pub use oidc::{CodeGrant, Pending, Returned, TokenOwner};
+pub use oidc::{Begun, CodeGrant, Pending, Returned, Review, SignInLimits, TokenOwner};
 pub use people::{Account, CreateVia, LocalpartPolicy, Person, State};
 pub use rooms::{CityAccepted, MemberAccount, Room, RoomState};
 pub use sync::{JobState, Pass, SyncHolder};

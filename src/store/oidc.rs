@@ -28,7 +28,40 @@ pub struct Pending {
     pub code_challenge: Option<String>,
     /// Filled in once DAARION hands the person back.
     pub person: Option<Returned>,
+    /// SHA-256 of the one-time proof handed to the browser DAARION's answer
+    /// came through; with the binding cookie, it finishes the sign-in.
+    pub proof_hash: Option<String>,
+    /// The address the sign-in came from (limits per address).
+    pub client_addr: String,
     pub expires_at: i64,
+}
+
+/// How many sign-ins may be under way at once.
+#[derive(Debug, Clone, Copy)]
+pub struct SignInLimits {
+    pub per_address: i64,
+    pub total: i64,
+}
+
+/// What became of a new sign-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begun {
+    Started,
+    /// Too many under way from this address, or in all: nothing stored.
+    TooMany,
+}
+
+/// A returned sign-in looked at from a browser (see [`Store::review_sign_in`]).
+#[derive(Debug, Clone)]
+pub enum Review {
+    /// Cookie and proof match: this browser began it and DAARION's answer
+    /// came through it.
+    Ours(Box<Pending>),
+    /// The state is known but the cookie or the proof is not this
+    /// browser's: the sign-in has been ended.
+    Ended,
+    /// Unknown, expired, not returned yet, or used.
+    Unknown,
 }
 
 /// The DAARION person a verified access token named.
@@ -103,7 +136,8 @@ impl Drop for Light {
 }
 
 const PENDING_COLUMNS: &str = "state_hash, binding_hash, client_id, redirect_uri, client_state, \
-    nonce, code_challenge, user_id, preferred_username, name, picture, daarion_sid, expires_at";
+    nonce, code_challenge, user_id, preferred_username, name, picture, daarion_sid, proof_hash, \
+    client_addr, expires_at";
 
 const CODE_COLUMNS: &str = "code_hash, client_id, redirect_uri, code_challenge, nonce, user_id, \
     localpart, name, sid, auth_time, expires_at";
@@ -170,12 +204,36 @@ impl Store {
         rows.iter().map(|r| Ok(r.try_get("public_jwk")?)).collect()
     }
 
-    pub async fn begin_sign_in(&self, p: &Pending) -> Result<()> {
+    /// Stores a new sign-in unless `limits` are reached: sign-ins under way
+    /// from the same address, or in all. (Counted in the same transaction
+    /// as the insert: exact on SQLite, which takes its write lock first; on
+    /// PostgreSQL concurrent requests may pass the bound by a few.)
+    pub async fn begin_sign_in(
+        &self,
+        p: &Pending,
+        limits: SignInLimits,
+        now: i64,
+    ) -> Result<Begun> {
+        let mut light = self.light().await?;
+        let counts = sqlx::query(
+            "SELECT COUNT(*) AS total, \
+             COALESCE(SUM(CASE WHEN client_addr = $1 THEN 1 ELSE 0 END), 0) AS here \
+             FROM oidc_pending WHERE expires_at > $2",
+        )
+        .bind(&p.client_addr)
+        .bind(now)
+        .fetch_one(light.conn())
+        .await?;
+        let total: i64 = counts.try_get("total")?;
+        let here: i64 = counts.try_get("here")?;
+        if here >= limits.per_address || total >= limits.total {
+            // Dropped uncommitted: rolled back, nothing stored.
+            return Ok(Begun::TooMany);
+        }
         let sql = format!(
             "INSERT INTO oidc_pending ({PENDING_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL, NULL, NULL, $8)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL, NULL, NULL, NULL, $8, $9)"
         );
-        let mut light = self.light().await?;
         sqlx::query(&sql)
             .bind(&p.state_hash)
             .bind(&p.binding_hash)
@@ -184,25 +242,29 @@ impl Store {
             .bind(&p.client_state)
             .bind(&p.nonce)
             .bind(&p.code_challenge)
+            .bind(&p.client_addr)
             .bind(p.expires_at)
             .execute(light.conn())
             .await?;
-        light.commit().await
+        light.commit().await?;
+        Ok(Begun::Started)
     }
 
-    /// Records who DAARION handed back; false if the state is unknown,
+    /// Records who DAARION handed back, and the hash of the proof given to
+    /// the browser that brought the answer; false if the state is unknown,
     /// expired or was used already (a state is used once).
     pub async fn sign_in_returned(
         &self,
         state_hash: &str,
         who: &Returned,
+        proof_hash: &str,
         now: i64,
     ) -> Result<bool> {
         let mut light = self.light().await?;
         let done = sqlx::query(
             "UPDATE oidc_pending SET user_id = $2, preferred_username = $3, name = $4, \
-             picture = $5, daarion_sid = $6 \
-             WHERE state_hash = $1 AND user_id IS NULL AND expires_at > $7",
+             picture = $5, daarion_sid = $6, proof_hash = $7 \
+             WHERE state_hash = $1 AND user_id IS NULL AND expires_at > $8",
         )
         .bind(state_hash)
         .bind(&who.user_id)
@@ -210,6 +272,7 @@ impl Store {
         .bind(&who.name)
         .bind(&who.picture)
         .bind(&who.daarion_sid)
+        .bind(proof_hash)
         .bind(now)
         .execute(light.conn())
         .await?
@@ -234,22 +297,63 @@ impl Store {
         Ok(dropped == 1)
     }
 
+    /// The returned sign-in with this state, as this browser (its cookie's
+    /// and proof's hashes) may see it. A browser holding only one of the two
+    /// ends the sign-in: that is what a sign-in link sent to someone else
+    /// looks like (the victim's browser brings the proof, not the cookie),
+    /// and nothing good can come of it any more.
+    pub async fn review_sign_in(
+        &self,
+        state_hash: &str,
+        binding_hash: Option<&str>,
+        proof_hash: &str,
+        now: i64,
+    ) -> Result<Review> {
+        let sql = format!(
+            "SELECT {PENDING_COLUMNS} FROM oidc_pending \
+             WHERE state_hash = $1 AND user_id IS NOT NULL AND expires_at > $2"
+        );
+        let row = sqlx::query(&sql)
+            .bind(state_hash)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(pending) = row.as_ref().map(pending_from).transpose()? else {
+            return Ok(Review::Unknown);
+        };
+        if binding_hash == Some(pending.binding_hash.as_str())
+            && pending.proof_hash.as_deref() == Some(proof_hash)
+        {
+            return Ok(Review::Ours(Box::new(pending)));
+        }
+        let mut light = self.light().await?;
+        sqlx::query("DELETE FROM oidc_pending WHERE state_hash = $1")
+            .bind(state_hash)
+            .execute(light.conn())
+            .await?;
+        light.commit().await?;
+        Ok(Review::Ended)
+    }
+
     /// Takes the returned sign-in with this state, once, for the browser
-    /// whose cookie hashes to `binding_hash`.
+    /// whose cookie hashes to `binding_hash` and that holds the proof.
     pub async fn take_sign_in(
         &self,
         state_hash: &str,
         binding_hash: &str,
+        proof_hash: &str,
         now: i64,
     ) -> Result<Option<Pending>> {
         let sql = format!(
             "DELETE FROM oidc_pending WHERE state_hash = $1 AND binding_hash = $2 \
-             AND user_id IS NOT NULL AND expires_at > $3 RETURNING {PENDING_COLUMNS}"
+             AND proof_hash = $3 AND user_id IS NOT NULL AND expires_at > $4 \
+             RETURNING {PENDING_COLUMNS}"
         );
         let mut light = self.light().await?;
         let row = sqlx::query(&sql)
             .bind(state_hash)
             .bind(binding_hash)
+            .bind(proof_hash)
             .bind(now)
             .fetch_optional(light.conn())
             .await?;
@@ -447,6 +551,8 @@ fn pending_from(r: &AnyRow) -> Result<Pending> {
         nonce: r.try_get("nonce")?,
         code_challenge: r.try_get("code_challenge")?,
         person,
+        proof_hash: r.try_get("proof_hash")?,
+        client_addr: r.try_get("client_addr")?,
         expires_at: r.try_get("expires_at")?,
     })
 }

@@ -409,7 +409,16 @@ async fn element_sign_in(browser: &Browser, provider: &Provider, backend: Backen
     assert_eq!(page.status, 200, "DAARION's page: {}", page.body);
     let (action, fields) = parse_form(&page.body);
     let continue_at = redirected(&browser.post_form(&action, &fields).await, "return");
-    let callback = redirected(&browser.get(&continue_at).await, "continue");
+    let confirmation = browser.get(&continue_at).await;
+    assert_eq!(
+        confirmation.status, 200,
+        "the confirmation: {}",
+        confirmation.body
+    );
+    let callback = redirected(
+        &confirm(browser, &confirmation, "continue").await,
+        "confirm",
+    );
     assert!(
         callback.starts_with(&format!("{synapse}/_synapse/client/oidc/callback?")),
         "{callback}"
@@ -425,6 +434,14 @@ async fn element_sign_in(browser: &Browser, provider: &Provider, backend: Backen
         .unwrap();
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
+}
+
+/// The person's answer on the confirmation page (`continue` or `cancel`):
+/// its form posted as the browser would.
+async fn confirm(browser: &Browser, page: &Hop, answer: &str) -> Hop {
+    let (action, mut fields) = parse_form(&page.body);
+    fields.push(("answer".into(), answer.into()));
+    browser.post_form(&action, &fields).await
 }
 
 fn urlencode(s: &str) -> String {
@@ -558,7 +575,11 @@ async fn code_for(
     let Some(continue_at) = hop.location.clone().filter(|_| hop.status == 303) else {
         return Err(hop);
     };
-    let hop = browser.get(&continue_at).await;
+    let confirmation = browser.get(&continue_at).await;
+    if confirmation.status != 200 {
+        return Err(confirmation);
+    }
+    let hop = confirm(browser, &confirmation, "continue").await;
     match hop.location.clone() {
         Some(l) if hop.status == 303 && l.starts_with(CLIENT_CB) => {
             let q = query_of(&l);
@@ -901,6 +922,283 @@ async fn the_provider_refuses_what_it_must(backend: Backend) {
     daarion.stop().await;
 }
 on_both_backends!(the_provider_refuses_what_it_must);
+
+/// Issue 24: a sign-in link sent to someone else. The attacker starts
+/// Synapse's single sign-on in their own browser and stops at DAARION's
+/// URL (they hold our `state` and the binding cookie); the victim, signed
+/// in to DAARION, opens that URL, and DAARION answers with the victim's
+/// token. Neither the attacker's browser (with the cookie, with or without
+/// the victim's proof), nor the victim's (with the proof, without the
+/// cookie), nor a third one with the victim's whole link gets a code, and
+/// the victim's account gets no Matrix session.
+async fn a_sign_in_link_sent_to_someone_else_signs_nobody_in(backend: Backend) {
+    let daarion = FakeDaarion::start();
+    let provider = provider(backend, &daarion).await;
+    let admin = SynapseAdmin::shared().await;
+    let synapse = &shared_synapse().url;
+    let base = provider.base();
+    let victim_id = unique("u_");
+    let victim_name = unique("victim");
+    provider
+        .signed_up(
+            &victim_id,
+            json!({"username": victim_name, "display_name": "Victim"}),
+        )
+        .await;
+    let victim_mxid = admin.user_id(&victim_name);
+    let devices = || async {
+        let (status, body) = admin
+            .get(&format!("/_synapse/admin/v2/users/{victim_mxid}/devices"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["total"].as_u64().unwrap()
+    };
+    let devices_before = devices().await;
+
+    // 1. The attacker's browser, from Synapse's button to DAARION's URL.
+    let attacker = Browser::new();
+    let start = format!(
+        "{synapse}/_matrix/client/v3/login/sso/redirect/oidc-{}?redirectUrl={}",
+        idp(backend),
+        urlencode(ELEMENT)
+    );
+    let authorize = redirected(&attacker.get(&start).await, "Synapse's SSO redirect");
+    let daarion_url = redirected(&attacker.get(&authorize).await, "authorize");
+    let state = query_of(&daarion_url)["state"].clone();
+    let attacker_cookies = attacker.jar.lock().unwrap().clone();
+    assert_eq!(
+        attacker_cookies
+            .keys()
+            .filter(|k| k.starts_with("mp_sso_"))
+            .count(),
+        1,
+        "the binding cookie, beside Synapse's own: {attacker_cookies:?}"
+    );
+
+    // 2. The victim's browser opens the link; DAARION uses its session.
+    daarion.sign_in_as(&victim_id, &victim_name, "Victim", Some("victim-sid"));
+    let victim = Browser::new();
+    let page = victim.get(&daarion_url).await;
+    let (action, fields) = parse_form(&page.body);
+    let continue_at = redirected(&victim.post_form(&action, &fields).await, "return");
+    let proof = query_of(&continue_at)["proof"].clone();
+
+    // 3. The victim's browser has the proof but not the cookie: the
+    //    sign-in is stopped, with a page that says why.
+    let stopped = victim.get(&continue_at).await;
+    assert_eq!(stopped.status, 400, "{}", stopped.body);
+    assert!(stopped.location.is_none());
+    assert!(stopped.body.contains("another browser"), "{}", stopped.body);
+
+    // 4. The attacker's browser, its cookie put back before each try: no
+    //    proof, a made-up one, the victim's own; by GET and by POST.
+    for proof in [None, Some("made-up".to_string()), Some(proof.clone())] {
+        let mut url = format!("{base}/v1/sso/continue?state={}", urlencode(&state));
+        if let Some(p) = &proof {
+            url.push_str(&format!("&proof={}", urlencode(p)));
+        }
+        *attacker.jar.lock().unwrap() = attacker_cookies.clone();
+        let hop = attacker.get(&url).await;
+        assert_eq!(hop.status, 400, "GET with proof {proof:?}: {}", hop.body);
+        assert!(hop.location.is_none(), "{hop:?}");
+        let mut fields = vec![
+            ("state".to_string(), state.clone()),
+            ("answer".to_string(), "continue".to_string()),
+        ];
+        if let Some(p) = proof.clone() {
+            fields.push(("proof".to_string(), p));
+        }
+        *attacker.jar.lock().unwrap() = attacker_cookies.clone();
+        let hop = attacker
+            .post_form(&format!("{base}/v1/sso/continue"), &fields)
+            .await;
+        assert_eq!(hop.status, 400, "POST with proof {proof:?}: {}", hop.body);
+        assert!(hop.location.is_none(), "{hop:?}");
+    }
+
+    // 5. A third browser with the victim's whole link: nothing either.
+    let third = Browser::new();
+    let hop = third.get(&continue_at).await;
+    assert_eq!(hop.status, 400);
+    assert!(hop.location.is_none());
+
+    // The sign-in is gone, no code was ever issued, no session was opened.
+    assert_eq!(provider.app.db.count("oidc_pending").await, 0);
+    assert_eq!(provider.app.db.count("oidc_codes").await, 0);
+    assert_eq!(provider.app.db.count("oidc_sessions").await, 0);
+    assert_eq!(devices().await, devices_before);
+
+    // The same victim signing in on their own, in one browser, still works.
+    let login = element_sign_in(&Browser::new(), &provider, backend).await;
+    assert_eq!(login["user_id"], victim_mxid);
+    assert_eq!(devices().await, devices_before + 1);
+
+    provider.stop().await;
+    daarion.stop().await;
+}
+on_both_backends!(a_sign_in_link_sent_to_someone_else_signs_nobody_in);
+
+/// Before any code is issued the person sees, on the service's origin,
+/// whom DAARION signed in; "Not me" ends the sign-in with no code.
+async fn the_person_confirms_whom_they_sign_in_as(backend: Backend) {
+    let daarion = FakeDaarion::start();
+    let provider = provider(backend, &daarion).await;
+    let admin = SynapseAdmin::shared().await;
+    let base = provider.base();
+    let user_id = unique("u_");
+    let username = unique("confirm");
+    provider
+        .signed_up(
+            &user_id,
+            json!({"username": username, "display_name": "Олена <Петренко>"}),
+        )
+        .await;
+    daarion.sign_in_as(&user_id, &username, "Олена <Петренко>", None);
+
+    let browser = Browser::speaking("uk");
+    let (action, fields) = daarion_answer(&browser, &base).await;
+    let continue_at = redirected(&browser.post_form(&action, &fields).await, "return");
+    assert!(continue_at.starts_with(&format!("{base}/v1/sso/continue?")));
+    let page = browser.get(&continue_at).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains(&admin.user_id(&username)),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("Олена &lt;Петренко&gt;"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("Це не я"), "{}", page.body);
+    // Looking again is fine; the sign-in is still there.
+    assert_eq!(browser.get(&continue_at).await.status, 200);
+
+    // No answer, or an unknown one: refused, and the sign-in stays.
+    let (form_action, form_fields) = parse_form(&page.body);
+    let hop = browser.post_form(&form_action, &form_fields).await;
+    assert_eq!(hop.status, 400);
+    // "Not me": a page, no code, and the sign-in is over.
+    let cancelled = confirm(&browser, &page, "cancel").await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    assert!(cancelled.location.is_none());
+    assert!(cancelled.body.contains("скасовано"), "{}", cancelled.body);
+    let again = confirm(&browser, &page, "continue").await;
+    assert_eq!(again.status, 400, "{}", again.body);
+    assert!(again.location.is_none());
+    assert_eq!(provider.app.db.count("oidc_codes").await, 0);
+    assert_eq!(provider.app.db.count("oidc_pending").await, 0);
+
+    provider.stop().await;
+    daarion.stop().await;
+}
+on_both_backends!(the_person_confirms_whom_they_sign_in_as);
+
+/// Issue 24: nobody can fill the database through the unauthenticated
+/// authorization request. `state` and `nonce` over 512 bytes are refused
+/// before anything is stored; sign-ins under way are bounded per client
+/// address (behind a trusted proxy: the forwarded one) and in all, and
+/// beyond the bounds nothing is stored either.
+async fn authorize_stores_little_and_not_without_bound(backend: Backend) {
+    let daarion = FakeDaarion::start();
+    let provider = provider_with(
+        backend,
+        &daarion,
+        TestDb::new(backend).await,
+        shared_synapse(),
+        &[("TRUSTED_PROXIES", "127.0.0.1")],
+    )
+    .await;
+    let base = provider.base();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let authorize = |state: String, nonce: String, from: &'static str| {
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("response_type", "code"),
+                ("client_id", "synapse"),
+                ("redirect_uri", CLIENT_CB),
+                ("scope", "openid"),
+                ("state", state.as_str()),
+                ("nonce", nonce.as_str()),
+            ])
+            .finish();
+        let request = http
+            .get(format!("{base}/oidc/authorize?{query}"))
+            .header("X-Forwarded-For", from);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            (status, retry_after)
+        }
+    };
+    let short = || "s".repeat(40);
+
+    // 512 bytes is the most; one more, in state or nonce, is a 400.
+    let (status, _) = authorize("x".repeat(512), "n".repeat(512), "198.51.100.1").await;
+    assert_eq!(status, 303);
+    for (state, nonce) in [("x".repeat(513), short()), (short(), "n".repeat(513))] {
+        let (status, _) = authorize(state, nonce, "198.51.100.1").await;
+        assert_eq!(status, 400);
+    }
+    // Kilobytes of state: still a 400, nothing stored.
+    let (status, _) = authorize("y".repeat(8 * 1024), short(), "198.51.100.1").await;
+    assert!((400..500).contains(&status), "{status}");
+    assert_eq!(provider.app.db.count("oidc_pending").await, 1);
+
+    // One address: 100 sign-ins under way, then "too many", nothing stored.
+    for _ in 0..99 {
+        assert_eq!(authorize(short(), short(), "198.51.100.1").await.0, 303);
+    }
+    let (status, retry_after) = authorize(short(), short(), "198.51.100.1").await;
+    assert_eq!(status, 429);
+    assert!(retry_after.is_some());
+    assert_eq!(provider.app.db.count("oidc_pending").await, 100);
+    // Another address is not held back by it.
+    assert_eq!(authorize(short(), short(), "198.51.100.2").await.0, 303);
+    // Expired ones do not count.
+    provider
+        .app
+        .db
+        .execute("UPDATE oidc_pending SET expires_at = 1 WHERE client_addr = '198.51.100.1'")
+        .await;
+    assert_eq!(authorize(short(), short(), "198.51.100.1").await.0, 303);
+
+    // In all: 20,000 under way (from many addresses) is the most.
+    provider
+        .app
+        .db
+        .execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 19998) \
+             INSERT INTO oidc_pending (state_hash, binding_hash, client_id, redirect_uri, \
+             client_addr, expires_at) \
+             SELECT 'filler-' || i, 'b', 'synapse', 'x', 'filler-' || (i % 1000), 9000000000000 \
+             FROM n",
+        )
+        .await;
+    let (status, _) = authorize(short(), short(), "198.51.100.3").await;
+    assert_eq!(status, 429);
+    let stored = provider.app.db.count("oidc_pending").await;
+    assert_eq!(authorize(short(), short(), "198.51.100.4").await.0, 429);
+    assert_eq!(provider.app.db.count("oidc_pending").await, stored);
+    provider
+        .app
+        .db
+        .execute("DELETE FROM oidc_pending WHERE state_hash LIKE 'filler-%'")
+        .await;
+    assert_eq!(authorize(short(), short(), "198.51.100.3").await.0, 303);
+
+    provider.stop().await;
+    daarion.stop().await;
+}
+on_both_backends!(authorize_stores_little_and_not_without_bound);
 
 /// DAARION's sign-out of one session ends the Matrix sessions opened from
 /// it, and only those, through back-channel logout; with Synapse down at
