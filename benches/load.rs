@@ -386,8 +386,10 @@ fn query_param(url: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// From Synapse's redirect to the code: the service's three browser steps,
-/// with DAARION's page skipped (its answer is posted straight back).
+/// From Synapse's redirect to the code: the service's four browser steps
+/// (authorize, DAARION's return, the confirmation page, the person's
+/// "Continue"), with DAARION's page skipped (its answer is posted straight
+/// back).
 /// Returns (the redirect back to the client, the time spent in the service).
 async fn browser_steps(
     http: &reqwest::Client,
@@ -413,7 +415,29 @@ async fn browser_steps(
     in_service += t.elapsed();
     let next = r.headers().get("location")?.to_str().ok()?.to_string();
     let t = Instant::now();
-    let r = http.get(&next).header("Cookie", cookie).send().await.ok()?;
+    let r = http
+        .get(&next)
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .ok()?;
+    in_service += t.elapsed();
+    if !r.status().is_success() {
+        return None;
+    }
+    let proof = query_param(&next, "proof")?;
+    let t = Instant::now();
+    let r = http
+        .post(format!("{base}/v1/sso/continue"))
+        .header("Cookie", &cookie)
+        .form(&[
+            ("state", state.as_str()),
+            ("proof", proof.as_str()),
+            ("answer", "continue"),
+        ])
+        .send()
+        .await
+        .ok()?;
     in_service += t.elapsed();
     let back = r.headers().get("location")?.to_str().ok()?.to_string();
     Some((back, in_service))

@@ -750,6 +750,11 @@ try:
     browser.find_element(By.ID, "username").send_keys(username)
     browser.find_element(By.ID, "display_name").send_keys("Деплой Перевірка")
     browser.find_element(By.ID, "sign_in").click()
+    # The service's confirmation, on the gateway's origin, then on to Synapse.
+    wait.until(ready.element_to_be_clickable((By.ID, "continue")))
+    if not browser.current_url.startswith(origin + "/v1/sso/continue?"):
+        sys.exit(f"check-deploy: FAIL the confirmation is at {browser.current_url}")
+    browser.find_element(By.ID, "continue").click()
     # Back on Synapse's page at the gateway's origin with a login token, which it logs in with.
     wait.until(lambda b: "loginToken=" in b.current_url)
     if not browser.current_url.startswith(origin + "/_matrix/static/client/login/"):

@@ -2,8 +2,14 @@
 # check-sign-in.sh — "Continue with DAARION" in a real browser: headless
 # Chromium opens Synapse's own login page, presses single sign-on's "Log in",
 # goes through the service (Synapse's OpenID provider) to the stand-in DAARION
-# page (scripts/standin-daarion.py), types a name, and comes back signed in.
-# The result is read from Synapse: the person's account has a new device.
+# page (scripts/standin-daarion.py), types a name, confirms on the service's
+# page whom it signs in as, and comes back signed in. The result is read from
+# Synapse: the person's account has a new device.
+# Then the takeover of issue 24, in two Chromium profiles: an "attacker"
+# starts a sign-in and hands its DAARION link to a "victim", who signs in to
+# DAARION with it; the victim's browser is told the sign-in was started
+# elsewhere, the attacker's browser (with the victim's link too) gets no
+# code, and the victim's account never gets a Matrix session.
 # Leaves screenshots of each page in OUT_DIR for a person to look at.
 #
 # Usage:   scripts/check-sign-in.sh [OUT_DIR]     (default: target/check-sign-in)
@@ -82,8 +88,8 @@ done
 
 username="browser-$RANDOM"
 SYNAPSE="http://127.0.0.1:$synapse_port" REGISTRATION="$registration" USERNAME="$username" \
-    OUT="$out" "$venv/bin/python" - <<'PY'
-import hashlib, hmac, json, os, sys, time, urllib.request
+    SERVICE="http://127.0.0.1:$service_port" OUT="$out" "$venv/bin/python" - <<'PY'
+import hashlib, hmac, json, os, sys, time, urllib.error, urllib.parse, urllib.request
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -92,22 +98,27 @@ from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import WebDriverWait
 
 synapse, out, username = os.environ["SYNAPSE"], os.environ["OUT"], os.environ["USERNAME"]
+service = os.environ["SERVICE"]
 
-options = webdriver.ChromeOptions()
-options.binary_location = "/usr/bin/chromium"
-for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--no-first-run", "--window-size=1100,900",
-             "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
-    options.add_argument(flag)
-browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+def chromium():
+    """A Chromium of its own: its own profile, so its own cookies."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--window-size=1100,900",
+                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+browser = chromium()
 wait = WebDriverWait(browser, 30)
 step = 0
 
-def shot(name):
+def shot(name, who=None):
     global step
     step += 1
-    browser.save_screenshot(os.path.join(out, f"{step}-{name}.png"))
+    (who or browser).save_screenshot(os.path.join(out, f"{step}-{name}.png"))
 
 try:
     browser.get(f"{synapse}/_matrix/static/client/login/")
@@ -119,6 +130,13 @@ try:
     browser.find_element(By.ID, "username").send_keys(username)
     browser.find_element(By.ID, "display_name").send_keys("Браузер Тест")
     browser.find_element(By.ID, "sign_in").click()
+    # The service's own page: whom DAARION signed in, before any code.
+    wait.until(ready.element_to_be_clickable((By.ID, "continue")))
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert browser.current_url.startswith(service + "/v1/sso/continue?"), browser.current_url
+    assert f"@{username}:signin.test" in text and "Браузер Тест" in text, text
+    shot("confirm")
+    browser.find_element(By.ID, "continue").click()
     # Back on Synapse's page with a login token, which the page logs in with.
     wait.until(lambda b: "loginToken=" in b.current_url)
     wait.until(lambda b: b.find_element(By.ID, "title").text == "Logging in...")
@@ -157,4 +175,47 @@ ids = {e["auth_provider"] for e in profile["external_ids"]}
 assert ids == {"daarion", "oidc-daarion"}, profile["external_ids"]
 assert profile["displayname"] == "Браузер Тест", profile["displayname"]
 print(f"check-sign-in: Chromium signed in as {user} ({devices['total']} device) through DAARION")
+
+# The takeover of issue 24: a sign-in link handed from one browser to another.
+victim_name = f"victim{int(time.time())}"
+attacker, victim = chromium(), chromium()
+visited = []
+try:
+    attacker.get(f"{synapse}/_matrix/static/client/login/")
+    WebDriverWait(attacker, 30).until(ready.element_to_be_clickable(
+        (By.CSS_SELECTOR, "#sso_form input[type=submit]"))).click()
+    WebDriverWait(attacker, 30).until(ready.presence_of_element_located((By.ID, "username")))
+    link = attacker.current_url  # DAARION's page with our return_to and state
+    shot("attacker-stops-at-daarion", attacker)
+    # The victim, signed in to DAARION, opens the link and goes on.
+    victim.get(link)
+    WebDriverWait(victim, 30).until(ready.presence_of_element_located((By.ID, "username")))
+    victim.find_element(By.ID, "username").send_keys(victim_name)
+    victim.find_element(By.ID, "sign_in").click()
+    WebDriverWait(victim, 30).until(lambda b: b.find_element(By.TAG_NAME, "h1").text == "Sign-in stopped")
+    victim_link = victim.current_url
+    assert victim_link.startswith(service + "/v1/sso/continue?"), victim_link
+    assert "another browser" in victim.find_element(By.TAG_NAME, "body").text
+    shot("victim-told-started-elsewhere", victim)
+    # The attacker's browser, holding the sign-in's cookie: the continue
+    # step with only the state, then with the victim's whole link.
+    state = urllib.parse.parse_qs(urllib.parse.urlsplit(link).query)["state"][0]
+    for url in (f"{service}/v1/sso/continue?state={urllib.parse.quote(state)}", victim_link):
+        attacker.get(url)
+        visited.append(attacker.current_url)
+        WebDriverWait(attacker, 30).until(lambda b: b.find_element(By.TAG_NAME, "h1").text)
+        assert attacker.find_elements(By.ID, "continue") == [], "a confirmation for the attacker"
+    shot("attacker-gets-nothing", attacker)
+finally:
+    attacker.quit()
+    victim.quit()
+assert not any("oidc/callback" in u or "loginToken" in u for u in visited), visited
+victim_user = f"@{victim_name}:signin.test"
+try:
+    call("GET", f"/_synapse/admin/v2/users/{victim_user}", token=token)
+    devices = call("GET", f"/_synapse/admin/v2/users/{victim_user}/devices", token=token)
+    assert devices["total"] == 0, f"the victim has a Matrix session: {devices}"
+except urllib.error.HTTPError as e:
+    assert e.code == 404, e  # no account was even made for the victim
+print("check-sign-in: a sign-in link handed to another browser signs nobody in (Chromium, two profiles)")
 PY

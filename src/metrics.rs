@@ -220,7 +220,7 @@ pub fn token_exchange(kind: &str, outcome: &str) {
 }
 
 /// A step of the OpenID sign-in: `step` is `authorize`, `return`,
-/// `continue` or `token`; `outcome` is `ok` or a fixed word for what went
+/// `review`, `confirm` or `token`; `outcome` is `ok` or a fixed word for what went
 /// wrong.
 pub fn sign_in(step: &str, outcome: &str) {
     METRICS.sign_ins.with_label_values(&[step, outcome]).inc();
