@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::domain::localpart::DEFAULT_RESERVED;
+use crate::domain::localpart::{is_localpart_char, DEFAULT_RESERVED};
 use crate::secret::{redact_url, Secret};
 
 /// CONTRACT.md section 7.
@@ -315,15 +315,9 @@ impl Settings {
                 as_token: env.secret("APPSERVICE_AS_TOKEN")?,
                 hs_token: env.secret("APPSERVICE_HS_TOKEN")?,
                 appservice_url: env.url("APPSERVICE_URL")?,
-                bot: env
-                    .get("APPSERVICE_BOT")
-                    .unwrap_or_else(|| "daarion".into()),
-                agent_prefix: env
-                    .get("AGENT_LOCALPART_PREFIX")
-                    .unwrap_or_else(|| "agent-".into()),
-                alias_prefix: env
-                    .get("ROOM_ALIAS_PREFIX")
-                    .unwrap_or_else(|| "city-".into()),
+                bot: env.localpart_piece("APPSERVICE_BOT", "daarion")?,
+                agent_prefix: env.localpart_piece("AGENT_LOCALPART_PREFIX", "agent-")?,
+                alias_prefix: env.localpart_piece("ROOM_ALIAS_PREFIX", "city-")?,
                 message_wait: Duration::from_secs(
                     env.positive("MESSAGE_WAIT_SECONDS")?.unwrap_or(3600) as u64,
                 ),
@@ -500,6 +494,20 @@ impl Env<'_> {
             .transpose()
     }
 
+    /// A localpart or the start of one (the bot, the agents' and aliases'
+    /// prefixes): only the characters Matrix ids are made of, checked here
+    /// so that no job ever meets another (they are sliced and joined as
+    /// ASCII).
+    fn localpart_piece(&self, name: &str, default: &str) -> Result<String, ConfigError> {
+        let value = self.get(name).unwrap_or_else(|| default.into());
+        match value.chars().find(|&c| !is_localpart_char(c)) {
+            Some(c) => Err(ConfigError(format!(
+                "{name} may hold only a-z, 0-9 and . _ = - / (not {c:?}): {value:?}"
+            ))),
+            None => Ok(value),
+        }
+    }
+
     fn positive(&self, name: &str) -> Result<Option<usize>, ConfigError> {
         match self.parsed::<usize>(name)? {
             Some(0) => Err(ConfigError(format!("{name} must be at least 1"))),
@@ -584,6 +592,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("WORKER_CONCURRENCY "));
+        // Localpart pieces: Matrix id characters only (a job slices them).
+        for name in [
+            "ROOM_ALIAS_PREFIX",
+            "AGENT_LOCALPART_PREFIX",
+            "APPSERVICE_BOT",
+        ] {
+            for bad in ["місто-", "City-", "a:b"] {
+                let mut pairs = MINIMAL.to_vec();
+                pairs.push((name, bad));
+                let err = settings(&pairs).unwrap_err().to_string();
+                assert!(err.starts_with(&format!("{name} may hold only")), "{err}");
+            }
+            let mut pairs = MINIMAL.to_vec();
+            pairs.push((name, "ok.piece_1-"));
+            assert!(settings(&pairs).is_ok(), "{name}");
+        }
     }
 
     #[test]

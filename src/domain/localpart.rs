@@ -381,7 +381,8 @@ fn precompose(s: &str) -> Vec<char> {
     out
 }
 
-fn is_localpart_char(c: char) -> bool {
+/// A character Matrix allows in a user id's localpart.
+pub fn is_localpart_char(c: char) -> bool {
     matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/')
 }
 

@@ -417,12 +417,15 @@ fn alias_safe(slug: &str) -> String {
     }
 }
 
+/// At most `max` bytes of `s`, cut at a character boundary (the prefix is
+/// checked at start-up and slugs pass `alias_safe`, but a cut inside a
+/// character would panic the worker).
 fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        s
-    } else {
-        &s[..max] // ASCII only (see `alias_safe`)
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
     }
+    &s[..end]
 }
 
 #[cfg(test)]
@@ -435,5 +438,13 @@ mod tests {
         assert_eq!(alias_safe("Kyiv Center!"), "kyiv-center");
         assert_eq!(alias_safe("Київ"), "room");
         assert_eq!(alias_safe("a/b:c"), "a-b-c");
+    }
+
+    #[test]
+    fn truncation_cuts_between_characters() {
+        assert_eq!(truncate("city-kyiv", 4), "city");
+        assert_eq!(truncate("city", 40), "city");
+        assert_eq!(truncate("київ", 3), "к");
+        assert_eq!(truncate("київ", 1), "");
     }
 }
