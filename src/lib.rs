@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod oidc;
 pub mod room_sync;
 pub mod secret;
+pub mod signing;
 pub mod sso;
 pub mod store;
 pub mod synapse;

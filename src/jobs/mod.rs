@@ -24,7 +24,7 @@ use tracing::Instrument;
 use crate::avatar::AvatarFetcher;
 use crate::config::Settings;
 use crate::daarion::CityEvents;
-use crate::oidc::Signer;
+use crate::signing::Signer;
 use crate::store::{
     Account, AgentState, ClaimFor, Job, JobKind, JobState, LocalpartPolicy, Pass, Person,
     RoomState, State, Store,

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::avatar::{AvatarFetcher, FetchError};
 use crate::domain::localpart::Localpart;
 use crate::now_ms;
-use crate::oidc::Signer;
+use crate::signing::Signer;
 use crate::store::{Account, CreateVia, LocalpartPolicy, Person, State, Store, StoreError};
 use crate::synapse::{
     localpart_of, AdminUser, Synapse, SynapseError, TakenLocalparts, AUTH_PROVIDER,

@@ -28,14 +28,11 @@
 //! Codes, states, proofs and access tokens are random, kept as hashes, in
 //! the database, so any replica can serve any step.
 
-pub mod keys;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use rand::RngCore;
 use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -46,24 +43,22 @@ use crate::accounts::{AccountError, Accounts};
 use crate::config::Settings;
 use crate::now_ms;
 use crate::secret::Secret;
+use crate::signing::{random_secret, Signer, ID_TOKEN_TTL_S};
 use crate::sso::{Claims, Refusal, Sso};
 use crate::store::{
     Begun, CodeGrant, Pending, Returned, Review, SignInLimits, Store, StoreError, TokenOwner,
 };
-use keys::SigningKey;
 
 /// How long a browser has from Synapse's redirect to coming back from DAARION.
 const SIGN_IN_TTL_MS: i64 = 10 * 60 * 1000;
 /// Codes are redeemed by Synapse at once; a minute is plenty.
 const CODE_TTL_MS: i64 = 60 * 1000;
-const ID_TOKEN_TTL_S: i64 = 5 * 60;
 const ACCESS_TOKEN_TTL_S: i64 = 10 * 60;
 /// A replaced key stays published this long: tokens it signed live 5
 /// minutes, and Synapse allows 2 more of leeway.
 const KEEP_RETIRED_KEY_MS: i64 = 60 * 60 * 1000;
 /// How long a published key set is reused before reading it again.
 const JWKS_CACHE_MS: i64 = 5_000;
-const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 /// The longest `state` and `nonce` a client may have kept for it. Synapse
 /// sends about 40 characters; anything longer is refused before anything
 /// is stored.
@@ -75,88 +70,6 @@ const SIGN_IN_LIMITS: SignInLimits = SignInLimits {
     per_address: 100,
     total: 20_000,
 };
-
-/// Signs what the provider issues: ID tokens and back-channel logout
-/// tokens. Shared with the worker, which sends the logouts.
-#[derive(Debug)]
-pub struct Signer {
-    issuer: String,
-    client_id: String,
-    key: SigningKey,
-}
-
-impl Signer {
-    /// The key in use: `OIDC_SIGNING_KEY`, else the generated one every
-    /// replica shares (made now if there is none), published in the JWKS.
-    /// None when the provider is not configured.
-    pub async fn load(settings: &Settings, store: &Store) -> anyhow::Result<Option<Signer>> {
-        let oidc = &settings.oidc;
-        let Some(public_url) = oidc
-            .public_url
-            .as_ref()
-            .filter(|_| oidc.missing_setting().is_none())
-        else {
-            return Ok(None);
-        };
-        let key = match &oidc.signing_key {
-            Some(pem) => SigningKey::from_pem(pem)
-                .map_err(|reason| anyhow::anyhow!("OIDC_SIGNING_KEY {reason}"))?,
-            None => generated_key(store).await?,
-        };
-        let jwk = key.public_jwk().to_string();
-        store.use_signing_key(key.kid(), &jwk, now_ms()).await?;
-        tracing::info!(
-            kid = key.kid(),
-            alg = key.alg_name(),
-            "OpenID provider signing key"
-        );
-        Ok(Some(Signer {
-            issuer: public_url.as_str().trim_end_matches('/').to_string(),
-            client_id: oidc.client_id.clone(),
-            key,
-        }))
-    }
-
-    /// A back-channel logout token for one Matrix session (OpenID
-    /// Back-Channel Logout 1.0, section 2.4).
-    pub fn logout_token(&self, user_id: &str, sid: &str) -> Secret {
-        let now = now_ms() / 1000;
-        let claims = json!({
-            "iss": self.issuer,
-            "aud": self.client_id,
-            "iat": now,
-            "exp": now + ID_TOKEN_TTL_S,
-            "jti": random_secret(),
-            "sub": user_id,
-            "sid": sid,
-            "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
-        });
-        Secret::new(self.key.sign(&claims, Some("logout+jwt")))
-    }
-}
-
-async fn generated_key(store: &Store) -> anyhow::Result<SigningKey> {
-    let stored = store.generated_signing_key().await?;
-    if let Some(pem) = stored.token {
-        return SigningKey::from_pem(&pem)
-            .map_err(|reason| anyhow::anyhow!("the stored OpenID signing key {reason}"));
-    }
-    let (key, pem) = SigningKey::generate();
-    if store
-        .keep_generated_signing_key(stored.version, &pem)
-        .await?
-    {
-        tracing::info!("generated the OpenID provider's signing key");
-        return Ok(key);
-    }
-    // Another replica kept one first: everyone signs with that one.
-    let pem = store
-        .generated_signing_key()
-        .await?
-        .token
-        .ok_or_else(|| anyhow::anyhow!("the OpenID signing key vanished"))?;
-    SigningKey::from_pem(&pem).map_err(|reason| anyhow::anyhow!("the stored key {reason}"))
-}
 
 pub struct Provider {
     signer: Arc<Signer>,
@@ -266,7 +179,7 @@ impl Provider {
     }
 
     pub fn issuer(&self) -> &str {
-        &self.signer.issuer
+        self.signer.issuer()
     }
 
     /// Where the binding cookie is sent. `/` on https: the `__Host-`
@@ -328,7 +241,7 @@ impl Provider {
     }
 
     fn algorithms(&self) -> Vec<&'static str> {
-        let current = self.signer.key.alg_name();
+        let current = self.signer.alg_name();
         let mut algs = vec![current];
         algs.extend(
             ["RS256", "ES256", "EdDSA"]
@@ -368,7 +281,11 @@ impl Provider {
         client_addr: &str,
     ) -> Result<Next, SignInError> {
         let client_id = q.get("client_id").map(String::as_str).unwrap_or("");
-        if !bool::from(client_id.as_bytes().ct_eq(self.signer.client_id.as_bytes())) {
+        if !bool::from(
+            client_id
+                .as_bytes()
+                .ct_eq(self.signer.client_id().as_bytes()),
+        ) {
             return Err(SignInError::BadRequest("unknown client".into()));
         }
         let redirect_uri = q.get("redirect_uri").map(String::as_str).unwrap_or("");
@@ -655,7 +572,9 @@ impl Provider {
                 ))
             }
         };
-        let id_ok = client_id.as_bytes().ct_eq(self.signer.client_id.as_bytes());
+        let id_ok = client_id
+            .as_bytes()
+            .ct_eq(self.signer.client_id().as_bytes());
         let secret_ok = secret
             .as_bytes()
             .ct_eq(self.client_secret.expose().as_bytes());
@@ -743,7 +662,7 @@ impl Provider {
         if let Some(name) = &grant.name {
             claims["name"] = json!(name);
         }
-        self.signer.key.sign(&claims, None)
+        self.signer.sign(&claims, None)
     }
 }
 
@@ -830,13 +749,6 @@ fn is_pkce_value(v: &str) -> bool {
     (43..=128).contains(&v.len())
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
-}
-
-/// 256 random bits, URL-safe.
-pub fn random_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// How a handed-out secret is stored.
