@@ -974,6 +974,73 @@ async fn every_bad_token_is_a_401_that_provisions_nothing(backend: Backend) {
 }
 on_both_backends!(every_bad_token_is_a_401_that_provisions_nothing);
 
+/// Why a token is refused goes to our logs, not to the caller: an expired
+/// token, a forged signature and a made-up `kid` all get the same 401, so
+/// the answer teaches a forger nothing (and echoes nothing they sent).
+async fn refusals_do_not_say_why(backend: Backend) {
+    let rsa = SigningKey::rsa("rsa-a.pem", "rsa-1");
+    let jwks = FakeJwks::start(&[&rsa]).await;
+    let app = sso_app(backend, Some(&jwks), &[]).await;
+    let user_id = unique("u_");
+    provisioned(&app, &user_id, &unique("why")).await;
+    let now = Utc::now().timestamp();
+    let kid = unique("made-up-kid-");
+    let cases = [
+        (
+            "expired",
+            rsa.sign(&with(claims(&user_id), "exp", json!(now - 120))),
+        ),
+        (
+            "bad signature",
+            SigningKey::rsa("rsa-b.pem", "rsa-1").sign(&claims(&user_id)),
+        ),
+        (
+            "made-up kid",
+            rsa.with_kid(Some(&kid)).sign(&claims(&user_id)),
+        ),
+        (
+            "expired HS256",
+            SigningKey::daarion_hs256().sign(&with(claims(&user_id), "exp", json!(now - 120))),
+        ),
+        (
+            "bad signature HS256",
+            SigningKey::hs256(b"not-the-secret").sign(&claims(&user_id)),
+        ),
+    ];
+    let mut bodies = Vec::new();
+    for (what, token) in &cases {
+        for answer in [
+            login_token(&app, token).await,
+            session(&app, token, None).await,
+        ] {
+            assert_eq!(
+                answer.error(),
+                (401, "invalid_token"),
+                "{what}: {}",
+                answer.body
+            );
+            let text = answer.body.to_string();
+            for telling in [
+                "xpired",
+                "ignature",
+                "kid",
+                kid.as_str(),
+                "made-up",
+                "rsa-1",
+            ] {
+                assert!(!text.contains(telling), "{what}: {telling:?} in {text}");
+            }
+            bodies.push(answer.body);
+        }
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:#?}");
+    // The good key still works: the refusals were the tokens'.
+    let answer = login_token(&app, &rsa.sign(&claims(&user_id))).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    app.shutdown().await;
+}
+on_both_backends!(refusals_do_not_say_why);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_nio_logs_in_with_our_login_token() {
     let app = sso_app(Backend::Sqlite, None, &[]).await;
