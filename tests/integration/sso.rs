@@ -818,6 +818,56 @@ async fn a_flood_of_unknown_kids_does_not_flood_daarion_auth() {
     app.shutdown().await;
 }
 
+/// A key set streamed without a length (chunked) and far over the limit:
+/// the service stops reading at the limit instead of taking it all in, and
+/// answers as for any key set it cannot use (keys unavailable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_chunked_key_set_is_not_read_to_the_end() {
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 1024; // 64 MiB
+    let produced = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&produced);
+    let (port, server) = serve_locally(move |cfg| {
+        let counted = Arc::clone(&counted);
+        cfg.route(
+            "/.well-known/jwks.json",
+            web::get().to(move || {
+                let counted = Arc::clone(&counted);
+                async move {
+                    // `{"keys":[` and then spaces, a chunk at a time.
+                    let body = stream::iter(0..CHUNKS).map(move |i| {
+                        counted.fetch_add(CHUNK, Ordering::SeqCst);
+                        let mut chunk = vec![b' '; CHUNK];
+                        if i == 0 {
+                            chunk[..9].copy_from_slice(br#"{"keys":["#);
+                        }
+                        Ok::<_, actix_web::Error>(web::Bytes::from(chunk))
+                    });
+                    HttpResponse::Ok()
+                        .content_type("application/json")
+                        .streaming(body)
+                }
+            }),
+        );
+    });
+    let url = format!("http://127.0.0.1:{port}/.well-known/jwks.json");
+    let app = sso_app(Backend::Sqlite, None, &[("AUTH_JWKS_URL", url.as_str())]).await;
+    let rsa = SigningKey::rsa("rsa-a.pem", "rsa-1");
+    let answer = login_token(&app, &rsa.sign(&claims(&unique("u_")))).await;
+    assert_eq!(
+        answer.error(),
+        (503, "auth_keys_unavailable"),
+        "{}",
+        answer.body
+    );
+    // The limit is 256 KiB; what the server got out on top of it is at
+    // most what the sockets buffer, far from the 64 MiB offered.
+    let sent = produced.load(Ordering::SeqCst);
+    assert!(sent < 16 * 1024 * 1024, "{sent} bytes were read");
+    app.shutdown().await;
+    server.stop(false).await;
+}
+
 async fn every_bad_token_is_a_401_that_provisions_nothing(backend: Backend) {
     let rsa = SigningKey::rsa("rsa-a.pem", "rsa-1");
     let ec = SigningKey::ec("ec-1");
