@@ -307,64 +307,14 @@ pub fn message_content(message: &AgentMessage, reply_event: Option<&str>) -> Val
     content
 }
 
-/// Markdown as the HTML subset Matrix clients show (the spec's list of
-/// tags), sanitised: no script, no style, no event handlers, no images
-/// (a remote image would tell its host who reads the room), links only to
-/// web, mail and Matrix addresses.
+/// Markdown as the HTML Matrix clients show, sanitised with the service's
+/// one HTML policy ([`super::html::sanitise`]).
 pub fn render_markdown(markdown: &str) -> String {
     use pulldown_cmark::{html, Options, Parser};
     let options = Options::ENABLE_STRIKETHROUGH | Options::ENABLE_TABLES;
     let mut raw = String::with_capacity(markdown.len() * 2);
     html::push_html(&mut raw, Parser::new_ext(markdown, options));
-    let tags = [
-        "del",
-        "h1",
-        "h2",
-        "h3",
-        "h4",
-        "h5",
-        "h6",
-        "blockquote",
-        "p",
-        "a",
-        "ul",
-        "ol",
-        "sup",
-        "sub",
-        "li",
-        "b",
-        "i",
-        "u",
-        "strong",
-        "em",
-        "s",
-        "code",
-        "hr",
-        "br",
-        "div",
-        "table",
-        "thead",
-        "tbody",
-        "tr",
-        "th",
-        "td",
-        "caption",
-        "pre",
-        "span",
-        "details",
-        "summary",
-    ];
-    ammonia::Builder::empty()
-        .add_tags(tags)
-        .add_tag_attributes("a", ["href"])
-        .add_tag_attributes("ol", ["start"])
-        .add_tag_attributes("code", ["class"])
-        .url_schemes(["http", "https", "mailto", "matrix"].into())
-        .link_rel(Some("noopener noreferrer"))
-        .clean(&raw)
-        .to_string()
-        .trim_end()
-        .to_string()
+    super::html::sanitise(&raw).trim_end().to_string()
 }
 
 #[cfg(test)]

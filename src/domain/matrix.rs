@@ -156,7 +156,10 @@ impl InboundMessage {
         users
     }
 
-    /// The `matrix.message` event for DAARION.city.
+    /// The `matrix.message` event for DAARION.city. The HTML is anyone's
+    /// (a person's client, another server's), and DAARION.city shows it in
+    /// a browser: it goes out sanitised, with the policy agents' HTML
+    /// comes in with.
     pub fn envelope(
         &self,
         room_id: &str,
@@ -164,7 +167,9 @@ impl InboundMessage {
         reply_to: Option<&str>,
         mentions: &[String],
     ) -> Value {
-        let formatted = self.content["formatted_body"].as_str();
+        let formatted = self.content["formatted_body"]
+            .as_str()
+            .map(super::html::sanitise);
         json!({
             "id": self.event_id,
             "type": "matrix.message",
@@ -312,5 +317,53 @@ mod tests {
         assert_eq!(envelope["data"]["reply_to"], "m0");
         assert_eq!(envelope["data"]["mentions"], json!(["a_a"]));
         assert_eq!(envelope["created_at"], "1970-01-01T00:00:00.000Z");
+    }
+
+    /// A person's HTML (from any server) reaches DAARION.city as clean as
+    /// an agent's: the one policy of `domain::html`.
+    #[test]
+    fn people_s_html_is_sanitised_for_daarion_city() {
+        let message = InboundMessage {
+            event_id: "$1".into(),
+            room_id: "!r:x".into(),
+            sender: "@mallory:evil.example".into(),
+            content: json!({
+                "body": "hi",
+                "format": "org.matrix.custom.html",
+                "formatted_body": "<b>bold</b> <a href=\"https://daarion.city/x\">ok</a> \
+                    <code>x = 1</code><script>alert(1)</script>\
+                    <img src=\"http://tracker.example/p.png\" onerror=\"alert(2)\">\
+                    <a href=\"javascript:alert(3)\">bad</a>\
+                    <style>body { display: none }</style>\
+                    <i onclick=\"alert(4)\">i</i>",
+            }),
+            origin_server_ts: 0,
+        };
+        let envelope = message.envelope("r_kyiv", None, None, &[]);
+        assert_eq!(envelope["data"]["format"], "html");
+        let html = envelope["data"]["formatted_body"].as_str().unwrap();
+        for gone in [
+            "script",
+            "alert",
+            "onerror",
+            "onclick",
+            "<img",
+            "tracker",
+            "javascript",
+            "<style",
+            "display",
+        ] {
+            assert!(!html.contains(gone), "{gone:?} in {html}");
+        }
+        for kept in [
+            "<b>bold</b>",
+            "<a href=\"https://daarion.city/x\" rel=\"noopener noreferrer\">ok</a>",
+            "<code>x = 1</code>",
+            "<i>i</i>",
+        ] {
+            assert!(html.contains(kept), "{kept:?} not in {html}");
+        }
+        // The plain body is text, and is left as it was.
+        assert_eq!(envelope["data"]["body"], "hi");
     }
 }

@@ -1,9 +1,11 @@
 //! Pure types and rules, no I/O: webhook events and their signatures, how
-//! events change what DAARION wants for a person, and Matrix localparts.
+//! events change what DAARION wants for a person, Matrix localparts, and
+//! the one HTML policy.
 
 pub mod agent;
 pub mod city;
 pub mod event;
+pub mod html;
 pub mod localpart;
 pub mod matrix;
 pub mod person;

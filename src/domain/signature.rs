@@ -69,7 +69,8 @@ pub fn verify(
     if candidates.is_empty() {
         return Err(SignatureError::Malformed);
     }
-    if (now - t).abs() > TOLERANCE_SECS {
+    // The sender picks `t`: `abs_diff` cannot overflow, whatever it is.
+    if now.abs_diff(t) > TOLERANCE_SECS.unsigned_abs() {
         return Err(SignatureError::Stale);
     }
     for secret in secrets {
@@ -169,5 +170,35 @@ mod tests {
             verify(Some(&good), BODY, &[], NOW),
             Err(SignatureError::NoSecretConfigured)
         );
+    }
+
+    /// Whoever sends the header picks `t`: the extremes of an i64 are a
+    /// stale signature, not an overflow.
+    #[test]
+    fn extreme_timestamps_are_stale_not_a_panic() {
+        let keys = secrets(&["k1"]);
+        for t in [i64::MIN, i64::MIN + 1, i64::MAX] {
+            for now in [NOW, -NOW, 0] {
+                assert_eq!(
+                    verify(Some(&sign("k1", t, BODY)), BODY, &keys, now),
+                    Err(SignatureError::Stale),
+                    "t={t} now={now}"
+                );
+            }
+        }
+        // Beyond an i64, or no number at all: not a timestamp.
+        for t in [
+            "9223372036854775808",
+            "-9223372036854775809",
+            "99999999999999999999999999999999999999999",
+            "1e30",
+            "0x10",
+        ] {
+            assert_eq!(
+                verify(Some(&format!("t={t},v1=00")), BODY, &keys, NOW),
+                Err(SignatureError::Malformed),
+                "{t}"
+            );
+        }
     }
 }

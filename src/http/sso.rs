@@ -204,9 +204,15 @@ async fn sign_in(state: &AppState, req: &HttpRequest) -> Result<String, ApiError
     account_for(state, &claims).await
 }
 
+/// No token at all is a mistake of the caller's, not a token judged: the
+/// answer may say what is missing.
 fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
     super::auth::bearer_token(req).ok_or_else(|| {
-        invalid_token("an `Authorization: Bearer <DAARION access token>` header is required")
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "an `Authorization: Bearer <DAARION access token>` header is required",
+        )
     })
 }
 
@@ -313,12 +319,17 @@ fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
         .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
+/// A token we judged and refused. Why (expired, bad signature, an unknown
+/// `kid`…) goes to our log only: told to the caller, it would help a forger
+/// probe our keys and checks, and echo back what they sent. Every refusal
+/// answers the same.
 fn invalid_token(reason: &str) -> ApiError {
     let reason: String = reason.chars().take(200).collect();
+    tracing::info!(reason = %reason, "DAARION access token refused");
     ApiError::new(
         StatusCode::UNAUTHORIZED,
         "invalid_token",
-        format!("the DAARION access token is not accepted: {reason}"),
+        "the DAARION access token is not accepted",
     )
 }
 

@@ -161,21 +161,34 @@ impl Jwks {
         if !response.status().is_success() {
             return Err(format!("answered {}", response.status()));
         }
-        if response
-            .content_length()
-            .is_some_and(|n| n as usize > MAX_JWKS_BYTES)
-        {
-            return Err("the key set is too large".into());
-        }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|_| "connection broke while reading the key set".to_string())?;
-        if body.len() > MAX_JWKS_BYTES {
-            return Err("the key set is too large".into());
-        }
+        let body = read_capped(response, MAX_JWKS_BYTES).await?;
         parse_key_set(&body)
     }
+}
+
+/// The body, at most `limit` bytes of it. A declared length over the limit
+/// is refused unread; a body without one (chunked) is read a chunk at a
+/// time and given up as soon as it passes the limit, so a key set of no
+/// stated size is never taken in whole just to find it too large.
+async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let too_large = || "the key set is too large".to_string();
+    let declared = response.content_length();
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(16 * 1024).min(limit as u64) as usize);
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|_| "connection broke while reading the key set".to_string())?
+    {
+        if body.len() + chunk.len() > limit {
+            // Dropping the response closes the connection: nothing more is read.
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// The usable keys of a JWKS document. A key we cannot use (no `kid`, not
@@ -285,6 +298,75 @@ mod tests {
             ]}}"#
         ));
         assert_eq!(set.keys().collect::<Vec<_>>(), ["ok"]);
+    }
+
+    /// A server that answers one request with `prefix` and then chunks of
+    /// spaces (`chunks` of them, or until the client hangs up); gives the
+    /// URL, and how many bytes it got out once done.
+    fn chunked_server(
+        prefix: &'static [u8],
+        chunks: usize,
+    ) -> (Url, std::thread::JoinHandle<usize>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = Url::parse(&format!("http://{}/jwks", listener.local_addr().unwrap())).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while request.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                        Transfer-Encoding: chunked\r\n\r\n";
+            stream.write_all(head.as_bytes()).unwrap();
+            let mut sent = 0;
+            let chunk = vec![b' '; 4096];
+            // A chunk; the empty one ends the body.
+            let mut write = |data: &[u8]| -> std::io::Result<()> {
+                write!(stream, "{:x}\r\n", data.len())?;
+                stream.write_all(data)?;
+                stream.write_all(b"\r\n")?;
+                sent += data.len();
+                Ok(())
+            };
+            let outcome = (|| {
+                write(prefix)?;
+                (0..chunks).try_for_each(|_| write(&chunk))?;
+                write(b"")
+            })();
+            drop(outcome); // a client that hung up is what some tests want
+            sent
+        });
+        (url, server)
+    }
+
+    async fn get(url: Url) -> reqwest::Response {
+        reqwest::get(url).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_is_read_up_to_the_limit_only() {
+        // Within the limit: read whole.
+        let (url, server) = chunked_server(br#"{"keys":[]}"#, 3);
+        let body = read_capped(get(url).await, 64 * 1024).await.unwrap();
+        assert_eq!(body.len(), 11 + 3 * 4096);
+        assert_eq!(parse_key_set(&body).unwrap().len(), 0);
+        server.join().unwrap();
+
+        // 32 MiB on offer: given up at the limit, the connection closed.
+        let (url, server) = chunked_server(br#"{"keys":["#, 8 * 1024);
+        let refused = tokio::time::timeout(
+            Duration::from_secs(10),
+            read_capped(get(url).await, 64 * 1024),
+        )
+        .await
+        .expect("the reader gives up, it does not read on");
+        assert_eq!(refused.unwrap_err(), "the key set is too large");
+        let sent = tokio::task::spawn_blocking(move || server.join().unwrap())
+            .await
+            .unwrap();
+        assert!(sent < 16 * 1024 * 1024, "{sent} bytes sent");
     }
 
     #[test]

@@ -891,3 +891,79 @@ async fn spawn_city_with(backend: Backend, extra: &[(&str, String)]) -> TestApp 
     let overrides: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     TestApp::spawn_with(TestDb::new(backend).await, shared_synapse(), &overrides).await
 }
+
+/// People's HTML is Matrix HTML from any server: what DAARION.city gets is
+/// sanitised with the policy agents' HTML goes out with.
+async fn people_s_html_reaches_daarion_city_sanitised(backend: Backend) {
+    let receiver = Receiver::start();
+    let app = spawn_city_with(backend, &[("CITY_EVENTS_URL", receiver.url())]).await;
+    let client = &app.client;
+    // A City Room the service made earlier (staged: only its Matrix id matters).
+    let room_id = unique("r_");
+    let matrix_room = format!("!{}:{}", unique("staged"), shared_synapse().server_name);
+    let now = chrono::Utc::now().timestamp_millis();
+    app.db
+        .execute(&format!(
+            "INSERT INTO rooms (room_id, state, matrix_room_id, created_at, updated_at) \
+             VALUES ('{room_id}', 'ready', '{matrix_room}', {now}, {now})"
+        ))
+        .await;
+    let event_id = format!("${}", unique("evt"));
+    let html = "<b>bold</b> <a href=\"https://daarion.city/x\">ok</a> <code>x = 1</code>\
+                <script>alert(1)</script><img src=\"http://tracker.example/p.png\" \
+                onerror=\"alert(2)\"><a href=\"javascript:alert(3)\">bad</a>\
+                <style>body { display: none }</style>";
+    let txn = json!({"events": [{
+        "type": "m.room.message", "event_id": event_id, "room_id": matrix_room,
+        "sender": "@mallory:evil.example", "origin_server_ts": now,
+        "content": {"msgtype": "m.text", "body": "bold ok x = 1",
+                    "format": "org.matrix.custom.html", "formatted_body": html},
+    }]});
+    let response = client
+        .http
+        .put(format!(
+            "{}/_matrix/app/v1/transactions/{}",
+            client.base,
+            unique("txn")
+        ))
+        .bearer_auth(hs_token(backend))
+        .json(&txn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let delivered = eventually("the message to reach DAARION.city", WAIT, || async {
+        receiver
+            .events("matrix.message")
+            .into_iter()
+            .find(|e| e["id"] == event_id.as_str())
+    })
+    .await;
+    let data = &delivered["data"];
+    assert_eq!(data["room_id"], room_id.as_str());
+    assert_eq!(data["matrix_user_id"], "@mallory:evil.example");
+    assert_eq!(data["format"], "html");
+    let clean = data["formatted_body"].as_str().unwrap();
+    for gone in [
+        "script",
+        "alert",
+        "onerror",
+        "<img",
+        "tracker",
+        "javascript",
+        "<style",
+        "display",
+    ] {
+        assert!(!clean.contains(gone), "{gone:?} in {clean}");
+    }
+    for kept in [
+        "<b>bold</b>",
+        "href=\"https://daarion.city/x\"",
+        "<code>x = 1</code>",
+    ] {
+        assert!(clean.contains(kept), "{kept:?} not in {clean}");
+    }
+    app.shutdown().await;
+    receiver.stop().await;
+}
+on_both_backends!(people_s_html_reaches_daarion_city_sanitised);

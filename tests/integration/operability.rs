@@ -343,6 +343,57 @@ async fn ready_while_synapse_is_down(backend: Backend) {
 }
 on_both_backends!(ready_while_synapse_is_down);
 
+/// Without its database the service is not ready, and says so without
+/// the driver's words (they name hosts, databases and users): those go to
+/// the service's own log.
+async fn not_ready_without_the_database_and_no_driver_text(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let r = get(&app.client, "/readyz").await;
+    assert_eq!(r.status(), 200);
+    let name = app.db.url.rsplit('/').next().unwrap().to_string();
+    match backend {
+        // Closed under the service: every query fails.
+        Backend::Sqlite => app.store.close().await,
+        // PostgreSQL refuses the database and drops the pool's connections.
+        Backend::Postgres => {
+            let admin = one_connection(&required_env("MP_TEST_POSTGRES_URL")).await;
+            for sql in [
+                format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"),
+                format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                ),
+            ] {
+                sqlx::query(&sql).execute(&admin).await.unwrap();
+            }
+            admin.close().await;
+        }
+    }
+    let r = get(&app.client, "/readyz").await;
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "not_ready", "{body}");
+    assert_eq!(body["database"], "database unavailable", "{body}");
+    for field in ["database", "message"] {
+        let text = body[field].as_str().unwrap();
+        for driver in [
+            "pool",
+            "closed",
+            "FATAL",
+            "connection",
+            "accepting",
+            "sqlx",
+            &name,
+        ] {
+            assert!(!text.contains(driver), "{driver:?} in {field}: {body}");
+        }
+    }
+    // The service is stopped without its database: how that ends is not
+    // what this test is about.
+    app.abandon().await;
+}
+on_both_backends!(not_ready_without_the_database_and_no_driver_text);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synapse_reachable_is_a_metric() {
     let app = TestApp::spawn(Backend::Sqlite).await;

@@ -818,6 +818,56 @@ async fn a_flood_of_unknown_kids_does_not_flood_daarion_auth() {
     app.shutdown().await;
 }
 
+/// A key set streamed without a length (chunked) and far over the limit:
+/// the service stops reading at the limit instead of taking it all in, and
+/// answers as for any key set it cannot use (keys unavailable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_chunked_key_set_is_not_read_to_the_end() {
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 1024; // 64 MiB
+    let produced = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&produced);
+    let (port, server) = serve_locally(move |cfg| {
+        let counted = Arc::clone(&counted);
+        cfg.route(
+            "/.well-known/jwks.json",
+            web::get().to(move || {
+                let counted = Arc::clone(&counted);
+                async move {
+                    // `{"keys":[` and then spaces, a chunk at a time.
+                    let body = stream::iter(0..CHUNKS).map(move |i| {
+                        counted.fetch_add(CHUNK, Ordering::SeqCst);
+                        let mut chunk = vec![b' '; CHUNK];
+                        if i == 0 {
+                            chunk[..9].copy_from_slice(br#"{"keys":["#);
+                        }
+                        Ok::<_, actix_web::Error>(web::Bytes::from(chunk))
+                    });
+                    HttpResponse::Ok()
+                        .content_type("application/json")
+                        .streaming(body)
+                }
+            }),
+        );
+    });
+    let url = format!("http://127.0.0.1:{port}/.well-known/jwks.json");
+    let app = sso_app(Backend::Sqlite, None, &[("AUTH_JWKS_URL", url.as_str())]).await;
+    let rsa = SigningKey::rsa("rsa-a.pem", "rsa-1");
+    let answer = login_token(&app, &rsa.sign(&claims(&unique("u_")))).await;
+    assert_eq!(
+        answer.error(),
+        (503, "auth_keys_unavailable"),
+        "{}",
+        answer.body
+    );
+    // The limit is 256 KiB; what the server got out on top of it is at
+    // most what the sockets buffer, far from the 64 MiB offered.
+    let sent = produced.load(Ordering::SeqCst);
+    assert!(sent < 16 * 1024 * 1024, "{sent} bytes were read");
+    app.shutdown().await;
+    server.stop(false).await;
+}
+
 async fn every_bad_token_is_a_401_that_provisions_nothing(backend: Backend) {
     let rsa = SigningKey::rsa("rsa-a.pem", "rsa-1");
     let ec = SigningKey::ec("ec-1");
@@ -973,6 +1023,73 @@ async fn every_bad_token_is_a_401_that_provisions_nothing(backend: Backend) {
     app.shutdown().await;
 }
 on_both_backends!(every_bad_token_is_a_401_that_provisions_nothing);
+
+/// Why a token is refused goes to our logs, not to the caller: an expired
+/// token, a forged signature and a made-up `kid` all get the same 401, so
+/// the answer teaches a forger nothing (and echoes nothing they sent).
+async fn refusals_do_not_say_why(backend: Backend) {
+    let rsa = SigningKey::rsa("rsa-a.pem", "rsa-1");
+    let jwks = FakeJwks::start(&[&rsa]).await;
+    let app = sso_app(backend, Some(&jwks), &[]).await;
+    let user_id = unique("u_");
+    provisioned(&app, &user_id, &unique("why")).await;
+    let now = Utc::now().timestamp();
+    let kid = unique("made-up-kid-");
+    let cases = [
+        (
+            "expired",
+            rsa.sign(&with(claims(&user_id), "exp", json!(now - 120))),
+        ),
+        (
+            "bad signature",
+            SigningKey::rsa("rsa-b.pem", "rsa-1").sign(&claims(&user_id)),
+        ),
+        (
+            "made-up kid",
+            rsa.with_kid(Some(&kid)).sign(&claims(&user_id)),
+        ),
+        (
+            "expired HS256",
+            SigningKey::daarion_hs256().sign(&with(claims(&user_id), "exp", json!(now - 120))),
+        ),
+        (
+            "bad signature HS256",
+            SigningKey::hs256(b"not-the-secret").sign(&claims(&user_id)),
+        ),
+    ];
+    let mut bodies = Vec::new();
+    for (what, token) in &cases {
+        for answer in [
+            login_token(&app, token).await,
+            session(&app, token, None).await,
+        ] {
+            assert_eq!(
+                answer.error(),
+                (401, "invalid_token"),
+                "{what}: {}",
+                answer.body
+            );
+            let text = answer.body.to_string();
+            for telling in [
+                "xpired",
+                "ignature",
+                "kid",
+                kid.as_str(),
+                "made-up",
+                "rsa-1",
+            ] {
+                assert!(!text.contains(telling), "{what}: {telling:?} in {text}");
+            }
+            bodies.push(answer.body);
+        }
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:#?}");
+    // The good key still works: the refusals were the tokens'.
+    let answer = login_token(&app, &rsa.sign(&claims(&user_id))).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    app.shutdown().await;
+}
+on_both_backends!(refusals_do_not_say_why);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_nio_logs_in_with_our_login_token() {

@@ -15,6 +15,7 @@ use matrix_provisioner::app::Application;
 use matrix_provisioner::config::Settings;
 use matrix_provisioner::domain::event::{Event, Parsed};
 use matrix_provisioner::domain::signature;
+use matrix_provisioner::store::Store;
 use matrix_provisioner::synapse::{registration_mac, Synapse};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -717,6 +718,8 @@ pub struct TestApp {
     pub env: HashMap<String, String>,
     /// The service's own Synapse client (its request counts).
     pub service_synapse: Arc<Synapse>,
+    /// The service's own database pool (a test may close it under the service).
+    pub store: Store,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -741,6 +744,7 @@ impl TestApp {
             .expect("the app builds");
         let client = Client::new(app.port());
         let service_synapse = app.synapse();
+        let store = app.store();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until(async {
             let _ = stopped.await;
@@ -751,6 +755,7 @@ impl TestApp {
             synapse,
             env,
             service_synapse,
+            store,
             stop: Some(stop),
             task: Some(task),
         }
@@ -771,6 +776,17 @@ impl TestApp {
                 _dir: None,
             },
         )
+    }
+
+    /// Stops the service, whatever the outcome (for a test that broke the
+    /// service's database under it on purpose).
+    pub async fn abandon(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
     }
 }
 
