@@ -22,8 +22,6 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::store::{OutboxSummary, QueueDepth};
-
 /// Seconds; Synapse calls range from a few ms (lookups) to seconds (media,
 /// bcrypt at registration) up to the client timeout.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -239,15 +237,21 @@ pub fn http_request(route: &str, status: u16, elapsed: Duration) {
         .observe(elapsed.as_secs_f64());
 }
 
-/// What the database says at scrape time.
+/// What the database says at scrape time, as plain numbers (the HTTP
+/// layer reads them; this module knows no store type).
+#[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    pub queue: QueueDepth,
+    /// Jobs by state: `ready`, `scheduled`, `running`, `failed`.
+    pub queue: Vec<(&'static str, i64)>,
     pub people: Vec<(String, i64)>,
     pub rooms: Vec<(String, i64)>,
     pub agents: Vec<(String, i64)>,
-    pub outbox: OutboxSummary,
-    /// When the snapshot was taken (ms), for the oldest events' ages.
-    pub now: i64,
+    /// Messages not delivered yet, by direction (`to_matrix`, `to_city`)
+    /// and state (`pending`, `failed`).
+    pub outbox: Vec<(&'static str, &'static str, i64)>,
+    /// Age in seconds of the oldest message not delivered yet, by
+    /// direction (0: none).
+    pub outbox_oldest_seconds: Vec<(&'static str, i64)>,
 }
 
 /// The Prometheus text exposition of every metric, plus the gauges read
@@ -265,97 +269,78 @@ pub fn render(snapshot: Option<Snapshot>, synapse_reachable: bool) -> String {
     reachable.set(synapse_reachable as i64);
     families.extend(reachable.collect());
     if let Some(s) = snapshot {
-        let gauge = |name: &str, help: &str| {
-            IntGaugeVec::new(Opts::new(name, help), &["state"]).expect("valid metric")
-        };
-        let queue = gauge(
-            "matrix_provisioner_queue_jobs",
-            "Jobs in the durable queue by state (ready, scheduled, running, failed), read at scrape time.",
-        );
-        for (state, n) in [
-            ("ready", s.queue.ready),
-            ("scheduled", s.queue.scheduled),
-            ("running", s.queue.running),
-            ("failed", s.queue.failed),
-        ] {
-            queue.with_label_values(&[state]).set(n);
-        }
-        let people = gauge(
-            "matrix_provisioner_people",
-            "People known to the service by state (pending, provisioned, failed, deactivated), read at scrape time.",
-        );
-        // Every state is always present, so dashboards see zeros, not gaps.
-        for state in ["pending", "provisioned", "failed", "deactivated"] {
-            people.with_label_values(&[state]).set(0);
-        }
-        for (state, n) in s.people {
-            people.with_label_values(&[&state]).set(n);
-        }
-        let rooms = gauge(
-            "matrix_provisioner_rooms",
-            "City Rooms known to the service by state (pending, ready, closed, failed), read at scrape time.",
-        );
-        for state in ["pending", "ready", "closed", "failed"] {
-            rooms.with_label_values(&[state]).set(0);
-        }
-        for (state, n) in s.rooms {
-            rooms.with_label_values(&[&state]).set(n);
-        }
-        let agents = gauge(
-            "matrix_provisioner_agents",
-            "Agents known to the service by state (pending, ready, deactivated, failed), read at scrape time.",
-        );
-        for state in ["pending", "ready", "deactivated", "failed"] {
-            agents.with_label_values(&[state]).set(0);
-        }
-        for (state, n) in s.agents {
-            agents.with_label_values(&[&state]).set(n);
-        }
-        let outbox = IntGaugeVec::new(
-            Opts::new(
-                "matrix_provisioner_outbox_messages",
-                "Messages not delivered yet by direction (to_matrix, to_city) and state (pending, failed), read at scrape time.",
-            ),
-            &["direction", "state"],
-        )
-        .expect("valid metric");
-        let o = &s.outbox;
-        outbox
-            .with_label_values(&["to_matrix", "pending"])
-            .set(o.to_matrix_pending);
-        outbox
-            .with_label_values(&["to_matrix", "failed"])
-            .set(o.to_matrix_failed);
-        outbox
-            .with_label_values(&["to_city", "pending"])
-            .set(o.to_city_pending);
-        let oldest = IntGaugeVec::new(
-            Opts::new(
-                "matrix_provisioner_outbox_oldest_seconds",
-                "Age of the oldest message not delivered yet, by direction (0: none), read at scrape time.",
-            ),
-            &["direction"],
-        )
-        .expect("valid metric");
-        let age = |t: Option<i64>| t.map_or(0, |t| (s.now - t).max(0) / 1000);
-        oldest
-            .with_label_values(&["to_matrix"])
-            .set(age(o.to_matrix_oldest));
-        oldest
-            .with_label_values(&["to_city"])
-            .set(age(o.to_city_oldest));
-        families.extend(queue.collect());
-        families.extend(people.collect());
-        families.extend(rooms.collect());
-        families.extend(agents.collect());
-        families.extend(outbox.collect());
-        families.extend(oldest.collect());
+        families.extend(database_gauges(s));
     }
     let mut out = Vec::new();
     TextEncoder::new()
         .encode(&families, &mut out)
         .expect("text encoding of metrics cannot fail");
     String::from_utf8(out).expect("the text format is UTF-8")
+}
+
+/// The gauges of a database snapshot. Every state of people, rooms and
+/// agents is always present, so dashboards see zeros, not gaps.
+fn database_gauges(s: Snapshot) -> Vec<prometheus::proto::MetricFamily> {
+    let by_state = |name: &str, help: &str, always: &[&str], counts: &[(String, i64)]| {
+        let gauge = IntGaugeVec::new(Opts::new(name, help), &["state"]).expect("valid metric");
+        for state in always {
+            gauge.with_label_values(&[state]).set(0);
+        }
+        for (state, n) in counts {
+            gauge.with_label_values(&[state]).set(*n);
+        }
+        gauge.collect()
+    };
+    let queue: Vec<(String, i64)> = s.queue.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+    let mut families = by_state(
+        "matrix_provisioner_queue_jobs",
+        "Jobs in the durable queue by state (ready, scheduled, running, failed), read at scrape time.",
+        &[],
+        &queue,
+    );
+    families.extend(by_state(
+        "matrix_provisioner_people",
+        "People known to the service by state (pending, provisioned, failed, deactivated), read at scrape time.",
+        &["pending", "provisioned", "failed", "deactivated"],
+        &s.people,
+    ));
+    families.extend(by_state(
+        "matrix_provisioner_rooms",
+        "City Rooms known to the service by state (pending, ready, closed, failed), read at scrape time.",
+        &["pending", "ready", "closed", "failed"],
+        &s.rooms,
+    ));
+    families.extend(by_state(
+        "matrix_provisioner_agents",
+        "Agents known to the service by state (pending, ready, deactivated, failed), read at scrape time.",
+        &["pending", "ready", "deactivated", "failed"],
+        &s.agents,
+    ));
+    let outbox = IntGaugeVec::new(
+        Opts::new(
+            "matrix_provisioner_outbox_messages",
+            "Messages not delivered yet by direction (to_matrix, to_city) and state (pending, failed), read at scrape time.",
+        ),
+        &["direction", "state"],
+    )
+    .expect("valid metric");
+    for (direction, state, n) in &s.outbox {
+        outbox.with_label_values(&[direction, state]).set(*n);
+    }
+    let oldest = IntGaugeVec::new(
+        Opts::new(
+            "matrix_provisioner_outbox_oldest_seconds",
+            "Age of the oldest message not delivered yet, by direction (0: none), read at scrape time.",
+        ),
+        &["direction"],
+    )
+    .expect("valid metric");
+    for (direction, seconds) in &s.outbox_oldest_seconds {
+        oldest.with_label_values(&[direction]).set(*seconds);
+    }
+    families.extend(outbox.collect());
+    families.extend(oldest.collect());
+    families
 }
 
 #[cfg(test)]
@@ -371,21 +356,17 @@ mod tests {
         token_exchange("login_token", "ok");
         let text = render(
             Some(Snapshot {
-                queue: QueueDepth {
-                    ready: 2,
-                    scheduled: 1,
-                    running: 0,
-                    failed: 4,
-                },
+                queue: vec![
+                    ("ready", 2),
+                    ("scheduled", 1),
+                    ("running", 0),
+                    ("failed", 4),
+                ],
                 people: vec![("provisioned".into(), 7)],
                 rooms: vec![("ready".into(), 3)],
                 agents: vec![("ready".into(), 2)],
-                outbox: OutboxSummary {
-                    to_city_pending: 5,
-                    to_city_oldest: Some(1_000),
-                    ..OutboxSummary::default()
-                },
-                now: 61_000,
+                outbox: vec![("to_city", "pending", 5), ("to_matrix", "pending", 0)],
+                outbox_oldest_seconds: vec![("to_city", 60), ("to_matrix", 0)],
             }),
             true,
         );

@@ -45,13 +45,26 @@ async fn snapshot(store: &crate::store::Store) -> Result<Snapshot, crate::store:
         store.agents_by_state(),
         store.outbox_summary(),
     )?;
+    let age = |t: Option<i64>| t.map_or(0, |t| (now - t).max(0) / 1000);
     Ok(Snapshot {
-        queue,
+        queue: vec![
+            ("ready", queue.ready),
+            ("scheduled", queue.scheduled),
+            ("running", queue.running),
+            ("failed", queue.failed),
+        ],
         people,
         rooms,
         agents,
-        outbox,
-        now,
+        outbox: vec![
+            ("to_matrix", "pending", outbox.to_matrix_pending),
+            ("to_matrix", "failed", outbox.to_matrix_failed),
+            ("to_city", "pending", outbox.to_city_pending),
+        ],
+        outbox_oldest_seconds: vec![
+            ("to_matrix", age(outbox.to_matrix_oldest)),
+            ("to_city", age(outbox.to_city_oldest)),
+        ],
     })
 }
 
