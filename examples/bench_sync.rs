@@ -27,8 +27,8 @@ use fakes::{FakeUser, FakeUserApi};
 use futures_util::stream::{self, StreamExt};
 use matrix_provisioner::app::Core;
 use matrix_provisioner::config::Settings;
+use matrix_provisioner::passes::profiles::Summary;
 use matrix_provisioner::synapse::{random_password, Synapse};
-use matrix_provisioner::sync::Summary;
 use serde_json::{json, Value};
 use sqlx::any::AnyPoolOptions;
 

@@ -19,12 +19,12 @@ use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::jobs::Worker;
 use crate::oidc::Provider;
-use crate::room_sync::RoomSync;
+use crate::passes::profiles::ProfileSync;
+use crate::passes::rooms::RoomSync;
 use crate::signing::Signer;
 use crate::sso::Sso;
 use crate::store::{Backend, Intake, LocalpartPolicy, Store};
 use crate::synapse::Synapse;
-use crate::sync::ProfileSync;
 
 pub struct Application {
     port: u16,

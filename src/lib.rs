@@ -39,13 +39,12 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod oidc;
-pub mod room_sync;
+pub mod passes;
 pub mod secret;
 pub mod signing;
 pub mod sso;
 pub mod store;
 pub mod synapse;
-pub mod sync;
 pub mod telemetry;
 
 /// Milliseconds since the Unix epoch.

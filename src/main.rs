@@ -8,10 +8,9 @@ use clap::{Parser, Subcommand};
 
 use matrix_provisioner::app::{termination_signal, Application, Core};
 use matrix_provisioner::config::Settings;
-use matrix_provisioner::room_sync::RoomSyncError;
+use matrix_provisioner::passes::PassError;
 use matrix_provisioner::secret::Secret;
 use matrix_provisioner::store::Store;
-use matrix_provisioner::sync::SyncError;
 use matrix_provisioner::{http, telemetry};
 
 /// Provisions Matrix (Synapse) accounts for DAARION Auth users.
@@ -104,13 +103,13 @@ trait PassReport: serde::Serialize {
     fn succeeded(&self) -> bool;
 }
 
-impl PassReport for matrix_provisioner::sync::Summary {
+impl PassReport for matrix_provisioner::passes::profiles::Summary {
     fn succeeded(&self) -> bool {
         self.succeeded()
     }
 }
 
-impl PassReport for matrix_provisioner::room_sync::RoomSummary {
+impl PassReport for matrix_provisioner::passes::rooms::RoomSummary {
     fn succeeded(&self) -> bool {
         self.succeeded()
     }
@@ -119,7 +118,7 @@ impl PassReport for matrix_provisioner::room_sync::RoomSummary {
 async fn sync_profiles(full: bool) -> ExitCode {
     run_pass(|core| async move {
         let result = core.sync.run(full).await;
-        let busy = matches!(result, Err(SyncError::InProgress(_)));
+        let busy = matches!(result, Err(PassError::InProgress { .. }));
         (result.map_err(|e| e.to_string()), busy)
     })
     .await
@@ -128,7 +127,7 @@ async fn sync_profiles(full: bool) -> ExitCode {
 async fn sync_rooms(full: bool) -> ExitCode {
     run_pass(|core| async move {
         let result = core.room_sync.run(full).await;
-        let busy = matches!(result, Err(RoomSyncError::InProgress(_)));
+        let busy = matches!(result, Err(PassError::InProgress { .. }));
         (result.map_err(|e| e.to_string()), busy)
     })
     .await

@@ -9,6 +9,8 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::passes::PassError;
+
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -50,6 +52,38 @@ impl ApiError {
 
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// A reconcile pass's outcome as the API answers it: the summary;
+    /// `409` when another pass is running or its API is not configured;
+    /// `503` when the database failed, or the pass itself stopped (a bug:
+    /// its cause is in the log, not blamed on the database).
+    pub fn pass_outcome<S>(
+        joined: Result<Result<S, PassError>, tokio::task::JoinError>,
+    ) -> Result<S, ApiError> {
+        match joined {
+            Ok(Ok(summary)) => Ok(summary),
+            Ok(Err(e @ PassError::InProgress { .. })) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "sync_in_progress",
+                e.to_string(),
+            )),
+            Ok(Err(e @ PassError::NotConfigured(_))) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "sync_not_configured",
+                e.to_string(),
+            )),
+            Ok(Err(PassError::Database(e))) => Err(ApiError::unavailable(e)),
+            Err(e) => {
+                tracing::error!("answering 503: the pass stopped: {e}");
+                Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the pass stopped unexpectedly (its cause is in the service's log); retry later",
+                )
+                .with_retry_after(5))
+            }
+        }
     }
 
     /// Our own dependency (the database) failed: the caller should retry.

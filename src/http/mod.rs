@@ -27,11 +27,11 @@ use crate::accounts::Accounts;
 use crate::config::Settings;
 use crate::domain::city::CityEvent;
 use crate::oidc::Provider;
-use crate::room_sync::RoomSync;
+use crate::passes::profiles::ProfileSync;
+use crate::passes::rooms::RoomSync;
 use crate::sso::Sso;
 use crate::store::{Intake, LocalpartPolicy, Store};
 use crate::synapse::Synapse;
-use crate::sync::ProfileSync;
 
 /// What every handler can reach.
 pub struct AppState {
@@ -162,8 +162,8 @@ fn sorted(value: serde_json::Value) -> serde_json::Value {
         sso::SessionRequest,
         profile_sync::SyncRequest,
         rooms::RoomSyncRequest,
-        crate::sync::Summary,
-        crate::room_sync::RoomSummary
+        crate::passes::profiles::Summary,
+        crate::passes::rooms::RoomSummary
     )),
     modifiers(&SecuritySchemes),
     tags(

@@ -2,7 +2,6 @@
 //! pass now and answers with its summary. The pass runs in a task of its
 //! own, so a caller that hangs up does not cut it short.
 
-use actix_web::http::StatusCode;
 use actix_web::{post, web};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -10,7 +9,7 @@ use utoipa::ToSchema;
 use super::auth::AdminAuth;
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
-use crate::sync::{Summary, SyncError};
+use crate::passes::profiles::Summary;
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct SyncRequest {
@@ -51,21 +50,7 @@ pub async fn profile_sync(
     };
     let sync = state.sync.clone();
     let pass = crate::telemetry::spawn(async move { sync.run(request.full).await });
-    match pass.await {
-        Ok(Ok(summary)) => Ok(web::Json(summary)),
-        Ok(Err(e @ SyncError::InProgress(_))) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "sync_in_progress",
-            e.to_string(),
-        )),
-        Ok(Err(e @ SyncError::NotConfigured)) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "sync_not_configured",
-            e.to_string(),
-        )),
-        Ok(Err(SyncError::Database(e))) => Err(ApiError::unavailable(e)),
-        Err(e) => Err(ApiError::unavailable(format!("the sync pass stopped: {e}"))),
-    }
+    ApiError::pass_outcome(pass.await).map(web::Json)
 }
 
 #[cfg(test)]

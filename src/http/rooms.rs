@@ -15,7 +15,7 @@ use super::webhooks::{answer, refusal, signed_body, Acknowledged};
 use super::AppState;
 use crate::domain::city::{CityEvent, ParsedCity};
 use crate::now_ms;
-use crate::room_sync::{RoomSummary, RoomSyncError};
+use crate::passes::rooms::RoomSummary;
 use crate::store::JobKind;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -274,21 +274,5 @@ pub async fn room_sync(
     };
     let sync = state.room_sync.clone();
     let pass = crate::telemetry::spawn(async move { sync.run(request.full).await });
-    match pass.await {
-        Ok(Ok(summary)) => Ok(web::Json(summary)),
-        Ok(Err(e @ RoomSyncError::InProgress(_))) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "sync_in_progress",
-            e.to_string(),
-        )),
-        Ok(Err(e @ RoomSyncError::NotConfigured)) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "sync_not_configured",
-            e.to_string(),
-        )),
-        Ok(Err(RoomSyncError::Database(e))) => Err(ApiError::unavailable(e)),
-        Err(e) => Err(ApiError::unavailable(format!(
-            "the room sync pass stopped: {e}"
-        ))),
-    }
+    ApiError::pass_outcome(pass.await).map(web::Json)
 }

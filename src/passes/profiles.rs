@@ -15,7 +15,7 @@
 //!   profile compared with what we applied; `PROFILE_DRIFT` says whether to
 //!   put DAARION's back or only to count it.
 //! - One pass at a time across processes and hosts: a lease row in the
-//!   database; a second pass gets [`SyncError::InProgress`].
+//!   database; a second pass gets [`PassError::InProgress`].
 //! - The pass runs the jobs it caused itself (as many at once as
 //!   `SYNAPSE_MAX_CONCURRENCY`, next to the background workers) and waits
 //!   for each, so `created`, `failed`… are true. A person whose work is
@@ -25,28 +25,22 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
 use utoipa::ToSchema;
 
+use super::{Lease, PassError};
 use crate::config::{DriftPolicy, Settings};
 use crate::daarion::DaarionApi;
 use crate::domain::event::{Event, EventKind};
 use crate::jobs::Worker;
 use crate::now_ms;
-use crate::store::{Account, CreateVia, JobKind, Pass, Person, State, Store, StoreError};
+use crate::store::{Account, CreateVia, JobKind, Pass, Person, State, Store};
 use crate::synapse::{localpart_of, with_purpose, Purpose, Synapse};
 
-/// How long a pass holds its lease without renewing it; a crashed pass
-/// blocks the next one at most this long.
-pub(crate) const LEASE: Duration = Duration::from_secs(60);
-/// An incremental pass reads from this long before the last pass started,
-/// so clock differences with DAARION Auth and changes committed late are
-/// not missed; re-reading an unchanged person costs nothing.
-const OVERLAP_MS: i64 = 5 * 60 * 1000;
 /// People read but not yet handled by the driving side, at most.
 const TOUCHED_BACKLOG: usize = 1024;
 /// Synapse users per page when looking for drift.
@@ -98,15 +92,8 @@ impl Summary {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    #[error("profile sync is not configured: set AUTH_API_URL (and AUTH_API_TOKEN)")]
-    NotConfigured,
-    #[error("another profile sync pass is running{}", .0.as_deref().map(|o| format!(" ({o})")).unwrap_or_default())]
-    InProgress(Option<String>),
-    #[error(transparent)]
-    Database(#[from] StoreError),
-}
+const NOT_CONFIGURED: &str =
+    "profile sync is not configured: set AUTH_API_URL (and AUTH_API_TOKEN)";
 
 /// Why a person was touched by the pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,56 +150,27 @@ impl ProfileSync {
 
     /// Runs one pass, unless another one is running. Its Synapse requests
     /// (and those of the jobs it drives) come out of the passes' budget.
-    pub async fn run(&self, full: bool) -> Result<Summary, SyncError> {
+    pub async fn run(&self, full: bool) -> Result<Summary, PassError> {
         with_purpose(Purpose::Pass, self.run_pass(full)).await
     }
 
-    async fn run_pass(&self, full: bool) -> Result<Summary, SyncError> {
-        let api = self.api.as_ref().ok_or(SyncError::NotConfigured)?;
-        let owner = crate::store::lease_owner();
-        let started_ms = now_ms();
-        if let Err(holder) = self
-            .store
-            .lease_sync(
-                Pass::Profiles,
-                &owner,
-                started_ms,
-                started_ms + LEASE.as_millis() as i64,
-            )
-            .await?
-        {
-            return Err(SyncError::InProgress(holder.owner));
-        }
+    async fn run_pass(&self, full: bool) -> Result<Summary, PassError> {
+        let api = self
+            .api
+            .as_ref()
+            .ok_or(PassError::NotConfigured(NOT_CONFIGURED))?;
+        let lease = Lease::take(&self.store, Pass::Profiles, "profile sync").await?;
         tracing::info!(full, "profile sync pass started");
         let started = Instant::now();
         let calls_before = self.synapse().calls().snapshot();
-        let lease_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let renewal = tokio::spawn(renew_lease(
-            self.store.clone(),
-            Pass::Profiles,
-            owner.clone(),
-            Arc::clone(&lease_lost),
-        ));
 
         let mut summary = Summary {
             full,
             ..Summary::default()
         };
-        let read_all = self.pass(api, full, &mut summary, &lease_lost).await;
+        let read_all = self.pass(api, full, &mut summary, lease.lost_flag()).await;
         self.worker.taken().pause().await;
-
-        renewal.abort();
-        let watermark = read_all.then_some(started_ms);
-        if let Err(e) = self
-            .store
-            .release_sync(Pass::Profiles, &owner, watermark)
-            .await
-        {
-            // The lease runs out by itself; the next pass reads from the old watermark.
-            summary
-                .errors
-                .push(format!("cannot record the end of the pass: {e}"));
-        }
+        lease.release(read_all, &mut summary.errors).await;
         let calls = self.synapse().calls().snapshot().since(&calls_before);
         summary.synapse_requests = calls.total();
         summary.synapse_writes = calls.writes();
@@ -399,7 +357,7 @@ impl ReadSide<'_> {
                 .sync_watermark(Pass::Profiles)
                 .await
                 .map_err(|e| e.to_string())?
-                .map(|w| w - OVERLAP_MS)
+                .map(|w| w - super::OVERLAP_MS)
         };
         let mut seen: HashSet<String> = HashSet::new();
         let mut cursor: Option<String> = None;
@@ -580,30 +538,6 @@ impl ReadSide<'_> {
                 Some(next) if next > from => from = next,
                 _ => return Ok(()),
             }
-        }
-    }
-}
-
-/// Keeps a pass's lease alive while it runs; flags its loss.
-pub(crate) async fn renew_lease(
-    store: Store,
-    pass: Pass,
-    owner: String,
-    lost: Arc<std::sync::atomic::AtomicBool>,
-) {
-    let mut tick = tokio::time::interval(LEASE / 4);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let until = now_ms() + LEASE.as_millis() as i64;
-        match store.renew_sync(pass, &owner, until).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::error!(?pass, "the sync pass lost its lease");
-                lost.store(true, std::sync::atomic::Ordering::Relaxed);
-                return;
-            }
-            Err(e) => tracing::warn!(?pass, "cannot renew the sync pass's lease: {e}"),
         }
     }
 }

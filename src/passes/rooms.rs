@@ -1,5 +1,5 @@
 //! The City Rooms reconcile pass (CONTRACT.md section 8), for cron and
-//! operators, built like the profile pass (`sync`): one at a time across
+//! operators, built like the profile pass (`profiles`): one at a time across
 //! replicas (a lease row), DAARION.city's room listing fed through the same
 //! intake as its webhooks (a listing is an event dated the room's
 //! `updated_at`), and the room jobs this caused run to completion, so the
@@ -24,17 +24,15 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use utoipa::ToSchema;
 
+use super::{Lease, PassError};
 use crate::config::Settings;
 use crate::daarion::CityApi;
 use crate::domain::city::CityEvent;
 use crate::jobs::Worker;
 use crate::now_ms;
-use crate::store::{JobKind, Pass, RoomState, Store, StoreError};
+use crate::store::{JobKind, Pass, RoomState, Store};
 use crate::synapse::{with_purpose, Endpoint, Purpose};
-use crate::sync::{renew_lease, LEASE};
 
-/// An incremental pass reads from this long before the last one started.
-const OVERLAP_MS: i64 = 5 * 60 * 1000;
 /// Rooms asked of DAARION.city per page.
 const PAGE: usize = 200;
 
@@ -75,15 +73,8 @@ impl RoomSummary {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RoomSyncError {
-    #[error("room sync is not configured: set CITY_API_URL, APPSERVICE_AS_TOKEN and APPSERVICE_HS_TOKEN")]
-    NotConfigured,
-    #[error("another room sync pass is running{}", .0.as_deref().map(|o| format!(" ({o})")).unwrap_or_default())]
-    InProgress(Option<String>),
-    #[error(transparent)]
-    Database(#[from] StoreError),
-}
+const NOT_CONFIGURED: &str =
+    "room sync is not configured: set CITY_API_URL, APPSERVICE_AS_TOKEN and APPSERVICE_HS_TOKEN";
 
 pub struct RoomSync {
     settings: Arc<Settings>,
@@ -111,60 +102,31 @@ impl RoomSync {
 
     /// Runs one pass, unless another one is running. Its Synapse requests
     /// (and those of the jobs it drives) come out of the passes' budget.
-    pub async fn run(&self, full: bool) -> Result<RoomSummary, RoomSyncError> {
+    pub async fn run(&self, full: bool) -> Result<RoomSummary, PassError> {
         with_purpose(Purpose::Pass, self.run_pass(full)).await
     }
 
-    async fn run_pass(&self, full: bool) -> Result<RoomSummary, RoomSyncError> {
+    async fn run_pass(&self, full: bool) -> Result<RoomSummary, PassError> {
         let api = self
             .api
             .as_ref()
             .filter(|_| self.settings.city.appservice_enabled())
-            .ok_or(RoomSyncError::NotConfigured)?;
-        let owner = crate::store::lease_owner();
-        let started_ms = now_ms();
-        if let Err(holder) = self
-            .store
-            .lease_sync(
-                Pass::Rooms,
-                &owner,
-                started_ms,
-                started_ms + LEASE.as_millis() as i64,
-            )
-            .await?
-        {
-            return Err(RoomSyncError::InProgress(holder.owner));
-        }
+            .ok_or(PassError::NotConfigured(NOT_CONFIGURED))?;
+        let lease = Lease::take(&self.store, Pass::Rooms, "room sync").await?;
         tracing::info!(full, "room sync pass started");
         let started = Instant::now();
         let synapse = self.worker.synapse();
         let calls_before = synapse.calls().snapshot();
-        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let renewal = tokio::spawn(renew_lease(
-            self.store.clone(),
-            Pass::Rooms,
-            owner.clone(),
-            Arc::clone(&lost),
-        ));
         let mut summary = RoomSummary {
             full,
             ..RoomSummary::default()
         };
         let read_all = self.pass(api, full, &mut summary).await;
-        renewal.abort();
-        if lost.load(std::sync::atomic::Ordering::Relaxed) {
+        if lease.lost() {
             summary.errors.push("the pass lost its lease".into());
         }
-        let watermark = (read_all && summary.errors.is_empty()).then_some(started_ms);
-        if let Err(e) = self
-            .store
-            .release_sync(Pass::Rooms, &owner, watermark)
-            .await
-        {
-            summary
-                .errors
-                .push(format!("cannot record the end of the pass: {e}"));
-        }
+        let complete = read_all && summary.errors.is_empty();
+        lease.release(complete, &mut summary.errors).await;
         let calls = synapse.calls().snapshot().since(&calls_before);
         summary.created = calls.get(Endpoint::RoomCreate);
         summary.members_joined = calls.get(Endpoint::AdminJoin);
@@ -193,7 +155,7 @@ impl RoomSync {
             None
         } else {
             match self.store.sync_watermark(Pass::Rooms).await {
-                Ok(w) => w.map(|w| w - OVERLAP_MS),
+                Ok(w) => w.map(|w| w - super::OVERLAP_MS),
                 Err(e) => {
                     summary.errors.push(e.to_string());
                     return false;
