@@ -87,9 +87,23 @@ async fn sign_in_through_the_provider(
         .send()
         .await
         .unwrap();
+    let review = location(&r);
+    let proof = param(&review, "proof");
     let r = http
-        .get(location(&r))
+        .get(&review)
         .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the confirmation");
+    let r = http
+        .post(format!("{base}/v1/sso/continue"))
+        .header("Cookie", &cookie)
+        .form(&[
+            ("state", state.as_str()),
+            ("proof", proof.as_str()),
+            ("answer", "continue"),
+        ])
         .send()
         .await
         .unwrap();
@@ -120,6 +134,7 @@ async fn sign_in_through_the_provider(
     vec![
         ("DAARION access token", daarion_token),
         ("sign-in state", state),
+        ("sign-in proof", proof),
         (
             "sign-in cookie",
             cookie.split_once('=').unwrap().1.to_string(),
