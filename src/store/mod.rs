@@ -26,14 +26,15 @@ use sqlx::{AnyPool, Executor};
 
 pub use agents::{Agent, AgentState, PresentAgent};
 pub use batch::{Batched, Intake};
-pub use intake::Accepted;
+pub use intake::city::CityAccepted;
+pub use intake::people::Accepted;
 pub use jobs::{AppliedAvatar, ClaimFor, Job, JobKind, QueueDepth};
 pub use messages::{
     room_stream, OutboxEntry, OutboxSummary, StoredMessage, TxnAccepted, PRESENCE_STREAM,
 };
 pub use oidc::{Begun, CodeGrant, Pending, Returned, Review, SignInLimits, TokenOwner};
 pub use people::{Account, CreateVia, LocalpartPolicy, Person, State};
-pub use rooms::{CityAccepted, MemberAccount, Room, RoomState};
+pub use rooms::{MemberAccount, Room, RoomState};
 pub use sync::{JobState, Pass, SyncHolder};
 
 use crate::secret::{redact_url, Secret};

@@ -1,25 +1,18 @@
-//! The intake transaction: events, the people they concern and the work for
-//! Synapse, stored all or nothing before a webhook's `202`.
-//!
-//! It is set-based, because intake throughput is bounded by statements per
-//! transaction, not by rows: a batch of events costs one multi-row INSERT of
-//! event ids, one SELECT of the people concerned, one multi-row INSERT of new
-//! people, one UPDATE per existing person that changed, and one multi-row
-//! upsert of jobs, however many events it holds. The events are applied to
-//! the people in memory, in arrival order, with the same rules as one by one.
+//! DAARION Auth's events: the people they concern and the work for Synapse
+//! (see `intake` for the transaction). A chunk costs one multi-row INSERT of
+//! event ids, one SELECT of the people concerned, one multi-row INSERT of
+//! new people, one UPDATE per existing person that changed, and one
+//! multi-row upsert of jobs, however many events it holds.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use sqlx::{Any, Row, Transaction};
 
-use super::people::PERSON_COLUMNS;
-use super::{Backend, CreateVia, JobKind, Person, Result, Store, StoreError};
+use super::{fresh_ones, log_events, Chunked, Logged};
 use crate::domain::event::{Event, EventKind};
 use crate::domain::person::Wanted;
-
-/// Events per set of statements: keeps bound values (13 per new person)
-/// well under both back ends' limits.
-pub(super) const CHUNK: usize = 500;
+use crate::store::people::PERSON_COLUMNS;
+use crate::store::{Backend, CreateVia, JobKind, Person, Result, Store};
 
 /// The outcome of [`Store::accept_event`] for one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,10 +25,6 @@ pub struct Accepted {
     /// Whether work for Synapse was queued.
     pub queued: bool,
 }
-
-/// Another replica created one of our new people while we tried to: the
-/// transaction starts again and finds them.
-struct Raced;
 
 impl Store {
     /// Stores `event` durably: its id (idempotency), the person (created with
@@ -54,22 +43,6 @@ impl Store {
     pub async fn accept_events(&self, events: &[Event], now: i64) -> Result<Vec<Accepted>> {
         self.accept_events_via(events, now, CreateVia::Register)
             .await
-    }
-
-    /// Forgets at most `limit` event ids received before `before`; returns
-    /// how many. Their redelivery is then taken as new, which changes
-    /// nothing: each field keeps the value with the newest `created_at`.
-    pub async fn forget_events(&self, before: i64, limit: i64) -> Result<u64> {
-        let forgotten = sqlx::query(
-            "DELETE FROM events WHERE (source, id) IN \
-             (SELECT source, id FROM events WHERE received_at < $1 LIMIT $2)",
-        )
-        .bind(before)
-        .bind(limit)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(forgotten)
     }
 
     /// The intake of several events (webhooks, or a page of a sync pass) in
@@ -115,109 +88,51 @@ impl Store {
         via: CreateVia,
         due_at: i64,
     ) -> Result<Vec<Accepted>> {
-        retry_conflicts("intake", || self.try_accept(events, now, via, due_at)).await
+        self.intake("intake", events, now, (via, due_at)).await
     }
+}
 
-    /// One attempt at [`Store::accept_events_via`]; None when another
-    /// replica stored one of our new people meanwhile.
-    async fn try_accept(
-        &self,
-        events: &[Event],
-        now: i64,
-        via: CreateVia,
-        due_at: i64,
-    ) -> Result<Option<Vec<Accepted>>> {
-        let mut tx = self.pool.begin().await?;
-        let mut accepted = Vec::with_capacity(events.len());
-        for chunk in events.chunks(CHUNK) {
-            match self.accept_chunk(&mut tx, chunk, now, via, due_at).await? {
-                Ok(done) => accepted.extend(done),
-                Err(Raced) => {
-                    tx.rollback().await?;
-                    return Ok(None);
-                }
-            }
-        }
-        tx.commit().await?;
-        Ok(Some(accepted))
-    }
+impl Chunked for Event {
+    type Accepted = Accepted;
+    /// How new people's accounts are made, and when their work is due.
+    type Context = (CreateVia, i64);
 
+    /// Applies the events to the people in memory, in arrival order; new
+    /// people get no localpart yet: the worker settles it when it is about
+    /// to create the account, from the best name known then (a
+    /// `user.updated` without a username may come before the registration
+    /// that has it).
     async fn accept_chunk(
-        &self,
+        store: &Store,
         tx: &mut Transaction<'static, Any>,
         events: &[Event],
         now: i64,
-        via: CreateVia,
-        due_at: i64,
-    ) -> Result<std::result::Result<Vec<Accepted>, Raced>> {
+        (via, due_at): (CreateVia, i64),
+    ) -> Result<Option<Vec<Accepted>>> {
         // Event ids first: it writes, so SQLite takes its write lock at once
-        // instead of failing to upgrade a read lock later. An id repeated
-        // within the batch is new only at its first occurrence.
-        let stored = insert_events(tx, self.backend, events, now).await?;
-        let mut seen = HashSet::new();
-        let fresh: Vec<bool> = events
-            .iter()
-            .map(|e| stored.contains(&e.id) && seen.insert(e.id.as_str()))
-            .collect();
-
+        // instead of failing to upgrade a read lock later.
+        let stored = insert_events(tx, store.backend, events, now).await?;
+        let fresh = fresh_ones(events.iter().map(|e| e.id.as_str()), &stored);
         let user_ids: BTreeSet<&str> = events.iter().map(|e| e.user_id.as_str()).collect();
-        let mut people = self.people_for_update(tx, &user_ids).await?;
+        let mut people = store.people_for_update(tx, &user_ids).await?;
+        let mut applied = apply(events, &fresh, &mut people, via, now);
 
-        // Apply the events in memory, as one by one. New people get no
-        // localpart yet: the worker settles it when it is about to create
-        // the account, from the best name known then (a `user.updated`
-        // without a username may come before the registration that has it).
-        let mut created: Vec<String> = Vec::new();
-        let mut changed: BTreeSet<&str> = BTreeSet::new();
-        let mut queued: BTreeSet<&str> = BTreeSet::new();
-        let mut work = Vec::with_capacity(events.len());
-        let mut sign_outs = Vec::new();
-        for (event, fresh) in events.iter().zip(&fresh) {
-            if !fresh {
-                work.push(false);
-                continue;
-            }
-            if event.kind == EventKind::SignedOut {
-                // Sessions exist only for people we know; a sign-out never
-                // makes anyone known. Its work is decided below.
-                sign_outs.push(work.len());
-                work.push(false);
-                continue;
-            }
-            let first_sight = !people.contains_key(&event.user_id);
-            let person = people.entry(event.user_id.clone()).or_insert_with(|| {
-                created.push(event.user_id.clone());
-                Person::new(&event.user_id, via, now)
-            });
-            let before = person.wanted.clone();
-            if person.wanted.apply(event) {
-                changed.insert(event.user_id.as_str());
-            }
-            // A new person always needs an account, and so does one whose
-            // name was still open when a username arrives; otherwise only
-            // changes that Synapse shows are work (not a newer timestamp on
-            // the same values).
-            let needs = first_sight
-                || person.wanted.needs_work_since(&before)
-                || (person.localpart.is_none() && person.wanted.username != before.username);
-            if needs {
-                queued.insert(event.user_id.as_str());
-            }
-            work.push(needs);
-        }
-
-        let new_people: Vec<&Person> = created.iter().map(|id| &people[id]).collect();
-        let inserted = insert_people(tx, self.backend, &new_people).await?;
+        let new_people: Vec<&Person> = applied.created.iter().map(|id| &people[id]).collect();
+        let inserted = insert_people(tx, store.backend, &new_people).await?;
         if inserted.len() < new_people.len() {
             // Another replica stored one of them first: start again and
             // find them.
-            return Ok(Err(Raced));
+            return Ok(None);
         }
-        let new_ids: HashSet<&str> = created.iter().map(String::as_str).collect();
-        for user_id in changed.iter().filter(|id| !new_ids.contains(*id)) {
-            update_wanted(tx, &people[*user_id], now).await?;
+        let new_ids: HashSet<&str> = applied.created.iter().map(String::as_str).collect();
+        for user_id in applied
+            .changed
+            .iter()
+            .filter(|id| !new_ids.contains(id.as_str()))
+        {
+            update_wanted(tx, &people[user_id.as_str()], now).await?;
         }
-        for i in sign_outs {
+        for i in applied.sign_outs {
             let event = &events[i];
             if !people.contains_key(&event.user_id) {
                 continue;
@@ -226,25 +141,93 @@ impl Store {
                 Store::request_logouts(tx, &event.user_id, event.session_id.as_deref(), now)
                     .await?;
             if asked > 0 {
-                queued.insert(event.user_id.as_str());
-                work[i] = true;
+                applied.queued.insert(event.user_id.clone());
+                applied.work[i] = true;
             }
         }
-        let queued: Vec<&str> = queued.into_iter().collect();
-        self.enqueue(tx, JobKind::Person, &queued, due_at).await?;
+        let queued: Vec<&str> = applied.queued.iter().map(String::as_str).collect();
+        store.enqueue(tx, JobKind::Person, &queued, due_at).await?;
 
-        Ok(Ok(events
-            .iter()
-            .zip(fresh)
-            .zip(work)
-            .map(|((event, fresh), queued)| Accepted {
-                duplicate: !fresh,
-                localpart: people.get(&event.user_id).and_then(|p| p.localpart.clone()),
-                queued,
-            })
-            .collect()))
+        Ok(Some(
+            events
+                .iter()
+                .zip(fresh)
+                .zip(applied.work)
+                .map(|((event, fresh), queued)| Accepted {
+                    duplicate: !fresh,
+                    localpart: people.get(&event.user_id).and_then(|p| p.localpart.clone()),
+                    queued,
+                })
+                .collect(),
+        ))
     }
+}
 
+/// What a chunk of events did to the people, in memory.
+struct Applied {
+    /// People seen for the first time (to insert).
+    created: Vec<String>,
+    /// People whose wanted state changed (to update).
+    changed: BTreeSet<String>,
+    /// People whose job is to run.
+    queued: BTreeSet<String>,
+    /// Per event: whether it queued work.
+    work: Vec<bool>,
+    /// The sign-outs among the events (indexes): decided against the
+    /// database, since they never make anyone known.
+    sign_outs: Vec<usize>,
+}
+
+/// Applies the fresh events to `people` in order, as one by one.
+fn apply(
+    events: &[Event],
+    fresh: &[bool],
+    people: &mut HashMap<String, Person>,
+    via: CreateVia,
+    now: i64,
+) -> Applied {
+    let mut applied = Applied {
+        created: Vec::new(),
+        changed: BTreeSet::new(),
+        queued: BTreeSet::new(),
+        work: Vec::with_capacity(events.len()),
+        sign_outs: Vec::new(),
+    };
+    for (event, fresh) in events.iter().zip(fresh) {
+        if !fresh {
+            applied.work.push(false);
+            continue;
+        }
+        if event.kind == EventKind::SignedOut {
+            applied.sign_outs.push(applied.work.len());
+            applied.work.push(false);
+            continue;
+        }
+        let first_sight = !people.contains_key(&event.user_id);
+        let person = people.entry(event.user_id.clone()).or_insert_with(|| {
+            applied.created.push(event.user_id.clone());
+            Person::new(&event.user_id, via, now)
+        });
+        let before = person.wanted.clone();
+        if person.wanted.apply(event) {
+            applied.changed.insert(event.user_id.clone());
+        }
+        // A new person always needs an account, and so does one whose
+        // name was still open when a username arrives; otherwise only
+        // changes that Synapse shows are work (not a newer timestamp on
+        // the same values).
+        let needs = first_sight
+            || person.wanted.needs_work_since(&before)
+            || (person.localpart.is_none() && person.wanted.username != before.username);
+        if needs {
+            applied.queued.insert(event.user_id.clone());
+        }
+        applied.work.push(needs);
+    }
+    applied
+}
+
+impl Store {
     /// The people with these ids, locked on PostgreSQL in id order (every
     /// writer locks in the same order, so they cannot deadlock each other).
     async fn people_for_update(
@@ -273,32 +256,6 @@ impl Store {
     }
 }
 
-/// Runs an intake transaction until it stores: again when `attempt` says
-/// another replica stored one of its new subjects first (`Ok(None)`: it
-/// starts again and finds them), and up to three times when PostgreSQL
-/// chose it as a deadlock's victim or could not serialise it (nothing was
-/// stored, so storing it again is safe; only a lasting conflict fails).
-pub(super) async fn retry_conflicts<T, F, Fut>(what: &str, mut attempt: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let mut conflicts = 0;
-    loop {
-        match attempt().await {
-            Ok(Some(done)) => return Ok(done),
-            Ok(None) => continue,
-            Err(StoreError(sqlx::Error::Database(e)))
-                if matches!(e.code().as_deref(), Some("40P01" | "40001")) && conflicts < 3 =>
-            {
-                conflicts += 1;
-                tracing::warn!("{what} transaction conflicted ({e}); storing it again");
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// The source of DAARION Auth's events in `events`.
 const AUTH: &str = "auth";
 
@@ -320,42 +277,6 @@ async fn insert_events(
         })
         .collect();
     log_events(tx, backend, AUTH, &logged, now).await
-}
-
-/// An event as the event log keeps it.
-pub(super) struct Logged<'a> {
-    pub id: &'a str,
-    pub subject: &'a str,
-    pub kind: &'a str,
-    pub created_at: i64,
-}
-
-/// Stores event ids of `source`; returns those that were not stored before
-/// (the idempotency of every intake).
-pub(super) async fn log_events(
-    tx: &mut Transaction<'static, Any>,
-    backend: Backend,
-    source: &str,
-    events: &[Logged<'_>],
-    now: i64,
-) -> Result<HashSet<String>> {
-    let sql = format!(
-        "INSERT INTO events (source, id, subject, kind, created_at, received_at) VALUES {} \
-         ON CONFLICT (source, id) DO NOTHING RETURNING id",
-        backend.rows(events.len(), 6)
-    );
-    let mut query = sqlx::query(&sql);
-    for event in events {
-        query = query
-            .bind(source)
-            .bind(event.id)
-            .bind(event.subject)
-            .bind(event.kind)
-            .bind(event.created_at)
-            .bind(now);
-    }
-    let rows = query.fetch_all(&mut **tx).await?;
-    rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
 }
 
 const NEW_PERSON: &str = "INSERT INTO people (user_id, create_via, username, \
