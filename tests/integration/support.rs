@@ -928,6 +928,9 @@ struct ProxyState {
     hold: std::sync::Mutex<Option<(String, Duration)>>,
     /// Requests for a held path that Synapse answered.
     held: std::sync::atomic::AtomicU64,
+    /// Every `password` sent to Synapse (registrations, logins,
+    /// reactivations): what must never be written anywhere else.
+    passwords: std::sync::Mutex<Vec<String>>,
 }
 
 impl SynapseProxy {
@@ -942,6 +945,7 @@ impl SynapseProxy {
             hold: Default::default(),
             held: Default::default(),
             fail_body: Default::default(),
+            passwords: Default::default(),
         });
         let data = web::Data::from(std::sync::Arc::clone(&state));
         let (port, handle) = crate::fakes::serve_locally(move |cfg| {
@@ -998,6 +1002,11 @@ impl SynapseProxy {
         self.state.held.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Every password the service has sent to Synapse so far.
+    pub fn passwords(&self) -> Vec<String> {
+        self.state.passwords.lock().unwrap().clone()
+    }
+
     /// (path, X-Request-Id) of every request so far.
     pub fn seen(&self) -> Vec<(String, Option<String>)> {
         self.state.seen.lock().unwrap().clone()
@@ -1024,6 +1033,11 @@ async fn proxy_forward(
         .lock()
         .unwrap()
         .push((req.path().to_string(), header("x-request-id")));
+    if let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) {
+        if let Some(Value::String(password)) = fields.get("password") {
+            state.passwords.lock().unwrap().push(password.clone());
+        }
+    }
     {
         let mut garble = state.garble.lock().unwrap();
         if let Some((path, times, status)) = garble.as_mut() {
