@@ -70,7 +70,13 @@ pub async fn transaction(
         Ok(body) => body,
         Err(e) => {
             metrics::transaction("refused");
-            return matrix_error(StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", &e.to_string());
+            // Too large, or the connection broke while reading: say which.
+            let errcode = if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+                "M_TOO_LARGE"
+            } else {
+                "M_UNKNOWN"
+            };
+            return matrix_error(e.status, errcode, &e.message);
         }
     };
     let city = &state.settings.city;
