@@ -287,63 +287,13 @@ impl Settings {
             webhook_secrets: env.secret_list("AUTH_WEBHOOK_SECRET")?,
             auth_jwt_secret: env.secret("AUTH_JWT_SECRET")?,
             auth_jwks_url: env.url("AUTH_JWKS_URL")?,
-            oidc: OidcSettings {
-                public_url: env.url("PUBLIC_URL")?,
-                client_id: env
-                    .get("OIDC_CLIENT_ID")
-                    .unwrap_or_else(|| "synapse".into()),
-                client_secret: env.secret("OIDC_CLIENT_SECRET")?,
-                redirect_uris: env
-                    .get("OIDC_REDIRECT_URIS")
-                    .map(|s| split_list(&s))
-                    .unwrap_or_else(|| {
-                        vec![format!(
-                            "{}/_synapse/client/oidc/callback",
-                            synapse_public_url.as_str().trim_end_matches('/')
-                        )]
-                    }),
-                idp_id: env.get("OIDC_IDP_ID").unwrap_or_else(|| "daarion".into()),
-                signing_key: env.secret("OIDC_SIGNING_KEY")?,
-                auth_login_url: env.url("AUTH_LOGIN_URL")?,
-            },
-            city: CitySettings {
-                webhook_secrets: env.secret_list("CITY_WEBHOOK_SECRET")?,
-                api_url: env.url("CITY_API_URL")?,
-                api_token: env.secret("CITY_API_TOKEN")?,
-                events_url: env.url("CITY_EVENTS_URL")?,
-                appservice_id: env.get("APPSERVICE_ID").unwrap_or_else(|| "daarion".into()),
-                as_token: env.secret("APPSERVICE_AS_TOKEN")?,
-                hs_token: env.secret("APPSERVICE_HS_TOKEN")?,
-                appservice_url: env.url("APPSERVICE_URL")?,
-                bot: env.localpart_piece("APPSERVICE_BOT", "daarion")?,
-                agent_prefix: env.localpart_piece("AGENT_LOCALPART_PREFIX", "agent-")?,
-                alias_prefix: env.localpart_piece("ROOM_ALIAS_PREFIX", "city-")?,
-                message_wait: Duration::from_secs(
-                    env.positive("MESSAGE_WAIT_SECONDS")?.unwrap_or(3600) as u64,
-                ),
-            },
+            oidc: OidcSettings::read(&env, &synapse_public_url)?,
+            city: CitySettings::read(&env)?,
             synapse_public_url,
             auth_jwt_issuer: env.get("AUTH_JWT_ISSUER"),
             auth_jwt_audience: env.get("AUTH_JWT_AUDIENCE"),
-            auth_jwks_min_refresh: Duration::from_secs(
-                env.positive("AUTH_JWKS_MIN_REFRESH_SECONDS")?.unwrap_or(5) as u64,
-            ),
-            trusted_proxies: env
-                .get("TRUSTED_PROXIES")
-                .map(|s| {
-                    split_list(&s)
-                        .iter()
-                        .map(|ip| {
-                            ip.parse().map_err(|_| {
-                                ConfigError(format!(
-                                    "TRUSTED_PROXIES must list IP addresses, not {ip:?}"
-                                ))
-                            })
-                        })
-                        .collect::<Result<Vec<IpAddr>, ConfigError>>()
-                })
-                .transpose()?
-                .unwrap_or_default(),
+            auth_jwks_min_refresh: env.seconds("AUTH_JWKS_MIN_REFRESH_SECONDS", 5)?,
+            trusted_proxies: env.addresses("TRUSTED_PROXIES")?,
             auth_api_url: env.url("AUTH_API_URL")?,
             auth_api_token: env.secret("AUTH_API_TOKEN")?,
             admin_api_token: env.secret("ADMIN_API_TOKEN")?,
@@ -352,51 +302,32 @@ impl Settings {
                 .map(|s| split_list(&s))
                 .unwrap_or_default(),
             avatar_max_bytes: env.positive("AVATAR_MAX_BYTES")?.unwrap_or(5 * 1024 * 1024),
-            avatar_timeout: Duration::from_secs(
-                env.positive("AVATAR_TIMEOUT_SECONDS")?.unwrap_or(10) as u64,
-            ),
+            avatar_timeout: env.seconds("AVATAR_TIMEOUT_SECONDS", 10)?,
             avatar_max_redirects: env.parsed("AVATAR_MAX_REDIRECTS")?.unwrap_or(3),
-            profile_drift: match env.get("PROFILE_DRIFT").as_deref() {
-                None | Some("enforce") => DriftPolicy::Enforce,
-                Some("report") => DriftPolicy::Report,
-                Some("off") => DriftPolicy::Off,
-                Some(other) => {
-                    return Err(ConfigError(format!(
-                        "PROFILE_DRIFT must be `enforce`, `report` or `off`, not {other:?}"
-                    )))
-                }
-            },
+            profile_drift: env.choice(
+                "PROFILE_DRIFT",
+                &[
+                    ("enforce", DriftPolicy::Enforce),
+                    ("report", DriftPolicy::Report),
+                    ("off", DriftPolicy::Off),
+                ],
+            )?,
             sync_page_size: env.positive("SYNC_PAGE_SIZE")?.unwrap_or(500).min(10_000),
-            sync_job_wait: Duration::from_secs(
-                env.positive("SYNC_JOB_WAIT_SECONDS")?.unwrap_or(120) as u64,
-            ),
+            sync_job_wait: env.seconds("SYNC_JOB_WAIT_SECONDS", 120)?,
             reserved_localparts,
             worker_concurrency: env.positive("WORKER_CONCURRENCY")?.unwrap_or(8),
             synapse_max_concurrency: env.positive("SYNAPSE_MAX_CONCURRENCY")?.unwrap_or(16),
-            synapse_timeout: Duration::from_secs(
-                env.positive("SYNAPSE_TIMEOUT_SECONDS")?.unwrap_or(15) as u64,
-            ),
-            job_lease: Duration::from_secs(env.positive("JOB_LEASE_SECONDS")?.unwrap_or(120) as u64),
-            retry_max_delay: Duration::from_secs(
-                env.positive("RETRY_MAX_DELAY_SECONDS")?.unwrap_or(300) as u64,
-            ),
-            username_grace: Duration::from_secs(
-                env.positive("USERNAME_GRACE_SECONDS")?.unwrap_or(30) as u64,
-            ),
-            shutdown_timeout: Duration::from_secs(
-                env.positive("SHUTDOWN_TIMEOUT_SECONDS")?.unwrap_or(30) as u64,
-            ),
+            synapse_timeout: env.seconds("SYNAPSE_TIMEOUT_SECONDS", 15)?,
+            job_lease: env.seconds("JOB_LEASE_SECONDS", 120)?,
+            retry_max_delay: env.seconds("RETRY_MAX_DELAY_SECONDS", 300)?,
+            username_grace: env.seconds("USERNAME_GRACE_SECONDS", 30)?,
+            shutdown_timeout: env.seconds("SHUTDOWN_TIMEOUT_SECONDS", 30)?,
             db_max_connections: env.positive("DB_MAX_CONNECTIONS")?.unwrap_or(0) as u32,
             intake_writers: env.positive("INTAKE_WRITERS")?.unwrap_or(0),
-            log_format: match env.get("LOG_FORMAT").as_deref() {
-                None | Some("text") => LogFormat::Text,
-                Some("json") => LogFormat::Json,
-                Some(other) => {
-                    return Err(ConfigError(format!(
-                        "LOG_FORMAT must be `text` or `json`, not {other:?}"
-                    )))
-                }
-            },
+            log_format: env.choice(
+                "LOG_FORMAT",
+                &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+            )?,
         })
     }
 
@@ -408,6 +339,49 @@ impl Settings {
     /// `@{localpart}:{server_name}`.
     pub fn user_id(&self, localpart: &str) -> String {
         format!("@{localpart}:{}", self.server_name)
+    }
+}
+
+impl OidcSettings {
+    fn read(env: &Env, synapse_public_url: &Url) -> Result<OidcSettings, ConfigError> {
+        Ok(OidcSettings {
+            public_url: env.url("PUBLIC_URL")?,
+            client_id: env
+                .get("OIDC_CLIENT_ID")
+                .unwrap_or_else(|| "synapse".into()),
+            client_secret: env.secret("OIDC_CLIENT_SECRET")?,
+            redirect_uris: env
+                .get("OIDC_REDIRECT_URIS")
+                .map(|s| split_list(&s))
+                .unwrap_or_else(|| {
+                    vec![format!(
+                        "{}/_synapse/client/oidc/callback",
+                        synapse_public_url.as_str().trim_end_matches('/')
+                    )]
+                }),
+            idp_id: env.get("OIDC_IDP_ID").unwrap_or_else(|| "daarion".into()),
+            signing_key: env.secret("OIDC_SIGNING_KEY")?,
+            auth_login_url: env.url("AUTH_LOGIN_URL")?,
+        })
+    }
+}
+
+impl CitySettings {
+    fn read(env: &Env) -> Result<CitySettings, ConfigError> {
+        Ok(CitySettings {
+            webhook_secrets: env.secret_list("CITY_WEBHOOK_SECRET")?,
+            api_url: env.url("CITY_API_URL")?,
+            api_token: env.secret("CITY_API_TOKEN")?,
+            events_url: env.url("CITY_EVENTS_URL")?,
+            appservice_id: env.get("APPSERVICE_ID").unwrap_or_else(|| "daarion".into()),
+            as_token: env.secret("APPSERVICE_AS_TOKEN")?,
+            hs_token: env.secret("APPSERVICE_HS_TOKEN")?,
+            appservice_url: env.url("APPSERVICE_URL")?,
+            bot: env.localpart_piece("APPSERVICE_BOT", "daarion")?,
+            agent_prefix: env.localpart_piece("AGENT_LOCALPART_PREFIX", "agent-")?,
+            alias_prefix: env.localpart_piece("ROOM_ALIAS_PREFIX", "city-")?,
+            message_wait: env.seconds("MESSAGE_WAIT_SECONDS", 3600)?,
+        })
     }
 }
 
@@ -506,6 +480,46 @@ impl Env<'_> {
             ))),
             None => Ok(value),
         }
+    }
+
+    /// Whole seconds, at least 1.
+    fn seconds(&self, name: &str, default: u64) -> Result<Duration, ConfigError> {
+        Ok(Duration::from_secs(
+            self.positive(name)?.map_or(default, |n| n as u64),
+        ))
+    }
+
+    /// One of `words` (the first is the default).
+    fn choice<T: Copy>(&self, name: &str, words: &[(&str, T)]) -> Result<T, ConfigError> {
+        let Some(value) = self.get(name) else {
+            return Ok(words[0].1);
+        };
+        words
+            .iter()
+            .find(|(word, _)| *word == value)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| {
+                let names: Vec<String> = words.iter().map(|(w, _)| format!("`{w}`")).collect();
+                let (last, rest) = names.split_last().expect("words are given");
+                ConfigError(format!(
+                    "{name} must be {} or {last}, not {value:?}",
+                    rest.join(", ")
+                ))
+            })
+    }
+
+    /// A comma-separated list of IP addresses.
+    fn addresses(&self, name: &str) -> Result<Vec<IpAddr>, ConfigError> {
+        let Some(list) = self.get(name) else {
+            return Ok(Vec::new());
+        };
+        split_list(&list)
+            .iter()
+            .map(|ip| {
+                ip.parse()
+                    .map_err(|_| ConfigError(format!("{name} must list IP addresses, not {ip:?}")))
+            })
+            .collect()
     }
 
     fn positive(&self, name: &str) -> Result<Option<usize>, ConfigError> {
