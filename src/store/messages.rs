@@ -11,12 +11,12 @@
 //! Unlike a subject's job, whose repeats fold into one run, every row here
 //! is its own delivery; the job only says "this stream has rows".
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::intake::{log_events, retry_conflicts, Logged};
+use super::intake::{fresh_ones, log_events, retry_conflicts, Logged};
 use super::{JobKind, Result, Store};
 use crate::domain::agent::{AgentMessage, Format};
 use crate::domain::city::CityEvent;
@@ -100,6 +100,40 @@ pub struct OutboxSummary {
     /// The last error of a stream still being retried, either way.
     pub to_matrix_last_error: Option<String>,
     pub to_city_last_error: Option<String>,
+}
+
+/// What DAARION.city knows of the people, agents' messages and agents a
+/// transaction's messages name (localpart or event id → DAARION id).
+struct KnownToCity {
+    people: HashMap<String, String>,
+    replied: HashMap<String, String>,
+    agents: HashMap<String, String>,
+}
+
+impl KnownToCity {
+    /// A person's message as `matrix.message` for DAARION.city: the sender's
+    /// DAARION id, the agent's message it answers (else the event id) and
+    /// the agents it mentions.
+    fn envelope(
+        &self,
+        m: &matrix::InboundMessage,
+        room_id: &str,
+        mentioned: &BTreeSet<String>,
+        names: &Names<'_>,
+    ) -> serde_json::Value {
+        let sender_id = names
+            .local(&m.sender)
+            .and_then(|lp| self.people.get(lp))
+            .map(String::as_str);
+        let reply_to = m
+            .reply_event()
+            .map(|e| self.replied.get(e).map_or(e, String::as_str));
+        let mentions: Vec<String> = mentioned
+            .iter()
+            .filter_map(|u| names.agent(u).and_then(|lp| self.agents.get(lp)).cloned())
+            .collect();
+        m.envelope(room_id, sender_id, reply_to, &mentions)
+    }
 }
 
 /// The outcome of [`Store::accept_transaction`].
@@ -431,12 +465,39 @@ impl Store {
         names: &Names<'_>,
         now: i64,
     ) -> Result<usize> {
-        if txn.messages.is_empty() {
+        let (rooms, messages) = self.new_city_messages(tx, txn, now).await?;
+        if messages.is_empty() {
             return Ok(0);
+        }
+        let mentioned: Vec<BTreeSet<String>> =
+            messages.iter().map(|m| m.mentioned_users()).collect();
+        let known = self.known_to_city(tx, &messages, &mentioned, names).await?;
+        let mut streams: BTreeSet<String> = BTreeSet::new();
+        for (m, mentioned) in messages.iter().zip(&mentioned) {
+            let room_id = &rooms[&m.room_id];
+            let envelope = known.envelope(m, room_id, mentioned, names);
+            let stream = room_stream(room_id);
+            insert_outbox(tx, &stream, &m.event_id, "matrix.message", &envelope, now).await?;
+            streams.insert(stream);
+        }
+        let keys: Vec<&str> = streams.iter().map(String::as_str).collect();
+        self.enqueue(tx, JobKind::Deliver, &keys, now).await?;
+        Ok(messages.len())
+    }
+
+    /// The transaction's messages in City Rooms that were not seen before
+    /// (logged now), and the City Room id of each Matrix room among them.
+    async fn new_city_messages<'t>(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        txn: &'t matrix::Transaction,
+        now: i64,
+    ) -> Result<(HashMap<String, String>, Vec<&'t matrix::InboundMessage>)> {
+        if txn.messages.is_empty() {
+            return Ok((HashMap::new(), Vec::new()));
         }
         let matrix_rooms: BTreeSet<&str> =
             txn.messages.iter().map(|m| m.room_id.as_str()).collect();
-        // Matrix room id → City Room id, for the rooms that are City Rooms.
         let rooms = self
             .pairs(
                 tx,
@@ -450,7 +511,7 @@ impl Store {
             .filter(|m| rooms.contains_key(&m.room_id))
             .collect();
         if messages.is_empty() {
-            return Ok(0);
+            return Ok((rooms, messages));
         }
         let logged: Vec<Logged> = messages
             .iter()
@@ -461,14 +522,25 @@ impl Store {
                 created_at: m.origin_server_ts,
             })
             .collect();
-        let fresh = log_events(tx, self.backend, MATRIX_EVENT, &logged, now).await?;
-        let mut seen = HashSet::new();
-        let messages: Vec<&matrix::InboundMessage> = messages
+        let stored = log_events(tx, self.backend, MATRIX_EVENT, &logged, now).await?;
+        let fresh = fresh_ones(messages.iter().map(|m| m.event_id.as_str()), &stored);
+        let messages = messages
             .into_iter()
-            .filter(|m| fresh.contains(&m.event_id) && seen.insert(m.event_id.as_str()))
+            .zip(fresh)
+            .filter_map(|(m, fresh)| fresh.then_some(m))
             .collect();
+        Ok((rooms, messages))
+    }
 
-        // Who sent them, what they answer and whom they mention.
+    /// Who sent the messages, what they answer and which agents they
+    /// mention, as DAARION.city knows them.
+    async fn known_to_city(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        messages: &[&matrix::InboundMessage],
+        mentioned: &[BTreeSet<String>],
+        names: &Names<'_>,
+    ) -> Result<KnownToCity> {
         let localparts: BTreeSet<&str> = messages
             .iter()
             .filter_map(|m| names.local(&m.sender))
@@ -482,8 +554,6 @@ impl Store {
                 &replies,
             )
             .await?;
-        let mentioned: Vec<BTreeSet<String>> =
-            messages.iter().map(|m| m.mentioned_users()).collect();
         let agent_localparts: BTreeSet<&str> = mentioned
             .iter()
             .flatten()
@@ -496,29 +566,11 @@ impl Store {
                 &agent_localparts,
             )
             .await?;
-
-        let mut streams: BTreeSet<String> = BTreeSet::new();
-        for (m, mentioned) in messages.iter().zip(&mentioned) {
-            let room_id = &rooms[&m.room_id];
-            let sender_id = names
-                .local(&m.sender)
-                .and_then(|lp| people.get(lp))
-                .map(String::as_str);
-            let reply_to = m
-                .reply_event()
-                .map(|e| replied.get(e).map_or(e, String::as_str));
-            let mentions: Vec<String> = mentioned
-                .iter()
-                .filter_map(|u| names.agent(u).and_then(|lp| agents.get(lp)).cloned())
-                .collect();
-            let envelope = m.envelope(room_id, sender_id, reply_to, &mentions);
-            let stream = room_stream(room_id);
-            insert_outbox(tx, &stream, &m.event_id, "matrix.message", &envelope, now).await?;
-            streams.insert(stream);
-        }
-        let keys: Vec<&str> = streams.iter().map(String::as_str).collect();
-        self.enqueue(tx, JobKind::Deliver, &keys, now).await?;
-        Ok(messages.len())
+        Ok(KnownToCity {
+            people,
+            replied,
+            agents,
+        })
     }
 
     /// DAARION people's presence, when it changed since last told: the
