@@ -7,7 +7,7 @@
 use serde_json::json;
 
 use super::avatar::follow;
-use super::provision::Outcome;
+use super::outcome::Outcome;
 use crate::avatar::AvatarFetcher;
 use crate::now_ms;
 use crate::store::{Agent, AgentState, AppliedAvatar, JobKind, Store};

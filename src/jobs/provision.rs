@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::outcome::Outcome;
 use crate::avatar::{AvatarFetcher, FetchError};
 use crate::domain::localpart::Localpart;
 use crate::now_ms;
 use crate::signing::Signer;
-use crate::store::{Account, CreateVia, LocalpartPolicy, Person, State, Store, StoreError};
+use crate::store::{Account, CreateVia, LocalpartPolicy, Person, State, Store};
 use crate::synapse::{
     localpart_of, AdminUser, Synapse, SynapseError, TakenLocalparts, AUTH_PROVIDER,
 };
@@ -24,51 +25,6 @@ use crate::synapse::{
 const CLOCK_SLACK_MS: i64 = 60_000;
 /// Suffixes tried before giving up on a name (`-2` … `-50`).
 const MAX_CANDIDATES: u32 = 50;
-
-/// How a job's run ended. `S` is the state its subject reached (a person's
-/// [`State`], a room's `RoomState`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome<S = State> {
-    Done(S),
-    Retry {
-        reason: String,
-        after: Option<Duration>,
-    },
-    Failed(String),
-    /// Nothing to do before `until` (ms): the job sleeps till then, or
-    /// until new data arrives; not a failure.
-    Wait {
-        until: i64,
-        reason: String,
-    },
-}
-
-impl<S> Outcome<S> {
-    pub fn retry(reason: impl Into<String>) -> Outcome<S> {
-        Outcome::Retry {
-            reason: reason.into(),
-            after: None,
-        }
-    }
-}
-
-impl<S> From<SynapseError> for Outcome<S> {
-    fn from(e: SynapseError) -> Outcome<S> {
-        match e {
-            SynapseError::Unavailable { retry_after, .. } => Outcome::Retry {
-                reason: e.to_string(),
-                after: retry_after,
-            },
-            SynapseError::Refused { .. } => Outcome::Failed(e.to_string()),
-        }
-    }
-}
-
-impl<S> From<StoreError> for Outcome<S> {
-    fn from(e: StoreError) -> Outcome<S> {
-        Outcome::retry(e.to_string())
-    }
-}
 
 /// What a reconcile step needs from outside.
 pub struct Deps<'a> {

@@ -20,7 +20,7 @@ use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
 use super::avatar::follow;
-use super::provision::Outcome;
+use super::outcome::Outcome;
 use crate::avatar::AvatarFetcher;
 use crate::domain::city::{Role, Visibility};
 use crate::now_ms;

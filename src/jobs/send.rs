@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::provision::Outcome;
+use super::outcome::Outcome;
 use super::Drained;
 use crate::domain::agent::{message_content, txn_id, MESSAGE_ID_FIELD};
 use crate::store::{Agent, JobKind, Store, StoredMessage};
