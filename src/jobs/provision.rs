@@ -7,8 +7,6 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-
 use super::outcome::Outcome;
 use crate::avatar::{AvatarFetcher, FetchError};
 use crate::domain::localpart::Localpart;
@@ -16,7 +14,7 @@ use crate::now_ms;
 use crate::signing::Signer;
 use crate::store::{Account, CreateVia, LocalpartPolicy, Person, State, Store};
 use crate::synapse::{
-    localpart_of, AdminUser, Synapse, SynapseError, TakenLocalparts, AUTH_PROVIDER,
+    localpart_of, AdminUser, Refusal, Synapse, SynapseError, TakenLocalparts, AUTH_PROVIDER,
 };
 
 /// A registration we crashed in the middle of shows up as an unlinked
@@ -125,11 +123,8 @@ impl Step<'_> {
             return Ok(State::Deactivated);
         }
         if self.p.account == Account::Deactivated {
-            // DAARION registered the person again. Synapse wants a password to
-            // reactivate a local account; it is random and immediately forgotten.
-            let password = crate::synapse::random_password();
-            let body = json!({"deactivated": false, "password": password.expose()});
-            self.deps.synapse.put_user(self.localpart(), &body).await?;
+            // DAARION registered the person again.
+            self.deps.synapse.reactivate(self.localpart()).await?;
             self.record(Account::Active).await?;
         }
         if !self.p.oidc_linked {
@@ -272,7 +267,7 @@ impl Step<'_> {
             .await
         {
             Ok(_) => {}
-            Err(e) if e.errcode() == Some("M_USER_IN_USE") => {
+            Err(e) if e.refusal() == Some(Refusal::InUse) => {
                 return Ok(Creation::Taken(self.deps.synapse.user(localpart).await?))
             }
             Err(e) => return Err(e.into()),
@@ -292,7 +287,7 @@ impl Step<'_> {
     /// The admin API's PUT, created and linked in one request with no
     /// password hash. That PUT is an upsert, so we look first (in the index
     /// of a backfill, else in Synapse): an existing account is handled
-    /// exactly like `M_USER_IN_USE`. After an interrupted attempt we always
+    /// exactly like a taken localpart at registration. After an interrupted attempt we always
     /// ask Synapse, which knows whether that attempt got through.
     async fn create_by_admin_api(&self, localpart: &str) -> Result<Creation, Outcome> {
         if !self.known_free(localpart).await {
