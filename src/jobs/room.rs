@@ -24,7 +24,7 @@ use crate::avatar::AvatarFetcher;
 use crate::domain::city::{Role, Visibility};
 use crate::now_ms;
 use crate::store::{AppliedAvatar, JobKind, MemberAccount, Room, RoomState, Store};
-use crate::synapse::{JoinRule, Refusal, RoomSpec, RoomView, Synapse, SynapseError};
+use crate::synapse::{Homeserver, JoinRule, Refusal, RoomSpec, RoomView, Synapse, SynapseError};
 
 /// Alias candidates tried before giving up (`-2` … `-50`).
 const MAX_ALIASES: u32 = 50;
@@ -347,7 +347,11 @@ impl Step<'_> {
 /// The Matrix room of City Room `city_room` answering to `spec`'s alias:
 /// the one that already does (we crashed after Synapse created it, or
 /// another replica did), else a new one.
-async fn find_or_create(hs: &Synapse, city_room: &str, spec: &RoomSpec) -> StepResult<String> {
+async fn find_or_create(
+    hs: &impl Homeserver,
+    city_room: &str,
+    spec: &RoomSpec,
+) -> StepResult<String> {
     let alias = hs.alias(&spec.alias_localpart);
     if let Some(existing) = hs.lookup_alias(&alias).await? {
         return Ok(existing);
@@ -404,7 +408,131 @@ fn truncate(s: &str, max: usize) -> &str {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
+
+    /// What the fake's `createRoom` does.
+    enum OnCreate {
+        /// Creates the room, unless the alias points somewhere already.
+        Create,
+        /// Another replica took the alias just before: it then points at
+        /// `winner` (None: not yet).
+        LoseRace { winner: Option<String> },
+        /// Synapse cannot be reached.
+        Down,
+    }
+
+    /// A homeserver of aliases in memory, recording the rooms it creates.
+    struct FakeHomeserver {
+        aliases: Mutex<HashMap<String, String>>,
+        on_create: OnCreate,
+        created: Mutex<Vec<RoomSpec>>,
+    }
+
+    impl FakeHomeserver {
+        fn new(on_create: OnCreate, aliases: &[(&str, &str)]) -> Self {
+            let aliases = aliases
+                .iter()
+                .map(|(a, r)| (a.to_string(), r.to_string()))
+                .collect();
+            FakeHomeserver {
+                aliases: Mutex::new(aliases),
+                on_create,
+                created: Mutex::new(Vec::new()),
+            }
+        }
+
+        fn created(&self) -> usize {
+            self.created.lock().unwrap().len()
+        }
+    }
+
+    impl Homeserver for FakeHomeserver {
+        fn alias(&self, localpart: &str) -> String {
+            format!("#{localpart}:test")
+        }
+
+        async fn lookup_alias(&self, alias: &str) -> Result<Option<String>, SynapseError> {
+            Ok(self.aliases.lock().unwrap().get(alias).cloned())
+        }
+
+        async fn create_room(&self, spec: &RoomSpec) -> Result<String, SynapseError> {
+            let alias = self.alias(&spec.alias_localpart);
+            let taken = || SynapseError::refused_as(Refusal::InUse, "Room alias already taken");
+            match &self.on_create {
+                OnCreate::Create => {
+                    let mut aliases = self.aliases.lock().unwrap();
+                    if aliases.contains_key(&alias) {
+                        return Err(taken());
+                    }
+                    let room_id = format!("!new{}:test", self.created());
+                    aliases.insert(alias, room_id.clone());
+                    self.created.lock().unwrap().push(spec.clone());
+                    Ok(room_id)
+                }
+                OnCreate::LoseRace { winner } => {
+                    if let Some(winner) = winner {
+                        self.aliases.lock().unwrap().insert(alias, winner.clone());
+                    }
+                    Err(taken())
+                }
+                OnCreate::Down => Err(SynapseError::Unavailable {
+                    reason: "cannot connect".into(),
+                    retry_after: None,
+                    rate_limited: false,
+                }),
+            }
+        }
+    }
+
+    fn spec() -> RoomSpec {
+        RoomSpec {
+            alias_localpart: "city-kyiv".into(),
+            public: true,
+            name: Some("Kyiv".into()),
+            topic: None,
+        }
+    }
+
+    async fn outcome(hs: &FakeHomeserver) -> StepResult<String> {
+        find_or_create(hs, "kyiv", &spec()).await
+    }
+
+    #[tokio::test]
+    async fn a_free_alias_gets_a_new_room() {
+        let hs = FakeHomeserver::new(OnCreate::Create, &[]);
+        assert_eq!(outcome(&hs).await, Ok("!new0:test".into()));
+        assert_eq!(*hs.created.lock().unwrap(), vec![spec()]);
+    }
+
+    #[tokio::test]
+    async fn a_room_behind_the_alias_is_adopted_not_created_again() {
+        // We crashed after Synapse created it, before writing its id down.
+        let hs = FakeHomeserver::new(OnCreate::Create, &[("#city-kyiv:test", "!old:test")]);
+        assert_eq!(outcome(&hs).await, Ok("!old:test".into()));
+        assert_eq!(hs.created(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_alias_taken_meanwhile_is_adopted() {
+        let winner = Some("!theirs:test".to_string());
+        let hs = FakeHomeserver::new(OnCreate::LoseRace { winner }, &[]);
+        assert_eq!(outcome(&hs).await, Ok("!theirs:test".into()));
+    }
+
+    #[tokio::test]
+    async fn an_alias_taken_but_pointing_nowhere_is_retried() {
+        let hs = FakeHomeserver::new(OnCreate::LoseRace { winner: None }, &[]);
+        assert!(matches!(outcome(&hs).await, Err(Outcome::Retry { .. })));
+        assert_eq!(hs.created(), 0);
+    }
+
+    #[tokio::test]
+    async fn synapse_down_is_retried() {
+        let hs = FakeHomeserver::new(OnCreate::Down, &[]);
+        assert!(matches!(outcome(&hs).await, Err(Outcome::Retry { .. })));
+    }
 
     #[test]
     fn slugs_become_alias_characters() {

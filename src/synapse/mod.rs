@@ -5,12 +5,14 @@
 //! whose meaning callers ask as a [`Refusal`] instead of matching errcodes.
 //! Callers hand over typed values (a [`RoomSpec`], a [`JoinRule`], …) and
 //! get typed answers: no Matrix path, errcode or request body leaves this
-//! module.
+//! module. [`Homeserver`] is the part of it a job's decisions are tested
+//! against without a server.
 //! Every request is counted by endpoint ([`CallCounts`]).
 
 mod admin_token;
 mod budget;
 mod calls;
+mod homeserver;
 mod login;
 mod media;
 mod puppets;
@@ -34,6 +36,7 @@ pub use admin_token::derived_password as admin_account_password;
 pub use admin_token::{StoredToken, TokenStore};
 pub use budget::{with_purpose, Purpose};
 pub use calls::{CallCounts, CallSnapshot, Endpoint};
+pub use homeserver::Homeserver;
 pub use login::Session;
 pub use puppets::RoomMessage;
 pub use register::{random_password, registration_mac, Registered};
@@ -110,6 +113,20 @@ impl SynapseError {
             (_, "M_NOT_FOUND") => Refusal::NotFound,
             _ => Refusal::Other,
         })
+    }
+
+    /// A refusal meaning `refusal`, as Synapse would send it: for fakes of
+    /// [`Homeserver`] in tests.
+    pub fn refused_as(refusal: Refusal, error: impl Into<String>) -> Self {
+        let (status, errcode) = match refusal {
+            Refusal::InUse => (400, "M_USER_IN_USE"),
+            Refusal::AlreadyExists => (409, "M_UNKNOWN"),
+            Refusal::Deactivated => (403, "M_USER_DEACTIVATED"),
+            Refusal::Forbidden => (403, "M_FORBIDDEN"),
+            Refusal::NotFound => (404, "M_NOT_FOUND"),
+            Refusal::Other => (400, "M_UNKNOWN"),
+        };
+        SynapseError::refused(status, errcode, error)
     }
 
     /// A definite answer (a 4xx): repeating the request will not help.
@@ -770,6 +787,22 @@ mod tests {
         };
         assert_eq!(down.refusal(), None);
         assert!(!down.is_refused());
+    }
+
+    #[test]
+    fn fakes_refuse_like_synapse() {
+        for refusal in [
+            Refusal::InUse,
+            Refusal::AlreadyExists,
+            Refusal::Deactivated,
+            Refusal::Forbidden,
+            Refusal::NotFound,
+            Refusal::Other,
+        ] {
+            let e = SynapseError::refused_as(refusal, "x");
+            assert_eq!(e.refusal(), Some(refusal));
+            assert!(e.is_refused());
+        }
     }
 
     #[test]
