@@ -244,8 +244,8 @@ impl Application {
 /// schedule once it is.
 async fn ping_homeserver(synapse: Arc<Synapse>) {
     match synapse.appservice_ping().await {
-        Ok(answer) => tracing::info!(
-            duration_ms = answer["duration_ms"].as_u64(),
+        Ok(pong) => tracing::info!(
+            duration_ms = pong.duration_ms,
             "Synapse reaches the application service"
         ),
         Err(e) => tracing::warn!("Synapse's ping of the application service failed: {e}"),

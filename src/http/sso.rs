@@ -19,7 +19,7 @@ use super::webhooks::read_limited;
 use super::AppState;
 use crate::accounts::AccountError;
 use crate::sso::{Claims, Refusal};
-use crate::synapse::SynapseError;
+use crate::synapse::{self, SynapseError};
 
 /// Synapse's limit on device display names.
 const MAX_DEVICE_NAME_CHARS: usize = 100;
@@ -361,7 +361,7 @@ fn retry_seconds(after: Option<Duration>, default: u64) -> u64 {
 /// What Synapse's answer to our own JWT login means for the caller.
 fn login_refused(e: SynapseError) -> ApiError {
     match e {
-        SynapseError::Refused { ref errcode, .. } if errcode == "M_USER_DEACTIVATED" => {
+        SynapseError::Refused { .. } if e.refusal() == Some(synapse::Refusal::Deactivated) => {
             deactivated()
         }
         SynapseError::Unavailable {

@@ -4,10 +4,8 @@
 //! last gave; a deleted agent's puppet is deactivated (which also makes it
 //! leave its rooms), and reactivated when the agent is created again. Sends only what differs from what Synapse shows.
 
-use serde_json::json;
-
 use super::avatar::follow;
-use super::provision::Outcome;
+use super::outcome::Outcome;
 use crate::avatar::AvatarFetcher;
 use crate::now_ms;
 use crate::store::{Agent, AgentState, AppliedAvatar, JobKind, Store};
@@ -58,12 +56,8 @@ async fn run(deps: &AgentDeps<'_>, mut a: Agent) -> StepResult<AgentState> {
         Outcome::retry("the puppet's account is not visible yet after its registration")
     })?;
     if user.deactivated {
-        // DAARION.city created the agent again. Synapse wants a password to
-        // reactivate a local account; it is random and at once forgotten
-        // (as for people: nobody logs in as a puppet).
-        let password = crate::synapse::random_password();
-        let body = json!({"deactivated": false, "password": password.expose()});
-        synapse.put_user(&localpart, &body).await?;
+        // DAARION.city created the agent again.
+        synapse.reactivate(&localpart).await?;
         tracing::info!(agent_id = %a.agent_id, "reactivated the agent's puppet");
         usable_now(deps, &a.agent_id).await?;
     }

@@ -2,7 +2,7 @@
 //! `avatar_url`: fetched like people's avatars (SSRF-safe, size-limited),
 //! uploaded once and reused while its content hash is unchanged.
 
-use super::provision::Outcome;
+use super::outcome::Outcome;
 use crate::avatar::{AvatarFetcher, FetchError};
 use crate::store::{AppliedAvatar, JobKind, Store};
 use crate::synapse::{Synapse, SynapseError};

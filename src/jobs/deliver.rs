@@ -5,7 +5,7 @@
 //! and retries it with backoff, for as long as it takes: nothing is
 //! dropped and nothing overtakes.
 
-use super::provision::Outcome;
+use super::outcome::Outcome;
 use super::Drained;
 use crate::daarion::CityEvents;
 use crate::store::Store;

@@ -8,6 +8,7 @@
 mod agent;
 mod avatar;
 mod deliver;
+mod outcome;
 mod provision;
 mod room;
 mod send;
@@ -32,7 +33,7 @@ use crate::store::{
 use crate::synapse::{with_purpose, Purpose, Synapse, TakenLocalparts};
 use crate::{metrics, now_ms, telemetry};
 
-pub use provision::Outcome;
+pub use outcome::Outcome;
 
 /// How a job of either kind ended (what [`Worker::run_one`] reports).
 #[derive(Debug, Clone, PartialEq, Eq)]

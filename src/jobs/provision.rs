@@ -7,15 +7,14 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-
+use super::outcome::Outcome;
 use crate::avatar::{AvatarFetcher, FetchError};
 use crate::domain::localpart::Localpart;
 use crate::now_ms;
 use crate::signing::Signer;
-use crate::store::{Account, CreateVia, LocalpartPolicy, Person, State, Store, StoreError};
+use crate::store::{Account, CreateVia, LocalpartPolicy, Person, State, Store};
 use crate::synapse::{
-    localpart_of, AdminUser, Synapse, SynapseError, TakenLocalparts, AUTH_PROVIDER,
+    localpart_of, AdminUser, Refusal, Synapse, SynapseError, TakenLocalparts, AUTH_PROVIDER,
 };
 
 /// A registration we crashed in the middle of shows up as an unlinked
@@ -24,51 +23,6 @@ use crate::synapse::{
 const CLOCK_SLACK_MS: i64 = 60_000;
 /// Suffixes tried before giving up on a name (`-2` … `-50`).
 const MAX_CANDIDATES: u32 = 50;
-
-/// How a job's run ended. `S` is the state its subject reached (a person's
-/// [`State`], a room's `RoomState`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome<S = State> {
-    Done(S),
-    Retry {
-        reason: String,
-        after: Option<Duration>,
-    },
-    Failed(String),
-    /// Nothing to do before `until` (ms): the job sleeps till then, or
-    /// until new data arrives; not a failure.
-    Wait {
-        until: i64,
-        reason: String,
-    },
-}
-
-impl<S> Outcome<S> {
-    pub fn retry(reason: impl Into<String>) -> Outcome<S> {
-        Outcome::Retry {
-            reason: reason.into(),
-            after: None,
-        }
-    }
-}
-
-impl<S> From<SynapseError> for Outcome<S> {
-    fn from(e: SynapseError) -> Outcome<S> {
-        match e {
-            SynapseError::Unavailable { retry_after, .. } => Outcome::Retry {
-                reason: e.to_string(),
-                after: retry_after,
-            },
-            SynapseError::Refused { .. } => Outcome::Failed(e.to_string()),
-        }
-    }
-}
-
-impl<S> From<StoreError> for Outcome<S> {
-    fn from(e: StoreError) -> Outcome<S> {
-        Outcome::retry(e.to_string())
-    }
-}
 
 /// What a reconcile step needs from outside.
 pub struct Deps<'a> {
@@ -169,11 +123,8 @@ impl Step<'_> {
             return Ok(State::Deactivated);
         }
         if self.p.account == Account::Deactivated {
-            // DAARION registered the person again. Synapse wants a password to
-            // reactivate a local account; it is random and immediately forgotten.
-            let password = crate::synapse::random_password();
-            let body = json!({"deactivated": false, "password": password.expose()});
-            self.deps.synapse.put_user(self.localpart(), &body).await?;
+            // DAARION registered the person again.
+            self.deps.synapse.reactivate(self.localpart()).await?;
             self.record(Account::Active).await?;
         }
         if !self.p.oidc_linked {
@@ -316,7 +267,7 @@ impl Step<'_> {
             .await
         {
             Ok(_) => {}
-            Err(e) if e.errcode() == Some("M_USER_IN_USE") => {
+            Err(e) if e.refusal() == Some(Refusal::InUse) => {
                 return Ok(Creation::Taken(self.deps.synapse.user(localpart).await?))
             }
             Err(e) => return Err(e.into()),
@@ -336,7 +287,7 @@ impl Step<'_> {
     /// The admin API's PUT, created and linked in one request with no
     /// password hash. That PUT is an upsert, so we look first (in the index
     /// of a backfill, else in Synapse): an existing account is handled
-    /// exactly like `M_USER_IN_USE`. After an interrupted attempt we always
+    /// exactly like a taken localpart at registration. After an interrupted attempt we always
     /// ask Synapse, which knows whether that attempt got through.
     async fn create_by_admin_api(&self, localpart: &str) -> Result<Creation, Outcome> {
         if !self.known_free(localpart).await {

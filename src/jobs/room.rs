@@ -17,15 +17,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures_util::stream::{self, StreamExt};
-use serde_json::{json, Value};
 
 use super::avatar::follow;
-use super::provision::Outcome;
+use super::outcome::Outcome;
 use crate::avatar::AvatarFetcher;
 use crate::domain::city::{Role, Visibility};
 use crate::now_ms;
 use crate::store::{AppliedAvatar, JobKind, MemberAccount, Room, RoomState, Store};
-use crate::synapse::{RoomView, Synapse, SynapseError};
+use crate::synapse::{Homeserver, JoinRule, Refusal, RoomSpec, RoomView, Synapse, SynapseError};
 
 /// Alias candidates tried before giving up (`-2` … `-50`).
 const MAX_ALIASES: u32 = 50;
@@ -90,41 +89,14 @@ impl Step<'_> {
     async fn create(&mut self) -> StepResult<String> {
         let synapse = self.deps.synapse;
         let alias_lp = self.settle_alias().await?;
-        let alias = synapse.alias(&alias_lp);
-        if let Some(existing) = synapse.lookup_alias(&alias).await? {
-            return self.adopt(existing).await;
-        }
-        let public = self.visibility() == Visibility::Public;
-        let mut body = json!({
-            "room_alias_name": alias_lp,
-            "preset": if public { "public_chat" } else { "private_chat" },
-            "visibility": if public { "public" } else { "private" },
-            "creation_content": {"m.federate": true},
-            "power_level_content_override": {"invite": 50, "kick": 50, "ban": 50, "redact": 50},
-        });
-        if let Some(name) = &self.r.wanted.name {
-            body["name"] = json!(name);
-        }
-        if let Some(topic) = &self.r.wanted.topic {
-            body["topic"] = json!(topic);
-        }
-        match synapse.create_room(&body).await {
-            // The directory listing is set apart (see `sync_details`):
-            // Synapse creates the room unlisted, without a word, when its
-            // `room_list_publication_rules` do not allow the bot.
-            Ok(room_id) => {
-                tracing::info!(room_id = %self.r.room_id, matrix_room_id = %room_id, "created the Matrix room");
-                self.adopt(room_id).await
-            }
-            // Someone (we, before a crash; another replica) created it.
-            Err(e) if e.errcode() == Some("M_ROOM_IN_USE") => {
-                match synapse.lookup_alias(&alias).await? {
-                    Some(existing) => self.adopt(existing).await,
-                    None => Err(Outcome::retry("the alias is taken but points nowhere yet")),
-                }
-            }
-            Err(e) => Err(e.into()),
-        }
+        let spec = RoomSpec {
+            alias_localpart: alias_lp,
+            public: self.visibility() == Visibility::Public,
+            name: self.r.wanted.name.clone(),
+            topic: self.r.wanted.topic.clone(),
+        };
+        let room_id = find_or_create(synapse, &self.r.room_id, &spec).await?;
+        self.adopt(room_id).await
     }
 
     async fn adopt(&mut self, matrix_room_id: String) -> StepResult<String> {
@@ -185,33 +157,26 @@ impl Step<'_> {
         let w = self.r.wanted.clone();
         if view.name != w.name {
             let name = w.name.clone().unwrap_or_default();
-            synapse
-                .put_state(room_id, "m.room.name", "", &json!({"name": name}))
-                .await?;
+            synapse.set_room_name(room_id, &name).await?;
         }
         if view.topic != w.topic {
             let topic = w.topic.clone().unwrap_or_default();
-            synapse
-                .put_state(room_id, "m.room.topic", "", &json!({"topic": topic}))
-                .await?;
+            synapse.set_room_topic(room_id, &topic).await?;
         }
         self.sync_avatar(room_id, view).await?;
         let public = self.visibility() == Visibility::Public;
-        let rule = if public { "public" } else { "invite" };
-        if view.join_rule.as_deref() != Some(rule) {
-            synapse
-                .put_state(
-                    room_id,
-                    "m.room.join_rules",
-                    "",
-                    &json!({"join_rule": rule}),
-                )
-                .await?;
+        let rule = if public {
+            JoinRule::Public
+        } else {
+            JoinRule::Invite
+        };
+        if view.join_rule.as_deref() != Some(rule.as_str()) {
+            synapse.set_join_rule(room_id, rule).await?;
         }
         let directory = self.visibility().as_str();
         if self.r.applied_directory.as_deref() != Some(directory) {
             synapse.set_directory(room_id, public).await.map_err(|e| {
-                if e.errcode().is_some() && public {
+                if e.is_refused() && public {
                     Outcome::Failed(format!(
                         "{e} (Synapse's room_list_publication_rules must allow {})",
                         synapse.bot_user_id()
@@ -249,10 +214,7 @@ impl Step<'_> {
     async fn show_avatar(&self, room_id: &str, view: &RoomView) -> StepResult<()> {
         if view.avatar != self.r.avatar_mxc {
             let url = self.r.avatar_mxc.clone().unwrap_or_default();
-            self.deps
-                .synapse
-                .put_state(room_id, "m.room.avatar", "", &json!({"url": url}))
-                .await?;
+            self.deps.synapse.set_room_avatar(room_id, &url).await?;
         }
         Ok(())
     }
@@ -328,31 +290,25 @@ impl Step<'_> {
         wanted: &BTreeMap<String, Role>,
         managed: &HashSet<String>,
     ) -> StepResult<()> {
-        let mut content = view.power_levels.clone();
-        if !content.is_object() {
-            content = json!({});
-        }
-        let current: serde_json::Map<String, Value> =
-            content["users"].as_object().cloned().unwrap_or_default();
+        let current = view.power_users();
         let mut users = current.clone();
         for user in managed {
             users.remove(user);
         }
         for (user, role) in wanted {
             if role.power() != 0 {
-                users.insert(user.clone(), json!(role.power()));
+                users.set(user, role.power());
             }
         }
         if view.creators_unlimited() {
             users.remove(bot);
         } else {
-            users.insert(bot.to_string(), json!(100));
+            users.set(bot, 100);
         }
         if users != current {
-            content["users"] = Value::Object(users);
             self.deps
                 .synapse
-                .put_state(room_id, "m.room.power_levels", "", &content)
+                .set_power_users(room_id, view, &users)
                 .await?;
         }
         Ok(())
@@ -374,15 +330,8 @@ impl Step<'_> {
                 synapse.delete_alias(&alias).await?;
             }
         }
-        if view.join_rule.as_deref() != Some("invite") {
-            synapse
-                .put_state(
-                    room_id,
-                    "m.room.join_rules",
-                    "",
-                    &json!({"join_rule": "invite"}),
-                )
-                .await?;
+        if view.join_rule.as_deref() != Some(JoinRule::Invite.as_str()) {
+            synapse.set_join_rule(room_id, JoinRule::Invite).await?;
         }
         if self.r.applied_directory.as_deref() != Some(CLOSED) {
             synapse.set_directory(room_id, false).await?;
@@ -392,6 +341,35 @@ impl Step<'_> {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// The Matrix room of City Room `city_room` answering to `spec`'s alias:
+/// the one that already does (we crashed after Synapse created it, or
+/// another replica did), else a new one.
+async fn find_or_create(
+    hs: &impl Homeserver,
+    city_room: &str,
+    spec: &RoomSpec,
+) -> StepResult<String> {
+    let alias = hs.alias(&spec.alias_localpart);
+    if let Some(existing) = hs.lookup_alias(&alias).await? {
+        return Ok(existing);
+    }
+    match hs.create_room(spec).await {
+        // The directory listing is set apart (see `sync_details`):
+        // Synapse creates the room unlisted, without a word, when its
+        // `room_list_publication_rules` do not allow the bot.
+        Ok(room_id) => {
+            tracing::info!(room_id = %city_room, matrix_room_id = %room_id, "created the Matrix room");
+            Ok(room_id)
+        }
+        // Someone (we, before a crash; another replica) created it since.
+        Err(e) if e.refusal() == Some(Refusal::InUse) => match hs.lookup_alias(&alias).await? {
+            Some(existing) => Ok(existing),
+            None => Err(Outcome::retry("the alias is taken but points nowhere yet")),
+        },
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -430,7 +408,131 @@ fn truncate(s: &str, max: usize) -> &str {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
+
+    /// What the fake's `createRoom` does.
+    enum OnCreate {
+        /// Creates the room, unless the alias points somewhere already.
+        Create,
+        /// Another replica took the alias just before: it then points at
+        /// `winner` (None: not yet).
+        LoseRace { winner: Option<String> },
+        /// Synapse cannot be reached.
+        Down,
+    }
+
+    /// A homeserver of aliases in memory, recording the rooms it creates.
+    struct FakeHomeserver {
+        aliases: Mutex<HashMap<String, String>>,
+        on_create: OnCreate,
+        created: Mutex<Vec<RoomSpec>>,
+    }
+
+    impl FakeHomeserver {
+        fn new(on_create: OnCreate, aliases: &[(&str, &str)]) -> Self {
+            let aliases = aliases
+                .iter()
+                .map(|(a, r)| (a.to_string(), r.to_string()))
+                .collect();
+            FakeHomeserver {
+                aliases: Mutex::new(aliases),
+                on_create,
+                created: Mutex::new(Vec::new()),
+            }
+        }
+
+        fn created(&self) -> usize {
+            self.created.lock().unwrap().len()
+        }
+    }
+
+    impl Homeserver for FakeHomeserver {
+        fn alias(&self, localpart: &str) -> String {
+            format!("#{localpart}:test")
+        }
+
+        async fn lookup_alias(&self, alias: &str) -> Result<Option<String>, SynapseError> {
+            Ok(self.aliases.lock().unwrap().get(alias).cloned())
+        }
+
+        async fn create_room(&self, spec: &RoomSpec) -> Result<String, SynapseError> {
+            let alias = self.alias(&spec.alias_localpart);
+            let taken = || SynapseError::refused_as(Refusal::InUse, "Room alias already taken");
+            match &self.on_create {
+                OnCreate::Create => {
+                    let mut aliases = self.aliases.lock().unwrap();
+                    if aliases.contains_key(&alias) {
+                        return Err(taken());
+                    }
+                    let room_id = format!("!new{}:test", self.created());
+                    aliases.insert(alias, room_id.clone());
+                    self.created.lock().unwrap().push(spec.clone());
+                    Ok(room_id)
+                }
+                OnCreate::LoseRace { winner } => {
+                    if let Some(winner) = winner {
+                        self.aliases.lock().unwrap().insert(alias, winner.clone());
+                    }
+                    Err(taken())
+                }
+                OnCreate::Down => Err(SynapseError::Unavailable {
+                    reason: "cannot connect".into(),
+                    retry_after: None,
+                    rate_limited: false,
+                }),
+            }
+        }
+    }
+
+    fn spec() -> RoomSpec {
+        RoomSpec {
+            alias_localpart: "city-kyiv".into(),
+            public: true,
+            name: Some("Kyiv".into()),
+            topic: None,
+        }
+    }
+
+    async fn outcome(hs: &FakeHomeserver) -> StepResult<String> {
+        find_or_create(hs, "kyiv", &spec()).await
+    }
+
+    #[tokio::test]
+    async fn a_free_alias_gets_a_new_room() {
+        let hs = FakeHomeserver::new(OnCreate::Create, &[]);
+        assert_eq!(outcome(&hs).await, Ok("!new0:test".into()));
+        assert_eq!(*hs.created.lock().unwrap(), vec![spec()]);
+    }
+
+    #[tokio::test]
+    async fn a_room_behind_the_alias_is_adopted_not_created_again() {
+        // We crashed after Synapse created it, before writing its id down.
+        let hs = FakeHomeserver::new(OnCreate::Create, &[("#city-kyiv:test", "!old:test")]);
+        assert_eq!(outcome(&hs).await, Ok("!old:test".into()));
+        assert_eq!(hs.created(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_alias_taken_meanwhile_is_adopted() {
+        let winner = Some("!theirs:test".to_string());
+        let hs = FakeHomeserver::new(OnCreate::LoseRace { winner }, &[]);
+        assert_eq!(outcome(&hs).await, Ok("!theirs:test".into()));
+    }
+
+    #[tokio::test]
+    async fn an_alias_taken_but_pointing_nowhere_is_retried() {
+        let hs = FakeHomeserver::new(OnCreate::LoseRace { winner: None }, &[]);
+        assert!(matches!(outcome(&hs).await, Err(Outcome::Retry { .. })));
+        assert_eq!(hs.created(), 0);
+    }
+
+    #[tokio::test]
+    async fn synapse_down_is_retried() {
+        let hs = FakeHomeserver::new(OnCreate::Down, &[]);
+        assert!(matches!(outcome(&hs).await, Err(Outcome::Retry { .. })));
+    }
 
     #[test]
     fn slugs_become_alias_characters() {

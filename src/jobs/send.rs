@@ -20,11 +20,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::provision::Outcome;
+use super::outcome::Outcome;
 use super::Drained;
 use crate::domain::agent::{message_content, txn_id, MESSAGE_ID_FIELD};
 use crate::store::{Agent, JobKind, Store, StoredMessage};
-use crate::synapse::{Synapse, SynapseError};
+use crate::synapse::{Refusal, Synapse, SynapseError};
 use crate::{metrics, now_ms};
 
 /// Messages read (and marked as tried) at once.
@@ -198,8 +198,9 @@ async fn send_one(
             metrics::message("to_matrix", "sent");
             Ok(Some(event_id))
         }
-        Err(e @ SynapseError::Refused { status: 403, .. }) => {
-            // Not in the room (yet): the room's job joins its members.
+        // Not in the room (yet): the room's job joins its members. (A `403`
+        // either way; a deactivated puppet is not in the room either.)
+        Err(e) if matches!(e.refusal(), Some(Refusal::Forbidden | Refusal::Deactivated)) => {
             let member = deps
                 .store
                 .room_members(&m.message.room_id)
@@ -231,17 +232,12 @@ async fn sent_messages(
     synapse: &Synapse,
     matrix_room: &str,
 ) -> StepResult<HashMap<String, (String, String)>> {
-    let events = synapse.recent_messages(matrix_room, SCAN).await?;
-    Ok(events
-        .iter()
-        .filter_map(|e| {
-            Some((
-                e["content"][MESSAGE_ID_FIELD].as_str()?.to_string(),
-                (
-                    e["sender"].as_str()?.to_string(),
-                    e["event_id"].as_str()?.to_string(),
-                ),
-            ))
+    let messages = synapse.recent_messages(matrix_room, SCAN).await?;
+    Ok(messages
+        .into_iter()
+        .filter_map(|m| {
+            let message_id = m.content[MESSAGE_ID_FIELD].as_str()?.to_string();
+            Some((message_id, (m.sender, m.event_id)))
         })
         .collect())
 }

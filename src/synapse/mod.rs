@@ -1,12 +1,18 @@
 //! The one place that talks to Synapse: builds its URLs, sends requests
 //! (at most `SYNAPSE_MAX_CONCURRENCY` at once per purpose, see `budget`), and turns every answer into
 //! success, [`SynapseError::Unavailable`] (retry later) or
-//! [`SynapseError::Refused`] (a 4xx with an errcode: do not repeat blindly).
+//! [`SynapseError::Refused`] (a 4xx with an errcode: do not repeat blindly),
+//! whose meaning callers ask as a [`Refusal`] instead of matching errcodes.
+//! Callers hand over typed values (a [`RoomSpec`], a [`JoinRule`], …) and
+//! get typed answers: no Matrix path, errcode or request body leaves this
+//! module. [`Homeserver`] is the part of it a job's decisions are tested
+//! against without a server.
 //! Every request is counted by endpoint ([`CallCounts`]).
 
 mod admin_token;
 mod budget;
 mod calls;
+mod homeserver;
 mod login;
 mod media;
 mod puppets;
@@ -18,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use url::Url;
 
@@ -30,9 +36,11 @@ pub use admin_token::derived_password as admin_account_password;
 pub use admin_token::{StoredToken, TokenStore};
 pub use budget::{with_purpose, Purpose};
 pub use calls::{CallCounts, CallSnapshot, Endpoint};
+pub use homeserver::Homeserver;
 pub use login::Session;
+pub use puppets::RoomMessage;
 pub use register::{random_password, registration_mac, Registered};
-pub use rooms::{RoomView, CREATOR_POWER_VERSION};
+pub use rooms::{JoinRule, Pong, PowerUsers, RoomSpec, RoomView, CREATOR_POWER_VERSION};
 pub use taken::TakenLocalparts;
 
 /// The `auth_provider` of DAARION ids in Synapse's `external_ids`.
@@ -57,7 +65,29 @@ pub enum SynapseError {
     },
 }
 
+/// What a refusal means, for the refusals the service acts on; the rest
+/// are [`Refusal::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The name is taken: a localpart at registration (`M_USER_IN_USE`),
+    /// an alias at `createRoom` (`M_ROOM_IN_USE`).
+    InUse,
+    /// A `409`: what the request would create exists already, e.g. Synapse's
+    /// `External id is already in use.` (the DAARION id is linked to
+    /// another account).
+    AlreadyExists,
+    /// The account is deactivated (`M_USER_DEACTIVATED`, a `403`).
+    Deactivated,
+    /// Any other `403`: not allowed, e.g. a puppet not in the room.
+    Forbidden,
+    /// `M_NOT_FOUND`.
+    NotFound,
+    /// Any other refusal.
+    Other,
+}
+
 impl SynapseError {
+    /// The errcode of a refusal (for messages and this module's own checks).
     pub fn errcode(&self) -> Option<&str> {
         match self {
             SynapseError::Refused { errcode, .. } => Some(errcode),
@@ -65,10 +95,49 @@ impl SynapseError {
         }
     }
 
+    /// What a refusal means (None: Synapse is unavailable, try later).
+    /// A `409` is [`Refusal::AlreadyExists`] and a `403` [`Refusal::Forbidden`]
+    /// whatever their errcode, except `M_USER_DEACTIVATED` (a `403` too).
+    pub fn refusal(&self) -> Option<Refusal> {
+        let SynapseError::Refused {
+            status, errcode, ..
+        } = self
+        else {
+            return None;
+        };
+        Some(match (*status, errcode.as_str()) {
+            (409, _) => Refusal::AlreadyExists,
+            (_, "M_USER_DEACTIVATED") => Refusal::Deactivated,
+            (403, _) => Refusal::Forbidden,
+            (_, "M_USER_IN_USE" | "M_ROOM_IN_USE") => Refusal::InUse,
+            (_, "M_NOT_FOUND") => Refusal::NotFound,
+            _ => Refusal::Other,
+        })
+    }
+
+    /// A refusal meaning `refusal`, as Synapse would send it: for fakes of
+    /// [`Homeserver`] in tests.
+    pub fn refused_as(refusal: Refusal, error: impl Into<String>) -> Self {
+        let (status, errcode) = match refusal {
+            Refusal::InUse => (400, "M_USER_IN_USE"),
+            Refusal::AlreadyExists => (409, "M_UNKNOWN"),
+            Refusal::Deactivated => (403, "M_USER_DEACTIVATED"),
+            Refusal::Forbidden => (403, "M_FORBIDDEN"),
+            Refusal::NotFound => (404, "M_NOT_FOUND"),
+            Refusal::Other => (400, "M_UNKNOWN"),
+        };
+        SynapseError::refused(status, errcode, error)
+    }
+
+    /// A definite answer (a 4xx): repeating the request will not help.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, SynapseError::Refused { .. })
+    }
+
     /// Synapse's `409 External id is already in use.` (the DAARION id is
     /// linked to another account).
     pub fn is_external_id_conflict(&self) -> bool {
-        matches!(self, SynapseError::Refused { status: 409, .. })
+        self.refusal() == Some(Refusal::AlreadyExists)
     }
 
     /// A success (2xx) whose body is not what the endpoint answers: a
@@ -116,6 +185,42 @@ pub struct AdminUser {
 pub struct ExternalId {
     pub auth_provider: String,
     pub external_id: String,
+}
+
+/// The fields of an admin `PUT /_synapse/admin/v2/users/…` (those left
+/// None are not sent, and Synapse leaves them as they are).
+#[derive(Debug, Default, Serialize)]
+struct UserChanges<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    displayname: Option<&'a str>,
+    /// `mxc://…`, or empty to remove the avatar.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    avatar_url: Option<&'a str>,
+    /// Replaces all of the user's mappings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    external_ids: Option<[ExternalIdRef<'a>; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deactivated: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin: Option<bool>,
+}
+
+impl UserChanges<'_> {
+    /// Makes the account a server admin.
+    fn admin() -> Self {
+        UserChanges {
+            admin: Some(true),
+            ..UserChanges::default()
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ExternalIdRef<'a> {
+    auth_provider: &'a str,
+    external_id: &'a str,
 }
 
 /// Synapse 1.163 reports `creation_ts` in seconds; accept milliseconds too,
@@ -269,18 +374,19 @@ impl Synapse {
 
     /// `PUT /_synapse/admin/v2/users/@localpart` (an upsert; note that
     /// `external_ids` replaces all of the user's mappings).
-    pub async fn put_user(&self, localpart: &str, body: &Value) -> Result<()> {
-        self.put_user_status(localpart, body).await.map(drop)
+    async fn put_user(&self, localpart: &str, changes: &UserChanges<'_>) -> Result<()> {
+        self.put_user_status(localpart, changes).await.map(drop)
     }
 
     /// [`Synapse::put_user`], telling whether Synapse created the account.
-    async fn put_user_status(&self, localpart: &str, body: &Value) -> Result<bool> {
+    async fn put_user_status(&self, localpart: &str, changes: &UserChanges<'_>) -> Result<bool> {
         let path = format!(
             "/_synapse/admin/v2/users/{}",
             encode(&self.user_id(localpart))
         );
+        let body = serde_json::to_value(changes).expect("user changes serialize");
         let (status, _) = self
-            .request(Endpoint::UserPut, &path, Body::Json(body), Auth::Admin)
+            .request(Endpoint::UserPut, &path, Body::Json(&body), Auth::Admin)
             .await?;
         Ok(status == StatusCode::CREATED)
     }
@@ -298,24 +404,44 @@ impl Synapse {
         displayname: Option<&str>,
         external_id: &str,
     ) -> Result<bool> {
-        let mut body = json!({"external_ids": self.external_ids(external_id)});
-        if let Some(name) = displayname {
-            body["displayname"] = json!(name);
-        }
-        self.put_user_status(localpart, &body).await
+        let changes = UserChanges {
+            displayname,
+            external_ids: Some(self.external_ids(external_id)),
+            ..UserChanges::default()
+        };
+        self.put_user_status(localpart, &changes).await
     }
 
     /// Sets the display name (its own request: a `429` after Synapse saved
     /// the name would drop any other field of the same request).
     pub async fn set_displayname(&self, localpart: &str, name: &str) -> Result<()> {
-        self.put_user(localpart, &json!({"displayname": name}))
-            .await
+        let changes = UserChanges {
+            displayname: Some(name),
+            ..UserChanges::default()
+        };
+        self.put_user(localpart, &changes).await
     }
 
     /// Sets the avatar to `mxc`, or removes it.
     pub async fn set_avatar(&self, localpart: &str, mxc: Option<&str>) -> Result<()> {
-        self.put_user(localpart, &json!({"avatar_url": mxc.unwrap_or("")}))
-            .await
+        let changes = UserChanges {
+            avatar_url: Some(mxc.unwrap_or("")),
+            ..UserChanges::default()
+        };
+        self.put_user(localpart, &changes).await
+    }
+
+    /// Reactivates a deactivated local account. Synapse wants a password
+    /// for that; it is random and at once forgotten (nobody logs in with
+    /// it: people use single sign-on, puppets nothing).
+    pub async fn reactivate(&self, localpart: &str) -> Result<()> {
+        let password = random_password();
+        let changes = UserChanges {
+            deactivated: Some(false),
+            password: Some(password.expose()),
+            ..UserChanges::default()
+        };
+        self.put_user(localpart, &changes).await
     }
 
     /// One page of active, non-guest local users from offset `from`, oldest
@@ -356,15 +482,18 @@ impl Synapse {
     /// and the OpenID login (`oidc-<idp>`) alike. Synapse replaces the whole
     /// list, so both are always sent.
     pub async fn link_external_id(&self, localpart: &str, external_id: &str) -> Result<()> {
-        let body = json!({"external_ids": self.external_ids(external_id)});
-        self.put_user(localpart, &body).await
+        let changes = UserChanges {
+            external_ids: Some(self.external_ids(external_id)),
+            ..UserChanges::default()
+        };
+        self.put_user(localpart, &changes).await
     }
 
-    fn external_ids(&self, external_id: &str) -> Value {
-        json!([
-            {"auth_provider": AUTH_PROVIDER, "external_id": external_id},
-            {"auth_provider": self.oidc_provider, "external_id": external_id},
-        ])
+    fn external_ids<'a>(&'a self, external_id: &'a str) -> [ExternalIdRef<'a>; 2] {
+        [AUTH_PROVIDER, self.oidc_provider.as_str()].map(|auth_provider| ExternalIdRef {
+            auth_provider,
+            external_id,
+        })
     }
 
     /// Whether `user` carries both of our external ids for `external_id`.
@@ -634,4 +763,76 @@ fn encode(segment: &str) -> String {
     url::form_urlencoded::byte_serialize(segment.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_say_what_they_mean() {
+        let of = |status, errcode| SynapseError::refused(status, errcode, "x").refusal();
+        assert_eq!(of(400, "M_USER_IN_USE"), Some(Refusal::InUse));
+        assert_eq!(of(400, "M_ROOM_IN_USE"), Some(Refusal::InUse));
+        assert_eq!(of(409, "M_UNKNOWN"), Some(Refusal::AlreadyExists));
+        assert_eq!(of(403, "M_USER_DEACTIVATED"), Some(Refusal::Deactivated));
+        assert_eq!(of(403, "M_FORBIDDEN"), Some(Refusal::Forbidden));
+        assert_eq!(of(403, "M_UNKNOWN"), Some(Refusal::Forbidden));
+        assert_eq!(of(404, "M_NOT_FOUND"), Some(Refusal::NotFound));
+        assert_eq!(of(400, "M_INVALID_USERNAME"), Some(Refusal::Other));
+        let down = SynapseError::Unavailable {
+            reason: "x".into(),
+            retry_after: None,
+            rate_limited: false,
+        };
+        assert_eq!(down.refusal(), None);
+        assert!(!down.is_refused());
+    }
+
+    #[test]
+    fn fakes_refuse_like_synapse() {
+        for refusal in [
+            Refusal::InUse,
+            Refusal::AlreadyExists,
+            Refusal::Deactivated,
+            Refusal::Forbidden,
+            Refusal::NotFound,
+            Refusal::Other,
+        ] {
+            let e = SynapseError::refused_as(refusal, "x");
+            assert_eq!(e.refusal(), Some(refusal));
+            assert!(e.is_refused());
+        }
+    }
+
+    #[test]
+    fn user_changes_send_only_what_is_set() {
+        let changes = UserChanges {
+            displayname: Some("Olena"),
+            ..UserChanges::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&changes).unwrap(),
+            json!({"displayname": "Olena"})
+        );
+        let ids = [AUTH_PROVIDER, "oidc-daarion"].map(|auth_provider| ExternalIdRef {
+            auth_provider,
+            external_id: "u_1",
+        });
+        let changes = UserChanges {
+            external_ids: Some(ids),
+            deactivated: Some(false),
+            ..UserChanges::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&changes).unwrap(),
+            json!({
+                "deactivated": false,
+                "external_ids": [
+                    {"auth_provider": "daarion", "external_id": "u_1"},
+                    {"auth_provider": "oidc-daarion", "external_id": "u_1"},
+                ],
+            })
+        );
+    }
 }

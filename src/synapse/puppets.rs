@@ -7,6 +7,26 @@ use serde_json::{json, Value};
 
 use super::{encode, Auth, Body, Endpoint, Result, Synapse, SynapseError};
 
+/// One `m.room.message` event of a room's timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomMessage {
+    pub event_id: String,
+    pub sender: String,
+    /// The event's content as sent (for the fields a sender put in).
+    pub content: Value,
+}
+
+impl RoomMessage {
+    /// None for an event without its id or sender.
+    fn from_event(event: &Value) -> Option<RoomMessage> {
+        Some(RoomMessage {
+            event_id: event["event_id"].as_str()?.to_string(),
+            sender: event["sender"].as_str()?.to_string(),
+            content: event["content"].clone(),
+        })
+    }
+}
+
 impl Synapse {
     /// Registers `@localpart` through the application service (works with
     /// registration off); an account that exists already counts as done.
@@ -64,8 +84,8 @@ impl Synapse {
     }
 
     /// The room's latest `m.room.message` events (newest first), as the bot
-    /// sees them.
-    pub async fn recent_messages(&self, room_id: &str, limit: u32) -> Result<Vec<Value>> {
+    /// sees them (events without an id or sender are left out).
+    pub async fn recent_messages(&self, room_id: &str, limit: u32) -> Result<Vec<RoomMessage>> {
         let filter = json!({"types": ["m.room.message"]}).to_string();
         let path = format!(
             "/_matrix/client/v3/rooms/{}/messages?dir=b&limit={limit}&filter={}",
@@ -75,10 +95,10 @@ impl Synapse {
         let answer = self
             .call(Endpoint::RoomMessages, &path, Body::Empty, Auth::AppService)
             .await?;
-        answer["chunk"]
+        let events = answer["chunk"]
             .as_array()
-            .cloned()
-            .ok_or_else(|| SynapseError::unreadable("the room's messages are not a list"))
+            .ok_or_else(|| SynapseError::unreadable("the room's messages are not a list"))?;
+        Ok(events.iter().filter_map(RoomMessage::from_event).collect())
     }
 
     /// Sets a puppet's presence (and status message).

@@ -9,11 +9,84 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::{encode, Auth, Body, Endpoint, Result, Synapse, SynapseError};
+use super::{encode, Auth, Body, Endpoint, Result, Synapse, SynapseError, UserChanges};
 
 /// From this room version on, creators have unlimited power and must not
 /// be listed in `power_levels.users` (SYNAPSE.md).
 pub const CREATOR_POWER_VERSION: u32 = 12;
+
+/// A City Room's Matrix room as the service creates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSpec {
+    /// The alias's localpart (`#<this>:<server>`).
+    pub alias_localpart: String,
+    /// Public: anyone may join and it is listed in the directory (the
+    /// listing itself is set apart, see [`Synapse::set_directory`]).
+    pub public: bool,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+}
+
+impl RoomSpec {
+    /// The `createRoom` body: members may invite, kick, ban and redact
+    /// from level 50 (moderators) on.
+    fn body(&self) -> Value {
+        let mut body = json!({
+            "room_alias_name": self.alias_localpart,
+            "preset": if self.public { "public_chat" } else { "private_chat" },
+            "visibility": if self.public { "public" } else { "private" },
+            "creation_content": {"m.federate": true},
+            "power_level_content_override": {"invite": 50, "kick": 50, "ban": 50, "redact": 50},
+        });
+        if let Some(name) = &self.name {
+            body["name"] = json!(name);
+        }
+        if let Some(topic) = &self.topic {
+            body["topic"] = json!(topic);
+        }
+        body
+    }
+}
+
+/// Who may join a room (`m.room.join_rules`), as far as the service sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinRule {
+    /// Anyone.
+    Public,
+    /// Only the invited.
+    Invite,
+}
+
+impl JoinRule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinRule::Public => "public",
+            JoinRule::Invite => "invite",
+        }
+    }
+}
+
+/// The `users` of a room's power levels: Matrix id → level. Levels of
+/// users the service does not touch are kept exactly as the room has them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PowerUsers(serde_json::Map<String, Value>);
+
+impl PowerUsers {
+    pub fn set(&mut self, user_id: &str, level: i64) {
+        self.0.insert(user_id.to_string(), json!(level));
+    }
+
+    pub fn remove(&mut self, user_id: &str) {
+        self.0.remove(user_id);
+    }
+}
+
+/// Synapse's answer to a ping through the application service link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pong {
+    /// How long Synapse's request to the service took.
+    pub duration_ms: Option<u64>,
+}
 
 /// What a room's current state says, as far as the service manages it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -40,6 +113,16 @@ impl RoomView {
 
     pub fn is_joined(&self, user_id: &str) -> bool {
         self.members.get(user_id).is_some_and(|m| m == "join")
+    }
+
+    /// `users` of the room's power levels.
+    pub fn power_users(&self) -> PowerUsers {
+        PowerUsers(
+            self.power_levels["users"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        )
     }
 
     /// Whether the room's creators hold unlimited power (version 12 on).
@@ -99,25 +182,29 @@ impl Synapse {
             SynapseError::refused(404, "M_NOT_FOUND", "the bot's account is missing")
         })?;
         if !user.admin {
-            self.put_user(&self.bot, &json!({"admin": true})).await?;
+            self.put_user(&self.bot, &UserChanges::admin()).await?;
         }
         Ok(())
     }
 
     /// Asks Synapse to ping the service back through the application
     /// service link (`POST /_matrix/client/v1/appservice/{id}/ping`).
-    pub async fn appservice_ping(&self) -> Result<Value> {
+    pub async fn appservice_ping(&self) -> Result<Pong> {
         let path = format!(
             "/_matrix/client/v1/appservice/{}/ping",
             encode(&self.appservice_id)
         );
-        self.call(
-            Endpoint::AsPing,
-            &path,
-            Body::Json(&json!({})),
-            Auth::AppService,
-        )
-        .await
+        let answer = self
+            .call(
+                Endpoint::AsPing,
+                &path,
+                Body::Json(&json!({})),
+                Auth::AppService,
+            )
+            .await?;
+        Ok(Pong {
+            duration_ms: answer["duration_ms"].as_u64(),
+        })
     }
 
     /// The room an alias points to, if any.
@@ -134,13 +221,13 @@ impl Synapse {
     }
 
     /// `createRoom` as the bot; returns the room id. A taken alias is
-    /// `400 M_ROOM_IN_USE` (look it up).
-    pub async fn create_room(&self, body: &Value) -> Result<String> {
+    /// refused as [`super::Refusal::InUse`] (look it up).
+    pub async fn create_room(&self, spec: &RoomSpec) -> Result<String> {
         let answer = self
             .call(
                 Endpoint::RoomCreate,
                 "/_matrix/client/v3/createRoom",
-                Body::Json(body),
+                Body::Json(&spec.body()),
                 Auth::AppService,
             )
             .await?;
@@ -162,18 +249,52 @@ impl Synapse {
         Ok(RoomView::from_state(events))
     }
 
-    pub async fn put_state(
+    /// Sets the room's name (empty: none).
+    pub async fn set_room_name(&self, room_id: &str, name: &str) -> Result<()> {
+        self.put_state(room_id, "m.room.name", &json!({"name": name}))
+            .await
+    }
+
+    /// Sets the room's topic (empty: none).
+    pub async fn set_room_topic(&self, room_id: &str, topic: &str) -> Result<()> {
+        self.put_state(room_id, "m.room.topic", &json!({"topic": topic}))
+            .await
+    }
+
+    /// Points the room's avatar at `mxc` (empty: none).
+    pub async fn set_room_avatar(&self, room_id: &str, mxc: &str) -> Result<()> {
+        self.put_state(room_id, "m.room.avatar", &json!({"url": mxc}))
+            .await
+    }
+
+    pub async fn set_join_rule(&self, room_id: &str, rule: JoinRule) -> Result<()> {
+        let content = json!({"join_rule": rule.as_str()});
+        self.put_state(room_id, "m.room.join_rules", &content).await
+    }
+
+    /// Replaces the `users` of the room's power levels, keeping the rest
+    /// of the content as `view` shows it.
+    pub async fn set_power_users(
         &self,
         room_id: &str,
-        event_type: &str,
-        state_key: &str,
-        content: &Value,
+        view: &RoomView,
+        users: &PowerUsers,
     ) -> Result<()> {
+        let mut content = view.power_levels.clone();
+        if !content.is_object() {
+            content = json!({});
+        }
+        content["users"] = Value::Object(users.0.clone());
+        self.put_state(room_id, "m.room.power_levels", &content)
+            .await
+    }
+
+    /// Sends a state event (with an empty state key: all the service sets).
+    async fn put_state(&self, room_id: &str, event_type: &str, content: &Value) -> Result<()> {
         let path = format!(
-            "/_matrix/client/v3/rooms/{}/state/{}/{}",
+            "/_matrix/client/v3/rooms/{}/state/{}/",
             encode(room_id),
             encode(event_type),
-            encode(state_key)
         );
         // Power levels are counted apart: a pass reports its role changes.
         let endpoint = if event_type == "m.room.power_levels" {
