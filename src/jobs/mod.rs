@@ -1,5 +1,7 @@
-//! The worker: claims due jobs from the durable queue, runs the person's
-//! reconcile step (`provision`), and records the outcome: done, retry with
+//! The worker: claims due jobs from the durable queue, runs the handler of
+//! the job's kind (a person: `provision`; a City Room: `room`; an agent:
+//! `agent`; a room's agents' messages: `send`; events for DAARION.city:
+//! `deliver`), and records the outcome (`outcome`): done, retry with
 //! exponential backoff and jitter, or failed for an operator to look at.
 //! [`Worker::run_one`] is the single step, so tests can drain the queue;
 //! [`Worker::provision_now`] runs one person's job at once, for an SSO login
@@ -35,7 +37,7 @@ use crate::{metrics, now_ms, telemetry};
 
 pub use outcome::Outcome;
 
-/// How a job of either kind ended (what [`Worker::run_one`] reports).
+/// How a job of any kind ended (what [`Worker::run_one`] reports).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobOutcome {
     Person(Outcome<State>),
@@ -180,7 +182,11 @@ impl Worker {
     pub async fn run_one(&self) -> anyhow::Result<Option<JobOutcome>> {
         let now = now_ms();
         let leased_until = now + self.lease.as_millis() as i64;
-        let Some(job) = self.store.claim_job(&self.owner, now, leased_until).await? else {
+        let Some(job) = self
+            .store
+            .claim_next_job(&self.owner, now, leased_until)
+            .await?
+        else {
             return Ok(None);
         };
         // Every log line of the job, and every Synapse request it makes
@@ -235,7 +241,7 @@ impl Worker {
             let leased_until = now + self.lease.as_millis() as i64;
             match self
                 .store
-                .claim_job_for(JobKind::Person, user_id, &self.owner, now, leased_until)
+                .claim_subject_now(JobKind::Person, user_id, &self.owner, now, leased_until)
                 .await?
             {
                 ClaimFor::Claimed(job) => {
@@ -284,7 +290,7 @@ impl Worker {
         let leased_until = now + self.lease.as_millis() as i64;
         let Some(job) = self
             .store
-            .claim_job_of(kind, key, &self.owner, now, leased_until)
+            .claim_subject_if_due(kind, key, &self.owner, now, leased_until)
             .await?
         else {
             return Ok(None);

@@ -83,7 +83,7 @@ pub struct Job {
     pub attempts: i64,
 }
 
-/// The outcome of [`Store::claim_job_for`].
+/// The outcome of [`Store::claim_subject_now`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimFor {
     Claimed(Job),
@@ -93,6 +93,17 @@ pub enum ClaimFor {
     Parked,
     /// The person has no job (nothing was outstanding).
     Missing,
+}
+
+/// Where a subject's job stands, seen from outside the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// No job: the work is done (or there was none).
+    None,
+    /// Parked after a permanent failure.
+    Failed,
+    /// Waiting to run at this time (ms), or leased by a worker until then.
+    Waiting(i64),
 }
 
 /// Jobs by state, for `/metrics`.
@@ -241,7 +252,12 @@ impl Store {
     }
 
     /// Leases the oldest due job to `owner` until `leased_until`.
-    pub async fn claim_job(&self, owner: &str, now: i64, leased_until: i64) -> Result<Option<Job>> {
+    pub async fn claim_next_job(
+        &self,
+        owner: &str,
+        now: i64,
+        leased_until: i64,
+    ) -> Result<Option<Job>> {
         // PostgreSQL: SKIP LOCKED lets replicas claim different jobs without
         // waiting on each other. SQLite has one writer, so no lock is needed.
         let skip_locked = match self.backend {
@@ -280,7 +296,7 @@ impl Store {
     /// Leases this subject's job to `owner`, whether or not it is due yet
     /// (someone is waiting for it: an SSO login), unless another worker
     /// holds it or it failed permanently.
-    pub async fn claim_job_for(
+    pub async fn claim_subject_now(
         &self,
         kind: JobKind,
         key: &str,
@@ -309,8 +325,8 @@ impl Store {
 
     /// Leases this subject's job to `owner` unless another worker holds it
     /// or it failed permanently; with `due_only`, only once it is due. The
-    /// one per-subject claim behind SSO's [`Store::claim_job_for`] and the
-    /// sync passes' [`Store::claim_job_of`].
+    /// one per-subject claim behind SSO's [`Store::claim_subject_now`] and the
+    /// sync passes' [`Store::claim_subject_if_due`].
     pub(super) async fn lease_job(
         &self,
         kind: JobKind,
@@ -335,6 +351,40 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         job_from(row)
+    }
+
+    /// Leases this subject's job if it is due and free (a sync pass runs
+    /// the work it caused itself, next to the background workers).
+    pub async fn claim_subject_if_due(
+        &self,
+        kind: JobKind,
+        key: &str,
+        owner: &str,
+        now: i64,
+        leased_until: i64,
+    ) -> Result<Option<Job>> {
+        self.lease_job(kind, key, owner, now, leased_until, true)
+            .await
+    }
+
+    /// Whether this subject's job is outstanding, and from when it can run.
+    pub async fn job_state(&self, kind: JobKind, key: &str) -> Result<JobState> {
+        let row = sqlx::query(
+            "SELECT run_at, leased_until, failed FROM jobs WHERE kind = $1 AND subject = $2",
+        )
+        .bind(kind.as_str())
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(JobState::None);
+        };
+        if row.try_get::<i64, _>("failed")? != 0 {
+            return Ok(JobState::Failed);
+        }
+        let run_at: i64 = row.try_get("run_at")?;
+        let leased_until: i64 = row.try_get("leased_until")?;
+        Ok(JobState::Waiting(run_at.max(leased_until)))
     }
 
     /// When the next job is due, if any is waiting (lets idle workers sleep

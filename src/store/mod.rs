@@ -28,14 +28,14 @@ pub use agents::{Agent, AgentState, PresentAgent};
 pub use batch::{Batched, Intake};
 pub use intake::city::CityAccepted;
 pub use intake::people::Accepted;
-pub use jobs::{AppliedAvatar, ClaimFor, Job, JobKind, QueueDepth};
+pub use jobs::{AppliedAvatar, ClaimFor, Job, JobKind, JobState, QueueDepth};
 pub use messages::{
     room_stream, OutboxEntry, OutboxSummary, StoredMessage, TxnAccepted, PRESENCE_STREAM,
 };
 pub use oidc::{Begun, CodeGrant, Pending, Returned, Review, SignInLimits, TokenOwner};
 pub use people::{Account, CreateVia, LocalpartPolicy, Person, State};
 pub use rooms::{MemberAccount, Room, RoomState};
-pub use sync::{JobState, Pass, SyncHolder};
+pub use sync::{Pass, SyncHolder};
 
 use crate::secret::{redact_url, Secret};
 

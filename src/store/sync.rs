@@ -6,7 +6,7 @@
 use sqlx::Row;
 
 use super::people::{IN_LIST_CHUNK, PERSON_COLUMNS};
-use super::{Job, JobKind, Person, Result, Store};
+use super::{JobKind, Person, Result, Store};
 
 /// The passes, each with its row in `sync_state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,17 +32,6 @@ impl Pass {
 pub struct SyncHolder {
     pub owner: Option<String>,
     pub leased_until: i64,
-}
-
-/// Where a person's job stands, seen from outside the worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobState {
-    /// No job: the work is done (or there was none).
-    None,
-    /// Parked after a permanent failure.
-    Failed,
-    /// Waiting to run at this time (ms), or leased by a worker until then.
-    Waiting(i64),
 }
 
 impl Store {
@@ -122,39 +111,6 @@ impl Store {
                 .fetch_one(&self.pool)
                 .await?;
         Ok(watermark)
-    }
-
-    /// Leases this subject's job if it is due and free (a sync pass runs
-    /// the work it caused itself, next to the background workers).
-    pub async fn claim_job_of(
-        &self,
-        kind: JobKind,
-        key: &str,
-        owner: &str,
-        now: i64,
-        leased_until: i64,
-    ) -> Result<Option<Job>> {
-        self.lease_job(kind, key, owner, now, leased_until, true)
-            .await
-    }
-
-    pub async fn job_state(&self, kind: JobKind, key: &str) -> Result<JobState> {
-        let row = sqlx::query(
-            "SELECT run_at, leased_until, failed FROM jobs WHERE kind = $1 AND subject = $2",
-        )
-        .bind(kind.as_str())
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else {
-            return Ok(JobState::None);
-        };
-        if row.try_get::<i64, _>("failed")? != 0 {
-            return Ok(JobState::Failed);
-        }
-        let run_at: i64 = row.try_get("run_at")?;
-        let leased_until: i64 = row.try_get("leased_until")?;
-        Ok(JobState::Waiting(run_at.max(leased_until)))
     }
 
     /// The people holding these localparts who have an account and no
