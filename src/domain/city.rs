@@ -209,99 +209,33 @@ impl CityEvent {
         if !valid_id(&raw.id) {
             return Err(unacceptable("id must be 1 to 255 printable characters"));
         }
-        let kind: &'static str = match raw.kind.as_str() {
-            "room.created" => "room.created",
-            "room.updated" => "room.updated",
-            "room.deleted" => "room.deleted",
-            "room.member_added" => "room.member_added",
-            "room.member_removed" => "room.member_removed",
-            "agent.created" => "agent.created",
-            "agent.updated" => "agent.updated",
-            "agent.deleted" => "agent.deleted",
-            "agent.message" => "agent.message",
-            "presence.changed" => "presence.changed",
-            _ => return Ok(ParsedCity::Ignored { id: raw.id }),
+        let Some(kind) = CityKind::parse(&raw.kind) else {
+            return Ok(ParsedCity::Ignored { id: raw.id });
         };
         let created_at_ms = timestamp(&raw.created_at, "created_at")?;
-        if kind.starts_with("agent.") || kind == "presence.changed" {
-            let (subject, change) = match kind {
-                "agent.message" => {
-                    let message = parse_message(raw.data)?;
-                    (message.room_id.clone(), Change::Message(message))
-                }
-                "presence.changed" => {
-                    let (member_id, change) = parse_presence(raw.data)?;
-                    (member_id, Change::Agent(change))
-                }
-                _ => {
-                    let (agent_id, change) = parse_agent(kind, raw.data)?;
-                    (agent_id, Change::Agent(change))
-                }
-            };
-            return Ok(ParsedCity::Event(CityEvent {
-                id: raw.id,
-                kind,
-                created_at_ms,
-                subject,
-                change,
-            }));
-        }
-        let malformed = |e: serde_json::Error| {
-            EventError::Malformed(format!("data does not fit {}: {e}", raw.kind))
-        };
-        let (room_id, change) = match kind {
-            "room.created" | "room.updated" | "room.deleted" => {
-                let room: RawRoom = serde_json::from_value(raw.data).map_err(malformed)?;
-                let change = if kind == "room.deleted" {
-                    Change::Deleted
-                } else {
-                    Change::Room(fields(
-                        room.slug,
-                        room.name,
-                        room.topic,
-                        room.avatar_url,
-                        room.visibility,
-                    )?)
-                };
-                if kind == "room.created" {
-                    if let Change::Room(f) = &change {
-                        if f.slug.is_none() {
-                            return Err(unacceptable("room.created needs data.slug"));
-                        }
-                    }
-                }
-                (room.room_id, change)
+        use CityKind::*;
+        let (subject, change) = match kind {
+            AgentMessage => {
+                let message = parse_message(raw.data)?;
+                (message.room_id.clone(), Change::Message(message))
             }
-            _ => {
-                let member: RawMember = serde_json::from_value(raw.data).map_err(malformed)?;
-                if !valid_id(&member.member_id) {
-                    return Err(unacceptable(
-                        "data.member_id must be 1 to 255 printable characters",
-                    ));
-                }
-                let change = if kind == "room.member_added" {
-                    Change::MemberAdded {
-                        member_id: member.member_id,
-                        role: role(member.role.as_deref())?,
-                    }
-                } else {
-                    Change::MemberRemoved {
-                        member_id: member.member_id,
-                    }
-                };
-                (member.room_id, change)
+            PresenceChanged => {
+                let (member_id, change) = parse_presence(raw.data)?;
+                (member_id, Change::Agent(change))
+            }
+            AgentCreated | AgentUpdated | AgentDeleted => {
+                let (agent_id, change) = parse_agent(kind.as_str(), raw.data)?;
+                (agent_id, Change::Agent(change))
+            }
+            RoomCreated | RoomUpdated | RoomDeleted | MemberAdded | MemberRemoved => {
+                room_change(kind, raw.data)?
             }
         };
-        if !valid_id(&room_id) {
-            return Err(unacceptable(
-                "data.room_id must be 1 to 255 printable characters",
-            ));
-        }
         Ok(ParsedCity::Event(CityEvent {
             id: raw.id,
-            kind,
+            kind: kind.as_str(),
             created_at_ms,
-            subject: room_id,
+            subject,
             change,
         }))
     }
@@ -346,6 +280,109 @@ impl CityEvent {
             },
         })
     }
+}
+
+/// The kinds of DAARION.city event the service acts on (CONTRACT.md
+/// sections 8, 9); any other is acknowledged and ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CityKind {
+    RoomCreated,
+    RoomUpdated,
+    RoomDeleted,
+    MemberAdded,
+    MemberRemoved,
+    AgentCreated,
+    AgentUpdated,
+    AgentDeleted,
+    AgentMessage,
+    PresenceChanged,
+}
+
+impl CityKind {
+    const ALL: [CityKind; 10] = [
+        CityKind::RoomCreated,
+        CityKind::RoomUpdated,
+        CityKind::RoomDeleted,
+        CityKind::MemberAdded,
+        CityKind::MemberRemoved,
+        CityKind::AgentCreated,
+        CityKind::AgentUpdated,
+        CityKind::AgentDeleted,
+        CityKind::AgentMessage,
+        CityKind::PresenceChanged,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            CityKind::RoomCreated => "room.created",
+            CityKind::RoomUpdated => "room.updated",
+            CityKind::RoomDeleted => "room.deleted",
+            CityKind::MemberAdded => "room.member_added",
+            CityKind::MemberRemoved => "room.member_removed",
+            CityKind::AgentCreated => "agent.created",
+            CityKind::AgentUpdated => "agent.updated",
+            CityKind::AgentDeleted => "agent.deleted",
+            CityKind::AgentMessage => "agent.message",
+            CityKind::PresenceChanged => "presence.changed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<CityKind> {
+        CityKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A room or membership event's room id and change.
+fn room_change(kind: CityKind, data: serde_json::Value) -> Result<(String, Change), EventError> {
+    let malformed = |e: serde_json::Error| {
+        EventError::Malformed(format!("data does not fit {}: {e}", kind.as_str()))
+    };
+    let (room_id, change) = match kind {
+        CityKind::MemberAdded | CityKind::MemberRemoved => {
+            let member: RawMember = serde_json::from_value(data).map_err(malformed)?;
+            if !valid_id(&member.member_id) {
+                return Err(unacceptable(
+                    "data.member_id must be 1 to 255 printable characters",
+                ));
+            }
+            let change = if kind == CityKind::MemberAdded {
+                Change::MemberAdded {
+                    member_id: member.member_id,
+                    role: role(member.role.as_deref())?,
+                }
+            } else {
+                Change::MemberRemoved {
+                    member_id: member.member_id,
+                }
+            };
+            (member.room_id, change)
+        }
+        _ => {
+            let room: RawRoom = serde_json::from_value(data).map_err(malformed)?;
+            let change = if kind == CityKind::RoomDeleted {
+                Change::Deleted
+            } else {
+                let fields = fields(
+                    room.slug,
+                    room.name,
+                    room.topic,
+                    room.avatar_url,
+                    room.visibility,
+                )?;
+                if kind == CityKind::RoomCreated && fields.slug.is_none() {
+                    return Err(unacceptable("room.created needs data.slug"));
+                }
+                Change::Room(fields)
+            };
+            (room.room_id, change)
+        }
+    };
+    if !valid_id(&room_id) {
+        return Err(unacceptable(
+            "data.room_id must be 1 to 255 printable characters",
+        ));
+    }
+    Ok((room_id, change))
 }
 
 fn role(raw: Option<&str>) -> Result<Role, EventError> {
