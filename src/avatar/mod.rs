@@ -81,15 +81,12 @@ impl std::fmt::Debug for AvatarFetcher {
 impl AvatarFetcher {
     pub fn new(settings: &Settings) -> anyhow::Result<AvatarFetcher> {
         let builder = || {
-            reqwest::Client::builder()
+            crate::outbound::client(settings.avatar_timeout)
                 // Each redirect is checked by us before it is followed.
                 .redirect(Policy::none())
                 // A proxy would make the connection on our behalf, past the checks.
                 .no_proxy()
                 .referer(false)
-                .timeout(settings.avatar_timeout)
-                .connect_timeout(settings.avatar_timeout.min(Duration::from_secs(5)))
-                .user_agent(concat!("matrix-provisioner/", env!("CARGO_PKG_VERSION")))
         };
         Ok(AvatarFetcher {
             guarded: builder().dns_resolver(Arc::new(CheckedResolver)).build()?,

@@ -16,9 +16,5 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The HTTP client both clients use.
 fn client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .connect_timeout(Duration::from_secs(5))
-        .user_agent(concat!("matrix-provisioner/", env!("CARGO_PKG_VERSION")))
-        .build()
+    crate::outbound::client(TIMEOUT).build()
 }
