@@ -219,7 +219,7 @@ impl Synapse {
     }
 
     pub fn user_id(&self, localpart: &str) -> String {
-        format!("@{localpart}:{}", self.server_name)
+        crate::domain::localpart::user_id(localpart, &self.server_name)
     }
 
     /// `GET /health`: Synapse is up and serving.
