@@ -338,7 +338,7 @@ impl Settings {
 
     /// `@{localpart}:{server_name}`.
     pub fn user_id(&self, localpart: &str) -> String {
-        format!("@{localpart}:{}", self.server_name)
+        crate::domain::localpart::user_id(localpart, &self.server_name)
     }
 }
 

@@ -39,6 +39,7 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod oidc;
+pub mod outbound;
 pub mod passes;
 pub mod secret;
 pub mod signing;

@@ -205,8 +205,7 @@ async fn healthcheck() -> anyhow::Result<()> {
         ip => ip,
     };
     let url = format!("http://{}/healthz", SocketAddr::new(ip, bind.port()));
-    let response = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
+    let response = matrix_provisioner::outbound::client(Duration::from_secs(5))
         .build()?
         .get(&url)
         .send()

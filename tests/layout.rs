@@ -3,7 +3,8 @@
 //! layers through `crate::`. So there is no import circle among them and
 //! nothing reaches up: http → oidc → accounts and the passes → jobs →
 //! signing → store → the adapters (Synapse, DAARION, avatars, token
-//! checks) → telemetry → config → domain → secret and metrics.
+//! checks) → telemetry → config → domain → secret, metrics and the
+//! outbound HTTP client's defaults.
 //!
 //! A new module gets a line in `LAYERS`; an arrow that goes up fails here
 //! with the file that draws it.
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// Top-level modules by layer, lowest first. A module may use the ones on
 /// the lines above its own, never its own line's other names or below.
 const LAYERS: &[&[&str]] = &[
-    &["secret", "metrics", "now_ms"],
+    &["secret", "metrics", "now_ms", "outbound"],
     &["domain"],
     &["config"],
     &["telemetry"],

@@ -24,22 +24,10 @@ pub enum Visibility {
     Private,
 }
 
-impl Visibility {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Visibility::Public => "public",
-            Visibility::Private => "private",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Visibility> {
-        match s {
-            "public" => Some(Visibility::Public),
-            "private" => Some(Visibility::Private),
-            _ => None,
-        }
-    }
-}
+column_words!(Visibility {
+    Public => "public",
+    Private => "private",
+});
 
 /// A member's role in a City Room and its Matrix power level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,24 +37,13 @@ pub enum Role {
     Owner,
 }
 
+column_words!(Role {
+    Member => "member",
+    Moderator => "moderator",
+    Owner => "owner",
+});
+
 impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Member => "member",
-            Role::Moderator => "moderator",
-            Role::Owner => "owner",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "member" => Some(Role::Member),
-            "moderator" => Some(Role::Moderator),
-            "owner" => Some(Role::Owner),
-            _ => None,
-        }
-    }
-
     /// CONTRACT.md section 8: owner 100, moderator 50, member 0.
     pub fn power(self) -> i64 {
         match self {
@@ -388,8 +365,9 @@ fn room_change(kind: CityKind, data: serde_json::Value) -> Result<(String, Chang
 fn role(raw: Option<&str>) -> Result<Role, EventError> {
     match raw {
         None => Ok(Role::Member),
-        Some(r) => Role::parse(r)
-            .ok_or_else(|| unacceptable("data.role must be member, moderator or owner")),
+        Some(r) => r
+            .parse()
+            .map_err(|()| unacceptable("data.role must be member, moderator or owner")),
     }
 }
 
@@ -414,8 +392,8 @@ fn fields(
     let visibility = match visibility.as_deref() {
         None => None,
         Some(v) => Some(
-            Visibility::parse(v)
-                .ok_or_else(|| unacceptable("data.visibility must be public or private"))?,
+            v.parse()
+                .map_err(|()| unacceptable("data.visibility must be public or private"))?,
         ),
     };
     let empty_is_clear = |p: Patch<String>| match p {

@@ -17,6 +17,12 @@ const SUFFIX_ROOM: usize = 6;
 /// Used when neither the username nor the user id yields anything.
 const FALLBACK: &str = "user";
 
+/// The Matrix user id `@{localpart}:{server_name}`: the one place it is
+/// written.
+pub fn user_id(localpart: &str, server_name: &str) -> String {
+    format!("@{localpart}:{server_name}")
+}
+
 /// A valid Matrix localpart (the part between '@' and ':'), lowercase,
 /// only [a-z0-9._=\-/], not starting with '_', not all digits, non-empty.
 ///
@@ -138,7 +144,7 @@ impl Localpart {
 
     /// The full Matrix user id: `@{lp}:{server_name}`.
     pub fn user_id(&self, server_name: &str) -> String {
-        format!("@{}:{}", self.0, server_name)
+        user_id(&self.0, server_name)
     }
 }
 

@@ -59,9 +59,7 @@ pub async fn get_agent(
         .map_err(ApiError::unavailable)?
         .ok_or_else(|| ApiError::not_found(format!("no agent {agent_id:?} is known here")))?;
     Ok(web::Json(AgentView {
-        matrix_user_id: agent
-            .localpart
-            .map(|lp| format!("@{lp}:{}", state.settings.server_name)),
+        matrix_user_id: agent.localpart.map(|lp| state.settings.user_id(&lp)),
         state: agent.state.as_str().to_string(),
         presence: agent.wanted.presence.map(|p| p.as_str().to_string()),
         attempts: agent.attempts,

@@ -12,9 +12,10 @@ use super::error::ApiError;
 use super::AppState;
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme in
-/// any case, as RFC 6750 allows); None when there is none. For tokens that
-/// callers present to sign in: DAARION access tokens, the OpenID
-/// provider's access tokens.
+/// any case: RFC 7235 makes auth-schemes case-insensitive); None when
+/// there is none or it is empty. The one reader of bearer tokens: the
+/// admin token, Synapse's `APPSERVICE_HS_TOKEN`, DAARION access tokens,
+/// the OpenID provider's access tokens.
 pub(super) fn bearer_token(req: &HttpRequest) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
@@ -44,20 +45,41 @@ fn check(req: &HttpRequest) -> Result<AdminAuth, ApiError> {
             "admin endpoints are disabled: ADMIN_API_TOKEN is not configured",
         ));
     };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            unauthorized("an `Authorization: Bearer <ADMIN_API_TOKEN>` header is required")
-        })?;
+    let presented = bearer_token(req).ok_or_else(|| {
+        unauthorized("an `Authorization: Bearer <ADMIN_API_TOKEN>` header is required")
+    })?;
     // Hashing first makes the comparison independent of the lengths too.
-    let a = Sha256::digest(presented.trim().as_bytes());
+    let a = Sha256::digest(presented.as_bytes());
     let b = Sha256::digest(expected.expose().as_bytes());
     if bool::from(a.ct_eq(&b)) {
         Ok(AdminAuth)
     } else {
         Err(unauthorized("the admin token is wrong"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::test::TestRequest;
+
+    use super::*;
+
+    fn token(authorization: &str) -> Option<String> {
+        let req = TestRequest::default()
+            .insert_header((header::AUTHORIZATION, authorization))
+            .to_http_request();
+        bearer_token(&req).map(str::to_string)
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        for value in ["Bearer tok", "bearer tok", "BEARER tok", "Bearer  tok "] {
+            assert_eq!(token(value).as_deref(), Some("tok"), "{value:?}");
+        }
+        for value in ["tok", "Bearer", "Bearer ", "Basic tok", "Bearertok"] {
+            assert_eq!(token(value), None, "{value:?}");
+        }
+        let none = TestRequest::default().to_http_request();
+        assert_eq!(bearer_token(&none), None);
     }
 }

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use super::auth::AdminAuth;
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
+use crate::domain::localpart::user_id;
 use crate::now_ms;
 use crate::store::{JobKind, Person};
 
@@ -41,10 +42,7 @@ pub struct UserView {
 impl UserView {
     pub fn new(person: Person, server_name: &str) -> UserView {
         UserView {
-            matrix_user_id: person
-                .localpart
-                .as_ref()
-                .map(|lp| format!("@{lp}:{server_name}")),
+            matrix_user_id: person.localpart.as_ref().map(|lp| user_id(lp, server_name)),
             user_id: person.user_id,
             state: person.state.as_str().to_string(),
             display_name: person.wanted.display_name,

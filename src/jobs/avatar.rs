@@ -1,6 +1,7 @@
-//! The image a City Room or an agent should show for DAARION.city's
-//! `avatar_url`: fetched like people's avatars (SSRF-safe, size-limited),
-//! uploaded once and reused while its content hash is unchanged.
+//! The image a person, a City Room or an agent should show for DAARION's
+//! `avatar_url`: fetched safely (SSRF-safe, size-limited), uploaded once
+//! and reused while its content hash is unchanged. Each job then points
+//! its profile or room at the recorded image.
 
 use super::outcome::Outcome;
 use crate::avatar::{AvatarFetcher, FetchError};
@@ -86,9 +87,9 @@ impl Image {
     }
 }
 
-/// The avatar of a City Room or an agent (`kind`, `key`) after following
-/// DAARION.city's `wanted` URL from `current`: fetched and uploaded when the
-/// URL changed (reused by content hash), and recorded.
+/// The avatar of a person, a City Room or an agent (`kind`, `key`) after
+/// following DAARION's `wanted` URL from `current`: fetched and uploaded
+/// when the URL changed (reused by content hash), and recorded.
 pub async fn follow<S>(
     deps: (&AvatarFetcher, &Synapse, &Store),
     kind: JobKind,

@@ -28,9 +28,9 @@ pub async fn drain(store: &Store, events: Option<&CityEvents>, stream: &str) -> 
             return Outcome::Done(Drained);
         }
         for entry in batch {
-            if let Err(reason) = events.deliver(&entry.body).await {
+            if let Err(e) = events.deliver(&entry.body).await {
                 metrics::message("to_city", "retried");
-                return Outcome::retry(format!("DAARION.city did not take {}: {reason}", entry.id));
+                return Outcome::retry(format!("event {} not delivered: {e}", entry.id));
             }
             metrics::city_delivery_delay(now_ms() - entry.received_at);
             metrics::message("to_city", "delivered");

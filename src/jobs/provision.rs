@@ -7,12 +7,15 @@
 
 use std::time::Duration;
 
+use super::avatar::follow;
 use super::outcome::Outcome;
-use crate::avatar::{AvatarFetcher, FetchError};
+use crate::avatar::AvatarFetcher;
 use crate::domain::localpart::Localpart;
 use crate::now_ms;
 use crate::signing::Signer;
-use crate::store::{Account, CreateVia, LocalpartPolicy, Person, State, Store};
+use crate::store::{
+    Account, AppliedAvatar, CreateVia, JobKind, LocalpartPolicy, Person, State, Store,
+};
 use crate::synapse::{
     localpart_of, AdminUser, Refusal, Synapse, SynapseError, TakenLocalparts, AUTH_PROVIDER,
 };
@@ -467,10 +470,12 @@ impl Step<'_> {
         self.record(self.p.account).await
     }
 
-    /// Makes the profile's avatar follow DAARION's `avatar_url`. Nothing is
-    /// fetched unless the URL changed (or an earlier fetch failed); an image
-    /// is uploaded only if its bytes differ from the one already uploaded;
-    /// a refused image is recorded and leaves the profile without avatar.
+    /// Makes the profile's avatar follow DAARION's `avatar_url`, as a City
+    /// Room's and an agent's do ([`follow`]: fetched only when the URL
+    /// changed, uploaded only when the bytes differ from the image shown,
+    /// recorded before the profile points at it), then points the profile
+    /// at the recorded image. A refused image leaves the profile without
+    /// avatar; one not fetched now (its host is down) leaves it as it is.
     /// `observed`: the account as just read from Synapse, if it was.
     async fn sync_avatar(&mut self, observed: Option<&AdminUser>) -> Result<(), Outcome> {
         let wanted = self.p.wanted.avatar_url.clone();
@@ -479,89 +484,53 @@ impl Step<'_> {
             Some(user) => user.avatar_url.clone().filter(|u| !u.is_empty()),
             None => self.p.avatar_mxc.clone(),
         };
-        if wanted == self.p.applied_avatar_url {
-            // Settled for this URL: at most point the profile back at our image.
-            let target = self.p.avatar_mxc.clone();
-            if shown != target {
-                self.deps
-                    .synapse
-                    .set_avatar(self.localpart(), target.as_deref())
-                    .await?;
-            }
-            return Ok(());
-        }
-        let Some(url) = wanted else {
-            if shown.is_some() {
-                self.deps.synapse.set_avatar(self.localpart(), None).await?;
-            }
-            return self.record_avatar(None, None, None, None).await;
+        // Settled for this URL: at most point the profile back at our image.
+        let settled = wanted == self.p.applied_avatar_url;
+        let current = AppliedAvatar {
+            url: self.p.applied_avatar_url.clone(),
+            mxc: self.p.avatar_mxc.clone(),
+            sha256: self.p.avatar_sha256.clone(),
+            error: self.p.avatar_error.clone(),
         };
-        let image = match self.deps.avatars.fetch(&url).await {
-            Ok(image) => image,
-            Err(FetchError::Refused(reason)) => {
-                return self.refuse_avatar(url, shown, reason).await
-            }
-            Err(FetchError::Unavailable(reason)) => {
-                // Keep what the profile shows; a full sync pass tries again.
-                tracing::info!(user_id = %self.p.user_id, "avatar not fetched: {reason}");
-                self.p.avatar_error = Some(reason);
-                self.deps.store.record_avatar(&self.p, now_ms()).await?;
+        let deps = (self.deps.avatars, self.deps.synapse, self.deps.store);
+        let user_id = self.p.user_id.clone();
+        let applied = follow(deps, JobKind::Person, &user_id, wanted.clone(), current).await?;
+        self.p.applied_avatar_url = applied.url;
+        self.p.avatar_mxc = applied.mxc;
+        self.p.avatar_sha256 = applied.sha256;
+        self.p.avatar_error = applied.error;
+        if !settled {
+            if self.p.applied_avatar_url != wanted {
+                // Not fetched now: keep what the profile shows; a full sync
+                // pass tries again.
                 return Ok(());
             }
-        };
-        let sha = image.sha256.clone();
-        let known = |mxc: &Option<String>, known_sha: &Option<String>| {
-            mxc.clone().filter(|_| known_sha.as_ref() == Some(&sha))
-        };
-        let mxc = if let Some(mxc) = known(&self.p.avatar_mxc, &self.p.avatar_sha256) {
-            mxc
-        } else if let Some(mxc) = known(&self.p.upload_mxc, &self.p.upload_sha256) {
-            mxc
-        } else {
-            match self
-                .deps
-                .synapse
-                .upload_media(&image.bytes, image.content_type, image.filename())
-                .await
-            {
-                Ok(mxc) => {
-                    self.deps
-                        .store
-                        .record_upload(&self.p.user_id, &mxc, &sha, now_ms())
-                        .await?;
-                    mxc
-                }
-                Err(e @ SynapseError::Refused { .. }) => {
-                    let reason = format!("Synapse refused the upload: {e}");
-                    return self.refuse_avatar(url, shown, reason).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        if shown.as_deref() != Some(mxc.as_str()) {
-            match self
-                .deps
-                .synapse
-                .set_avatar(self.localpart(), Some(&mxc))
-                .await
-            {
-                Ok(()) => {}
-                Err(e @ SynapseError::Refused { .. }) => {
-                    let reason = format!("Synapse refused the avatar: {e}");
-                    return self.refuse_avatar(url, shown, reason).await;
-                }
-                Err(e) => return Err(e.into()),
+            if let Some(reason) = &self.p.avatar_error {
+                tracing::warn!(user_id = %self.p.user_id, "avatar refused: {reason}");
             }
         }
-        self.record_avatar(Some(url), Some(mxc), Some(sha), None)
+        let target = self.p.avatar_mxc.clone();
+        if shown == target {
+            return Ok(());
+        }
+        match self
+            .deps
+            .synapse
+            .set_avatar(self.localpart(), target.as_deref())
             .await
+        {
+            Err(e @ SynapseError::Refused { .. }) if !settled && target.is_some() => {
+                let reason = format!("Synapse refused the avatar: {e}");
+                self.refuse_avatar(shown, reason).await
+            }
+            result => Ok(result?),
+        }
     }
 
-    /// The avatar at `url` will not be shown; Matrix shows none rather than
-    /// an image DAARION no longer has. Fetched again only when the URL changes.
+    /// Synapse refused to show the image: Matrix shows none rather than an
+    /// image DAARION no longer has. Fetched again only when the URL changes.
     async fn refuse_avatar(
         &mut self,
-        url: String,
         shown: Option<String>,
         reason: String,
     ) -> Result<(), Outcome> {
@@ -569,21 +538,9 @@ impl Step<'_> {
         if shown.is_some() {
             self.deps.synapse.set_avatar(self.localpart(), None).await?;
         }
-        self.record_avatar(Some(url), None, None, Some(reason))
-            .await
-    }
-
-    async fn record_avatar(
-        &mut self,
-        applied: Option<String>,
-        mxc: Option<String>,
-        sha: Option<String>,
-        error: Option<String>,
-    ) -> Result<(), Outcome> {
-        self.p.applied_avatar_url = applied;
-        self.p.avatar_mxc = mxc;
-        self.p.avatar_sha256 = sha;
-        self.p.avatar_error = error;
+        self.p.avatar_mxc = None;
+        self.p.avatar_sha256 = None;
+        self.p.avatar_error = Some(reason);
         self.p.upload_mxc = None;
         self.p.upload_sha256 = None;
         self.deps.store.record_avatar(&self.p, now_ms()).await?;

@@ -34,7 +34,7 @@ use utoipa::ToSchema;
 
 use super::{Lease, PassError};
 use crate::config::{DriftPolicy, Settings};
-use crate::daarion::DaarionApi;
+use crate::daarion::UserApi;
 use crate::domain::event::{Event, EventKind};
 use crate::jobs::Worker;
 use crate::now_ms;
@@ -124,7 +124,7 @@ pub struct ProfileSync {
     settings: Arc<Settings>,
     store: Store,
     worker: Arc<Worker>,
-    api: Option<DaarionApi>,
+    api: Option<UserApi>,
     wake: Arc<Notify>,
 }
 
@@ -136,7 +136,7 @@ impl ProfileSync {
         wake: Arc<Notify>,
     ) -> anyhow::Result<ProfileSync> {
         Ok(ProfileSync {
-            api: DaarionApi::new(&settings)?,
+            api: UserApi::new(&settings)?,
             settings,
             store,
             worker,
@@ -209,7 +209,7 @@ impl ProfileSync {
     /// page. Returns whether DAARION's listing was read completely.
     async fn pass(
         &self,
-        api: &DaarionApi,
+        api: &UserApi,
         full: bool,
         summary: &mut Summary,
         lease_lost: &std::sync::atomic::AtomicBool,
@@ -319,7 +319,7 @@ impl ReadSide<'_> {
     /// Returns whether the listing was read completely.
     async fn read(
         &mut self,
-        api: &DaarionApi,
+        api: &UserApi,
         full: bool,
         lease_lost: &std::sync::atomic::AtomicBool,
     ) -> bool {
@@ -345,7 +345,7 @@ impl ReadSide<'_> {
 
     async fn read_listing(
         &mut self,
-        api: &DaarionApi,
+        api: &UserApi,
         full: bool,
         lease_lost: &std::sync::atomic::AtomicBool,
     ) -> Result<(), String> {
@@ -371,13 +371,13 @@ impl ReadSide<'_> {
                 .page(since, cursor.as_deref(), self.sync.settings.sync_page_size)
                 .await
                 .map_err(|e| e.to_string())?;
-            self.checked += (page.users.len() + page.malformed.len()) as u64;
+            self.checked += (page.items.len() + page.malformed.len()) as u64;
             for (user_id, why) in &page.malformed {
                 tracing::warn!(user_id = ?user_id, "malformed person in DAARION's listing: {why}");
                 self.failed += 1;
             }
-            let mut events = Vec::with_capacity(page.users.len());
-            for user in page.users {
+            let mut events = Vec::with_capacity(page.items.len());
+            for user in page.items {
                 let user_id = user.user_id.clone();
                 match Event::from_listing(user) {
                     Ok(event) => events.push(event),

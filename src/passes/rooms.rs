@@ -26,7 +26,7 @@ use utoipa::ToSchema;
 
 use super::{Lease, PassError};
 use crate::config::Settings;
-use crate::daarion::CityApi;
+use crate::daarion::RoomApi;
 use crate::domain::city::CityEvent;
 use crate::jobs::Worker;
 use crate::now_ms;
@@ -80,7 +80,7 @@ pub struct RoomSync {
     settings: Arc<Settings>,
     store: Store,
     worker: Arc<Worker>,
-    api: Option<CityApi>,
+    api: Option<RoomApi>,
     wake: Arc<Notify>,
 }
 
@@ -92,7 +92,7 @@ impl RoomSync {
         wake: Arc<Notify>,
     ) -> anyhow::Result<RoomSync> {
         Ok(RoomSync {
-            api: CityApi::new_city(&settings)?,
+            api: RoomApi::new(&settings)?,
             settings,
             store,
             worker,
@@ -150,7 +150,7 @@ impl RoomSync {
 
     /// Reads the listing and queues what changed, then runs the queued
     /// rooms' jobs; returns whether everything was read.
-    async fn pass(&self, api: &CityApi, full: bool, summary: &mut RoomSummary) -> bool {
+    async fn pass(&self, api: &RoomApi, full: bool, summary: &mut RoomSummary) -> bool {
         let since = if full {
             None
         } else {
@@ -172,13 +172,13 @@ impl RoomSync {
                     break false;
                 }
             };
-            summary.rooms_checked += (page.users.len() + page.malformed.len()) as u64;
+            summary.rooms_checked += (page.items.len() + page.malformed.len()) as u64;
             for (room_id, why) in &page.malformed {
                 tracing::warn!(room_id = ?room_id, "malformed room in DAARION.city's listing: {why}");
                 summary.failures += 1;
             }
-            let mut events = Vec::with_capacity(page.users.len());
-            for room in page.users {
+            let mut events = Vec::with_capacity(page.items.len());
+            for room in page.items {
                 let room_id = room.room_id.clone();
                 match CityEvent::from_listing(room) {
                     Ok(event) => events.push(event),

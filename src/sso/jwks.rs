@@ -69,10 +69,7 @@ pub struct Jwks {
 
 impl Jwks {
     pub fn new(url: Url, min_refresh: Duration) -> anyhow::Result<Jwks> {
-        let http = reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .user_agent(concat!("matrix-provisioner/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = crate::outbound::client(FETCH_TIMEOUT).build()?;
         Ok(Jwks {
             url,
             http,

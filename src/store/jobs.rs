@@ -195,7 +195,7 @@ impl Store {
         Ok(())
     }
 
-    /// Records the avatar a City Room or an agent now shows (see
+    /// Records the avatar a person, a City Room or an agent now shows (see
     /// `jobs::avatar`); the subject's table has the four avatar columns.
     pub async fn record_avatar_of(
         &self,

@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::intake::CHUNK;
 use super::{parse_column, JobKind, Result, Store};
-use crate::domain::city::{MemberWanted, Role, RoomWanted, Visibility};
+use crate::domain::city::{MemberWanted, Role, RoomWanted};
 
 /// Where a room stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +97,7 @@ impl Room {
                 topic_at: row.try_get("topic_at")?,
                 avatar_url: row.try_get("avatar_url")?,
                 avatar_url_at: row.try_get("avatar_url_at")?,
-                visibility: visibility.as_deref().and_then(Visibility::parse),
+                visibility: visibility.and_then(|v| v.parse().ok()),
                 visibility_at: row.try_get("visibility_at")?,
                 deleted: row.try_get::<i64, _>("deleted")? != 0,
                 lifecycle_at: row.try_get("lifecycle_at")?,
@@ -268,7 +268,7 @@ pub(super) fn member_from(row: &AnyRow) -> Result<MemberWanted> {
     let role: String = row.try_get("role")?;
     Ok(MemberWanted {
         member_id: row.try_get("member_id")?,
-        role: Role::parse(&role).unwrap_or(Role::Member),
+        role: role.parse().unwrap_or(Role::Member),
         present: row.try_get::<i64, _>("present")? != 0,
         at: row.try_get("at")?,
     })

@@ -297,11 +297,7 @@ pub fn localpart_of(user_id: &str) -> Option<&str> {
 impl Synapse {
     /// `tokens`: where the deployment keeps the service's admin token.
     pub fn new(settings: &Settings, tokens: Arc<dyn TokenStore>) -> anyhow::Result<Synapse> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.synapse_timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!("matrix-provisioner/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = crate::outbound::client(settings.synapse_timeout).build()?;
         Ok(Synapse {
             http,
             base: settings.synapse_url.clone(),
@@ -328,7 +324,7 @@ impl Synapse {
     }
 
     pub fn user_id(&self, localpart: &str) -> String {
-        format!("@{localpart}:{}", self.server_name)
+        crate::domain::localpart::user_id(localpart, &self.server_name)
     }
 
     /// `GET /health`: Synapse is up and serving.
