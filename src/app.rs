@@ -14,7 +14,7 @@ use anyhow::Context;
 use tokio::sync::{watch, Notify};
 
 use crate::accounts::Accounts;
-use crate::avatar::AvatarFetcher;
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::jobs::Worker;
@@ -55,6 +55,11 @@ pub struct Core {
 
 impl Core {
     pub async fn build(settings: Settings) -> anyhow::Result<Core> {
+        Core::build_with_clock(settings, Clock::system()).await
+    }
+
+    /// [`Core::build`] on `clock` (tests move theirs instead of waiting).
+    pub async fn build_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Core> {
         let settings = Arc::new(settings);
         let store = Store::connect(&settings.database_url, settings.db_max_connections).await?;
         store.migrate().await?;
@@ -70,16 +75,15 @@ impl Core {
             reserved_prefixes: vec![settings.city.agent_prefix.clone()],
         };
         let wake = Arc::new(Notify::new());
-        let avatars = Arc::new(AvatarFetcher::new(&settings)?);
-        let signer = Signer::load(&settings, &store).await?.map(Arc::new);
+        let signer = Signer::load(&settings, &store, &clock).await?.map(Arc::new);
         let worker = Arc::new(Worker::new(
             &settings,
             store.clone(),
             Arc::clone(&synapse),
             policy.clone(),
-            avatars,
             signer.clone(),
             Arc::clone(&wake),
+            clock,
         )?);
         let sync = Arc::new(ProfileSync::new(
             Arc::clone(&settings),
@@ -109,7 +113,13 @@ impl Core {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let core = Core::build(settings).await?;
+        Application::build_with_clock(settings, Clock::system()).await
+    }
+
+    /// [`Application::build`] on `clock` (tests move theirs instead of
+    /// waiting).
+    pub async fn build_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Application> {
+        let core = Core::build_with_clock(settings, clock.clone()).await?;
         let settings = Arc::clone(&core.settings);
         // SQLite writes one transaction at a time anyway; PostgreSQL overlaps
         // several, each flushing a batch.
@@ -118,8 +128,8 @@ impl Application {
             (0, Backend::Postgres) => 8,
             (n, _) => n,
         };
-        let intake = Intake::start(core.store.clone(), writers);
-        let city_intake = Intake::start(core.store.clone(), writers.min(2));
+        let intake = Intake::start(core.store.clone(), writers, clock.clone());
+        let city_intake = Intake::start(core.store.clone(), writers.min(2), clock.clone());
         let sso = Arc::new(Sso::new(&settings)?);
         let state = web::Data::new(AppState {
             settings: Arc::clone(&settings),
@@ -138,6 +148,7 @@ impl Application {
             sso,
             sync: core.sync,
             room_sync: core.room_sync,
+            clock,
         });
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("cannot listen on {}", settings.bind))?;

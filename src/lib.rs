@@ -32,6 +32,7 @@ macro_rules! column_words {
 pub mod accounts;
 pub mod app;
 pub mod avatar;
+pub mod clock;
 pub mod config;
 pub mod daarion;
 pub mod domain;
@@ -48,7 +49,8 @@ pub mod store;
 pub mod synapse;
 pub mod telemetry;
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch, by the system clock. The service's
+/// parts ask their [`clock::Clock`] instead, which tests can move.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }

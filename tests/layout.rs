@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 /// the lines above its own, never its own line's other names or below.
 const LAYERS: &[&[&str]] = &[
     &["secret", "metrics", "now_ms", "outbound"],
+    &["clock"],
     &["domain"],
     &["config"],
     &["telemetry"],

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use crate::domain::event::Event;
 use crate::jobs::{AccountCheck, Worker};
-use crate::now_ms;
 use crate::sso::Claims;
 use crate::store::Store;
 
@@ -102,7 +101,7 @@ impl Accounts {
             claims.picture.as_deref(),
         )
         .ok_or(AccountError::BadSubject)?;
-        let now = now_ms();
+        let now = self.worker.clock().now_ms();
         self.store
             .accept_for_sign_in(&event, now, now + SIGN_IN_HOLD.as_millis() as i64)
             .await

@@ -11,7 +11,6 @@ use super::auth::AdminAuth;
 use super::error::{ApiError, ErrorBody};
 use super::users::rfc3339;
 use super::AppState;
-use crate::now_ms;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AgentView {
@@ -152,7 +151,7 @@ pub async fn retry_message(
 ) -> Result<HttpResponse, ApiError> {
     let queued = state
         .store
-        .retry_message(&message_id, now_ms())
+        .retry_message(&message_id, state.clock.now_ms())
         .await
         .map_err(ApiError::unavailable)?;
     if !queued {
@@ -217,7 +216,7 @@ pub async fn outbox(
         .agents_by_state()
         .await
         .map_err(ApiError::unavailable)?;
-    let now = now_ms();
+    let now = state.clock.now_ms();
     let age = |t: Option<i64>| t.map(|t| (now - t).max(0) / 1000);
     Ok(web::Json(Outboxes {
         to_matrix: OutboxView {

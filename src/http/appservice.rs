@@ -14,7 +14,7 @@ use super::observe::MAX_TRANSACTION_BYTES;
 use super::webhooks::read_limited;
 use super::AppState;
 use crate::domain::matrix::{Names, Transaction};
-use crate::{metrics, now_ms};
+use crate::metrics;
 
 fn matrix_error(status: StatusCode, errcode: &str, error: &str) -> HttpResponse {
     HttpResponse::build(status).json(json!({"errcode": errcode, "error": error}))
@@ -97,7 +97,7 @@ pub async fn transaction(
     let outbox = city.events_url.is_some();
     match state
         .store
-        .accept_transaction(&key, &txn, &names, outbox, now_ms())
+        .accept_transaction(&key, &txn, &names, outbox, state.clock.now_ms())
         .await
     {
         Ok(accepted) => {

@@ -24,6 +24,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::accounts::Accounts;
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::domain::city::CityEvent;
 use crate::oidc::Provider;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub sso: Arc<Sso>,
     pub sync: Arc<ProfileSync>,
     pub room_sync: Arc<RoomSync>,
+    /// The service's clock (see `clock`): every handler's "now".
+    pub clock: Clock,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -8,7 +8,6 @@ use utoipa::OpenApi;
 
 use super::{ApiDoc, AppState};
 use crate::metrics::{self, Snapshot};
-use crate::now_ms;
 
 /// Prometheus metrics.
 ///
@@ -24,7 +23,7 @@ use crate::now_ms;
 #[get("/metrics")]
 pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
     let (snapshot, synapse) = tokio::join!(
-        snapshot(&state.store),
+        snapshot(&state.store, state.clock.now_ms()),
         super::health::synapse_reachable(&state),
     );
     let snapshot = snapshot
@@ -36,8 +35,10 @@ pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// What the database says for the gauges.
-async fn snapshot(store: &crate::store::Store) -> Result<Snapshot, crate::store::StoreError> {
-    let now = now_ms();
+async fn snapshot(
+    store: &crate::store::Store,
+    now: i64,
+) -> Result<Snapshot, crate::store::StoreError> {
     let (queue, people, rooms, agents, outbox) = tokio::try_join!(
         store.queue_depth(now),
         store.people_by_state(),

@@ -14,7 +14,6 @@ use super::users::rfc3339;
 use super::webhooks::{answer, refusal, signed_body, Acknowledged};
 use super::AppState;
 use crate::domain::city::{CityEvent, ParsedCity};
-use crate::now_ms;
 use crate::passes::rooms::RoomSummary;
 use crate::store::JobKind;
 
@@ -75,7 +74,13 @@ async fn receive_inner(
     req: &HttpRequest,
     payload: web::Payload,
 ) -> Result<CityWebhookAccepted, ApiError> {
-    let body = signed_body(req, payload, &state.settings.city.webhook_secrets).await?;
+    let body = signed_body(
+        req,
+        payload,
+        &state.settings.city.webhook_secrets,
+        state.clock.now_ms(),
+    )
+    .await?;
     let event = match CityEvent::parse(&body).map_err(refusal)? {
         ParsedCity::Event(event) => event,
         ParsedCity::Ignored { id } => {
@@ -220,7 +225,7 @@ pub async fn retry_room(
 ) -> Result<HttpResponse, ApiError> {
     let known = state
         .store
-        .requeue(JobKind::Room, &room_id, now_ms())
+        .requeue(JobKind::Room, &room_id, state.clock.now_ms())
         .await
         .map_err(ApiError::unavailable)?;
     if !known {

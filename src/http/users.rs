@@ -11,7 +11,6 @@ use super::auth::AdminAuth;
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::domain::localpart::user_id;
-use crate::now_ms;
 use crate::store::{JobKind, Person};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -122,7 +121,7 @@ pub async fn retry_user(
 ) -> Result<HttpResponse, ApiError> {
     let known = state
         .store
-        .requeue(JobKind::Person, &user_id, now_ms())
+        .requeue(JobKind::Person, &user_id, state.clock.now_ms())
         .await
         .map_err(ApiError::unavailable)?;
     if !known {

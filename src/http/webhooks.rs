@@ -12,7 +12,7 @@ use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::domain::event::{Event, EventError, Parsed};
 use crate::domain::signature;
-use crate::{metrics, now_ms};
+use crate::metrics;
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const SIGNATURE_HEADER: &str = crate::domain::signature::HEADER;
@@ -136,7 +136,13 @@ async fn receive_inner(
     req: &HttpRequest,
     payload: web::Payload,
 ) -> Result<WebhookAccepted, ApiError> {
-    let body = signed_body(req, payload, &state.settings.webhook_secrets).await?;
+    let body = signed_body(
+        req,
+        payload,
+        &state.settings.webhook_secrets,
+        state.clock.now_ms(),
+    )
+    .await?;
     let event = match Event::parse(&body).map_err(refusal)? {
         Parsed::Event(event) => event,
         Parsed::Ignored { id } => {
@@ -175,13 +181,14 @@ pub(super) async fn signed_body(
     req: &HttpRequest,
     payload: web::Payload,
     secrets: &[crate::secret::Secret],
+    now_ms: i64,
 ) -> Result<web::BytesMut, ApiError> {
     let body = read_limited(req, payload, MAX_BODY_BYTES).await?;
     let header = req
         .headers()
         .get(SIGNATURE_HEADER)
         .map(|v| v.to_str().unwrap_or(""));
-    signature::verify(header, &body, secrets, now_ms() / 1000).map_err(|e| {
+    signature::verify(header, &body, secrets, now_ms / 1000).map_err(|e| {
         let code = match e {
             signature::SignatureError::Stale => "stale_signature",
             signature::SignatureError::Missing => "missing_signature",

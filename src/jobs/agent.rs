@@ -7,7 +7,7 @@
 use super::avatar::follow;
 use super::outcome::Outcome;
 use crate::avatar::AvatarFetcher;
-use crate::now_ms;
+use crate::clock::Clock;
 use crate::store::{Agent, AgentState, AppliedAvatar, JobKind, Store};
 use crate::synapse::Synapse;
 
@@ -16,6 +16,7 @@ pub struct AgentDeps<'a> {
     pub synapse: &'a Synapse,
     pub avatars: &'a AvatarFetcher,
     pub agent_prefix: &'a str,
+    pub clock: &'a Clock,
 }
 
 type StepResult<T> = Result<T, Outcome<AgentState>>;
@@ -87,8 +88,12 @@ async fn run(deps: &AgentDeps<'_>, mut a: Agent) -> StepResult<AgentState> {
 /// jobs join it, and its messages that waited for it can go. Queued at once,
 /// before anything later in the run can fail.
 async fn usable_now(deps: &AgentDeps<'_>, agent_id: &str) -> StepResult<()> {
-    deps.store.queue_rooms_of(agent_id, now_ms()).await?;
-    deps.store.queue_sends_of(agent_id, true, now_ms()).await?;
+    deps.store
+        .queue_rooms_of(agent_id, deps.clock.now_ms())
+        .await?;
+    deps.store
+        .queue_sends_of(agent_id, true, deps.clock.now_ms())
+        .await?;
     Ok(())
 }
 

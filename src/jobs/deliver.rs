@@ -7,14 +7,20 @@
 
 use super::outcome::Outcome;
 use super::Drained;
+use crate::clock::Clock;
 use crate::daarion::CityEvents;
+use crate::metrics;
 use crate::store::Store;
-use crate::{metrics, now_ms};
 
 /// Events read at once.
 const BATCH: i64 = 50;
 
-pub async fn drain(store: &Store, events: Option<&CityEvents>, stream: &str) -> Outcome<Drained> {
+pub async fn drain(
+    store: &Store,
+    events: Option<&CityEvents>,
+    stream: &str,
+    clock: &Clock,
+) -> Outcome<Drained> {
     let Some(events) = events else {
         // CITY_EVENTS_URL was unset after these were queued: they stay.
         return Outcome::Failed("CITY_EVENTS_URL is not set".into());
@@ -32,7 +38,7 @@ pub async fn drain(store: &Store, events: Option<&CityEvents>, stream: &str) -> 
                 metrics::message("to_city", "retried");
                 return Outcome::retry(format!("event {} not delivered: {e}", entry.id));
             }
-            metrics::city_delivery_delay(now_ms() - entry.received_at);
+            metrics::city_delivery_delay(clock.now_ms() - entry.received_at);
             metrics::message("to_city", "delivered");
             if let Err(e) = store.delivered(entry.seq).await {
                 return e.into();

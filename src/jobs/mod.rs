@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::avatar::AvatarFetcher;
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::daarion::CityEvents;
 use crate::signing::Signer;
@@ -33,7 +34,7 @@ use crate::store::{
     RoomState, State, Store,
 };
 use crate::synapse::{with_purpose, Purpose, Synapse, TakenLocalparts};
-use crate::{metrics, now_ms, telemetry};
+use crate::{metrics, telemetry};
 
 pub use outcome::Outcome;
 
@@ -143,6 +144,7 @@ pub struct Worker {
     /// be a server admin) in this process.
     bot_ready: tokio::sync::OnceCell<()>,
     wake: Arc<Notify>,
+    clock: Clock,
 }
 
 impl Worker {
@@ -151,10 +153,11 @@ impl Worker {
         store: Store,
         synapse: Arc<Synapse>,
         policy: LocalpartPolicy,
-        avatars: Arc<AvatarFetcher>,
         oidc: Option<Arc<Signer>>,
         wake: Arc<Notify>,
+        clock: Clock,
     ) -> anyhow::Result<Worker> {
+        let avatars = Arc::new(AvatarFetcher::new(settings)?);
         let owner = crate::store::lease_owner();
         let city_events = CityEvents::new(settings)?;
         Ok(Worker {
@@ -162,7 +165,7 @@ impl Worker {
             synapse,
             policy,
             avatars,
-            taken: TakenLocalparts::default(),
+            taken: TakenLocalparts::new(clock.clone()),
             owner,
             lease: settings.job_lease,
             retry_max_delay: settings.retry_max_delay,
@@ -175,12 +178,13 @@ impl Worker {
             city_events,
             bot_ready: tokio::sync::OnceCell::new(),
             wake,
+            clock,
         })
     }
 
     /// Claims one due job and runs it. `Ok(None)` when nothing is due.
     pub async fn run_one(&self) -> anyhow::Result<Option<JobOutcome>> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let leased_until = now + self.lease.as_millis() as i64;
         let Some(job) = self
             .store
@@ -237,7 +241,7 @@ impl Worker {
                     retry_after: Some(Duration::from_secs(1)),
                 });
             }
-            let now = now_ms();
+            let now = self.clock.now_ms();
             let leased_until = now + self.lease.as_millis() as i64;
             match self
                 .store
@@ -286,7 +290,7 @@ impl Worker {
     /// Runs this subject's job if it is due and no worker holds it;
     /// `Ok(None)` otherwise (a sync pass drives the work it caused).
     async fn run_job_of(&self, kind: JobKind, key: &str) -> anyhow::Result<Option<JobOutcome>> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let leased_until = now + self.lease.as_millis() as i64;
         let Some(job) = self
             .store
@@ -321,7 +325,7 @@ impl Worker {
                 Ok(JobState::Waiting(at)) => at,
                 Err(e) => {
                     tracing::warn!(kind = kind.as_str(), subject = %key, "cannot read a job: {e}");
-                    now_ms() + 1000
+                    self.clock.now_ms() + 1000
                 }
             };
             if give_up.load(Relaxed) {
@@ -336,13 +340,18 @@ impl Worker {
                 return false;
             }
             // A retry's backoff or another worker's run: look again soon.
-            let pause = (wait_until - now_ms()).clamp(20, 250) as u64;
+            let pause = (wait_until - self.clock.now_ms()).clamp(20, 250) as u64;
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
     }
 
     pub fn synapse(&self) -> &Arc<Synapse> {
         &self.synapse
+    }
+
+    /// The clock every job and pass of this worker reads.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Which localparts Synapse has, for backfills (see `synapse::taken`).
@@ -377,14 +386,20 @@ impl Worker {
                     store: &self.store,
                     synapse: &self.synapse,
                     max_wait: self.message_wait,
+                    clock: &self.clock,
                 };
                 let outcome = send::drain(&deps, &job.subject).await;
                 self.record(job, &outcome).await?;
                 Ok(JobOutcome::Send(outcome))
             }
             JobKind::Deliver => {
-                let outcome =
-                    deliver::drain(&self.store, self.city_events.as_ref(), &job.subject).await;
+                let outcome = deliver::drain(
+                    &self.store,
+                    self.city_events.as_ref(),
+                    &job.subject,
+                    &self.clock,
+                )
+                .await;
                 self.record(job, &outcome).await?;
                 Ok(JobOutcome::Deliver(outcome))
             }
@@ -393,7 +408,11 @@ impl Worker {
 
     /// Queues the `send` jobs that waited for this room or agent.
     async fn queue_sends_of(&self, key: &str, agent: bool) {
-        match self.store.queue_sends_of(key, agent, now_ms()).await {
+        match self
+            .store
+            .queue_sends_of(key, agent, self.clock.now_ms())
+            .await
+        {
             Ok(0) => {}
             Ok(_) => self.wake.notify_waiters(),
             Err(e) => tracing::warn!("cannot queue waiting messages: {e}"),
@@ -411,6 +430,7 @@ impl Worker {
             synapse: &self.synapse,
             avatars: &self.avatars,
             agent_prefix: &self.agent_prefix,
+            clock: &self.clock,
         };
         agent::reconcile(&deps, agent).await
     }
@@ -434,6 +454,7 @@ impl Worker {
             avatars: &self.avatars,
             alias_prefix: &self.alias_prefix,
             join_concurrency: self.join_concurrency,
+            clock: &self.clock,
         };
         room::reconcile(&deps, room).await
     }
@@ -455,12 +476,17 @@ impl Worker {
             taken: &self.taken,
             username_grace: self.username_grace,
             oidc: self.oidc.as_deref(),
+            clock: &self.clock,
         };
         let outcome = provision::reconcile(&deps, person, settle_now).await;
         if outcome == Outcome::Done(State::Provisioned) && !had_account {
             // A new (or reactivated) account: the City Rooms the person is
             // a member of can join them now.
-            match self.store.queue_rooms_of(&job.subject, now_ms()).await {
+            match self
+                .store
+                .queue_rooms_of(&job.subject, self.clock.now_ms())
+                .await
+            {
                 Ok(0) => {}
                 Ok(_) => self.wake.notify_waiters(),
                 Err(e) => return e.into(),
@@ -470,7 +496,7 @@ impl Worker {
     }
 
     async fn record<S: SubjectState>(&self, job: &Job, outcome: &Outcome<S>) -> anyhow::Result<()> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let kind = job.kind.as_str();
         let subject = job.subject.as_str();
         match outcome {
@@ -534,7 +560,7 @@ impl Worker {
     /// for ever, and the OpenID provider's expired sign-ins.
     async fn forget_old_events(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
-            let before = now_ms() - EVENT_MEMORY.as_millis() as i64;
+            let before = self.clock.now_ms() - EVENT_MEMORY.as_millis() as i64;
             let mut forgotten = 0;
             loop {
                 match self.store.forget_events(before, FORGET_BATCH).await {
@@ -556,7 +582,11 @@ impl Worker {
             }
             // Expired sign-ins, codes and access tokens of the OpenID
             // provider: refused already, now gone.
-            match self.store.forget_expired_sign_ins(now_ms()).await {
+            match self
+                .store
+                .forget_expired_sign_ins(self.clock.now_ms())
+                .await
+            {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(forgotten = n, "forgot expired sign-ins, codes and tokens"),
                 Err(e) => tracing::warn!("cannot forget expired sign-ins: {e}"),
@@ -577,7 +607,7 @@ impl Worker {
                 _ = tokio::time::sleep(PRESENCE_REFRESH) => {}
                 _ = shutdown.changed() => continue,
             }
-            let now = now_ms();
+            let now = self.clock.now_ms();
             let until = now + PRESENCE_REFRESH.as_millis() as i64 - 1000;
             match self
                 .store
@@ -643,9 +673,9 @@ impl Worker {
     /// Until the next job is due, at most [`IDLE_POLL`].
     async fn idle_pause(&self) -> Duration {
         match self.store.next_due().await {
-            Ok(Some(due)) => {
-                Duration::from_millis((due - now_ms()).clamp(1, IDLE_POLL.as_millis() as i64) as u64)
-            }
+            Ok(Some(due)) => Duration::from_millis(
+                (due - self.clock.now_ms()).clamp(1, IDLE_POLL.as_millis() as i64) as u64,
+            ),
             _ => IDLE_POLL,
         }
     }

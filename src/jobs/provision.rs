@@ -10,8 +10,8 @@ use std::time::Duration;
 use super::avatar::follow;
 use super::outcome::Outcome;
 use crate::avatar::AvatarFetcher;
+use crate::clock::Clock;
 use crate::domain::localpart::Localpart;
-use crate::now_ms;
 use crate::signing::Signer;
 use crate::store::{
     Account, AppliedAvatar, CreateVia, JobKind, LocalpartPolicy, Person, State, Store,
@@ -38,6 +38,7 @@ pub struct Deps<'a> {
     pub username_grace: Duration,
     /// Signs back-channel logouts, when the OpenID provider is on.
     pub oidc: Option<&'a Signer>,
+    pub clock: &'a Clock,
 }
 
 /// `settle_now`: someone is waiting for the account (a sign-in), so its
@@ -186,7 +187,7 @@ impl Step<'_> {
             if !self
                 .deps
                 .store
-                .mark_registering(&self.p.user_id, &localpart, now_ms())
+                .mark_registering(&self.p.user_id, &localpart, self.deps.clock.now_ms())
                 .await?
             {
                 tracing::info!(
@@ -250,7 +251,7 @@ impl Step<'_> {
             return Ok(());
         }
         let until = self.p.created_at + self.deps.username_grace.as_millis() as i64;
-        if now_ms() < until {
+        if self.deps.clock.now_ms() < until {
             return Err(Outcome::Wait {
                 until,
                 reason: "no username known yet".into(),
@@ -383,7 +384,7 @@ impl Step<'_> {
             && !self
                 .deps
                 .store
-                .change_localpart(&self.p.user_id, &localpart, now_ms())
+                .change_localpart(&self.p.user_id, &localpart, self.deps.clock.now_ms())
                 .await?
         {
             return Err(Outcome::Failed(format!(
@@ -543,7 +544,10 @@ impl Step<'_> {
         self.p.avatar_error = Some(reason);
         self.p.upload_mxc = None;
         self.p.upload_sha256 = None;
-        self.deps.store.record_avatar(&self.p, now_ms()).await?;
+        self.deps
+            .store
+            .record_avatar(&self.p, self.deps.clock.now_ms())
+            .await?;
         Ok(())
     }
 
@@ -566,7 +570,7 @@ impl Step<'_> {
                 account,
                 self.p.applied_display_name.as_deref(),
                 self.p.oidc_linked,
-                now_ms(),
+                self.deps.clock.now_ms(),
             )
             .await?;
         Ok(())

@@ -21,8 +21,8 @@ use futures_util::stream::{self, StreamExt};
 use super::avatar::follow;
 use super::outcome::Outcome;
 use crate::avatar::AvatarFetcher;
+use crate::clock::Clock;
 use crate::domain::city::{Role, Visibility};
-use crate::now_ms;
 use crate::store::{AppliedAvatar, JobKind, MemberAccount, Room, RoomState, Store};
 use crate::synapse::{Homeserver, JoinRule, Refusal, RoomSpec, RoomView, Synapse, SynapseError};
 
@@ -40,6 +40,7 @@ pub struct RoomDeps<'a> {
     pub alias_prefix: &'a str,
     /// Joins sent at once for one room.
     pub join_concurrency: usize,
+    pub clock: &'a Clock,
 }
 
 pub async fn reconcile(deps: &RoomDeps<'_>, room: Room) -> Outcome<RoomState> {
@@ -102,7 +103,7 @@ impl Step<'_> {
     async fn adopt(&mut self, matrix_room_id: String) -> StepResult<String> {
         self.deps
             .store
-            .set_matrix_room_id(&self.r.room_id, &matrix_room_id, now_ms())
+            .set_matrix_room_id(&self.r.room_id, &matrix_room_id, self.deps.clock.now_ms())
             .await?;
         self.r.matrix_room_id = Some(matrix_room_id.clone());
         Ok(matrix_room_id)
@@ -127,7 +128,7 @@ impl Step<'_> {
             if self
                 .deps
                 .store
-                .settle_room_alias(&self.r.room_id, &candidate, now_ms())
+                .settle_room_alias(&self.r.room_id, &candidate, self.deps.clock.now_ms())
                 .await?
             {
                 // Another replica may have settled first: theirs counts.

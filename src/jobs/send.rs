@@ -22,10 +22,11 @@ use std::time::Duration;
 
 use super::outcome::Outcome;
 use super::Drained;
+use crate::clock::Clock;
 use crate::domain::agent::{message_content, txn_id, MESSAGE_ID_FIELD};
+use crate::metrics;
 use crate::store::{Agent, JobKind, Store, StoredMessage};
 use crate::synapse::{Refusal, Synapse, SynapseError};
-use crate::{metrics, now_ms};
 
 /// Messages read (and marked as tried) at once.
 const BATCH: i64 = 50;
@@ -39,6 +40,7 @@ pub struct SendDeps<'a> {
     pub synapse: &'a Synapse,
     /// How long a message may wait for its room or agent.
     pub max_wait: Duration,
+    pub clock: &'a Clock,
 }
 
 type StepResult<T> = Result<T, Outcome<Drained>>;
@@ -48,7 +50,7 @@ pub async fn drain(deps: &SendDeps<'_>, room_id: &str) -> Outcome<Drained> {
     let outcome = run(deps, room_id, &mut recorder).await;
     // What went out is recorded whatever stopped the run (a message that
     // waits, Synapse down).
-    if let Err(e) = recorder.flush(deps.store).await {
+    if let Err(e) = recorder.flush(deps.store, deps.clock.now_ms()).await {
         return e.into();
     }
     match outcome {
@@ -78,8 +80,8 @@ impl Recorder {
             .insert(message_id.to_string(), event_id.to_string());
     }
 
-    async fn flush(&mut self, store: &Store) -> Result<(), crate::store::StoreError> {
-        store.record_sent(&self.unrecorded, now_ms()).await?;
+    async fn flush(&mut self, store: &Store, now: i64) -> Result<(), crate::store::StoreError> {
+        store.record_sent(&self.unrecorded, now).await?;
         self.unrecorded.clear();
         Ok(())
     }
@@ -92,7 +94,7 @@ async fn run(deps: &SendDeps<'_>, room_id: &str, recorder: &mut Recorder) -> Ste
     loop {
         // What this run sent is recorded before the next read, which would
         // otherwise find it pending.
-        recorder.flush(store).await?;
+        recorder.flush(store, deps.clock.now_ms()).await?;
         let batch = store.pending_messages(room_id, BATCH).await?;
         let Some(first) = batch.first() else {
             return Ok(());
@@ -122,7 +124,7 @@ async fn run(deps: &SendDeps<'_>, room_id: &str, recorder: &mut Recorder) -> Ste
             .filter(|m| m.attempted_at.is_none())
             .map(|m| m.message.message_id.as_str())
             .collect();
-        store.mark_attempted(&untried, now_ms()).await?;
+        store.mark_attempted(&untried, deps.clock.now_ms()).await?;
         for m in &batch {
             if !agents.contains_key(&m.message.agent_id) {
                 let agent = store.agent(&m.message.agent_id).await?;
@@ -135,7 +137,7 @@ async fn run(deps: &SendDeps<'_>, room_id: &str, recorder: &mut Recorder) -> Ste
                 None => break,
             }
             if recorder.unrecorded.len() >= RECORD_EVERY {
-                recorder.flush(store).await?;
+                recorder.flush(store, deps.clock.now_ms()).await?;
             }
         }
     }
@@ -209,7 +211,7 @@ async fn send_one(
                 .any(|w| w.member_id == m.message.agent_id && w.present);
             if member {
                 deps.store
-                    .requeue(JobKind::Room, &m.message.room_id, now_ms())
+                    .requeue(JobKind::Room, &m.message.room_id, deps.clock.now_ms())
                     .await?;
                 wait(deps, m, "its agent is not joined to the room yet").await?;
             } else {
@@ -254,7 +256,7 @@ async fn fail(deps: &SendDeps<'_>, m: &StoredMessage, reason: &str) -> StepResul
 /// The room waits for `m`'s room or agent, unless it has waited too long:
 /// then `m` fails and the caller goes on (`Ok`).
 async fn wait(deps: &SendDeps<'_>, m: &StoredMessage, reason: &str) -> StepResult<()> {
-    let now = now_ms();
+    let now = deps.clock.now_ms();
     if now - m.received_at > deps.max_wait.as_millis() as i64 {
         let reason = format!(
             "{reason} after {} s (MESSAGE_WAIT_SECONDS)",

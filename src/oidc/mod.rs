@@ -41,7 +41,6 @@ use url::Url;
 
 use crate::accounts::{AccountError, Accounts};
 use crate::config::Settings;
-use crate::now_ms;
 use crate::secret::Secret;
 use crate::signing::{random_secret, Signer, ID_TOKEN_TTL_S};
 use crate::sso::{Claims, Refusal, Sso};
@@ -182,6 +181,11 @@ impl Provider {
         self.signer.issuer()
     }
 
+    /// Now, by the clock the signer dates its tokens with.
+    fn now_ms(&self) -> i64 {
+        self.signer.clock().now_ms()
+    }
+
     /// Where the binding cookie is sent. `/` on https: the `__Host-`
     /// prefix (see [`Provider::cookie_name`]) requires it.
     pub fn cookie_path(&self) -> &str {
@@ -255,7 +259,7 @@ impl Provider {
     /// hour ago (read from the database, so every replica publishes the
     /// same set; reused for a few seconds).
     pub async fn jwks(&self) -> Result<Value, StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         if let Some((at, jwks)) = self.jwks.lock().expect("never poisoned").clone() {
             if now - at < JWKS_CACHE_MS {
                 return Ok(jwks);
@@ -359,11 +363,11 @@ impl Provider {
             person: None,
             proof_hash: None,
             client_addr: client_addr.to_string(),
-            expires_at: now_ms() + SIGN_IN_TTL_MS,
+            expires_at: self.now_ms() + SIGN_IN_TTL_MS,
         };
         let begun = self
             .store
-            .begin_sign_in(&pending, SIGN_IN_LIMITS, now_ms())
+            .begin_sign_in(&pending, SIGN_IN_LIMITS, self.now_ms())
             .await
             .map_err(|_| SignInError::Unavailable { retry_after: 5 })?;
         if begun == Begun::TooMany {
@@ -400,7 +404,7 @@ impl Provider {
         // DAARION said no, or handed back something that is not its token:
         // the sign-in ends (if it was one).
         let refuse = |state_hash: String| async move {
-            match self.store.drop_sign_in(&state_hash, now_ms()).await {
+            match self.store.drop_sign_in(&state_hash, self.now_ms()).await {
                 Ok(true) => Err(SignInError::Refused),
                 Ok(false) => Err(SignInError::Expired),
                 Err(e) => Err(unavailable(e)),
@@ -431,7 +435,7 @@ impl Provider {
         let proof = random_secret();
         if !self
             .store
-            .sign_in_returned(&state_hash, &who, &digest(&proof), now_ms())
+            .sign_in_returned(&state_hash, &who, &digest(&proof), self.now_ms())
             .await
             .map_err(unavailable)?
         {
@@ -464,7 +468,7 @@ impl Provider {
                 &digest(state),
                 binding_hash.as_deref(),
                 &digest(proof),
-                now_ms(),
+                self.now_ms(),
             )
             .await
             .map_err(unavailable)?
@@ -503,7 +507,12 @@ impl Provider {
         };
         let pending = self
             .store
-            .take_sign_in(&digest(state), &digest(binding), &digest(proof), now_ms())
+            .take_sign_in(
+                &digest(state),
+                &digest(binding),
+                &digest(proof),
+                self.now_ms(),
+            )
             .await
             .map_err(unavailable)?
             .ok_or(SignInError::Expired)?;
@@ -514,7 +523,7 @@ impl Provider {
         // Again: the person may have been deleted while the page was open.
         let account = active(accounts, &pending).await?;
         let code = random_secret();
-        let now = now_ms();
+        let now = self.now_ms();
         let grant = CodeGrant {
             code_hash: digest(&code),
             client_id: pending.client_id.clone(),
@@ -597,7 +606,7 @@ impl Provider {
             .filter(|c| !c.is_empty())
             .ok_or_else(|| OAuthError::new(400, "invalid_request", "code is required"))?;
         let unavailable = |_| OAuthError::new(503, "temporarily_unavailable", "retry later");
-        let now = now_ms();
+        let now = self.now_ms();
         let verifier = form.get("code_verifier");
         let redirect_uri = form.get("redirect_uri");
         let mut refusal = None;
@@ -639,7 +648,7 @@ impl Provider {
     pub async fn userinfo(&self, access_token: &str) -> Result<Option<Value>, StoreError> {
         let owner = self
             .store
-            .access_token_owner(&digest(access_token), now_ms())
+            .access_token_owner(&digest(access_token), self.now_ms())
             .await?;
         Ok(owner
             .map(|o| json!({"sub": o.user_id, "preferred_username": o.localpart, "name": o.name})))

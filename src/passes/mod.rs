@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::now_ms;
+use crate::clock::Clock;
 use crate::store::{Pass, Store, StoreError};
 
 /// How long a pass holds its lease without renewing it; a crashed pass
@@ -55,9 +55,14 @@ struct Lease {
 impl Lease {
     /// Takes the lease of `pass` (called `name` in messages), unless
     /// another process holds it.
-    async fn take(store: &Store, pass: Pass, name: &'static str) -> Result<Lease, PassError> {
+    async fn take(
+        store: &Store,
+        pass: Pass,
+        name: &'static str,
+        clock: &Clock,
+    ) -> Result<Lease, PassError> {
         let owner = crate::store::lease_owner();
-        let started_ms = now_ms();
+        let started_ms = clock.now_ms();
         let until = started_ms + LEASE.as_millis() as i64;
         if let Err(holder) = store.lease_sync(pass, &owner, started_ms, until).await? {
             return Err(PassError::InProgress {
@@ -66,7 +71,13 @@ impl Lease {
             });
         }
         let lost = Arc::new(AtomicBool::new(false));
-        let renewal = tokio::spawn(renew(store.clone(), pass, owner.clone(), Arc::clone(&lost)));
+        let renewal = tokio::spawn(renew(
+            store.clone(),
+            pass,
+            owner.clone(),
+            Arc::clone(&lost),
+            clock.clone(),
+        ));
         Ok(Lease {
             store: store.clone(),
             pass,
@@ -110,12 +121,12 @@ impl Drop for Lease {
 }
 
 /// Keeps a pass's lease alive while it runs; flags its loss.
-async fn renew(store: Store, pass: Pass, owner: String, lost: Arc<AtomicBool>) {
+async fn renew(store: Store, pass: Pass, owner: String, lost: Arc<AtomicBool>, clock: Clock) {
     let mut tick = tokio::time::interval(LEASE / 4);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let until = now_ms() + LEASE.as_millis() as i64;
+        let until = clock.now_ms() + LEASE.as_millis() as i64;
         match store.renew_sync(pass, &owner, until).await {
             Ok(true) => {}
             Ok(false) => {

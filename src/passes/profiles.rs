@@ -37,7 +37,6 @@ use crate::config::{DriftPolicy, Settings};
 use crate::daarion::UserApi;
 use crate::domain::event::{Event, EventKind};
 use crate::jobs::Worker;
-use crate::now_ms;
 use crate::store::{Account, CreateVia, JobKind, Pass, Person, State, Store};
 use crate::synapse::{localpart_of, with_purpose, Purpose, Synapse};
 
@@ -159,7 +158,13 @@ impl ProfileSync {
             .api
             .as_ref()
             .ok_or(PassError::NotConfigured(NOT_CONFIGURED))?;
-        let lease = Lease::take(&self.store, Pass::Profiles, "profile sync").await?;
+        let lease = Lease::take(
+            &self.store,
+            Pass::Profiles,
+            "profile sync",
+            self.worker.clock(),
+        )
+        .await?;
         tracing::info!(full, "profile sync pass started");
         let started = Instant::now();
         let calls_before = self.synapse().calls().snapshot();
@@ -407,7 +412,11 @@ impl ReadSide<'_> {
                 self.index_synapse_accounts().await;
             }
             let accepted = store
-                .accept_events_via(&news, now_ms(), CreateVia::AdminApi)
+                .accept_events_via(
+                    &news,
+                    self.sync.worker.clock().now_ms(),
+                    CreateVia::AdminApi,
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             if accepted.iter().any(|a| a.queued) {
@@ -442,7 +451,7 @@ impl ReadSide<'_> {
         for user_id in pending {
             let before = store.person(&user_id).await.map_err(|e| e.to_string())?;
             store
-                .queue_work(&user_id, now_ms())
+                .queue_work(&user_id, self.sync.worker.clock().now_ms())
                 .await
                 .map_err(|e| e.to_string())?;
             let _ = self
@@ -519,7 +528,7 @@ impl ReadSide<'_> {
                 );
                 if enforce {
                     sync.store
-                        .queue_verify(&person.user_id, now_ms())
+                        .queue_verify(&person.user_id, self.sync.worker.clock().now_ms())
                         .await
                         .map_err(|e| e.to_string())?;
                     sync.wake.notify_one();

@@ -29,7 +29,6 @@ use crate::config::Settings;
 use crate::daarion::RoomApi;
 use crate::domain::city::CityEvent;
 use crate::jobs::Worker;
-use crate::now_ms;
 use crate::store::{JobKind, Pass, RoomState, Store};
 use crate::synapse::{with_purpose, Endpoint, Purpose};
 
@@ -112,7 +111,7 @@ impl RoomSync {
             .as_ref()
             .filter(|_| self.settings.city.appservice_enabled())
             .ok_or(PassError::NotConfigured(NOT_CONFIGURED))?;
-        let lease = Lease::take(&self.store, Pass::Rooms, "room sync").await?;
+        let lease = Lease::take(&self.store, Pass::Rooms, "room sync", self.worker.clock()).await?;
         tracing::info!(full, "room sync pass started");
         let started = Instant::now();
         let synapse = self.worker.synapse();
@@ -188,7 +187,11 @@ impl RoomSync {
                     }
                 }
             }
-            match self.store.accept_city_events(&events, now_ms()).await {
+            match self
+                .store
+                .accept_city_events(&events, self.worker.clock().now_ms())
+                .await
+            {
                 Ok(accepted) => {
                     for (event, a) in events.iter().zip(accepted) {
                         if a.queued {
@@ -211,7 +214,11 @@ impl RoomSync {
             // Compare every settled room with what Synapse holds.
             match self.store.settled_rooms().await {
                 Ok(ids) => {
-                    if let Err(e) = self.store.queue_rooms(&ids, now_ms()).await {
+                    if let Err(e) = self
+                        .store
+                        .queue_rooms(&ids, self.worker.clock().now_ms())
+                        .await
+                    {
                         summary.errors.push(e.to_string());
                     }
                     touched.extend(ids);

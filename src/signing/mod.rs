@@ -11,8 +11,8 @@ use base64::Engine;
 use rand::RngCore;
 use serde_json::{json, Value};
 
+use crate::clock::Clock;
 use crate::config::Settings;
-use crate::now_ms;
 use crate::secret::Secret;
 use crate::store::Store;
 use keys::SigningKey;
@@ -28,13 +28,18 @@ pub struct Signer {
     issuer: String,
     client_id: String,
     key: SigningKey,
+    clock: Clock,
 }
 
 impl Signer {
     /// The key in use: `OIDC_SIGNING_KEY`, else the generated one every
     /// replica shares (made now if there is none), published in the JWKS.
     /// None when the provider is not configured.
-    pub async fn load(settings: &Settings, store: &Store) -> anyhow::Result<Option<Signer>> {
+    pub async fn load(
+        settings: &Settings,
+        store: &Store,
+        clock: &Clock,
+    ) -> anyhow::Result<Option<Signer>> {
         let oidc = &settings.oidc;
         let Some(public_url) = oidc
             .public_url
@@ -49,7 +54,9 @@ impl Signer {
             None => generated_key(store).await?,
         };
         let jwk = key.public_jwk().to_string();
-        store.use_signing_key(key.kid(), &jwk, now_ms()).await?;
+        store
+            .use_signing_key(key.kid(), &jwk, clock.now_ms())
+            .await?;
         tracing::info!(
             kid = key.kid(),
             alg = key.alg_name(),
@@ -59,6 +66,7 @@ impl Signer {
             issuer: public_url.as_str().trim_end_matches('/').to_string(),
             client_id: oidc.client_id.clone(),
             key,
+            clock: clock.clone(),
         }))
     }
 
@@ -75,6 +83,11 @@ impl Signer {
         self.key.alg_name()
     }
 
+    /// The clock tokens are dated by (the provider's too).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// `claims` signed with the key in use (`typ`: the header's, if not JWT).
     pub fn sign(&self, claims: &Value, typ: Option<&str>) -> String {
         self.key.sign(claims, typ)
@@ -83,7 +96,7 @@ impl Signer {
     /// A back-channel logout token for one Matrix session (OpenID
     /// Back-Channel Logout 1.0, section 2.4).
     pub fn logout_token(&self, user_id: &str, sid: &str) -> Secret {
-        let now = now_ms() / 1000;
+        let now = self.clock.now_ms() / 1000;
         let claims = json!({
             "iss": self.issuer,
             "aud": self.client_id,

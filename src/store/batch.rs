@@ -14,8 +14,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::{Accepted, Result, Store, StoreError};
+use crate::clock::Clock;
 use crate::domain::event::Event;
-use crate::now_ms;
 
 pub const MAX_BATCH: usize = 256;
 
@@ -62,11 +62,16 @@ impl<T: Batched> Clone for Intake<T> {
 impl<T: Batched> Intake<T> {
     /// Starts `writers` writer tasks (one suits SQLite, whose writes are
     /// serial anyway; PostgreSQL profits from a few).
-    pub fn start(store: Store, writers: usize) -> Intake<T> {
+    /// Events are stored as received at `clock`'s time.
+    pub fn start(store: Store, writers: usize, clock: Clock) -> Intake<T> {
         let (queue, receiver) = mpsc::channel(4 * MAX_BATCH);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..writers.max(1) {
-            tokio::spawn(write_batches(store.clone(), Arc::clone(&receiver)));
+            tokio::spawn(write_batches(
+                store.clone(),
+                Arc::clone(&receiver),
+                clock.clone(),
+            ));
         }
         Intake { queue }
     }
@@ -84,7 +89,7 @@ impl<T: Batched> Intake<T> {
     }
 }
 
-async fn write_batches<T: Batched>(store: Store, receiver: Receiver<T>) {
+async fn write_batches<T: Batched>(store: Store, receiver: Receiver<T>, clock: Clock) {
     loop {
         let mut batch = Vec::new();
         {
@@ -101,7 +106,7 @@ async fn write_batches<T: Batched>(store: Store, receiver: Receiver<T>) {
             }
         }
         let (events, replies): (Vec<T>, Vec<Reply<T>>) = batch.into_iter().unzip();
-        match T::store_batch(&store, &events, now_ms()).await {
+        match T::store_batch(&store, &events, clock.now_ms()).await {
             Ok(accepted) => {
                 for (reply, accepted) in replies.into_iter().zip(accepted) {
                     let _ = reply.send(Ok(accepted));
@@ -113,7 +118,8 @@ async fn write_batches<T: Batched>(store: Store, receiver: Receiver<T>) {
                     "intake batch failed ({e}); storing its events one by one"
                 );
                 for (event, reply) in events.iter().zip(replies) {
-                    let one = T::store_batch(&store, std::slice::from_ref(event), now_ms()).await;
+                    let one =
+                        T::store_batch(&store, std::slice::from_ref(event), clock.now_ms()).await;
                     let _ = reply.send(one.map(|mut a| a.remove(0)));
                 }
             }

@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 use super::{Result, Synapse};
+use crate::clock::Clock;
 
 /// The longest the index answers without reading Synapse's new accounts
 /// (unless a request for the list takes over a tenth of it); see above.
@@ -61,9 +62,11 @@ const LIST_COST_PER_ACCOUNT_LISTED: Duration = Duration::from_micros(20);
 /// Below this many creations, lookups are cheaper than even a short list.
 const MIN_CREATIONS: u64 = 50;
 
-#[derive(Default)]
 pub struct TakenLocalparts {
     state: Mutex<State>,
+    /// When the index was read is the service's clock's business: a test
+    /// moves it past [`TakenLocalparts::REFRESH`] instead of waiting.
+    clock: Clock,
 }
 
 #[derive(Default)]
@@ -84,7 +87,8 @@ struct Index {
     resume: u64,
     /// Accounts in the list at the last read.
     total: u64,
-    read_at: Option<Instant>,
+    /// When the last read started (ms, by the service's clock).
+    read_at: Option<i64>,
     /// How long the last request for the list took.
     request_time: Duration,
 }
@@ -92,6 +96,13 @@ struct Index {
 impl TakenLocalparts {
     /// The shortest time between two refreshes.
     pub const REFRESH: Duration = REFRESH;
+
+    pub fn new(clock: Clock) -> TakenLocalparts {
+        TakenLocalparts {
+            state: Mutex::default(),
+            clock,
+        }
+    }
 
     /// Puts the index to use if looking up `creations` accounts one by one
     /// would cost Synapse more than reading its whole user list (or, once
@@ -122,7 +133,9 @@ impl TakenLocalparts {
             return Ok(false);
         }
         let mut index = Index::default();
-        let read = index.read(synapse, Some(budget)).await?;
+        let read = index
+            .read(synapse, Some(budget), self.clock.now_ms())
+            .await?;
         let mut state = self.state.lock().await;
         match read {
             Read::TooLong { accounts } => {
@@ -159,8 +172,12 @@ impl TakenLocalparts {
             return Ok(None);
         };
         let every = REFRESH.max(10 * index.request_time);
-        if index.read_at.is_none_or(|t| t.elapsed() >= every) {
-            index.read(synapse, None).await?;
+        let now = self.clock.now_ms();
+        if index
+            .read_at
+            .is_none_or(|t| now - t >= every.as_millis() as i64)
+        {
+            index.read(synapse, None, now).await?;
         }
         Ok(Some(!index.localparts.contains(&localpart.to_lowercase())))
     }
@@ -178,8 +195,13 @@ enum Read {
 impl Index {
     /// Reads the user list from `resume` to its end, unless (with `budget`)
     /// the first page shows that would cost Synapse more.
-    async fn read(&mut self, synapse: &Synapse, budget: Option<Duration>) -> Result<Read> {
-        let started = Instant::now();
+    /// `now`: when it starts, by the service's clock.
+    async fn read(
+        &mut self,
+        synapse: &Synapse,
+        budget: Option<Duration>,
+        now: i64,
+    ) -> Result<Read> {
         let mut from = self.resume;
         let mut seconds = Seconds::default();
         loop {
@@ -214,7 +236,7 @@ impl Index {
         if let Some(resume) = seconds.resume() {
             self.resume = resume.max(self.resume);
         }
-        self.read_at = Some(started);
+        self.read_at = Some(now);
         Ok(Read::Complete)
     }
 }
