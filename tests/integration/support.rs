@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use matrix_provisioner::app::Application;
+use matrix_provisioner::clock::Clock;
 use matrix_provisioner::config::Settings;
 use matrix_provisioner::domain::event::{Event, Parsed};
 use matrix_provisioner::domain::signature;
@@ -720,6 +721,8 @@ pub struct TestApp {
     pub service_synapse: Arc<Synapse>,
     /// The service's own database pool (a test may close it under the service).
     pub store: Store,
+    /// The service's clock: a test moves it instead of waiting.
+    pub clock: Clock,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -739,7 +742,8 @@ impl TestApp {
         for (k, v) in overrides {
             env.insert(k.to_string(), v.to_string());
         }
-        let app = Application::build(settings(&env))
+        let clock = Clock::system();
+        let app = Application::build_with_clock(settings(&env), clock.clone())
             .await
             .expect("the app builds");
         let client = Client::new(app.port());
@@ -756,6 +760,7 @@ impl TestApp {
             env,
             service_synapse,
             store,
+            clock,
             stop: Some(stop),
             task: Some(task),
         }
