@@ -2,7 +2,6 @@
 //! section 9): an agent's puppet, an agent's message (and its retry once
 //! failed), and the outboxes at a glance.
 
-use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -154,18 +153,12 @@ pub async fn retry_message(
         .retry_message(&message_id, state.clock.now_ms())
         .await
         .map_err(ApiError::unavailable)?;
-    if !queued {
-        return Err(ApiError::not_found(format!(
-            "no failed message {message_id:?} is known here"
-        )));
-    }
-    state.wake.notify_one();
-    Ok(
-        HttpResponse::build(StatusCode::ACCEPTED).json(MessageRequeued {
-            message_id: message_id.into_inner(),
-            queued: true,
-        }),
-    )
+    let unknown = format!("no failed message {message_id:?} is known here");
+    let body = MessageRequeued {
+        message_id: message_id.into_inner(),
+        queued: true,
+    };
+    super::queued_again(&state, queued, unknown, body)
 }
 
 #[derive(Debug, Serialize, ToSchema)]

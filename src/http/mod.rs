@@ -56,6 +56,22 @@ pub struct AppState {
     pub clock: Clock,
 }
 
+/// An operator's retry: `202` with `body` once the work is queued again
+/// (an idle worker is woken), `404` saying `unknown` when there was
+/// nothing to queue.
+fn queued_again<T: serde::Serialize>(
+    state: &AppState,
+    queued: bool,
+    unknown: String,
+    body: T,
+) -> Result<actix_web::HttpResponse, error::ApiError> {
+    if !queued {
+        return Err(error::ApiError::not_found(unknown));
+    }
+    state.wake.notify_one();
+    Ok(actix_web::HttpResponse::Accepted().json(body))
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
         web::JsonConfig::default()

@@ -3,7 +3,6 @@
 //! durable before the `202`, repeats and older events change nothing), and
 //! the operators' view of City Rooms, their retry and the reconcile pass.
 
-use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -228,18 +227,12 @@ pub async fn retry_room(
         .requeue(JobKind::Room, &room_id, state.clock.now_ms())
         .await
         .map_err(ApiError::unavailable)?;
-    if !known {
-        return Err(ApiError::not_found(format!(
-            "no City Room {room_id:?} is known here"
-        )));
-    }
-    state.wake.notify_one();
-    Ok(
-        HttpResponse::build(StatusCode::ACCEPTED).json(RoomRequeued {
-            room_id: room_id.into_inner(),
-            queued: true,
-        }),
-    )
+    let unknown = format!("no City Room {room_id:?} is known here");
+    let body = RoomRequeued {
+        room_id: room_id.into_inner(),
+        queued: true,
+    };
+    super::queued_again(&state, known, unknown, body)
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]

@@ -1,7 +1,6 @@
 //! Operators' view of people (CONTRACT.md section 4), behind the admin
 //! bearer token: a person's state, and a retry of failed work.
 
-use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpResponse};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -124,14 +123,10 @@ pub async fn retry_user(
         .requeue(JobKind::Person, &user_id, state.clock.now_ms())
         .await
         .map_err(ApiError::unavailable)?;
-    if !known {
-        return Err(ApiError::not_found(format!(
-            "no DAARION user {user_id:?} is known here"
-        )));
-    }
-    state.wake.notify_one();
-    Ok(HttpResponse::build(StatusCode::ACCEPTED).json(Requeued {
+    let unknown = format!("no DAARION user {user_id:?} is known here");
+    let body = Requeued {
         user_id: user_id.into_inner(),
         queued: true,
-    }))
+    };
+    super::queued_again(&state, known, unknown, body)
 }
