@@ -106,12 +106,9 @@ pub async fn sso_return(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let Some(provider) = state.oidc.as_deref() else {
-        return Page::NotConfigured.respond(&req, StatusCode::NOT_FOUND);
-    };
-    let form = match read_limited(&req, payload, MAX_FORM_BYTES).await {
-        Ok(body) => form_pairs(&body),
-        Err(_) => return Page::BadRequest.respond(&req, StatusCode::BAD_REQUEST),
+    let (provider, form) = match posted_form(&state, &req, payload).await {
+        Ok(posted) => posted,
+        Err(page) => return page,
     };
     let outcome = provider.returned(&state.sso, &form).await;
     crate::metrics::sign_in("return", outcome_name(&outcome));
@@ -173,12 +170,9 @@ pub async fn sso_continue(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let Some(provider) = state.oidc.as_deref() else {
-        return Page::NotConfigured.respond(&req, StatusCode::NOT_FOUND);
-    };
-    let form = match read_limited(&req, payload, MAX_FORM_BYTES).await {
-        Ok(body) => form_pairs(&body),
-        Err(_) => return Page::BadRequest.respond(&req, StatusCode::BAD_REQUEST),
+    let (provider, form) = match posted_form(&state, &req, payload).await {
+        Ok(posted) => posted,
+        Err(page) => return page,
     };
     let consent = match form.get("answer").map(String::as_str) {
         Some("continue") => true,
@@ -198,6 +192,22 @@ pub async fn sso_continue(
     // The sign-in is over either way: the browser forgets its cookie.
     forget_cookie(provider, name, &mut response);
     response
+}
+
+/// A browser's form post to the provider: the provider and the fields, or
+/// the page to answer (not configured, an unreadable body).
+async fn posted_form<'a>(
+    state: &'a AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<(&'a Provider, HashMap<String, String>), HttpResponse> {
+    let Some(provider) = state.oidc.as_deref() else {
+        return Err(Page::NotConfigured.respond(req, StatusCode::NOT_FOUND));
+    };
+    match read_limited(req, payload, MAX_FORM_BYTES).await {
+        Ok(body) => Ok((provider, form_pairs(&body))),
+        Err(_) => Err(Page::BadRequest.respond(req, StatusCode::BAD_REQUEST)),
+    }
 }
 
 fn forget_cookie(provider: &Provider, name: String, response: &mut HttpResponse) {
