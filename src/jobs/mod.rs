@@ -1,5 +1,5 @@
 //! The worker: claims due jobs from the durable queue, runs the handler of
-//! the job's kind (a person: `provision`; a City Room: `room`; an agent:
+//! the job's kind (a person: `person`; a City Room: `room`; an agent:
 //! `agent`; a room's agents' messages: `send`; events for DAARION.city:
 //! `deliver`), and records the outcome (`outcome`): done, retry with
 //! exponential backoff and jitter, or failed for an operator to look at.
@@ -11,7 +11,7 @@ mod agent;
 mod avatar;
 mod deliver;
 mod outcome;
-mod provision;
+mod person;
 mod room;
 mod send;
 
@@ -460,7 +460,7 @@ impl Worker {
     }
 
     /// A person's reconcile step. `settle_now`: a sign-in waits for this
-    /// account (see [`provision::reconcile`]).
+    /// account (see [`person::reconcile`]).
     async fn provision(&self, job: &Job, settle_now: bool) -> Outcome {
         let person = match self.store.person(&job.subject).await {
             Ok(Some(person)) => person,
@@ -468,7 +468,7 @@ impl Worker {
             Err(e) => return Outcome::retry(e.to_string()),
         };
         let had_account = person.account == Account::Active;
-        let deps = provision::Deps {
+        let deps = person::Deps {
             store: &self.store,
             synapse: &self.synapse,
             policy: &self.policy,
@@ -478,7 +478,7 @@ impl Worker {
             oidc: self.oidc.as_deref(),
             clock: &self.clock,
         };
-        let outcome = provision::reconcile(&deps, person, settle_now).await;
+        let outcome = person::reconcile(&deps, person, settle_now).await;
         if outcome == Outcome::Done(State::Provisioned) && !had_account {
             // A new (or reactivated) account: the City Rooms the person is
             // a member of can join them now.

@@ -33,7 +33,7 @@
 //! seconds before that person's creation, is taken over (its display name
 //! and external ids set to the person's). The creation then answers 200
 //! instead of 201, and the worker marks the person failed with the account
-//! named, for a person to check (see `jobs::provision`). Accounts this
+//! named, for a person to check (see `jobs::person`). Accounts this
 //! service creates never collide: their localparts are unique in our
 //! database.
 

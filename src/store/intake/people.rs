@@ -19,7 +19,7 @@ use crate::store::{Backend, CreateVia, JobKind, Person, Result, Store};
 pub struct Accepted {
     pub duplicate: bool,
     /// The person's localpart: None until the worker settles it (see
-    /// `jobs::provision`), and for a duplicate whose person is unknown (a
+    /// `jobs::person`), and for a duplicate whose person is unknown (a
     /// repeated event id naming someone else).
     pub localpart: Option<String>,
     /// Whether work for Synapse was queued.
