@@ -2,7 +2,9 @@
 //! algorithm (HS256 only with `AUTH_JWT_SECRET`; RS256, ES256 and EdDSA only
 //! with the JWKS key named by `kid`, each key fixed to one algorithm), then
 //! signature, `exp`/`nbf` with [`LEEWAY_SECONDS`], and `iss`/`aud` when
-//! configured. Anything else (`none`, HS384, embedded keys…) is refused.
+//! configured. Anything else (`none`, HS384, embedded keys…) is refused, and
+//! so is a token that says it is not an access token (CONTRACT.md section
+//! 10: DAARION Auth signs its refresh tokens with the same key).
 
 use std::sync::Arc;
 
@@ -60,6 +62,33 @@ struct RawClaims {
     picture: Option<Value>,
     #[serde(default)]
     sid: Option<Value>,
+    /// What kind of token it says it is, under any of the names issuers
+    /// use (DAARION Auth's `type`, Keycloak's `typ`, Cognito's
+    /// `token_use`).
+    #[serde(default, rename = "type")]
+    kind: Option<Value>,
+    #[serde(default)]
+    typ: Option<Value>,
+    #[serde(default)]
+    token_use: Option<Value>,
+}
+
+/// Whether what a token says of its kind allows it as an access token: a
+/// token that says nothing is judged as before; one that names anything
+/// but an access token (`refresh`, `id`, …) is refused.
+fn says_access(kind: &Value) -> bool {
+    let Value::String(kind) = kind else {
+        return false;
+    };
+    [
+        "access",
+        "access_token",
+        "bearer",
+        "at+jwt",
+        "application/at+jwt",
+    ]
+    .iter()
+    .any(|word| kind.eq_ignore_ascii_case(word))
 }
 
 pub struct Verifier {
@@ -147,6 +176,13 @@ impl Verifier {
         let data = decode::<RawClaims>(token, key, validation)
             .map_err(|e| invalid(format!("rejected: {e}")))?;
         let raw = data.claims;
+        if let Some(kind) = [&raw.kind, &raw.typ, &raw.token_use]
+            .into_iter()
+            .flatten()
+            .find(|kind| !says_access(kind))
+        {
+            return Err(invalid(format!("not an access token (it says {kind})")));
+        }
         if !valid_id(&raw.sub) {
             return Err(invalid("`sub` is not an acceptable DAARION user id"));
         }
@@ -282,6 +318,66 @@ mod tests {
         // Within the leeway: accepted.
         assert!(!refused(&v, &with("exp", json!(now() - 10))));
         assert!(!refused(&v, &with("nbf", json!(now() + 10))));
+    }
+
+    /// DAARION Auth as it runs (CONTRACT.md section 10): its access token
+    /// works with `AUTH_JWT_ISSUER=daarion-auth` and no audience; its
+    /// refresh token, signed with the same key, does not, and neither does
+    /// any token that says it is something else.
+    #[test]
+    fn daarion_s_own_tokens_and_only_its_access_tokens() {
+        let v = verifier(&[("AUTH_JWT_ISSUER", "daarion-auth")]);
+        let sub = "3f2a9c1e-7b4d-4e8a-9c0f-1a2b3c4d5e6f";
+        let access = json!({"sub": sub, "email": "olena@daarion.city",
+            "name": "Олена Петренко", "roles": ["member"], "type": "access",
+            "iss": "daarion-auth", "iat": now(), "exp": now() + 1800});
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let claims = rt
+            .block_on(v.verify(&hs256(access.clone(), SECRET)))
+            .unwrap();
+        assert_eq!(claims.sub, sub);
+        assert_eq!(claims.name.as_deref(), Some("Олена Петренко"));
+        assert_eq!(claims.preferred_username, None);
+        let refresh = json!({"sub": sub, "type": "refresh", "session_id": "s-1",
+            "iss": "daarion-auth", "iat": now(), "exp": now() + 86400 * 30});
+        assert!(refused(&v, &hs256(refresh, SECRET)));
+        let with = |k: &str, val: Value| {
+            let mut c = access.clone();
+            c.as_object_mut().unwrap().remove("type");
+            c[k] = val;
+            hs256(c, SECRET)
+        };
+        for (claim, kind) in [
+            ("type", json!("refresh")),
+            ("type", json!("id")),
+            ("type", json!(1)),
+            ("typ", json!("Refresh")),
+            ("typ", json!("ID")),
+            ("token_use", json!("id")),
+        ] {
+            assert!(refused(&v, &with(claim, kind.clone())), "{claim}: {kind}");
+        }
+        for (claim, kind) in [
+            ("type", json!("ACCESS")),
+            ("typ", json!("Bearer")),
+            ("typ", json!("at+jwt")),
+            ("token_use", json!("access")),
+        ] {
+            assert!(!refused(&v, &with(claim, kind.clone())), "{claim}: {kind}");
+        }
+        // Two claims, one of them not an access token's: refused.
+        let mut both = access.clone();
+        both["token_use"] = json!("id");
+        assert!(refused(&v, &hs256(both, SECRET)));
+        // Saying nothing of its kind: judged as before.
+        let mut plain = access;
+        plain.as_object_mut().unwrap().remove("type");
+        assert!(!refused(&v, &hs256(plain, SECRET)));
+        // The issuer is still checked.
+        let mut other = json!({"sub": sub, "exp": now() + 60, "iss": "someone-else"});
+        assert!(refused(&v, &hs256(other.take(), SECRET)));
     }
 
     #[test]

@@ -889,8 +889,15 @@ async fn the_provider_refuses_what_it_must(backend: Backend) {
     assert_eq!(hop.status, 400, "no code for another browser's sign-in");
     assert!(hop.location.is_none());
 
-    // DAARION refuses, or hands back a token that is not DAARION's.
-    for answer in [Answer::Deny, Answer::BadToken(daarion_claims(&user_id))] {
+    // DAARION refuses, hands back a token that is not DAARION's, or one of
+    // its refresh tokens (signed with the same key).
+    let mut refresh = daarion_claims(&user_id);
+    refresh["type"] = json!("refresh");
+    for answer in [
+        Answer::Deny,
+        Answer::BadToken(daarion_claims(&user_id)),
+        Answer::Person(refresh),
+    ] {
         daarion.answer(answer);
         let hop = code_for(&Browser::speaking("uk-UA,uk;q=0.9"), &provider, &[])
             .await

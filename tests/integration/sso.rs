@@ -1024,6 +1024,68 @@ async fn every_bad_token_is_a_401_that_provisions_nothing(backend: Backend) {
 }
 on_both_backends!(every_bad_token_is_a_401_that_provisions_nothing);
 
+/// DAARION Auth as it runs (CONTRACT.md section 10): its access tokens (no
+/// `aud`, `iss: daarion-auth`, a UUID `sub`, `email`, `name`, `type:
+/// access`) sign people in with `AUTH_JWT_ISSUER=daarion-auth` and no
+/// audience setting; its refresh tokens, signed with the same key, are
+/// refused wherever an access token is expected, as is any token that says
+/// it is something else.
+async fn daarion_s_refresh_tokens_are_not_access_tokens(backend: Backend) {
+    let app = sso_app(
+        backend,
+        None,
+        &[
+            ("AUTH_JWT_ISSUER", "daarion-auth"),
+            ("AUTH_JWT_AUDIENCE", ""),
+        ],
+    )
+    .await;
+    let user_id = format!(
+        "{:08x}-7b4d-4e8a-9c0f-{:012x}",
+        rand::random::<u32>(),
+        rand::random::<u64>() & 0xffff_ffff_ffff
+    );
+    let mxid = provisioned(&app, &user_id, &unique("real")).await;
+    let now = Utc::now().timestamp();
+    let key = SigningKey::daarion_hs256();
+    let access = json!({"sub": user_id, "email": "olena@daarion.city", "name": "Олена",
+        "roles": ["member"], "type": "access", "iss": "daarion-auth",
+        "iat": now, "exp": now + 1800});
+    let answer = login_token(&app, &key.sign(&access)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["matrix_user_id"], mxid);
+
+    let refresh = json!({"sub": user_id, "type": "refresh", "session_id": "daarion-s-1",
+        "iss": "daarion-auth", "iat": now, "exp": now + 30 * 86400});
+    for (what, claims) in [
+        ("DAARION's refresh token", refresh),
+        ("an ID token", with(access.clone(), "type", json!("id"))),
+        (
+            "a token_use: id",
+            with(without(access.clone(), "type"), "token_use", json!("id")),
+        ),
+        (
+            "a typ: Refresh",
+            with(access.clone(), "typ", json!("Refresh")),
+        ),
+    ] {
+        let token = key.sign(&claims);
+        for answer in [
+            login_token(&app, &token).await,
+            session(&app, &token, None).await,
+        ] {
+            assert_eq!(
+                answer.error(),
+                (401, "invalid_token"),
+                "{what}: {}",
+                answer.body
+            );
+        }
+    }
+    app.shutdown().await;
+}
+on_both_backends!(daarion_s_refresh_tokens_are_not_access_tokens);
+
 /// Why a token is refused goes to our logs, not to the caller: an expired
 /// token, a forged signature and a made-up `kid` all get the same 401, so
 /// the answer teaches a forger nothing (and echoes nothing they sent).
