@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::{parse_column, Backend, JobKind, Result, Store};
+use super::{parse_column, JobKind, Result, Store};
 use crate::domain::agent::{AgentChange, AgentWanted, Presence};
 use crate::domain::city::CityEvent;
 
@@ -140,23 +140,17 @@ impl Store {
             return Ok(true);
         }
         let ids: BTreeSet<&str> = changes.iter().map(|(_, e, _)| e.subject.as_str()).collect();
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE",
-            Backend::Sqlite => "",
-        };
-        let sql = format!(
-            "SELECT {AGENT_COLUMNS} FROM agents WHERE agent_id IN ({}) ORDER BY agent_id{lock}",
-            self.backend.placeholders(ids.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for id in &ids {
-            query = query.bind(*id);
-        }
-        let mut agents: HashMap<String, Agent> = HashMap::new();
-        for row in query.fetch_all(&mut **tx).await? {
-            let agent = Agent::from_row(&row)?;
-            agents.insert(agent.agent_id.clone(), agent);
-        }
+        let mut agents: HashMap<String, Agent> = self
+            .locked_rows(
+                tx,
+                ("agents", AGENT_COLUMNS, "agent_id"),
+                &ids,
+                Agent::from_row,
+            )
+            .await?
+            .into_iter()
+            .map(|a| (a.agent_id.clone(), a))
+            .collect();
         let mut created = Vec::new();
         let mut changed: BTreeSet<&str> = BTreeSet::new();
         for (i, event, change) in changes {

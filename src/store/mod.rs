@@ -178,6 +178,34 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// The rows of `table` whose `key` column is one of `keys`, read with
+    /// `read`; locked on PostgreSQL, in key order, since every writer locks
+    /// subjects in that order and so none deadlocks another.
+    pub(super) async fn locked_rows<T>(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        (table, columns, key): (&str, &str, &str),
+        keys: &std::collections::BTreeSet<&str>,
+        read: impl Fn(&AnyRow) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "SELECT {columns} FROM {table} WHERE {key} IN ({}) ORDER BY {key}{lock}",
+            self.backend.placeholders(keys.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for k in keys {
+            query = query.bind(*k);
+        }
+        query.fetch_all(&mut **tx).await?.iter().map(read).collect()
+    }
 }
 
 /// A name for the leases this process takes (jobs, passes): host, process

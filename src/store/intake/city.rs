@@ -53,27 +53,15 @@ impl Store {
         tx: &mut Transaction<'static, Any>,
         room_ids: &BTreeSet<&str>,
     ) -> Result<HashMap<String, Room>> {
-        if room_ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE",
-            Backend::Sqlite => "",
-        };
-        let sql = format!(
-            "SELECT {ROOM_COLUMNS} FROM rooms WHERE room_id IN ({}) ORDER BY room_id{lock}",
-            self.backend.placeholders(room_ids.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for id in room_ids {
-            query = query.bind(*id);
-        }
-        let mut rooms = HashMap::new();
-        for row in query.fetch_all(&mut **tx).await? {
-            let room = Room::from_row(&row)?;
-            rooms.insert(room.room_id.clone(), room);
-        }
-        Ok(rooms)
+        let rooms = self
+            .locked_rows(
+                tx,
+                ("rooms", ROOM_COLUMNS, "room_id"),
+                room_ids,
+                Room::from_row,
+            )
+            .await?;
+        Ok(rooms.into_iter().map(|r| (r.room_id.clone(), r)).collect())
     }
 
     async fn members_of(

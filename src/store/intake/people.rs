@@ -235,24 +235,15 @@ impl Store {
         tx: &mut Transaction<'static, Any>,
         user_ids: &BTreeSet<&str>,
     ) -> Result<HashMap<String, Person>> {
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE",
-            Backend::Sqlite => "",
-        };
-        let sql = format!(
-            "SELECT {PERSON_COLUMNS} FROM people WHERE user_id IN ({}) ORDER BY user_id{lock}",
-            self.backend.placeholders(user_ids.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for id in user_ids {
-            query = query.bind(*id);
-        }
-        let mut people = HashMap::with_capacity(user_ids.len());
-        for row in query.fetch_all(&mut **tx).await? {
-            let person = Person::from_row(&row)?;
-            people.insert(person.user_id.clone(), person);
-        }
-        Ok(people)
+        let people = self
+            .locked_rows(
+                tx,
+                ("people", PERSON_COLUMNS, "user_id"),
+                user_ids,
+                Person::from_row,
+            )
+            .await?;
+        Ok(people.into_iter().map(|p| (p.user_id.clone(), p)).collect())
     }
 }
 
