@@ -325,27 +325,6 @@ impl Store {
         Ok(found)
     }
 
-    /// An image was uploaded for the person; remembered before the profile
-    /// points at it, so a retry does not upload the same bytes again.
-    pub async fn record_upload(
-        &self,
-        user_id: &str,
-        mxc: &str,
-        sha256: &str,
-        now: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE people SET upload_mxc = $2, upload_sha256 = $3, updated_at = $4 WHERE user_id = $1",
-        )
-        .bind(user_id)
-        .bind(mxc)
-        .bind(sha256)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// What the profile's avatar now reflects.
     pub async fn record_avatar(&self, p: &Person, now: i64) -> Result<()> {
         sqlx::query(
