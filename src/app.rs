@@ -73,6 +73,8 @@ impl Core {
             server_name: settings.server_name.clone(),
             reserved,
             reserved_prefixes: vec![settings.city.agent_prefix.clone()],
+            sources: settings.localpart_sources.clone(),
+            adopt: settings.adopt_localpart_template.clone(),
         };
         let wake = Arc::new(Notify::new());
         let signer = Signer::load(&settings, &store, &clock).await?.map(Arc::new);
@@ -139,7 +141,12 @@ impl Application {
             intake,
             city_intake,
             wake: core.wake,
-            accounts: Arc::new(Accounts::new(core.store.clone(), Arc::clone(&core.worker))),
+            accounts: Arc::new(Accounts::new(
+                core.store.clone(),
+                Arc::clone(&core.worker),
+                crate::accounts::password::login_api(&settings)?,
+                &settings.server_name,
+            )),
             oidc: core
                 .signer
                 .as_ref()

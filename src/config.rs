@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::domain::localpart::{is_localpart_char, DEFAULT_RESERVED};
+use crate::domain::localpart::{
+    is_localpart_char, AdoptTemplate, NameSource, DEFAULT_NAME_SOURCES, DEFAULT_RESERVED,
+};
 use crate::secret::{redact_url, Secret};
 
 /// CONTRACT.md section 7.
@@ -221,6 +223,17 @@ pub struct Settings {
     /// first person runs out, the pass stops waiting: the rest stays queued.
     pub sync_job_wait: Duration,
     pub reserved_localparts: Vec<String>,
+    /// Where a new account's localpart comes from (`LOCALPART_SOURCES`,
+    /// default `username,display_name,user_id`).
+    pub localpart_sources: Vec<NameSource>,
+    /// Accounts DAARION Auth made itself, to adopt rather than double
+    /// (`ADOPT_LOCALPART_TEMPLATE`, e.g. `daarion_{user_id_hex8}`).
+    pub adopt_localpart_template: Option<AdoptTemplate>,
+    /// DAARION Auth's login API (`AUTH_PASSWORD_LOGIN_URL`): password
+    /// sign-in for Matrix clients and the service's own sign-in page.
+    pub auth_password_login_url: Option<Url>,
+    /// What Synapse's password module presents (`PASSWORD_MODULE_SECRET`).
+    pub password_module_secret: Option<Secret>,
     pub worker_concurrency: usize,
     pub synapse_max_concurrency: usize,
     pub synapse_timeout: Duration,
@@ -315,6 +328,18 @@ impl Settings {
             sync_page_size: env.positive("SYNC_PAGE_SIZE")?.unwrap_or(500).min(10_000),
             sync_job_wait: env.seconds("SYNC_JOB_WAIT_SECONDS", 120)?,
             reserved_localparts,
+            localpart_sources: match env.get("LOCALPART_SOURCES") {
+                Some(list) => NameSource::parse_list(&list)
+                    .map_err(|e| ConfigError(format!("LOCALPART_SOURCES: {e}")))?,
+                None => DEFAULT_NAME_SOURCES.to_vec(),
+            },
+            adopt_localpart_template: env
+                .get("ADOPT_LOCALPART_TEMPLATE")
+                .map(|t| AdoptTemplate::parse(t.trim()))
+                .transpose()
+                .map_err(|e| ConfigError(format!("ADOPT_LOCALPART_TEMPLATE: {e}")))?,
+            auth_password_login_url: env.url("AUTH_PASSWORD_LOGIN_URL")?,
+            password_module_secret: env.secret("PASSWORD_MODULE_SECRET")?,
             worker_concurrency: env.positive("WORKER_CONCURRENCY")?.unwrap_or(8),
             synapse_max_concurrency: env.positive("SYNAPSE_MAX_CONCURRENCY")?.unwrap_or(16),
             synapse_timeout: env.seconds("SYNAPSE_TIMEOUT_SECONDS", 15)?,

@@ -4,18 +4,22 @@
 //! lost or is late) is stored from the token's claims through the same
 //! intake as a webhook and provisioned on the spot by the same reconcile
 //! step, under the same lease, so there is still one account per person.
-//! The HTTP layer turns an [`AccountError`] into its own answer.
+//! The HTTP layer turns an [`AccountError`] into its own answer. Password
+//! sign-ins (DAARION's email and password) come through [`password`].
 
+pub mod password;
 mod ready;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::daarion::LoginApi;
 use crate::domain::event::Event;
 use crate::jobs::{AccountCheck, Worker};
 use crate::sso::Claims;
 use crate::store::Store;
 
+pub use password::{PasswordError, PasswordSignIn};
 pub use ready::ReadyCache;
 
 /// How long a sign-in waits for another worker that is creating the same
@@ -54,15 +58,30 @@ pub struct Accounts {
     worker: Arc<Worker>,
     /// People seen with an active account a moment ago.
     ready: ReadyCache,
+    /// DAARION Auth's login API, for password sign-ins.
+    login: Option<LoginApi>,
+    server_name: String,
 }
 
 impl Accounts {
-    pub fn new(store: Store, worker: Arc<Worker>) -> Accounts {
+    pub fn new(
+        store: Store,
+        worker: Arc<Worker>,
+        login: Option<LoginApi>,
+        server_name: &str,
+    ) -> Accounts {
         Accounts {
             store,
             worker,
             ready: ReadyCache::new(ready::TTL),
+            login,
+            server_name: server_name.to_string(),
         }
+    }
+
+    /// Whether password sign-in is configured (`AUTH_PASSWORD_LOGIN_URL`).
+    pub fn has_password_login(&self) -> bool {
+        self.login.is_some()
     }
 
     /// Something about the person changed (a webhook): read the database
@@ -99,6 +118,7 @@ impl Accounts {
             claims.preferred_username.as_deref(),
             claims.name.as_deref(),
             claims.picture.as_deref(),
+            claims.email.as_deref(),
         )
         .ok_or(AccountError::BadSubject)?;
         let now = self.worker.clock().now_ms();

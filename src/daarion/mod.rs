@@ -7,9 +7,11 @@ use std::time::Duration;
 
 pub mod city_events;
 pub mod listings;
+pub mod login;
 
 pub use city_events::{CityEvents, DeliveryError};
 pub use listings::{Listed, ListingApi, ListingError, ListingProblem, Page, RoomApi, UserApi};
+pub use login::{LoginAnswer, LoginApi, LoginUser};
 
 /// How long one request to DAARION may take, answer included.
 const TIMEOUT: Duration = Duration::from_secs(30);

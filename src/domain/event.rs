@@ -10,6 +10,8 @@ use sha2::Digest;
 pub const MAX_DISPLAY_NAME_CHARS: usize = 256;
 const MAX_ID_BYTES: usize = 255;
 pub(super) const MAX_URL_BYTES: usize = 2048;
+/// RFC 5321's longest address.
+const MAX_EMAIL_BYTES: usize = 320;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -80,6 +82,8 @@ pub struct RawData {
     pub display_name: Patch<String>,
     #[serde(default, deserialize_with = "patch")]
     pub avatar_url: Patch<String>,
+    #[serde(default, deserialize_with = "patch")]
+    pub email: Patch<String>,
     /// `user.signed_out`: the DAARION session (absent or null: every one).
     #[serde(default)]
     pub session_id: Option<String>,
@@ -96,6 +100,9 @@ pub struct Event {
     pub username: Option<String>,
     pub display_name: Patch<String>,
     pub avatar_url: Patch<String>,
+    /// Lower case; for password sign-in by address and, when an operator
+    /// chooses it, for naming (never shown in Matrix otherwise).
+    pub email: Patch<String>,
     /// `user.signed_out`: which DAARION session; None: every one.
     pub session_id: Option<String>,
 }
@@ -167,6 +174,8 @@ impl Event {
             username: user.username,
             display_name: snapshot(user.display_name),
             avatar_url: snapshot(user.avatar_url),
+            // Absent from a listing: DAARION's user API may not give it.
+            email: user.email.map_or(Patch::Unchanged, Patch::Set),
             session_id: None,
         };
         build(id, kind, created_at, data)
@@ -183,6 +192,8 @@ pub struct ListedUser {
     pub display_name: Option<String>,
     #[serde(default)]
     pub avatar_url: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
     pub updated_at: String,
     #[serde(default)]
     pub deleted: bool,
@@ -215,6 +226,11 @@ fn build(
             return Err(unacceptable("data.avatar_url is longer than 2048 bytes"));
         }
     }
+    if let Patch::Set(email) = &data.email {
+        if email.len() > MAX_EMAIL_BYTES {
+            return Err(unacceptable("data.email is longer than 320 bytes"));
+        }
+    }
     if data.session_id.as_deref().is_some_and(|s| !valid_id(s)) {
         return Err(unacceptable(
             "data.session_id must be 1 to 255 printable characters",
@@ -232,6 +248,7 @@ fn build(
             .map(|u| u.trim().to_string())
             .map(|u| if u.is_empty() { None } else { Some(u) })
             .flatten_clear(),
+        email: data.email.map(|e| clean_email(&e)).flatten_clear(),
         session_id: data.session_id,
     })
 }
@@ -247,6 +264,7 @@ impl Event {
         username: Option<&str>,
         display_name: Option<&str>,
         avatar_url: Option<&str>,
+        email: Option<&str>,
     ) -> Option<Event> {
         if !valid_id(user_id) {
             return None;
@@ -268,6 +286,10 @@ impl Event {
                 .map(str::to_string),
             display_name: display_name.map_or(Patch::Unchanged, Patch::Set),
             avatar_url: avatar_url.map_or(Patch::Unchanged, |u| Patch::Set(u.to_string())),
+            email: email
+                .filter(|e| e.len() <= MAX_EMAIL_BYTES)
+                .and_then(clean_email)
+                .map_or(Patch::Unchanged, Patch::Set),
             session_id: None,
         })
     }
@@ -288,6 +310,13 @@ impl Patch<Option<String>> {
 /// bytes, printable.
 pub fn valid_id(id: &str) -> bool {
     !id.trim().is_empty() && id.len() <= MAX_ID_BYTES && !id.chars().any(char::is_control)
+}
+
+/// Trimmed and lower case (addresses compare case-insensitively); None
+/// when nothing is left.
+pub fn clean_email(email: &str) -> Option<String> {
+    let email = email.trim().to_lowercase();
+    (!email.is_empty() && !email.chars().any(char::is_control)).then_some(email)
 }
 
 /// Control characters out, surrounding space trimmed, at most 256 characters.
@@ -347,7 +376,19 @@ mod tests {
         assert_eq!(e.user_id, "u_7f3c2a");
         assert_eq!(e.username.as_deref(), Some("olena"));
         assert_eq!(e.display_name, Patch::Set("Олена Петренко".into()));
+        assert_eq!(e.email, Patch::Set("olena@example.com".into()));
         assert_eq!(e.created_at_ms, 1_795_514_400_000);
+        let shouted = event(
+            r#"{"id":"e","type":"user.updated","created_at":"2026-11-24T10:00:00Z",
+            "data":{"user_id":"u","email":" Olena@Example.COM "}}"#,
+        );
+        assert_eq!(shouted.email, Patch::Set("olena@example.com".into()));
+        let long = format!(
+            r#"{{"id":"e","type":"user.updated","created_at":"2026-11-24T10:00:00Z",
+            "data":{{"user_id":"u","email":"{}@x.y"}}}}"#,
+            "a".repeat(320)
+        );
+        assert!(matches!(parse(&long), Err(EventError::Unacceptable(_))));
     }
 
     #[test]
@@ -414,14 +455,21 @@ mod tests {
 
     #[test]
     fn sso_registrations_lose_to_every_real_event() {
-        let e = Event::sso_registration("u_1", Some(" olena "), Some(" \u{7}Олена "), Some(""))
-            .unwrap();
+        let e = Event::sso_registration(
+            "u_1",
+            Some(" olena "),
+            Some(" \u{7}Олена "),
+            Some(""),
+            Some(" Olena@Example.COM "),
+        )
+        .unwrap();
         assert_eq!(e.id, "sso:u_1");
         assert_eq!(e.created_at_ms, 0);
         assert_eq!(e.username.as_deref(), Some("olena"));
         assert_eq!(e.display_name, Patch::Set("Олена".into()));
         assert_eq!(e.avatar_url, Patch::Unchanged);
-        assert!(Event::sso_registration(" ", None, None, None).is_none());
+        assert_eq!(e.email, Patch::Set("olena@example.com".into()));
+        assert!(Event::sso_registration(" ", None, None, None, None).is_none());
 
         let real = event(
             r#"{"id":"r","type":"user.updated","created_at":"2026-11-24T10:00:00Z",

@@ -109,10 +109,27 @@ impl Localpart {
     /// character plus the suffix fits, the result keeps one character and
     /// is then too long for that server; no real server name is that long.
     pub fn derive(username: Option<&str>, user_id: &str, server_name: &str) -> Localpart {
-        let folded = username
+        let names = Names {
+            username,
+            user_id,
+            ..Names::default()
+        };
+        Localpart::choose(
+            &[NameSource::Username, NameSource::UserId],
+            &names,
+            server_name,
+        )
+    }
+
+    /// The base candidate from the first of `sources` that yields a
+    /// non-empty name after folding (`LOCALPART_SOURCES`, CONTRACT.md
+    /// section 10), else the literal "user"; the rest as [`Localpart::derive`].
+    pub fn choose(sources: &[NameSource], names: &Names<'_>, server_name: &str) -> Localpart {
+        let folded = sources
+            .iter()
+            .filter_map(|source| names.get(*source))
             .map(fold)
-            .filter(|s| !s.is_empty())
-            .or_else(|| Some(fold(user_id)).filter(|s| !s.is_empty()))
+            .find(|s| !s.is_empty())
             .unwrap_or_else(|| FALLBACK.to_owned());
         let budget = max_localpart_len(server_name).saturating_sub(SUFFIX_ROOM);
         Localpart(fit(&folded, budget))
@@ -145,6 +162,120 @@ impl Localpart {
     /// The full Matrix user id: `@{lp}:{server_name}`.
     pub fn user_id(&self, server_name: &str) -> String {
         user_id(&self.0, server_name)
+    }
+}
+
+/// Where a new account's localpart may come from (`LOCALPART_SOURCES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameSource {
+    Username,
+    DisplayName,
+    /// The part of the address before '@'. Never a default: a Matrix id is
+    /// public, an address is not.
+    Email,
+    UserId,
+}
+
+/// `username,display_name,user_id`: DAARION as it runs has no usernames,
+/// so people are named after what they call themselves.
+pub const DEFAULT_NAME_SOURCES: [NameSource; 3] = [
+    NameSource::Username,
+    NameSource::DisplayName,
+    NameSource::UserId,
+];
+
+impl NameSource {
+    /// A comma-separated list such as `username,display_name,user_id`.
+    pub fn parse_list(list: &str) -> Result<Vec<NameSource>, String> {
+        let mut sources = Vec::new();
+        for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            let source = match word {
+                "username" => NameSource::Username,
+                "display_name" => NameSource::DisplayName,
+                "email" => NameSource::Email,
+                "user_id" => NameSource::UserId,
+                other => {
+                    return Err(format!(
+                        "{other:?} is not a name source (username, display_name, email, user_id)"
+                    ))
+                }
+            };
+            if !sources.contains(&source) {
+                sources.push(source);
+            }
+        }
+        if sources.is_empty() {
+            return Err("at least one name source is needed".into());
+        }
+        Ok(sources)
+    }
+}
+
+/// What is known of a person to name them by.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Names<'a> {
+    pub username: Option<&'a str>,
+    pub display_name: Option<&'a str>,
+    pub email: Option<&'a str>,
+    pub user_id: &'a str,
+}
+
+impl<'a> Names<'a> {
+    fn get(&self, source: NameSource) -> Option<&'a str> {
+        match source {
+            NameSource::Username => self.username,
+            NameSource::DisplayName => self.display_name,
+            NameSource::Email => self
+                .email
+                .and_then(|e| e.rsplit_once('@').map(|(local, _)| local)),
+            NameSource::UserId => Some(self.user_id),
+        }
+    }
+}
+
+/// `ADOPT_LOCALPART_TEMPLATE`: the localpart of an account DAARION Auth made
+/// for a person before this service (`daarion_{user_id_hex8}`), to take
+/// over instead of creating a second one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdoptTemplate(String);
+
+const PLACEHOLDERS: [&str; 2] = ["{user_id_hex8}", "{user_id}"];
+
+impl AdoptTemplate {
+    /// Placeholders `{user_id}` and `{user_id_hex8}`; the rest must be
+    /// localpart characters.
+    pub fn parse(template: &str) -> Result<AdoptTemplate, String> {
+        let mut rest = template.to_string();
+        let mut placeholders = 0;
+        for p in PLACEHOLDERS {
+            placeholders += rest.matches(p).count();
+            rest = rest.replace(p, "");
+        }
+        if placeholders == 0 {
+            return Err("it needs {user_id} or {user_id_hex8}".into());
+        }
+        if let Some(c) = rest.chars().find(|&c| !is_localpart_char(c)) {
+            return Err(format!(
+                "{c:?} is neither a placeholder nor allowed in a localpart"
+            ));
+        }
+        Ok(AdoptTemplate(template.to_string()))
+    }
+
+    /// The localpart this template gives for `user_id`; None when the id
+    /// does not fit it (`{user_id_hex8}` of an id without 8 leading hex
+    /// digits) or the result is not a localpart.
+    pub fn localpart(&self, user_id: &str, server_name: &str) -> Option<Localpart> {
+        let mut out = self.0.clone();
+        if out.contains("{user_id_hex8}") {
+            let hex: String = user_id.chars().filter(|&c| c != '-').take(8).collect();
+            if hex.len() != 8 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                return None;
+            }
+            out = out.replace("{user_id_hex8}", &hex.to_ascii_lowercase());
+        }
+        out = out.replace("{user_id}", &user_id.to_ascii_lowercase());
+        Localpart::parse(&out, server_name).ok()
     }
 }
 
@@ -735,6 +866,63 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(derive(input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn names_come_from_the_first_usable_source() {
+        let uuid = "7f3c2a1b-0000-4000-8000-00000000abcd";
+        let names = Names {
+            username: None,
+            display_name: Some("Олена Петренко"),
+            email: Some("O.Petrenko@Example.com"),
+            user_id: uuid,
+        };
+        let choose = |sources: &str, names: &Names| {
+            let sources = NameSource::parse_list(sources).unwrap();
+            Localpart::choose(&sources, names, SERVER)
+                .as_str()
+                .to_string()
+        };
+        assert_eq!(
+            NameSource::parse_list("username,display_name,user_id").unwrap(),
+            DEFAULT_NAME_SOURCES
+        );
+        assert_eq!(
+            choose("username,display_name,user_id", &names),
+            "olena.petrenko"
+        );
+        assert_eq!(choose("email,user_id", &names), "o.petrenko");
+        assert_eq!(choose("user_id", &names), uuid);
+        // Unusable names are passed over.
+        let emoji = Names {
+            display_name: Some("🦄🌻"),
+            email: Some("no-at-sign"),
+            ..names
+        };
+        assert_eq!(choose("display_name,email,user_id", &emoji), uuid);
+        assert_eq!(choose("display_name", &emoji), "user");
+        for bad in ["", " , ", "username,nickname"] {
+            assert!(NameSource::parse_list(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn adoption_templates_name_daarions_own_accounts() {
+        let t = AdoptTemplate::parse("daarion_{user_id_hex8}").unwrap();
+        let lp = |t: &AdoptTemplate, id: &str| t.localpart(id, SERVER).map(|l| l.to_string());
+        assert_eq!(
+            lp(&t, "7F3C2A1B-0000-4000-8000-00000000ABCD").as_deref(),
+            Some("daarion_7f3c2a1b")
+        );
+        assert_eq!(lp(&t, "7f3c-2a1b-00").as_deref(), Some("daarion_7f3c2a1b"));
+        assert_eq!(lp(&t, "u_7f3c2a"), None);
+        assert_eq!(lp(&t, "7f3c2a"), None);
+        let whole = AdoptTemplate::parse("old-{user_id}").unwrap();
+        assert_eq!(lp(&whole, "u_7F3C").as_deref(), Some("old-u_7f3c"));
+        assert_eq!(lp(&whole, "a b"), None);
+        for bad in ["daarion_", "daarion {user_id}", "{user}", ""] {
+            assert!(AdoptTemplate::parse(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -13,6 +13,9 @@ pub struct Wanted {
     pub display_name_at: i64,
     pub avatar_url: Option<String>,
     pub avatar_url_at: i64,
+    /// Lower case (see `Event::email`).
+    pub email: Option<String>,
+    pub email_at: i64,
     pub deleted: bool,
     /// `created_at` of the newest `user.registered` or `user.deleted` applied.
     pub lifecycle_at: i64,
@@ -58,6 +61,7 @@ impl Wanted {
                 event.avatar_url.as_ref(),
                 t,
             );
+            set(&mut self.email, &mut self.email_at, event.email.as_ref(), t);
         }
         *self != before
     }
@@ -70,6 +74,16 @@ impl Wanted {
         self.display_name != before.display_name
             || self.avatar_url != before.avatar_url
             || self.deleted != before.deleted
+    }
+
+    /// Whether what a person not yet named could be named by changed: a
+    /// name, the address, or their registration arriving (which ends the
+    /// wait for a username, see `jobs::person`).
+    pub fn naming_changed_since(&self, before: &Wanted) -> bool {
+        self.username != before.username
+            || self.display_name != before.display_name
+            || self.email != before.email
+            || (before.lifecycle_at == 0 && self.lifecycle_at != 0)
     }
 }
 
@@ -108,6 +122,7 @@ mod tests {
             username: None,
             display_name: name,
             avatar_url: Patch::Unchanged,
+            email: Patch::Unchanged,
             session_id: None,
         }
     }

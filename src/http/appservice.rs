@@ -7,9 +7,8 @@ use actix_web::http::StatusCode;
 use actix_web::{get, post, put, web, HttpRequest, HttpResponse};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
-use super::auth::bearer_token;
+use super::auth::{bearer_token, same_secret};
 use super::observe::MAX_TRANSACTION_BYTES;
 use super::webhooks::read_limited;
 use super::AppState;
@@ -36,9 +35,7 @@ fn refuse_unless_homeserver(state: &AppState, req: &HttpRequest) -> Option<HttpR
             "the homeserver's token is missing",
         ));
     };
-    let a = Sha256::digest(presented.as_bytes());
-    let b = Sha256::digest(expected.expose().as_bytes());
-    if bool::from(a.ct_eq(&b)) {
+    if same_secret(presented, expected) {
         None
     } else {
         Some(matrix_error(

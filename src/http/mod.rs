@@ -10,6 +10,7 @@ pub mod observe;
 pub mod oidc;
 pub mod ops;
 pub mod pages;
+pub mod password;
 pub mod profile_sync;
 pub mod rooms;
 pub mod sso;
@@ -104,6 +105,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(oidc::token)
     .service(oidc::userinfo)
     .service(sso::session)
+    .service(password::password)
     .service(users::get_user)
     .service(users::retry_user)
     .service(profile_sync::profile_sync)
@@ -153,6 +155,7 @@ fn sorted(value: serde_json::Value) -> serde_json::Value {
         webhooks::receive,
         sso::login_token,
         sso::session,
+        password::password,
         oidc::discovery,
         oidc::jwks,
         oidc::token,
@@ -219,6 +222,17 @@ impl Modify for SecuritySchemes {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some("An access token from `/oidc/token`"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "password_module",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "`Authorization: Bearer <PASSWORD_MODULE_SECRET>`: Synapse's password module",
+                    ))
                     .build(),
             ),
         );

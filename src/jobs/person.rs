@@ -11,7 +11,7 @@ use super::avatar::follow;
 use super::outcome::Outcome;
 use crate::avatar::AvatarFetcher;
 use crate::clock::Clock;
-use crate::domain::localpart::Localpart;
+use crate::domain::localpart::{Localpart, Names};
 use crate::signing::Signer;
 use crate::store::{
     Account, AppliedAvatar, CreateVia, JobKind, LocalpartPolicy, Person, State, Store,
@@ -160,17 +160,20 @@ impl Step<'_> {
                 return self.adopt(&user_id).await;
             }
         }
+        // Not named yet, or an adoption was interrupted.
+        let adoptable = self.adoptable();
+        if (self.p.localpart.is_none() || self.p.localpart == adoptable)
+            && self.adopt_daarions_own(adoptable).await?
+        {
+            return Ok(());
+        }
         if self.p.localpart.is_none() {
             self.wait_for_a_username()?;
         }
         let policy = self.deps.policy;
         let server_name = &policy.server_name;
-        // The best name known now: the newest username, else the user id.
-        let derived = Localpart::derive(
-            self.p.wanted.username.as_deref(),
-            &self.p.user_id,
-            server_name,
-        );
+        // The best name known now, from the first usable source.
+        let derived = Localpart::choose(&policy.sources, &self.names(), server_name);
         let (base, n) = match &self.p.localpart {
             Some(localpart) => split_suffix(localpart, &derived, server_name),
             None => (derived.clone(), 1),
@@ -237,15 +240,91 @@ impl Step<'_> {
         )))
     }
 
+    /// What the person can be named by (see `LOCALPART_SOURCES`).
+    fn names(&self) -> Names<'_> {
+        Names {
+            username: self.p.wanted.username.as_deref(),
+            display_name: self.p.wanted.display_name.as_deref(),
+            email: self.p.wanted.email.as_deref(),
+            user_id: &self.p.user_id,
+        }
+    }
+
+    /// The localpart `ADOPT_LOCALPART_TEMPLATE` gives this person, if any.
+    fn adoptable(&self) -> Option<String> {
+        let policy = self.deps.policy;
+        policy
+            .adopt
+            .as_ref()
+            .and_then(|t| t.localpart(&self.p.user_id, &policy.server_name))
+            .map(|l| l.as_str().to_string())
+    }
+
+    /// The account DAARION Auth made for the person before this service
+    /// (`ADOPT_LOCALPART_TEMPLATE`), if there is one that no other DAARION
+    /// person holds: it becomes theirs (linked to both external ids by
+    /// [`Step::link_for_oidc`], then given the profile), its password and
+    /// devices left as they are. True when adopted.
+    async fn adopt_daarions_own(&mut self, localpart: Option<String>) -> Result<bool, Outcome> {
+        let Some(localpart) = localpart else {
+            return Ok(false);
+        };
+        let localpart = localpart.as_str();
+        // A backfill's index of Synapse's accounts saves a lookup per person.
+        if self.known_free(localpart).await {
+            return Ok(false);
+        }
+        let Some(user) = self.deps.synapse.user(localpart).await? else {
+            return Ok(false);
+        };
+        let linked_to_another = user
+            .external_ids
+            .iter()
+            .any(|e| e.auth_provider == AUTH_PROVIDER && e.external_id != self.p.user_id);
+        if linked_to_another {
+            tracing::warn!(
+                user_id = %self.p.user_id, account = %user.name,
+                "the account to adopt is linked to another DAARION person; creating a new one"
+            );
+            return Ok(false);
+        }
+        // Settles the localpart here; false when another person of ours
+        // holds it already.
+        if !self
+            .deps
+            .store
+            .mark_registering(&self.p.user_id, localpart, self.deps.clock.now_ms())
+            .await?
+        {
+            tracing::warn!(
+                user_id = %self.p.user_id, account = %user.name,
+                "the account to adopt belongs to another DAARION person here; creating a new one"
+            );
+            return Ok(false);
+        }
+        self.p.localpart = Some(localpart.to_string());
+        self.p.account = Account::Registering;
+        tracing::info!(
+            user_id = %self.p.user_id, matrix_user_id = %user.name,
+            "adopting the account DAARION Auth made for this person"
+        );
+        self.adopt(&user.name).await?;
+        Ok(true)
+    }
+
     /// A person known only from events without a username (a `user.updated`
     /// can come before the `user.registered` that names them) gets a name
-    /// from their user id only once [`Deps::username_grace`] has passed since
-    /// they were first seen, or at once when a sign-in needs the account.
-    /// People from a sync pass's listing wait for nothing: it is DAARION's
-    /// whole record of them.
+    /// from elsewhere (`LOCALPART_SOURCES`) only once
+    /// [`Deps::username_grace`] has passed since they were first seen, at
+    /// once when a sign-in needs the account, and at once when their
+    /// registration has come: DAARION as it runs has no usernames, and a
+    /// registration without one will not be followed by one. People from a
+    /// sync pass's listing wait for nothing: it is DAARION's whole record
+    /// of them.
     fn wait_for_a_username(&self) -> Result<(), Outcome> {
         if self.p.wanted.username.is_some()
             || self.settle_now
+            || self.p.wanted.lifecycle_at != 0
             || self.p.create_via == CreateVia::AdminApi
         {
             return Ok(());

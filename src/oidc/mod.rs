@@ -429,6 +429,7 @@ impl Provider {
             preferred_username: claims.preferred_username,
             name: claims.name,
             picture: claims.picture,
+            email: claims.email,
             daarion_sid: claims.sid,
         };
         // Unknown, expired or used already: a state is used once.
@@ -686,6 +687,7 @@ async fn active(
         preferred_username: who.preferred_username.clone(),
         name: who.name.clone(),
         picture: who.picture.clone(),
+        email: who.email.clone(),
         sid: who.daarion_sid.clone(),
     };
     accounts.active(&claims).await.map_err(|e| match e {

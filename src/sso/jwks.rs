@@ -163,29 +163,11 @@ impl Jwks {
     }
 }
 
-/// The body, at most `limit` bytes of it. A declared length over the limit
-/// is refused unread; a body without one (chunked) is read a chunk at a
-/// time and given up as soon as it passes the limit, so a key set of no
-/// stated size is never taken in whole just to find it too large.
-async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
-    let too_large = || "the key set is too large".to_string();
-    let declared = response.content_length();
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let mut body = Vec::with_capacity(declared.unwrap_or(16 * 1024).min(limit as u64) as usize);
-    while let Some(chunk) = response
-        .chunk()
+/// The key set's body, at most `limit` bytes of it.
+async fn read_capped(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    crate::outbound::read_capped(response, limit)
         .await
-        .map_err(|_| "connection broke while reading the key set".to_string())?
-    {
-        if body.len() + chunk.len() > limit {
-            // Dropping the response closes the connection: nothing more is read.
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+        .map_err(|e| format!("the key set {e}"))
 }
 
 /// The usable keys of a JWKS document. A key we cannot use (no `kid`, not

@@ -81,6 +81,11 @@ impl Sso {
         self.verifier.verify(token).await
     }
 
+    /// See [`Verifier::refresh_session`].
+    pub fn refresh_session(&self, token: &str, sub: &str) -> Option<String> {
+        self.verifier.refresh_session(token, sub)
+    }
+
     /// A login token for `@localpart`, valid from `now` for
     /// [`LOGIN_TOKEN_LIFETIME`]. None when `SYNAPSE_JWT_SECRET` is not set.
     pub fn login_token(&self, localpart: &str, now: DateTime<Utc>) -> Option<LoginToken> {

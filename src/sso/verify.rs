@@ -29,6 +29,8 @@ pub struct Claims {
     pub preferred_username: Option<String>,
     pub name: Option<String>,
     pub picture: Option<String>,
+    /// DAARION Auth's tokens carry the person's address.
+    pub email: Option<String>,
     /// DAARION's session id, when the token carries one (sign-out ends the
     /// Matrix sessions opened from that session).
     pub sid: Option<String>,
@@ -60,6 +62,8 @@ struct RawClaims {
     name: Option<Value>,
     #[serde(default)]
     picture: Option<Value>,
+    #[serde(default)]
+    email: Option<Value>,
     #[serde(default)]
     sid: Option<Value>,
     /// What kind of token it says it is, under any of the names issuers
@@ -195,9 +199,52 @@ impl Verifier {
             preferred_username: text(raw.preferred_username),
             name: text(raw.name),
             picture: text(raw.picture),
+            email: text(raw.email),
             sid: text(raw.sid).filter(|s| s.len() <= 255),
         })
     }
+}
+
+/// A DAARION refresh token as its login API hands it out.
+#[derive(Deserialize)]
+struct RefreshClaims {
+    sub: String,
+    #[serde(default, rename = "type")]
+    kind: Option<Value>,
+    #[serde(default)]
+    session_id: Option<Value>,
+}
+
+impl Verifier {
+    /// The DAARION session a refresh token from DAARION Auth's login API
+    /// names (its `session_id`), for `sub`. Only an HS256 token signed with
+    /// `AUTH_JWT_SECRET`, unexpired, of DAARION's issuer, that says it is a
+    /// refresh token: anything else names no session. Never used as a
+    /// credential: it only labels the Matrix sessions a sign-in opens, so
+    /// that DAARION's sign-out ends them.
+    pub fn refresh_session(&self, token: &str, sub: &str) -> Option<String> {
+        let key = self.secret.as_ref()?;
+        if token.len() > MAX_TOKEN_BYTES {
+            return None;
+        }
+        let (_, validation) = self
+            .validations
+            .iter()
+            .find(|(alg, _)| *alg == Algorithm::HS256)?;
+        let claims = decode::<RefreshClaims>(token, key, validation).ok()?.claims;
+        let refresh =
+            matches!(&claims.kind, Some(Value::String(k)) if k.eq_ignore_ascii_case("refresh"));
+        match claims.session_id {
+            Some(Value::String(sid)) if refresh && claims.sub == sub && valid_session(&sid) => {
+                Some(sid)
+            }
+            _ => None,
+        }
+    }
+}
+
+fn valid_session(sid: &str) -> bool {
+    !sid.is_empty() && sid.len() <= 255 && !sid.chars().any(char::is_control)
 }
 
 fn validation(alg: Algorithm, settings: &Settings) -> Validation {
@@ -340,9 +387,18 @@ mod tests {
         assert_eq!(claims.sub, sub);
         assert_eq!(claims.name.as_deref(), Some("Олена Петренко"));
         assert_eq!(claims.preferred_username, None);
+        assert_eq!(claims.email.as_deref(), Some("olena@daarion.city"));
         let refresh = json!({"sub": sub, "type": "refresh", "session_id": "s-1",
             "iss": "daarion-auth", "iat": now(), "exp": now() + 86400 * 30});
-        assert!(refused(&v, &hs256(refresh, SECRET)));
+        assert!(refused(&v, &hs256(refresh.clone(), SECRET)));
+        // It names the session its login opened, and only for its person.
+        let refresh = hs256(refresh, SECRET);
+        assert_eq!(v.refresh_session(&refresh, sub).as_deref(), Some("s-1"));
+        assert_eq!(v.refresh_session(&refresh, "someone-else"), None);
+        assert_eq!(v.refresh_session(&hs256(access.clone(), SECRET), sub), None);
+        let forged = json!({"sub": sub, "type": "refresh", "session_id": "s-1",
+            "iss": "daarion-auth", "iat": now(), "exp": now() + 60});
+        assert_eq!(v.refresh_session(&hs256(forged, "other-key"), sub), None);
         let with = |k: &str, val: Value| {
             let mut c = access.clone();
             c.as_object_mut().unwrap().remove("type");

@@ -7,6 +7,7 @@
 //! the same columns mean the same thing on both back ends.
 
 mod agents;
+mod attempts;
 mod batch;
 mod intake;
 mod jobs;

@@ -71,6 +71,7 @@ pub struct Returned {
     pub preferred_username: Option<String>,
     pub name: Option<String>,
     pub picture: Option<String>,
+    pub email: Option<String>,
     pub daarion_sid: Option<String>,
 }
 
@@ -136,8 +137,8 @@ impl Drop for Light {
 }
 
 const PENDING_COLUMNS: &str = "state_hash, binding_hash, client_id, redirect_uri, client_state, \
-    nonce, code_challenge, user_id, preferred_username, name, picture, daarion_sid, proof_hash, \
-    client_addr, expires_at";
+    nonce, code_challenge, user_id, preferred_username, name, picture, email, daarion_sid, \
+    proof_hash, client_addr, expires_at";
 
 const CODE_COLUMNS: &str = "code_hash, client_id, redirect_uri, code_challenge, nonce, user_id, \
     localpart, name, sid, auth_time, expires_at";
@@ -263,7 +264,7 @@ impl Store {
         let mut light = self.light().await?;
         let done = sqlx::query(
             "UPDATE oidc_pending SET user_id = $2, preferred_username = $3, name = $4, \
-             picture = $5, daarion_sid = $6, proof_hash = $7 \
+             picture = $5, daarion_sid = $6, proof_hash = $7, email = $9 \
              WHERE state_hash = $1 AND user_id IS NULL AND expires_at > $8",
         )
         .bind(state_hash)
@@ -274,6 +275,7 @@ impl Store {
         .bind(&who.daarion_sid)
         .bind(proof_hash)
         .bind(now)
+        .bind(&who.email)
         .execute(light.conn())
         .await?
         .rows_affected();
@@ -538,6 +540,7 @@ fn pending_from(r: &AnyRow) -> Result<Pending> {
             preferred_username: r.try_get("preferred_username")?,
             name: r.try_get("name")?,
             picture: r.try_get("picture")?,
+            email: r.try_get("email")?,
             daarion_sid: r.try_get("daarion_sid")?,
         }),
         None => None,

@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{parse_column, Result, Store};
-use crate::domain::localpart::{is_reserved, Localpart};
+use crate::domain::localpart::{is_reserved, AdoptTemplate, Localpart, NameSource};
 use crate::domain::person::Wanted;
 
 /// What an operator sees (CONTRACT.md section 4).
@@ -144,6 +144,8 @@ impl Person {
                 display_name_at: row.try_get("display_name_at")?,
                 avatar_url: row.try_get("avatar_url")?,
                 avatar_url_at: row.try_get("avatar_url_at")?,
+                email: row.try_get("email")?,
+                email_at: row.try_get("email_at")?,
                 deleted: row.try_get::<i64, _>("deleted")? != 0,
                 lifecycle_at: row.try_get("lifecycle_at")?,
             },
@@ -176,6 +178,10 @@ pub struct LocalpartPolicy {
     /// agents, CONTRACT.md section 9): a person whose name starts with one
     /// gets `u-` in front, as stably as any other name.
     pub reserved_prefixes: Vec<String>,
+    /// `LOCALPART_SOURCES`.
+    pub sources: Vec<NameSource>,
+    /// `ADOPT_LOCALPART_TEMPLATE`.
+    pub adopt: Option<AdoptTemplate>,
 }
 
 impl LocalpartPolicy {
@@ -211,7 +217,7 @@ impl LocalpartPolicy {
 
 pub(super) const PERSON_COLUMNS: &str =
     "user_id, localpart, state, username, username_at, display_name, \
-    display_name_at, avatar_url, avatar_url_at, deleted, lifecycle_at, account, \
+    display_name_at, avatar_url, avatar_url_at, email, email_at, deleted, lifecycle_at, account, \
     register_started_at, applied_display_name, applied_avatar_url, avatar_mxc, avatar_sha256, \
     avatar_error, upload_mxc, upload_sha256, profile_verify, oidc_linked, create_via, \
     COALESCE((SELECT j.attempts FROM jobs j WHERE j.kind = 'person' AND j.subject = user_id), 0) \
@@ -223,6 +229,16 @@ impl Store {
         let sql = format!("SELECT {PERSON_COLUMNS} FROM people WHERE user_id = $1");
         let row = sqlx::query(&sql)
             .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Person::from_row).transpose()
+    }
+
+    /// The person whose account is `@localpart` (lower case).
+    pub async fn person_by_localpart(&self, localpart: &str) -> Result<Option<Person>> {
+        let sql = format!("SELECT {PERSON_COLUMNS} FROM people WHERE localpart = $1");
+        let row = sqlx::query(&sql)
+            .bind(localpart)
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(Person::from_row).transpose()

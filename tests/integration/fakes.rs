@@ -41,6 +41,7 @@ pub struct FakeUser {
     pub username: Option<String>,
     pub display_name: Option<String>,
     pub avatar_url: Option<String>,
+    pub email: Option<String>,
     pub updated_at_ms: i64,
     pub deleted: bool,
 }
@@ -52,6 +53,7 @@ impl FakeUser {
             username: Some(username.into()),
             display_name: Some(display_name.into()),
             avatar_url: None,
+            email: None,
             updated_at_ms,
             deleted: false,
         }
@@ -63,6 +65,7 @@ impl FakeUser {
             "username": self.username,
             "display_name": self.display_name,
             "avatar_url": self.avatar_url,
+            "email": self.email,
             "updated_at": rfc3339(self.updated_at_ms),
             "deleted": self.deleted,
         })
@@ -225,6 +228,161 @@ async fn list_users(state: web::Data<ApiState>, req: HttpRequest) -> HttpRespons
         .collect();
     let next = (end < sorted.len()).then(|| end.to_string());
     HttpResponse::Ok().json(json!({"users": users, "next_cursor": next}))
+}
+
+// ---------------------------------------------------------------- login API
+
+/// A person DAARION Auth's login API knows.
+#[derive(Debug, Clone)]
+pub struct FakeAccount {
+    /// A UUID, as DAARION's ids are.
+    pub user_id: String,
+    pub email: String,
+    pub password: String,
+    pub display_name: String,
+    pub active: bool,
+}
+
+impl FakeAccount {
+    /// A new person with a fresh UUID, an address under `example.test`
+    /// and a password of their own.
+    pub fn new(display_name: &str) -> FakeAccount {
+        let user_id = uuid();
+        FakeAccount {
+            email: format!("{}@example.test", &user_id[..13]),
+            password: format!("pw-{}", &user_id[24..]),
+            user_id,
+            display_name: display_name.into(),
+            active: true,
+        }
+    }
+}
+
+/// A fresh version-4-shaped UUID.
+pub fn uuid() -> String {
+    let b: [u8; 16] = rand::random();
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+/// DAARION Auth's login API exactly as CONTRACT.md section 10 describes it:
+/// `POST /api/auth/login` with `{"email", "password"}`; HS256 access and
+/// refresh tokens signed with one key (the refresh token names the session
+/// this login opened); `{"detail": …}` errors; emails compared
+/// case-insensitively. `set_down(true)` makes it answer 503.
+#[derive(Clone)]
+pub struct FakeLoginApi {
+    /// The login URL (`AUTH_PASSWORD_LOGIN_URL`).
+    pub url: String,
+    accounts: Arc<Mutex<HashMap<String, FakeAccount>>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    /// Logins asked, and the sessions opened (in order).
+    pub logins: Arc<AtomicUsize>,
+    pub sessions: Arc<Mutex<Vec<String>>>,
+}
+
+struct LoginState {
+    secret: String,
+    accounts: Arc<Mutex<HashMap<String, FakeAccount>>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    logins: Arc<AtomicUsize>,
+    sessions: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeLoginApi {
+    /// Tokens are signed with `secret` (DAARION's `AUTH_JWT_SECRET`).
+    pub fn start(secret: &str) -> FakeLoginApi {
+        let accounts = Arc::new(Mutex::new(HashMap::new()));
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let logins = Arc::new(AtomicUsize::new(0));
+        let sessions = Arc::new(Mutex::new(Vec::new()));
+        let state = web::Data::new(LoginState {
+            secret: secret.into(),
+            accounts: Arc::clone(&accounts),
+            down: Arc::clone(&down),
+            logins: Arc::clone(&logins),
+            sessions: Arc::clone(&sessions),
+        });
+        let (port, _) = serve_locally(move |cfg| {
+            cfg.app_data(state.clone())
+                .route("/api/auth/login", web::post().to(login));
+        });
+        FakeLoginApi {
+            url: format!("http://127.0.0.1:{port}/api/auth/login"),
+            accounts,
+            down,
+            logins,
+            sessions,
+        }
+    }
+
+    pub fn add(&self, account: &FakeAccount) {
+        self.accounts
+            .lock()
+            .unwrap()
+            .insert(account.email.to_lowercase(), account.clone());
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    pub fn logins(&self) -> usize {
+        self.logins.load(Ordering::SeqCst)
+    }
+}
+
+async fn login(state: web::Data<LoginState>, body: web::Bytes) -> HttpResponse {
+    state.logins.fetch_add(1, Ordering::SeqCst);
+    if state.down.load(Ordering::SeqCst) {
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({"detail": "Service temporarily unavailable"}));
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return HttpResponse::UnprocessableEntity().json(json!({"detail": "invalid body"}));
+    };
+    let (Some(email), Some(password)) = (body["email"].as_str(), body["password"].as_str()) else {
+        return HttpResponse::UnprocessableEntity().json(json!({"detail": "email and password"}));
+    };
+    let account = state
+        .accounts
+        .lock()
+        .unwrap()
+        .get(&email.to_lowercase())
+        .cloned();
+    let Some(account) = account.filter(|a| a.password == password) else {
+        return HttpResponse::Unauthorized().json(json!({"detail": "Invalid email or password"}));
+    };
+    if !account.active {
+        return HttpResponse::Forbidden().json(json!({"detail": "User account is inactive"}));
+    }
+    let now = Utc::now().timestamp();
+    let session_id = uuid();
+    state.sessions.lock().unwrap().push(session_id.clone());
+    let key = jsonwebtoken::EncodingKey::from_secret(state.secret.as_bytes());
+    let sign = |claims: Value| {
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    let access = sign(json!({"sub": account.user_id, "email": account.email,
+        "name": account.display_name, "roles": ["member"], "type": "access",
+        "iss": "daarion-auth", "iat": now, "exp": now + 1800}));
+    let refresh = sign(json!({"sub": account.user_id, "type": "refresh",
+        "session_id": session_id, "iss": "daarion-auth", "iat": now, "exp": now + 30 * 86400}));
+    HttpResponse::Ok().json(json!({
+        "access_token": access, "refresh_token": refresh, "token_type": "bearer",
+        "expires_in": 1800,
+        "user": {"id": account.user_id, "email": account.email,
+                 "display_name": account.display_name, "avatar_url": null,
+                 "roles": ["member"], "is_active": true,
+                 "created_at": "2026-01-01T00:00:00Z"}
+    }))
 }
 
 // ---------------------------------------------------------------- avatars

@@ -54,6 +54,7 @@ fn events(tag: &str) -> Vec<Event> {
             username: Some(["Олена", "olena", "Taras"][person as usize % 3].to_string()),
             display_name: patch(&mut rng, "name"),
             avatar_url: patch(&mut rng, "https://a.example/x.png?"),
+            email: patch(&mut rng, "e"),
             session_id: None,
         });
     }
@@ -84,6 +85,7 @@ async fn a_batch_stores_what_one_by_one_would(backend: Backend) {
         username: Some("olena".into()),
         display_name: Patch::Unchanged,
         avatar_url: Patch::Unchanged,
+        email: Patch::Unchanged,
         session_id: None,
     };
     for store in [&batched, &single] {

@@ -126,6 +126,22 @@ impl PrivateSynapse {
     /// `relax_ratelimits: false` keeps Synapse's default rate limits (for
     /// tests of how we pass them on).
     pub fn start_with(relax_ratelimits: bool) -> PrivateSynapse {
+        PrivateSynapse::start_configured(relax_ratelimits, &[])
+    }
+
+    /// With the service's password module (`synapse-module/`) asking the
+    /// service at `service_url` with `secret` (CONTRACT.md section 11).
+    pub fn start_with_password_module(service_url: &str, secret: &str) -> PrivateSynapse {
+        PrivateSynapse::start_configured(
+            true,
+            &[
+                ("PASSWORD_MODULE_URL", service_url),
+                ("PASSWORD_MODULE_SECRET", secret),
+            ],
+        )
+    }
+
+    fn start_configured(relax_ratelimits: bool, extra: &[(&str, &str)]) -> PrivateSynapse {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let info = SynapseInfo {
@@ -142,6 +158,7 @@ impl PrivateSynapse {
             .env("JWT_SECRET", &info.jwt_secret)
             .env("BCRYPT_ROUNDS", "4")
             .env("RELAX_RATELIMITS", if relax_ratelimits { "1" } else { "0" })
+            .envs(extra.iter().copied())
             .stdout(Stdio::null())
             .status()
             .unwrap();
@@ -271,6 +288,18 @@ impl SynapseAdmin {
         admin: bool,
         inhibit_login: bool,
     ) -> Result<Value, Value> {
+        self.register_with_password(localpart, &unique("pw"), admin, inhibit_login)
+            .await
+    }
+
+    /// [`SynapseAdmin::register_raw`] with a password of the caller's.
+    pub async fn register_with_password(
+        &self,
+        localpart: &str,
+        password: &str,
+        admin: bool,
+        inhibit_login: bool,
+    ) -> Result<Value, Value> {
         let url = format!("{}/_synapse/admin/v1/register", self.info.url);
         let nonce: Value = self
             .http
@@ -282,12 +311,11 @@ impl SynapseAdmin {
             .await
             .unwrap();
         let nonce = nonce["nonce"].as_str().unwrap();
-        let password = unique("pw");
         let mac = registration_mac(
             &self.info.registration_secret,
             nonce,
             localpart,
-            &password,
+            password,
             admin,
         );
         let response = self

@@ -213,12 +213,12 @@ fn apply(
             applied.changed.insert(event.user_id.clone());
         }
         // A new person always needs an account, and so does one whose
-        // name was still open when a username arrives; otherwise only
-        // changes that Synapse shows are work (not a newer timestamp on
-        // the same values).
+        // name was still open when something to name them by (or their
+        // registration) arrives; otherwise only changes that Synapse shows
+        // are work (not a newer timestamp on the same values).
         let needs = first_sight
             || person.wanted.needs_work_since(&before)
-            || (person.localpart.is_none() && person.wanted.username != before.username);
+            || (person.localpart.is_none() && person.wanted.naming_changed_since(&before));
         if needs {
             applied.queued.insert(event.user_id.clone());
         }
@@ -271,8 +271,8 @@ async fn insert_events(
 }
 
 const NEW_PERSON: &str = "INSERT INTO people (user_id, create_via, username, \
-    username_at, display_name, display_name_at, avatar_url, avatar_url_at, deleted, \
-    lifecycle_at, state, created_at, updated_at)";
+    username_at, display_name, display_name_at, avatar_url, avatar_url_at, email, email_at, \
+    deleted, lifecycle_at, state, created_at, updated_at)";
 
 /// Inserts new people, already pending and without a localpart; returns the
 /// ids of those inserted (the others another replica inserted first).
@@ -286,7 +286,7 @@ async fn insert_people(
     }
     let sql = format!(
         "{NEW_PERSON} VALUES {} ON CONFLICT DO NOTHING RETURNING user_id",
-        backend.rows(people.len(), 13)
+        backend.rows(people.len(), 15)
     );
     let mut query = sqlx::query(&sql);
     for p in people {
@@ -304,8 +304,8 @@ async fn insert_people(
 async fn update_wanted(tx: &mut Transaction<'static, Any>, p: &Person, now: i64) -> Result<()> {
     let query = sqlx::query(
         "UPDATE people SET username = $2, username_at = $3, display_name = $4, \
-         display_name_at = $5, avatar_url = $6, avatar_url_at = $7, deleted = $8, \
-         lifecycle_at = $9, updated_at = $10 WHERE user_id = $1",
+         display_name_at = $5, avatar_url = $6, avatar_url_at = $7, email = $8, \
+         email_at = $9, deleted = $10, lifecycle_at = $11, updated_at = $12 WHERE user_id = $1",
     )
     .bind(&p.user_id);
     bind_wanted(query, &p.wanted)
@@ -316,8 +316,8 @@ async fn update_wanted(tx: &mut Transaction<'static, Any>, p: &Person, now: i64)
 }
 
 /// Binds the wanted fields in column order: username, username_at,
-/// display_name, display_name_at, avatar_url, avatar_url_at, deleted,
-/// lifecycle_at.
+/// display_name, display_name_at, avatar_url, avatar_url_at, email,
+/// email_at, deleted, lifecycle_at.
 fn bind_wanted<'q>(query: AnyQuery<'q>, w: &'q Wanted) -> AnyQuery<'q> {
     query
         .bind(&w.username)
@@ -326,6 +326,8 @@ fn bind_wanted<'q>(query: AnyQuery<'q>, w: &'q Wanted) -> AnyQuery<'q> {
         .bind(w.display_name_at)
         .bind(&w.avatar_url)
         .bind(w.avatar_url_at)
+        .bind(&w.email)
+        .bind(w.email_at)
         .bind(w.deleted as i64)
         .bind(w.lifecycle_at)
 }
