@@ -249,6 +249,9 @@ if module_url or module_secret:
         raise SystemExit(
             "synapse-config: PASSWORD_MODULE_URL and PASSWORD_MODULE_SECRET go together"
         )
+    if not module_url.startswith(("http://", "https://")):
+        # Synapse's own message would not say what is wrong with it.
+        raise SystemExit("synapse-config: PASSWORD_MODULE_URL must be an http:// or https:// URL")
     fd = os.open(secret_path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf8") as f:
         f.write(module_secret + "\n")
