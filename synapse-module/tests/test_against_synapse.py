@@ -57,10 +57,19 @@ class FakeService:
     def __init__(self):
         self.expected_secret = MODULE_SECRET
         self.calls = []
+        self.connections = []
         self.lock = threading.Lock()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as the real service (and Synapse's connection pool) does.
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                with fake.lock:
+                    fake.connections.append(self.connection)
+
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
@@ -139,6 +148,13 @@ class FakeService:
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
+        with self.lock:
+            connections, self.connections = self.connections, []
+        for connection in connections:  # the kept-alive ones too: the service is gone
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 # --------------------------------------------------------------------------
