@@ -16,6 +16,14 @@
 #          APPSERVICE_FILES     optional; comma-separated registration files for
 #                               app_service_config_files (matrix-provisioner's, printed
 #                               by `matrix-provisioner appservice-registration`)
+#          PASSWORD_MODULE_URL  optional; matrix-provisioner's base URL: loads the
+#                               password module of synapse-module/ (Element X's
+#                               m.login.password through POST /v1/sso/password) and sets
+#                               password_config.enabled
+#          PASSWORD_MODULE_SECRET required with PASSWORD_MODULE_URL; the service's
+#                               PASSWORD_MODULE_SECRET, written to DIR/password-module-secret
+#                               (mode 600)
+#          PASSWORD_MODULE_TIMEOUT optional; the module's timeout_seconds (default 10)
 #          BCRYPT_ROUNDS        default 12 (tests pass 4)
 #          RELAX_RATELIMITS     0 (default, Synapse's limits) or 1 (generous rc_* limits)
 #          SYNAPSE_LOG_LEVEL    default INFO (root level of DIR/homeserver.log)
@@ -66,7 +74,9 @@ export SC_DIR="$dir" SC_PORT="$port" SC_GEN="$gen" SERVER_NAME BCRYPT_ROUNDS \
     RELAX_RATELIMITS SYNAPSE_LOG_LEVEL REGISTRATION_SECRET
 export JWT_SECRET="${JWT_SECRET:-}" OIDC_PROVIDERS="${OIDC_PROVIDERS:-}" \
     OIDC_CLIENT_SECRET="${OIDC_CLIENT_SECRET:-}" SSO_CLIENT_WHITELIST="${SSO_CLIENT_WHITELIST:-}" \
-    APPSERVICE_FILES="${APPSERVICE_FILES:-}"
+    APPSERVICE_FILES="${APPSERVICE_FILES:-}" PASSWORD_MODULE_URL="${PASSWORD_MODULE_URL:-}" \
+    PASSWORD_MODULE_SECRET="${PASSWORD_MODULE_SECRET:-}" \
+    PASSWORD_MODULE_TIMEOUT="${PASSWORD_MODULE_TIMEOUT:-}"
 "$py" - <<'EOF'
 import glob
 import os
@@ -229,6 +239,35 @@ if appservices:
             sender = yaml.safe_load(reg)["sender_localpart"]
         rules.append({"user_id": f"@{sender}:{server_name}", "action": "allow"})
     config["room_list_publication_rules"] = rules
+
+module_url = os.environ.get("PASSWORD_MODULE_URL", "")
+module_secret = os.environ.get("PASSWORD_MODULE_SECRET", "")
+module_timeout = os.environ.get("PASSWORD_MODULE_TIMEOUT", "")
+secret_path = os.path.join(d, "password-module-secret")
+if module_url or module_secret:
+    if not (module_url and module_secret):
+        raise SystemExit(
+            "synapse-config: PASSWORD_MODULE_URL and PASSWORD_MODULE_SECRET go together"
+        )
+    if not module_url.startswith(("http://", "https://")):
+        # Synapse's own message would not say what is wrong with it.
+        raise SystemExit("synapse-config: PASSWORD_MODULE_URL must be an http:// or https:// URL")
+    fd = os.open(secret_path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf8") as f:
+        f.write(module_secret + "\n")
+    os.replace(secret_path + ".tmp", secret_path)
+    module_config = {"service_url": module_url, "secret_path": secret_path}
+    if module_timeout:
+        try:
+            module_config["timeout_seconds"] = float(module_timeout)
+        except ValueError:
+            raise SystemExit("synapse-config: PASSWORD_MODULE_TIMEOUT must be a number")
+    config["modules"] = [
+        {"module": "matrix_provisioner_synapse.PasswordAuthProvider", "config": module_config}
+    ]
+    config["password_config"] = {"enabled": True}
+elif os.path.exists(secret_path):
+    os.remove(secret_path)
 
 if os.environ["RELAX_RATELIMITS"] == "1":
     def lots():  # a fresh dict each time, so the yaml has no anchors/aliases
