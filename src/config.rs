@@ -27,6 +27,9 @@ pub struct OidcSettings {
     pub signing_key: Option<Secret>,
     /// DAARION Auth's sign-in page.
     pub auth_login_url: Option<Url>,
+    /// `AUTH_PASSWORD_LOGIN_URL` is set: without `AUTH_LOGIN_URL` the
+    /// service's own sign-in page takes its place.
+    pub own_sign_in_page: bool,
 }
 
 impl OidcSettings {
@@ -42,8 +45,8 @@ impl OidcSettings {
             Some("PUBLIC_URL")
         } else if self.client_secret.is_none() {
             Some("OIDC_CLIENT_SECRET")
-        } else if self.auth_login_url.is_none() {
-            Some("AUTH_LOGIN_URL")
+        } else if self.auth_login_url.is_none() && !self.own_sign_in_page {
+            Some("AUTH_LOGIN_URL or AUTH_PASSWORD_LOGIN_URL")
         } else {
             None
         }
@@ -387,6 +390,7 @@ impl OidcSettings {
             idp_id: env.get("OIDC_IDP_ID").unwrap_or_else(|| "daarion".into()),
             signing_key: env.secret("OIDC_SIGNING_KEY")?,
             auth_login_url: env.url("AUTH_LOGIN_URL")?,
+            own_sign_in_page: env.get("AUTH_PASSWORD_LOGIN_URL").is_some(),
         })
     }
 }

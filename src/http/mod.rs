@@ -100,6 +100,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(oidc::jwks)
     .service(oidc::authorize)
     .service(oidc::sso_return)
+    .service(oidc::own_sign_in_page)
+    .service(oidc::own_sign_in)
     .service(oidc::sso_review)
     .service(oidc::sso_continue)
     .service(oidc::token)

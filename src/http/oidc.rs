@@ -15,7 +15,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::pages::{confirm_page, page_headers, Lang, Page};
+use super::pages::{confirm_page, page_headers, sign_in_form, FormNote, Lang, Page};
 use super::webhooks::read_limited;
 use super::AppState;
 use crate::oidc::{Next, OAuthError, Provider, SignInError};
@@ -113,6 +113,101 @@ pub async fn sso_return(
     let outcome = provider.returned(&state.sso, &form).await;
     crate::metrics::sign_in("return", outcome_name(&outcome));
     answer(&req, provider, outcome)
+}
+
+/// Step 2 on the service's own page (when DAARION Auth has no hosted page;
+/// the browser, sent by step 1 with `state`): email and password.
+#[get("/v1/sso/sign-in")]
+pub async fn own_sign_in_page(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let Some(provider) = state.oidc.as_deref() else {
+        return Page::NotConfigured.respond(&req, StatusCode::NOT_FOUND);
+    };
+    let query = form_pairs(req.query_string().as_bytes());
+    let Some(sign_in) = query.get("state") else {
+        return Page::BadRequest.respond(&req, StatusCode::BAD_REQUEST);
+    };
+    let binding = req
+        .cookie(&provider.cookie_name(sign_in))
+        .map(|c| c.value().to_string());
+    match provider.sign_in_form(sign_in, binding.as_deref()).await {
+        Ok(form_token) => sign_in_form(
+            Lang::of(&req),
+            StatusCode::OK,
+            &provider.sign_in_url(),
+            &[("state", sign_in.as_str()), ("form", form_token.as_str())],
+            "",
+            None,
+        ),
+        Err(e) => answer(&req, provider, Err(e)),
+    }
+}
+
+/// Step 2 on the service's own page, posted: `state`, `form` (the form
+/// token), `email`, `password`. A wrong password, too many attempts or
+/// DAARION being down show the form again with a note.
+#[post("/v1/sso/sign-in")]
+pub async fn own_sign_in(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let (provider, form) = match posted_form(&state, &req, payload).await {
+        Ok(posted) => posted,
+        Err(page) => return page,
+    };
+    let Some(sign_in) = form.get("state") else {
+        return Page::Expired.respond(&req, StatusCode::BAD_REQUEST);
+    };
+    let binding = req
+        .cookie(&provider.cookie_name(sign_in))
+        .map(|c| c.value().to_string());
+    let client = super::sso::client_address(&req, &state.settings.trusted_proxies);
+    let outcome = provider
+        .password_sign_in(
+            &state.accounts,
+            &state.sso,
+            &form,
+            binding.as_deref(),
+            client,
+        )
+        .await;
+    crate::metrics::sign_in("password", outcome_name(&outcome));
+    let (note, status, retry_after) = match outcome {
+        Err(SignInError::WrongPassword) => {
+            (FormNote::WrongPassword, StatusCode::UNAUTHORIZED, None)
+        }
+        Err(SignInError::Limited { retry_after }) => (
+            FormNote::Limited(retry_after),
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(retry_after),
+        ),
+        Err(SignInError::DaarionUnavailable { retry_after }) => (
+            FormNote::DaarionUnavailable,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(retry_after),
+        ),
+        other => return answer(&req, provider, other),
+    };
+    // The form again, for this browser only (its token is in `form`).
+    let form_token = binding
+        .as_deref()
+        .map(Provider::form_token)
+        .unwrap_or_default();
+    let email = form.get("email").map(|e| e.trim()).unwrap_or("");
+    let mut response = sign_in_form(
+        Lang::of(&req),
+        status,
+        &provider.sign_in_url(),
+        &[("state", sign_in.as_str()), ("form", form_token.as_str())],
+        email,
+        Some(note),
+    );
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    }
+    response
 }
 
 /// Step 3, first half (the browser, on our origin, sent by step 2 with
@@ -355,6 +450,12 @@ fn answer(
                     return response;
                 }
                 SignInError::Failed => (Page::Failed, StatusCode::SERVICE_UNAVAILABLE),
+                // The own sign-in form shows these itself (`own_sign_in`).
+                SignInError::WrongPassword => (Page::Refused, StatusCode::UNAUTHORIZED),
+                SignInError::Limited { .. } => (Page::TooMany, StatusCode::TOO_MANY_REQUESTS),
+                SignInError::DaarionUnavailable { .. } => {
+                    (Page::Unavailable, StatusCode::SERVICE_UNAVAILABLE)
+                }
             };
             page.respond(req, status)
         }
@@ -379,6 +480,9 @@ fn error_name(e: &SignInError) -> &'static str {
         SignInError::Deactivated => "deactivated",
         SignInError::Unavailable { .. } => "unavailable",
         SignInError::Failed => "failed",
+        SignInError::WrongPassword => "wrong_password",
+        SignInError::Limited { .. } => "limited",
+        SignInError::DaarionUnavailable { .. } => "daarion_unavailable",
     }
 }
 

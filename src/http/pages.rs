@@ -268,6 +268,99 @@ pub fn confirm_page(
     headers_with_form_action(HttpResponse::Ok(), &form_action).body(html)
 }
 
+/// What the own sign-in form says above its fields after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormNote {
+    WrongPassword,
+    /// Too many failed attempts; try again in this many seconds.
+    Limited(u64),
+    DaarionUnavailable,
+}
+
+/// The service's own "Sign in with DAARION" page (when DAARION Auth has no
+/// hosted page): email and password, posted with `fields` (the sign-in's
+/// state and the browser's form token) to `action`, our own origin only.
+pub fn sign_in_form(
+    lang: Lang,
+    status: StatusCode,
+    action: &str,
+    fields: &[(&str, &str)],
+    email: &str,
+    note: Option<FormNote>,
+) -> HttpResponse {
+    let (title, intro, email_label, password_label, submit) = match lang {
+        Lang::Uk => (
+            "Увійти через DAARION",
+            "Увійдіть з електронною поштою та паролем DAARION, щоб продовжити в Matrix.",
+            "Електронна пошта",
+            "Пароль",
+            "Увійти",
+        ),
+        Lang::En => (
+            "Sign in with DAARION",
+            "Sign in with your DAARION email and password to continue to Matrix.",
+            "Email",
+            "Password",
+            "Sign in",
+        ),
+    };
+    let note = note.map(|note| {
+        let text = match (note, lang) {
+            (FormNote::WrongPassword, Lang::Uk) => {
+                "Неправильна електронна пошта або пароль.".to_string()
+            }
+            (FormNote::WrongPassword, Lang::En) => "Wrong email or password.".to_string(),
+            (FormNote::Limited(seconds), Lang::Uk) => format!(
+                "Забагато невдалих спроб. Спробуйте знову за {} хв.",
+                seconds.div_ceil(60)
+            ),
+            (FormNote::Limited(seconds), Lang::En) => format!(
+                "Too many failed attempts. Please try again in {} min.",
+                seconds.div_ceil(60)
+            ),
+            (FormNote::DaarionUnavailable, Lang::Uk) => {
+                "DAARION зараз не може перевірити пароль. Спробуйте за хвилину.".to_string()
+            }
+            (FormNote::DaarionUnavailable, Lang::En) => {
+                "DAARION cannot check passwords right now. Please try again in a minute."
+                    .to_string()
+            }
+        };
+        format!(
+            "<p class=\"note\" id=\"note\" role=\"alert\">{}</p>",
+            escape(&text)
+        )
+    });
+    let inputs: String = fields
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                escape(name),
+                escape(value)
+            )
+        })
+        .collect();
+    let form = format!(
+        "<form method=\"post\" action=\"{action}\">{inputs}\
+         <p><label for=\"email\">{email_label}</label><br>\
+         <input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required \
+         value=\"{email}\"></p>\
+         <p><label for=\"password\">{password_label}</label><br>\
+         <input id=\"password\" name=\"password\" type=\"password\" \
+         autocomplete=\"current-password\" required></p>\
+         <button type=\"submit\" id=\"sign_in\">{submit}</button></form>",
+        action = escape(action),
+        email = escape(email),
+    );
+    let html = document(
+        lang,
+        title,
+        &format!("<p>{intro}</p>{}{form}", note.unwrap_or_default()),
+    );
+    headers_with_form_action(HttpResponse::build(status), "'self'").body(html)
+}
+
 /// A whole page around `content` (already HTML).
 fn document(lang: Lang, title: &str, content: &str) -> String {
     let code = match lang {
@@ -281,7 +374,9 @@ fn document(lang: Lang, title: &str, content: &str) -> String {
          max-width:32rem;margin:4rem auto;padding:0 1rem;color:#1b1b1f}}h1{{font-size:1.4rem}}\
          a,button{{display:inline-block;padding:.5rem 1rem;background:#1b1b1f;color:#fff;\
          border:0;border-radius:.4rem;text-decoration:none;font:inherit;cursor:pointer}}\
-         button.no{{background:#e4e4e9;color:#1b1b1f}}.who{{font-size:1.1rem}}</style></head>\
+         button.no{{background:#e4e4e9;color:#1b1b1f}}.who{{font-size:1.1rem}}\
+         input{{font:inherit;padding:.4rem;width:100%;box-sizing:border-box}}\
+         .note{{background:#fde2e1;padding:.5rem;border-radius:.4rem}}</style></head>\
          <body><h1>{title}</h1>{content}</body></html>\n"
     )
 }

@@ -39,7 +39,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use url::Url;
 
-use crate::accounts::{AccountError, Accounts};
+use crate::accounts::{AccountError, Accounts, PasswordError};
 use crate::config::Settings;
 use crate::secret::Secret;
 use crate::signing::{random_secret, Signer, ID_TOKEN_TTL_S};
@@ -70,11 +70,21 @@ const SIGN_IN_LIMITS: SignInLimits = SignInLimits {
     total: 20_000,
 };
 
+/// Where a person proves who they are (step 1's destination).
+enum SignInStep {
+    /// DAARION's hosted page (`AUTH_LOGIN_URL`), which posts an access
+    /// token back to `/v1/sso/return`.
+    DaarionPage(Url),
+    /// The service's own page, `/v1/sso/sign-in` (email and password,
+    /// checked with DAARION Auth's login API), when DAARION has no page.
+    OwnPage,
+}
+
 pub struct Provider {
     signer: Arc<Signer>,
     client_secret: Secret,
     redirect_uris: Vec<String>,
-    auth_login_url: Url,
+    step: SignInStep,
     /// `{PUBLIC_URL}/v1/sso/return`, where DAARION hands the person back.
     return_to: String,
     /// Where the browser-binding cookie is sent: `{PUBLIC_URL path}/v1/sso/`.
@@ -100,6 +110,17 @@ pub enum SignInError {
     },
     /// The person said "not me" on the confirmation page.
     Cancelled,
+    /// The own sign-in page: DAARION says the email or password is wrong.
+    WrongPassword,
+    /// The own sign-in page: too many failed attempts for this account or
+    /// from this address.
+    Limited {
+        retry_after: u64,
+    },
+    /// The own sign-in page: DAARION Auth cannot check passwords now.
+    DaarionUnavailable {
+        retry_after: u64,
+    },
     /// DAARION refused: the person gave up, or the token is not valid.
     Refused,
     Deactivated,
@@ -164,11 +185,16 @@ impl Provider {
         let oidc = &settings.oidc;
         let public_url = oidc.public_url.clone()?;
         let base = public_url.as_str().trim_end_matches('/').to_string();
+        let step = match (&oidc.auth_login_url, &settings.auth_password_login_url) {
+            (Some(url), _) => SignInStep::DaarionPage(url.clone()),
+            (None, Some(_)) => SignInStep::OwnPage,
+            (None, None) => return None,
+        };
         Some(Provider {
             signer,
             client_secret: oidc.client_secret.clone()?,
             redirect_uris: oidc.redirect_uris.clone(),
-            auth_login_url: oidc.auth_login_url.clone()?,
+            step,
             return_to: format!("{base}/v1/sso/return"),
             cookie_path: format!("{}/v1/sso/", public_url.path().trim_end_matches('/')),
             secure_cookies: public_url.scheme() == "https",
@@ -376,13 +402,16 @@ impl Provider {
                 retry_after: (SIGN_IN_TTL_MS / 1000 / 10) as u64,
             });
         }
-        let location = with_query(
-            self.auth_login_url.as_str(),
-            &[
-                ("return_to", Some(&self.return_to)),
-                ("state", Some(&state)),
-            ],
-        );
+        let location = match &self.step {
+            SignInStep::DaarionPage(url) => with_query(
+                url.as_str(),
+                &[
+                    ("return_to", Some(&self.return_to)),
+                    ("state", Some(&state)),
+                ],
+            ),
+            SignInStep::OwnPage => with_query(&self.sign_in_url(), &[("state", Some(&state))]),
+        };
         Ok(Next {
             location,
             cookie: Some((self.cookie_name(&state), Secret::new(binding))),
@@ -424,6 +453,91 @@ impl Provider {
                 return Err(SignInError::Unavailable { retry_after: 5 })
             }
         };
+        self.hand_back(state, claims).await
+    }
+
+    /// `{PUBLIC_URL}/v1/sso/sign-in`, the service's own sign-in page.
+    pub fn sign_in_url(&self) -> String {
+        format!("{}/v1/sso/sign-in", self.issuer())
+    }
+
+    /// The form token of the own sign-in page for the browser holding
+    /// `binding` (its cookie): only that browser can post the form.
+    pub fn form_token(binding: &str) -> String {
+        digest(&format!("sign-in-form:{binding}"))
+    }
+
+    /// Step 2 on the service's own page, first half: the sign-in with
+    /// `state` is under way in this browser (`binding`, its cookie); the
+    /// form token for its form. A browser without the cookie (a link sent
+    /// by someone else) gets nothing.
+    pub async fn sign_in_form(
+        &self,
+        state: &str,
+        binding: Option<&str>,
+    ) -> Result<String, SignInError> {
+        let binding = binding.ok_or(SignInError::OtherBrowser)?;
+        let bound = self
+            .store
+            .sign_in_bound(&digest(state), &digest(binding), self.now_ms())
+            .await
+            .map_err(|_| SignInError::Unavailable { retry_after: 5 })?;
+        if !bound {
+            return Err(SignInError::Expired);
+        }
+        Ok(Provider::form_token(binding))
+    }
+
+    /// Step 2 on the service's own page: the form's `email` and `password`,
+    /// posted with `state` and the form token `form` by the browser holding
+    /// `binding`, from `client`. DAARION Auth's login API checks them
+    /// (`Accounts::sign_in_with_password`); the person and the DAARION
+    /// session of that login are handed on as DAARION's page would.
+    pub async fn password_sign_in(
+        &self,
+        accounts: &Accounts,
+        sso: &Sso,
+        form: &HashMap<String, String>,
+        binding: Option<&str>,
+        client: std::net::IpAddr,
+    ) -> Result<Next, SignInError> {
+        let state = form.get("state").ok_or(SignInError::Expired)?;
+        let token = self.sign_in_form(state, binding).await?;
+        let posted = form.get("form").map(String::as_str).unwrap_or("");
+        if !bool::from(posted.as_bytes().ct_eq(token.as_bytes())) {
+            return Err(SignInError::OtherBrowser);
+        }
+        let email = form.get("email").map(|e| e.trim()).unwrap_or("");
+        let password = Secret::new(form.get("password").cloned().unwrap_or_default());
+        if email.is_empty() || password.expose().is_empty() || password.expose().len() > 1024 {
+            return Err(SignInError::WrongPassword);
+        }
+        let signed_in = accounts
+            .sign_in_with_password(sso, email, &password, Some(client))
+            .await
+            .map_err(|e| match e {
+                PasswordError::UnknownUser | PasswordError::WrongPassword => {
+                    SignInError::WrongPassword
+                }
+                PasswordError::Limited { retry_after } => SignInError::Limited {
+                    retry_after: retry_after.as_secs().max(1),
+                },
+                PasswordError::Deactivated => SignInError::Deactivated,
+                PasswordError::Unavailable { retry_after } => SignInError::DaarionUnavailable {
+                    retry_after: retry_after.as_secs().max(1),
+                },
+                PasswordError::NotConfigured => SignInError::Unavailable { retry_after: 60 },
+                PasswordError::Failed => SignInError::Failed,
+            })?;
+        self.hand_back(state, signed_in.claims).await
+    }
+
+    /// The end of step 2, whichever page the person signed in on: records
+    /// whom DAARION named (once per state) and sends this browser on to
+    /// [`Provider::review`] with a one-time proof.
+    async fn hand_back(&self, state: &str, claims: Claims) -> Result<Next, SignInError> {
+        let unavailable = |_| SignInError::Unavailable { retry_after: 5 };
+        let state_hash = digest(state);
         let who = Returned {
             user_id: claims.sub,
             preferred_username: claims.preferred_username,

@@ -233,7 +233,7 @@ impl Store {
         }
         let sql = format!(
             "INSERT INTO oidc_pending ({PENDING_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL, NULL, NULL, NULL, $8, $9)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL, NULL, NULL, NULL, NULL, $8, $9)"
         );
         sqlx::query(&sql)
             .bind(&p.state_hash)
@@ -297,6 +297,26 @@ impl Store {
         .rows_affected();
         light.commit().await?;
         Ok(dropped == 1)
+    }
+
+    /// Whether a sign-in with this state is under way, not returned yet,
+    /// in the browser whose cookie hashes to `binding_hash`.
+    pub async fn sign_in_bound(
+        &self,
+        state_hash: &str,
+        binding_hash: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let found = sqlx::query(
+            "SELECT state_hash FROM oidc_pending WHERE state_hash = $1 AND binding_hash = $2 \
+             AND user_id IS NULL AND expires_at > $3",
+        )
+        .bind(state_hash)
+        .bind(binding_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
     }
 
     /// The returned sign-in with this state, as this browser (its cookie's

@@ -372,6 +372,18 @@ impl Provider {
 /// the DAARION button through Synapse, the provider and DAARION's page back
 /// to Element with a login token, and logs in with it.
 async fn element_sign_in(browser: &Browser, provider: &Provider, backend: Backend) -> Value {
+    let login = start_sign_in(browser, provider, backend).await;
+    let page = browser.get(&login).await;
+    assert_eq!(page.status, 200, "DAARION's page: {}", page.body);
+    let (action, fields) = parse_form(&page.body);
+    let continue_at = redirected(&browser.post_form(&action, &fields).await, "return");
+    finish_sign_in(browser, &continue_at).await
+}
+
+/// Element's first steps: Synapse's login flows, its DAARION button, the
+/// provider's authorize; returns where the person signs in (DAARION's page
+/// or the service's own).
+async fn start_sign_in(browser: &Browser, provider: &Provider, backend: Backend) -> String {
     // Synapse as browsers reach it (the service may go through a proxy).
     let synapse = &shared_synapse().url;
     let flows: Value = reqwest::get(format!("{synapse}/_matrix/client/v3/login"))
@@ -404,12 +416,14 @@ async fn element_sign_in(browser: &Browser, provider: &Provider, backend: Backen
         authorize.starts_with(&format!("{}/oidc/authorize?", provider.base())),
         "{authorize}"
     );
-    let login = redirected(&browser.get(&authorize).await, "authorize");
-    let page = browser.get(&login).await;
-    assert_eq!(page.status, 200, "DAARION's page: {}", page.body);
-    let (action, fields) = parse_form(&page.body);
-    let continue_at = redirected(&browser.post_form(&action, &fields).await, "return");
-    let confirmation = browser.get(&continue_at).await;
+    redirected(&browser.get(&authorize).await, "authorize")
+}
+
+/// Element's last steps, from the provider's confirmation page: continue,
+/// Synapse's callback, back to Element with a login token, and the login.
+async fn finish_sign_in(browser: &Browser, continue_at: &str) -> Value {
+    let synapse = &shared_synapse().url;
+    let confirmation = browser.get(continue_at).await;
     assert_eq!(
         confirmation.status, 200,
         "the confirmation: {}",
@@ -1371,3 +1385,135 @@ async fn signing_keys_are_shared_and_rotated(backend: Backend) {
     daarion.stop().await;
 }
 on_both_backends!(signing_keys_are_shared_and_rotated);
+
+/// The hidden fields and action of the service's own sign-in form.
+fn own_form(html: &str) -> (String, Vec<(String, String)>) {
+    let (action, fields) = parse_form(
+        &html
+            .split("<input ")
+            .filter(|part| !part.contains("type=\"password\"") && !part.contains("id=\"email\""))
+            .collect::<Vec<_>>()
+            .join("<input "),
+    );
+    (action, fields)
+}
+
+/// No DAARION page (`AUTH_LOGIN_URL` unset), DAARION Auth's login API
+/// instead: Synapse's "Continue with DAARION" leads to the service's own
+/// page, in the browser's language, bound to the browser that started; a
+/// wrong password and DAARION being down show the form again with a note;
+/// the right one goes on to the confirmation and into Matrix, and the
+/// Matrix session carries the DAARION session of that login, so DAARION's
+/// sign-out ends it.
+async fn the_service_s_own_page_signs_in_with_a_daarion_password(backend: Backend) {
+    use crate::fakes::{FakeAccount, FakeLoginApi};
+    let daarion = FakeDaarion::start();
+    let login = FakeLoginApi::start(AUTH_SECRET);
+    let provider = provider_with(
+        backend,
+        &daarion,
+        TestDb::new(backend).await,
+        shared_synapse(),
+        &[
+            ("AUTH_LOGIN_URL", ""),
+            ("AUTH_PASSWORD_LOGIN_URL", &login.url),
+            ("AUTH_JWT_ISSUER", "daarion-auth"),
+            ("AUTH_JWT_AUDIENCE", ""),
+        ],
+    )
+    .await;
+    let admin = SynapseAdmin::shared().await;
+    let person = FakeAccount::new(&format!("Марія {}", unique("")));
+    login.add(&person);
+
+    let browser = Browser::speaking("uk");
+    let page_url = start_sign_in(&browser, &provider, backend).await;
+    assert!(
+        page_url.starts_with(&format!("{}/v1/sso/sign-in?state=", provider.base())),
+        "{page_url}"
+    );
+    // Another browser (a link sent to someone) gets no form.
+    let stranger = Browser::new();
+    let elsewhere = stranger.get(&page_url).await;
+    assert_eq!(elsewhere.status, 400, "{}", elsewhere.body);
+    assert!(!elsewhere.body.contains("password"));
+
+    let page = browser.get(&page_url).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Увійти через DAARION"), "{}", page.body);
+    let (action, hidden) = own_form(&page.body);
+    assert_eq!(action, format!("{}/v1/sso/sign-in", provider.base()));
+    let with = |email: &str, password: &str| {
+        let mut fields = hidden.clone();
+        fields.push(("email".into(), email.into()));
+        fields.push(("password".into(), password.into()));
+        fields
+    };
+
+    // The form token and state posted from the stranger's browser: refused.
+    let stolen = stranger
+        .post_form(&action, &with(&person.email, &person.password))
+        .await;
+    assert_eq!(stolen.status, 400, "{}", stolen.body);
+    assert_eq!(login.logins(), 0, "DAARION was not asked");
+
+    let wrong = browser
+        .post_form(&action, &with(&person.email, "not-it"))
+        .await;
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    assert!(
+        wrong
+            .body
+            .contains("Неправильна електронна пошта або пароль"),
+        "{}",
+        wrong.body
+    );
+    assert!(wrong.body.contains(&person.email), "the address is kept");
+    assert!(!wrong.body.contains("not-it"), "the password is not");
+    login.set_down(true);
+    let down = browser
+        .post_form(&action, &with(&person.email, &person.password))
+        .await;
+    assert_eq!(down.status, 503, "{}", down.body);
+    assert!(down
+        .body
+        .contains("DAARION зараз не може перевірити пароль"));
+    login.set_down(false);
+    assert_eq!(
+        admin.lookup(&person.user_id).await,
+        None,
+        "nothing made yet"
+    );
+
+    let right = browser
+        .post_form(&action, &with(&person.email, &person.password))
+        .await;
+    let continue_at = redirected(&right, "the own sign-in page");
+    let matrix = finish_sign_in(&browser, &continue_at).await;
+    let token = matrix["access_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        admin.lookup(&person.user_id).await.as_deref(),
+        matrix["user_id"].as_str()
+    );
+    assert_eq!(admin.whoami(&token).await, 200);
+
+    // DAARION signs the person out of the session that login opened.
+    let session = login.sessions.lock().unwrap().last().unwrap().clone();
+    let (status, _) = provider
+        .app
+        .client
+        .send_event(&event(
+            "user.signed_out",
+            &person.user_id,
+            json!({"session_id": session}),
+        ))
+        .await;
+    assert_eq!(status, 202);
+    eventually("the Matrix session to end", DEADLINE, || async {
+        (admin.whoami(&token).await == 401).then_some(())
+    })
+    .await;
+    provider.stop().await;
+    daarion.stop().await;
+}
+on_both_backends!(the_service_s_own_page_signs_in_with_a_daarion_password);
