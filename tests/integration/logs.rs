@@ -214,6 +214,11 @@ async fn a_full_run_logs_no_secret(backend: Backend) {
     env.insert("OIDC_CLIENT_SECRET".into(), oidc_client_secret.into());
     env.insert("OIDC_REDIRECT_URIS".into(), "http://client.test/cb".into());
     env.insert("AUTH_LOGIN_URL".into(), "http://127.0.0.1:9/login".into());
+    // Password sign-in (Element X through Synapse's module).
+    let login = crate::fakes::FakeLoginApi::start(auth_jwt);
+    let module_secret = "pw-module-sec-9d4f1a";
+    env.insert("AUTH_PASSWORD_LOGIN_URL".into(), login.url.clone());
+    env.insert("PASSWORD_MODULE_SECRET".into(), module_secret.into());
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut service = ChildService::start(&env, port, log.path()).await;
     let c = service.client.clone();
@@ -316,6 +321,37 @@ async fn a_full_run_logs_no_secret(backend: Backend) {
     let handed_out =
         sign_in_through_the_provider(&c.base, auth_jwt, oidc_client_secret, &ids[1]).await;
 
+    // Passwords typed: right, wrong, in a malformed body, with a wrong
+    // module secret.
+    let typist = crate::fakes::FakeAccount::new("Друкарка");
+    login.add(&typist);
+    let wrong_password = "typed-wrong-pw-71c2";
+    let malformed_password = "typed-in-bad-body-pw-3e9";
+    let mut typed = vec![typist.password.clone(), wrong_password.to_string()];
+    let password_call = |secret: &str, body: String| {
+        c.http
+            .post(format!("{}/v1/sso/password", c.base))
+            .bearer_auth(secret)
+            .header("Content-Type", "application/json")
+            .body(body)
+    };
+    for (secret, password, expected) in [
+        (module_secret, typist.password.as_str(), 200),
+        (module_secret, wrong_password, 401),
+        ("not-the-module-secret", typist.password.as_str(), 401),
+    ] {
+        let body = json!({"user": typist.email, "password": password, "client_ip": "203.0.113.5"});
+        let answer = password_call(secret, body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), expected);
+    }
+    let bad = format!(r#"{{"user": 5, "password": "{malformed_password}"}}"#);
+    let answer = password_call(module_secret, bad).send().await.unwrap();
+    assert_eq!(answer.status(), 400);
+    typed.push(malformed_password.to_string());
+
     for path in ["/metrics", "/readyz", "/openapi.json", "/docs/"] {
         c.http
             .get(format!("{}{path}", c.base))
@@ -347,6 +383,10 @@ async fn a_full_run_logs_no_secret(backend: Backend) {
         forbidden.push(("database password".into(), pw.into()));
     }
     forbidden.push(("OpenID client secret".into(), oidc_client_secret.into()));
+    forbidden.push(("password module secret".into(), module_secret.into()));
+    for password in &typed {
+        forbidden.push(("password typed at sign-in".into(), password.clone()));
+    }
     for (what, value) in handed_out {
         forbidden.push((what.into(), value));
     }
