@@ -10,6 +10,11 @@
 # DAARION with it; the victim's browser is told the sign-in was started
 # elsewhere, the attacker's browser (with the victim's link too) gets no
 # code, and the victim's account never gets a Matrix session.
+# Then DAARION as it runs (no hosted page, only its login API): the service
+# restarted without AUTH_LOGIN_URL; Chromium goes from Synapse's login page to
+# the service's own sign-in form, types a wrong password (the form says so),
+# then the right one, confirms, and comes back signed in as the stand-in's
+# olena@example.com (u_7f3c2a, "Олена Петренко", no username: @olena.petrenko).
 # Leaves screenshots of each page in OUT_DIR for a person to look at.
 #
 # Usage:   scripts/check-sign-in.sh [OUT_DIR]     (default: target/check-sign-in)
@@ -74,17 +79,25 @@ synapse_port="$(SERVER_NAME=signin.test REGISTRATION_SECRET="$registration" BCRY
 STANDIN_PORT="$standin_port" AUTH_JWT_SECRET_FILE="$work/auth_jwt" \
     python3 scripts/standin-daarion.py &
 pids+=($!)
-env -i "PATH=$PATH" "BIND=127.0.0.1:$service_port" "DATABASE_URL=sqlite://$work/provisioner.db" \
-    "SYNAPSE_URL=http://127.0.0.1:$synapse_port" "SYNAPSE_SERVER_NAME=signin.test" \
-    "SYNAPSE_REGISTRATION_SECRET=$registration" "AUTH_JWT_SECRET_FILE=$work/auth_jwt" \
-    "PUBLIC_URL=http://127.0.0.1:$service_port" "OIDC_CLIENT_SECRET=$client_secret" \
-    "AUTH_LOGIN_URL=http://127.0.0.1:$standin_port/login" \
-    "$bin" serve >"$out/service.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do
-    env -i "BIND=127.0.0.1:$service_port" "$bin" healthcheck 2>/dev/null && break
-    sleep 0.1
-done
+service_env=(
+    "PATH=$PATH" "BIND=127.0.0.1:$service_port" "DATABASE_URL=sqlite://$work/provisioner.db"
+    "SYNAPSE_URL=http://127.0.0.1:$synapse_port" "SYNAPSE_SERVER_NAME=signin.test"
+    "SYNAPSE_REGISTRATION_SECRET=$registration" "AUTH_JWT_SECRET_FILE=$work/auth_jwt"
+    "PUBLIC_URL=http://127.0.0.1:$service_port" "OIDC_CLIENT_SECRET=$client_secret"
+)
+start_service() { # start_service [SETTING=VALUE…]: the service, until it answers
+    env -i "${service_env[@]}" "$@" "$bin" serve >>"$out/service.log" 2>&1 &
+    service_pid=$!
+    pids+=("$service_pid")
+    for _ in $(seq 1 100); do
+        env -i "BIND=127.0.0.1:$service_port" "$bin" healthcheck 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "check-sign-in: the service did not start" >&2
+    return 1
+}
+: >"$out/service.log"
+start_service "AUTH_LOGIN_URL=http://127.0.0.1:$standin_port/login"
 
 username="browser-$RANDOM"
 SYNAPSE="http://127.0.0.1:$synapse_port" REGISTRATION="$registration" USERNAME="$username" \
@@ -218,4 +231,87 @@ try:
 except urllib.error.HTTPError as e:
     assert e.code == 404, e  # no account was even made for the victim
 print("check-sign-in: a sign-in link handed to another browser signs nobody in (Chromium, two profiles)")
+PY
+
+# DAARION as it runs: no hosted page, the service's own form.
+kill -TERM "$service_pid"
+wait "$service_pid" 2>/dev/null || true
+start_service "AUTH_PASSWORD_LOGIN_URL=http://127.0.0.1:$standin_port/api/auth/login"
+SYNAPSE="http://127.0.0.1:$synapse_port" REGISTRATION="$registration" \
+    SERVICE="http://127.0.0.1:$service_port" OUT="$out" "$venv/bin/python" - <<'PY'
+import hashlib, hmac, json, os, sys, time, urllib.request
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ready
+from selenium.webdriver.support.ui import WebDriverWait
+
+synapse, out, service = os.environ["SYNAPSE"], os.environ["OUT"], os.environ["SERVICE"]
+options = webdriver.ChromeOptions()
+options.binary_location = "/usr/bin/chromium"
+for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--no-first-run", "--window-size=1100,900", "--lang=uk",
+             "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
+    options.add_argument(flag)
+options.add_experimental_option("prefs", {"intl.accept_languages": "uk,en"})
+browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+wait = WebDriverWait(browser, 30)
+
+def body():
+    return browser.find_element(By.TAG_NAME, "body").text
+
+try:
+    browser.get(f"{synapse}/_matrix/static/client/login/")
+    wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, "#sso_form input[type=submit]"))).click()
+    # The service's own sign-in page, in Ukrainian.
+    wait.until(ready.presence_of_element_located((By.ID, "password")))
+    assert browser.current_url.startswith(service + "/v1/sso/sign-in?"), browser.current_url
+    assert "Увійти через DAARION" in body(), body()
+    browser.save_screenshot(os.path.join(out, "own-1-form.png"))
+    browser.find_element(By.ID, "email").send_keys("Olena@Example.com")
+    browser.find_element(By.ID, "password").send_keys("not-the-password")
+    browser.find_element(By.ID, "sign_in").click()
+    wait.until(ready.presence_of_element_located((By.ID, "note")))
+    assert "Неправильна електронна пошта або пароль" in body(), body()
+    browser.save_screenshot(os.path.join(out, "own-2-wrong-password.png"))
+    # The address stays filled in; the password does not.
+    assert browser.find_element(By.ID, "email").get_attribute("value") == "Olena@Example.com"
+    assert browser.find_element(By.ID, "password").get_attribute("value") == ""
+    browser.find_element(By.ID, "password").send_keys("daarion-standin")
+    browser.find_element(By.ID, "sign_in").click()
+    wait.until(ready.element_to_be_clickable((By.ID, "continue")))
+    assert "@olena.petrenko:signin.test" in body() and "Олена Петренко" in body(), body()
+    browser.save_screenshot(os.path.join(out, "own-3-confirm.png"))
+    browser.find_element(By.ID, "continue").click()
+    wait.until(lambda b: "loginToken=" in b.current_url)
+    browser.save_screenshot(os.path.join(out, "own-4-back-on-synapse.png"))
+finally:
+    browser.quit()
+
+def call(method, path, body=None, token=None):
+    req = urllib.request.Request(synapse + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    return json.load(urllib.request.urlopen(req, timeout=10))
+
+nonce = call("GET", "/_synapse/admin/v1/register")["nonce"]
+admin, password = f"checker-own{int(time.time())}", "checker-password"
+mac = hmac.new(os.environ["REGISTRATION"].encode(), digestmod=hashlib.sha1)
+mac.update(b"\0".join([nonce.encode(), admin.encode(), password.encode(), b"admin"]))
+token = call("POST", "/_synapse/admin/v1/register", {
+    "nonce": nonce, "username": admin, "password": password, "admin": True,
+    "mac": mac.hexdigest()})["access_token"]
+user = "@olena.petrenko:signin.test"
+deadline = time.time() + 30
+while call("GET", f"/_synapse/admin/v2/users/{user}/devices", token=token)["total"] < 1:
+    if time.time() > deadline:
+        sys.exit(f"check-sign-in: {user} has no device after the own sign-in page")
+    time.sleep(0.2)
+linked = call("GET", "/_synapse/admin/v1/auth_providers/daarion/users/u_7f3c2a", token=token)
+assert linked["user_id"] == user, linked
+print(f"check-sign-in: Chromium signed in as {user} on the service's own page (email and password)")
 PY
