@@ -6,11 +6,16 @@
 # and kept in .local/secrets/ (one file each; the service reads them through
 # the *_FILE settings). Ctrl-C stops all.
 #
-# "Continue with DAARION" is on: the service is Synapse's OpenID provider,
-# with a STAND-IN for DAARION Auth's sign-in page (scripts/standin-daarion.py,
-# on 127.0.0.1:7020: whoever types a name is signed in as that name). Open
-# http://127.0.0.1:8008/_matrix/static/client/login/ and press "Log in" under
-# single sign-on.
+# Sign-in works as with DAARION Auth as it runs (CONTRACT.md sections 10 and
+# 11), against a STAND-IN for DAARION Auth's login API
+# (scripts/standin-daarion.py on 127.0.0.1:7020: made-up people, everyone's
+# password "daarion-standin"; olena@example.com is README's u_7f3c2a):
+# - with a password from any Matrix client (Element X's way): Synapse loads
+#   the password module from synapse-module/, which asks the service;
+# - in a browser: "Continue with DAARION" (the service is Synapse's OpenID
+#   provider) leads to the service's own email-and-password page. Open
+#   http://127.0.0.1:8008/_matrix/static/client/login/ and press "Log in"
+#   under single sign-on.
 #
 # City Rooms are on too: the service is Synapse's application service (its
 # registration, printed by the service, in .local/appservice.yaml), so
@@ -35,7 +40,8 @@ secret() { # secret NAME: creates .local/secrets/NAME once
     [[ -s "$secrets/$1" ]] || python3 -c 'import secrets; print(secrets.token_urlsafe(32))' >"$secrets/$1"
     chmod 600 "$secrets/$1"
 }
-for name in registration jwt webhook admin auth_jwt oidc_client as_token hs_token city_webhook; do
+for name in registration jwt webhook admin auth_jwt oidc_client as_token hs_token city_webhook \
+    password_module; do
     secret "$name"
 done
 bind="${BIND:-127.0.0.1:7030}"
@@ -60,6 +66,8 @@ JWT_SECRET="$(cat "$secrets/jwt")" \
 OIDC_PROVIDERS="daarion=$public_url" \
 OIDC_CLIENT_SECRET="$(cat "$secrets/oidc_client")" \
 APPSERVICE_FILES="$local_dir/appservice.yaml" \
+PASSWORD_MODULE_URL="$public_url" \
+PASSWORD_MODULE_SECRET="$(cat "$secrets/password_module")" \
     scripts/synapse-config.sh "$local_dir/synapse" "$port" >/dev/null
 scripts/synapse-ctl.sh start "$local_dir/synapse" >/dev/null
 STANDIN_PORT="$standin_port" AUTH_JWT_SECRET_FILE="$secrets/auth_jwt" \
@@ -72,8 +80,9 @@ run-local: Synapse is up at http://127.0.0.1:$port (server name $server_name).
 run-local: secrets are in $secrets/ (webhook: AUTH_WEBHOOK_SECRET, city_webhook:
 run-local:   CITY_WEBHOOK_SECRET, admin: ADMIN_API_TOKEN).
 run-local: starting matrix-provisioner on $bind; Ctrl-C stops all.
-run-local: sign in with DAARION: open http://127.0.0.1:$port/_matrix/static/client/login/
-run-local:   and press "Log in" (the DAARION page on 127.0.0.1:$standin_port is a STAND-IN).
+run-local: sign in as olena@example.com, password daarion-standin (a STAND-IN DAARION on
+run-local:   127.0.0.1:$standin_port): from a Matrix client at http://127.0.0.1:$port, or in a
+run-local:   browser at http://127.0.0.1:$port/_matrix/static/client/login/ ("Log in" under single sign-on).
 MSG
 SYNAPSE_JWT_SECRET_FILE="$secrets/jwt" \
 AUTH_WEBHOOK_SECRET_FILE="$secrets/webhook" \
@@ -81,6 +90,7 @@ ADMIN_API_TOKEN_FILE="$secrets/admin" \
 AUTH_JWT_SECRET_FILE="$secrets/auth_jwt" \
 PUBLIC_URL="$public_url" \
 OIDC_CLIENT_SECRET_FILE="$secrets/oidc_client" \
-AUTH_LOGIN_URL="http://127.0.0.1:$standin_port/login" \
+AUTH_PASSWORD_LOGIN_URL="http://127.0.0.1:$standin_port/api/auth/login" \
+PASSWORD_MODULE_SECRET_FILE="$secrets/password_module" \
 BIND="$bind" \
     target/release/matrix-provisioner serve
