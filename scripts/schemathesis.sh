@@ -41,8 +41,10 @@ scripts/synapse-venv.sh >/dev/null
 
 work="$(mktemp -d /tmp/mp-schemathesis.XXXXXX)"
 pid=""
+standin_pid=""
 cleanup() {
     [[ -n "$pid" ]] && { kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; } || true
+    [[ -n "$standin_pid" ]] && { kill -TERM "$standin_pid" 2>/dev/null; wait "$standin_pid" 2>/dev/null; } || true
     scripts/synapse-ctl.sh stop "$work/synapse" >/dev/null 2>&1 || true
     # Seen here: a Synapse outliving the stop above after a full run (cause
     # not yet found); never leave one behind.
@@ -56,6 +58,14 @@ synapse_port="$(SERVER_NAME=schemathesis.test REGISTRATION_SECRET=st-registratio
 
 port="$(free_port)"
 admin_token="st-admin-token-$RANDOM$RANDOM"
+# DAARION Auth's login API (the stand-in), so /v1/sso/password answers for
+# real: Schemathesis sends the admin token everywhere, so it is also the
+# password module's secret here.
+standin_port="$(free_port)"
+printf '%s' st-auth-jwt-secret >"$work/auth_jwt"
+STANDIN_PORT="$standin_port" AUTH_JWT_SECRET_FILE="$work/auth_jwt" \
+    python3 scripts/standin-daarion.py >"$work/standin.log" 2>&1 &
+standin_pid=$!
 service_env=(
     "PATH=$PATH"
     "BIND=127.0.0.1:$port"
@@ -71,6 +81,8 @@ service_env=(
     "PUBLIC_URL=http://127.0.0.1:$port"
     "OIDC_CLIENT_SECRET=st-oidc-client-secret"
     "AUTH_LOGIN_URL=http://127.0.0.1:9/login"
+    "AUTH_PASSWORD_LOGIN_URL=http://127.0.0.1:$standin_port/api/auth/login"
+    "PASSWORD_MODULE_SECRET=$admin_token"
 )
 env -i "${service_env[@]}" "$bin" serve >"$work/service.log" 2>&1 &
 pid=$!

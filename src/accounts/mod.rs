@@ -79,11 +79,6 @@ impl Accounts {
         }
     }
 
-    /// Whether password sign-in is configured (`AUTH_PASSWORD_LOGIN_URL`).
-    pub fn has_password_login(&self) -> bool {
-        self.login.is_some()
-    }
-
     /// Something about the person changed (a webhook): read the database
     /// at their next sign-in, so a deletion stops sign-ins at once here.
     pub fn forget(&self, user_id: &str) {

@@ -73,8 +73,11 @@ impl Accounts {
         password: &Secret,
         client: Option<IpAddr>,
     ) -> Result<PasswordSignIn, PasswordError> {
-        let login = self.login.as_ref().ok_or(PasswordError::NotConfigured)?;
+        // Who first: an account that is not a DAARION person's (the
+        // service's own admin, a local account) goes on to Synapse's own
+        // check even when password sign-in is not configured here.
         let target = self.target(user).await?;
+        let login = self.login.as_ref().ok_or(PasswordError::NotConfigured)?;
         let account_key = format!("account:{}", target.email);
         let address_key = client.map(|ip| format!("address:{ip}"));
         let mut keys = vec![(account_key.as_str(), ACCOUNT_FAILURES)];

@@ -21,14 +21,20 @@ const MAX_BODY_BYTES: usize = 8 * 1024;
 /// Longer than any address (320) or Matrix id (255).
 const MAX_USER_CHARS: usize = 320;
 /// DAARION Auth takes no longer passwords than this.
-const MAX_PASSWORD_BYTES: usize = 1024;
+const MAX_PASSWORD_CHARS: usize = 1024;
 
 /// What the module sends. No `Debug`: it carries a password.
 #[derive(Deserialize, ToSchema)]
 pub struct PasswordRequest {
     /// A localpart, a Matrix id or an email address, as the person typed it.
-    #[schema(example = "olena@example.com")]
+    #[schema(
+        example = "olena@example.com",
+        min_length = 1,
+        max_length = 320,
+        pattern = "\\S"
+    )]
     pub user: String,
+    #[schema(min_length = 1, max_length = 1024)]
     pub password: String,
     /// The client's address as Synapse saw it (failed attempts are counted
     /// per address); the module's own address when absent.
@@ -110,9 +116,6 @@ fn module_allowed(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
     let Some(expected) = &state.settings.password_module_secret else {
         return Err(not_configured("PASSWORD_MODULE_SECRET"));
     };
-    if !state.accounts.has_password_login() {
-        return Err(not_configured("AUTH_PASSWORD_LOGIN_URL"));
-    }
     match bearer_token(req) {
         Some(presented) if same_secret(presented, expected) => Ok(()),
         _ => Err(ApiError::new(
@@ -136,9 +139,9 @@ fn parse(body: &[u8]) -> Result<PasswordRequest, ApiError> {
             "user must be 1 to {MAX_USER_CHARS} characters"
         )));
     }
-    if request.password.is_empty() || request.password.len() > MAX_PASSWORD_BYTES {
+    if request.password.is_empty() || request.password.chars().count() > MAX_PASSWORD_CHARS {
         return Err(ApiError::bad_request(format!(
-            "password must be 1 to {MAX_PASSWORD_BYTES} bytes"
+            "password must be 1 to {MAX_PASSWORD_CHARS} characters"
         )));
     }
     Ok(request)

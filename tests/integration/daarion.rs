@@ -312,6 +312,25 @@ async fn the_password_endpoint_refuses_what_it_must(backend: Backend) {
         (503, Some("password_login_not_configured"))
     );
     bare.shutdown().await;
+    // The module's secret but no login API: accounts that are not DAARION
+    // people (the service's own admin) still go on to Synapse's own check.
+    let half = TestApp::spawn_with(
+        db.shared(),
+        shared_synapse(),
+        &[("PASSWORD_MODULE_SECRET", MODULE_SECRET)],
+    )
+    .await;
+    let (status, _, answer) = sign_in(&half, "matrix-provisioner", "x", "198.51.100.9").await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (404, Some("unknown_user"))
+    );
+    let (status, _, answer) = ask(&half, Some(MODULE_SECRET), &body).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (503, Some("password_login_not_configured"))
+    );
+    half.shutdown().await;
 
     let app = TestApp::spawn_with(db, shared_synapse(), &daarion_env(&login, &[])).await;
     let admin = SynapseAdmin::shared().await;
