@@ -1,17 +1,34 @@
 #!/usr/bin/env python3
-"""A STAND-IN for DAARION Auth's sign-in page, for trying "Continue with
-DAARION" on this machine (scripts/run-local.sh) and for the browser check
-(scripts/check-sign-in.sh). It is NOT DAARION Auth and checks no password:
-whoever types a name is signed in as that name.
+"""A STAND-IN for DAARION Auth, for trying sign-in on this machine
+(scripts/run-local.sh) and for the checks (scripts/check-sign-in.sh,
+scripts/check-deploy.sh). It is NOT DAARION Auth: it has no real people and
+no real passwords.
 
-It plays DAARION's side of the hand-off in CONTRACT.md section 7: GET
-/login?return_to=…&state=… shows a form; its answer is a page that POSTs
-`access_token` (an HS256 DAARION access token, as section 3 describes) and
-`state` back to `return_to`, or `error=access_denied` on "Cancel".
+It plays two parts of DAARION Auth:
+
+1. The sign-in page of the hand-off in CONTRACT.md section 7: GET
+   /login?return_to=…&state=… shows a form; its answer is a page that POSTs
+   `access_token` (an HS256 DAARION access token, as section 3 describes) and
+   `state` back to `return_to`, or `error=access_denied` on "Cancel". It checks
+   no password: whoever types a name is signed in as that name.
+
+2. The login API of CONTRACT.md section 10, POST /api/auth/login with JSON
+   {"email", "password"}, answering as DAARION Auth does (200 with an access
+   and a refresh token signed with the same HS256 key, 401, 403, 422). Its
+   directory of people is made up:
+   - olena@example.com is user_id u_7f3c2a, "Олена Петренко" (the README's
+     example person);
+   - inactive@example.com is an inactive person (403 with the right password);
+   - any other address is a person whose user_id is
+     uuid5(NAMESPACE_URL, "daarion-standin:" + the lower-cased email), named
+     after the address's local part (taras.shevchenko -> "Taras Shevchenko").
+   Everyone's password is STANDIN_PASSWORD (default "daarion-standin");
+   anything else is 401. Emails compare case-insensitively.
 
 Env: STANDIN_PORT (7020), AUTH_JWT_SECRET_FILE (the key the service checks
-tokens with), AUTH_JWT_ISSUER / AUTH_JWT_AUDIENCE (optional, as the service's).
-Only 127.0.0.1 is served."""
+tokens with), AUTH_JWT_ISSUER (the tokens' `iss`, default "daarion-auth" as
+DAARION Auth's) / AUTH_JWT_AUDIENCE (an `aud`, only when set), as the
+service's; STANDIN_PASSWORD. Only 127.0.0.1 is served."""
 
 import base64
 import hashlib
@@ -19,13 +36,20 @@ import hmac
 import html
 import json
 import os
+import re
 import secrets
+import sys
 import time
 import urllib.parse
+import uuid
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SECRET = open(os.environ["AUTH_JWT_SECRET_FILE"], "rb").read().rstrip(b"\n")
 PORT = int(os.environ.get("STANDIN_PORT", "7020"))
+PASSWORD = os.environ.get("STANDIN_PASSWORD") or "daarion-standin"
+ACCESS_TTL = 1800  # DAARION Auth's access tokens live 30 minutes
+REFRESH_TTL = 7 * 24 * 3600
 
 
 def b64(data: bytes) -> str:
@@ -46,10 +70,102 @@ def access_token(username: str, name: str) -> str:
     for claim, var in (("iss", "AUTH_JWT_ISSUER"), ("aud", "AUTH_JWT_AUDIENCE")):
         if os.environ.get(var):
             claims[claim] = os.environ[var]
+    return sign(claims)
+
+
+def sign(claims: dict) -> str:
     head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
     body = b64(json.dumps(claims).encode())
     mac = hmac.new(SECRET, f"{head}.{body}".encode(), hashlib.sha256).digest()
     return f"{head}.{body}.{b64(mac)}"
+
+
+# ---- the login API (CONTRACT.md section 10) -----------------------------------
+
+# The made-up directory: email (lower case) -> person. Anyone else is made up
+# from the address by person().
+PEOPLE = {
+    "olena@example.com": {"id": "u_7f3c2a", "display_name": "Олена Петренко", "is_active": True},
+    "inactive@example.com": {"display_name": "Inactive Person", "is_active": False},
+}
+CREATED_AT = "2025-01-15T09:30:00+00:00"
+
+
+def person(email: str) -> dict:
+    email = email.lower()
+    known = PEOPLE.get(email, {})
+    local = email.split("@", 1)[0]
+    name = " ".join(w[:1].upper() + w[1:] for w in re.split(r"[._+-]+", local) if w) or local
+    return {
+        "id": known.get("id") or str(uuid.uuid5(uuid.NAMESPACE_URL, "daarion-standin:" + email)),
+        "email": email,
+        "display_name": known.get("display_name", name),
+        "avatar_url": None,
+        "roles": ["member"],
+        "is_active": known.get("is_active", True),
+        "created_at": CREATED_AT,
+    }
+
+
+def issuer_claims() -> dict:
+    # DAARION Auth's tokens say iss "daarion-auth" and have no aud; the
+    # stand-in follows the service's settings so its tokens are accepted.
+    claims = {"iss": os.environ.get("AUTH_JWT_ISSUER") or "daarion-auth"}
+    if os.environ.get("AUTH_JWT_AUDIENCE"):
+        claims["aud"] = os.environ["AUTH_JWT_AUDIENCE"]
+    return claims
+
+
+def login_tokens(user: dict) -> dict:
+    now = int(time.time())
+    access = {
+        "sub": user["id"], "email": user["email"], "name": user["display_name"],
+        "roles": user["roles"], "type": "access", **issuer_claims(),
+        "iat": now, "exp": now + ACCESS_TTL,
+    }
+    # Signed with the same key, as DAARION Auth's: the service must refuse it
+    # where an access token is expected (its `type`).
+    refresh = {
+        "sub": user["id"], "type": "refresh", "session_id": str(uuid.uuid4()),
+        **issuer_claims(), "iat": now, "exp": now + REFRESH_TTL,
+    }
+    return {
+        "access_token": sign(access),
+        "refresh_token": sign(refresh),
+        "token_type": "bearer",
+        "expires_in": ACCESS_TTL,
+        "user": user,
+    }
+
+
+def field_error(loc: str, kind: str, msg: str) -> list:
+    # As FastAPI (DAARION Auth's framework) words a request it cannot read.
+    return [{"type": kind, "loc": ["body"] + ([loc] if loc else []), "msg": msg}]
+
+
+def login(raw: bytes) -> tuple:
+    """(status, JSON body) for POST /api/auth/login."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return 422, {"detail": field_error("", "json_invalid", "JSON decode error")}
+    if not isinstance(body, dict):
+        return 422, {"detail": field_error("", "model_attributes_type", "Input should be an object")}
+    for key in ("email", "password"):
+        if key not in body:
+            return 422, {"detail": field_error(key, "missing", "Field required")}
+        if not isinstance(body[key], str):
+            return 422, {"detail": field_error(key, "string_type", "Input should be a valid string")}
+    email = body["email"].strip()
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
+        return 422, {"detail": field_error("email", "value_error",
+                                           "value is not a valid email address")}
+    if not hmac.compare_digest(body["password"].encode(), PASSWORD.encode()):
+        return 401, {"detail": "Invalid email or password"}
+    user = person(email)
+    if not user["is_active"]:
+        return 403, {"detail": "User account is inactive"}
+    return 200, login_tokens(user)
 
 
 BANNER = (
@@ -97,9 +213,23 @@ class Handler(BaseHTTPRequestHandler):
         )
         self.answer(200, page("Sign in to DAARION", form))
 
+    def answer_json(self, status: int, body: dict) -> None:
+        data = json.dumps(body, ensure_ascii=False).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        q = dict(urllib.parse.parse_qsl(self.rfile.read(min(length, 65536)).decode()))
+        raw = self.rfile.read(min(length, 65536))
+        if urllib.parse.urlsplit(self.path).path == "/api/auth/login":
+            status, body = login(raw)
+            print(f"standin-daarion: POST /api/auth/login -> {status}", file=sys.stderr, flush=True)
+            return self.answer_json(status, body)
+        q = dict(urllib.parse.parse_qsl(raw.decode()))
         return_to, state = q.get("return_to", ""), q.get("state", "")
         if not return_to.startswith(("http://", "https://")):
             return self.answer(400, page("Bad request", "<p>return_to is missing.</p>"))
@@ -118,4 +248,11 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
+print(
+    f"standin-daarion: a STAND-IN for DAARION Auth (not DAARION Auth) on http://127.0.0.1:{PORT}: "
+    "sign-in page /login (no password checked), login API POST /api/auth/login "
+    "(made-up people, everyone's password is "
+    + ("STANDIN_PASSWORD" if os.environ.get("STANDIN_PASSWORD") else '"daarion-standin"') + ")",
+    file=sys.stderr, flush=True)
+server.serve_forever()
