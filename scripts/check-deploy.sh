@@ -99,7 +99,7 @@ show_logs() {
         echo "---- Synapse's warnings and errors ----" >&2
         grep -E -A8 ' - (ERROR|CRITICAL) - ' "$work/rendered/synapse/synapse.out" | tail -n 40 >&2 || true
     fi
-    for f in "$work/service.log" "$work/nginx/error.log"; do
+    for f in "$work/service.log" "$work/nginx/error.log" "$work/standin.log"; do
         [[ -f "$f" ]] || continue
         echo "---- tail of $f ----" >&2
         tail -n 15 "$f" >&2
@@ -283,21 +283,44 @@ def cmd_compose():
         check(":" in last and not last.endswith(":latest"), f"{name}: image {image!r} has no pinned tag")
     synapse_version = next(l.split("=", 1)[1].strip() for l in open(os.path.join(REPO, "scripts/synapse-venv.sh"))
                            if l.startswith("SYNAPSE_VERSION="))
-    check(services["synapse"]["image"].endswith(":v" + synapse_version),
-          f"Synapse image {services['synapse']['image']} is not the version the checks run ({synapse_version})")
+    synapse_base = ((services["synapse"].get("build") or {}).get("args") or {}).get("SYNAPSE_IMAGE", "")
+    check(synapse_base == E["SYNAPSE_IMAGE"] and synapse_base.endswith(":v" + synapse_version),
+          f"Synapse is not built from SYNAPSE_IMAGE of the version the checks run ({synapse_version}): {synapse_base!r}")
     pg_major = next(l.split("/postgresql/")[1].split("/")[0] for l in open(os.path.join(REPO, "scripts/pg-cluster.sh"))
                     if l.startswith('PG_BIN="${PG_BIN:-'))
     check(services["postgres"]["image"].split(":")[1].startswith(pg_major),
           f"PostgreSQL image {services['postgres']['image']} is not the major version the checks run ({pg_major})")
 
-    build = services["provisioner"]["build"]
-    context = build["context"] if isinstance(build, dict) else build
-    dockerfile = os.path.join(context, (build.get("dockerfile") if isinstance(build, dict) else None) or "Dockerfile")
-    check(os.path.isdir(context) and os.path.samefile(context, REPO), f"provisioner build context {context} is not the repository")
-    check(os.path.isfile(dockerfile), f"no {dockerfile}")
-    text = open(dockerfile).read()
+    ignored = [l.strip().rstrip("/") for l in open(os.path.join(REPO, ".dockerignore"))
+               if l.strip() and not l.startswith("#")] if os.path.exists(os.path.join(REPO, ".dockerignore")) else []
+
+    def dockerfile_of(name):
+        """The service's Dockerfile (its build context must be the repository), its text."""
+        build = services[name]["build"]
+        context = build["context"] if isinstance(build, dict) else build
+        dockerfile = os.path.join(context, (build.get("dockerfile") if isinstance(build, dict) else None) or "Dockerfile")
+        check(os.path.isdir(context) and os.path.samefile(context, REPO), f"{name} build context {context} is not the repository")
+        check(os.path.isfile(dockerfile), f"no {dockerfile}")
+        text = open(dockerfile).read()
+        # What it copies from the context is there and not left out by .dockerignore.
+        for line in text.splitlines():
+            words = line.split()
+            if not words or words[0] != "COPY" or any(w.startswith("--from") for w in words):
+                continue
+            for src in words[1:-1]:
+                check(os.path.exists(os.path.join(REPO, src)), f"{dockerfile}: COPY {src}: not in the repository")
+                parts = src.strip("/").split("/")
+                for i in range(1, len(parts) + 1):
+                    check("/".join(parts[:i]) not in ignored, f"{dockerfile}: COPY {src}: .dockerignore leaves it out")
+        return dockerfile, text
+
+    dockerfile, text = dockerfile_of("provisioner")
     check('ENTRYPOINT ["matrix-provisioner"]' in text and "HEALTHCHECK" in text,
           f"{dockerfile}: no matrix-provisioner ENTRYPOINT or HEALTHCHECK (compose waits for it healthy)")
+    synapse_dockerfile, text = dockerfile_of("synapse")
+    check("ARG SYNAPSE_IMAGE" in text and "FROM ${SYNAPSE_IMAGE}" in text and "pip install" in text
+          and "synapse-module" in text,
+          f"{synapse_dockerfile}: not FROM ${{SYNAPSE_IMAGE}} with synapse-module/ pip-installed")
 
     named = set(out.get("volumes") or {})
 
@@ -332,8 +355,22 @@ def cmd_compose():
     config_path = environment(services["synapse"])["SYNAPSE_CONFIG_PATH"]
     config_dir = E["SYNAPSE_CONFIG_DIR"]
     check(os.path.dirname(config_path) == config_dir, f"SYNAPSE_CONFIG_PATH {config_path} is not in {config_dir}")
-    for rel in ("homeserver.yaml", "log.config", "appservice.yaml"):
+    for rel in ("homeserver.yaml", "log.config", "appservice.yaml", "password-module-secret"):
         check(os.path.isfile(os.path.join(host_of[("synapse", config_dir)], rel)), f"Synapse's {rel} is not mounted")
+    # The password module: loaded, asking the service on the network with the service's secret.
+    hs_yaml = yaml.safe_load(open(os.path.join(host_of[("synapse", config_dir)], "homeserver.yaml")))
+    modules = [m for m in hs_yaml.get("modules") or [] if m["module"] == "matrix_provisioner_synapse.PasswordAuthProvider"]
+    check(len(modules) == 1, f"homeserver.yaml loads no password module: {hs_yaml.get('modules')}")
+    module = modules[0]["config"]
+    service_url = f"http://{E['PROVISIONER_HOST']}:{E['PROVISIONER_PORT']}"
+    check(module["service_url"] == service_url, f"the password module asks {module['service_url']}, not {service_url}")
+    secret_path = module["secret_path"]
+    check(os.path.dirname(secret_path) == config_dir, f"the module's secret_path {secret_path} is not in {config_dir}")
+    secret = open(os.path.join(host_of[("synapse", config_dir)], os.path.basename(secret_path))).read().strip()
+    check(secret == E["PASSWORD_MODULE_SECRET"], "the module's secret file is not PASSWORD_MODULE_SECRET")
+    password_config = hs_yaml.get("password_config") or {}
+    check(password_config.get("enabled") is True and password_config.get("localdb_enabled", True) is True,
+          f"password_config: {password_config} (password logins and Synapse's own passwords must stay on)")
     check(os.path.isfile(host_of[("element", "/app/config.json")]), "Element's config.json is not a file")
     check(os.path.isfile(host_of[("postgres", "/docker-entrypoint-initdb.d/init.sql")]), "init.sql is not a file")
     check(os.path.isfile(os.path.join(host_of[("gateway", "/etc/nginx/conf.d")], "gateway.conf")), "gateway.conf is not mounted")
@@ -341,7 +378,10 @@ def cmd_compose():
     env = environment(services["provisioner"])
     for key, want in (("PUBLIC_URL", ORIGIN), ("SYNAPSE_REGISTRATION_SECRET", E["SYNAPSE_REGISTRATION_SECRET"]),
                       ("APPSERVICE_URL", f"http://{E['PROVISIONER_HOST']}:{E['PROVISIONER_PORT']}"),
-                      ("TRUSTED_PROXIES", E["GATEWAY_IP"])):
+                      ("TRUSTED_PROXIES", E["GATEWAY_IP"]), ("PASSWORD_MODULE_SECRET", secret),
+                      ("AUTH_PASSWORD_LOGIN_URL", E["AUTH_PASSWORD_LOGIN_URL"]),
+                      ("LOCALPART_SOURCES", E["LOCALPART_SOURCES"]),
+                      ("ADOPT_LOCALPART_TEMPLATE", E["ADOPT_LOCALPART_TEMPLATE"])):
         check(env.get(key) == want, f"provisioner's {key} from provisioner.env is {env.get(key)!r}")
 
     for name, s in services.items():
@@ -354,10 +394,11 @@ def cmd_compose():
     net = services["gateway"]["networks"]["matrix"]
     check(net.get("ipv4_address") == E["GATEWAY_IP"] and E["MATRIX_HOST"] in (net.get("aliases") or []),
           "gateway: no fixed address or MATRIX_HOST alias on the network")
-    ok("docker-compose config: 5 services, pinned images (Synapse v%s, PostgreSQL %s), build context %s "
-       "with its Dockerfile, %d named volumes, every mounted file rendered%s" % (
-           synapse_version, pg_major, context, len(named),
-           f"; TLS from {tls_dir} on the server" if outside else ""))
+    ok("docker-compose config: 5 services, pinned images (Synapse v%s with the password module, PostgreSQL %s), "
+       "build context %s with the service's and Synapse's Dockerfiles, %d named volumes, every mounted file "
+       "rendered%s; Synapse's password module asks %s with PASSWORD_MODULE_SECRET" % (
+           synapse_version, pg_major, REPO, len(named),
+           f"; TLS from {tls_dir} on the server" if outside else "", service_url))
 
 
 def cmd_live():
@@ -368,7 +409,8 @@ def cmd_live():
     idps = {(i["id"], i.get("name")) for i in sso.get("identity_providers", [])}
     idp = f"oidc-{E['OIDC_IDP_ID']}"
     check((idp, "DAARION") in idps, f"login flows list no {idp} provider: {flows}")
-    check({"org.matrix.login.jwt", "m.login.application_service"} <= types, f"login flows: {sorted(types)}")
+    check({"org.matrix.login.jwt", "m.login.application_service", "m.login.password"} <= types,
+          f"login flows: {sorted(types)}")
     ok(f"Synapse answers through the gateway: login flows {sorted(types)}, SSO provider {idp} (DAARION)")
 
     as_token = E["APPSERVICE_AS_TOKEN"]
@@ -454,8 +496,8 @@ def cmd_live():
         closed("PUT", "/_matrix/app/v1/transactions/deploy-check", 200, token=E["APPSERVICE_HS_TOKEN"],
                body={"events": []}),
         closed("GET", "/_synapse/admin/v1/server_version", 200, direct=synapse),
-        # Only Synapse's password module asks it (not configured yet: 503 directly).
-        closed("POST", "/v1/sso/password", 503, body={"user": "olena@example.com", "password": "x"}),
+        # Only Synapse's password module asks it (without its secret: 401 directly).
+        closed("POST", "/v1/sso/password", 401, body={"user": "olena@example.com", "password": "x"}),
     ]
     for path in ("/v1/sso/password/", "/v1/sso//password", "/v1/sso/pass%77ord", "/v1/sso/./password",
                  "/v1/sso/password?x=1"):
@@ -556,7 +598,9 @@ ok "deploy/render.sh renders .env.example (fresh secrets from deploy/new-env.sh)
 
 refused=()
 for case in 'MEDIA_MAX_UPLOAD_SIZE=4M' 'ADMIN_API_TOKEN=short' 'ELEMENT_BRAND=a"b' 'AUTH_JWKS_URL=' \
-    'GATEWAY_EXPOSE_WEBHOOKS=maybe' 'GATEWAY_ADMIN_ALLOW=everyone'; do
+    'GATEWAY_EXPOSE_WEBHOOKS=maybe' 'GATEWAY_ADMIN_ALLOW=everyone' 'PASSWORD_MODULE_SECRET=' \
+    'AUTH_PASSWORD_LOGIN_URL=' 'AUTH_PASSWORD_LOGIN_URL=daarion-auth:7020' 'LOCALPART_SOURCES=nickname' \
+    'ADOPT_LOCALPART_TEMPLATE=daarion_'; do
     cp "$work/prod.env" "$work/bad.env"
     set_env "$work/bad.env" "${case%%=*}" "${case#*=}"
     if MATRIX_PROVISIONER="$bin" deploy/render.sh "$work/bad.env" >/dev/null 2>&1; then
@@ -626,6 +670,7 @@ TLS_CERTIFICATE $work/tls/cert.pem
 TLS_CERTIFICATE_KEY $work/tls/key.pem
 ACME_WEBROOT $work/acme
 AUTH_LOGIN_URL http://127.0.0.1:$standin_port/login
+AUTH_PASSWORD_LOGIN_URL http://127.0.0.1:$standin_port/api/auth/login
 AUTH_JWKS_URL
 AUTH_JWT_SECRET $(cat "$work/auth_jwt")
 OIDC_SIGNING_KEY_PATH $work/oidc-signing-key.pem
@@ -696,7 +741,7 @@ cp "$work/rendered/element/config.json" "$work/element-root/config.json"
 echo '<!doctype html><title>Element stand-in</title>' >"$work/element-root/index.html"
 python3 -m http.server "$element_port" --bind 127.0.0.1 --directory "$work/element-root" >/dev/null 2>&1 &
 pids+=($!)
-STANDIN_PORT="$standin_port" AUTH_JWT_SECRET_FILE="$work/auth_jwt" python3 scripts/standin-daarion.py &
+STANDIN_PORT="$standin_port" AUTH_JWT_SECRET_FILE="$work/auth_jwt" python3 scripts/standin-daarion.py 2>"$work/standin.log" &
 pids+=($!)
 
 for _ in $(seq 1 100); do
@@ -716,7 +761,7 @@ ok "matrix-provisioner serves from the rendered provisioner.env: database provis
 SSL_CERT_FILE="$work/tls/cert.pem" scripts/synapse-ctl.sh start "$work/rendered/synapse" \
     >/dev/null 2>"$work/synapse-ctl.err" ||
     { cat "$work/synapse-ctl.err" >&2; fail "Synapse does not start from the rendered homeserver.yaml"; }
-ok "Synapse $("$py" -c 'import synapse; print(synapse.__version__)') starts from the rendered homeserver.yaml on PostgreSQL (log config, signing key, media store, app service file from the local layout)"
+ok "Synapse $("$py" -c 'import synapse; print(synapse.__version__)') starts from the rendered homeserver.yaml on PostgreSQL (log config, signing key, media store, app service file, password module and its secret from the local layout)"
 
 checks live "$work/test.env" || { show_logs; exit 1; }
 if grep -q 'Error while preloading OIDC provider' "$work/rendered/synapse/synapse.out"; then
