@@ -21,7 +21,11 @@
 #      they work directly;
 #   5. "Continue with DAARION" in headless Chromium from Synapse's login page
 #      at the gateway's origin (https), through the service and the stand-in
-#      DAARION page (scripts/standin-daarion.py), back signed in;
+#      DAARION page (scripts/standin-daarion.py), back signed in; password
+#      sign-in as Element X does it (m.login.password through the gateway,
+#      Synapse's password module, the service, the stand-in's login API), the
+#      adoption of an account DAARION Auth made, and deploy/README.md's admin
+#      API calls that end what DAARION Auth left on it;
 #   6. the gateway's switches: GATEWAY_EXPOSE_WEBHOOKS and GATEWAY_ADMIN_ALLOW
 #      open what they say, re-rendered and reloaded into the running nginx.
 #
@@ -523,6 +527,137 @@ def cmd_signed_in():
        f"page and back): {devices['total']} device, external ids {sorted(ids)}; {person} directly, 404 at the gateway")
 
 
+# Password sign-in as Element X does it (CONTRACT.md section 11): through the
+# gateway to Synapse, its password module, the service and the stand-in's
+# login API (AUTH_PASSWORD_LOGIN_URL).
+def password_login(identifier, pw):
+    status, _, data = call("POST", ORIGIN + "/_matrix/client/v3/login", {
+        "type": "m.login.password", "identifier": identifier, "password": pw,
+        "initial_device_display_name": "check-deploy"})
+    return status, json.loads(data or b"{}")
+
+
+def signed_in(identifier, pw, want_user=None):
+    """Logs in with a password, /syncs with the token; the login's answer."""
+    status, got = password_login(identifier, pw)
+    check(status == 200, f"password login {identifier}: {status} {got}")
+    check(want_user is None or got["user_id"] == want_user, f"login {identifier} gave {got['user_id']}, not {want_user}")
+    sync = jcall("GET", ORIGIN + "/_matrix/client/v3/sync?timeout=0", token=got["access_token"])
+    check("next_batch" in sync, f"/sync as {got['user_id']}: {sync}")
+    return got
+
+
+def refused(identifier, pw):
+    status, got = password_login(identifier, pw)
+    check(status == 403 and got.get("errcode") == "M_FORBIDDEN",
+          f"login {identifier} with a wrong password: {status} {got}, expected 403 M_FORBIDDEN")
+
+
+def token_works(token):
+    status, _, data = call("GET", ORIGIN + "/_matrix/client/v3/account/whoami", token=token)
+    check(status in (200, 401), f"whoami: {status} {data[:200]!r}")
+    return status == 200
+
+
+def by_email(address):
+    return {"type": "m.id.thirdparty", "medium": "email", "address": address}
+
+
+def by_name(localpart):
+    return {"type": "m.id.user", "user": localpart}
+
+
+def external_ids(admin, user):
+    profile = jcall("GET", synapse(f"/_synapse/admin/v2/users/{urllib.parse.quote(user)}"), token=admin)
+    return {(e["auth_provider"], e["external_id"]) for e in profile["external_ids"]}
+
+
+OLD_PASSWORD = "daarion-auth-provisioning-password"
+
+
+def adopted(admin, address):
+    """An account as DAARION Auth's own provisioning made it for the stand-in's
+    person `address` (daarion_<hex8>, a Synapse password, a session), then the
+    person's first password sign-in: the account is adopted. A dict of it."""
+    import uuid
+    user_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "daarion-standin:" + address))
+    localpart = E["ADOPT_LOCALPART_TEMPLATE"].replace("{user_id_hex8}", user_id.replace("-", "")[:8])
+    user = f"@{localpart}:{SERVER}"
+    nonce = jcall("GET", synapse("/_synapse/admin/v1/register"))["nonce"]
+    mac = hmac.new(E["SYNAPSE_REGISTRATION_SECRET"].encode(), digestmod=hashlib.sha1)
+    mac.update(b"\0".join([nonce.encode(), localpart.encode(), OLD_PASSWORD.encode(), b"notadmin"]))
+    old_session = jcall("POST", synapse("/_synapse/admin/v1/register"), {
+        "nonce": nonce, "username": localpart, "password": OLD_PASSWORD, "admin": False,
+        "mac": mac.hexdigest()})["access_token"]
+    new_session = signed_in(by_email(address), os.environ["STANDIN_PASSWORD"], user)["access_token"]
+    check(("daarion", user_id) in external_ids(admin, user), f"{user}: external ids {external_ids(admin, user)}")
+    # What deploy/README.md's "Ending what DAARION Auth left" is for:
+    signed_in(by_name(localpart), OLD_PASSWORD, user)
+    return {"address": address, "user": user, "localpart": localpart,
+            "old_session": old_session, "new_session": new_session}
+
+
+def cmd_password():
+    password = os.environ["STANDIN_PASSWORD"]
+    check(E["AUTH_PASSWORD_LOGIN_URL"].startswith(os.environ["STANDIN_URL"]),
+          f"AUTH_PASSWORD_LOGIN_URL {E['AUTH_PASSWORD_LOGIN_URL']} is not the stand-in's")
+    admin = admin_token()
+
+    # A DAARION person signs in for the first time: the account is made on the spot.
+    user = signed_in(by_email("Olena@Example.com"), password)["user_id"]
+    check(user == f"@olena.petrenko:{SERVER}",
+          f"Олена Петренко got {user}, not @olena.petrenko (LOCALPART_SOURCES {E['LOCALPART_SOURCES']})")
+    check(("daarion", "u_7f3c2a") in external_ids(admin, user), f"{user}: external ids {external_ids(admin, user)}")
+    localpart = user[1:].split(":")[0]
+    signed_in(by_name(localpart), password, user)
+    signed_in(by_name(user), password, user)
+    refused(by_email("olena@example.com"), "not-" + password)
+    refused(by_name(localpart), "not-" + password)
+    ok(f"password sign-in through {ORIGIN} (m.login.password, Synapse's module, the service, the stand-in's "
+       f"login API): olena@example.com became {user} (external id daarion u_7f3c2a) and /syncs; by localpart "
+       "and by Matrix id too; a wrong password is 403 M_FORBIDDEN")
+
+    # An account DAARION Auth made itself is adopted; deploy/README.md's calls
+    # end what DAARION Auth left on it, keeping the session opened since ...
+    taras = adopted(admin, "taras.shevchenko@example.com")
+    old_user = taras["user"]
+    ok(f"ADOPT_LOCALPART_TEMPLATE: {taras['address']} signs in to the account DAARION Auth made, {old_user} "
+       "(external id daarion added), whose own password still works too")
+    listed = jcall("GET", synapse("/_synapse/admin/v2/users?user_id=daarion_&limit=1000"), token=admin)["users"]
+    check(old_user in {u["name"] for u in listed}, f"/_synapse/admin/v2/users?user_id=daarion_ lists no {old_user}")
+    jcall("POST", synapse(f"/_synapse/admin/v1/reset_password/{old_user}"),
+          {"new_password": os.urandom(32).hex(), "logout_devices": False}, token=admin)
+    base = synapse(f"/_synapse/admin/v2/users/{old_user}")
+    devices = jcall("GET", base + "/devices", token=admin)["devices"]
+    old_device = jcall("GET", ORIGIN + "/_matrix/client/v3/account/whoami", token=taras["old_session"])["device_id"]
+    check(old_device in {d["device_id"] for d in devices}, f"{old_user}'s devices: {devices}")
+    status, _, data = call("DELETE", base + f"/devices/{old_device}", token=admin)
+    check(status == 200, f"DELETE {old_user}'s device {old_device}: {status} {data[:200]!r}")
+    refused(by_name(taras["localpart"]), OLD_PASSWORD)
+    check(not token_works(taras["old_session"]), f"{old_user}'s old session still works after its device was deleted")
+    check(token_works(taras["new_session"]), f"{old_user}'s session opened with the DAARION password ended")
+    signed_in(by_email(taras["address"]), password, old_user)
+    ok(f"deploy/README.md's calls keeping the sessions opened since: {old_user} listed, a random password "
+       "(logout_devices false), its old device deleted; the old password and session are refused, the DAARION "
+       "password and the session it opened work")
+
+    # ... and a second one for the README's shell commands at the switch (cmd_readme_ended).
+    ivan = adopted(admin, "ivan.franko@example.com")
+    json.dump(ivan, open(os.environ["ADOPTED_STATE"], "w"))
+
+
+def cmd_readme_ended():
+    """After deploy/README.md's shell commands "at the switch" ran as written."""
+    ivan = json.load(open(os.environ["ADOPTED_STATE"]))
+    refused(by_name(ivan["localpart"]), OLD_PASSWORD)
+    check(not token_works(ivan["old_session"]), f"{ivan['user']}'s old session still works")
+    check(not token_works(ivan["new_session"]), f"{ivan['user']}'s sessions opened since still work (logout_devices)")
+    signed_in(by_email(ivan["address"]), os.environ["STANDIN_PASSWORD"], ivan["user"])
+    ok(f"deploy/README.md's shell commands at the switch, as written (docker-compose exec run here): the "
+       f"admin token, the daarion_ accounts listed, {ivan['user']}'s password random and every session ended; "
+       "the DAARION password signs in")
+
+
 def cmd_admin_password():
     """deploy/README.md's formula for the password of the service's admin account."""
     password = os.environ["ADMIN_PASSWORD"]
@@ -581,7 +716,7 @@ def cmd_admin_open():
 
 
 {"element": cmd_element, "compose": cmd_compose, "live": cmd_live, "signed-in": cmd_signed_in,
- "admin-password": cmd_admin_password,
+ "admin-password": cmd_admin_password, "password": cmd_password, "readme-ended": cmd_readme_ended,
  "webhooks-open": cmd_webhooks_open, "admin-open": cmd_admin_open}[sys.argv[1]]()
 PY
 checks() { REPO="$repo" "$py" "$work/checks.py" "$@"; }
@@ -741,7 +876,9 @@ cp "$work/rendered/element/config.json" "$work/element-root/config.json"
 echo '<!doctype html><title>Element stand-in</title>' >"$work/element-root/index.html"
 python3 -m http.server "$element_port" --bind 127.0.0.1 --directory "$work/element-root" >/dev/null 2>&1 &
 pids+=($!)
-STANDIN_PORT="$standin_port" AUTH_JWT_SECRET_FILE="$work/auth_jwt" python3 scripts/standin-daarion.py 2>"$work/standin.log" &
+standin_password="standin-$RANDOM$RANDOM"
+STANDIN_PORT="$standin_port" AUTH_JWT_SECRET_FILE="$work/auth_jwt" STANDIN_PASSWORD="$standin_password" \
+    python3 scripts/standin-daarion.py 2>"$work/standin.log" &
 pids+=($!)
 
 for _ in $(seq 1 100); do
@@ -826,6 +963,39 @@ registration_secret="$(grep '^SYNAPSE_REGISTRATION_SECRET=' "$work/test.env" | c
 ADMIN_PASSWORD="$(printf 'matrix-provisioner admin password v1\0matrix-provisioner' |
     openssl dgst -sha256 -hmac "$registration_secret" -hex | cut -d' ' -f2)" \
     checks admin-password "$work/test.env" || { show_logs; exit 1; }
+STANDIN_PASSWORD="$standin_password" STANDIN_URL="http://127.0.0.1:$standin_port/" ADOPTED_STATE="$work/adopted.json" \
+    checks password "$work/test.env" || { show_logs; exit 1; }
+
+# deploy/README.md's shell commands that end what DAARION Auth left on the
+# accounts it made ("at the switch"), as written, in a directory whose .env
+# is the local layout's, with `docker-compose exec -T synapse` running here
+# and Synapse's localhost:8008 at its local port.
+mkdir -p "$work/readme"
+cp "$work/test.env" "$work/readme/.env"
+"$py" - "$repo/deploy/README.md" "$synapse_port" >"$work/readme/commands.sh" <<'PY' ||
+import re, sys
+text = open(sys.argv[1], encoding="utf8").read()
+section = text.split("### Ending what DAARION Auth left on the accounts it made", 1)[1].split("\n## ", 1)[0]
+blocks = [b for b in re.findall(r"```sh\n(.*?)```", section, re.S) if "token=$(" in b or "while read -r user" in b]
+if len(blocks) != 2:
+    sys.exit("deploy/README.md: no admin-token and \"at the switch\" blocks under \"Ending what DAARION Auth left\"")
+print("\n".join(blocks).replace("http://localhost:8008", f"http://127.0.0.1:{sys.argv[2]}"))
+PY
+    fail "cannot find deploy/README.md's commands"
+(
+    cd "$work/readme"
+    docker-compose() {
+        [[ "$1 $2 $3" == "exec -T synapse" ]] || { echo "unexpected: docker-compose $*" >&2; return 99; }
+        shift 3
+        "$@"
+    }
+    export no_proxy=127.0.0.1 NO_PROXY=127.0.0.1
+    source ./commands.sh
+) >"$work/readme/out.log" 2>&1 || { cat "$work/readme/out.log" >&2; fail "deploy/README.md's commands fail"; }
+grep -qx '@daarion_[0-9a-f]\{8\}:.*' "$work/readme/daarion-accounts.txt" ||
+    { cat "$work/readme/out.log" >&2; fail "deploy/README.md's commands listed no daarion_ account"; }
+STANDIN_PASSWORD="$standin_password" ADOPTED_STATE="$work/adopted.json" \
+    checks readme-ended "$work/test.env" || { cat "$work/readme/out.log" >&2; show_logs; exit 1; }
 
 # ---- 6. the gateway's switches ---------------------------------------------------
 # reopen KEY=VALUE...: renders the local layout with these settings into a
@@ -846,4 +1016,4 @@ checks webhooks-open "$work/open.env" || { show_logs; exit 1; }
 reopen GATEWAY_ADMIN_ALLOW=127.0.0.1,::1
 checks admin-open "$work/open.env" || { show_logs; exit 1; }
 
-say "deploy/ passes: render, Element's config, docker-compose config, PostgreSQL, Synapse, the service and nginx from the rendered files, sign-in through the gateway"
+say "deploy/ passes: render, Element's config, docker-compose config, PostgreSQL, Synapse, the service and nginx from the rendered files, sign-in through the gateway (single sign-on and passwords)"
