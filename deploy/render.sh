@@ -6,6 +6,7 @@
 #   synapse/homeserver.yaml, synapse/log.config   Synapse (mounted at SYNAPSE_CONFIG_DIR)
 #   synapse/appservice.yaml                       the application service's registration,
 #                                                 printed by `matrix-provisioner appservice-registration`
+#   synapse/password-module-secret                PASSWORD_MODULE_SECRET, for Synapse's password module
 #   provisioner.env                               the service's environment (compose env_file)
 #   provisioner/oidc-signing-key.pem              a copy of OIDC_SIGNING_KEY_PATH, when set
 #   postgres/init.sql                             PostgreSQL's first start
@@ -105,7 +106,7 @@ done
 [[ -n "$(v AUTH_JWKS_URL)$(v AUTH_JWT_SECRET)" ]] ||
     die "set AUTH_JWKS_URL or AUTH_JWT_SECRET (the keys of DAARION access tokens)"
 
-for key in AUTH_LOGIN_URL DAARION_LOGOUT_URL AUTH_JWKS_URL AUTH_API_URL CITY_API_URL CITY_EVENTS_URL; do
+for key in AUTH_LOGIN_URL AUTH_PASSWORD_LOGIN_URL DAARION_LOGOUT_URL AUTH_JWKS_URL AUTH_API_URL CITY_API_URL CITY_EVENTS_URL; do
     value="$(v "$key")"
     [[ -z "$value" || "$value" =~ ^https?://[^[:space:]]+$ ]] || die "$key must be an http(s) URL"
 done
@@ -118,6 +119,17 @@ done
 for key in OIDC_IDP_ID APPSERVICE_ID APPSERVICE_BOT POSTGRES_SYNAPSE_DB POSTGRES_PROVISIONER_DB; do
     [[ "$(v "$key")" =~ ^[a-z0-9_.-]+$ ]] || die "$key must be of a-z 0-9 . _ -"
 done
+if [[ -n "$(v LOCALPART_SOURCES)" ]]; then
+    IFS=',' read -ra parts <<<"$(v LOCALPART_SOURCES)"
+    for part in "${parts[@]}"; do
+        part="${part//[[:space:]]/}"
+        [[ -z "$part" ]] || in_list "$part" username display_name email user_id ||
+            die "LOCALPART_SOURCES: $part is not one of username, display_name, email, user_id"
+    done
+fi
+adopt="$(v ADOPT_LOCALPART_TEMPLATE)"
+[[ -z "$adopt" || "$adopt" =~ ^[a-z0-9._=/{}-]*\{user_id(_hex8)?\}[a-z0-9._=/{}-]*$ ]] ||
+    die "ADOPT_LOCALPART_TEMPLATE must be a localpart (a-z 0-9 . _ = / -) with {user_id} or {user_id_hex8} in it"
 case "$(v GATEWAY_EXPOSE_WEBHOOKS)" in
     yes | no) ;;
     *) die "GATEWAY_EXPOSE_WEBHOOKS must be yes or no" ;;
@@ -236,6 +248,11 @@ render well-known/matrix/server.template well-known/matrix/server 644
 render well-known/matrix/client.template well-known/matrix/client 644
 # Read by docker-compose on the host only.
 render provisioner/provisioner.env.template provisioner.env 600
+# The password module's secret, read by Synapse (uid 991 in its container)
+# at start: readable like homeserver.yaml, which holds Synapse's other
+# secrets; RENDERED_DIR itself is the host user's alone.
+printf '%s\n' "$(v PASSWORD_MODULE_SECRET)" >"$tmp"
+put "$tmp" "$out/synapse/password-module-secret" 644
 mkdir -p "$out/provisioner"
 chmod 755 "$out/provisioner"
 if [[ -n "$signing_key" ]]; then

@@ -16,11 +16,16 @@
 #      Element's container serving the rendered config.json), and every
 #      path answers through the gateway as deploy/README.md says: Matrix,
 #      the /.well-known answers, the sign-in paths, Element, uploads up to
-#      AVATAR_MAX_BYTES, and 404 for the webhooks, the operators' paths and
-#      the application service while they work directly;
+#      AVATAR_MAX_BYTES, and 404 for the webhooks, the operators' paths, the
+#      application service and the password module's /v1/sso/password while
+#      they work directly;
 #   5. "Continue with DAARION" in headless Chromium from Synapse's login page
 #      at the gateway's origin (https), through the service and the stand-in
-#      DAARION page (scripts/standin-daarion.py), back signed in;
+#      DAARION page (scripts/standin-daarion.py), back signed in; password
+#      sign-in as Element X does it (m.login.password through the gateway,
+#      Synapse's password module, the service, the stand-in's login API), the
+#      adoption of an account DAARION Auth made, and deploy/README.md's admin
+#      API calls that end what DAARION Auth left on it;
 #   6. the gateway's switches: GATEWAY_EXPOSE_WEBHOOKS and GATEWAY_ADMIN_ALLOW
 #      open what they say, re-rendered and reloaded into the running nginx.
 #
@@ -98,7 +103,7 @@ show_logs() {
         echo "---- Synapse's warnings and errors ----" >&2
         grep -E -A8 ' - (ERROR|CRITICAL) - ' "$work/rendered/synapse/synapse.out" | tail -n 40 >&2 || true
     fi
-    for f in "$work/service.log" "$work/nginx/error.log"; do
+    for f in "$work/service.log" "$work/nginx/error.log" "$work/standin.log"; do
         [[ -f "$f" ]] || continue
         echo "---- tail of $f ----" >&2
         tail -n 15 "$f" >&2
@@ -282,21 +287,44 @@ def cmd_compose():
         check(":" in last and not last.endswith(":latest"), f"{name}: image {image!r} has no pinned tag")
     synapse_version = next(l.split("=", 1)[1].strip() for l in open(os.path.join(REPO, "scripts/synapse-venv.sh"))
                            if l.startswith("SYNAPSE_VERSION="))
-    check(services["synapse"]["image"].endswith(":v" + synapse_version),
-          f"Synapse image {services['synapse']['image']} is not the version the checks run ({synapse_version})")
+    synapse_base = ((services["synapse"].get("build") or {}).get("args") or {}).get("SYNAPSE_IMAGE", "")
+    check(synapse_base == E["SYNAPSE_IMAGE"] and synapse_base.endswith(":v" + synapse_version),
+          f"Synapse is not built from SYNAPSE_IMAGE of the version the checks run ({synapse_version}): {synapse_base!r}")
     pg_major = next(l.split("/postgresql/")[1].split("/")[0] for l in open(os.path.join(REPO, "scripts/pg-cluster.sh"))
                     if l.startswith('PG_BIN="${PG_BIN:-'))
     check(services["postgres"]["image"].split(":")[1].startswith(pg_major),
           f"PostgreSQL image {services['postgres']['image']} is not the major version the checks run ({pg_major})")
 
-    build = services["provisioner"]["build"]
-    context = build["context"] if isinstance(build, dict) else build
-    dockerfile = os.path.join(context, (build.get("dockerfile") if isinstance(build, dict) else None) or "Dockerfile")
-    check(os.path.isdir(context) and os.path.samefile(context, REPO), f"provisioner build context {context} is not the repository")
-    check(os.path.isfile(dockerfile), f"no {dockerfile}")
-    text = open(dockerfile).read()
+    ignored = [l.strip().rstrip("/") for l in open(os.path.join(REPO, ".dockerignore"))
+               if l.strip() and not l.startswith("#")] if os.path.exists(os.path.join(REPO, ".dockerignore")) else []
+
+    def dockerfile_of(name):
+        """The service's Dockerfile (its build context must be the repository), its text."""
+        build = services[name]["build"]
+        context = build["context"] if isinstance(build, dict) else build
+        dockerfile = os.path.join(context, (build.get("dockerfile") if isinstance(build, dict) else None) or "Dockerfile")
+        check(os.path.isdir(context) and os.path.samefile(context, REPO), f"{name} build context {context} is not the repository")
+        check(os.path.isfile(dockerfile), f"no {dockerfile}")
+        text = open(dockerfile).read()
+        # What it copies from the context is there and not left out by .dockerignore.
+        for line in text.splitlines():
+            words = line.split()
+            if not words or words[0] != "COPY" or any(w.startswith("--from") for w in words):
+                continue
+            for src in words[1:-1]:
+                check(os.path.exists(os.path.join(REPO, src)), f"{dockerfile}: COPY {src}: not in the repository")
+                parts = src.strip("/").split("/")
+                for i in range(1, len(parts) + 1):
+                    check("/".join(parts[:i]) not in ignored, f"{dockerfile}: COPY {src}: .dockerignore leaves it out")
+        return dockerfile, text
+
+    dockerfile, text = dockerfile_of("provisioner")
     check('ENTRYPOINT ["matrix-provisioner"]' in text and "HEALTHCHECK" in text,
           f"{dockerfile}: no matrix-provisioner ENTRYPOINT or HEALTHCHECK (compose waits for it healthy)")
+    synapse_dockerfile, text = dockerfile_of("synapse")
+    check("ARG SYNAPSE_IMAGE" in text and "FROM ${SYNAPSE_IMAGE}" in text and "pip install" in text
+          and "synapse-module" in text,
+          f"{synapse_dockerfile}: not FROM ${{SYNAPSE_IMAGE}} with synapse-module/ pip-installed")
 
     named = set(out.get("volumes") or {})
 
@@ -331,8 +359,22 @@ def cmd_compose():
     config_path = environment(services["synapse"])["SYNAPSE_CONFIG_PATH"]
     config_dir = E["SYNAPSE_CONFIG_DIR"]
     check(os.path.dirname(config_path) == config_dir, f"SYNAPSE_CONFIG_PATH {config_path} is not in {config_dir}")
-    for rel in ("homeserver.yaml", "log.config", "appservice.yaml"):
+    for rel in ("homeserver.yaml", "log.config", "appservice.yaml", "password-module-secret"):
         check(os.path.isfile(os.path.join(host_of[("synapse", config_dir)], rel)), f"Synapse's {rel} is not mounted")
+    # The password module: loaded, asking the service on the network with the service's secret.
+    hs_yaml = yaml.safe_load(open(os.path.join(host_of[("synapse", config_dir)], "homeserver.yaml")))
+    modules = [m for m in hs_yaml.get("modules") or [] if m["module"] == "matrix_provisioner_synapse.PasswordAuthProvider"]
+    check(len(modules) == 1, f"homeserver.yaml loads no password module: {hs_yaml.get('modules')}")
+    module = modules[0]["config"]
+    service_url = f"http://{E['PROVISIONER_HOST']}:{E['PROVISIONER_PORT']}"
+    check(module["service_url"] == service_url, f"the password module asks {module['service_url']}, not {service_url}")
+    secret_path = module["secret_path"]
+    check(os.path.dirname(secret_path) == config_dir, f"the module's secret_path {secret_path} is not in {config_dir}")
+    secret = open(os.path.join(host_of[("synapse", config_dir)], os.path.basename(secret_path))).read().strip()
+    check(secret == E["PASSWORD_MODULE_SECRET"], "the module's secret file is not PASSWORD_MODULE_SECRET")
+    password_config = hs_yaml.get("password_config") or {}
+    check(password_config.get("enabled") is True and password_config.get("localdb_enabled", True) is True,
+          f"password_config: {password_config} (password logins and Synapse's own passwords must stay on)")
     check(os.path.isfile(host_of[("element", "/app/config.json")]), "Element's config.json is not a file")
     check(os.path.isfile(host_of[("postgres", "/docker-entrypoint-initdb.d/init.sql")]), "init.sql is not a file")
     check(os.path.isfile(os.path.join(host_of[("gateway", "/etc/nginx/conf.d")], "gateway.conf")), "gateway.conf is not mounted")
@@ -340,7 +382,10 @@ def cmd_compose():
     env = environment(services["provisioner"])
     for key, want in (("PUBLIC_URL", ORIGIN), ("SYNAPSE_REGISTRATION_SECRET", E["SYNAPSE_REGISTRATION_SECRET"]),
                       ("APPSERVICE_URL", f"http://{E['PROVISIONER_HOST']}:{E['PROVISIONER_PORT']}"),
-                      ("TRUSTED_PROXIES", E["GATEWAY_IP"])):
+                      ("TRUSTED_PROXIES", E["GATEWAY_IP"]), ("PASSWORD_MODULE_SECRET", secret),
+                      ("AUTH_PASSWORD_LOGIN_URL", E["AUTH_PASSWORD_LOGIN_URL"]),
+                      ("LOCALPART_SOURCES", E["LOCALPART_SOURCES"]),
+                      ("ADOPT_LOCALPART_TEMPLATE", E["ADOPT_LOCALPART_TEMPLATE"])):
         check(env.get(key) == want, f"provisioner's {key} from provisioner.env is {env.get(key)!r}")
 
     for name, s in services.items():
@@ -353,10 +398,11 @@ def cmd_compose():
     net = services["gateway"]["networks"]["matrix"]
     check(net.get("ipv4_address") == E["GATEWAY_IP"] and E["MATRIX_HOST"] in (net.get("aliases") or []),
           "gateway: no fixed address or MATRIX_HOST alias on the network")
-    ok("docker-compose config: 5 services, pinned images (Synapse v%s, PostgreSQL %s), build context %s "
-       "with its Dockerfile, %d named volumes, every mounted file rendered%s" % (
-           synapse_version, pg_major, context, len(named),
-           f"; TLS from {tls_dir} on the server" if outside else ""))
+    ok("docker-compose config: 5 services, pinned images (Synapse v%s with the password module, PostgreSQL %s), "
+       "build context %s with the service's and Synapse's Dockerfiles, %d named volumes, every mounted file "
+       "rendered%s; Synapse's password module asks %s with PASSWORD_MODULE_SECRET" % (
+           synapse_version, pg_major, REPO, len(named),
+           f"; TLS from {tls_dir} on the server" if outside else "", service_url))
 
 
 def cmd_live():
@@ -367,7 +413,8 @@ def cmd_live():
     idps = {(i["id"], i.get("name")) for i in sso.get("identity_providers", [])}
     idp = f"oidc-{E['OIDC_IDP_ID']}"
     check((idp, "DAARION") in idps, f"login flows list no {idp} provider: {flows}")
-    check({"org.matrix.login.jwt", "m.login.application_service"} <= types, f"login flows: {sorted(types)}")
+    check({"org.matrix.login.jwt", "m.login.application_service", "m.login.password"} <= types,
+          f"login flows: {sorted(types)}")
     ok(f"Synapse answers through the gateway: login flows {sorted(types)}, SSO provider {idp} (DAARION)")
 
     as_token = E["APPSERVICE_AS_TOKEN"]
@@ -453,8 +500,16 @@ def cmd_live():
         closed("PUT", "/_matrix/app/v1/transactions/deploy-check", 200, token=E["APPSERVICE_HS_TOKEN"],
                body={"events": []}),
         closed("GET", "/_synapse/admin/v1/server_version", 200, direct=synapse),
+        # Only Synapse's password module asks it (without its secret: 401 directly).
+        closed("POST", "/v1/sso/password", 401, body={"user": "olena@example.com", "password": "x"}),
     ]
-    ok("closed at the gateway (nginx 404), answering directly: " + ", ".join(done))
+    for path in ("/v1/sso/password/", "/v1/sso//password", "/v1/sso/pass%77ord", "/v1/sso/./password",
+                 "/v1/sso/password?x=1"):
+        status, _, data = call("POST", ORIGIN + path, {"user": "olena@example.com", "password": "x"})
+        check(status == 404 and b'"error"' not in data,
+              f"POST {path} through the gateway: {status} {data[:200]!r}, expected nginx's 404")
+    ok("closed at the gateway (nginx 404), answering directly: " + ", ".join(done)
+       + "; /v1/sso/password also as /password/, //password, %-encoded, /./password")
 
 
 def cmd_signed_in():
@@ -470,6 +525,137 @@ def cmd_signed_in():
     person = closed("GET", f"/v1/users/{sub}", 200, token=E["ADMIN_API_TOKEN"])
     ok(f"Chromium signed in as {user} through {ORIGIN} (Synapse's SSO, the service, the stand-in DAARION "
        f"page and back): {devices['total']} device, external ids {sorted(ids)}; {person} directly, 404 at the gateway")
+
+
+# Password sign-in as Element X does it (CONTRACT.md section 11): through the
+# gateway to Synapse, its password module, the service and the stand-in's
+# login API (AUTH_PASSWORD_LOGIN_URL).
+def password_login(identifier, pw):
+    status, _, data = call("POST", ORIGIN + "/_matrix/client/v3/login", {
+        "type": "m.login.password", "identifier": identifier, "password": pw,
+        "initial_device_display_name": "check-deploy"})
+    return status, json.loads(data or b"{}")
+
+
+def signed_in(identifier, pw, want_user=None):
+    """Logs in with a password, /syncs with the token; the login's answer."""
+    status, got = password_login(identifier, pw)
+    check(status == 200, f"password login {identifier}: {status} {got}")
+    check(want_user is None or got["user_id"] == want_user, f"login {identifier} gave {got['user_id']}, not {want_user}")
+    sync = jcall("GET", ORIGIN + "/_matrix/client/v3/sync?timeout=0", token=got["access_token"])
+    check("next_batch" in sync, f"/sync as {got['user_id']}: {sync}")
+    return got
+
+
+def refused(identifier, pw):
+    status, got = password_login(identifier, pw)
+    check(status == 403 and got.get("errcode") == "M_FORBIDDEN",
+          f"login {identifier} with a wrong password: {status} {got}, expected 403 M_FORBIDDEN")
+
+
+def token_works(token):
+    status, _, data = call("GET", ORIGIN + "/_matrix/client/v3/account/whoami", token=token)
+    check(status in (200, 401), f"whoami: {status} {data[:200]!r}")
+    return status == 200
+
+
+def by_email(address):
+    return {"type": "m.id.thirdparty", "medium": "email", "address": address}
+
+
+def by_name(localpart):
+    return {"type": "m.id.user", "user": localpart}
+
+
+def external_ids(admin, user):
+    profile = jcall("GET", synapse(f"/_synapse/admin/v2/users/{urllib.parse.quote(user)}"), token=admin)
+    return {(e["auth_provider"], e["external_id"]) for e in profile["external_ids"]}
+
+
+OLD_PASSWORD = "daarion-auth-provisioning-password"
+
+
+def adopted(admin, address):
+    """An account as DAARION Auth's own provisioning made it for the stand-in's
+    person `address` (daarion_<hex8>, a Synapse password, a session), then the
+    person's first password sign-in: the account is adopted. A dict of it."""
+    import uuid
+    user_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "daarion-standin:" + address))
+    localpart = E["ADOPT_LOCALPART_TEMPLATE"].replace("{user_id_hex8}", user_id.replace("-", "")[:8])
+    user = f"@{localpart}:{SERVER}"
+    nonce = jcall("GET", synapse("/_synapse/admin/v1/register"))["nonce"]
+    mac = hmac.new(E["SYNAPSE_REGISTRATION_SECRET"].encode(), digestmod=hashlib.sha1)
+    mac.update(b"\0".join([nonce.encode(), localpart.encode(), OLD_PASSWORD.encode(), b"notadmin"]))
+    old_session = jcall("POST", synapse("/_synapse/admin/v1/register"), {
+        "nonce": nonce, "username": localpart, "password": OLD_PASSWORD, "admin": False,
+        "mac": mac.hexdigest()})["access_token"]
+    new_session = signed_in(by_email(address), os.environ["STANDIN_PASSWORD"], user)["access_token"]
+    check(("daarion", user_id) in external_ids(admin, user), f"{user}: external ids {external_ids(admin, user)}")
+    # What deploy/README.md's "Ending what DAARION Auth left" is for:
+    signed_in(by_name(localpart), OLD_PASSWORD, user)
+    return {"address": address, "user": user, "localpart": localpart,
+            "old_session": old_session, "new_session": new_session}
+
+
+def cmd_password():
+    password = os.environ["STANDIN_PASSWORD"]
+    check(E["AUTH_PASSWORD_LOGIN_URL"].startswith(os.environ["STANDIN_URL"]),
+          f"AUTH_PASSWORD_LOGIN_URL {E['AUTH_PASSWORD_LOGIN_URL']} is not the stand-in's")
+    admin = admin_token()
+
+    # A DAARION person signs in for the first time: the account is made on the spot.
+    user = signed_in(by_email("Olena@Example.com"), password)["user_id"]
+    check(user == f"@olena.petrenko:{SERVER}",
+          f"Олена Петренко got {user}, not @olena.petrenko (LOCALPART_SOURCES {E['LOCALPART_SOURCES']})")
+    check(("daarion", "u_7f3c2a") in external_ids(admin, user), f"{user}: external ids {external_ids(admin, user)}")
+    localpart = user[1:].split(":")[0]
+    signed_in(by_name(localpart), password, user)
+    signed_in(by_name(user), password, user)
+    refused(by_email("olena@example.com"), "not-" + password)
+    refused(by_name(localpart), "not-" + password)
+    ok(f"password sign-in through {ORIGIN} (m.login.password, Synapse's module, the service, the stand-in's "
+       f"login API): olena@example.com became {user} (external id daarion u_7f3c2a) and /syncs; by localpart "
+       "and by Matrix id too; a wrong password is 403 M_FORBIDDEN")
+
+    # An account DAARION Auth made itself is adopted; deploy/README.md's calls
+    # end what DAARION Auth left on it, keeping the session opened since ...
+    taras = adopted(admin, "taras.shevchenko@example.com")
+    old_user = taras["user"]
+    ok(f"ADOPT_LOCALPART_TEMPLATE: {taras['address']} signs in to the account DAARION Auth made, {old_user} "
+       "(external id daarion added), whose own password still works too")
+    listed = jcall("GET", synapse("/_synapse/admin/v2/users?user_id=daarion_&limit=1000"), token=admin)["users"]
+    check(old_user in {u["name"] for u in listed}, f"/_synapse/admin/v2/users?user_id=daarion_ lists no {old_user}")
+    jcall("POST", synapse(f"/_synapse/admin/v1/reset_password/{old_user}"),
+          {"new_password": os.urandom(32).hex(), "logout_devices": False}, token=admin)
+    base = synapse(f"/_synapse/admin/v2/users/{old_user}")
+    devices = jcall("GET", base + "/devices", token=admin)["devices"]
+    old_device = jcall("GET", ORIGIN + "/_matrix/client/v3/account/whoami", token=taras["old_session"])["device_id"]
+    check(old_device in {d["device_id"] for d in devices}, f"{old_user}'s devices: {devices}")
+    status, _, data = call("DELETE", base + f"/devices/{old_device}", token=admin)
+    check(status == 200, f"DELETE {old_user}'s device {old_device}: {status} {data[:200]!r}")
+    refused(by_name(taras["localpart"]), OLD_PASSWORD)
+    check(not token_works(taras["old_session"]), f"{old_user}'s old session still works after its device was deleted")
+    check(token_works(taras["new_session"]), f"{old_user}'s session opened with the DAARION password ended")
+    signed_in(by_email(taras["address"]), password, old_user)
+    ok(f"deploy/README.md's calls keeping the sessions opened since: {old_user} listed, a random password "
+       "(logout_devices false), its old device deleted; the old password and session are refused, the DAARION "
+       "password and the session it opened work")
+
+    # ... and a second one for the README's shell commands at the switch (cmd_readme_ended).
+    ivan = adopted(admin, "ivan.franko@example.com")
+    json.dump(ivan, open(os.environ["ADOPTED_STATE"], "w"))
+
+
+def cmd_readme_ended():
+    """After deploy/README.md's shell commands "at the switch" ran as written."""
+    ivan = json.load(open(os.environ["ADOPTED_STATE"]))
+    refused(by_name(ivan["localpart"]), OLD_PASSWORD)
+    check(not token_works(ivan["old_session"]), f"{ivan['user']}'s old session still works")
+    check(not token_works(ivan["new_session"]), f"{ivan['user']}'s sessions opened since still work (logout_devices)")
+    signed_in(by_email(ivan["address"]), os.environ["STANDIN_PASSWORD"], ivan["user"])
+    ok(f"deploy/README.md's shell commands at the switch, as written (docker-compose exec run here): the "
+       f"admin token, the daarion_ accounts listed, {ivan['user']}'s password random and every session ended; "
+       "the DAARION password signs in")
 
 
 def cmd_admin_password():
@@ -530,7 +716,7 @@ def cmd_admin_open():
 
 
 {"element": cmd_element, "compose": cmd_compose, "live": cmd_live, "signed-in": cmd_signed_in,
- "admin-password": cmd_admin_password,
+ "admin-password": cmd_admin_password, "password": cmd_password, "readme-ended": cmd_readme_ended,
  "webhooks-open": cmd_webhooks_open, "admin-open": cmd_admin_open}[sys.argv[1]]()
 PY
 checks() { REPO="$repo" "$py" "$work/checks.py" "$@"; }
@@ -547,7 +733,9 @@ ok "deploy/render.sh renders .env.example (fresh secrets from deploy/new-env.sh)
 
 refused=()
 for case in 'MEDIA_MAX_UPLOAD_SIZE=4M' 'ADMIN_API_TOKEN=short' 'ELEMENT_BRAND=a"b' 'AUTH_JWKS_URL=' \
-    'GATEWAY_EXPOSE_WEBHOOKS=maybe' 'GATEWAY_ADMIN_ALLOW=everyone'; do
+    'GATEWAY_EXPOSE_WEBHOOKS=maybe' 'GATEWAY_ADMIN_ALLOW=everyone' 'PASSWORD_MODULE_SECRET=' \
+    'AUTH_PASSWORD_LOGIN_URL=' 'AUTH_PASSWORD_LOGIN_URL=daarion-auth:7020' 'LOCALPART_SOURCES=nickname' \
+    'ADOPT_LOCALPART_TEMPLATE=daarion_'; do
     cp "$work/prod.env" "$work/bad.env"
     set_env "$work/bad.env" "${case%%=*}" "${case#*=}"
     if MATRIX_PROVISIONER="$bin" deploy/render.sh "$work/bad.env" >/dev/null 2>&1; then
@@ -617,6 +805,7 @@ TLS_CERTIFICATE $work/tls/cert.pem
 TLS_CERTIFICATE_KEY $work/tls/key.pem
 ACME_WEBROOT $work/acme
 AUTH_LOGIN_URL http://127.0.0.1:$standin_port/login
+AUTH_PASSWORD_LOGIN_URL http://127.0.0.1:$standin_port/api/auth/login
 AUTH_JWKS_URL
 AUTH_JWT_SECRET $(cat "$work/auth_jwt")
 OIDC_SIGNING_KEY_PATH $work/oidc-signing-key.pem
@@ -687,7 +876,9 @@ cp "$work/rendered/element/config.json" "$work/element-root/config.json"
 echo '<!doctype html><title>Element stand-in</title>' >"$work/element-root/index.html"
 python3 -m http.server "$element_port" --bind 127.0.0.1 --directory "$work/element-root" >/dev/null 2>&1 &
 pids+=($!)
-STANDIN_PORT="$standin_port" AUTH_JWT_SECRET_FILE="$work/auth_jwt" python3 scripts/standin-daarion.py &
+standin_password="standin-$RANDOM$RANDOM"
+STANDIN_PORT="$standin_port" AUTH_JWT_SECRET_FILE="$work/auth_jwt" STANDIN_PASSWORD="$standin_password" \
+    python3 scripts/standin-daarion.py 2>"$work/standin.log" &
 pids+=($!)
 
 for _ in $(seq 1 100); do
@@ -707,7 +898,7 @@ ok "matrix-provisioner serves from the rendered provisioner.env: database provis
 SSL_CERT_FILE="$work/tls/cert.pem" scripts/synapse-ctl.sh start "$work/rendered/synapse" \
     >/dev/null 2>"$work/synapse-ctl.err" ||
     { cat "$work/synapse-ctl.err" >&2; fail "Synapse does not start from the rendered homeserver.yaml"; }
-ok "Synapse $("$py" -c 'import synapse; print(synapse.__version__)') starts from the rendered homeserver.yaml on PostgreSQL (log config, signing key, media store, app service file from the local layout)"
+ok "Synapse $("$py" -c 'import synapse; print(synapse.__version__)') starts from the rendered homeserver.yaml on PostgreSQL (log config, signing key, media store, app service file, password module and its secret from the local layout)"
 
 checks live "$work/test.env" || { show_logs; exit 1; }
 if grep -q 'Error while preloading OIDC provider' "$work/rendered/synapse/synapse.out"; then
@@ -772,6 +963,39 @@ registration_secret="$(grep '^SYNAPSE_REGISTRATION_SECRET=' "$work/test.env" | c
 ADMIN_PASSWORD="$(printf 'matrix-provisioner admin password v1\0matrix-provisioner' |
     openssl dgst -sha256 -hmac "$registration_secret" -hex | cut -d' ' -f2)" \
     checks admin-password "$work/test.env" || { show_logs; exit 1; }
+STANDIN_PASSWORD="$standin_password" STANDIN_URL="http://127.0.0.1:$standin_port/" ADOPTED_STATE="$work/adopted.json" \
+    checks password "$work/test.env" || { show_logs; exit 1; }
+
+# deploy/README.md's shell commands that end what DAARION Auth left on the
+# accounts it made ("at the switch"), as written, in a directory whose .env
+# is the local layout's, with `docker-compose exec -T synapse` running here
+# and Synapse's localhost:8008 at its local port.
+mkdir -p "$work/readme"
+cp "$work/test.env" "$work/readme/.env"
+"$py" - "$repo/deploy/README.md" "$synapse_port" >"$work/readme/commands.sh" <<'PY' ||
+import re, sys
+text = open(sys.argv[1], encoding="utf8").read()
+section = text.split("### Ending what DAARION Auth left on the accounts it made", 1)[1].split("\n## ", 1)[0]
+blocks = [b for b in re.findall(r"```sh\n(.*?)```", section, re.S) if "token=$(" in b or "while read -r user" in b]
+if len(blocks) != 2:
+    sys.exit("deploy/README.md: no admin-token and \"at the switch\" blocks under \"Ending what DAARION Auth left\"")
+print("\n".join(blocks).replace("http://localhost:8008", f"http://127.0.0.1:{sys.argv[2]}"))
+PY
+    fail "cannot find deploy/README.md's commands"
+(
+    cd "$work/readme"
+    docker-compose() {
+        [[ "$1 $2 $3" == "exec -T synapse" ]] || { echo "unexpected: docker-compose $*" >&2; return 99; }
+        shift 3
+        "$@"
+    }
+    export no_proxy=127.0.0.1 NO_PROXY=127.0.0.1
+    source ./commands.sh
+) >"$work/readme/out.log" 2>&1 || { cat "$work/readme/out.log" >&2; fail "deploy/README.md's commands fail"; }
+grep -qx '@daarion_[0-9a-f]\{8\}:.*' "$work/readme/daarion-accounts.txt" ||
+    { cat "$work/readme/out.log" >&2; fail "deploy/README.md's commands listed no daarion_ account"; }
+STANDIN_PASSWORD="$standin_password" ADOPTED_STATE="$work/adopted.json" \
+    checks readme-ended "$work/test.env" || { cat "$work/readme/out.log" >&2; show_logs; exit 1; }
 
 # ---- 6. the gateway's switches ---------------------------------------------------
 # reopen KEY=VALUE...: renders the local layout with these settings into a
@@ -792,4 +1016,4 @@ checks webhooks-open "$work/open.env" || { show_logs; exit 1; }
 reopen GATEWAY_ADMIN_ALLOW=127.0.0.1,::1
 checks admin-open "$work/open.env" || { show_logs; exit 1; }
 
-say "deploy/ passes: render, Element's config, docker-compose config, PostgreSQL, Synapse, the service and nginx from the rendered files, sign-in through the gateway"
+say "deploy/ passes: render, Element's config, docker-compose config, PostgreSQL, Synapse, the service and nginx from the rendered files, sign-in through the gateway (single sign-on and passwords)"
