@@ -32,12 +32,26 @@
 //!                                                 of MEMBERS people each, drawn from FILE (`-`:
 //!                                                 DAARION people without a Matrix account yet),
 //!                                                 after the rooms of an EARLIER listing
+//!   password SYNAPSE URL LOGIN_PORT AUTH_SECRET MODULE_SECRET WEBHOOK_SECRET ADMIN_TOKEN
+//!            REGISTRATION_SECRET LOCAL_FILE PEOPLE CONCURRENCY SECONDS
+//!                                               — password sign-ins (m.login.password): serves
+//!                                                 DAARION Auth's login API on LOGIN_PORT (the fake
+//!                                                 of tests/integration/fakes.rs), signs PEOPLE up by
+//!                                                 webhook, then logins through Synapse's module next
+//!                                                 to Synapse's own password logins of PEOPLE local
+//!                                                 accounts (registered once, kept in LOCAL_FILE),
+//!                                                 then `POST /v1/sso/password` straight; one JSON
+//!                                                 line per measurement. SYNAPSE_PID and SERVICE_PID
+//!                                                 (optional) add CPU time per sign-in.
 //!
-//! Each prints one JSON line with its figures.
+//! Each prints one JSON line with its figures (`password`: one per measurement).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "../tests/integration/fakes.rs"]
+mod fakes;
 
 use matrix_provisioner::domain::signature;
 use matrix_provisioner::synapse::registration_mac;
@@ -83,6 +97,15 @@ fn main() {
                 &args[4],
                 args.get(5).map(String::as_str),
             ),
+            Some("password") => {
+                password(
+                    &args[1..10],
+                    num(&args[10]),
+                    num(&args[11]),
+                    secs(&args[12]),
+                )
+                .await
+            }
             _ => panic!("usage: see the header of benches/load.rs"),
         }
     });
@@ -244,19 +267,34 @@ async fn raw_register(synapse: &str, secret: &str, concurrency: usize, n: usize)
         let (http, synapse, secret) = (http.clone(), synapse.clone(), secret.clone());
         let username = format!("raw{tag}-{i}");
         async move {
-            let url = format!("{synapse}/_synapse/admin/v1/register");
-            let Ok(r) = http.get(&url).send().await else { return false };
-            let Ok(nonce) = r.json::<Value>().await else { return false };
-            let nonce = nonce["nonce"].as_str().unwrap_or_default().to_string();
             let password = format!("pw-{}", rand::random::<u64>());
-            let mac = registration_mac(&secret, &nonce, &username, &password, false);
-            let body = json!({"nonce": nonce, "username": username, "password": password, "mac": mac,
-                              "admin": false, "inhibit_login": true, "displayname": "Raw"});
-            matches!(http.post(&url).json(&body).send().await, Ok(r) if r.status().is_success())
+            register_local(&http, &synapse, &secret, &username, &password).await
         }
     })
     .await;
     summary("raw-register", lat, failed, elapsed, concurrency)
+}
+
+/// Shared-secret registration of a local account with a password.
+async fn register_local(
+    http: &reqwest::Client,
+    synapse: &str,
+    secret: &str,
+    username: &str,
+    password: &str,
+) -> bool {
+    let url = format!("{synapse}/_synapse/admin/v1/register");
+    let Ok(r) = http.get(&url).send().await else {
+        return false;
+    };
+    let Ok(nonce) = r.json::<Value>().await else {
+        return false;
+    };
+    let nonce = nonce["nonce"].as_str().unwrap_or_default().to_string();
+    let mac = registration_mac(secret, &nonce, username, password, false);
+    let body = json!({"nonce": nonce, "username": username, "password": password, "mac": mac,
+                      "admin": false, "inhibit_login": true, "displayname": "Raw"});
+    matches!(http.post(&url).json(&body).send().await, Ok(r) if r.status().is_success())
 }
 
 /// Sends N signups (at most 64 in flight) and waits until every one is
@@ -1264,4 +1302,478 @@ fn histogram_bound(metrics: &str, p: f64) -> Value {
         .iter()
         .find(|(_, c)| *c >= total * p && total > 0.0)
         .map_or(Value::Null, |(le, _)| json!(le))
+}
+
+// ---------------------------------------------------------------- password sign-in
+
+/// The service's route Synapse's password module asks.
+const PASSWORD_ROUTE: &str = "/v1/sso/password";
+
+/// One route's request-duration histogram of the service (from its
+/// `/metrics`): requests, seconds in all, cumulative buckets `(le, count)`.
+#[derive(Default, Clone)]
+struct RouteTimes {
+    count: f64,
+    sum: f64,
+    buckets: Vec<(f64, f64)>,
+}
+
+impl RouteTimes {
+    async fn read(http: &reqwest::Client, base: &str, route: &str) -> RouteTimes {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let name = "matrix_provisioner_http_request_duration_seconds";
+        let label = format!("route=\"{route}\"");
+        let mut times = RouteTimes::default();
+        for line in text.lines().filter(|l| l.contains(&label)) {
+            let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+                continue;
+            };
+            if line.starts_with(&format!("{name}_bucket")) {
+                let le = line
+                    .split("le=\"")
+                    .nth(1)
+                    .and_then(|v| v.split('"').next())
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(f64::INFINITY);
+                times.buckets.push((le, value));
+            } else if line.starts_with(&format!("{name}_sum")) {
+                times.sum = value;
+            } else if line.starts_with(&format!("{name}_count")) {
+                times.count = value;
+            }
+        }
+        times
+    }
+
+    /// What happened between `before` and `self`, added to `total`.
+    fn add_since(&self, before: &RouteTimes, total: &mut RouteTimes) {
+        total.count += self.count - before.count;
+        total.sum += self.sum - before.sum;
+        if total.buckets.is_empty() {
+            total.buckets = self.buckets.iter().map(|(le, _)| (*le, 0.0)).collect();
+        }
+        for (i, (_, n)) in self.buckets.iter().enumerate() {
+            let earlier = before.buckets.get(i).map_or(0.0, |b| b.1);
+            total.buckets[i].1 += n - earlier;
+        }
+    }
+
+    /// The bucket bound (ms) under which half of the requests fall.
+    fn p50_le_ms(&self) -> Value {
+        self.buckets
+            .iter()
+            .find(|(_, n)| self.count > 0.0 && *n >= self.count / 2.0)
+            .map_or(Value::Null, |(le, _)| json!(le * 1000.0))
+    }
+
+    fn mean_ms(&self) -> Value {
+        if self.count > 0.0 {
+            json!((self.sum / self.count * 1e6).round() / 1000.0)
+        } else {
+            Value::Null
+        }
+    }
+}
+
+/// CPU time (user + system, ms) a process has used so far.
+fn cpu_ms(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+    // utime and stime (fields 14 and 15), in clock ticks of 1/100 s (Linux's USER_HZ).
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks * 10.0)
+}
+
+/// The processes whose CPU time is counted: Synapse, the service and this
+/// load generator (with DAARION's login API in it).
+struct Cpu(Vec<(&'static str, String)>);
+
+impl Cpu {
+    fn from_env() -> Cpu {
+        let mut pids = vec![("load", "self".to_string())];
+        for (name, var) in [("synapse", "SYNAPSE_PID"), ("service", "SERVICE_PID")] {
+            if let Ok(pid) = std::env::var(var) {
+                pids.push((name, pid));
+            }
+        }
+        Cpu(pids)
+    }
+
+    fn now(&self) -> Vec<f64> {
+        self.0
+            .iter()
+            .map(|(_, pid)| cpu_ms(pid).unwrap_or(0.0))
+            .collect()
+    }
+
+    /// CPU ms per sign-in of each process, from the sums in `spent`.
+    fn per(&self, spent: &[f64], n: usize) -> Value {
+        let mut out = serde_json::Map::new();
+        for ((name, _), ms) in self.0.iter().zip(spent) {
+            out.insert(
+                name.to_string(),
+                json!((ms / n.max(1) as f64 * 100.0).round() / 100.0),
+            );
+        }
+        Value::Object(out)
+    }
+}
+
+/// `(localpart, password)` of the people a side signs in as.
+type Logins = Arc<Vec<(String, String)>>;
+
+/// What a side of the comparison adds up over its rounds.
+#[derive(Default)]
+struct Side {
+    lat: Vec<u64>,
+    failed: usize,
+    elapsed: Duration,
+    service: RouteTimes,
+    cpu: Vec<f64>,
+}
+
+/// Logins with `m.login.password` as Element X sends them, by localpart,
+/// round-robin over `people`, `concurrency` in flight, until `seconds` pass
+/// (or `limit` logins started); adds what it measured to `side`.
+#[allow(clippy::too_many_arguments)]
+async fn logins(
+    http: &reqwest::Client,
+    synapse: &str,
+    url: &str,
+    people: &Logins,
+    concurrency: usize,
+    seconds: Duration,
+    limit: usize,
+    cpu: &Cpu,
+    side: &mut Side,
+) {
+    let before = RouteTimes::read(http, url, PASSWORD_ROUTE).await;
+    let cpu_before = cpu.now();
+    let (h, sy, people) = (http.clone(), synapse.to_string(), Arc::clone(people));
+    let shown = Arc::new(AtomicUsize::new(0));
+    let (lat, failed, elapsed) = drive(concurrency, seconds, limit, move |i| {
+        let (h, sy, shown) = (h.clone(), sy.clone(), Arc::clone(&shown));
+        let (user, password) = people[i % people.len()].clone();
+        async move {
+            let r = h
+                .post(format!("{sy}/_matrix/client/v3/login"))
+                .json(&json!({"type": "m.login.password",
+                              "identifier": {"type": "m.id.user", "user": user},
+                              "password": password}))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().is_success() => true,
+                other => {
+                    if shown.fetch_add(1, Ordering::Relaxed) < 3 {
+                        match other {
+                            Ok(r) => eprintln!(
+                                "login of {user}: {} {}",
+                                r.status(),
+                                r.text().await.unwrap_or_default()
+                            ),
+                            Err(e) => eprintln!("login of {user}: {e}"),
+                        }
+                    }
+                    false
+                }
+            }
+        }
+    })
+    .await;
+    let after = RouteTimes::read(http, url, PASSWORD_ROUTE).await;
+    after.add_since(&before, &mut side.service);
+    let spent: Vec<f64> = cpu
+        .now()
+        .iter()
+        .zip(&cpu_before)
+        .map(|(a, b)| a - b)
+        .collect();
+    if side.cpu.is_empty() {
+        side.cpu = vec![0.0; spent.len()];
+    }
+    for (total, s) in side.cpu.iter_mut().zip(spent) {
+        *total += s;
+    }
+    side.lat.extend(lat);
+    side.failed += failed;
+    side.elapsed += elapsed;
+}
+
+/// PEOPLE DAARION people known to the login API, signed up by webhook
+/// with an address and a name and no username (as DAARION Auth sends
+/// them), provisioned: their localparts and passwords.
+async fn daarion_people(
+    http: &reqwest::Client,
+    url: &str,
+    webhook_secret: &str,
+    admin_token: &str,
+    login: &fakes::FakeLoginApi,
+    n: usize,
+) -> Vec<(String, String)> {
+    let t = tag();
+    let accounts: Vec<fakes::FakeAccount> = (0..n)
+        .map(|i| fakes::FakeAccount::new(&format!("Bench {t} {i}")))
+        .collect();
+    for a in &accounts {
+        login.add(a);
+    }
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+        accounts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                serde_json::to_vec(&json!({
+                    "id": format!("evt_{t}_{i}"),
+                    "type": "user.registered",
+                    "created_at": chrono::Utc::now().to_rfc3339(),
+                    "data": {"user_id": a.user_id, "display_name": a.display_name,
+                             "email": a.email}
+                }))
+                .unwrap()
+            })
+            .collect(),
+    );
+    let (h, u, s) = (http.clone(), url.to_string(), webhook_secret.to_string());
+    let (lat, failed, _) = drive(16, Duration::from_secs(600), n, move |i| {
+        let (h, u, s, bodies) = (h.clone(), u.clone(), s.clone(), Arc::clone(&bodies));
+        async move { post_signed(&h, &u, &s, bodies[i].clone()).await }
+    })
+    .await;
+    assert_eq!((lat.len(), failed), (n, 0), "every signup is accepted");
+    let mut people = Vec::with_capacity(n);
+    for a in &accounts {
+        let limit = Instant::now() + Duration::from_secs(3600);
+        let record = loop {
+            let record =
+                admin_get(http, &format!("{url}/v1/users/{}", a.user_id), admin_token).await;
+            assert_ne!(record["state"], "failed", "{record}");
+            if record["state"] == "provisioned" {
+                break record;
+            }
+            assert!(
+                Instant::now() < limit,
+                "not provisioned after an hour: {record}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mxid = record["matrix_user_id"].as_str().expect("a Matrix id");
+        let localpart = mxid[1..].split(':').next().unwrap().to_string();
+        people.push((localpart, a.password.clone()));
+    }
+    people
+}
+
+/// N local accounts with passwords of Synapse's own (shared-secret
+/// registration, 8 at once), kept in FILE for the next run on the same
+/// Synapse.
+async fn local_people(
+    http: &reqwest::Client,
+    synapse: &str,
+    secret: &str,
+    n: usize,
+    file: &str,
+) -> Vec<(String, String)> {
+    if let Ok(text) = std::fs::read_to_string(file) {
+        let known: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(u, p)| (u.to_string(), p.to_string()))
+            .collect();
+        if known.len() >= n {
+            return known.into_iter().take(n).collect();
+        }
+    }
+    let t = tag();
+    let people: Arc<Vec<(String, String)>> = Arc::new(
+        (0..n)
+            .map(|i| {
+                (
+                    format!("local{t}-{i}"),
+                    format!("pw-{}", rand::random::<u64>()),
+                )
+            })
+            .collect(),
+    );
+    let (h, sy, s, p) = (
+        http.clone(),
+        synapse.to_string(),
+        secret.to_string(),
+        Arc::clone(&people),
+    );
+    let (lat, failed, _) = drive(8, Duration::from_secs(3600), n, move |i| {
+        let (h, sy, s, p) = (h.clone(), sy.clone(), s.clone(), Arc::clone(&p));
+        async move { register_local(&h, &sy, &s, &p[i].0, &p[i].1).await }
+    })
+    .await;
+    assert_eq!(
+        (lat.len(), failed),
+        (n, 0),
+        "every local account is registered"
+    );
+    let lines: String = people.iter().map(|(u, p)| format!("{u} {p}\n")).collect();
+    std::fs::write(file, lines).unwrap();
+    people.as_ref().clone()
+}
+
+/// Password sign-ins (CONTRACT.md section 11), all in one run at one
+/// concurrency: through Synapse's module (the service asks DAARION's login
+/// API, here a fake in this process that answers at once) next to
+/// Synapse's own password logins (bcrypt) in two rounds of SECONDS/2 a
+/// side, the side that goes first alternating; then the service's part
+/// alone (`POST /v1/sso/password` as the module sends it), at the same
+/// concurrency and one at a time.
+async fn password(args: &[String], n: usize, concurrency: usize, seconds: Duration) -> Value {
+    let (synapse, url, login_port, auth_secret, module_secret) =
+        (&args[0], &args[1], &args[2], &args[3], &args[4]);
+    let (webhook_secret, admin_token, registration_secret, local_file) =
+        (&args[5], &args[6], &args[7], &args[8]);
+    let login = fakes::FakeLoginApi::start_on(auth_secret, login_port.parse().expect("a port"));
+    let http = client(concurrency.max(16));
+    let cpu = Cpu::from_env();
+    let daarion: Logins =
+        Arc::new(daarion_people(&http, url, webhook_secret, admin_token, &login, n).await);
+    let local: Logins =
+        Arc::new(local_people(&http, synapse, registration_secret, n, local_file).await);
+    let mut lines = Vec::new();
+    let mut described = |mut v: Value, fields: Value| {
+        let object = v.as_object_mut().unwrap();
+        for (k, f) in fields.as_object().unwrap() {
+            object.insert(k.clone(), f.clone());
+        }
+        lines.push(v.to_string());
+    };
+
+    // Each person's first password sign-in (the account exists: the
+    // webhook made it; the service has not seen them sign in yet).
+    let mut first = Side::default();
+    logins(
+        &http,
+        synapse,
+        url,
+        &daarion,
+        concurrency,
+        Duration::from_secs(600),
+        n,
+        &cpu,
+        &mut first,
+    )
+    .await;
+    let ok = first.lat.len();
+    described(
+        summary(
+            "password-login",
+            first.lat,
+            first.failed,
+            first.elapsed,
+            concurrency,
+        ),
+        json!({"via": "module", "round": "each person's first sign-in", "people": n,
+               "service_mean_ms": first.service.mean_ms(),
+               "service_p50_le_ms": first.service.p50_le_ms(),
+               "cpu_ms_per_login": cpu.per(&first.cpu, ok)}),
+    );
+
+    let half = seconds / 2;
+    let (mut module, mut own) = (Side::default(), Side::default());
+    for round in 0..2 {
+        let sides: [(&Logins, bool); 2] = if round == 0 {
+            [(&daarion, true), (&local, false)]
+        } else {
+            [(&local, false), (&daarion, true)]
+        };
+        for (people, through_module) in sides {
+            let side = if through_module {
+                &mut module
+            } else {
+                &mut own
+            };
+            logins(
+                &http,
+                synapse,
+                url,
+                people,
+                concurrency,
+                half,
+                usize::MAX,
+                &cpu,
+                side,
+            )
+            .await;
+        }
+    }
+    let rate = |s: &Side| s.lat.len() as f64 / s.elapsed.as_secs_f64();
+    let ratio = (rate(&module) / rate(&own) * 100.0).round() / 100.0;
+    let login_ms: f64 = module.lat.iter().sum::<u64>() as f64 / 1000.0;
+    let (own_ok, module_ok) = (own.lat.len(), module.lat.len());
+    described(
+        summary(
+            "password-login",
+            own.lat,
+            own.failed,
+            own.elapsed,
+            concurrency,
+        ),
+        json!({"via": "synapse's own password (bcrypt)", "rounds": 2, "people": n,
+               "module_lookups": own.service.count, "module_lookup_mean_ms": own.service.mean_ms(),
+               "cpu_ms_per_login": cpu.per(&own.cpu, own_ok)}),
+    );
+    described(
+        summary(
+            "password-login",
+            module.lat,
+            module.failed,
+            module.elapsed,
+            concurrency,
+        ),
+        json!({"via": "module", "rounds": 2, "people": n, "ratio_to_synapse": ratio,
+               "service_mean_ms": module.service.mean_ms(),
+               "service_p50_le_ms": module.service.p50_le_ms(),
+               "service_share": ((module.service.sum * 1000.0 / login_ms) * 1000.0).round() / 1000.0,
+               "cpu_ms_per_login": cpu.per(&module.cpu, module_ok)}),
+    );
+
+    // The service's part alone, as the module asks it.
+    for c in [concurrency, 1] {
+        let cpu_before = cpu.now();
+        let (h, u, secret, people) = (
+            http.clone(),
+            url.to_string(),
+            module_secret.to_string(),
+            Arc::clone(&daarion),
+        );
+        let (lat, failed, elapsed) = drive(c, seconds, usize::MAX, move |i| {
+            let (h, u, secret) = (h.clone(), u.clone(), secret.clone());
+            let (user, password) = people[i % people.len()].clone();
+            async move {
+                let r = h
+                    .post(format!("{u}{PASSWORD_ROUTE}"))
+                    .bearer_auth(secret)
+                    .json(&json!({"user": user, "password": password, "client_ip": "127.0.0.1"}))
+                    .send()
+                    .await;
+                matches!(r, Ok(r) if r.status().is_success())
+            }
+        })
+        .await;
+        let spent: Vec<f64> = cpu
+            .now()
+            .iter()
+            .zip(&cpu_before)
+            .map(|(a, b)| a - b)
+            .collect();
+        let ok = lat.len();
+        described(
+            summary("sso-password", lat, failed, elapsed, c),
+            json!({"people": n, "cpu_ms_per_request": cpu.per(&spent, ok)}),
+        );
+    }
+    Value::String(lines.join("\n"))
 }

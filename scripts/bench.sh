@@ -23,9 +23,18 @@
 # AGENT_ROOMS rooms; then PEOPLE_MESSAGES messages of a person, with the
 # delay until DAARION.city's receiver has each (p50, p99).
 #
-# Usage:   scripts/bench.sh            (about 4 minutes without rooms and agents)
-# Env:     PARTS ("intake sso signin e2e rooms agents": which to run), SECONDS_PER_RUN (10), INTAKE_CONCURRENCY (64), WORKERS (8), PEOPLE (200),
-#          BCRYPT_ROUNDS (12), JOINS (1000), JOIN_CONCURRENCY (16), ROOMS (1000), MEMBERS (100),
+# Password sign-in (part "password", its own Synapse with the password module
+# of synapse-module/ asking the service, bcrypt_rounds as above): PEOPLE
+# DAARION people signed up by webhook (an address and a name, no username),
+# DAARION Auth's login API played by the load generator (answering at once);
+# m.login.password logins through the module next to Synapse's own password
+# logins of PEOPLE local accounts, PASSWORD_CONCURRENCY in flight, two rounds
+# of SECONDS_PER_RUN/2 a side; then POST /v1/sso/password alone, at that
+# concurrency and one at a time.
+#
+# Usage:   scripts/bench.sh            (about 7 minutes without rooms and agents)
+# Env:     PARTS ("intake sso signin password e2e rooms agents": which to run), SECONDS_PER_RUN (10), INTAKE_CONCURRENCY (64), WORKERS (8), PEOPLE (200),
+#          BCRYPT_ROUNDS (12), PASSWORD_CONCURRENCY (16), JOINS (1000), JOIN_CONCURRENCY (16), ROOMS (1000), MEMBERS (100),
 #          JOINED_ROOMS (100), JOINED_MEMBERS (100), AGENT_MESSAGES (1000), AGENT_ROOMS (20),
 #          PEOPLE_MESSAGES (200), MP_CACHE
 set -euo pipefail
@@ -38,7 +47,8 @@ intake_c="${INTAKE_CONCURRENCY:-64}"
 workers="${WORKERS:-8}"
 people="${PEOPLE:-200}"
 rounds="${BCRYPT_ROUNDS:-12}"
-parts=" ${PARTS:-intake sso signin e2e rooms agents} "
+parts=" ${PARTS:-intake sso signin password e2e rooms agents} "
+password_c="${PASSWORD_CONCURRENCY:-16}"
 joins="${JOINS:-1000}"
 join_c="${JOIN_CONCURRENCY:-16}"
 rooms="${ROOMS:-1000}"
@@ -62,6 +72,7 @@ city_pid=""
 cleanup() {
     [[ -n "$city_pid" ]] && kill "$city_pid" 2>/dev/null
     scripts/synapse-ctl.sh stop "$work/synapse-rooms" >/dev/null 2>&1 || true
+    scripts/synapse-ctl.sh stop "$work/synapse-password" >/dev/null 2>&1 || true
     [[ -n "$silent_pid" ]] && kill "$silent_pid" 2>/dev/null
     [[ -n "$jwks_pid" ]] && kill "$jwks_pid" 2>/dev/null
     [[ -n "$service_pid" ]] && kill "$service_pid" 2>/dev/null && wait "$service_pid" 2>/dev/null
@@ -163,6 +174,35 @@ for backend in sqlite postgres; do
     echo "{\"backend\":\"$backend\",\"result\":$("$load" element "$synapse" "$url" daarion "$hs" 20)}"
     stop_service
 done
+fi
+if [[ $parts == *" password "* ]]; then
+# Element X's m.login.password: Synapse's module asks the service (on a port
+# fixed before Synapse starts), which asks DAARION Auth's login API (served
+# by the load generator on login_port, tokens signed with the service's
+# AUTH_JWT_SECRET). Synapse's own side: local accounts with passwords,
+# registered once, reused by the second back end.
+password_port="$(fixed_port)"
+login_port="$(fixed_port)"
+while [[ $login_port == "$password_port" ]]; do login_port="$(fixed_port)"; done
+password_synapse_port="$(SERVER_NAME=bench.daarion.space REGISTRATION_SECRET="$secret" \
+    BCRYPT_ROUNDS="$rounds" RELAX_RATELIMITS=1 \
+    PASSWORD_MODULE_URL="http://127.0.0.1:$password_port" PASSWORD_MODULE_SECRET=bench-module \
+    start_synapse "$work/synapse-password")"
+password_synapse="http://127.0.0.1:$password_synapse_port"
+echo "# password: $people people a side, $password_c in flight, ${run_secs}s a side, bcrypt_rounds $rounds"
+for backend in sqlite postgres; do
+    if [[ $backend == sqlite ]]; then db="sqlite://$work/password.db"; else db="$(new_pg_db password)"; fi
+    PORT="$password_port" AUTH_PASSWORD_LOGIN_URL="http://127.0.0.1:$login_port/api/auth/login" \
+        AUTH_JWT_ISSUER=daarion-auth PASSWORD_MODULE_SECRET=bench-module \
+        start_service "$db" "$password_synapse"
+    SYNAPSE_PID="$(cat "$work/synapse-password/synapse.pid")" SERVICE_PID="$service_pid" \
+        "$load" password "$password_synapse" "$url" "$login_port" bench-auth bench-module \
+        bench-webhook bench-admin "$secret" "$work/password-local-people" \
+        "$people" "$password_c" "$run_secs" |
+        while IFS= read -r line; do echo "{\"backend\":\"$backend\",\"result\":$line}"; done
+    stop_service
+done
+scripts/synapse-ctl.sh stop "$work/synapse-password" >/dev/null
 fi
 # Provisioning: a fresh service with an empty queue, then Synapse's raw rate.
 [[ $parts == *" e2e "* ]] && for backend in sqlite postgres; do

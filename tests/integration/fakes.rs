@@ -19,7 +19,17 @@ pub fn serve_locally<F>(configure: F) -> (u16, actix_web::dev::ServerHandle)
 where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    serve_on(0, configure)
+}
+
+/// [`serve_locally`] on a given port of 127.0.0.1 (0: any free one), for
+/// a fake whose address must be known before it starts (the benchmark
+/// hands it to the service first).
+pub fn serve_on<F>(port: u16, configure: F) -> (u16, actix_web::dev::ServerHandle)
+where
+    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+{
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = HttpServer::new(move || App::new().configure(configure.clone()))
         .workers(1)
@@ -299,6 +309,11 @@ struct LoginState {
 impl FakeLoginApi {
     /// Tokens are signed with `secret` (DAARION's `AUTH_JWT_SECRET`).
     pub fn start(secret: &str) -> FakeLoginApi {
+        FakeLoginApi::start_on(secret, 0)
+    }
+
+    /// [`FakeLoginApi::start`] on a given port of 127.0.0.1.
+    pub fn start_on(secret: &str, port: u16) -> FakeLoginApi {
         let accounts = Arc::new(Mutex::new(HashMap::new()));
         let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let logins = Arc::new(AtomicUsize::new(0));
@@ -310,7 +325,7 @@ impl FakeLoginApi {
             logins: Arc::clone(&logins),
             sessions: Arc::clone(&sessions),
         });
-        let (port, _) = serve_locally(move |cfg| {
+        let (port, _) = serve_on(port, move |cfg| {
             cfg.app_data(state.clone())
                 .route("/api/auth/login", web::post().to(login));
         });
