@@ -86,21 +86,29 @@ impl Accounts {
         }
         let now = self.worker.clock().now_ms();
         let window = FAILURE_WINDOW.as_millis() as i64;
-        let held = self
+        let names: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
+        let counted = self
             .store
-            .sign_ins_held(&keys, window, now)
+            .sign_in_failures(&names, window, now)
             .await
             .map_err(unavailable)?;
-        if let Some(until) = held {
+        let held_until = counted
+            .iter()
+            .filter(|(key, failures, _)| {
+                keys.iter().any(|(k, limit)| k == key && failures >= limit)
+            })
+            .map(|(_, _, start)| start + window)
+            .max();
+        if let Some(until) = held_until {
             tracing::info!(user = %user, client = ?client, "password sign-in held back after failed attempts");
             return Err(PasswordError::Limited {
                 retry_after: Duration::from_millis((until - now).max(1000) as u64),
             });
         }
+        let account_failed_before = counted.iter().any(|(key, _, _)| *key == account_key);
         let wrong = || async {
-            let keys: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
             self.store
-                .sign_in_failed(&keys, window, now)
+                .sign_in_failed(&names, window, now)
                 .await
                 .map_err(unavailable)?;
             Err(PasswordError::WrongPassword)
@@ -151,10 +159,14 @@ impl Accounts {
         if claims.sid.is_none() {
             claims.sid = sso.refresh_session(refresh_token.expose(), &claims.sub);
         }
-        self.store
-            .sign_in_succeeded(&account_key)
-            .await
-            .map_err(unavailable)?;
+        // A right password clears the account's count; most sign-ins have
+        // none to clear, and write nothing.
+        if account_failed_before {
+            self.store
+                .sign_in_succeeded(&account_key)
+                .await
+                .map_err(unavailable)?;
+        }
         let account = self.active(&claims).await.map_err(|e| match e {
             AccountError::Deactivated => PasswordError::Deactivated,
             AccountError::BadSubject => PasswordError::Unavailable {

@@ -6,33 +6,39 @@ use sqlx::Row;
 use super::{Result, Store};
 
 impl Store {
-    /// Until when (ms) the first of `keys` that reached its limit is held
-    /// back; None when none is. `keys`: (key, most failures in a window).
-    pub async fn sign_ins_held(
+    /// The failures counted in the current window of each of `keys` that
+    /// has any: (key, failures, window start). One read, whatever the keys.
+    pub async fn sign_in_failures(
         &self,
-        keys: &[(&str, i64)],
+        keys: &[&str],
         window_ms: i64,
         now: i64,
-    ) -> Result<Option<i64>> {
-        let mut until = None;
-        for (key, limit) in keys {
-            let row = sqlx::query(
-                "SELECT failures, window_start FROM sign_in_failures \
-                 WHERE key = $1 AND window_start > $2",
-            )
-            .bind(*key)
-            .bind(now - window_ms)
-            .fetch_optional(&self.pool)
-            .await?;
-            if let Some(row) = row {
-                let failures: i64 = row.try_get("failures")?;
-                let start: i64 = row.try_get("window_start")?;
-                if failures >= *limit {
-                    until = until.max(Some(start + window_ms));
-                }
-            }
+    ) -> Result<Vec<(String, i64, i64)>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(until)
+        let sql = format!(
+            "SELECT key, failures, window_start FROM sign_in_failures \
+             WHERE window_start > {} AND key IN ({})",
+            self.backend.placeholder(1),
+            self.backend.values(1, keys.len())
+        );
+        let mut query = sqlx::query(&sql).bind(now - window_ms);
+        for key in keys {
+            query = query.bind(*key);
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("key")?,
+                    row.try_get("failures")?,
+                    row.try_get("window_start")?,
+                ))
+            })
+            .collect()
     }
 
     /// Counts a failure against each of `keys` (a new window when the last

@@ -64,7 +64,7 @@ impl Backend {
     }
 
     /// `n` values after the first `before`.
-    fn values(self, before: usize, n: usize) -> String {
+    pub(crate) fn values(self, before: usize, n: usize) -> String {
         (before + 1..=before + n)
             .map(|i| self.placeholder(i))
             .collect::<Vec<_>>()

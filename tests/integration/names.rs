@@ -1,6 +1,7 @@
 //! How a person's localpart is settled: from the best name known when the
 //! account is about to be created, whatever order the events came in; from
-//! the user id only after a grace period without a username.
+//! other sources (`LOCALPART_SOURCES`) only after a grace period without a
+//! username or a registration.
 
 use std::time::Duration;
 
@@ -113,8 +114,9 @@ async fn a_burst_of_a_registration_and_nine_updates_gives_one_account(backend: B
 }
 on_both_backends!(a_burst_of_a_registration_and_nine_updates_gives_one_account);
 
-/// Someone known only from an update gets the user id's name, but only once
-/// the grace period has passed with no username. Ten minutes of grace pass
+/// Someone known only from an update gets a name from elsewhere (their
+/// display name, `LOCALPART_SOURCES`' default), but only once the grace
+/// period has passed with no username and no registration. Ten minutes of grace pass
 /// by moving the service's clock, not by waiting.
 async fn an_update_only_person_is_named_after_the_grace_period(backend: Backend) {
     let grace = Duration::from_secs(600);
@@ -126,12 +128,14 @@ async fn an_update_only_person_is_named_after_the_grace_period(backend: Backend)
     .await;
     let admin = SynapseAdmin::shared().await;
     let user_id = unique("u_");
+    let tag = unique("");
+    let name = format!("Only Updated {tag}");
     let (status, body) = app
         .client
         .send_event(&event(
             "user.updated",
             &user_id,
-            json!({"display_name": "Only Updated"}),
+            json!({"display_name": name}),
         ))
         .await;
     assert_eq!(status, 202, "{body}");
@@ -151,18 +155,18 @@ async fn an_update_only_person_is_named_after_the_grace_period(backend: Backend)
     assert_eq!(record["state"], "pending");
     assert_eq!(admin.lookup(&user_id).await, None, "no account yet");
 
-    // The grace period ends: the account is named after the user id.
+    // The grace period ends: the account is named after the display name.
     app.clock.advance(grace);
     let record = app
         .client
         .wait_for_state(&user_id, "provisioned", DEADLINE)
         .await;
-    let expected = admin.user_id(&user_id.to_lowercase());
+    let expected = admin.user_id(&format!("only.updated.{tag}"));
     assert_eq!(record["matrix_user_id"], expected);
     assert_eq!(record["attempts"], 0, "waiting is not a failure");
     assert_eq!(record["last_error"], Value::Null);
     let user = admin.user(&expected).await.unwrap();
-    assert_eq!(user["displayname"], "Only Updated");
+    assert_eq!(user["displayname"], name.as_str());
     app.shutdown().await;
 }
 on_both_backends!(an_update_only_person_is_named_after_the_grace_period);
