@@ -15,7 +15,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::pages::{confirm_page, page_headers, sign_in_form, FormNote, Lang, Page};
+use super::pages::{confirm_page, onward_page, page_headers, sign_in_form, FormNote, Lang, Page};
 use super::webhooks::read_limited;
 use super::AppState;
 use crate::oidc::{Next, OAuthError, Provider, SignInError};
@@ -283,7 +283,15 @@ pub async fn sso_continue(
         .finish(&state.accounts, sign_in, binding.as_deref(), proof, consent)
         .await;
     crate::metrics::sign_in("confirm", outcome_name(&outcome));
-    let mut response = answer(&req, provider, outcome);
+    let mut response = match outcome {
+        // Not a redirect: the confirmation page allows its form to go only
+        // to us and Synapse (`form-action`), and a browser checks every
+        // redirect after a form's submission against that, so Synapse's own
+        // redirect on to the client (Element on its own origin) would be
+        // blocked. A page that moves on by itself is a new navigation.
+        Ok(next) => onward_page(Lang::of(&req), &next.location),
+        other => answer(&req, provider, other),
+    };
     // The sign-in is over either way: the browser forgets its cookie.
     forget_cookie(provider, name, &mut response);
     response

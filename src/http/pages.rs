@@ -184,6 +184,28 @@ impl Page {
     }
 }
 
+/// "Continuing…" with a page that goes on to `location` by itself (a
+/// `Refresh` of 0 seconds, and a link for browsers that do not). `Location`
+/// is sent too, for programs; browsers ignore it on a `200`.
+pub fn onward_page(lang: Lang, location: &str) -> HttpResponse {
+    let (title, body) = Page::Continue.text(lang);
+    let refresh = format!("0; url={location}");
+    let head = format!(
+        "<meta http-equiv=\"refresh\" content=\"{}\">",
+        escape(&refresh)
+    );
+    let content = format!(
+        "<p>{body}</p><p><a href=\"{}\">{}</a></p>",
+        escape(location),
+        Page::link_text(lang)
+    );
+    let html = document_with_head(lang, title, &head, &content);
+    page_headers(HttpResponse::Ok())
+        .insert_header((header::REFRESH, refresh))
+        .insert_header((header::LOCATION, location.to_string()))
+        .body(html)
+}
+
 /// The headers every page carries.
 pub fn page_headers(builder: HttpResponseBuilder) -> HttpResponseBuilder {
     headers_with_form_action(builder, "'none'")
@@ -363,13 +385,18 @@ pub fn sign_in_form(
 
 /// A whole page around `content` (already HTML).
 fn document(lang: Lang, title: &str, content: &str) -> String {
+    document_with_head(lang, title, "", content)
+}
+
+/// [`document`] with `head` (already HTML) added to its head.
+fn document_with_head(lang: Lang, title: &str, head: &str, content: &str) -> String {
     let code = match lang {
         Lang::Uk => "uk",
         Lang::En => "en",
     };
     format!(
         "<!doctype html>\n<html lang=\"{code}\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">{head}\
          <title>{title} · DAARION</title><style>body{{font-family:system-ui,sans-serif;\
          max-width:32rem;margin:4rem auto;padding:0 1rem;color:#1b1b1f}}h1{{font-size:1.4rem}}\
          a,button{{display:inline-block;padding:.5rem 1rem;background:#1b1b1f;color:#fff;\

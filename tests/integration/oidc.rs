@@ -178,6 +178,7 @@ fn parse_form(html: &str) -> (String, Vec<(String, String)>) {
 struct Hop {
     status: u16,
     location: Option<String>,
+    refresh: Option<String>,
     body: String,
 }
 
@@ -253,6 +254,10 @@ impl Browser {
                 .headers()
                 .get("location")
                 .map(|l| l.to_str().unwrap().to_string()),
+            refresh: response
+                .headers()
+                .get("refresh")
+                .map(|l| l.to_str().unwrap().to_string()),
             body: response.text().await.unwrap_or_default(),
         }
     }
@@ -264,6 +269,20 @@ fn query_of(url: &str) -> HashMap<String, String> {
         .query_pairs()
         .into_owned()
         .collect()
+}
+
+/// Where the page after "Continue" moves on to by itself: a `200` that
+/// refreshes at once (a redirect there would be held against the
+/// confirmation form's `form-action` all the way to the client).
+fn onward(hop: &Hop) -> String {
+    assert_eq!(hop.status, 200, "confirm: {}", hop.body);
+    let location = hop.location.clone().expect("Location for programs");
+    assert_eq!(
+        hop.refresh.as_deref(),
+        Some(format!("0; url={location}").as_str())
+    );
+    assert!(hop.body.contains("http-equiv=\"refresh\""), "{}", hop.body);
+    location
 }
 
 fn redirected(hop: &Hop, what: &str) -> String {
@@ -429,10 +448,7 @@ async fn finish_sign_in(browser: &Browser, continue_at: &str) -> Value {
         "the confirmation: {}",
         confirmation.body
     );
-    let callback = redirected(
-        &confirm(browser, &confirmation, "continue").await,
-        "confirm",
-    );
+    let callback = onward(&confirm(browser, &confirmation, "continue").await);
     assert!(
         callback.starts_with(&format!("{synapse}/_synapse/client/oidc/callback?")),
         "{callback}"
@@ -595,7 +611,7 @@ async fn code_for(
     }
     let hop = confirm(browser, &confirmation, "continue").await;
     match hop.location.clone() {
-        Some(l) if hop.status == 303 && l.starts_with(CLIENT_CB) => {
+        Some(l) if hop.status == 200 && l.starts_with(CLIENT_CB) => {
             let q = query_of(&l);
             Ok((q["code"].clone(), q))
         }
