@@ -11,9 +11,11 @@
 # elsewhere, the attacker's browser (with the victim's link too) gets no
 # code, and the victim's account never gets a Matrix session.
 # Then DAARION as it runs (no hosted page, only its login API): the service
-# restarted without AUTH_LOGIN_URL; Chromium goes from Synapse's login page to
-# the service's own sign-in form, types a wrong password (the form says so),
-# then the right one, confirms, and comes back signed in as the stand-in's
+# restarted without AUTH_LOGIN_URL; Chromium, in Ukrainian, starts on the
+# stand-in's start page (run-local.sh's), presses "Continue with DAARION",
+# goes through Synapse's single sign-on to the service's own sign-in form,
+# types a wrong password (the form says so), then the right one, confirms, and
+# lands on the stand-in's page naming whom it signed in: the stand-in's
 # olena@example.com (u_7f3c2a, "Олена Петренко", no username: @olena.petrenko).
 # Leaves screenshots of each page in OUT_DIR for a person to look at.
 #
@@ -74,10 +76,11 @@ service_port="$(free_port)"
 standin_port="$(free_port)"
 synapse_port="$(SERVER_NAME=signin.test REGISTRATION_SECRET="$registration" BCRYPT_ROUNDS=4 \
     RELAX_RATELIMITS=1 OIDC_PROVIDERS="daarion=http://127.0.0.1:$service_port" \
-    OIDC_CLIENT_SECRET="$client_secret" start_synapse "$work/synapse")"
+    OIDC_CLIENT_SECRET="$client_secret" SSO_CLIENT_WHITELIST="http://127.0.0.1:$standin_port/" \
+    start_synapse "$work/synapse")"
 
 STANDIN_PORT="$standin_port" AUTH_JWT_SECRET_FILE="$work/auth_jwt" \
-    python3 scripts/standin-daarion.py &
+    STANDIN_SYNAPSE_URL="http://127.0.0.1:$synapse_port" python3 scripts/standin-daarion.py &
 pids+=($!)
 service_env=(
     "PATH=$PATH" "BIND=127.0.0.1:$service_port" "DATABASE_URL=sqlite://$work/provisioner.db"
@@ -238,7 +241,8 @@ kill -TERM "$service_pid"
 wait "$service_pid" 2>/dev/null || true
 start_service "AUTH_PASSWORD_LOGIN_URL=http://127.0.0.1:$standin_port/api/auth/login"
 SYNAPSE="http://127.0.0.1:$synapse_port" REGISTRATION="$registration" \
-    SERVICE="http://127.0.0.1:$service_port" OUT="$out" "$venv/bin/python" - <<'PY'
+    SERVICE="http://127.0.0.1:$service_port" STANDIN="http://127.0.0.1:$standin_port" \
+    OUT="$out" "$venv/bin/python" - <<'PY'
 import hashlib, hmac, json, os, sys, time, urllib.request
 
 from selenium import webdriver
@@ -263,8 +267,12 @@ def body():
     return browser.find_element(By.TAG_NAME, "body").text
 
 try:
-    browser.get(f"{synapse}/_matrix/static/client/login/")
-    wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, "#sso_form input[type=submit]"))).click()
+    # The newcomer's start page (the stand-in's, as run-local.sh serves it).
+    browser.get(os.environ["STANDIN"] + "/")
+    wait.until(ready.element_to_be_clickable((By.ID, "continue")))
+    assert "Продовжити з DAARION" in body(), body()
+    browser.save_screenshot(os.path.join(out, "own-0-start.png"))
+    browser.find_element(By.ID, "continue").click()
     # The service's own sign-in page, in Ukrainian.
     wait.until(ready.presence_of_element_located((By.ID, "password")))
     assert browser.current_url.startswith(service + "/v1/sso/sign-in?"), browser.current_url
@@ -285,8 +293,19 @@ try:
     assert "@olena.petrenko:signin.test" in body() and "Олена Петренко" in body(), body()
     browser.save_screenshot(os.path.join(out, "own-3-confirm.png"))
     browser.find_element(By.ID, "continue").click()
-    wait.until(lambda b: "loginToken=" in b.current_url)
-    browser.save_screenshot(os.path.join(out, "own-4-back-on-synapse.png"))
+    # Back on the start page's side, which completes the Matrix login and
+    # says whom it signed in.
+    wait.until(ready.presence_of_element_located((By.ID, "user_id")))
+    assert browser.current_url.startswith(os.environ["STANDIN"] + "/welcome?loginToken="), browser.current_url
+    assert "Ви увійшли в Matrix" in body(), body()
+    assert browser.find_element(By.ID, "user_id").text == "@olena.petrenko:signin.test"
+    assert browser.find_element(By.ID, "display_name").text == "Олена Петренко"
+    browser.save_screenshot(os.path.join(out, "own-4-signed-in.png"))
+except Exception:
+    browser.save_screenshot(os.path.join(out, "own-failure.png"))
+    print(f"check-sign-in: the own page's sign-in stopped at {browser.current_url}: {body()[:500]}",
+          file=sys.stderr)
+    raise
 finally:
     browser.quit()
 

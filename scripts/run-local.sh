@@ -12,10 +12,14 @@
 # password "daarion-standin"; olena@example.com is README's u_7f3c2a):
 # - with a password from any Matrix client (Element X's way): Synapse loads
 #   the password module from synapse-module/, which asks the service;
-# - in a browser: "Continue with DAARION" (the service is Synapse's OpenID
-#   provider) leads to the service's own email-and-password page. Open
-#   http://127.0.0.1:8008/_matrix/static/client/login/ and press "Log in"
-#   under single sign-on.
+# - in a browser: open http://127.0.0.1:7020/ (the stand-in's start page) and
+#   press "Continue with DAARION": Synapse's single sign-on (the service is its
+#   OpenID provider) leads to the service's own email-and-password page, and
+#   the browser comes back to a page that shows whom it signed in.
+#
+# For checking Synapse by hand, a local Synapse admin account of the
+# newcomer's own (not the service's) is made once; its access token is in
+# .local/secrets/synapse_admin_token.
 #
 # City Rooms are on too: the service is Synapse's application service (its
 # registration, printed by the service, in .local/appservice.yaml), so
@@ -65,12 +69,41 @@ REGISTRATION_SECRET="$(cat "$secrets/registration")" \
 JWT_SECRET="$(cat "$secrets/jwt")" \
 OIDC_PROVIDERS="daarion=$public_url" \
 OIDC_CLIENT_SECRET="$(cat "$secrets/oidc_client")" \
+SSO_CLIENT_WHITELIST="http://127.0.0.1:$standin_port/" \
 APPSERVICE_FILES="$local_dir/appservice.yaml" \
 PASSWORD_MODULE_URL="$public_url" \
 PASSWORD_MODULE_SECRET="$(cat "$secrets/password_module")" \
     scripts/synapse-config.sh "$local_dir/synapse" "$port" >/dev/null
 scripts/synapse-ctl.sh start "$local_dir/synapse" >/dev/null
+trap 'scripts/synapse-ctl.sh stop "$local_dir/synapse" >/dev/null' EXIT
+
+# The newcomer's own Synapse admin token: kept while Synapse still accepts
+# it, else a fresh admin account by shared-secret registration (no password
+# login, which would ask the service before it runs).
+admin_token="$secrets/synapse_admin_token"
+if ! [[ -s "$admin_token" ]] || ! curl -sf -H "Authorization: Bearer $(cat "$admin_token")" \
+        "http://127.0.0.1:$port/_matrix/client/v3/account/whoami" >/dev/null; then
+    python3 - "http://127.0.0.1:$port" "$secrets/registration" >"$admin_token.new" <<'PY'
+import hashlib, hmac, json, secrets, sys, urllib.request
+url, secret = sys.argv[1], open(sys.argv[2]).read().strip()
+def call(method, body=None):
+    req = urllib.request.Request(url + "/_synapse/admin/v1/register", method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    req.add_header("Content-Type", "application/json")
+    return json.load(urllib.request.urlopen(req, timeout=10))
+nonce = call("GET")["nonce"]
+user, password = "local-admin-" + secrets.token_hex(3), secrets.token_urlsafe(24)
+mac = hmac.new(secret.encode(), digestmod=hashlib.sha1)
+mac.update(b"\0".join([nonce.encode(), user.encode(), password.encode(), b"admin"]))
+print(call("POST", {"nonce": nonce, "username": user, "password": password, "admin": True,
+                    "mac": mac.hexdigest()})["access_token"])
+PY
+    mv "$admin_token.new" "$admin_token"
+    chmod 600 "$admin_token"
+fi
+
 STANDIN_PORT="$standin_port" AUTH_JWT_SECRET_FILE="$secrets/auth_jwt" \
+STANDIN_SYNAPSE_URL="http://127.0.0.1:$port" \
     python3 scripts/standin-daarion.py &
 standin=$!
 trap 'kill "$standin" 2>/dev/null; scripts/synapse-ctl.sh stop "$local_dir/synapse" >/dev/null' EXIT
@@ -78,11 +111,12 @@ trap 'kill "$standin" 2>/dev/null; scripts/synapse-ctl.sh stop "$local_dir/synap
 cat >&2 <<MSG
 run-local: Synapse is up at http://127.0.0.1:$port (server name $server_name).
 run-local: secrets are in $secrets/ (webhook: AUTH_WEBHOOK_SECRET, city_webhook:
-run-local:   CITY_WEBHOOK_SECRET, admin: ADMIN_API_TOKEN).
+run-local:   CITY_WEBHOOK_SECRET, admin: ADMIN_API_TOKEN, synapse_admin_token: a Synapse
+run-local:   admin account of your own, for checking Synapse by hand).
 run-local: starting matrix-provisioner on $bind; Ctrl-C stops all.
 run-local: sign in as olena@example.com, password daarion-standin (a STAND-IN DAARION on
 run-local:   127.0.0.1:$standin_port): from a Matrix client at http://127.0.0.1:$port, or in a
-run-local:   browser at http://127.0.0.1:$port/_matrix/static/client/login/ ("Log in" under single sign-on).
+run-local:   browser at http://127.0.0.1:$standin_port/ ("Continue with DAARION").
 MSG
 SYNAPSE_JWT_SECRET_FILE="$secrets/jwt" \
 AUTH_WEBHOOK_SECRET_FILE="$secrets/webhook" \

@@ -25,6 +25,14 @@ It plays two parts of DAARION Auth:
    Everyone's password is STANDIN_PASSWORD (default "daarion-standin");
    anything else is 401. Emails compare case-insensitively.
 
+3. A landing page for a newcomer (scripts/run-local.sh), when STANDIN_SYNAPSE_URL
+   is set: GET / offers "Continue with DAARION", which goes through Synapse's
+   single sign-on (and the service) and comes back to GET /welcome with
+   Synapse's loginToken; that page completes the Matrix login and shows whom
+   it signed in: Matrix id, display name, the rooms joined. Ukrainian or
+   English by Accept-Language. STANDIN_IDP names Synapse's provider
+   (oidc-daarion).
+
 Env: STANDIN_PORT (7020), AUTH_JWT_SECRET_FILE (the key the service checks
 tokens with), AUTH_JWT_ISSUER (the tokens' `iss`, default "daarion-auth" as
 DAARION Auth's) / AUTH_JWT_AUDIENCE (an `aud`, only when set), as the
@@ -40,7 +48,9 @@ import re
 import secrets
 import sys
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 import uuid
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -170,14 +180,15 @@ def login(raw: bytes) -> tuple:
 
 BANNER = (
     "<p style='background:#fde68a;padding:.6rem;border:2px solid #b45309'>"
-    "<b>STAND-IN</b> for DAARION Auth's sign-in page, for trying sign-in on this "
-    "machine. It is not DAARION Auth and checks no password.</p>"
+    "<b>STAND-IN</b> for DAARION Auth, for trying sign-in on this machine. It is "
+    "not DAARION Auth: its people and passwords are made up. "
+    "<b>ЗАМІННИК</b> DAARION Auth для спроб на цій машині.</p>"
 )
 
 
-def page(title: str, body: str) -> bytes:
+def page(title: str, body: str, lang: str = "en") -> bytes:
     return (
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<!doctype html><html lang='{lang}'><head><meta charset='utf-8'>"
         f"<title>{title}</title></head><body style='font-family:sans-serif;"
         f"max-width:32rem;margin:3rem auto'>{BANNER}<h1>{title}</h1>{body}</body></html>"
     ).encode()
@@ -188,6 +199,107 @@ def hidden(fields: dict) -> str:
         f"<input type='hidden' name='{html.escape(k)}' value='{html.escape(v)}'>"
         for k, v in fields.items()
     )
+
+
+# ---- the newcomer's landing page (scripts/run-local.sh) -------------------------
+
+SYNAPSE = (os.environ.get("STANDIN_SYNAPSE_URL") or "").rstrip("/")
+IDP = os.environ.get("STANDIN_IDP") or "oidc-daarion"
+
+WORDS = {
+    "uk": {
+        "start_title": "Спробуйте вхід у Matrix",
+        "start_body": "Увійдіть у Matrix через DAARION: сервіс покаже сторінку входу "
+                      "(електронна пошта та пароль), а потім ви повернетеся сюди.",
+        "try_as": "Приклад: <code>olena@example.com</code>, пароль <code>{password}</code>.",
+        "button": "Продовжити з DAARION",
+        "welcome_title": "Ви увійшли в Matrix",
+        "as": "Ви увійшли як",
+        "rooms": "Кімнати, до яких ви приєдналися:",
+        "no_rooms": "Поки що жодної кімнати.",
+        "client": "Щоб читати повідомлення, вкажіть сервер <code>{synapse}</code> у будь-якому "
+                  "клієнті Matrix (Element Desktop, Element X або Element Web, запущений локально; "
+                  "app.element.io цієї машини не бачить).",
+        "failed_title": "Вхід у Matrix не завершено",
+        "failed": "Synapse не прийняв токен входу ({reason}). Почніть знову.",
+        "again": "Почати знову",
+    },
+    "en": {
+        "start_title": "Try signing in to Matrix",
+        "start_body": "Sign in to Matrix with DAARION: the service shows its sign-in page "
+                      "(email and password), then you come back here.",
+        "try_as": "For example <code>olena@example.com</code>, password <code>{password}</code>.",
+        "button": "Continue with DAARION",
+        "welcome_title": "You are signed in to Matrix",
+        "as": "Signed in as",
+        "rooms": "Rooms you have joined:",
+        "no_rooms": "No rooms yet.",
+        "client": "To read the messages, point any Matrix client (Element Desktop, Element X, "
+                  "or Element Web run locally; app.element.io cannot reach this machine) at the "
+                  "homeserver <code>{synapse}</code>.",
+        "failed_title": "The Matrix sign-in did not finish",
+        "failed": "Synapse did not accept the login token ({reason}). Please start again.",
+        "again": "Start again",
+    },
+}
+
+
+def lang_of(header: str) -> str:
+    best, best_q = "en", 0.0
+    for part in (header or "").split(","):
+        bits = part.strip().split(";")
+        tag = bits[0].strip().lower().split("-")[0]
+        q = 1.0
+        for b in bits[1:]:
+            if b.strip().startswith("q="):
+                try:
+                    q = float(b.strip()[2:])
+                except ValueError:
+                    q = 0.0
+        if tag in ("uk", "ru", "en") and q > best_q:
+            best, best_q = ("en" if tag == "en" else "uk"), q
+    return best
+
+
+def synapse_call(method: str, path: str, body=None, token=None) -> dict:
+    req = urllib.request.Request(SYNAPSE + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+
+
+def welcome(login_token: str, words: dict) -> tuple:
+    """(status, title, HTML) of the page after Synapse's single sign-on."""
+    start = f"<p><a href='/'>{words['again']}</a></p>"
+    try:
+        session = synapse_call("POST", "/_matrix/client/v3/login",
+                               {"type": "m.login.token", "token": login_token})
+    except urllib.error.HTTPError as e:
+        reason = html.escape(f"{e.code} {e.reason}")
+        return 400, words["failed_title"], f"<p>{words['failed'].format(reason=reason)}</p>{start}"
+    except OSError as e:
+        reason = html.escape(str(e))
+        return 502, words["failed_title"], f"<p>{words['failed'].format(reason=reason)}</p>{start}"
+    token, user_id = session["access_token"], session["user_id"]
+    quoted = urllib.parse.quote(user_id)
+    name = synapse_call("GET", f"/_matrix/client/v3/profile/{quoted}", token=token).get("displayname")
+    rooms = []
+    for room_id in synapse_call("GET", "/_matrix/client/v3/joined_rooms", token=token)["joined_rooms"]:
+        try:
+            state = synapse_call("GET", f"/_matrix/client/v3/rooms/{urllib.parse.quote(room_id)}"
+                                        "/state/m.room.name", token=token)
+            rooms.append(state.get("name") or room_id)
+        except urllib.error.HTTPError:
+            rooms.append(room_id)
+    who = (f"<p id='who'>{words['as']} <strong id='display_name'>{html.escape(name or user_id)}"
+           f"</strong><br><code id='user_id'>{html.escape(user_id)}</code></p>")
+    listed = ("<ul id='rooms'>" + "".join(f"<li>{html.escape(r)}</li>" for r in rooms) + "</ul>"
+              if rooms else f"<p id='rooms'>{words['no_rooms']}</p>")
+    client = f"<p>{words['client'].format(synapse=html.escape(SYNAPSE))}</p>"
+    return 200, words["welcome_title"], f"{who}<p>{words['rooms']}</p>{listed}{client}"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -201,6 +313,20 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         q = dict(urllib.parse.parse_qsl(url.query))
+        lang = lang_of(self.headers.get("Accept-Language", ""))
+        words = WORDS[lang]
+        if SYNAPSE and url.path == "/":
+            back = f"http://127.0.0.1:{PORT}/welcome"
+            start = (f"{SYNAPSE}/_matrix/client/v3/login/sso/redirect/{IDP}?"
+                     + urllib.parse.urlencode({"redirectUrl": back}))
+            body = (f"<p>{words['start_body']}</p><p>{words['try_as'].format(password=html.escape(PASSWORD))}</p>"
+                    f"<p><a id='continue' href='{html.escape(start)}' style='display:inline-block;"
+                    "padding:.5rem 1rem;background:#1b1b1f;color:#fff;border-radius:.4rem;"
+                    f"text-decoration:none'>{words['button']}</a></p>")
+            return self.answer(200, page(words["start_title"], body, lang))
+        if SYNAPSE and url.path == "/welcome" and q.get("loginToken"):
+            status, title, body = welcome(q["loginToken"], words)
+            return self.answer(status, page(title, body, lang))
         if url.path != "/login" or "return_to" not in q or "state" not in q:
             return self.answer(404, page("Not here", "<p>Use /login?return_to=…&amp;state=…</p>"))
         form = (
