@@ -126,5 +126,6 @@ PUBLIC_URL="$public_url" \
 OIDC_CLIENT_SECRET_FILE="$secrets/oidc_client" \
 AUTH_PASSWORD_LOGIN_URL="http://127.0.0.1:$standin_port/api/auth/login" \
 PASSWORD_MODULE_SECRET_FILE="$secrets/password_module" \
+SIGN_IN_START_URL="http://127.0.0.1:$standin_port/" \
 BIND="$bind" \
     target/release/matrix-provisioner serve

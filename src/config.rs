@@ -30,6 +30,9 @@ pub struct OidcSettings {
     /// `AUTH_PASSWORD_LOGIN_URL` is set: without `AUTH_LOGIN_URL` the
     /// service's own sign-in page takes its place.
     pub own_sign_in_page: bool,
+    /// Where people start signing in (Element's address): the pages that
+    /// end a sign-in ("cancelled", "expired") link back to it.
+    pub sign_in_start_url: Option<Url>,
 }
 
 impl OidcSettings {
@@ -391,6 +394,7 @@ impl OidcSettings {
             signing_key: env.secret("OIDC_SIGNING_KEY")?,
             auth_login_url: env.url("AUTH_LOGIN_URL")?,
             own_sign_in_page: env.get("AUTH_PASSWORD_LOGIN_URL").is_some(),
+            sign_in_start_url: env.url("SIGN_IN_START_URL")?,
         })
     }
 }

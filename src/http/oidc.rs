@@ -437,6 +437,15 @@ fn answer(
                     tracing::info!("sign-in request refused: {reason}");
                     (Page::BadRequest, StatusCode::BAD_REQUEST)
                 }
+                // Over: back to where people start, when we know it.
+                SignInError::Cancelled | SignInError::Expired if provider.start_url().is_some() => {
+                    let (page, status) = match e {
+                        SignInError::Cancelled => (Page::Cancelled, StatusCode::OK),
+                        _ => (Page::Expired, StatusCode::BAD_REQUEST),
+                    };
+                    let html = page.html(Lang::of(req), provider.start_url());
+                    return page_headers(HttpResponse::build(status)).body(html);
+                }
                 SignInError::Expired => (Page::Expired, StatusCode::BAD_REQUEST),
                 SignInError::OtherBrowser => (Page::OtherBrowser, StatusCode::BAD_REQUEST),
                 SignInError::Cancelled => (Page::Cancelled, StatusCode::OK),

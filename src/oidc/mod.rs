@@ -90,6 +90,8 @@ pub struct Provider {
     /// Where the browser-binding cookie is sent: `{PUBLIC_URL path}/v1/sso/`.
     cookie_path: String,
     secure_cookies: bool,
+    /// `SIGN_IN_START_URL`.
+    start_url: Option<String>,
     store: Store,
     jwks: std::sync::Mutex<Option<(i64, Value)>>,
 }
@@ -198,6 +200,7 @@ impl Provider {
             return_to: format!("{base}/v1/sso/return"),
             cookie_path: format!("{}/v1/sso/", public_url.path().trim_end_matches('/')),
             secure_cookies: public_url.scheme() == "https",
+            start_url: oidc.sign_in_start_url.as_ref().map(|u| u.to_string()),
             store,
             jwks: std::sync::Mutex::new(None),
         })
@@ -238,6 +241,12 @@ impl Provider {
     /// `{PUBLIC_URL}/v1/sso/continue`, where the confirmation form posts.
     pub fn continue_url(&self) -> String {
         format!("{}/v1/sso/continue", self.issuer())
+    }
+
+    /// Where people start signing in, if the operator said
+    /// (`SIGN_IN_START_URL`).
+    pub fn start_url(&self) -> Option<&str> {
+        self.start_url.as_deref()
     }
 
     pub fn secure_cookies(&self) -> bool {

@@ -1079,7 +1079,15 @@ on_both_backends!(a_sign_in_link_sent_to_someone_else_signs_nobody_in);
 /// whom DAARION signed in; "Not me" ends the sign-in with no code.
 async fn the_person_confirms_whom_they_sign_in_as(backend: Backend) {
     let daarion = FakeDaarion::start();
-    let provider = provider(backend, &daarion).await;
+    // Where people start (Element): the pages that end a sign-in link to it.
+    let provider = provider_with(
+        backend,
+        &daarion,
+        TestDb::new(backend).await,
+        shared_synapse(),
+        &[("SIGN_IN_START_URL", ELEMENT)],
+    )
+    .await;
     let admin = SynapseAdmin::shared().await;
     let base = provider.base();
     let user_id = unique("u_");
@@ -1121,6 +1129,11 @@ async fn the_person_confirms_whom_they_sign_in_as(backend: Backend) {
     assert_eq!(cancelled.status, 200, "{}", cancelled.body);
     assert!(cancelled.location.is_none());
     assert!(cancelled.body.contains("скасовано"), "{}", cancelled.body);
+    assert!(
+        cancelled.body.contains(&format!("href=\"{ELEMENT}\"")),
+        "a way back to the start: {}",
+        cancelled.body
+    );
     let again = confirm(&browser, &page, "continue").await;
     assert_eq!(again.status, 400, "{}", again.body);
     assert!(again.location.is_none());
