@@ -28,6 +28,8 @@
 #      API calls that end what DAARION Auth left on it;
 #   6. the gateway's switches: GATEWAY_EXPOSE_WEBHOOKS and GATEWAY_ADMIN_ALLOW
 #      open what they say, re-rendered and reloaded into the running nginx.
+#   7. FEDERATION, on and off, with two homeservers rendered from deploy/
+#      federating through their gateways (scripts/check-deploy-federation.sh).
 #
 # Usage:   scripts/check-deploy.sh
 # Needs:   cargo, python3, PostgreSQL 15 server binaries, openssl; Debian's
@@ -1025,3 +1027,6 @@ reopen GATEWAY_ADMIN_ALLOW=127.0.0.1,::1
 checks admin-open "$work/open.env" || { show_logs; exit 1; }
 
 say "deploy/ passes: render, Element's config, docker-compose config, PostgreSQL, Synapse, the service and nginx from the rendered files, sign-in through the gateway (single sign-on and passwords)"
+
+# ---- 7. federation: two homeservers rendered from deploy/ (FEDERATION on and off) ----
+scripts/check-deploy-federation.sh
