@@ -14,6 +14,7 @@
 #   nginx/gateway.conf, nginx/gateway.d/*.conf    the gateway (mounted at /etc/nginx/conf.d)
 #   well-known/matrix/server, .../client          the gateway's /.well-known/matrix answers,
 #                                                 for a web server of SYNAPSE_SERVER_NAME elsewhere
+#                                                 (server only with FEDERATION=on)
 #
 # Only the settings named in the env file (and the few derived below) are
 # substituted: nginx's own $variables are left alone. A template naming an
@@ -134,6 +135,10 @@ case "$(v GATEWAY_EXPOSE_WEBHOOKS)" in
     yes | no) ;;
     *) die "GATEWAY_EXPOSE_WEBHOOKS must be yes or no" ;;
 esac
+case "$(v FEDERATION)" in
+    on | off) ;;
+    *) die "FEDERATION must be on or off" ;;
+esac
 
 # MEDIA_MAX_UPLOAD_SIZE (Synapse's and nginx's notation) >= AVATAR_MAX_BYTES.
 [[ "$(v AVATAR_MAX_BYTES)" =~ ^[0-9]+$ ]] || die "AVATAR_MAX_BYTES must be a number of bytes"
@@ -177,6 +182,16 @@ if [[ -n "$(v GATEWAY_ADMIN_ALLOW)" ]]; then
 fi
 derived[GATEWAY_ADMIN_RULES]="$rules"
 derived[OIDC_SIGNING_KEY_FILE]=""
+# Federation (FEDERATION): Synapse's listener serves the federation and key
+# resources only when on; off, federation_domain_whitelist is empty (Synapse
+# sends to and accepts from no other server), on, it is null (any server).
+if [[ "$(v FEDERATION)" == on ]]; then
+    derived[SYNAPSE_LISTENER_RESOURCES]="client, federation"
+    derived[SYNAPSE_FEDERATION_WHITELIST]="null"
+else
+    derived[SYNAPSE_LISTENER_RESOURCES]="client"
+    derived[SYNAPSE_FEDERATION_WHITELIST]="[]"
+fi
 [[ -z "$signing_key" ]] || derived[OIDC_SIGNING_KEY_FILE]="$(v PROVISIONER_CONFIG_DIR)/oidc-signing-key.pem"
 
 # ---- rendering ---------------------------------------------------------------
@@ -244,7 +259,14 @@ chmod 755 "$out/nginx/gateway.d"
     render nginx/gateway.d/webhooks.conf.template nginx/gateway.d/webhooks.conf 644
 [[ -z "$(v GATEWAY_ADMIN_ALLOW)" ]] ||
     render nginx/gateway.d/admin.conf.template nginx/gateway.d/admin.conf 644
-render well-known/matrix/server.template well-known/matrix/server 644
+# Federation: the gateway's federation paths and /.well-known/matrix/server
+# (its copy only when on: off, nobody is to find the server).
+render "nginx/gateway.d/federation-$(v FEDERATION).conf.template" nginx/gateway.d/federation.conf 644
+if [[ "$(v FEDERATION)" == on ]]; then
+    render well-known/matrix/server.template well-known/matrix/server 644
+else
+    rm -f "$out/well-known/matrix/server"
+fi
 render well-known/matrix/client.template well-known/matrix/client 644
 # Read by docker-compose on the host only.
 render provisioner/provisioner.env.template provisioner.env 600

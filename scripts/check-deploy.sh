@@ -28,6 +28,8 @@
 #      API calls that end what DAARION Auth left on it;
 #   6. the gateway's switches: GATEWAY_EXPOSE_WEBHOOKS and GATEWAY_ADMIN_ALLOW
 #      open what they say, re-rendered and reloaded into the running nginx.
+#   7. FEDERATION, on and off, with two homeservers rendered from deploy/
+#      federating through their gateways (scripts/check-deploy-federation.sh).
 #
 # Usage:   scripts/check-deploy.sh
 # Needs:   cargo, python3, PostgreSQL 15 server binaries, openssl; Debian's
@@ -426,9 +428,16 @@ def cmd_live():
     ok(f"application service loaded: {got['user_id']} registered with the as_token; Synapse pinged "
        f"the service at {E['PROVISIONER_HOST']}:{E['PROVISIONER_PORT']} directly ({ping.get('duration_ms')} ms)")
 
-    # Federation delegation and client discovery.
-    for name, want in (("server", {"m.server": f"{E['MATRIX_HOST']}:{E['HTTPS_PORT']}"}),
-                       ("client", {"m.homeserver": {"base_url": ORIGIN}})):
+    # Federation delegation (FEDERATION=on only; scripts/check-deploy-federation.sh
+    # checks both) and client discovery.
+    answers = [("client", {"m.homeserver": {"base_url": ORIGIN}})]
+    if E["FEDERATION"] == "on":
+        answers.append(("server", {"m.server": f"{E['MATRIX_HOST']}:{E['HTTPS_PORT']}"}))
+    else:
+        status, _, data = call("GET", ORIGIN + "/.well-known/matrix/server")
+        check(status == 404 and not os.path.exists(os.path.join(rendered, "well-known", "matrix", "server")),
+              f"FEDERATION=off: /.well-known/matrix/server {status} {data[:100]!r} (or a rendered copy), expected 404")
+    for name, want in answers:
         status, headers, data = call("GET", ORIGIN + f"/.well-known/matrix/{name}")
         check(status == 200 and headers.get("Content-Type", "").startswith("application/json"),
               f"/.well-known/matrix/{name}: {status} {headers.get('Content-Type')}")
@@ -436,8 +445,9 @@ def cmd_live():
         check(headers.get("Access-Control-Allow-Origin") == "*", f"/.well-known/matrix/{name}: no CORS header")
         copy = json.load(open(os.path.join(rendered, "well-known", "matrix", name)))
         check(copy == want, f"rendered well-known/matrix/{name} differs from the gateway's answer")
-    ok(f"/.well-known/matrix/server {{\"m.server\": \"{E['MATRIX_HOST']}:{E['HTTPS_PORT']}\"}} and "
-       f"/.well-known/matrix/client (JSON, CORS), the same as the rendered copies")
+    ok(" and ".join(f"/.well-known/matrix/{name} {json.dumps(want)}" for name, want in answers)
+       + " (JSON, CORS), the same as the rendered copies"
+       + ("" if E["FEDERATION"] == "on" else "; /.well-known/matrix/server 404 (FEDERATION=off)"))
 
     # The OpenID provider at the one origin, signing with the key from OIDC_SIGNING_KEY_PATH.
     disco = jcall("GET", ORIGIN + "/.well-known/openid-configuration")
@@ -735,7 +745,7 @@ refused=()
 for case in 'MEDIA_MAX_UPLOAD_SIZE=4M' 'ADMIN_API_TOKEN=short' 'ELEMENT_BRAND=a"b' 'AUTH_JWKS_URL=' \
     'GATEWAY_EXPOSE_WEBHOOKS=maybe' 'GATEWAY_ADMIN_ALLOW=everyone' 'PASSWORD_MODULE_SECRET=' \
     'AUTH_PASSWORD_LOGIN_URL=' 'AUTH_PASSWORD_LOGIN_URL=daarion-auth:7020' 'LOCALPART_SOURCES=nickname' \
-    'ADOPT_LOCALPART_TEMPLATE=daarion_'; do
+    'ADOPT_LOCALPART_TEMPLATE=daarion_' 'FEDERATION=maybe'; do
     cp "$work/prod.env" "$work/bad.env"
     set_env "$work/bad.env" "${case%%=*}" "${case#*=}"
     if MATRIX_PROVISIONER="$bin" deploy/render.sh "$work/bad.env" >/dev/null 2>&1; then
@@ -1017,3 +1027,6 @@ reopen GATEWAY_ADMIN_ALLOW=127.0.0.1,::1
 checks admin-open "$work/open.env" || { show_logs; exit 1; }
 
 say "deploy/ passes: render, Element's config, docker-compose config, PostgreSQL, Synapse, the service and nginx from the rendered files, sign-in through the gateway (single sign-on and passwords)"
+
+# ---- 7. federation: two homeservers rendered from deploy/ (FEDERATION on and off) ----
+scripts/check-deploy-federation.sh
