@@ -1017,3 +1017,5 @@ reopen GATEWAY_ADMIN_ALLOW=127.0.0.1,::1
 checks admin-open "$work/open.env" || { show_logs; exit 1; }
 
 say "deploy/ passes: render, Element's config, docker-compose config, PostgreSQL, Synapse, the service and nginx from the rendered files, sign-in through the gateway (single sign-on and passwords)"
+
+scripts/check-deploy-workers.sh # SYNAPSE_WORKERS=on (deploy/README.md, "More than one process")
