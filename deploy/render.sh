@@ -15,6 +15,8 @@
 #   well-known/matrix/server, .../client          the gateway's /.well-known/matrix answers,
 #                                                 for a web server of SYNAPSE_SERVER_NAME elsewhere
 #                                                 (server only with FEDERATION=on)
+#   with SYNAPSE_WORKERS=on also: synapse/workers/*.yaml (each worker's file),
+#   redis/redis.conf, nginx/gateway-workers.conf and nginx/gateway.d/workers.map
 #
 # Only the settings named in the env file (and the few derived below) are
 # substituted: nginx's own $variables are left alone. A template naming an
@@ -140,6 +142,30 @@ case "$(v FEDERATION)" in
     *) die "FEDERATION must be on or off" ;;
 esac
 
+# SYNAPSE_WORKERS (deploy/README.md, "More than one process").
+case "$(v SYNAPSE_WORKERS)" in
+    on | off) ;;
+    *) die "SYNAPSE_WORKERS must be on or off" ;;
+esac
+for key in SYNAPSE_REPLICATION_PORT SYNAPSE_CLIENT_WORKER_PORT SYNAPSE_FEDERATION_WORKER_PORT \
+    SYNAPSE_FEDERATION_SENDER_PORT SYNAPSE_EVENTS_WORKER_PORT REDIS_PORT PROVISIONER_2_PORT GATEWAY_INTERNAL_PORT; do
+    value="$(v "$key")"
+    [[ "$value" =~ ^[0-9]{1,5}$ ]] && ((10#$value >= 1 && 10#$value <= 65535)) || die "$key must be a port number"
+done
+for key in SYNAPSE_CLIENT_WORKER_HOST SYNAPSE_FEDERATION_WORKER_HOST SYNAPSE_FEDERATION_SENDER_HOST \
+    SYNAPSE_EVENTS_WORKER_HOST REDIS_HOST PROVISIONER_2_HOST; do
+    [[ "$(v "$key")" =~ ^[A-Za-z0-9.-]+$ ]] || die "$key must be a host name"
+done
+# docker-compose runs the workers from docker-compose.workers.yml, which it
+# reads when COMPOSE_FILE (in this env file) names it: both or neither.
+workers_file=no
+[[ ":${env_value[COMPOSE_FILE]:-}:" != *docker-compose.workers.yml:* ]] || workers_file=yes
+if [[ "$(v SYNAPSE_WORKERS)" == on && "$workers_file" == no ]]; then
+    die "SYNAPSE_WORKERS=on: add COMPOSE_FILE=docker-compose.yml:docker-compose.workers.yml to $env_file (docker-compose then runs the workers)"
+elif [[ "$(v SYNAPSE_WORKERS)" == off && "$workers_file" == yes ]]; then
+    die "COMPOSE_FILE names docker-compose.workers.yml but SYNAPSE_WORKERS=off: set SYNAPSE_WORKERS=on, or take it out of COMPOSE_FILE"
+fi
+
 # MEDIA_MAX_UPLOAD_SIZE (Synapse's and nginx's notation) >= AVATAR_MAX_BYTES.
 [[ "$(v AVATAR_MAX_BYTES)" =~ ^[0-9]+$ ]] || die "AVATAR_MAX_BYTES must be a number of bytes"
 [[ "$(v MEDIA_MAX_UPLOAD_SIZE)" =~ ^([0-9]+)([KMG]?)$ ]] || die "MEDIA_MAX_UPLOAD_SIZE must be a number with K, M or G"
@@ -193,6 +219,37 @@ else
     derived[SYNAPSE_FEDERATION_WHITELIST]="[]"
 fi
 [[ -z "$signing_key" ]] || derived[OIDC_SIGNING_KEY_FILE]="$(v PROVISIONER_CONFIG_DIR)/oidc-signing-key.pem"
+# SYNAPSE_WORKERS: how Synapse and the service reach each other (directly,
+# or through the gateway's internal port, which routes to Synapse's workers
+# and balances the service's replicas), and the pieces of homeserver.yaml
+# and gateway.conf that only workers have (their templates in
+# synapse/workers/ and nginx/).
+# snippet TEMPLATE: TEMPLATE (relative to deploy/) rendered with the settings.
+snippet() {
+    local name pairs=() names="" key
+    while read -r name; do
+        [[ -z "$name" || -n "${env_value[$name]+set}" ]] ||
+            die "$1 uses \${$name}, which is not a setting of .env.example"
+    done < <(grep -o '\${[A-Za-z_][A-Za-z0-9_]*}' "$deploy/$1" | sed 's/^\${\(.*\)}$/\1/' | sort -u)
+    for key in "${env_keys[@]}"; do
+        pairs+=("$key=${env_value[$key]}")
+        names+="\${$key} "
+    done
+    env -i "${pairs[@]}" envsubst "$names" <"$deploy/$1"
+}
+if [[ "$(v SYNAPSE_WORKERS)" == on ]]; then
+    derived[SYNAPSE_INTERNAL_URL]="http://$(v GATEWAY_IP):$(v GATEWAY_INTERNAL_PORT)"
+    derived[PROVISIONER_INTERNAL_URL]="http://$(v GATEWAY_IP):$(v GATEWAY_INTERNAL_PORT)"
+    derived[GATEWAY_PROVISIONER_REPLICAS]="    server $(v PROVISIONER_2_HOST):$(v PROVISIONER_2_PORT);"
+    derived[SYNAPSE_REPLICATION_LISTENER]="$(snippet synapse/workers/main-listener.yaml.template)"
+    derived[SYNAPSE_WORKERS_SHARED]="$(snippet synapse/workers/shared.yaml.template)"
+else
+    derived[SYNAPSE_INTERNAL_URL]="http://$(v SYNAPSE_HOST):$(v SYNAPSE_PORT)"
+    derived[PROVISIONER_INTERNAL_URL]="http://$(v PROVISIONER_HOST):$(v PROVISIONER_PORT)"
+    derived[GATEWAY_PROVISIONER_REPLICAS]=""
+    derived[SYNAPSE_REPLICATION_LISTENER]=""
+    derived[SYNAPSE_WORKERS_SHARED]=""
+fi
 
 # ---- rendering ---------------------------------------------------------------
 out="$(v RENDERED_DIR)"
@@ -266,6 +323,21 @@ if [[ "$(v FEDERATION)" == on ]]; then
     render well-known/matrix/server.template well-known/matrix/server 644
 else
     rm -f "$out/well-known/matrix/server"
+fi
+# SYNAPSE_WORKERS=on: each worker's file (beside homeserver.yaml), Redis's
+# configuration, the gateway's routes to the workers and its internal port.
+# Rewritten in place, like the others (compose mounts redis.conf by itself).
+if [[ "$(v SYNAPSE_WORKERS)" == on ]]; then
+    for worker in client federation-reader federation-sender event-persister; do
+        render "synapse/workers/$worker.yaml.template" "synapse/workers/$worker.yaml" 644
+    done
+    # Holds REDIS_PASSWORD; read by the redis image's user.
+    render redis/redis.conf.template redis/redis.conf 644
+    render nginx/gateway-workers.conf.template nginx/gateway-workers.conf 644
+    render nginx/gateway.d/workers.map.template nginx/gateway.d/workers.map 644
+else
+    rm -f "$out"/nginx/gateway.d/*.map "$out/nginx/gateway-workers.conf"
+    rm -rf "$out/synapse/workers" "$out/redis"
 fi
 render well-known/matrix/client.template well-known/matrix/client 644
 # Read by docker-compose on the host only.

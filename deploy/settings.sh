@@ -33,3 +33,6 @@ in_list() {
 fresh_secret() {
     od -An -N32 -tx1 /dev/urandom | tr -d ' \n'
 }
+
+# SYNAPSE_WORKERS (deploy/README.md, "More than one process"): Redis's password.
+SECRET_KEYS+=(REDIS_PASSWORD)

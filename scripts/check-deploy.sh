@@ -1030,3 +1030,4 @@ say "deploy/ passes: render, Element's config, docker-compose config, PostgreSQL
 
 # ---- 7. federation: two homeservers rendered from deploy/ (FEDERATION on and off) ----
 scripts/check-deploy-federation.sh
+scripts/check-deploy-workers.sh # SYNAPSE_WORKERS=on (deploy/README.md, "More than one process")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # synapse-venv.sh — owns the Python virtualenv that runs a throwaway Synapse for
 # tests and benchmarks: ${MP_CACHE:-<repo>/.cache}/synapse-venv with
-# matrix-synapse[postgres,jwt,oidc] and matrix-nio at pinned versions, plus this
+# matrix-synapse[postgres,jwt,oidc,redis] and matrix-nio at pinned versions, plus this
 # repository's Synapse module (synapse-module/, package matrix_provisioner_synapse).
 #
 # Usage:   scripts/synapse-venv.sh            (prints the venv path as last line)
@@ -40,9 +40,10 @@ from importlib.metadata import version
 want_synapse, want_nio = sys.argv[1], sys.argv[2]
 assert version("matrix-synapse") == want_synapse
 assert version("matrix-nio") == want_nio
-# the [jwt] extra is authlib here (not PyJWT); [postgres] is psycopg2
+# the [jwt] extra is authlib here (not PyJWT); [postgres] is psycopg2; [redis]
+# (Synapse's workers: scripts/check-deploy-workers.sh) is txredisapi and hiredis
 from importlib.util import find_spec
-for mod in ("authlib", "psycopg2", "yaml", "synapse", "nio"):
+for mod in ("authlib", "psycopg2", "yaml", "synapse", "nio", "txredisapi", "hiredis"):
     assert find_spec(mod) is not None, mod
 EOF
 }
@@ -58,7 +59,7 @@ if ! installed_ok; then
     fi
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "matrix-synapse[postgres,jwt,oidc]==$SYNAPSE_VERSION" \
+        "matrix-synapse[postgres,jwt,oidc,redis]==$SYNAPSE_VERSION" \
         "matrix-nio==$NIO_VERSION" >&2
     if ! installed_ok; then
         echo "synapse-venv: installation in $venv is incomplete" >&2
