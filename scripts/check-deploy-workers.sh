@@ -515,7 +515,8 @@ def cmd_sso():
     _, page = hop("GET", confirm, want=(200,))
     action, fields, buttons = form_of(page, confirm)
     check(("answer", "continue") in buttons, f"the confirmation page has no Continue: {buttons}")
-    callback, _ = hop("POST", action, form={**fields, "answer": "continue"})
+    # A page that moves on by itself (200, Refresh and Location), not a redirect.
+    callback, _ = hop("POST", action, form={**fields, "answer": "continue"}, want=(200,))
     check(callback.startswith(ORIGIN + "/_synapse/client/oidc/callback?"), f"the provider returned to {callback}")
     back, _ = hop("GET", callback)
     check(back.startswith(element) and "loginToken=" in back, f"Synapse's callback sent the browser to {back}")
@@ -679,6 +680,7 @@ while read -r key value; do
     set_env "$work/test.env" "$key" "$value"
 done <<EOF
 RENDERED_DIR $work/rendered
+FEDERATION on
 MATRIX_HOST 127.0.0.1
 HTTPS_PORT ${P[https]}
 HTTP_PORT ${P[http]}
