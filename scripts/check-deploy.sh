@@ -27,7 +27,8 @@
 #      adoption of an account DAARION Auth made, and deploy/README.md's admin
 #      API calls that end what DAARION Auth left on it;
 #   6. the gateway's switches: GATEWAY_EXPOSE_WEBHOOKS and GATEWAY_ADMIN_ALLOW
-#      open what they say, re-rendered and reloaded into the running nginx.
+#      open what they say, re-rendered and reloaded into the running nginx;
+#   7. calls: scripts/check-deploy-turn.sh (coturn and Synapse's TURN settings).
 #
 # Usage:   scripts/check-deploy.sh
 # Needs:   cargo, python3, PostgreSQL 15 server binaries, openssl; Debian's
@@ -1017,3 +1018,6 @@ reopen GATEWAY_ADMIN_ALLOW=127.0.0.1,::1
 checks admin-open "$work/open.env" || { show_logs; exit 1; }
 
 say "deploy/ passes: render, Element's config, docker-compose config, PostgreSQL, Synapse, the service and nginx from the rendered files, sign-in through the gateway (single sign-on and passwords)"
+
+# ---- calls: coturn (its own script; runs on its own too) -------------------------
+scripts/check-deploy-turn.sh
