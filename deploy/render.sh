@@ -17,6 +17,7 @@
 #                                                 (server only with FEDERATION=on)
 #   with SYNAPSE_WORKERS=on also: synapse/workers/*.yaml (each worker's file),
 #   redis/redis.conf, nginx/gateway-workers.conf and nginx/gateway.d/workers.map
+#   coturn/turnserver.conf                        coturn, the TURN server of calls (mounted at /etc/coturn)
 #
 # Only the settings named in the env file (and the few derived below) are
 # substituted: nginx's own $variables are left alone. A template naming an
@@ -251,6 +252,48 @@ else
     derived[SYNAPSE_WORKERS_SHARED]=""
 fi
 
+# ---- Calls: TURN (coturn) ------------------------------------------------------
+# Checks, the defaults of the empty TURN settings, and coturn's lines.
+[[ -n "$(v TURN_HOST)" ]] || env_value[TURN_HOST]="$(v MATRIX_HOST)"
+[[ -n "$(v TURN_REALM)" ]] || env_value[TURN_REALM]="$(v TURN_HOST)"
+[[ "$(v TURN_HOST)" =~ ^[A-Za-z0-9.-]+$ ]] || die "TURN_HOST must be a host name or an IPv4 address (no scheme, no port)"
+[[ "$(v TURN_REALM)" =~ ^[A-Za-z0-9.-]+$ ]] || die "TURN_REALM must be a name of A-Z a-z 0-9 . -"
+for key in TURN_PORT TURNS_PORT TURN_MIN_PORT TURN_MAX_PORT; do
+    value="$(v "$key")"
+    [[ "$value" =~ ^[0-9]{1,5}$ ]] && ((10#$value >= 1024 && 10#$value <= 65535)) ||
+        die "$key must be a port number from 1024 to 65535 (coturn runs without privileges)"
+done
+turn_min=$((10#$(v TURN_MIN_PORT)))
+turn_max=$((10#$(v TURN_MAX_PORT)))
+((turn_min <= turn_max)) || die "TURN_MIN_PORT ($turn_min) is above TURN_MAX_PORT ($turn_max)"
+((10#$(v TURN_PORT) != 10#$(v TURNS_PORT))) || die "TURN_PORT and TURNS_PORT are the same port"
+for key in TURN_PORT TURNS_PORT; do
+    ((10#$(v "$key") < turn_min || 10#$(v "$key") > turn_max)) ||
+        die "$key ($(v "$key")) is inside the relay range TURN_MIN_PORT-TURN_MAX_PORT"
+done
+[[ "$(v TURN_USER_LIFETIME)" =~ ^[1-9][0-9]*[smhd]$ ]] ||
+    die "TURN_USER_LIFETIME must be a number with s, m, h or d (e.g. 1h; a bare number would be milliseconds to Synapse)"
+lines=""
+IFS=',' read -ra parts <<<"$(v TURN_SHARED_SECRET)"
+derived[TURN_SECRET_FOR_SYNAPSE]="${parts[0]}"
+for part in "${parts[@]}"; do
+    lines+="${lines:+$'\n'}static-auth-secret=$part"
+done
+derived[TURN_STATIC_AUTH_SECRET_LINES]="$lines"
+lines="# external-ip: none (TURN_EXTERNAL_IP is empty: the host's own addresses)"
+if [[ -n "$(v TURN_EXTERNAL_IP)" ]]; then
+    lines=""
+    IFS=',' read -ra parts <<<"$(v TURN_EXTERNAL_IP)"
+    for part in "${parts[@]}"; do
+        part="${part//[[:space:]]/}"
+        [[ "$part" =~ ^[0-9A-Fa-f:.]+(/[0-9A-Fa-f:.]+)?$ ]] ||
+            die "TURN_EXTERNAL_IP: $part is not an address or PUBLIC/PRIVATE"
+        lines+="${lines:+$'\n'}external-ip=$part"
+    done
+fi
+derived[TURN_EXTERNAL_IP_LINES]="$lines"
+derived[TURN_TOTAL_QUOTA]=$((turn_max - turn_min + 1))
+
 # ---- rendering ---------------------------------------------------------------
 out="$(v RENDERED_DIR)"
 [[ "$out" == /* ]] || out="$deploy/$out"
@@ -339,6 +382,8 @@ else
     rm -f "$out"/nginx/gateway.d/*.map "$out/nginx/gateway-workers.conf"
     rm -rf "$out/synapse/workers" "$out/redis"
 fi
+# coturn (root in its container, without capabilities: readable by all, like homeserver.yaml).
+render coturn/turnserver.conf.template coturn/turnserver.conf 644
 render well-known/matrix/client.template well-known/matrix/client 644
 # Read by docker-compose on the host only.
 render provisioner/provisioner.env.template provisioner.env 600

@@ -21,6 +21,13 @@ OPTIONAL_KEYS=(
     OIDC_SIGNING_KEY_PATH GATEWAY_ADMIN_ALLOW LOCALPART_SOURCES ADOPT_LOCALPART_TEMPLATE
 )
 
+# ---- Calls: TURN (coturn) ----
+# TURN_SHARED_SECRET: coturn accepts each key, Synapse signs with the first.
+SECRET_KEYS+=(TURN_SHARED_SECRET)
+LIST_SECRET_KEYS+=(TURN_SHARED_SECRET)
+# Empty: TURN_HOST is MATRIX_HOST, TURN_REALM the TURN host; no external-ip.
+OPTIONAL_KEYS+=(TURN_HOST TURN_REALM TURN_EXTERNAL_IP)
+
 # in_list WORD LIST...: whether WORD is one of LIST.
 in_list() {
     local word="$1" item

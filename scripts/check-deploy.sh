@@ -30,6 +30,7 @@
 #      open what they say, re-rendered and reloaded into the running nginx.
 #   7. FEDERATION, on and off, with two homeservers rendered from deploy/
 #      federating through their gateways (scripts/check-deploy-federation.sh).
+#   8. calls: scripts/check-deploy-turn.sh (coturn and Synapse's TURN settings).
 #
 # Usage:   scripts/check-deploy.sh
 # Needs:   cargo, python3, PostgreSQL 15 server binaries, openssl; Debian's
@@ -281,7 +282,7 @@ def cmd_compose():
     import yaml
     out = yaml.safe_load(open(sys.argv[3], encoding="utf8"))
     services = out["services"]
-    check(set(services) == {"postgres", "synapse", "provisioner", "element", "gateway"},
+    check(set(services) == {"postgres", "synapse", "provisioner", "element", "gateway", "coturn"},
           f"services: {sorted(services)}")
     for name, s in services.items():
         image = s.get("image", "")
@@ -400,10 +401,10 @@ def cmd_compose():
     net = services["gateway"]["networks"]["matrix"]
     check(net.get("ipv4_address") == E["GATEWAY_IP"] and E["MATRIX_HOST"] in (net.get("aliases") or []),
           "gateway: no fixed address or MATRIX_HOST alias on the network")
-    ok("docker-compose config: 5 services, pinned images (Synapse v%s with the password module, PostgreSQL %s), "
+    ok("docker-compose config: %d services, pinned images (Synapse v%s with the password module, PostgreSQL %s), "
        "build context %s with the service's and Synapse's Dockerfiles, %d named volumes, every mounted file "
        "rendered%s; Synapse's password module asks %s with PASSWORD_MODULE_SECRET" % (
-           synapse_version, pg_major, REPO, len(named),
+           len(services), synapse_version, pg_major, REPO, len(named),
            f"; TLS from {tls_dir} on the server" if outside else "", service_url))
 
 
@@ -1031,3 +1032,5 @@ say "deploy/ passes: render, Element's config, docker-compose config, PostgreSQL
 # ---- 7. federation: two homeservers rendered from deploy/ (FEDERATION on and off) ----
 scripts/check-deploy-federation.sh
 scripts/check-deploy-workers.sh # SYNAPSE_WORKERS=on (deploy/README.md, "More than one process")
+# ---- calls: coturn (its own script; runs on its own too) -------------------------
+scripts/check-deploy-turn.sh
