@@ -14,6 +14,8 @@
 #   nginx/gateway.conf, nginx/gateway.d/*.conf    the gateway (mounted at /etc/nginx/conf.d)
 #   well-known/matrix/server, .../client          the gateway's /.well-known/matrix answers,
 #                                                 for a web server of SYNAPSE_SERVER_NAME elsewhere
+#   prometheus/prometheus.yml, .../alerts.yml     Prometheus (mounted at /etc/prometheus);
+#                                                 alerts.yml is copied as it is
 #
 # Only the settings named in the env file (and the few derived below) are
 # substituted: nginx's own $variables are left alone. A template naming an
@@ -179,6 +181,22 @@ derived[GATEWAY_ADMIN_RULES]="$rules"
 derived[OIDC_SIGNING_KEY_FILE]=""
 [[ -z "$signing_key" ]] || derived[OIDC_SIGNING_KEY_FILE]="$(v PROVISIONER_CONFIG_DIR)/oidc-signing-key.pem"
 
+# ---- monitoring (deploy/prometheus/) -------------------------------------------
+value="$(v PROMETHEUS_PORT)"
+[[ "$value" =~ ^[0-9]{1,5}$ ]] && ((10#$value >= 1 && 10#$value <= 65535)) || die "PROMETHEUS_PORT must be a port number"
+[[ "$(v PROMETHEUS_RETENTION)" =~ ^([0-9]+(y|w|d|h|ms|m|s))+$ ]] ||
+    die "PROMETHEUS_RETENTION must be a duration like 30d, 12w or 1y"
+# prometheus.yml's list of Alertmanagers: "host:port", "host:port" (or nothing).
+targets=""
+IFS=',' read -ra parts <<<"$(v ALERTMANAGER_TARGETS)"
+for part in "${parts[@]}"; do
+    part="${part//[[:space:]]/}"
+    [[ -n "$part" ]] || continue
+    [[ "$part" =~ ^[A-Za-z0-9.-]+:[0-9]{1,5}$ ]] || die "ALERTMANAGER_TARGETS: $part is not host:port"
+    targets+="${targets:+, }\"$part\""
+done
+derived[ALERTMANAGER_TARGETS_YAML]="$targets"
+
 # ---- rendering ---------------------------------------------------------------
 out="$(v RENDERED_DIR)"
 [[ "$out" == /* ]] || out="$deploy/$out"
@@ -246,6 +264,9 @@ chmod 755 "$out/nginx/gateway.d"
     render nginx/gateway.d/admin.conf.template nginx/gateway.d/admin.conf 644
 render well-known/matrix/server.template well-known/matrix/server 644
 render well-known/matrix/client.template well-known/matrix/client 644
+# Prometheus: its configuration, and beside it the alert rules it loads.
+render prometheus/prometheus.yml.template prometheus/prometheus.yml 644
+put "$deploy/prometheus/alerts.yml" "$out/prometheus/alerts.yml" 644
 # Read by docker-compose on the host only.
 render provisioner/provisioner.env.template provisioner.env 600
 # The password module's secret, read by Synapse (uid 991 in its container)

@@ -21,6 +21,9 @@ OPTIONAL_KEYS=(
     OIDC_SIGNING_KEY_PATH GATEWAY_ADMIN_ALLOW LOCALPART_SOURCES ADOPT_LOCALPART_TEMPLATE
 )
 
+# Monitoring (deploy/prometheus/): no Alertmanager unless one is named.
+OPTIONAL_KEYS+=(ALERTMANAGER_TARGETS)
+
 # in_list WORD LIST...: whether WORD is one of LIST.
 in_list() {
     local word="$1" item
