@@ -27,7 +27,9 @@
 #      adoption of an account DAARION Auth made, and deploy/README.md's admin
 #      API calls that end what DAARION Auth left on it;
 #   6. the gateway's switches: GATEWAY_EXPOSE_WEBHOOKS and GATEWAY_ADMIN_ALLOW
-#      open what they say, re-rendered and reloaded into the running nginx.
+#      open what they say, re-rendered and reloaded into the running nginx;
+#   7. monitoring: scripts/check-deploy-monitoring.sh with the Synapse and
+#      service running here (promtool, and Prometheus scraping them).
 #
 # Usage:   scripts/check-deploy.sh
 # Needs:   cargo, python3, PostgreSQL 15 server binaries, openssl; Debian's
@@ -279,7 +281,7 @@ def cmd_compose():
     import yaml
     out = yaml.safe_load(open(sys.argv[3], encoding="utf8"))
     services = out["services"]
-    check(set(services) == {"postgres", "synapse", "provisioner", "element", "gateway"},
+    check(set(services) == {"postgres", "synapse", "provisioner", "element", "gateway", "prometheus"},
           f"services: {sorted(services)}")
     for name, s in services.items():
         image = s.get("image", "")
@@ -389,7 +391,8 @@ def cmd_compose():
         check(env.get(key) == want, f"provisioner's {key} from provisioner.env is {env.get(key)!r}")
 
     for name, s in services.items():
-        if name != "gateway":
+        # prometheus: on the host's loopback only (scripts/check-deploy-monitoring.sh).
+        if name not in ("gateway", "prometheus"):
             check(not s.get("ports"), f"{name} publishes ports; only the gateway may")
     published = set()
     for p in services["gateway"].get("ports", []):
@@ -398,10 +401,10 @@ def cmd_compose():
     net = services["gateway"]["networks"]["matrix"]
     check(net.get("ipv4_address") == E["GATEWAY_IP"] and E["MATRIX_HOST"] in (net.get("aliases") or []),
           "gateway: no fixed address or MATRIX_HOST alias on the network")
-    ok("docker-compose config: 5 services, pinned images (Synapse v%s with the password module, PostgreSQL %s), "
+    ok("docker-compose config: %d services, pinned images (Synapse v%s with the password module, PostgreSQL %s), "
        "build context %s with the service's and Synapse's Dockerfiles, %d named volumes, every mounted file "
        "rendered%s; Synapse's password module asks %s with PASSWORD_MODULE_SECRET" % (
-           synapse_version, pg_major, REPO, len(named),
+           len(services), synapse_version, pg_major, REPO, len(named),
            f"; TLS from {tls_dir} on the server" if outside else "", service_url))
 
 
@@ -1015,5 +1018,8 @@ reopen GATEWAY_EXPOSE_WEBHOOKS=yes GATEWAY_ADMIN_ALLOW=192.0.2.0/24
 checks webhooks-open "$work/open.env" || { show_logs; exit 1; }
 reopen GATEWAY_ADMIN_ALLOW=127.0.0.1,::1
 checks admin-open "$work/open.env" || { show_logs; exit 1; }
+
+# ---- 7. monitoring: deploy/prometheus/ against what runs above --------------------
+scripts/check-deploy-monitoring.sh "$work/test.env" || { show_logs; exit 1; }
 
 say "deploy/ passes: render, Element's config, docker-compose config, PostgreSQL, Synapse, the service and nginx from the rendered files, sign-in through the gateway (single sign-on and passwords)"
