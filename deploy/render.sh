@@ -18,6 +18,8 @@
 #   with SYNAPSE_WORKERS=on also: synapse/workers/*.yaml (each worker's file),
 #   redis/redis.conf, nginx/gateway-workers.conf and nginx/gateway.d/workers.map
 #   coturn/turnserver.conf                        coturn, the TURN server of calls (mounted at /etc/coturn)
+#   prometheus/prometheus.yml, .../alerts.yml     Prometheus (mounted at /etc/prometheus);
+#                                                 alerts.yml is copied as it is
 #
 # Only the settings named in the env file (and the few derived below) are
 # substituted: nginx's own $variables are left alone. A template naming an
@@ -294,6 +296,22 @@ fi
 derived[TURN_EXTERNAL_IP_LINES]="$lines"
 derived[TURN_TOTAL_QUOTA]=$((turn_max - turn_min + 1))
 
+# ---- monitoring (deploy/prometheus/) -------------------------------------------
+value="$(v PROMETHEUS_PORT)"
+[[ "$value" =~ ^[0-9]{1,5}$ ]] && ((10#$value >= 1 && 10#$value <= 65535)) || die "PROMETHEUS_PORT must be a port number"
+[[ "$(v PROMETHEUS_RETENTION)" =~ ^([0-9]+(y|w|d|h|ms|m|s))+$ ]] ||
+    die "PROMETHEUS_RETENTION must be a duration like 30d, 12w or 1y"
+# prometheus.yml's list of Alertmanagers: "host:port", "host:port" (or nothing).
+targets=""
+IFS=',' read -ra parts <<<"$(v ALERTMANAGER_TARGETS)"
+for part in "${parts[@]}"; do
+    part="${part//[[:space:]]/}"
+    [[ -n "$part" ]] || continue
+    [[ "$part" =~ ^[A-Za-z0-9.-]+:[0-9]{1,5}$ ]] || die "ALERTMANAGER_TARGETS: $part is not host:port"
+    targets+="${targets:+, }\"$part\""
+done
+derived[ALERTMANAGER_TARGETS_YAML]="$targets"
+
 # ---- rendering ---------------------------------------------------------------
 out="$(v RENDERED_DIR)"
 [[ "$out" == /* ]] || out="$deploy/$out"
@@ -385,6 +403,9 @@ fi
 # coturn (root in its container, without capabilities: readable by all, like homeserver.yaml).
 render coturn/turnserver.conf.template coturn/turnserver.conf 644
 render well-known/matrix/client.template well-known/matrix/client 644
+# Prometheus: its configuration, and beside it the alert rules it loads.
+render prometheus/prometheus.yml.template prometheus/prometheus.yml 644
+put "$deploy/prometheus/alerts.yml" "$out/prometheus/alerts.yml" 644
 # Read by docker-compose on the host only.
 render provisioner/provisioner.env.template provisioner.env 600
 # The password module's secret, read by Synapse (uid 991 in its container)

@@ -27,6 +27,8 @@ SECRET_KEYS+=(TURN_SHARED_SECRET)
 LIST_SECRET_KEYS+=(TURN_SHARED_SECRET)
 # Empty: TURN_HOST is MATRIX_HOST, TURN_REALM the TURN host; no external-ip.
 OPTIONAL_KEYS+=(TURN_HOST TURN_REALM TURN_EXTERNAL_IP)
+# Monitoring (deploy/prometheus/): no Alertmanager unless one is named.
+OPTIONAL_KEYS+=(ALERTMANAGER_TARGETS)
 
 # in_list WORD LIST...: whether WORD is one of LIST.
 in_list() {

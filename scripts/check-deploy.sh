@@ -31,6 +31,8 @@
 #   7. FEDERATION, on and off, with two homeservers rendered from deploy/
 #      federating through their gateways (scripts/check-deploy-federation.sh).
 #   8. calls: scripts/check-deploy-turn.sh (coturn and Synapse's TURN settings).
+#   9. monitoring: scripts/check-deploy-monitoring.sh with the Synapse and
+#      service running here (promtool, and Prometheus scraping them).
 #
 # Usage:   scripts/check-deploy.sh
 # Needs:   cargo, python3, PostgreSQL 15 server binaries, openssl; Debian's
@@ -282,7 +284,7 @@ def cmd_compose():
     import yaml
     out = yaml.safe_load(open(sys.argv[3], encoding="utf8"))
     services = out["services"]
-    check(set(services) == {"postgres", "synapse", "provisioner", "element", "gateway", "coturn"},
+    check(set(services) == {"postgres", "synapse", "provisioner", "element", "gateway", "coturn", "prometheus"},
           f"services: {sorted(services)}")
     for name, s in services.items():
         image = s.get("image", "")
@@ -392,7 +394,8 @@ def cmd_compose():
         check(env.get(key) == want, f"provisioner's {key} from provisioner.env is {env.get(key)!r}")
 
     for name, s in services.items():
-        if name != "gateway":
+        # prometheus: on the host's loopback only (scripts/check-deploy-monitoring.sh).
+        if name not in ("gateway", "prometheus"):
             check(not s.get("ports"), f"{name} publishes ports; only the gateway may")
     published = set()
     for p in services["gateway"].get("ports", []):
@@ -1026,6 +1029,9 @@ reopen GATEWAY_EXPOSE_WEBHOOKS=yes GATEWAY_ADMIN_ALLOW=192.0.2.0/24
 checks webhooks-open "$work/open.env" || { show_logs; exit 1; }
 reopen GATEWAY_ADMIN_ALLOW=127.0.0.1,::1
 checks admin-open "$work/open.env" || { show_logs; exit 1; }
+
+# ---- 7. monitoring: deploy/prometheus/ against what runs above --------------------
+scripts/check-deploy-monitoring.sh "$work/test.env" || { show_logs; exit 1; }
 
 say "deploy/ passes: render, Element's config, docker-compose config, PostgreSQL, Synapse, the service and nginx from the rendered files, sign-in through the gateway (single sign-on and passwords)"
 

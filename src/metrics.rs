@@ -43,6 +43,7 @@ struct Metrics {
     messages: IntCounterVec,
     transactions: IntCounterVec,
     city_delay: HistogramVec,
+    admin_token_refusals: IntCounterVec,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -134,10 +135,26 @@ impl Metrics {
                 &[],
                 DELAY_BUCKETS,
             ),
+            admin_token_refusals: {
+                let c = counter(
+                    "matrix_provisioner_synapse_admin_token_refusals_total",
+                    "Synapse refusing the service's admin token, by reason: unknown_token (an admin API call answered M_UNKNOWN_TOKEN; the service takes or obtains another), replacement_refused (the token taken or obtained instead was refused too), login_refused (logging the admin account in, or registering it, was refused: no token can be obtained).",
+                    &["reason"],
+                );
+                // Every reason present from the start, so an alert sees the first
+                // refusal as an increase from 0 (deploy/prometheus/alerts.yml).
+                for reason in ADMIN_TOKEN_REFUSALS {
+                    c.with_label_values(&[reason]);
+                }
+                c
+            },
             registry,
         }
     }
 }
+
+/// The reasons of [`admin_token_refused`].
+const ADMIN_TOKEN_REFUSALS: [&str; 3] = ["unknown_token", "replacement_refused", "login_refused"];
 
 /// Seconds; from a few ms (DAARION.city up) to an hour (down for a while).
 const DELAY_BUCKETS: &[f64] = &[
@@ -156,6 +173,17 @@ pub fn message(direction: &str, outcome: &str) {
 /// A transaction from Synapse: `applied`, `duplicate`, `refused`, `unavailable`.
 pub fn transaction(outcome: &str) {
     METRICS.transactions.with_label_values(&[outcome]).inc();
+}
+
+/// Synapse refused the admin token (`unknown_token`), the one taken or
+/// obtained instead (`replacement_refused`), or the login or registration
+/// that would obtain one (`login_refused`).
+pub fn admin_token_refused(reason: &str) {
+    debug_assert!(ADMIN_TOKEN_REFUSALS.contains(&reason), "{reason}");
+    METRICS
+        .admin_token_refusals
+        .with_label_values(&[reason])
+        .inc();
 }
 
 /// An event reached DAARION.city `ms` after Synapse's transaction brought it.
@@ -354,6 +382,7 @@ mod tests {
         job("person", "done", "provisioned");
         sync("updated", 3);
         token_exchange("login_token", "ok");
+        admin_token_refused("login_refused");
         let text = render(
             Some(Snapshot {
                 queue: vec![
@@ -384,6 +413,10 @@ mod tests {
             r#"matrix_provisioner_people{state="provisioned"} 7"#,
             r#"matrix_provisioner_people{state="pending"} 0"#,
             "matrix_provisioner_synapse_reachable 1",
+            // Present before any refusal (alerts see the first one).
+            r#"matrix_provisioner_synapse_admin_token_refusals_total{reason="unknown_token"}"#,
+            r#"matrix_provisioner_synapse_admin_token_refusals_total{reason="replacement_refused"}"#,
+            r#"matrix_provisioner_synapse_admin_token_refusals_total{reason="login_refused"}"#,
             r#"matrix_provisioner_agents{state="ready"} 2"#,
             r#"matrix_provisioner_outbox_messages{direction="to_city",state="pending"} 5"#,
             r#"matrix_provisioner_outbox_oldest_seconds{direction="to_city"} 60"#,

@@ -156,7 +156,16 @@ impl AdminToken {
     }
 
     /// Logs in; on the very first start, registers the admin account first.
+    /// A refusal is counted: without a token the admin API is out of reach.
     async fn obtain(&self, synapse: &Synapse) -> Result<Secret> {
+        let obtained = self.login_or_register(synapse).await;
+        if let Err(SynapseError::Refused { .. }) = &obtained {
+            crate::metrics::admin_token_refused("login_refused");
+        }
+        obtained
+    }
+
+    async fn login_or_register(&self, synapse: &Synapse) -> Result<Secret> {
         match self.login(synapse).await {
             Ok(token) => return Ok(token),
             // 403: no such user yet (or another password, handled below).

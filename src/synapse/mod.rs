@@ -575,11 +575,18 @@ impl Synapse {
         let token = self.admin.get(self).await?;
         match self.send(endpoint, path, body, Some(&token)).await {
             Err(e) if e.errcode() == Some("M_UNKNOWN_TOKEN") => {
+                metrics::admin_token_refused("unknown_token");
                 tracing::info!(
                     "Synapse no longer accepts our admin token; finding or obtaining another"
                 );
                 let token = self.admin.replace(self, &token).await?;
-                self.send(endpoint, path, body, Some(&token)).await
+                let outcome = self.send(endpoint, path, body, Some(&token)).await;
+                if matches!(&outcome, Err(e) if e.errcode() == Some("M_UNKNOWN_TOKEN")) {
+                    // The token taken or obtained instead is refused too (an
+                    // operator's SYNAPSE_ADMIN_TOKEN is never replaced).
+                    metrics::admin_token_refused("replacement_refused");
+                }
+                outcome
             }
             other => other,
         }

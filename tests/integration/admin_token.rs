@@ -83,6 +83,27 @@ async fn cron_runs_share_the_services_admin_token(backend: Backend) {
     assert_eq!(summary["synapse_writes"], 0, "{summary}");
     assert_eq!(app.service_synapse.calls().get(Endpoint::Login), logins);
     assert_eq!(stored(&app.db).await, (Some(renewed), renewed_version));
+    // ... and counts the refusal (deploy/prometheus/alerts.yml watches it).
+    let metrics = app
+        .client
+        .http
+        .get(format!("{}/metrics", app.client.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refusals: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"matrix_provisioner_synapse_admin_token_refusals_total{reason="unknown_token"} "#,
+            )
+        })
+        .and_then(|v| v.parse().ok())
+        .expect("the refusals counter in /metrics");
+    assert!(refusals >= 1.0, "{refusals}");
     app.shutdown().await;
 }
 on_both_backends!(cron_runs_share_the_services_admin_token);
