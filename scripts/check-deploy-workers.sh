@@ -667,7 +667,12 @@ checks compose "$work/prod.env" "$work/compose.yml"
 declare -A P=()
 for name in https http synapse metrics replication client federation sender events redis \
     service1 service2 internal element standin; do
-    P[$name]="$(free_port)"
+    # Below the ephemeral range (lib.sh's fixed_port): a port picked from it
+    # can be taken by an outgoing connection before its server binds it
+    # (seen once in CI: "Address already in use" for a replica). Distinct.
+    port="$(fixed_port)"
+    while [[ " ${P[*]} " == *" $port "* ]]; do port="$(fixed_port)"; done
+    P[$name]="$port"
 done
 mkdir -p "$work/tls" "$work/synapse-data" "$work/element-root" "$work/redis"
 chmod 755 "$work/synapse-data"
