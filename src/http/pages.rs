@@ -268,16 +268,7 @@ pub fn confirm_page(
             escape(matrix_id)
         ),
     };
-    let inputs: String = fields
-        .iter()
-        .map(|(name, value)| {
-            format!(
-                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
-                escape(name),
-                escape(value)
-            )
-        })
-        .collect();
+    let inputs = hidden_inputs(fields);
     let form = format!(
         "<form method=\"post\" action=\"{}\">{inputs}\
          <button type=\"submit\" id=\"continue\" name=\"answer\" value=\"continue\">{yes}</button> \
@@ -353,16 +344,7 @@ pub fn sign_in_form(
             escape(&text)
         )
     });
-    let inputs: String = fields
-        .iter()
-        .map(|(name, value)| {
-            format!(
-                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
-                escape(name),
-                escape(value)
-            )
-        })
-        .collect();
+    let inputs = hidden_inputs(fields);
     let form = format!(
         "<form method=\"post\" action=\"{action}\">{inputs}\
          <p><label for=\"email\">{email_label}</label><br>\
@@ -381,6 +363,20 @@ pub fn sign_in_form(
         &format!("<p>{intro}</p>{}{form}", note.unwrap_or_default()),
     );
     headers_with_form_action(HttpResponse::build(status), "'self'").body(html)
+}
+
+/// `fields` as hidden inputs of a form, escaped.
+fn hidden_inputs(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                escape(name),
+                escape(value)
+            )
+        })
+        .collect()
 }
 
 /// A whole page around `content` (already HTML).

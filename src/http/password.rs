@@ -165,11 +165,7 @@ pub(super) fn refusal(e: PasswordError) -> ApiError {
             "invalid_credentials",
             "the email or password is wrong",
         ),
-        PasswordError::Deactivated => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "user_deactivated",
-            "this person's Matrix account is deactivated",
-        ),
+        PasswordError::Deactivated => super::sso::deactivated(),
         PasswordError::Limited { retry_after } => ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",

@@ -333,7 +333,7 @@ fn invalid_token(reason: &str) -> ApiError {
     )
 }
 
-fn deactivated() -> ApiError {
+pub(super) fn deactivated() -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,
         "user_deactivated",
