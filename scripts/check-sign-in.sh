@@ -112,6 +112,13 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import WebDriverWait
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+
+def waiting(b):
+    """Waits that outlive a page replaced under them (the onward page's refresh)."""
+    return WebDriverWait(b, 30, ignored_exceptions=(NoSuchElementException,
+                                                    StaleElementReferenceException))
 
 synapse, out, username = os.environ["SYNAPSE"], os.environ["OUT"], os.environ["USERNAME"]
 service = os.environ["SERVICE"]
@@ -128,7 +135,7 @@ def chromium():
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 browser = chromium()
-wait = WebDriverWait(browser, 30)
+wait = waiting(browser)
 step = 0
 
 def shot(name, who=None):
@@ -198,17 +205,17 @@ attacker, victim = chromium(), chromium()
 visited = []
 try:
     attacker.get(f"{synapse}/_matrix/static/client/login/")
-    WebDriverWait(attacker, 30).until(ready.element_to_be_clickable(
+    waiting(attacker).until(ready.element_to_be_clickable(
         (By.CSS_SELECTOR, "#sso_form input[type=submit]"))).click()
-    WebDriverWait(attacker, 30).until(ready.presence_of_element_located((By.ID, "username")))
+    waiting(attacker).until(ready.presence_of_element_located((By.ID, "username")))
     link = attacker.current_url  # DAARION's page with our return_to and state
     shot("attacker-stops-at-daarion", attacker)
     # The victim, signed in to DAARION, opens the link and goes on.
     victim.get(link)
-    WebDriverWait(victim, 30).until(ready.presence_of_element_located((By.ID, "username")))
+    waiting(victim).until(ready.presence_of_element_located((By.ID, "username")))
     victim.find_element(By.ID, "username").send_keys(victim_name)
     victim.find_element(By.ID, "sign_in").click()
-    WebDriverWait(victim, 30).until(lambda b: b.find_element(By.TAG_NAME, "h1").text == "Sign-in stopped")
+    waiting(victim).until(lambda b: b.find_element(By.TAG_NAME, "h1").text == "Sign-in stopped")
     victim_link = victim.current_url
     assert victim_link.startswith(service + "/v1/sso/continue?"), victim_link
     assert "another browser" in victim.find_element(By.TAG_NAME, "body").text
@@ -219,7 +226,7 @@ try:
     for url in (f"{service}/v1/sso/continue?state={urllib.parse.quote(state)}", victim_link):
         attacker.get(url)
         visited.append(attacker.current_url)
-        WebDriverWait(attacker, 30).until(lambda b: b.find_element(By.TAG_NAME, "h1").text)
+        waiting(attacker).until(lambda b: b.find_element(By.TAG_NAME, "h1").text)
         assert attacker.find_elements(By.ID, "continue") == [], "a confirmation for the attacker"
     shot("attacker-gets-nothing", attacker)
 finally:
@@ -250,6 +257,13 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import WebDriverWait
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+
+def waiting(b):
+    """Waits that outlive a page replaced under them (the onward page's refresh)."""
+    return WebDriverWait(b, 30, ignored_exceptions=(NoSuchElementException,
+                                                    StaleElementReferenceException))
 
 synapse, out, service = os.environ["SYNAPSE"], os.environ["OUT"], os.environ["SERVICE"]
 options = webdriver.ChromeOptions()
@@ -261,7 +275,7 @@ for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-u
     options.add_argument(flag)
 options.add_experimental_option("prefs", {"intl.accept_languages": "uk,en"})
 browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-wait = WebDriverWait(browser, 30)
+wait = waiting(browser)
 
 def body():
     return browser.find_element(By.TAG_NAME, "body").text
