@@ -50,18 +50,160 @@ pub struct AgentFields {
     pub slug: Option<String>,
     pub display_name: Patch<String>,
     pub avatar_url: Patch<String>,
+    /// Whether people may open direct chats with it (section 13).
+    pub accepts_direct_chats: Option<bool>,
 }
 
-/// A validated `agent.message`.
+/// Where an agent acts (CONTRACT.md section 13): a City Room, or a direct
+/// chat with a person. Its key (`room:<id>`, `conversation:<id>`) names the
+/// place's outbox into Matrix, its `send` job and its stream back to
+/// DAARION.city.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Place {
+    Room(String),
+    Conversation(String),
+}
+
+impl Place {
+    pub fn key(&self) -> String {
+        match self {
+            Place::Room(id) => format!("room:{id}"),
+            Place::Conversation(id) => format!("conversation:{id}"),
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<Place> {
+        if let Some(id) = key.strip_prefix("room:") {
+            return Some(Place::Room(id.to_string()));
+        }
+        key.strip_prefix("conversation:")
+            .map(|id| Place::Conversation(id.to_string()))
+    }
+
+    /// The DAARION id: the City Room's or the conversation's.
+    pub fn id(&self) -> &str {
+        match self {
+            Place::Room(id) | Place::Conversation(id) => id,
+        }
+    }
+
+    /// `room_id` and `conversation_id` as the contract's events carry them
+    /// (one of them null).
+    pub fn fields(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            Place::Room(id) => (Some(id), None),
+            Place::Conversation(id) => (None, Some(id)),
+        }
+    }
+}
+
+/// A file an agent sends (`agent.message`'s `attachment`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct Attachment {
+    pub url: String,
+    #[serde(default)]
+    pub mimetype: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub size: Option<u64>,
+}
+
+/// A validated `agent.message` (a whole message, or one part of a
+/// streamed answer: `final` false).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentMessage {
     pub message_id: String,
     pub agent_id: String,
-    pub room_id: String,
+    pub place: Place,
     pub body: String,
     pub format: Format,
     pub reply_to: Option<String>,
+    pub thread_of: Option<String>,
+    pub final_part: bool,
+    pub attachment: Option<Attachment>,
 }
+
+/// What DAARION.city asks an agent to do in Matrix (section 9's
+/// `agent.message` and section 13's additions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentAction {
+    Message(AgentMessage),
+    Edit {
+        message_id: String,
+        body: String,
+        format: Format,
+    },
+    Delete {
+        message_id: String,
+        reason: Option<String>,
+    },
+    React {
+        agent_id: String,
+        target: String,
+        key: String,
+        removed: bool,
+    },
+    Typing {
+        agent_id: String,
+        place: Place,
+        typing: bool,
+        timeout_ms: i64,
+    },
+    Read {
+        agent_id: String,
+        place: Place,
+        up_to: String,
+    },
+}
+
+/// The kinds of row in a place's outbox into Matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionKind {
+    Message,
+    Reaction,
+    Typing,
+    Read,
+}
+
+column_words!(ActionKind {
+    Message => "message",
+    Reaction => "reaction",
+    Typing => "typing",
+    Read => "read",
+});
+
+impl AgentAction {
+    /// What the event log files it under: its place, or its message.
+    pub fn subject(&self) -> String {
+        match self {
+            AgentAction::Message(m) => m.place.key(),
+            AgentAction::Edit { message_id, .. } | AgentAction::Delete { message_id, .. } => {
+                message_id.clone()
+            }
+            AgentAction::React { agent_id, .. } => agent_id.clone(),
+            AgentAction::Typing { place, .. } | AgentAction::Read { place, .. } => place.key(),
+        }
+    }
+}
+
+/// The outbox row of an agent's reaction, typing or read receipt: one per
+/// agent and target or place, updated in place (the newest word wins).
+pub fn action_row_id(kind: ActionKind, agent_id: &str, on: &str, key: &str) -> String {
+    let digest = Sha256::digest(format!("{agent_id}\n{on}\n{key}").as_bytes());
+    format!("~{}:{}", kind.as_str(), hex::encode(&digest[..16]))
+}
+
+/// A direct chat's id: stable for a Matrix room and an agent.
+pub fn conversation_id(matrix_room_id: &str, agent_id: &str) -> String {
+    let digest = Sha256::digest(format!("{matrix_room_id}\n{agent_id}").as_bytes());
+    format!("c_{}", hex::encode(&digest[..12]))
+}
+
+/// Longest typing notice asked for.
+const MAX_TYPING_MS: i64 = 120_000;
+/// Longest reaction key.
+const MAX_KEY_BYTES: usize = 64;
 
 /// What an agent event changes (see `city::Change`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +225,8 @@ pub struct AgentWanted {
     pub display_name_at: i64,
     pub avatar_url: Option<String>,
     pub avatar_url_at: i64,
+    pub accepts_direct_chats: bool,
+    pub accepts_direct_chats_at: i64,
     pub deleted: bool,
     pub lifecycle_at: i64,
     pub presence: Option<Presence>,
@@ -116,6 +260,12 @@ impl AgentWanted {
                     f.avatar_url.as_ref(),
                     t,
                 );
+                if let Some(accepts) = f.accepts_direct_chats {
+                    if t >= self.accepts_direct_chats_at {
+                        self.accepts_direct_chats = accepts;
+                        self.accepts_direct_chats_at = t;
+                    }
+                }
             }
             AgentChange::Deleted => {
                 if t >= self.lifecycle_at {
@@ -147,18 +297,76 @@ struct RawAgent {
     display_name: Patch<String>,
     #[serde(default, deserialize_with = "patch")]
     avatar_url: Patch<String>,
+    #[serde(default)]
+    accepts_direct_chats: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
 struct RawMessage {
     message_id: String,
     agent_id: String,
-    room_id: String,
+    #[serde(default)]
+    room_id: Option<String>,
+    #[serde(default)]
+    conversation_id: Option<String>,
+    /// Required, but may be empty with an attachment (its caption).
     body: String,
     #[serde(default)]
     format: Option<String>,
     #[serde(default)]
     reply_to: Option<String>,
+    #[serde(default)]
+    thread_of: Option<String>,
+    #[serde(default, rename = "final")]
+    final_part: Option<bool>,
+    #[serde(default)]
+    attachment: Option<Attachment>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawEdit {
+    message_id: String,
+    body: String,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawDelete {
+    message_id: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawReaction {
+    agent_id: String,
+    target: String,
+    key: String,
+    #[serde(default)]
+    removed: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawTyping {
+    agent_id: String,
+    #[serde(default)]
+    room_id: Option<String>,
+    #[serde(default)]
+    conversation_id: Option<String>,
+    typing: bool,
+    #[serde(default)]
+    timeout_ms: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawRead {
+    agent_id: String,
+    #[serde(default)]
+    room_id: Option<String>,
+    #[serde(default)]
+    conversation_id: Option<String>,
+    up_to: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,6 +419,7 @@ pub(super) fn parse_agent(kind: &str, data: Value) -> Result<(String, AgentChang
             slug,
             display_name: empty_is_clear(raw.display_name.map(clean_display_name)),
             avatar_url: empty_is_clear(raw.avatar_url),
+            accepts_direct_chats: raw.accepts_direct_chats,
         }),
     ))
 }
@@ -229,29 +438,134 @@ fn localpart_slug(slug: &str) -> Result<String, EventError> {
     Ok(slug)
 }
 
-pub(super) fn parse_message(data: Value) -> Result<AgentMessage, EventError> {
-    let raw: RawMessage = serde_json::from_value(data)
-        .map_err(|e| EventError::Malformed(format!("data does not fit agent.message: {e}")))?;
-    let format = match raw.format.as_deref() {
-        None => Format::Plain,
+fn malformed(kind: &str) -> impl Fn(serde_json::Error) -> EventError + '_ {
+    move |e| EventError::Malformed(format!("data does not fit {kind}: {e}"))
+}
+
+/// Exactly one of `room_id` and `conversation_id`.
+fn place(room_id: Option<String>, conversation_id: Option<String>) -> Result<Place, EventError> {
+    match (room_id, conversation_id) {
+        (Some(room), None) => Ok(Place::Room(id_field(room, "room_id")?)),
+        (None, Some(c)) => Ok(Place::Conversation(id_field(c, "conversation_id")?)),
+        _ => Err(unacceptable(
+            "data must name exactly one of room_id and conversation_id",
+        )),
+    }
+}
+
+fn format_field(format: Option<&str>) -> Result<Format, EventError> {
+    match format {
+        None => Ok(Format::Plain),
         Some(f) => f
             .parse::<Format>()
-            .map_err(|()| unacceptable("data.format must be plain or markdown"))?,
-    };
-    if raw.body.trim().is_empty() {
+            .map_err(|()| unacceptable("data.format must be plain or markdown")),
+    }
+}
+
+fn body_field(body: &str, may_be_empty: bool) -> Result<(), EventError> {
+    if body.trim().is_empty() && !may_be_empty {
         return Err(unacceptable("data.body must not be empty"));
     }
-    if raw.body.len() > MAX_BODY_BYTES {
+    if body.len() > MAX_BODY_BYTES {
         return Err(unacceptable("data.body is longer than 24 KiB"));
     }
-    let reply_to = raw.reply_to.map(|r| id_field(r, "reply_to")).transpose()?;
+    Ok(())
+}
+
+pub(super) fn parse_message(data: Value) -> Result<AgentMessage, EventError> {
+    let raw: RawMessage = serde_json::from_value(data).map_err(malformed("agent.message"))?;
+    let format = format_field(raw.format.as_deref())?;
+    body_field(&raw.body, raw.attachment.is_some())?;
+    if let Some(a) = &raw.attachment {
+        let url = url::Url::parse(&a.url)
+            .map_err(|_| unacceptable("data.attachment.url must be an http(s) URL"))?;
+        if !matches!(url.scheme(), "http" | "https") || a.url.len() > super::event::MAX_URL_BYTES {
+            return Err(unacceptable(
+                "data.attachment.url must be an http(s) URL of at most 2048 bytes",
+            ));
+        }
+        let short = |v: &Option<String>| v.as_ref().is_none_or(|v| v.len() <= 255);
+        if !short(&a.mimetype) || !short(&a.name) {
+            return Err(unacceptable(
+                "data.attachment.mimetype and name must be at most 255 bytes",
+            ));
+        }
+    }
+    let optional_id = |v: Option<String>, field| v.map(|r| id_field(r, field)).transpose();
     Ok(AgentMessage {
         message_id: id_field(raw.message_id, "message_id")?,
         agent_id: id_field(raw.agent_id, "agent_id")?,
-        room_id: id_field(raw.room_id, "room_id")?,
+        place: place(raw.room_id, raw.conversation_id)?,
         body: raw.body,
         format,
-        reply_to,
+        reply_to: optional_id(raw.reply_to, "reply_to")?,
+        thread_of: optional_id(raw.thread_of, "thread_of")?,
+        final_part: raw.final_part.unwrap_or(true),
+        attachment: raw.attachment,
+    })
+}
+
+/// `agent.message_edited`, `agent.message_deleted`, `agent.reaction`,
+/// `agent.typing`, `agent.read` (section 13).
+pub(super) fn parse_action(kind: &str, data: Value) -> Result<AgentAction, EventError> {
+    let bad = malformed(kind);
+    Ok(match kind {
+        "agent.message_edited" => {
+            let raw: RawEdit = serde_json::from_value(data).map_err(bad)?;
+            body_field(&raw.body, false)?;
+            AgentAction::Edit {
+                message_id: id_field(raw.message_id, "message_id")?,
+                format: format_field(raw.format.as_deref())?,
+                body: raw.body,
+            }
+        }
+        "agent.message_deleted" => {
+            let raw: RawDelete = serde_json::from_value(data).map_err(bad)?;
+            AgentAction::Delete {
+                message_id: id_field(raw.message_id, "message_id")?,
+                reason: raw
+                    .reason
+                    .map(|r| {
+                        clean_display_name(r)
+                            .chars()
+                            .take(MAX_STATUS_CHARS)
+                            .collect()
+                    })
+                    .filter(|r: &String| !r.is_empty()),
+            }
+        }
+        "agent.reaction" => {
+            let raw: RawReaction = serde_json::from_value(data).map_err(bad)?;
+            if raw.key.trim().is_empty() || raw.key.len() > MAX_KEY_BYTES {
+                return Err(unacceptable("data.key must be 1 to 64 bytes"));
+            }
+            AgentAction::React {
+                agent_id: id_field(raw.agent_id, "agent_id")?,
+                target: id_field(raw.target, "target")?,
+                key: raw.key,
+                removed: raw.removed,
+            }
+        }
+        "agent.typing" => {
+            let raw: RawTyping = serde_json::from_value(data).map_err(bad)?;
+            AgentAction::Typing {
+                agent_id: id_field(raw.agent_id, "agent_id")?,
+                place: place(raw.room_id, raw.conversation_id)?,
+                typing: raw.typing,
+                timeout_ms: raw.timeout_ms.unwrap_or(30_000).clamp(1000, MAX_TYPING_MS),
+            }
+        }
+        _ => {
+            let raw: RawRead = serde_json::from_value(data).map_err(bad)?;
+            if !raw.up_to.starts_with('$') {
+                return Err(unacceptable("data.up_to must be a matrix.message id"));
+            }
+            AgentAction::Read {
+                agent_id: id_field(raw.agent_id, "agent_id")?,
+                place: place(raw.room_id, raw.conversation_id)?,
+                up_to: id_field(raw.up_to, "up_to")?,
+            }
+        }
     })
 }
 
@@ -289,22 +603,96 @@ pub fn txn_id(message_id: &str) -> String {
     format!("mp-{}", hex::encode(&digest[..16]))
 }
 
-/// The `m.room.message` content of an agent's message; `reply_event` is the
-/// Matrix event it answers, if known.
-pub fn message_content(message: &AgentMessage, reply_event: Option<&str>) -> Value {
-    let mut content = json!({
-        "msgtype": "m.text",
-        "body": message.body,
-        MESSAGE_ID_FIELD: message.message_id,
-    });
-    if message.format == Format::Markdown {
+/// The Matrix events an agent's message relates to, where known.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Relations<'a> {
+    /// The event it answers.
+    pub reply: Option<&'a str>,
+    /// The root of the thread it is in.
+    pub thread_root: Option<&'a str>,
+}
+
+/// The `m.room.message` content of an agent's message as it stands (body,
+/// format and, once uploaded, its attachment's content), without
+/// relations: what an edit's `m.new_content` holds.
+pub fn new_content(message: &AgentMessage, attachment: Option<&Value>) -> Value {
+    let mut content = match attachment {
+        Some(a) => {
+            let mut c = a.clone();
+            if message.body.trim().is_empty() {
+                c["body"] = c["filename"].clone();
+            } else {
+                c["body"] = json!(message.body);
+            }
+            c
+        }
+        None => json!({"msgtype": "m.text", "body": message.body}),
+    };
+    if message.format == Format::Markdown && !message.body.trim().is_empty() {
         content["format"] = json!("org.matrix.custom.html");
         content["formatted_body"] = json!(render_markdown(&message.body));
     }
-    if let Some(event_id) = reply_event {
-        content["m.relates_to"] = json!({"m.in_reply_to": {"event_id": event_id}});
+    content
+}
+
+/// The `m.room.message` content of an agent's message, marked with its
+/// DAARION message id, as a reply or in a thread where asked.
+pub fn message_content(
+    message: &AgentMessage,
+    relations: Relations<'_>,
+    attachment: Option<&Value>,
+) -> Value {
+    let mut content = new_content(message, attachment);
+    content[MESSAGE_ID_FIELD] = json!(message.message_id);
+    match (relations.thread_root, relations.reply) {
+        (Some(root), reply) => {
+            content["m.relates_to"] = json!({
+                "rel_type": "m.thread",
+                "event_id": root,
+                "is_falling_back": reply.is_none(),
+                "m.in_reply_to": {"event_id": reply.unwrap_or(root)},
+            });
+        }
+        (None, Some(event_id)) => {
+            content["m.relates_to"] = json!({"m.in_reply_to": {"event_id": event_id}});
+        }
+        (None, None) => {}
     }
     content
+}
+
+/// An edit (`m.replace`) of `original` to `new` (see [`new_content`]):
+/// clients show the new content in place of the old, and those that do not
+/// know edits show the fallback, the new text marked with `*`.
+pub fn edit_content(original: &str, new: &Value) -> Value {
+    let mut content = new.clone();
+    for field in ["body", "formatted_body"] {
+        if let Some(text) = new[field].as_str() {
+            content[field] = json!(format!("* {text}"));
+        }
+    }
+    content["m.new_content"] = new.clone();
+    content["m.relates_to"] = json!({"rel_type": "m.replace", "event_id": original});
+    content
+}
+
+/// An agent's reaction (`m.reaction`) to `target`, marked with its row id
+/// (a crash between the send and the record finds it in the room).
+pub fn reaction_content(row_id: &str, target: &str, key: &str) -> Value {
+    json!({
+        "m.relates_to": {"rel_type": "m.annotation", "event_id": target, "key": key},
+        MESSAGE_ID_FIELD: row_id,
+    })
+}
+
+/// The `msgtype` of a file of this media type.
+pub fn file_msgtype(mimetype: &str) -> &'static str {
+    match mimetype.split('/').next() {
+        Some("image") => "m.image",
+        Some("audio") => "m.audio",
+        Some("video") => "m.video",
+        _ => "m.file",
+    }
 }
 
 /// Markdown as the HTML Matrix clients show, sanitised with the service's
@@ -347,7 +735,11 @@ mod tests {
             "body": "*hi*", "format": "markdown", "reply_to": "m0"
         }))
         .unwrap();
-        let content = message_content(&message, Some("$earlier"));
+        let relations = Relations {
+            reply: Some("$earlier"),
+            thread_root: None,
+        };
+        let content = message_content(&message, relations, None);
         assert_eq!(content["body"], "*hi*");
         assert_eq!(content["formatted_body"], "<p><em>hi</em></p>");
         assert_eq!(content[MESSAGE_ID_FIELD], "m1");
@@ -359,7 +751,7 @@ mod tests {
             "message_id": "m2", "agent_id": "a", "room_id": "r", "body": "hi"
         }))
         .unwrap();
-        assert!(message_content(&plain, None)
+        assert!(message_content(&plain, Relations::default(), None)
             .get("formatted_body")
             .is_none());
     }

@@ -7,7 +7,9 @@
 
 use serde::Deserialize;
 
-use super::agent::{parse_agent, parse_message, parse_presence, AgentChange, AgentMessage};
+use super::agent::{
+    parse_action, parse_agent, parse_message, parse_presence, AgentAction, AgentChange,
+};
 use super::event::{
     clean_display_name, patch, timestamp, unacceptable, valid_id, EventError, Patch, MAX_URL_BYTES,
 };
@@ -75,14 +77,14 @@ pub enum Change {
     },
     /// `agent.*` and `presence.changed`: about the agent `subject`.
     Agent(AgentChange),
-    /// `agent.message`, into the City Room `subject`.
-    Message(AgentMessage),
+    /// `agent.message` and what else an agent does in a place (section 13).
+    Action(Box<AgentAction>),
 }
 
 impl Change {
     /// Whether the change is about a room (its fields or members).
     pub fn is_room(&self) -> bool {
-        !matches!(self, Change::Agent(_) | Change::Message(_))
+        !matches!(self, Change::Agent(_) | Change::Action(_))
     }
 }
 
@@ -193,8 +195,12 @@ impl CityEvent {
         use CityKind::*;
         let (subject, change) = match kind {
             AgentMessage => {
-                let message = parse_message(raw.data)?;
-                (message.room_id.clone(), Change::Message(message))
+                let action = AgentAction::Message(parse_message(raw.data)?);
+                (action.subject(), Change::Action(Box::new(action)))
+            }
+            AgentMessageEdited | AgentMessageDeleted | AgentReaction | AgentTyping | AgentRead => {
+                let action = parse_action(kind.as_str(), raw.data)?;
+                (action.subject(), Change::Action(Box::new(action)))
             }
             PresenceChanged => {
                 let (member_id, change) = parse_presence(raw.data)?;
@@ -272,11 +278,16 @@ enum CityKind {
     AgentUpdated,
     AgentDeleted,
     AgentMessage,
+    AgentMessageEdited,
+    AgentMessageDeleted,
+    AgentReaction,
+    AgentTyping,
+    AgentRead,
     PresenceChanged,
 }
 
 impl CityKind {
-    const ALL: [CityKind; 10] = [
+    const ALL: [CityKind; 15] = [
         CityKind::RoomCreated,
         CityKind::RoomUpdated,
         CityKind::RoomDeleted,
@@ -286,6 +297,11 @@ impl CityKind {
         CityKind::AgentUpdated,
         CityKind::AgentDeleted,
         CityKind::AgentMessage,
+        CityKind::AgentMessageEdited,
+        CityKind::AgentMessageDeleted,
+        CityKind::AgentReaction,
+        CityKind::AgentTyping,
+        CityKind::AgentRead,
         CityKind::PresenceChanged,
     ];
 
@@ -300,6 +316,11 @@ impl CityKind {
             CityKind::AgentUpdated => "agent.updated",
             CityKind::AgentDeleted => "agent.deleted",
             CityKind::AgentMessage => "agent.message",
+            CityKind::AgentMessageEdited => "agent.message_edited",
+            CityKind::AgentMessageDeleted => "agent.message_deleted",
+            CityKind::AgentReaction => "agent.reaction",
+            CityKind::AgentTyping => "agent.typing",
+            CityKind::AgentRead => "agent.read",
             CityKind::PresenceChanged => "presence.changed",
         }
     }
@@ -494,7 +515,7 @@ impl RoomWanted {
                 }
             }
             // Not about the room (see `Change::is_room`).
-            Change::Agent(_) | Change::Message(_) => {}
+            Change::Agent(_) | Change::Action(_) => {}
         }
         members_changed || *self != before
     }

@@ -1,7 +1,9 @@
 //! What Synapse sends the application service (`PUT
 //! /_matrix/app/v1/transactions/{txnId}`, SYNAPSE.md) as far as the service
 //! acts on it, and what goes back to DAARION.city (CONTRACT.md section 9):
-//! people's messages in City Rooms (`matrix.message`) and their presence
+//! people's messages in City Rooms and direct chats with agents
+//! (`matrix.message`), their edits, deletions and reactions, the direct
+//! chats' start and end (section 13), and people's presence
 //! (`matrix.presence`).
 //!
 //! Only messages from people count: the bot's and the agents' own events
@@ -11,6 +13,8 @@ use std::collections::BTreeSet;
 
 use chrono::{SecondsFormat, TimeZone, Utc};
 use serde_json::{json, Value};
+
+use super::agent::Place;
 
 /// Whose Matrix ids are the service's own: the bot and the agents' puppets.
 #[derive(Debug, Clone)]
@@ -33,7 +37,7 @@ impl Names<'_> {
             .filter(|lp| lp.starts_with(self.agent_prefix))
     }
 
-    fn is_service(&self, user_id: &str) -> bool {
+    pub fn is_service(&self, user_id: &str) -> bool {
         self.local(user_id)
             .is_some_and(|lp| lp == self.bot || lp.starts_with(self.agent_prefix))
     }
@@ -58,10 +62,64 @@ pub struct InboundPresence {
     pub last_active_ago: Option<i64>,
 }
 
+/// A person's edit (`m.replace`) of their message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundEdit {
+    pub event_id: String,
+    pub room_id: String,
+    pub sender: String,
+    /// The edited event.
+    pub original: String,
+    /// `m.new_content`.
+    pub content: Value,
+    pub origin_server_ts: i64,
+}
+
+/// A person's reaction (`m.reaction`, an `m.annotation`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundReaction {
+    pub event_id: String,
+    pub room_id: String,
+    pub sender: String,
+    pub target: String,
+    pub key: String,
+    pub origin_server_ts: i64,
+}
+
+/// A redaction by a person (of their message or reaction, or, as a
+/// moderator, of someone else's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundRedaction {
+    pub event_id: String,
+    pub room_id: String,
+    pub sender: String,
+    pub redacts: String,
+    pub reason: Option<String>,
+    pub origin_server_ts: i64,
+}
+
+/// A membership change that may start or end a direct chat: an agent's
+/// puppet invited, or someone leaving (or made to leave).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundMember {
+    pub event_id: String,
+    pub room_id: String,
+    pub sender: String,
+    /// Whose membership (the state key).
+    pub user_id: String,
+    /// `invite`, `leave` or `ban`.
+    pub membership: String,
+    pub origin_server_ts: i64,
+}
+
 /// The part of a transaction the service acts on.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Transaction {
     pub messages: Vec<InboundMessage>,
+    pub edits: Vec<InboundEdit>,
+    pub reactions: Vec<InboundReaction>,
+    pub redactions: Vec<InboundRedaction>,
+    pub members: Vec<InboundMember>,
     pub presence: Vec<InboundPresence>,
     /// Events in the transaction, all kinds (for logs).
     pub events: usize,
@@ -83,25 +141,7 @@ impl Transaction {
             ..Transaction::default()
         };
         for event in events {
-            let text = |field: &str| event[field].as_str().map(str::to_string);
-            if event["type"] != "m.room.message" || !event["content"].is_object() {
-                continue;
-            }
-            let (Some(event_id), Some(room_id), Some(sender)) =
-                (text("event_id"), text("room_id"), text("sender"))
-            else {
-                continue;
-            };
-            if names.is_service(&sender) {
-                continue;
-            }
-            txn.messages.push(InboundMessage {
-                event_id,
-                room_id,
-                sender,
-                content: event["content"].clone(),
-                origin_server_ts: event["origin_server_ts"].as_i64().unwrap_or(0),
-            });
+            txn.read_event(event, names);
         }
         let ephemeral = raw
             .get("ephemeral")
@@ -131,10 +171,272 @@ impl Transaction {
     }
 }
 
+impl Transaction {
+    /// Whether anything in it may concern DAARION.city.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+            && self.edits.is_empty()
+            && self.reactions.is_empty()
+            && self.redactions.is_empty()
+            && self.members.is_empty()
+            && self.presence.is_empty()
+    }
+
+    /// Keeps a timeline event if the service acts on it.
+    fn read_event(&mut self, event: &Value, names: &Names) {
+        let text = |field: &str| event[field].as_str().map(str::to_string);
+        let (Some(event_id), Some(room_id), Some(sender)) =
+            (text("event_id"), text("room_id"), text("sender"))
+        else {
+            return;
+        };
+        if !event["content"].is_object() || names.is_service(&sender) {
+            return;
+        }
+        let content = &event["content"];
+        let relation = &content["m.relates_to"];
+        let origin_server_ts = event["origin_server_ts"].as_i64().unwrap_or(0);
+        match event["type"].as_str() {
+            Some("m.room.message") if relation["rel_type"] == "m.replace" => {
+                let (Some(original), true) = (
+                    relation["event_id"].as_str(),
+                    content["m.new_content"].is_object(),
+                ) else {
+                    return;
+                };
+                self.edits.push(InboundEdit {
+                    event_id,
+                    room_id,
+                    sender,
+                    original: original.to_string(),
+                    content: content["m.new_content"].clone(),
+                    origin_server_ts,
+                });
+            }
+            Some("m.room.message") => self.messages.push(InboundMessage {
+                event_id,
+                room_id,
+                sender,
+                content: content.clone(),
+                origin_server_ts,
+            }),
+            Some("m.reaction") if relation["rel_type"] == "m.annotation" => {
+                let (Some(target), Some(key)) =
+                    (relation["event_id"].as_str(), relation["key"].as_str())
+                else {
+                    return;
+                };
+                self.reactions.push(InboundReaction {
+                    event_id,
+                    room_id,
+                    sender,
+                    target: target.to_string(),
+                    key: key.to_string(),
+                    origin_server_ts,
+                });
+            }
+            Some("m.room.redaction") => {
+                // Room versions up to 10 carry it at the top, 11 in the content.
+                let Some(redacts) = event["redacts"].as_str().or(content["redacts"].as_str())
+                else {
+                    return;
+                };
+                self.redactions.push(InboundRedaction {
+                    event_id,
+                    room_id,
+                    sender,
+                    redacts: redacts.to_string(),
+                    reason: content["reason"].as_str().map(str::to_string),
+                    origin_server_ts,
+                });
+            }
+            Some("m.room.member") => {
+                let (Some(user_id), Some(membership)) =
+                    (event["state_key"].as_str(), content["membership"].as_str())
+                else {
+                    return;
+                };
+                let invite = membership == "invite" && names.agent(user_id).is_some();
+                if invite || membership == "leave" || membership == "ban" {
+                    self.members.push(InboundMember {
+                        event_id,
+                        room_id,
+                        sender,
+                        user_id: user_id.to_string(),
+                        membership: membership.to_string(),
+                        origin_server_ts,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A person's file in Matrix as DAARION.city gets it, with a link that
+/// serves it without a Matrix token until `expires_at` (ms).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileLink {
+    pub url: String,
+    pub expires_at: i64,
+}
+
+/// What a person's message links to, as DAARION.city knows it.
+#[derive(Debug, Clone, Default)]
+pub struct Links<'a> {
+    pub sender_id: Option<&'a str>,
+    /// The agent's `message_id` (else the event id) it replies to.
+    pub reply_to: Option<&'a str>,
+    /// The thread's root, the same way.
+    pub thread_of: Option<&'a str>,
+    pub mentions: Vec<String>,
+    pub file: Option<FileLink>,
+}
+
+/// `room_id` and `conversation_id` into an event's `data`.
+fn place_fields(data: &mut Value, place: &Place) {
+    let (room_id, conversation_id) = place.fields();
+    data["room_id"] = json!(room_id);
+    if conversation_id.is_some() {
+        data["conversation_id"] = json!(conversation_id);
+    }
+}
+
+/// A message content's text as DAARION.city gets it: the body, and the
+/// HTML sanitised with the one policy of `domain::html`.
+fn text_fields(content: &Value) -> (String, Option<String>) {
+    let formatted = content["formatted_body"]
+        .as_str()
+        .map(super::html::sanitise);
+    (
+        content["body"].as_str().unwrap_or("").to_string(),
+        formatted,
+    )
+}
+
+/// The `matrix.message_edited` event: `message_id` is the edited
+/// `matrix.message`'s id.
+pub fn edit_envelope(edit: &InboundEdit, place: &Place, sender_id: Option<&str>) -> Value {
+    let (body, formatted) = text_fields(&edit.content);
+    let mut data = json!({
+        "message_id": edit.original,
+        "sender_id": sender_id,
+        "body": body,
+        "format": if formatted.is_some() { "html" } else { "plain" },
+        "formatted_body": formatted,
+    });
+    place_fields(&mut data, place);
+    json!({
+        "id": edit.event_id,
+        "type": "matrix.message_edited",
+        "created_at": rfc3339(edit.origin_server_ts),
+        "data": data,
+    })
+}
+
+/// The `matrix.message_deleted` event: `message_id` names the deleted
+/// message (an agent's `message_id`, or a `matrix.message` id), `sender_id`
+/// who deleted it.
+pub fn deletion_envelope(
+    redaction: &InboundRedaction,
+    place: &Place,
+    message_id: &str,
+    sender_id: Option<&str>,
+    by_moderator: bool,
+) -> Value {
+    let mut data = json!({
+        "message_id": message_id,
+        "sender_id": sender_id,
+        "by_moderator": by_moderator,
+        "reason": redaction.reason,
+    });
+    place_fields(&mut data, place);
+    json!({
+        "id": redaction.event_id,
+        "type": "matrix.message_deleted",
+        "created_at": rfc3339(redaction.origin_server_ts),
+        "data": data,
+    })
+}
+
+/// A reaction for DAARION.city: `matrix.reaction`, added (`id` the
+/// reaction's event) or removed (`id` the redaction's event).
+pub struct ReactionTold<'a> {
+    pub id: &'a str,
+    pub ts: i64,
+    pub target: &'a str,
+    pub key: &'a str,
+    pub sender_id: Option<&'a str>,
+    pub removed: bool,
+}
+
+pub fn reaction_envelope(r: &ReactionTold<'_>, place: &Place) -> Value {
+    let mut data = json!({
+        "target": r.target,
+        "key": r.key,
+        "sender_id": r.sender_id,
+        "removed": r.removed,
+    });
+    place_fields(&mut data, place);
+    json!({
+        "id": r.id,
+        "type": "matrix.reaction",
+        "created_at": rfc3339(r.ts),
+        "data": data,
+    })
+}
+
+/// `matrix.conversation_started` / `matrix.conversation_ended`.
+pub fn conversation_envelope(
+    id: &str,
+    kind: &str,
+    conversation_id: &str,
+    agent_id: &str,
+    sender_id: Option<&str>,
+    matrix_room_id: &str,
+    ts: i64,
+) -> Value {
+    json!({
+        "id": id,
+        "type": kind,
+        "created_at": rfc3339(ts),
+        "data": {
+            "conversation_id": conversation_id,
+            "agent_id": agent_id,
+            "sender_id": sender_id,
+            "matrix_room_id": matrix_room_id,
+        },
+    })
+}
+
 impl InboundMessage {
-    /// The event this message replies to, if it is a reply.
+    /// The root of the thread this message is in, if any.
+    pub fn thread_root(&self) -> Option<&str> {
+        let relation = &self.content["m.relates_to"];
+        (relation["rel_type"] == "m.thread")
+            .then(|| relation["event_id"].as_str())
+            .flatten()
+    }
+
+    /// The `mxc://` URI of the file this message carries, if it is one.
+    pub fn file(&self) -> Option<&str> {
+        let kind = self.content["msgtype"].as_str()?;
+        if !matches!(kind, "m.image" | "m.file" | "m.audio" | "m.video") {
+            return None;
+        }
+        self.content["url"]
+            .as_str()
+            .filter(|u| u.starts_with("mxc://"))
+    }
+
+    /// The event this message replies to, if it is a reply (a thread's
+    /// fallback reply is not one).
     pub fn reply_event(&self) -> Option<&str> {
-        self.content["m.relates_to"]["m.in_reply_to"]["event_id"].as_str()
+        let relation = &self.content["m.relates_to"];
+        if relation["rel_type"] == "m.thread" && relation["is_falling_back"] == true {
+            return None;
+        }
+        relation["m.in_reply_to"]["event_id"].as_str()
     }
 
     /// Users the message mentions: its `m.mentions`, and the Matrix ids in
@@ -160,30 +462,35 @@ impl InboundMessage {
     /// (a person's client, another server's), and DAARION.city shows it in
     /// a browser: it goes out sanitised, with the policy agents' HTML
     /// comes in with.
-    pub fn envelope(
-        &self,
-        room_id: &str,
-        sender_id: Option<&str>,
-        reply_to: Option<&str>,
-        mentions: &[String],
-    ) -> Value {
-        let formatted = self.content["formatted_body"]
-            .as_str()
-            .map(super::html::sanitise);
+    pub fn envelope(&self, place: &Place, links: &Links<'_>) -> Value {
+        let (body, formatted) = text_fields(&self.content);
+        let mut data = json!({
+            "sender_id": links.sender_id,
+            "matrix_user_id": self.sender,
+            "body": body,
+            "format": if formatted.is_some() { "html" } else { "plain" },
+            "formatted_body": formatted,
+            "reply_to": links.reply_to,
+            "thread_of": links.thread_of,
+            "mentions": links.mentions,
+        });
+        place_fields(&mut data, place);
+        if let (Some(mxc), Some(link)) = (self.file(), &links.file) {
+            let info = &self.content["info"];
+            data["attachment"] = json!({
+                "mxc": mxc,
+                "mimetype": info["mimetype"].as_str(),
+                "name": self.content["filename"].as_str().or(self.content["body"].as_str()),
+                "size": info["size"].as_u64(),
+                "download_url": link.url,
+                "download_expires_at": rfc3339(link.expires_at),
+            });
+        }
         json!({
             "id": self.event_id,
             "type": "matrix.message",
             "created_at": rfc3339(self.origin_server_ts),
-            "data": {
-                "room_id": room_id,
-                "sender_id": sender_id,
-                "matrix_user_id": self.sender,
-                "body": self.content["body"].as_str().unwrap_or(""),
-                "format": if formatted.is_some() { "html" } else { "plain" },
-                "formatted_body": formatted,
-                "reply_to": reply_to,
-                "mentions": mentions,
-            },
+            "data": data,
         })
     }
 }
@@ -207,7 +514,7 @@ pub fn presence_envelope(
     })
 }
 
-fn rfc3339(ms: i64) -> String {
+pub fn rfc3339(ms: i64) -> String {
     Utc.timestamp_millis_opt(ms)
         .single()
         .unwrap_or_default()
@@ -310,7 +617,15 @@ mod tests {
             ]
         );
         assert_eq!(message.reply_event(), Some("$0"));
-        let envelope = message.envelope("r_kyiv", Some("u_1"), Some("m0"), &["a_a".into()]);
+        let links = Links {
+            sender_id: Some("u_1"),
+            reply_to: Some("m0"),
+            mentions: vec!["a_a".into()],
+            ..Links::default()
+        };
+        let envelope = message.envelope(&Place::Room("r_kyiv".into()), &links);
+        assert_eq!(envelope["data"]["room_id"], "r_kyiv");
+        assert!(envelope["data"].get("conversation_id").is_none());
         assert_eq!(envelope["type"], "matrix.message");
         assert_eq!(envelope["id"], "$1");
         assert_eq!(envelope["data"]["format"], "html");
@@ -339,7 +654,9 @@ mod tests {
             }),
             origin_server_ts: 0,
         };
-        let envelope = message.envelope("r_kyiv", None, None, &[]);
+        let envelope = message.envelope(&Place::Conversation("c_1".into()), &Links::default());
+        assert_eq!(envelope["data"]["conversation_id"], "c_1");
+        assert!(envelope["data"]["room_id"].is_null());
         assert_eq!(envelope["data"]["format"], "html");
         let html = envelope["data"]["formatted_body"].as_str().unwrap();
         for gone in [

@@ -72,11 +72,26 @@ pub async fn get_agent(
 pub struct MessageView {
     #[schema(example = "msg_01JDAQ")]
     pub message_id: String,
+    /// The City Room (null in a direct chat).
     #[schema(example = "r_kyiv")]
-    pub room_id: String,
+    pub room_id: Option<String>,
+    /// The direct chat (null in a City Room).
+    pub conversation_id: Option<String>,
     #[schema(example = "a_helper")]
     pub agent_id: String,
-    /// `pending`, `sent` or `failed`.
+    /// `message` (an agent's reactions, typing and receipts are kept the
+    /// same way, under ids of their own).
+    #[schema(example = "message")]
+    pub kind: String,
+    /// Edits sent to Matrix (a streamed answer's parts, DAARION.city's edits).
+    pub edits: i64,
+    /// DAARION.city deleted it (redacted in Matrix once `sent`).
+    pub deleted: bool,
+    /// False while a streamed answer is still coming.
+    #[serde(rename = "final")]
+    pub final_part: bool,
+    /// `pending` (Matrix does not show it as it should yet: not sent, an
+    /// edit or a redaction to come), `sent` or `failed`.
     #[schema(example = "sent")]
     pub state: String,
     /// The Matrix event, once sent.
@@ -115,7 +130,12 @@ pub async fn get_message(
         .ok_or_else(|| ApiError::not_found(format!("no message {message_id:?} is known here")))?;
     Ok(web::Json(MessageView {
         message_id: m.message.message_id,
-        room_id: m.message.room_id,
+        room_id: m.message.place.fields().0.map(str::to_string),
+        conversation_id: m.message.place.fields().1.map(str::to_string),
+        kind: m.kind.as_str().to_string(),
+        edits: m.edits,
+        deleted: m.deleted,
+        final_part: m.message.final_part,
         agent_id: m.message.agent_id,
         state: m.state,
         event_id: m.event_id,

@@ -94,7 +94,7 @@ pub async fn transaction(
     let outbox = city.events_url.is_some();
     match state
         .store
-        .accept_transaction(&key, &txn, &names, outbox, state.clock.now_ms())
+        .accept_transaction(&key, &txn, &names, outbox, &|_| None, state.clock.now_ms())
         .await
     {
         Ok(accepted) => {

@@ -8,6 +8,7 @@
 //! that cannot wait for the queue.
 
 mod agent;
+mod attachment;
 mod avatar;
 mod deliver;
 mod outcome;
@@ -28,6 +29,7 @@ use crate::avatar::AvatarFetcher;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::daarion::CityEvents;
+use crate::domain::matrix::Names;
 use crate::signing::Signer;
 use crate::store::{
     Account, AgentState, ClaimFor, Job, JobKind, JobState, LocalpartPolicy, Pass, Person,
@@ -135,6 +137,8 @@ pub struct Worker {
     oidc: Option<Arc<Signer>>,
     alias_prefix: String,
     agent_prefix: String,
+    server_name: String,
+    bot: String,
     join_concurrency: usize,
     /// How long an agent's message may wait for its room or agent.
     message_wait: Duration,
@@ -173,6 +177,8 @@ impl Worker {
             oidc,
             alias_prefix: settings.city.alias_prefix.clone(),
             agent_prefix: settings.city.agent_prefix.clone(),
+            server_name: settings.server_name.clone(),
+            bot: settings.city.bot.clone(),
             join_concurrency: settings.synapse_max_concurrency,
             message_wait: settings.city.message_wait,
             city_events,
@@ -385,7 +391,14 @@ impl Worker {
                 let deps = send::SendDeps {
                     store: &self.store,
                     synapse: &self.synapse,
+                    files: &self.avatars,
+                    names: Names {
+                        server_name: &self.server_name,
+                        bot: &self.bot,
+                        agent_prefix: &self.agent_prefix,
+                    },
                     max_wait: self.message_wait,
+                    outbox: self.city_events.is_some(),
                     clock: &self.clock,
                 };
                 let outcome = send::drain(&deps, &job.subject).await;

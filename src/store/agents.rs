@@ -55,7 +55,7 @@ pub struct Agent {
 }
 
 const AGENT_COLUMNS: &str = "agent_id, slug, slug_at, display_name, display_name_at, \
-    avatar_url, avatar_url_at, deleted, lifecycle_at, presence, status_msg, presence_at, state, \
+    avatar_url, avatar_url_at, accepts_direct_chats, accepts_direct_chats_at, deleted, lifecycle_at, presence, status_msg, presence_at, state, \
     localpart, registered, applied_avatar_url, avatar_mxc, avatar_sha256, avatar_error, \
     applied_presence, created_at, updated_at, \
     COALESCE((SELECT j.attempts FROM jobs j WHERE j.kind = 'agent' AND j.subject = agent_id), 0) \
@@ -94,6 +94,8 @@ impl Agent {
                 display_name_at: row.try_get("display_name_at")?,
                 avatar_url: row.try_get("avatar_url")?,
                 avatar_url_at: row.try_get("avatar_url_at")?,
+                accepts_direct_chats: row.try_get::<i64, _>("accepts_direct_chats")? != 0,
+                accepts_direct_chats_at: row.try_get("accepts_direct_chats_at")?,
                 deleted: row.try_get::<i64, _>("deleted")? != 0,
                 lifecycle_at: row.try_get("lifecycle_at")?,
                 presence: presence.and_then(|p| p.parse().ok()),
@@ -186,7 +188,8 @@ impl Store {
                 "UPDATE agents SET slug = $2, slug_at = $3, display_name = $4, \
                  display_name_at = $5, avatar_url = $6, avatar_url_at = $7, deleted = $8, \
                  lifecycle_at = $9, presence = $10, status_msg = $11, presence_at = $12, \
-                 updated_at = $13 WHERE agent_id = $1",
+                 updated_at = $13, accepts_direct_chats = $14, accepts_direct_chats_at = $15 \
+                 WHERE agent_id = $1",
             )
             .bind(*id)
             .bind(&w.slug)
@@ -201,6 +204,8 @@ impl Store {
             .bind(&w.status_msg)
             .bind(w.presence_at)
             .bind(now)
+            .bind(w.accepts_direct_chats as i64)
+            .bind(w.accepts_direct_chats_at)
             .execute(&mut **tx)
             .await?;
         }

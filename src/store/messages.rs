@@ -1,46 +1,33 @@
-//! Messages both ways, each an ordered outbox drained by a job per stream:
+//! What agents do in Matrix, as an ordered outbox per place (a City Room or
+//! a direct chat, see [`Place`]): their messages (whole, or streamed in
+//! parts, edited, deleted, with a file), reactions, typing and read
+//! receipts. Each row is a subject: DAARION.city's events set what it
+//! should be (the newest word wins), the place's `send` job brings Matrix
+//! to it, and the row records what Matrix shows (its event, the text shown,
+//! edits made, whether it is redacted). `state` is `pending` while the two
+//! differ, `sent` once they agree, `failed` when they never can.
 //!
-//! - agents' messages into Matrix (`agent_messages`): stored by the city
-//!   intake, sent by the room's `send` job in `created_at` order; the row
-//!   keeps the message id → event id record that makes each message one
-//!   Matrix event;
-//! - what goes back to DAARION.city (`city_outbox`): stored by the intake
-//!   of Synapse's transactions, before Synapse gets its `200`, and
-//!   delivered by the stream's `deliver` job in arrival order.
-//!
-//! Unlike a subject's job, whose repeats fold into one run, every row here
-//! is its own delivery; the job only says "this stream has rows".
+//! A message's row also keeps the message id → event id record that makes
+//! it exactly one Matrix event, its edits and reactions too.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-
+use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::intake::{fresh_ones, log_events, retry_conflicts, Logged};
 use super::{JobKind, Result, Store};
-use crate::domain::agent::{AgentMessage, Format};
+use crate::domain::agent::{
+    action_row_id, ActionKind, AgentAction, AgentMessage, Attachment, Format, Place,
+};
 use crate::domain::city::CityEvent;
-use crate::domain::matrix::{self, Names};
 
-/// The event log's sources for Synapse's transactions and events.
-const MATRIX_TXN: &str = "matrix-txn";
-const MATRIX_EVENT: &str = "matrix";
-/// The `city_outbox` stream of people's presence.
-pub const PRESENCE_STREAM: &str = "presence";
-
-/// DAARION people by their localpart (the senders of Matrix events).
-const PEOPLE_BY_LOCALPART: &str =
-    "SELECT localpart AS k, user_id AS v FROM people WHERE localpart IN ({})";
-
-/// The `city_outbox` stream of a City Room's messages.
-pub fn room_stream(room_id: &str) -> String {
-    format!("room:{room_id}")
-}
-
-/// An agent's message as stored.
+/// An agent's action as stored (see the module documentation).
 #[derive(Debug, Clone)]
 pub struct StoredMessage {
+    pub kind: ActionKind,
+    /// For a reaction: `body` is its key; for typing `on`/`off`.
     pub message: AgentMessage,
+    /// A reaction's target; a read receipt's event.
+    pub target: Option<String>,
     /// DAARION.city's `created_at`, ms.
     pub created_at: i64,
     pub received_at: i64,
@@ -50,148 +37,213 @@ pub struct StoredMessage {
     pub attempted_at: Option<i64>,
     pub event_id: Option<String>,
     pub last_error: Option<String>,
+    /// The text and format Matrix shows (once sent).
+    pub shown: Option<(String, Format)>,
+    /// Edits sent (a reaction: how many times it was sent).
+    pub edits: i64,
+    pub edited_at: Option<i64>,
+    pub deleted: bool,
+    pub delete_reason: Option<String>,
+    pub redacted: bool,
+    pub timeout_ms: Option<i64>,
+    /// The file's Matrix content, once uploaded.
+    pub attachment_content: Option<Value>,
 }
 
-const MESSAGE_COLUMNS: &str = "message_id, room_id, agent_id, body, format, reply_to, \
-    created_at, received_at, state, attempted_at, event_id, last_error";
+impl StoredMessage {
+    /// Matrix shows the message, and not the text it should.
+    pub fn needs_edit(&self) -> bool {
+        self.event_id.is_some()
+            && !self.deleted
+            && self.shown.as_ref().map(|(b, f)| (b.as_str(), *f))
+                != Some((self.message.body.as_str(), self.message.format))
+    }
+}
+
+const MESSAGE_COLUMNS: &str = "message_id, kind, place, agent_id, body, format, reply_to, \
+    thread_of, final, attachment, target, created_at, received_at, state, attempted_at, \
+    event_id, last_error, shown_body, shown_format, edits, edited_at, deleted, delete_reason, \
+    redacted, timeout_ms, attachment_content";
+
+/// Whether Matrix shows what the row wants (after the Matrix-side columns
+/// were written): typing and receipts are done once applied; a deleted
+/// row once redacted (or never sent); any other once sent, not redacted,
+/// with the wanted text.
+const SETTLED: &str = "CASE \
+    WHEN state = 'failed' THEN 'failed' \
+    WHEN kind IN ('typing', 'read') THEN 'sent' \
+    WHEN deleted = 1 THEN CASE WHEN redacted = 1 OR event_id IS NULL THEN 'sent' ELSE 'pending' END \
+    WHEN event_id IS NULL OR redacted = 1 THEN 'pending' \
+    WHEN kind = 'reaction' THEN 'sent' \
+    WHEN body = shown_body AND format = shown_format THEN 'sent' \
+    ELSE 'pending' END";
+
+/// `state` after DAARION.city changed what a row wants.
+const WANTED_AGAIN: &str = "CASE WHEN state = 'failed' THEN 'failed' ELSE 'pending' END";
+/// The same in an upsert (where `excluded` has a `state` too).
+const WANTED_AGAIN_UPSERT: &str =
+    "CASE WHEN agent_messages.state = 'failed' THEN 'failed' ELSE 'pending' END";
 
 fn message_from(row: &AnyRow) -> Result<StoredMessage> {
     let format: String = row.try_get("format")?;
+    let place: String = row.try_get("place")?;
+    let attachment: Option<String> = row.try_get("attachment")?;
+    let content: Option<String> = row.try_get("attachment_content")?;
+    let shown_body: Option<String> = row.try_get("shown_body")?;
+    let shown_format: Option<String> = row.try_get("shown_format")?;
+    let kind: String = row.try_get("kind")?;
     Ok(StoredMessage {
+        kind: kind.parse().unwrap_or(ActionKind::Message),
         message: AgentMessage {
             message_id: row.try_get("message_id")?,
             agent_id: row.try_get("agent_id")?,
-            room_id: row.try_get("room_id")?,
+            place: Place::from_key(&place).unwrap_or(Place::Room(place)),
             body: row.try_get("body")?,
             format: format.parse().unwrap_or(Format::Plain),
             reply_to: row.try_get("reply_to")?,
+            thread_of: row.try_get("thread_of")?,
+            final_part: row.try_get::<i64, _>("final")? != 0,
+            attachment: attachment.and_then(|a| serde_json::from_str::<Attachment>(&a).ok()),
         },
+        target: row.try_get("target")?,
         created_at: row.try_get("created_at")?,
         received_at: row.try_get("received_at")?,
         state: row.try_get("state")?,
         attempted_at: row.try_get("attempted_at")?,
         event_id: row.try_get("event_id")?,
         last_error: row.try_get("last_error")?,
+        shown: shown_body.map(|b| {
+            let f = shown_format.and_then(|f| f.parse().ok());
+            (b, f.unwrap_or(Format::Plain))
+        }),
+        edits: row.try_get("edits")?,
+        edited_at: row.try_get("edited_at")?,
+        deleted: row.try_get::<i64, _>("deleted")? != 0,
+        delete_reason: row.try_get("delete_reason")?,
+        redacted: row.try_get::<i64, _>("redacted")? != 0,
+        timeout_ms: row.try_get("timeout_ms")?,
+        attachment_content: content.and_then(|c| serde_json::from_str(&c).ok()),
     })
 }
 
-/// One undelivered event for DAARION.city.
+/// A first send of this run, to record: the event and the text it shows.
 #[derive(Debug, Clone)]
-pub struct OutboxEntry {
-    pub seq: i64,
-    pub id: String,
-    pub kind: String,
-    /// The envelope, as sent.
+pub struct Sent {
+    pub message_id: String,
+    pub event_id: String,
     pub body: String,
-    pub received_at: i64,
-}
-
-/// What operators see of both outboxes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OutboxSummary {
-    /// Agents' messages not in Matrix yet.
-    pub to_matrix_pending: i64,
-    pub to_matrix_failed: i64,
-    /// `received_at` of the oldest pending one.
-    pub to_matrix_oldest: Option<i64>,
-    /// Events DAARION.city has not acknowledged yet.
-    pub to_city_pending: i64,
-    pub to_city_oldest: Option<i64>,
-    /// The last error of a stream still being retried, either way.
-    pub to_matrix_last_error: Option<String>,
-    pub to_city_last_error: Option<String>,
-}
-
-/// What DAARION.city knows of the people, agents' messages and agents a
-/// transaction's messages name (localpart or event id → DAARION id).
-struct KnownToCity {
-    people: HashMap<String, String>,
-    replied: HashMap<String, String>,
-    agents: HashMap<String, String>,
-}
-
-impl KnownToCity {
-    /// A person's message as `matrix.message` for DAARION.city: the sender's
-    /// DAARION id, the agent's message it answers (else the event id) and
-    /// the agents it mentions.
-    fn envelope(
-        &self,
-        m: &matrix::InboundMessage,
-        room_id: &str,
-        mentioned: &BTreeSet<String>,
-        names: &Names<'_>,
-    ) -> serde_json::Value {
-        let sender_id = names
-            .local(&m.sender)
-            .and_then(|lp| self.people.get(lp))
-            .map(String::as_str);
-        let reply_to = m
-            .reply_event()
-            .map(|e| self.replied.get(e).map_or(e, String::as_str));
-        let mentions: Vec<String> = mentioned
-            .iter()
-            .filter_map(|u| names.agent(u).and_then(|lp| self.agents.get(lp)).cloned())
-            .collect();
-        m.envelope(room_id, sender_id, reply_to, &mentions)
-    }
-}
-
-/// The outcome of [`Store::accept_transaction`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TxnAccepted {
-    /// The same transaction was applied before.
-    pub duplicate: bool,
-    /// Events queued for DAARION.city.
-    pub queued: usize,
+    pub format: Format,
 }
 
 impl Store {
-    /// Stores agents' messages inside the city intake's transaction (a
-    /// message id seen before is a repeat); marks in `work` those queued,
-    /// and queues the `send` job of their rooms.
-    pub(super) async fn accept_messages(
+    /// Stores agents' actions inside the city intake's transaction: a new
+    /// message, a newer part of a streamed one, an edit or a deletion, a
+    /// reaction, typing, a read receipt. Marks in `work` those that change
+    /// something, and queues the `send` job of their places.
+    pub(super) async fn accept_actions(
         &self,
         tx: &mut Transaction<'static, Any>,
-        messages: &[(usize, &CityEvent, &AgentMessage)],
+        actions: &[(usize, &CityEvent, &AgentAction)],
         work: &mut [bool],
         now: i64,
     ) -> Result<()> {
-        let mut rooms: BTreeSet<&str> = BTreeSet::new();
-        for (i, event, m) in messages {
-            let inserted = sqlx::query(
-                "INSERT INTO agent_messages (message_id, room_id, agent_id, body, format, \
-                 reply_to, created_at, received_at, state) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending') ON CONFLICT DO NOTHING",
-            )
-            .bind(&m.message_id)
-            .bind(&m.room_id)
-            .bind(&m.agent_id)
-            .bind(&m.body)
-            .bind(m.format.as_str())
-            .bind(&m.reply_to)
-            .bind(event.created_at_ms)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-            if inserted == 1 {
-                rooms.insert(m.room_id.as_str());
+        let mut places: Vec<String> = Vec::new();
+        for (i, event, action) in actions {
+            let t = event.created_at_ms;
+            let place = match action {
+                AgentAction::Message(m) => upsert_message(tx, m, t, now).await?,
+                AgentAction::Edit {
+                    message_id,
+                    body,
+                    format,
+                } => {
+                    let sql = format!(
+                        "UPDATE agent_messages SET body = $2, format = $3, body_at = $4, \
+                         final = 1, received_at = $5, state = {WANTED_AGAIN} \
+                         WHERE message_id = $1 AND kind = 'message' AND deleted = 0 \
+                         AND body_at < $4 RETURNING place"
+                    );
+                    sqlx::query_scalar(&sql)
+                        .bind(message_id)
+                        .bind(body)
+                        .bind(format.as_str())
+                        .bind(t)
+                        .bind(now)
+                        .fetch_optional(&mut **tx)
+                        .await?
+                }
+                AgentAction::Delete { message_id, reason } => {
+                    let sql = format!(
+                        "UPDATE agent_messages SET deleted = 1, delete_reason = $2, \
+                         received_at = $3, state = {WANTED_AGAIN} \
+                         WHERE message_id = $1 AND kind = 'message' AND deleted = 0 RETURNING place"
+                    );
+                    sqlx::query_scalar(&sql)
+                        .bind(message_id)
+                        .bind(reason)
+                        .bind(now)
+                        .fetch_optional(&mut **tx)
+                        .await?
+                }
+                AgentAction::React {
+                    agent_id,
+                    target,
+                    key,
+                    removed,
+                } => upsert_reaction(tx, agent_id, target, key, *removed, t, now).await?,
+                AgentAction::Typing {
+                    agent_id,
+                    place,
+                    typing,
+                    timeout_ms,
+                } => {
+                    let row = Signal {
+                        kind: ActionKind::Typing,
+                        agent_id,
+                        place,
+                        body: if *typing { "on" } else { "off" },
+                        target: None,
+                        timeout_ms: Some(*timeout_ms),
+                    };
+                    upsert_signal(tx, &row, t, now).await?
+                }
+                AgentAction::Read {
+                    agent_id,
+                    place,
+                    up_to,
+                } => {
+                    let row = Signal {
+                        kind: ActionKind::Read,
+                        agent_id,
+                        place,
+                        body: "",
+                        target: Some(up_to),
+                        timeout_ms: None,
+                    };
+                    upsert_signal(tx, &row, t, now).await?
+                }
+            };
+            if let Some(place) = place {
                 work[*i] = true;
+                if !places.contains(&place) {
+                    places.push(place);
+                }
             }
         }
-        let keys: Vec<&str> = rooms.into_iter().collect();
+        places.sort();
+        let keys: Vec<&str> = places.iter().map(String::as_str).collect();
         self.enqueue(tx, JobKind::Send, &keys, now).await
     }
 
-    /// The room's next pending messages, in the order they are sent:
-    /// DAARION.city's `created_at`, then arrival, then id.
-    pub async fn pending_messages(&self, room_id: &str, limit: i64) -> Result<Vec<StoredMessage>> {
+    /// The place's rows that Matrix does not show yet, in the order they
+    /// go: DAARION.city's `created_at`, then arrival, then id.
+    pub async fn pending_messages(&self, place: &str, limit: i64) -> Result<Vec<StoredMessage>> {
         let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM agent_messages WHERE room_id = $1 AND state = 'pending' \
+            "SELECT {MESSAGE_COLUMNS} FROM agent_messages WHERE place = $1 AND state = 'pending' \
              ORDER BY created_at, received_at, message_id LIMIT $2"
         );
         let rows = sqlx::query(&sql)
-            .bind(room_id)
+            .bind(place)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
@@ -228,39 +280,178 @@ impl Store {
         Ok(())
     }
 
-    /// These messages are in Matrix as these events: one statement for
-    /// all of them (a commit per message costs a disk flush each).
-    pub async fn record_sent(&self, sent: &[(String, String)], now: i64) -> Result<()> {
+    /// These messages are in Matrix as these events, showing this text:
+    /// one commit for all of them (a commit per message costs a disk flush
+    /// each). A message whose text changed meanwhile stays pending.
+    pub async fn record_sent(&self, sent: &[Sent], now: i64) -> Result<()> {
         if sent.is_empty() {
             return Ok(());
         }
         let b = self.backend;
-        let cases: String = (0..sent.len())
-            .map(|i| {
-                format!(
-                    " WHEN {} THEN {}",
-                    b.placeholder(2 * i + 1),
-                    b.placeholder(2 * i + 2)
-                )
-            })
-            .collect();
-        let ids: Vec<String> = (0..sent.len())
-            .map(|i| b.placeholder(2 * sent.len() + i + 1))
-            .collect();
+        let n = sent.len();
+        // Three `CASE message_id WHEN id THEN value` lists, then the ids:
+        // every value bound in the order it appears (see `placeholder`).
+        let case = |list: usize| -> String {
+            (0..n)
+                .map(|i| {
+                    let at = 2 * n * list + 2 * i;
+                    format!(
+                        " WHEN {} THEN {}",
+                        b.placeholder(at + 1),
+                        b.placeholder(at + 2)
+                    )
+                })
+                .collect()
+        };
+        let ids = b.values(6 * n, n);
         // `now` is written in (an integer of ours), see `mark_attempted`.
         let sql = format!(
-            "UPDATE agent_messages SET state = 'sent', last_error = NULL, sent_at = {now}, \
-             event_id = CASE message_id{cases} END WHERE message_id IN ({})",
-            ids.join(", ")
+            "UPDATE agent_messages SET last_error = NULL, sent_at = {now}, redacted = 0, \
+             event_id = CASE message_id{} END, shown_body = CASE message_id{} END, \
+             shown_format = CASE message_id{} END WHERE message_id IN ({ids})",
+            case(0),
+            case(1),
+            case(2),
         );
         let mut query = sqlx::query(&sql);
-        for (message_id, event_id) in sent {
-            query = query.bind(message_id).bind(event_id);
+        for s in sent {
+            query = query.bind(&s.message_id).bind(&s.event_id);
         }
-        for (message_id, _) in sent {
-            query = query.bind(message_id);
+        for s in sent {
+            query = query.bind(&s.message_id).bind(&s.body);
         }
-        query.execute(&self.pool).await?;
+        for s in sent {
+            query = query.bind(&s.message_id).bind(s.format.as_str());
+        }
+        for s in sent {
+            query = query.bind(&s.message_id);
+        }
+        let mut tx = self.pool.begin().await?;
+        query.execute(&mut *tx).await?;
+        let ids: Vec<&str> = sent.iter().map(|s| s.message_id.as_str()).collect();
+        self.settle(&mut tx, &ids).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// An edit of the message went out: Matrix shows this text now.
+    pub async fn record_edit(
+        &self,
+        message_id: &str,
+        body: &str,
+        format: Format,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE agent_messages SET shown_body = $2, shown_format = $3, edits = edits + 1, \
+             edited_at = $4, last_error = NULL WHERE message_id = $1",
+        )
+        .bind(message_id)
+        .bind(body)
+        .bind(format.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        self.settle(&mut tx, &[message_id]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A reaction went out as `event_id` (its `edits`-th send).
+    pub async fn record_reaction(&self, row_id: &str, event_id: &str, now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE agent_messages SET event_id = $2, redacted = 0, edits = edits + 1, \
+             sent_at = $3, last_error = NULL WHERE message_id = $1",
+        )
+        .bind(row_id)
+        .bind(event_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        self.settle(&mut tx, &[row_id]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The row's event was redacted (a deleted message, a removed reaction).
+    pub async fn record_redacted(&self, message_id: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE agent_messages SET redacted = 1 WHERE message_id = $1")
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?;
+        self.settle(&mut tx, &[message_id]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Typing or a receipt was applied as it was asked at `body_at`
+    /// (unless asked anew since), or a row needs nothing more.
+    pub async fn record_done(&self, message_id: &str, body_at: Option<i64>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(at) = body_at {
+            // A newer word arrived meanwhile: the row stays pending.
+            let sql = format!(
+                "UPDATE agent_messages SET state = {SETTLED}, last_error = NULL \
+                 WHERE message_id = $1 AND created_at = $2"
+            );
+            sqlx::query(&sql)
+                .bind(message_id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            self.settle(&mut tx, &[message_id]).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The file's Matrix content, once uploaded (kept for a retry).
+    pub async fn record_attachment(&self, message_id: &str, content: &Value) -> Result<()> {
+        sqlx::query("UPDATE agent_messages SET attachment_content = $2 WHERE message_id = $1")
+            .bind(message_id)
+            .bind(content.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A file of this content uploaded before (by its SHA-256).
+    pub async fn uploaded_media(&self, sha256: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT mxc FROM media_uploads WHERE sha256 = $1")
+                .bind(sha256)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn remember_upload(&self, sha256: &str, mxc: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO media_uploads (sha256, mxc, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(sha256)
+        .bind(mxc)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn settle(&self, tx: &mut Transaction<'static, Any>, ids: &[&str]) -> Result<()> {
+        let sql = format!(
+            "UPDATE agent_messages SET state = {SETTLED} WHERE message_id IN ({})",
+            self.backend.placeholders(ids.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        query.execute(&mut **tx).await?;
         Ok(())
     }
 
@@ -288,381 +479,194 @@ impl Store {
 
     /// The Matrix event of an agent's message, for a reply to it.
     pub async fn message_event(&self, message_id: &str) -> Result<Option<String>> {
-        let event: Option<Option<String>> =
-            sqlx::query_scalar("SELECT event_id FROM agent_messages WHERE message_id = $1")
-                .bind(message_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let event: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT event_id FROM agent_messages WHERE message_id = $1 AND kind = 'message'",
+        )
+        .bind(message_id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(event.flatten())
     }
 
-    /// An operator's retry of a failed message: pending again, its room's
+    /// An operator's retry of a failed message: pending again, its place's
     /// outbox queued; false if unknown or not failed.
     pub async fn retry_message(&self, message_id: &str, now: i64) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let room: Option<String> = sqlx::query_scalar(
-            "UPDATE agent_messages SET state = 'pending', last_error = NULL \
-             WHERE message_id = $1 AND state = 'failed' RETURNING room_id",
+        let place: Option<String> = sqlx::query_scalar(
+            "UPDATE agent_messages SET state = 'pending', last_error = NULL, received_at = $2 \
+             WHERE message_id = $1 AND state = 'failed' RETURNING place",
         )
         .bind(message_id)
+        .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
-        if let Some(room) = &room {
-            self.enqueue(&mut tx, JobKind::Send, &[room.as_str()], now)
+        if let Some(place) = &place {
+            self.enqueue(&mut tx, JobKind::Send, &[place.as_str()], now)
                 .await?;
         }
         tx.commit().await?;
-        Ok(room.is_some())
+        Ok(place.is_some())
     }
 
-    /// Queues the `send` job of every room with pending messages of this
-    /// agent, or in this room (`agent` false): what waited for it can go.
+    /// Queues the `send` job of every place with pending rows of this
+    /// agent, or of this City Room (`agent` false): what waited for it can go.
     pub async fn queue_sends_of(&self, key: &str, agent: bool, now: i64) -> Result<usize> {
-        let column = if agent { "agent_id" } else { "room_id" };
-        let sql = format!(
-            "SELECT DISTINCT room_id FROM agent_messages WHERE {column} = $1 AND state = 'pending'"
-        );
-        let rooms: Vec<String> = sqlx::query_scalar(&sql)
+        let (sql, key) = if agent {
+            (
+                "SELECT DISTINCT place FROM agent_messages WHERE agent_id = $1 AND state = 'pending'",
+                key.to_string(),
+            )
+        } else {
+            (
+                "SELECT DISTINCT place FROM agent_messages WHERE place = $1 AND state = 'pending'",
+                Place::Room(key.to_string()).key(),
+            )
+        };
+        let places: Vec<String> = sqlx::query_scalar(sql)
             .bind(key)
             .fetch_all(&self.pool)
             .await?;
-        if !rooms.is_empty() {
+        if !places.is_empty() {
             let mut tx = self.pool.begin().await?;
-            let keys: Vec<&str> = rooms.iter().map(String::as_str).collect();
+            let keys: Vec<&str> = places.iter().map(String::as_str).collect();
             self.enqueue(&mut tx, JobKind::Send, &keys, now).await?;
             tx.commit().await?;
         }
-        Ok(rooms.len())
-    }
-
-    /// The stream's next undelivered events, oldest first.
-    pub async fn outbox(&self, stream: &str, limit: i64) -> Result<Vec<OutboxEntry>> {
-        let rows = sqlx::query(
-            "SELECT seq, id, kind, body, received_at FROM city_outbox WHERE stream = $1 \
-             ORDER BY seq LIMIT $2",
-        )
-        .bind(stream)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(OutboxEntry {
-                    seq: r.try_get("seq")?,
-                    id: r.try_get("id")?,
-                    kind: r.try_get("kind")?,
-                    body: r.try_get("body")?,
-                    received_at: r.try_get("received_at")?,
-                })
-            })
-            .collect()
-    }
-
-    /// DAARION.city acknowledged it.
-    pub async fn delivered(&self, seq: i64) -> Result<()> {
-        sqlx::query("DELETE FROM city_outbox WHERE seq = $1")
-            .bind(seq)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn outbox_summary(&self) -> Result<OutboxSummary> {
-        let row = sqlx::query(
-            "SELECT \
-               (SELECT COUNT(*) FROM agent_messages WHERE state = 'pending') AS mp, \
-               (SELECT COUNT(*) FROM agent_messages WHERE state = 'failed') AS mf, \
-               (SELECT MIN(received_at) FROM agent_messages WHERE state = 'pending') AS mo, \
-               (SELECT COUNT(*) FROM city_outbox) AS cp, \
-               (SELECT MIN(received_at) FROM city_outbox) AS co, \
-               (SELECT last_error FROM jobs WHERE kind = 'send' AND last_error IS NOT NULL \
-                ORDER BY run_at DESC LIMIT 1) AS me, \
-               (SELECT last_error FROM jobs WHERE kind = 'deliver' AND last_error IS NOT NULL \
-                ORDER BY run_at DESC LIMIT 1) AS ce",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(OutboxSummary {
-            to_matrix_pending: row.try_get("mp")?,
-            to_matrix_failed: row.try_get("mf")?,
-            to_matrix_oldest: row.try_get("mo")?,
-            to_city_pending: row.try_get("cp")?,
-            to_city_oldest: row.try_get("co")?,
-            to_matrix_last_error: row.try_get("me")?,
-            to_city_last_error: row.try_get("ce")?,
-        })
-    }
-
-    /// Stores what a transaction from Synapse means for DAARION.city, in one
-    /// database transaction, before Synapse is answered: the transaction's
-    /// key and its events' ids (each applied once, whatever Synapse
-    /// resends), and, with `outbox` on (`CITY_EVENTS_URL` set), a
-    /// `matrix.message` per person's message in a City Room and a
-    /// `matrix.presence` per change of a DAARION person's presence.
-    pub async fn accept_transaction(
-        &self,
-        txn_key: &str,
-        txn: &matrix::Transaction,
-        names: &Names<'_>,
-        outbox: bool,
-        now: i64,
-    ) -> Result<TxnAccepted> {
-        // Most transactions carry nothing for DAARION.city (the agents' own
-        // messages coming back, typing, receipts): no write for them.
-        if !outbox || (txn.messages.is_empty() && txn.presence.is_empty()) {
-            return Ok(TxnAccepted {
-                duplicate: false,
-                queued: 0,
-            });
-        }
-        retry_conflicts("transaction intake", || {
-            self.try_accept_transaction(txn_key, txn, names, now)
-        })
-        .await
-    }
-
-    async fn try_accept_transaction(
-        &self,
-        txn_key: &str,
-        txn: &matrix::Transaction,
-        names: &Names<'_>,
-        now: i64,
-    ) -> Result<Option<TxnAccepted>> {
-        let mut tx = self.pool.begin().await?;
-        let first = log_events(
-            &mut tx,
-            self.backend,
-            MATRIX_TXN,
-            &[Logged {
-                id: txn_key,
-                subject: "",
-                kind: "transaction",
-                created_at: now,
-            }],
-            now,
-        )
-        .await?;
-        if first.is_empty() {
-            return Ok(Some(TxnAccepted {
-                duplicate: true,
-                queued: 0,
-            }));
-        }
-        let queued = self.queue_messages(&mut tx, txn, names, now).await?
-            + self.queue_presence(&mut tx, txn, names, now).await?;
-        tx.commit().await?;
-        Ok(Some(TxnAccepted {
-            duplicate: false,
-            queued,
-        }))
-    }
-
-    /// People's messages in City Rooms, each once, into their room's stream.
-    async fn queue_messages(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        txn: &matrix::Transaction,
-        names: &Names<'_>,
-        now: i64,
-    ) -> Result<usize> {
-        let (rooms, messages) = self.new_city_messages(tx, txn, now).await?;
-        if messages.is_empty() {
-            return Ok(0);
-        }
-        let mentioned: Vec<BTreeSet<String>> =
-            messages.iter().map(|m| m.mentioned_users()).collect();
-        let known = self.known_to_city(tx, &messages, &mentioned, names).await?;
-        let mut streams: BTreeSet<String> = BTreeSet::new();
-        for (m, mentioned) in messages.iter().zip(&mentioned) {
-            let room_id = &rooms[&m.room_id];
-            let envelope = known.envelope(m, room_id, mentioned, names);
-            let stream = room_stream(room_id);
-            insert_outbox(tx, &stream, &m.event_id, "matrix.message", &envelope, now).await?;
-            streams.insert(stream);
-        }
-        let keys: Vec<&str> = streams.iter().map(String::as_str).collect();
-        self.enqueue(tx, JobKind::Deliver, &keys, now).await?;
-        Ok(messages.len())
-    }
-
-    /// The transaction's messages in City Rooms that were not seen before
-    /// (logged now), and the City Room id of each Matrix room among them.
-    async fn new_city_messages<'t>(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        txn: &'t matrix::Transaction,
-        now: i64,
-    ) -> Result<(HashMap<String, String>, Vec<&'t matrix::InboundMessage>)> {
-        if txn.messages.is_empty() {
-            return Ok((HashMap::new(), Vec::new()));
-        }
-        let matrix_rooms: BTreeSet<&str> =
-            txn.messages.iter().map(|m| m.room_id.as_str()).collect();
-        let rooms = self
-            .pairs(
-                tx,
-                "SELECT matrix_room_id AS k, room_id AS v FROM rooms WHERE matrix_room_id IN ({})",
-                &matrix_rooms,
-            )
-            .await?;
-        let messages: Vec<&matrix::InboundMessage> = txn
-            .messages
-            .iter()
-            .filter(|m| rooms.contains_key(&m.room_id))
-            .collect();
-        if messages.is_empty() {
-            return Ok((rooms, messages));
-        }
-        let logged: Vec<Logged> = messages
-            .iter()
-            .map(|m| Logged {
-                id: &m.event_id,
-                subject: &m.room_id,
-                kind: "m.room.message",
-                created_at: m.origin_server_ts,
-            })
-            .collect();
-        let stored = log_events(tx, self.backend, MATRIX_EVENT, &logged, now).await?;
-        let fresh = fresh_ones(messages.iter().map(|m| m.event_id.as_str()), &stored);
-        let messages = messages
-            .into_iter()
-            .zip(fresh)
-            .filter_map(|(m, fresh)| fresh.then_some(m))
-            .collect();
-        Ok((rooms, messages))
-    }
-
-    /// Who sent the messages, what they answer and which agents they
-    /// mention, as DAARION.city knows them.
-    async fn known_to_city(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        messages: &[&matrix::InboundMessage],
-        mentioned: &[BTreeSet<String>],
-        names: &Names<'_>,
-    ) -> Result<KnownToCity> {
-        let localparts: BTreeSet<&str> = messages
-            .iter()
-            .filter_map(|m| names.local(&m.sender))
-            .collect();
-        let people = self.pairs(tx, PEOPLE_BY_LOCALPART, &localparts).await?;
-        let replies: BTreeSet<&str> = messages.iter().filter_map(|m| m.reply_event()).collect();
-        let replied = self
-            .pairs(
-                tx,
-                "SELECT event_id AS k, message_id AS v FROM agent_messages WHERE event_id IN ({})",
-                &replies,
-            )
-            .await?;
-        let agent_localparts: BTreeSet<&str> = mentioned
-            .iter()
-            .flatten()
-            .filter_map(|u| names.agent(u))
-            .collect();
-        let agents = self
-            .pairs(
-                tx,
-                "SELECT localpart AS k, agent_id AS v FROM agents WHERE localpart IN ({})",
-                &agent_localparts,
-            )
-            .await?;
-        Ok(KnownToCity {
-            people,
-            replied,
-            agents,
-        })
-    }
-
-    /// DAARION people's presence, when it changed since last told: the
-    /// last word per person in the transaction, written in `user_id` order
-    /// (every writer locks people in that order, so none deadlocks another).
-    async fn queue_presence(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        txn: &matrix::Transaction,
-        names: &Names<'_>,
-        now: i64,
-    ) -> Result<usize> {
-        let localparts: BTreeSet<&str> = txn
-            .presence
-            .iter()
-            .filter_map(|p| names.local(&p.user_id))
-            .collect();
-        let people = self.pairs(tx, PEOPLE_BY_LOCALPART, &localparts).await?;
-        let mut latest: BTreeMap<&str, &matrix::InboundPresence> = BTreeMap::new();
-        for p in &txn.presence {
-            if let Some(user_id) = names.local(&p.user_id).and_then(|lp| people.get(lp)) {
-                latest.insert(user_id, p);
-            }
-        }
-        let mut queued = 0;
-        for (user_id, p) in latest {
-            // Changes only: the row is updated only when the word differs.
-            let changed = sqlx::query(
-                "UPDATE people SET matrix_presence = $2 WHERE user_id = $1 \
-                 AND COALESCE(matrix_presence, '') <> $2",
-            )
-            .bind(user_id)
-            .bind(&p.presence)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-            if changed == 0 {
-                continue;
-            }
-            let id = format!("presence:{user_id}:{now}");
-            let envelope = matrix::presence_envelope(&id, user_id, p, now);
-            insert_outbox(tx, PRESENCE_STREAM, &id, "matrix.presence", &envelope, now).await?;
-            queued += 1;
-        }
-        if queued > 0 {
-            self.enqueue(tx, JobKind::Deliver, &[PRESENCE_STREAM], now)
-                .await?;
-        }
-        Ok(queued)
-    }
-
-    /// `k → v` for the rows of `select` (a query of two columns, `k` and
-    /// `v`, with `{}` where the keys' placeholders go) whose key is among
-    /// `keys`: how the intake of a transaction resolves ids in bulk.
-    pub(super) async fn pairs(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        select: &str,
-        keys: &BTreeSet<&str>,
-    ) -> Result<HashMap<String, String>> {
-        if keys.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let sql = select.replace("{}", &self.backend.placeholders(keys.len()));
-        let mut query = sqlx::query(&sql);
-        for key in keys {
-            query = query.bind(*key);
-        }
-        let rows = query.fetch_all(&mut **tx).await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("k")?, r.try_get("v")?)))
-            .collect()
+        Ok(places.len())
     }
 }
 
-async fn insert_outbox(
+/// A new message, or a newer part of a streamed one (a final part ends
+/// it); its place, if anything changed.
+async fn upsert_message(
     tx: &mut Transaction<'static, Any>,
-    stream: &str,
-    id: &str,
-    kind: &str,
-    envelope: &serde_json::Value,
+    m: &AgentMessage,
+    t: i64,
     now: i64,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO city_outbox (stream, id, kind, body, received_at) VALUES ($1, $2, $3, $4, $5)",
+) -> Result<Option<String>> {
+    let place = m.place.key();
+    let attachment = m
+        .attachment
+        .as_ref()
+        .map(|a| serde_json::to_string(a).unwrap_or_default());
+    let sql = format!(
+        "INSERT INTO agent_messages (message_id, kind, place, room_id, agent_id, body, format, \
+         reply_to, thread_of, final, attachment, created_at, body_at, received_at, state) \
+         VALUES ($1, 'message', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, 'pending') \
+         ON CONFLICT (message_id) DO UPDATE SET body = excluded.body, format = excluded.format, \
+         final = excluded.final, body_at = excluded.body_at, received_at = excluded.received_at, \
+         state = {WANTED_AGAIN_UPSERT} \
+         WHERE agent_messages.kind = 'message' AND agent_messages.final = 0 \
+         AND agent_messages.deleted = 0 AND agent_messages.place = excluded.place \
+         AND (agent_messages.body_at < excluded.body_at \
+              OR (agent_messages.body_at = excluded.body_at AND excluded.final = 1)) \
+         RETURNING place"
+    );
+    Ok(sqlx::query_scalar(&sql)
+        .bind(&m.message_id)
+        .bind(&place)
+        .bind(m.place.id())
+        .bind(&m.agent_id)
+        .bind(&m.body)
+        .bind(m.format.as_str())
+        .bind(&m.reply_to)
+        .bind(&m.thread_of)
+        .bind(i64::from(m.final_part))
+        .bind(attachment)
+        .bind(t)
+        .bind(now)
+        .fetch_optional(&mut **tx)
+        .await?)
+}
+
+/// An agent's reaction on a message of a place the service knows (an
+/// agent's message, or a person's it told DAARION.city of); added or
+/// removed, the newest word wins.
+async fn upsert_reaction(
+    tx: &mut Transaction<'static, Any>,
+    agent_id: &str,
+    target: &str,
+    key: &str,
+    removed: bool,
+    t: i64,
+    now: i64,
+) -> Result<Option<String>> {
+    let place: Option<String> = sqlx::query_scalar(
+        "SELECT place FROM agent_messages WHERE message_id = $1 AND kind = 'message' \
+         UNION ALL SELECT place FROM matrix_events WHERE event_id = $1",
     )
-    .bind(stream)
-    .bind(id)
-    .bind(kind)
-    .bind(envelope.to_string())
-    .bind(now)
-    .execute(&mut **tx)
+    .bind(target)
+    .fetch_optional(&mut **tx)
     .await?;
-    Ok(())
+    let Some(place) = place else {
+        tracing::info!(%agent_id, %target, "a reaction to a message not known here is left out");
+        return Ok(None);
+    };
+    let id = action_row_id(ActionKind::Reaction, agent_id, target, key);
+    let sql = format!(
+        "INSERT INTO agent_messages (message_id, kind, place, room_id, agent_id, body, format, \
+         target, deleted, created_at, body_at, received_at, state) \
+         VALUES ($1, 'reaction', $2, $3, $4, $5, 'plain', $6, $7, $8, $8, $9, 'pending') \
+         ON CONFLICT (message_id) DO UPDATE SET deleted = excluded.deleted, \
+         body_at = excluded.body_at, received_at = excluded.received_at, \
+         state = {WANTED_AGAIN_UPSERT} WHERE agent_messages.body_at < excluded.body_at \
+         AND agent_messages.deleted <> excluded.deleted RETURNING place"
+    );
+    let place_id = Place::from_key(&place).map(|p| p.id().to_string());
+    Ok(sqlx::query_scalar(&sql)
+        .bind(&id)
+        .bind(&place)
+        .bind(place_id.unwrap_or_default())
+        .bind(agent_id)
+        .bind(key)
+        .bind(target)
+        .bind(i64::from(removed))
+        .bind(t)
+        .bind(now)
+        .fetch_optional(&mut **tx)
+        .await?)
+}
+
+/// Typing or a read receipt: one row per agent and place, the newest word.
+struct Signal<'a> {
+    kind: ActionKind,
+    agent_id: &'a str,
+    place: &'a Place,
+    body: &'a str,
+    target: Option<&'a str>,
+    timeout_ms: Option<i64>,
+}
+
+async fn upsert_signal(
+    tx: &mut Transaction<'static, Any>,
+    s: &Signal<'_>,
+    t: i64,
+    now: i64,
+) -> Result<Option<String>> {
+    let place = s.place.key();
+    let id = action_row_id(s.kind, s.agent_id, &place, "");
+    // The row moves to its newest word's time: after what was said before it.
+    let sql = format!(
+        "INSERT INTO agent_messages (message_id, kind, place, room_id, agent_id, body, format, \
+         target, timeout_ms, created_at, body_at, received_at, state) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'plain', $7, $8, $9, $9, $10, 'pending') \
+         ON CONFLICT (message_id) DO UPDATE SET body = excluded.body, target = excluded.target, \
+         timeout_ms = excluded.timeout_ms, created_at = excluded.created_at, \
+         body_at = excluded.body_at, received_at = excluded.received_at, \
+         state = {WANTED_AGAIN_UPSERT} WHERE agent_messages.body_at < excluded.body_at \
+         RETURNING place"
+    );
+    Ok(sqlx::query_scalar(&sql)
+        .bind(&id)
+        .bind(s.kind.as_str())
+        .bind(&place)
+        .bind(s.place.id())
+        .bind(s.agent_id)
+        .bind(s.body)
+        .bind(s.target)
+        .bind(s.timeout_ms)
+        .bind(t)
+        .bind(now)
+        .fetch_optional(&mut **tx)
+        .await?)
 }

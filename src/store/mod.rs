@@ -9,10 +9,12 @@
 mod agents;
 mod attempts;
 mod batch;
+mod conversations;
 mod intake;
 mod jobs;
 mod messages;
 mod oidc;
+mod outbox;
 mod people;
 mod rooms;
 mod sync;
@@ -27,13 +29,15 @@ use sqlx::{AnyPool, Executor};
 
 pub use agents::{Agent, AgentState, PresentAgent};
 pub use batch::{Batched, Intake};
+pub use conversations::Conversation;
 pub use intake::city::CityAccepted;
 pub use intake::people::Accepted;
 pub use jobs::{AppliedAvatar, ClaimFor, Job, JobKind, JobState, QueueDepth};
-pub use messages::{
-    room_stream, OutboxEntry, OutboxSummary, StoredMessage, TxnAccepted, PRESENCE_STREAM,
-};
+pub use messages::{Sent, StoredMessage};
 pub use oidc::{Begun, CodeGrant, Pending, Returned, Review, SignInLimits, TokenOwner};
+pub use outbox::{
+    room_stream, FileLinker, OutboxEntry, OutboxSummary, TxnAccepted, PRESENCE_STREAM,
+};
 pub use people::{Account, CreateVia, LocalpartPolicy, Person, State};
 pub use rooms::{MemberAccount, Room, RoomState};
 pub use sync::{Pass, SyncHolder};

@@ -37,10 +37,19 @@ pub enum Endpoint {
     MessageSend,
     RoomMessages,
     PresencePut,
+    PuppetJoin,
+    PuppetLeave,
+    Redact,
+    ReactionSend,
+    Typing,
+    Receipt,
+    AccountDataGet,
+    AccountDataPut,
+    MediaDownload,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 28] = [
+    pub const ALL: [Endpoint; 37] = [
         Endpoint::Health,
         Endpoint::RegisterNonce,
         Endpoint::Register,
@@ -69,6 +78,15 @@ impl Endpoint {
         Endpoint::MessageSend,
         Endpoint::RoomMessages,
         Endpoint::PresencePut,
+        Endpoint::PuppetJoin,
+        Endpoint::PuppetLeave,
+        Endpoint::Redact,
+        Endpoint::ReactionSend,
+        Endpoint::Typing,
+        Endpoint::Receipt,
+        Endpoint::AccountDataGet,
+        Endpoint::AccountDataPut,
+        Endpoint::MediaDownload,
     ];
 
     /// A stable snake_case label (for metrics and summaries).
@@ -102,6 +120,15 @@ impl Endpoint {
             Endpoint::MessageSend => "room_message_send",
             Endpoint::RoomMessages => "room_messages",
             Endpoint::PresencePut => "presence_put",
+            Endpoint::PuppetJoin => "puppet_join",
+            Endpoint::PuppetLeave => "puppet_leave",
+            Endpoint::Redact => "room_redact",
+            Endpoint::ReactionSend => "room_reaction_send",
+            Endpoint::Typing => "room_typing",
+            Endpoint::Receipt => "room_receipt",
+            Endpoint::AccountDataGet => "account_data_get",
+            Endpoint::AccountDataPut => "account_data_put",
+            Endpoint::MediaDownload => "media_download",
         }
     }
 
@@ -115,7 +142,9 @@ impl Endpoint {
             | Endpoint::AliasLookup
             | Endpoint::RoomState
             | Endpoint::MemberGet
-            | Endpoint::RoomMessages => Method::GET,
+            | Endpoint::RoomMessages
+            | Endpoint::AccountDataGet
+            | Endpoint::MediaDownload => Method::GET,
             Endpoint::Register
             | Endpoint::Login
             | Endpoint::Logout
@@ -126,14 +155,21 @@ impl Endpoint {
             | Endpoint::AsPing
             | Endpoint::RoomCreate
             | Endpoint::AdminJoin
-            | Endpoint::Kick => Method::POST,
+            | Endpoint::Kick
+            | Endpoint::PuppetJoin
+            | Endpoint::PuppetLeave
+            | Endpoint::Receipt => Method::POST,
             Endpoint::UserPut
             | Endpoint::StatePut
             | Endpoint::PowerLevelsPut
             | Endpoint::AliasPut
             | Endpoint::DirectoryPut
             | Endpoint::MessageSend
-            | Endpoint::PresencePut => Method::PUT,
+            | Endpoint::PresencePut
+            | Endpoint::Redact
+            | Endpoint::ReactionSend
+            | Endpoint::Typing
+            | Endpoint::AccountDataPut => Method::PUT,
             Endpoint::AliasDelete => Method::DELETE,
         }
     }
@@ -153,9 +189,17 @@ impl Endpoint {
 }
 
 /// Requests sent (whatever their outcome), per endpoint, since start.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CallCounts {
     counts: [AtomicU64; Endpoint::ALL.len()],
+}
+
+impl Default for CallCounts {
+    fn default() -> CallCounts {
+        CallCounts {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 impl CallCounts {
@@ -174,8 +218,14 @@ impl CallCounts {
 }
 
 /// Counts at one moment; `later - earlier` gives what happened in between.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallSnapshot([u64; Endpoint::ALL.len()]);
+
+impl Default for CallSnapshot {
+    fn default() -> CallSnapshot {
+        CallSnapshot([0; Endpoint::ALL.len()])
+    }
+}
 
 impl CallSnapshot {
     pub fn get(&self, endpoint: Endpoint) -> u64 {

@@ -122,7 +122,7 @@ impl Chunked for CityEvent {
         for (i, (event, fresh)) in events.iter().zip(&fresh).enumerate() {
             match &event.change {
                 Change::Agent(change) if *fresh => agent_changes.push((i, event, change)),
-                Change::Message(message) if *fresh => messages.push((i, event, message)),
+                Change::Action(action) if *fresh => messages.push((i, event, &**action)),
                 _ => {}
             }
         }
@@ -132,7 +132,7 @@ impl Chunked for CityEvent {
         {
             return Ok(None);
         }
-        store.accept_messages(tx, &messages, &mut work, now).await?;
+        store.accept_actions(tx, &messages, &mut work, now).await?;
 
         let room_ids: BTreeSet<&str> = events
             .iter()
