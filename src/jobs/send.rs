@@ -549,7 +549,15 @@ async fn message(
     }
     let new = new_content(&m.message, m.attachment_content.as_ref());
     let content = edit_content(event_id, &new);
-    let txn = txn_id(&format!("{message_id}\nedit\n{}", m.edits + 1));
+    // The edit's number and text: a repeat of this very edit is deduped by
+    // Synapse, while an edit that went out unrecorded before a crash (with
+    // other text) does not swallow this one.
+    let txn = txn_id(&format!(
+        "{message_id}\nedit\n{}\n{}\n{}",
+        m.edits + 1,
+        m.message.format.as_str(),
+        m.message.body
+    ));
     match synapse
         .send_message(room, row.puppet, &txn, now, &content)
         .await

@@ -24,10 +24,10 @@ use crate::support::*;
 // ------------------------------------------------------------ DAARION.city
 
 /// DAARION.city's receiver of Matrix events.
-struct Receiver {
+pub(crate) struct Receiver {
     port: u16,
     handle: actix_web::dev::ServerHandle,
-    got: Arc<Mutex<Vec<Value>>>,
+    pub(crate) got: Arc<Mutex<Vec<Value>>>,
     /// Deliveries still to answer with a 500.
     fail: Arc<AtomicUsize>,
     /// Deliveries answered with a 500 so far.
@@ -37,7 +37,7 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn start() -> Receiver {
+    pub(crate) fn start() -> Receiver {
         let got = Arc::new(Mutex::new(Vec::new()));
         let fail = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(AtomicUsize::new(0));
@@ -85,12 +85,12 @@ impl Receiver {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/events", self.port)
     }
 
     /// Events of this type received so far.
-    fn events(&self, kind: &str) -> Vec<Value> {
+    pub(crate) fn events(&self, kind: &str) -> Vec<Value> {
         self.got
             .lock()
             .unwrap()
@@ -100,7 +100,7 @@ impl Receiver {
             .collect()
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         assert_eq!(
             self.unsigned.load(Ordering::SeqCst),
             0,
@@ -113,7 +113,7 @@ impl Receiver {
 // ------------------------------------------------------------ matrix-nio
 
 /// A DAARION person's matrix-nio client (tests/clients/nio_city_room.py).
-struct Nio {
+pub(crate) struct Nio {
     child: tokio::process::Child,
     stdin: tokio::process::ChildStdin,
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
@@ -121,12 +121,15 @@ struct Nio {
 
 impl Nio {
     async fn start(user_id: &str, token: &str, room_id: &str) -> Nio {
+        Nio::start_client("nio_city_room.py", &[user_id, token, room_id]).await
+    }
+
+    /// A client script of tests/clients, given the homeserver and `args`.
+    pub(crate) async fn start_client(script: &str, args: &[&str]) -> Nio {
         let mut child = tokio::process::Command::new(venv_python())
-            .arg(repo().join("tests/clients/nio_city_room.py"))
+            .arg(repo().join("tests/clients").join(script))
             .arg(shared_synapse().url)
-            .arg(user_id)
-            .arg(token)
-            .arg(room_id)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -144,7 +147,7 @@ impl Nio {
         nio
     }
 
-    async fn answer(&mut self) -> Value {
+    pub(crate) async fn answer(&mut self) -> Value {
         let line = tokio::time::timeout(Duration::from_secs(120), self.lines.next_line())
             .await
             .expect("matrix-nio answers")
@@ -155,7 +158,7 @@ impl Nio {
         answer
     }
 
-    async fn ask(&mut self, command: Value) -> Value {
+    pub(crate) async fn ask(&mut self, command: Value) -> Value {
         let mut line = command.to_string();
         line.push('\n');
         self.stdin.write_all(line.as_bytes()).await.unwrap();
@@ -169,14 +172,14 @@ impl Nio {
         answer["presence"].as_str().unwrap().to_string()
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         drop(self.stdin);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
     }
 }
 
 /// A Matrix access token for the person, as Synapse's admin API issues it.
-async fn access_token(admin: &SynapseAdmin, user_id: &str) -> String {
+pub(crate) async fn access_token(admin: &SynapseAdmin, user_id: &str) -> String {
     let (status, body) = admin
         .post(
             &format!("/_synapse/admin/v1/users/{}/login", enc(user_id)),
@@ -190,16 +193,16 @@ async fn access_token(admin: &SynapseAdmin, user_id: &str) -> String {
 // ------------------------------------------------------------ helpers
 
 /// A City Room with a person and an agent, both joined in Matrix.
-struct Scene {
-    room_id: String,
-    matrix_room: String,
-    person_id: String,
-    person_mxid: String,
-    agent_id: String,
-    puppet: String,
+pub(crate) struct Scene {
+    pub(crate) room_id: String,
+    pub(crate) matrix_room: String,
+    pub(crate) person_id: String,
+    pub(crate) person_mxid: String,
+    pub(crate) agent_id: String,
+    pub(crate) puppet: String,
 }
 
-async fn scene(client: &Client, backend: Backend, visibility: &str) -> Scene {
+pub(crate) async fn scene(client: &Client, backend: Backend, visibility: &str) -> Scene {
     let b = backend_name(backend);
     let server = shared_synapse().server_name;
     let (person_id, person_mxid) = provisioned(client, &unique("olena")).await;
@@ -245,7 +248,7 @@ async fn scene(client: &Client, backend: Backend, visibility: &str) -> Scene {
     }
 }
 
-fn agent_message(scene: &Scene, message_id: &str, body: Value) -> Value {
+pub(crate) fn agent_message(scene: &Scene, message_id: &str, body: Value) -> Value {
     let mut data = json!({"message_id": message_id, "agent_id": scene.agent_id,
                           "room_id": scene.room_id});
     for (k, v) in body.as_object().unwrap() {
@@ -254,19 +257,19 @@ fn agent_message(scene: &Scene, message_id: &str, body: Value) -> Value {
     city_event("agent.message", data)
 }
 
-fn at(event: Value, t: chrono::DateTime<chrono::Utc>) -> Value {
+pub(crate) fn at(event: Value, t: chrono::DateTime<chrono::Utc>) -> Value {
     let mut event = event;
     event["created_at"] = json!(t.to_rfc3339());
     event
 }
 
-async fn outboxes(client: &Client) -> Value {
+pub(crate) async fn outboxes(client: &Client) -> Value {
     let (status, body) = admin_call(client, reqwest::Method::GET, "/v1/admin/outbox", None).await;
     assert_eq!(status, 200, "{body}");
     body
 }
 
-async fn message_record(client: &Client, message_id: &str) -> Value {
+pub(crate) async fn message_record(client: &Client, message_id: &str) -> Value {
     let (status, body) = admin_call(
         client,
         reqwest::Method::GET,
@@ -278,7 +281,7 @@ async fn message_record(client: &Client, message_id: &str) -> Value {
     body
 }
 
-async fn wait_message_state(client: &Client, message_id: &str, state: &str) -> Value {
+pub(crate) async fn wait_message_state(client: &Client, message_id: &str, state: &str) -> Value {
     eventually(
         &format!("message {message_id} to be {state}"),
         WAIT,
@@ -291,7 +294,7 @@ async fn wait_message_state(client: &Client, message_id: &str, state: &str) -> V
 }
 
 /// Every `m.room.message` in the room, oldest first, as the bot reads it.
-async fn room_messages(bot: &Bot, room_id: &str) -> Vec<Value> {
+pub(crate) async fn room_messages(bot: &Bot, room_id: &str) -> Vec<Value> {
     let mut all = Vec::new();
     let mut from: Option<String> = None;
     loop {
@@ -320,7 +323,10 @@ async fn room_messages(bot: &Bot, room_id: &str) -> Vec<Value> {
 /// The service on the back end's application service port, so Synapse's
 /// transactions reach it; Synapse is asked to ping it until it gets through
 /// (which also makes Synapse send what it held back).
-async fn spawn_on_appservice_port(backend: Backend, extra: &[(&str, String)]) -> TestApp {
+pub(crate) async fn spawn_on_appservice_port(
+    backend: Backend,
+    extra: &[(&str, String)],
+) -> TestApp {
     let mut overrides = city_env(backend, None);
     overrides.push((
         "BIND".into(),

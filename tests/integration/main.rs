@@ -3,6 +3,7 @@
 
 mod admin_token;
 mod agents;
+mod conversations;
 mod daarion;
 mod fakes;
 mod intake;
