@@ -812,4 +812,102 @@ mod tests {
         w.apply(true, &created, 40);
         assert!(!w.deleted);
     }
+
+    #[test]
+    fn section_13_actions_are_read_and_checked() {
+        let m = parse_message(json!({
+            "message_id": "m", "agent_id": "a", "conversation_id": "c_1", "body": "part",
+            "final": false, "thread_of": "$root"
+        }))
+        .unwrap();
+        assert_eq!(m.place, Place::Conversation("c_1".into()));
+        assert_eq!(m.place.key(), "conversation:c_1");
+        assert_eq!(Place::from_key("room:r_1"), Some(Place::Room("r_1".into())));
+        assert!(!m.final_part);
+        let both = json!({"message_id": "m", "agent_id": "a", "room_id": "r",
+                          "conversation_id": "c", "body": "x"});
+        assert!(matches!(
+            parse_message(both),
+            Err(EventError::Unacceptable(_))
+        ));
+        let caption_only = json!({"message_id": "m", "agent_id": "a", "room_id": "r", "body": "",
+                                  "attachment": {"url": "https://cdn.example/x.png"}});
+        assert!(parse_message(caption_only).is_ok());
+        let not_http = json!({"message_id": "m", "agent_id": "a", "room_id": "r", "body": "",
+                              "attachment": {"url": "file:///etc/passwd"}});
+        assert!(parse_message(not_http).is_err());
+        let typing = parse_action(
+            "agent.typing",
+            json!({"agent_id": "a", "room_id": "r", "typing": true, "timeout_ms": 999_999}),
+        )
+        .unwrap();
+        assert!(matches!(
+            typing,
+            AgentAction::Typing {
+                timeout_ms: 120_000,
+                ..
+            }
+        ));
+        assert!(parse_action(
+            "agent.reaction",
+            json!({"agent_id": "a", "target": "m", "key": ""})
+        )
+        .is_err());
+        assert!(parse_action(
+            "agent.read",
+            json!({"agent_id": "a", "room_id": "r", "up_to": "m1"})
+        )
+        .is_err());
+        let edit = parse_action(
+            "agent.message_edited",
+            json!({"message_id": "m", "body": "new"}),
+        )
+        .unwrap();
+        assert_eq!(edit.subject(), "m");
+    }
+
+    #[test]
+    fn edits_threads_and_reactions_look_as_matrix_expects() {
+        let m = parse_message(json!({
+            "message_id": "m", "agent_id": "a", "room_id": "r", "body": "*new*", "format": "markdown"
+        }))
+        .unwrap();
+        let new = new_content(&m, None);
+        let edit = edit_content("$orig", &new);
+        assert_eq!(edit["body"], "* *new*");
+        assert_eq!(edit["m.new_content"]["body"], "*new*");
+        assert_eq!(
+            edit["m.relates_to"],
+            json!({"rel_type": "m.replace", "event_id": "$orig"})
+        );
+        assert!(
+            edit.get(MESSAGE_ID_FIELD).is_none(),
+            "an edit is not the message"
+        );
+        let threaded = message_content(
+            &m,
+            Relations {
+                reply: None,
+                thread_root: Some("$root"),
+            },
+            None,
+        );
+        assert_eq!(threaded["m.relates_to"]["rel_type"], "m.thread");
+        assert_eq!(threaded["m.relates_to"]["is_falling_back"], true);
+        let reaction = reaction_content("~reaction:1", "$t", "👍");
+        assert_eq!(reaction["m.relates_to"]["key"], "👍");
+        let file = json!({"msgtype": "m.image", "url": "mxc://x/y", "filename": "cat.png"});
+        assert_eq!(
+            new_content(
+                &parse_message(json!({"message_id": "m", "agent_id": "a",
+            "room_id": "r", "body": "", "attachment": {"url": "https://cdn.example/cat.png"}}))
+                .unwrap(),
+                Some(&file)
+            )["body"],
+            "cat.png"
+        );
+        assert_eq!(file_msgtype("audio/ogg"), "m.audio");
+        assert_eq!(conversation_id("!r:x", "a"), conversation_id("!r:x", "a"));
+        assert_ne!(conversation_id("!r:x", "a"), conversation_id("!r:x", "b"));
+    }
 }

@@ -30,14 +30,40 @@ pub struct CityWebhookAccepted {
 /// Receive a signed DAARION.city event (`room.created`, `room.updated`,
 /// `room.deleted`, `room.member_added`, `room.member_removed`,
 /// `agent.created`, `agent.updated`, `agent.deleted`, `agent.message`,
-/// `presence.changed`; other types are acknowledged and ignored).
+/// `agent.message_edited`, `agent.message_deleted`, `agent.reaction`,
+/// `agent.typing`, `agent.read`, `presence.changed`; other types are
+/// acknowledged and ignored).
 ///
 /// The envelope, signature header, replay window, limits and answers are
 /// those of `/v1/webhooks/auth`, signed with `CITY_WEBHOOK_SECRET`.
+///
+/// Agents' data (CONTRACT.md sections 9 and 13):
+/// - `agent.created` / `agent.updated`: `{"agent_id", "slug", "display_name",
+///   "avatar_url", "accepts_direct_chats"}` (absent: unchanged).
+/// - `agent.message`: `{"message_id", "agent_id", "room_id" | "conversation_id",
+///   "body", "format": "plain" | "markdown", "reply_to", "thread_of", "final",
+///   "attachment": {"url", "mimetype", "name", "size"}}`. With `final: false`
+///   it is one part of a streamed answer: the same `message_id` again with the
+///   whole text so far; the person sees one message that grows (Matrix edits,
+///   at most four a second), ending with the part marked `final: true`.
+/// - `agent.message_edited`: `{"message_id", "body", "format"}`;
+///   `agent.message_deleted`: `{"message_id", "reason"}`.
+/// - `agent.reaction`: `{"agent_id", "target", "key", "removed"}`, `target` a
+///   `message_id` or a `matrix.message` id.
+/// - `agent.typing`: `{"agent_id", "room_id" | "conversation_id", "typing",
+///   "timeout_ms"}`; `agent.read`: `{"agent_id", "room_id" | "conversation_id",
+///   "up_to"}` (a `matrix.message` id).
+///
+/// What goes back to `CITY_EVENTS_URL` (same envelope and signature, in
+/// order per room or conversation, at least once): `matrix.message`
+/// (`conversation_id` and `room_id` null in a direct chat, `thread_of`,
+/// `attachment`), `matrix.message_edited`, `matrix.message_deleted`
+/// (`by_moderator`), `matrix.reaction` (`removed`), `matrix.conversation_started`,
+/// `matrix.conversation_ended`, `matrix.presence`.
 #[utoipa::path(
     tag = "webhooks",
     request_body(content = Object, content_type = "application/json",
-        description = "`{\"id\", \"type\", \"created_at\", \"data\": {…}}` (CONTRACT.md sections 8 and 9)"),
+        description = "`{\"id\", \"type\", \"created_at\", \"data\": {…}}` (CONTRACT.md sections 8, 9 and 13)"),
     params(("X-Daarion-Signature" = String, Header,
         description = "`t=<unix seconds>,v1=<hex HMAC-SHA256(CITY_WEBHOOK_SECRET, \"<t>.<raw body>\")>`")),
     responses(
