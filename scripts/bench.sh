@@ -23,6 +23,14 @@
 # AGENT_ROOMS rooms; then PEOPLE_MESSAGES messages of a person, with the
 # delay until DAARION.city's receiver has each (p50, p99).
 #
+# Conversations (part "conversations", the same Synapse): a DAARION person in
+# a direct chat with an agent, with matrix-nio syncing (scripts/
+# bench-conversation.py): CONVERSATION_MESSAGES agent messages through the
+# service, from the webhook's 202 to the client seeing them, next to as many
+# sent raw by the application service as the same puppet (p50, p99); then
+# STREAMS streamed answers of 50 parts 40 ms apart: edits per message and per
+# second, and the final text's delay after the last part.
+#
 # Password sign-in (part "password", its own Synapse with the password module
 # of synapse-module/ asking the service, bcrypt_rounds as above): PEOPLE
 # DAARION people signed up by webhook (an address and a name, no username),
@@ -36,7 +44,8 @@
 # Env:     PARTS ("intake sso signin password e2e rooms agents": which to run), SECONDS_PER_RUN (10), INTAKE_CONCURRENCY (64), WORKERS (8), PEOPLE (200),
 #          BCRYPT_ROUNDS (12), PASSWORD_CONCURRENCY (16), JOINS (1000), JOIN_CONCURRENCY (16), ROOMS (1000), MEMBERS (100),
 #          JOINED_ROOMS (100), JOINED_MEMBERS (100), AGENT_MESSAGES (1000), AGENT_ROOMS (20),
-#          PEOPLE_MESSAGES (200), MP_CACHE
+#          PEOPLE_MESSAGES (200), CONVERSATION_MESSAGES (200), STREAMS (10), MP_CACHE,
+#          SERVICE_LOG_LEVEL (warn; the log stays in .cache/last-bench-service.log)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,7 +56,7 @@ intake_c="${INTAKE_CONCURRENCY:-64}"
 workers="${WORKERS:-8}"
 people="${PEOPLE:-200}"
 rounds="${BCRYPT_ROUNDS:-12}"
-parts=" ${PARTS:-intake sso signin password e2e rooms agents} "
+parts=" ${PARTS:-intake sso signin password e2e rooms agents conversations} "
 password_c="${PASSWORD_CONCURRENCY:-16}"
 joins="${JOINS:-1000}"
 join_c="${JOIN_CONCURRENCY:-16}"
@@ -58,11 +67,13 @@ joined_members="${JOINED_MEMBERS:-100}"
 agent_msgs="${AGENT_MESSAGES:-1000}"
 agent_rooms="${AGENT_ROOMS:-20}"
 people_msgs="${PEOPLE_MESSAGES:-200}"
+conversation_msgs="${CONVERSATION_MESSAGES:-200}"
+streams="${STREAMS:-10}"
 
 cargo build --release --locked --quiet
 cargo bench --locked --no-run --bench load --quiet
 load="$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -n 1)"
-scripts/synapse-venv.sh >/dev/null
+venv="$(scripts/synapse-venv.sh | tail -n 1)"
 
 scratch_dir mp-bench
 service_pid=""
@@ -76,6 +87,7 @@ cleanup() {
     [[ -n "$silent_pid" ]] && kill "$silent_pid" 2>/dev/null
     [[ -n "$jwks_pid" ]] && kill "$jwks_pid" 2>/dev/null
     [[ -n "$service_pid" ]] && kill "$service_pid" 2>/dev/null && wait "$service_pid" 2>/dev/null
+    cp "$work/service.log" .cache/last-bench-service.log 2>/dev/null || true
     stop_scratch
 }
 trap cleanup EXIT
@@ -111,7 +123,7 @@ start_service() { # start_service DATABASE_URL [SYNAPSE_URL]   (PORT: a fixed po
     BIND="127.0.0.1:$port" DATABASE_URL="$1" SYNAPSE_URL="${2:-$synapse}" \
     SYNAPSE_SERVER_NAME=bench.daarion.space SYNAPSE_REGISTRATION_SECRET="$secret" \
     AUTH_WEBHOOK_SECRET=bench-webhook ADMIN_API_TOKEN=bench-admin \
-    WORKER_CONCURRENCY="$workers" RUST_LOG=warn \
+    WORKER_CONCURRENCY="$workers" RUST_LOG="${SERVICE_LOG_LEVEL:-warn}" \
         target/release/matrix-provisioner serve 2>>"$work/service.log" &
     service_pid=$!
     for _ in $(seq 100); do
@@ -212,7 +224,7 @@ fi
     stop_service
     echo "{\"backend\":\"synapse\",\"result\":$("$load" raw-register "$synapse" "$secret" "$workers" "$people")}"
 done
-if [[ $parts == *" rooms "* || $parts == *" agents "* ]]; then
+if [[ $parts == *" rooms "* || $parts == *" agents "* || $parts == *" conversations "* ]]; then
 # The application service's registration, printed by the service, loaded by
 # a Synapse of its own (bcrypt_rounds 4: the people are set-up, not measured).
 as_port="$(fixed_port)"
@@ -281,6 +293,20 @@ for backend in sqlite postgres; do
     echo "{\"backend\":\"$backend\",\"result\":$("$load" agent-messages "$url" "$rooms_synapse" bench-city bench-admin bench-as agent- "$agent_msgs" 1 1)}"
     echo "{\"backend\":\"$backend\",\"result\":$("$load" agent-messages "$url" "$rooms_synapse" bench-city bench-admin bench-as agent- "$agent_msgs" "$agent_rooms" "$workers")}"
     echo "{\"backend\":\"$backend\",\"result\":$("$load" people-messages "$url" "$rooms_synapse" bench-city bench-admin bench-as "$work/agents-people-$backend" "$receiver_port" "$people_msgs")}"
+    stop_service
+done
+fi
+if [[ $parts == *" conversations "* ]]; then
+for backend in sqlite postgres; do
+    if [[ $backend == sqlite ]]; then db="sqlite://$work/conversations.db"; else db="$(new_pg_db conversations)"; fi
+    receiver_port="$(free_port)"
+    export "${as_env[@]}" CITY_EVENTS_URL="http://127.0.0.1:$receiver_port/events"
+    PORT="$as_port" start_service "$db" "$rooms_synapse"
+    "$load" people "$url" bench-webhook bench-admin 1 "$work/conversation-people-$backend" >/dev/null
+    "$venv/bin/python" scripts/bench-conversation.py "$url" "$rooms_synapse" bench-city bench-admin \
+        bench-as "$secret" "$work/conversation-people-$backend" "$receiver_port" \
+        "$conversation_msgs" "$streams" 50 40 |
+        while IFS= read -r line; do echo "{\"backend\":\"$backend\",\"result\":$line}"; done
     stop_service
 done
 fi
