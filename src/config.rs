@@ -80,6 +80,9 @@ pub struct CitySettings {
     /// `MESSAGE_WAIT_SECONDS`: how long an agent's message waits for its
     /// room or agent to be in Matrix before it is failed.
     pub message_wait: Duration,
+    /// `CITY_READ_RECEIPTS` (`off` or `on`): whether people's read
+    /// receipts in City Rooms and direct chats go to DAARION.city.
+    pub read_receipts: bool,
 }
 
 impl CitySettings {
@@ -414,6 +417,7 @@ impl CitySettings {
             agent_prefix: env.localpart_piece("AGENT_LOCALPART_PREFIX", "agent-")?,
             alias_prefix: env.localpart_piece("ROOM_ALIAS_PREFIX", "city-")?,
             message_wait: env.seconds("MESSAGE_WAIT_SECONDS", 3600)?,
+            read_receipts: env.choice("CITY_READ_RECEIPTS", &[("off", false), ("on", true)])?,
         })
     }
 }

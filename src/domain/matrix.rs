@@ -112,6 +112,16 @@ pub struct InboundMember {
     pub origin_server_ts: i64,
 }
 
+/// A person's read receipt (`m.read`), from an ephemeral `m.receipt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundReceipt {
+    pub room_id: String,
+    pub user_id: String,
+    /// The event read up to.
+    pub event_id: String,
+    pub ts: i64,
+}
+
 /// The part of a transaction the service acts on.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Transaction {
@@ -121,6 +131,8 @@ pub struct Transaction {
     pub redactions: Vec<InboundRedaction>,
     pub members: Vec<InboundMember>,
     pub presence: Vec<InboundPresence>,
+    /// Kept only when asked for (`CITY_READ_RECEIPTS`).
+    pub receipts: Vec<InboundReceipt>,
     /// Events in the transaction, all kinds (for logs).
     pub events: usize,
 }
@@ -148,6 +160,10 @@ impl Transaction {
             .or_else(|| raw.get("de.sorunome.msc2409.ephemeral"))
             .and_then(Value::as_array);
         for event in ephemeral.into_iter().flatten() {
+            if event["type"] == "m.receipt" {
+                txn.read_receipts(event, names);
+                continue;
+            }
             if event["type"] != "m.presence" {
                 continue;
             }
@@ -180,6 +196,33 @@ impl Transaction {
             && self.redactions.is_empty()
             && self.members.is_empty()
             && self.presence.is_empty()
+            && self.receipts.is_empty()
+    }
+
+    /// People's `m.read` receipts in an `m.receipt` event:
+    /// `{"$event": {"m.read": {"@user": {"ts": …}}}}`.
+    fn read_receipts(&mut self, event: &Value, names: &Names) {
+        let (Some(room_id), Some(content)) =
+            (event["room_id"].as_str(), event["content"].as_object())
+        else {
+            return;
+        };
+        for (event_id, kinds) in content {
+            let Some(readers) = kinds["m.read"].as_object() else {
+                continue;
+            };
+            for (user_id, receipt) in readers {
+                if names.is_service(user_id) || names.local(user_id).is_none() {
+                    continue;
+                }
+                self.receipts.push(InboundReceipt {
+                    room_id: room_id.to_string(),
+                    user_id: user_id.clone(),
+                    event_id: event_id.clone(),
+                    ts: receipt["ts"].as_i64().unwrap_or(0),
+                });
+            }
+        }
     }
 
     /// Keeps a timeline event if the service acts on it.
@@ -381,6 +424,19 @@ pub fn reaction_envelope(r: &ReactionTold<'_>, place: &Place) -> Value {
     json!({
         "id": r.id,
         "type": "matrix.reaction",
+        "created_at": rfc3339(r.ts),
+        "data": data,
+    })
+}
+
+/// `matrix.read`: a person read up to `up_to` (an agent's `message_id`, or
+/// a `matrix.message` id), sent only with `CITY_READ_RECEIPTS=on`.
+pub fn read_envelope(r: &InboundReceipt, place: &Place, sender_id: &str, up_to: &str) -> Value {
+    let mut data = json!({"sender_id": sender_id, "up_to": up_to});
+    place_fields(&mut data, place);
+    json!({
+        "id": format!("read:{}:{}", r.user_id, r.event_id),
+        "type": "matrix.read",
         "created_at": rfc3339(r.ts),
         "data": data,
     })
@@ -591,6 +647,75 @@ mod tests {
         );
         assert!(Transaction::parse(b"[]", &NAMES).is_err());
         assert!(Transaction::parse(b"{", &NAMES).is_err());
+    }
+
+    /// Section 13's events: edits, reactions, redactions, invitations of
+    /// puppets, departures, receipts; the service's own are left out.
+    #[test]
+    fn edits_reactions_redactions_members_and_receipts_are_read() {
+        let olena = "@olena:daarion.space";
+        let body = json!({
+            "events": [
+                {"type": "m.room.message", "event_id": "$e", "room_id": "!r:x", "sender": olena,
+                 "content": {"body": "* new", "m.new_content": {"body": "new"},
+                             "m.relates_to": {"rel_type": "m.replace", "event_id": "$1"}}},
+                {"type": "m.reaction", "event_id": "$r", "room_id": "!r:x", "sender": olena,
+                 "content": {"m.relates_to": {"rel_type": "m.annotation", "event_id": "$1", "key": "👍"}}},
+                {"type": "m.reaction", "event_id": "$r2", "room_id": "!r:x",
+                 "sender": "@agent-helper:daarion.space",
+                 "content": {"m.relates_to": {"rel_type": "m.annotation", "event_id": "$1", "key": "👀"}}},
+                {"type": "m.room.redaction", "event_id": "$d", "room_id": "!r:x", "sender": olena,
+                 "redacts": "$r", "content": {"reason": "oops"}},
+                {"type": "m.room.redaction", "event_id": "$d11", "room_id": "!r:x", "sender": olena,
+                 "content": {"redacts": "$1"}},
+                {"type": "m.room.member", "event_id": "$i", "room_id": "!dm:x", "sender": olena,
+                 "state_key": "@agent-helper:daarion.space", "content": {"membership": "invite"}},
+                {"type": "m.room.member", "event_id": "$i2", "room_id": "!dm:x", "sender": olena,
+                 "state_key": "@someone:daarion.space", "content": {"membership": "invite"}},
+                {"type": "m.room.member", "event_id": "$l", "room_id": "!dm:x", "sender": olena,
+                 "state_key": olena, "content": {"membership": "leave"}},
+            ],
+            "ephemeral": [
+                {"type": "m.receipt", "room_id": "!r:x", "content": {"$1": {"m.read": {
+                    olena: {"ts": 5}, "@agent-helper:daarion.space": {"ts": 6}}}}},
+            ]
+        });
+        let txn = Transaction::parse(body.to_string().as_bytes(), &NAMES).unwrap();
+        assert!(txn.messages.is_empty(), "an edit is not a new message");
+        assert_eq!(txn.edits.len(), 1);
+        assert_eq!(txn.edits[0].original, "$1");
+        assert_eq!(txn.edits[0].content["body"], "new");
+        assert_eq!(txn.reactions.len(), 1);
+        assert_eq!(txn.reactions[0].key, "👍");
+        let redacted: Vec<&str> = txn.redactions.iter().map(|r| r.redacts.as_str()).collect();
+        assert_eq!(redacted, ["$r", "$1"], "room versions before and after 11");
+        assert_eq!(txn.redactions[0].reason.as_deref(), Some("oops"));
+        let members: Vec<(&str, &str)> = txn
+            .members
+            .iter()
+            .map(|m| (m.user_id.as_str(), m.membership.as_str()))
+            .collect();
+        assert_eq!(
+            members,
+            [("@agent-helper:daarion.space", "invite"), (olena, "leave")]
+        );
+        assert_eq!(txn.receipts.len(), 1);
+        assert_eq!(txn.receipts[0].user_id, olena);
+        assert_eq!(txn.receipts[0].event_id, "$1");
+        let thread = InboundMessage {
+            event_id: "$t".into(),
+            room_id: "!r:x".into(),
+            sender: olena.into(),
+            content: json!({"body": "x", "m.relates_to": {"rel_type": "m.thread", "event_id": "$root",
+                "is_falling_back": true, "m.in_reply_to": {"event_id": "$root"}}}),
+            origin_server_ts: 0,
+        };
+        assert_eq!(thread.thread_root(), Some("$root"));
+        assert_eq!(
+            thread.reply_event(),
+            None,
+            "a thread's fallback is no reply"
+        );
     }
 
     #[test]

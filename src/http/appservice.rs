@@ -83,7 +83,12 @@ pub async fn transaction(
         agent_prefix: &city.agent_prefix,
     };
     let txn = match Transaction::parse(&body, &names) {
-        Ok(txn) => txn,
+        Ok(mut txn) => {
+            if !city.read_receipts {
+                txn.receipts.clear();
+            }
+            txn
+        }
         Err(reason) => {
             metrics::transaction("refused");
             return matrix_error(StatusCode::BAD_REQUEST, "M_NOT_JSON", &reason);

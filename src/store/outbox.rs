@@ -277,6 +277,19 @@ impl Store {
                     .insert(&mut tx, place, &r.event_id, &kind, &envelope)
                     .await?;
             }
+            for r in &known.receipts {
+                // DAARION people's only: others' receipts mean nothing there.
+                let Some(sender_id) = known.person(&r.user_id, names) else {
+                    continue;
+                };
+                let place = &known.places[&r.room_id];
+                let envelope =
+                    matrix::read_envelope(r, place, sender_id, known.as_told(&r.event_id));
+                let id = envelope["id"].as_str().unwrap_or_default().to_string();
+                intake
+                    .insert(&mut tx, place, &id, "matrix.read", &envelope)
+                    .await?;
+            }
             intake.queued += self.queue_presence(&mut tx, txn, names, now).await?;
         }
         let keys: Vec<&str> = intake.streams.iter().map(String::as_str).collect();
@@ -306,9 +319,16 @@ impl Store {
             .chain(txn.edits.iter().map(|e| e.room_id.as_str()))
             .chain(txn.reactions.iter().map(|r| r.room_id.as_str()))
             .chain(txn.redactions.iter().map(|r| r.room_id.as_str()))
+            .chain(txn.receipts.iter().map(|r| r.room_id.as_str()))
             .collect();
         let places = self.places_of(tx, &matrix_rooms).await?;
         let here = |room: &str| places.contains_key(room);
+        // A receipt is once per reader and event, whatever Synapse resends.
+        let receipt_ids: Vec<String> = txn
+            .receipts
+            .iter()
+            .map(|r| format!("read:{}:{}", r.user_id, r.event_id))
+            .collect();
         let mut logged: Vec<Logged> = Vec::new();
         let mut log = |id: &'t str, room: &'t str, kind: &'static str, ts: i64| {
             logged.push(Logged {
@@ -339,6 +359,16 @@ impl Store {
                 "m.room.redaction",
                 r.origin_server_ts,
             );
+        }
+        for (r, id) in txn.receipts.iter().zip(&receipt_ids) {
+            if here(&r.room_id) {
+                logged.push(Logged {
+                    id,
+                    subject: &r.room_id,
+                    kind: "m.receipt",
+                    created_at: r.ts,
+                });
+            }
         }
         let stored = if logged.is_empty() {
             Default::default()
@@ -373,6 +403,13 @@ impl Store {
             .iter()
             .filter(|r| fresh(&r.event_id, &r.room_id))
             .collect();
+        let receipts: Vec<_> = txn
+            .receipts
+            .iter()
+            .zip(&receipt_ids)
+            .filter(|(r, id)| fresh(id, &r.room_id))
+            .map(|(r, _)| r)
+            .collect();
 
         let localparts: BTreeSet<&str> = messages
             .iter()
@@ -380,6 +417,7 @@ impl Store {
             .chain(edits.iter().map(|e| e.sender.as_str()))
             .chain(reactions.iter().map(|r| r.sender.as_str()))
             .chain(redactions.iter().map(|r| r.sender.as_str()))
+            .chain(receipts.iter().map(|r| r.user_id.as_str()))
             .filter_map(|u| names.local(u))
             .collect();
         let mut people = self.pairs(tx, PEOPLE_BY_LOCALPART, &localparts).await?;
@@ -392,6 +430,7 @@ impl Store {
             .chain(edits.iter().map(|e| e.original.as_str()))
             .chain(reactions.iter().map(|r| r.target.as_str()))
             .chain(redactions.iter().map(|r| r.redacts.as_str()))
+            .chain(receipts.iter().map(|r| r.event_id.as_str()))
             .collect();
         let agents_messages = self
             .pairs(
@@ -425,6 +464,7 @@ impl Store {
             edits,
             reactions,
             redactions,
+            receipts,
             people,
             agents_messages,
             told,
@@ -673,6 +713,7 @@ struct KnownToCity<'t> {
     edits: Vec<&'t matrix::InboundEdit>,
     reactions: Vec<&'t matrix::InboundReaction>,
     redactions: Vec<&'t matrix::InboundRedaction>,
+    receipts: Vec<&'t matrix::InboundReceipt>,
     /// localpart → DAARION user id
     people: HashMap<String, String>,
     /// event id → an agent's message_id

@@ -23,6 +23,7 @@ Commands:
   {"cmd": "typing", "user_id": U, "timeout": S} -> {"typing": true|false}
       true once U was seen typing
   {"cmd": "receipt", "user_id": U, "event_id": E, "timeout": S} -> {"read": true|false}
+  {"cmd": "read", "event_id": E} -> {"ok": true}   (a read receipt up to E)
   {"cmd": "leave"} -> {"ok": true}
 """
 
@@ -37,6 +38,7 @@ from nio import (
     RoomCreateResponse,
     RoomLeaveResponse,
     RoomPreset,
+    RoomReadMarkersResponse,
     RoomRedactResponse,
     RoomSendResponse,
     SyncResponse,
@@ -184,6 +186,12 @@ async def main() -> int:
                 elif cmd == "receipt":
                     pair = (command["user_id"], command["event_id"])
                     answer = {"read": await person.wait_for(lambda: pair in person.receipts, timeout)}
+                elif cmd == "read":
+                    response = await person.client.room_read_markers(
+                        person.room_id, command["event_id"], command["event_id"])
+                    if not isinstance(response, RoomReadMarkersResponse):
+                        raise RuntimeError(f"room_read_markers: {response}")
+                    answer = {"ok": True}
                 elif cmd == "leave":
                     response = await person.client.room_leave(person.room_id)
                     if not isinstance(response, RoomLeaveResponse):

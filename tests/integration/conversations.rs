@@ -38,7 +38,14 @@ fn in_conversation(event: &str, agent_id: &str, conversation_id: &str, mut data:
 async fn a_direct_chat_with_an_agent(backend: Backend) {
     let turn = crate::oidc::TURNS[backend as usize].lock().await;
     let receiver = Receiver::start();
-    let app = spawn_on_appservice_port(backend, &[("CITY_EVENTS_URL", receiver.url())]).await;
+    let app = spawn_on_appservice_port(
+        backend,
+        &[
+            ("CITY_EVENTS_URL", receiver.url()),
+            ("CITY_READ_RECEIPTS", "on".into()),
+        ],
+    )
+    .await;
     let client = &app.client;
     let admin = SynapseAdmin::shared().await;
     let s = scene(client, backend, "public").await;
@@ -292,6 +299,16 @@ async fn a_direct_chat_with_an_agent(backend: Backend) {
         ],
         "each event once, in order"
     );
+
+    // The person reads the answer: with CITY_READ_RECEIPTS on, DAARION.city
+    // hears it, naming the agent's message.
+    nio.ask(json!({"cmd": "read", "event_id": original})).await;
+    let read = wait_event(&receiver, "matrix.read", |e| {
+        e["data"]["conversation_id"] == conversation.as_str()
+    })
+    .await;
+    assert_eq!(read["data"]["up_to"], answer);
+    assert_eq!(read["data"]["sender_id"], s.person_id);
 
     // The agent reacts, edits, reads and deletes.
     let react = city_event(
