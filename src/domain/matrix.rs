@@ -115,12 +115,51 @@ pub struct InboundMember {
 /// A person's read receipt (`m.read`), from an ephemeral `m.receipt`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboundReceipt {
+    /// `read:<user>:<event>`: once per reader and event, whatever Synapse resends.
+    pub id: String,
     pub room_id: String,
     pub user_id: String,
     /// The event read up to.
     pub event_id: String,
     pub ts: i64,
 }
+
+/// A person's event in a room, as the event log keeps it (each applied once).
+pub trait RoomEvent {
+    /// The event log's `kind`.
+    const KIND: &'static str;
+    fn id(&self) -> &str;
+    fn room(&self) -> &str;
+    fn ts(&self) -> i64;
+}
+
+macro_rules! room_event {
+    ($type:ty, $kind:literal, $id:ident, $ts:ident) => {
+        impl RoomEvent for $type {
+            const KIND: &'static str = $kind;
+            fn id(&self) -> &str {
+                &self.$id
+            }
+            fn room(&self) -> &str {
+                &self.room_id
+            }
+            fn ts(&self) -> i64 {
+                self.$ts
+            }
+        }
+    };
+}
+
+room_event!(InboundMessage, "m.room.message", event_id, origin_server_ts);
+room_event!(InboundEdit, "m.replace", event_id, origin_server_ts);
+room_event!(InboundReaction, "m.reaction", event_id, origin_server_ts);
+room_event!(
+    InboundRedaction,
+    "m.room.redaction",
+    event_id,
+    origin_server_ts
+);
+room_event!(InboundReceipt, "m.receipt", id, ts);
 
 /// The part of a transaction the service acts on.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -216,6 +255,7 @@ impl Transaction {
                     continue;
                 }
                 self.receipts.push(InboundReceipt {
+                    id: format!("read:{user_id}:{event_id}"),
                     room_id: room_id.to_string(),
                     user_id: user_id.clone(),
                     event_id: event_id.clone(),
@@ -435,7 +475,7 @@ pub fn read_envelope(r: &InboundReceipt, place: &Place, sender_id: &str, up_to: 
     let mut data = json!({"sender_id": sender_id, "up_to": up_to});
     place_fields(&mut data, place);
     json!({
-        "id": format!("read:{}:{}", r.user_id, r.event_id),
+        "id": r.id,
         "type": "matrix.read",
         "created_at": rfc3339(r.ts),
         "data": data,

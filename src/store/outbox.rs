@@ -16,7 +16,7 @@ use sqlx::{Any, Row, Transaction};
 use super::intake::{fresh_ones, log_events, retry_conflicts, Logged};
 use super::{JobKind, Result, Store};
 use crate::domain::agent::Place;
-use crate::domain::matrix::{self, FileLink, Links, Names, ReactionTold};
+use crate::domain::matrix::{self, FileLink, Links, Names, ReactionTold, RoomEvent};
 
 /// The event log's sources for Synapse's transactions and events.
 const MATRIX_TXN: &str = "matrix-txn";
@@ -312,75 +312,27 @@ impl Store {
         names: &Names<'_>,
         now: i64,
     ) -> Result<KnownToCity<'t>> {
-        let matrix_rooms: BTreeSet<&str> = txn
-            .messages
-            .iter()
-            .map(|m| m.room_id.as_str())
-            .chain(txn.edits.iter().map(|e| e.room_id.as_str()))
-            .chain(txn.reactions.iter().map(|r| r.room_id.as_str()))
-            .chain(txn.redactions.iter().map(|r| r.room_id.as_str()))
-            .chain(txn.receipts.iter().map(|r| r.room_id.as_str()))
+        let matrix_rooms: BTreeSet<&str> = rooms(&txn.messages)
+            .chain(rooms(&txn.edits))
+            .chain(rooms(&txn.reactions))
+            .chain(rooms(&txn.redactions))
+            .chain(rooms(&txn.receipts))
             .collect();
         let places = self.places_of(tx, &matrix_rooms).await?;
         let here = |room: &str| places.contains_key(room);
-        // A receipt is once per reader and event, whatever Synapse resends.
-        let receipt_ids: Vec<String> = txn
-            .receipts
-            .iter()
-            .map(|r| format!("read:{}:{}", r.user_id, r.event_id))
-            .collect();
         let mut logged: Vec<Logged> = Vec::new();
-        let mut log = |id: &'t str, room: &'t str, kind: &'static str, ts: i64| {
-            logged.push(Logged {
-                id,
-                subject: room,
-                kind,
-                created_at: ts,
-            })
-        };
-        for m in txn.messages.iter().filter(|m| here(&m.room_id)) {
-            log(
-                &m.event_id,
-                &m.room_id,
-                "m.room.message",
-                m.origin_server_ts,
-            );
-        }
-        for e in txn.edits.iter().filter(|e| here(&e.room_id)) {
-            log(&e.event_id, &e.room_id, "m.replace", e.origin_server_ts);
-        }
-        for r in txn.reactions.iter().filter(|r| here(&r.room_id)) {
-            log(&r.event_id, &r.room_id, "m.reaction", r.origin_server_ts);
-        }
-        for r in txn.redactions.iter().filter(|r| here(&r.room_id)) {
-            log(
-                &r.event_id,
-                &r.room_id,
-                "m.room.redaction",
-                r.origin_server_ts,
-            );
-        }
-        for (r, id) in txn.receipts.iter().zip(&receipt_ids) {
-            if here(&r.room_id) {
-                logged.push(Logged {
-                    id,
-                    subject: &r.room_id,
-                    kind: "m.receipt",
-                    created_at: r.ts,
-                });
-            }
-        }
+        log_in(&txn.messages, here, &mut logged);
+        log_in(&txn.edits, here, &mut logged);
+        log_in(&txn.reactions, here, &mut logged);
+        log_in(&txn.redactions, here, &mut logged);
+        log_in(&txn.receipts, here, &mut logged);
         let stored = if logged.is_empty() {
             Default::default()
         } else {
             log_events(tx, self.backend, MATRIX_EVENT, &logged, now).await?
         };
         let fresh = |id: &str, room: &str| here(room) && stored.contains(id);
-        let messages: Vec<&matrix::InboundMessage> = txn
-            .messages
-            .iter()
-            .filter(|m| fresh(&m.event_id, &m.room_id))
-            .collect();
+        let messages = fresh_in(&txn.messages, fresh);
         // A message a transaction carries twice is told once.
         let once = fresh_ones(messages.iter().map(|m| m.event_id.as_str()), &stored);
         let messages: Vec<_> = messages
@@ -388,28 +340,10 @@ impl Store {
             .zip(once)
             .filter_map(|(m, once)| once.then_some(m))
             .collect();
-        let edits: Vec<_> = txn
-            .edits
-            .iter()
-            .filter(|e| fresh(&e.event_id, &e.room_id))
-            .collect();
-        let reactions: Vec<_> = txn
-            .reactions
-            .iter()
-            .filter(|r| fresh(&r.event_id, &r.room_id))
-            .collect();
-        let redactions: Vec<_> = txn
-            .redactions
-            .iter()
-            .filter(|r| fresh(&r.event_id, &r.room_id))
-            .collect();
-        let receipts: Vec<_> = txn
-            .receipts
-            .iter()
-            .zip(&receipt_ids)
-            .filter(|(r, id)| fresh(id, &r.room_id))
-            .map(|(r, _)| r)
-            .collect();
+        let edits = fresh_in(&txn.edits, fresh);
+        let reactions = fresh_in(&txn.reactions, fresh);
+        let redactions = fresh_in(&txn.redactions, fresh);
+        let receipts = fresh_in(&txn.receipts, fresh);
 
         let localparts: BTreeSet<&str> = messages
             .iter()
@@ -668,6 +602,32 @@ pub(super) async fn insert_outbox(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// The Matrix rooms of a transaction's events.
+fn rooms<T: RoomEvent>(events: &[T]) -> impl Iterator<Item = &str> {
+    events.iter().map(RoomEvent::room)
+}
+
+/// Logs the events that are in a place (City Room or direct chat).
+fn log_in<'t, T: RoomEvent>(
+    events: &'t [T],
+    here: impl Fn(&str) -> bool,
+    logged: &mut Vec<Logged<'t>>,
+) {
+    for e in events.iter().filter(|e| here(e.room())) {
+        logged.push(Logged {
+            id: e.id(),
+            subject: e.room(),
+            kind: T::KIND,
+            created_at: e.ts(),
+        });
+    }
+}
+
+/// The events logged now for the first time.
+fn fresh_in<T: RoomEvent>(events: &[T], fresh: impl Fn(&str, &str) -> bool) -> Vec<&T> {
+    events.iter().filter(|e| fresh(e.id(), e.room())).collect()
 }
 
 /// The intake of one transaction: where its events go.

@@ -28,6 +28,17 @@ impl RoomMessage {
     }
 }
 
+/// Where, as whom and when an event is sent.
+struct Send<'a> {
+    room_id: &'a str,
+    user_id: &'a str,
+    /// The same for every attempt of one send (Synapse then answers a
+    /// repeat with the first event).
+    txn_id: &'a str,
+    /// `origin_server_ts`, ms.
+    ts: i64,
+}
+
 impl Synapse {
     /// Registers `@localpart` through the application service (works with
     /// registration off); an account that exists already counts as done.
@@ -64,24 +75,14 @@ impl Synapse {
         ts: i64,
         content: &Value,
     ) -> Result<String> {
-        let path = format!(
-            "/_matrix/client/v3/rooms/{}/send/m.room.message/{}?user_id={}&ts={ts}",
-            encode(room_id),
-            encode(txn_id),
-            encode(user_id)
-        );
-        let answer = self
-            .call(
-                Endpoint::MessageSend,
-                &path,
-                Body::Json(content),
-                Auth::AppService,
-            )
-            .await?;
-        answer["event_id"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| SynapseError::unreadable("the send returned no event_id"))
+        let send = Send {
+            room_id,
+            user_id,
+            txn_id,
+            ts,
+        };
+        self.send_event(Endpoint::MessageSend, "m.room.message", &send, content)
+            .await
     }
 
     /// Sends an `m.reaction` from `user_id` (see [`Synapse::send_message`]).
@@ -93,19 +94,32 @@ impl Synapse {
         ts: i64,
         content: &Value,
     ) -> Result<String> {
+        let send = Send {
+            room_id,
+            user_id,
+            txn_id,
+            ts,
+        };
+        self.send_event(Endpoint::ReactionSend, "m.reaction", &send, content)
+            .await
+    }
+
+    async fn send_event(
+        &self,
+        endpoint: Endpoint,
+        event_type: &str,
+        send: &Send<'_>,
+        content: &Value,
+    ) -> Result<String> {
         let path = format!(
-            "/_matrix/client/v3/rooms/{}/send/m.reaction/{}?user_id={}&ts={ts}",
-            encode(room_id),
-            encode(txn_id),
-            encode(user_id)
+            "/_matrix/client/v3/rooms/{}/send/{event_type}/{}?user_id={}&ts={}",
+            encode(send.room_id),
+            encode(send.txn_id),
+            encode(send.user_id),
+            send.ts
         );
         let answer = self
-            .call(
-                Endpoint::ReactionSend,
-                &path,
-                Body::Json(content),
-                Auth::AppService,
-            )
+            .call(endpoint, &path, Body::Json(content), Auth::AppService)
             .await?;
         answer["event_id"]
             .as_str()
