@@ -83,6 +83,13 @@ pub struct CitySettings {
     /// `CITY_READ_RECEIPTS` (`off` or `on`): whether people's read
     /// receipts in City Rooms and direct chats go to DAARION.city.
     pub read_receipts: bool,
+    /// Largest file carried either way (`ATTACHMENT_MAX_BYTES`, default
+    /// 20 MiB): an agent's attachment downloaded, a person's file served
+    /// through its download link.
+    pub attachment_max_bytes: usize,
+    /// How long a person's file's download link works
+    /// (`MEDIA_LINK_SECONDS`, default 3600).
+    pub media_link: Duration,
 }
 
 impl CitySettings {
@@ -418,6 +425,10 @@ impl CitySettings {
             alias_prefix: env.localpart_piece("ROOM_ALIAS_PREFIX", "city-")?,
             message_wait: env.seconds("MESSAGE_WAIT_SECONDS", 3600)?,
             read_receipts: env.choice("CITY_READ_RECEIPTS", &[("off", false), ("on", true)])?,
+            attachment_max_bytes: env
+                .positive("ATTACHMENT_MAX_BYTES")?
+                .unwrap_or(20 * 1024 * 1024),
+            media_link: env.seconds("MEDIA_LINK_SECONDS", 3600)?,
         })
     }
 }
@@ -595,6 +606,8 @@ mod tests {
         assert!(s.webhook_secrets.is_empty());
         assert_eq!(s.avatar_max_bytes, 5 * 1024 * 1024);
         assert_eq!(s.profile_drift, DriftPolicy::Enforce);
+        assert_eq!(s.city.attachment_max_bytes, 20 * 1024 * 1024);
+        assert_eq!(s.city.media_link, Duration::from_secs(3600));
     }
 
     #[test]

@@ -1,13 +1,15 @@
-//! Downloading avatar images from the URLs DAARION gives us. The URL comes
-//! from users, so it is treated as hostile: http/https only, a size cap
-//! read as a stream (we stop at the cap), one deadline for the whole
-//! download, a few redirects each checked like the first URL, only PNG,
-//! JPEG, GIF and WebP as told by the bytes themselves, and never a
-//! connection to a loopback, private, link-local or otherwise internal
-//! address ([`guard`]: host names are checked after DNS resolution inside
-//! the HTTP client's own resolver, so the connection can only go to an
-//! address that was checked). Hosts in `AVATAR_ALLOWED_HOSTS` skip the
-//! address check (a CDN on the private network), nothing else.
+//! Downloading what DAARION gives us by URL: avatar images, and the files
+//! agents attach to their messages. The URL comes from outside, so it is
+//! treated as hostile: http/https only, a size cap read as a stream (we
+//! stop at the cap; avatars and files each have their own), one deadline
+//! for the whole download, a few redirects each checked like the first URL,
+//! and never a connection to a loopback, private, link-local or otherwise
+//! internal address ([`guard`]: host names are checked after DNS
+//! resolution inside the HTTP client's own resolver, so the connection can
+//! only go to an address that was checked). Hosts in `AVATAR_ALLOWED_HOSTS`
+//! skip the address check (a CDN on the private network), nothing else.
+//! An avatar must be a PNG, JPEG, GIF or WebP image as told by the bytes
+//! themselves; a file may be anything.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -47,24 +49,47 @@ impl Image {
     }
 }
 
+/// A file as downloaded (an agent's attachment), before anyone judged
+/// what it is.
+#[derive(Debug, Clone)]
+pub struct Download {
+    pub bytes: Bytes,
+    /// Hex SHA-256 of the bytes: the same file is never uploaded twice.
+    pub sha256: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
     /// The URL, where it leads or what it serves is not acceptable; trying
     /// again will not change that.
-    #[error("avatar refused: {0}")]
+    #[error("refused: {0}")]
     Refused(String),
     /// The host did not answer properly; a later attempt may work.
-    #[error("avatar unavailable: {0}")]
+    #[error("unavailable: {0}")]
     Unavailable(String),
 }
 
+/// What one kind of download may be.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_bytes: usize,
+    /// The `Accept` header sent.
+    accept: &'static str,
+    /// How a refusal names the download and its limit: "image", "file".
+    what: &'static str,
+    setting: &'static str,
+}
+
+/// The guarded fetcher of avatars and agents' files (one client pair, one
+/// guard, one allow-list; each kind of download with its own size cap).
 pub struct AvatarFetcher {
     /// Resolves names through [`CheckedResolver`].
     guarded: reqwest::Client,
     /// For allow-listed hosts only.
     trusted: reqwest::Client,
     allowed: Vec<AllowedHost>,
-    max_bytes: usize,
+    avatar: Limits,
+    file: Limits,
     timeout: Duration,
     max_redirects: usize,
 }
@@ -73,7 +98,8 @@ impl std::fmt::Debug for AvatarFetcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AvatarFetcher")
             .field("allowed", &self.allowed)
-            .field("max_bytes", &self.max_bytes)
+            .field("avatar_max_bytes", &self.avatar.max_bytes)
+            .field("file_max_bytes", &self.file.max_bytes)
             .finish()
     }
 }
@@ -96,16 +122,45 @@ impl AvatarFetcher {
                 .iter()
                 .map(|entry| AllowedHost::parse(entry))
                 .collect(),
-            max_bytes: settings.avatar_max_bytes,
+            avatar: Limits {
+                max_bytes: settings.avatar_max_bytes,
+                accept: "image/png, image/jpeg, image/gif, image/webp",
+                what: "image",
+                setting: "AVATAR_MAX_BYTES",
+            },
+            file: Limits {
+                max_bytes: settings.city.attachment_max_bytes,
+                accept: "*/*",
+                what: "file",
+                setting: "ATTACHMENT_MAX_BYTES",
+            },
             timeout: settings.avatar_timeout,
             max_redirects: settings.avatar_max_redirects,
         })
     }
 
-    /// Downloads the image at `url`, following the rules in the module
-    /// documentation.
+    /// Downloads the avatar image at `url`, following the rules in the
+    /// module documentation.
     pub async fn fetch(&self, url: &str) -> Result<Image, FetchError> {
-        match tokio::time::timeout(self.timeout, self.fetch_within_deadline(url)).await {
+        let download = self.download(url, self.avatar).await?;
+        let content_type = sniff(&download.bytes).ok_or_else(|| {
+            refused("the content is not a PNG, JPEG, GIF or WebP image".to_string())
+        })?;
+        Ok(Image {
+            bytes: download.bytes,
+            content_type,
+            sha256: download.sha256,
+        })
+    }
+
+    /// Downloads the file at `url` (an agent's attachment), whatever it
+    /// is, up to `ATTACHMENT_MAX_BYTES`, following the same rules.
+    pub async fn fetch_file(&self, url: &str) -> Result<Download, FetchError> {
+        self.download(url, self.file).await
+    }
+
+    async fn download(&self, url: &str, limits: Limits) -> Result<Download, FetchError> {
+        match tokio::time::timeout(self.timeout, self.download_within_deadline(url, limits)).await {
             Ok(result) => result,
             Err(_) => Err(FetchError::Unavailable(format!(
                 "the download took longer than {} s",
@@ -114,16 +169,17 @@ impl AvatarFetcher {
         }
     }
 
-    async fn fetch_within_deadline(&self, raw: &str) -> Result<Image, FetchError> {
+    async fn download_within_deadline(
+        &self,
+        raw: &str,
+        limits: Limits,
+    ) -> Result<Download, FetchError> {
         let mut url = Url::parse(raw).map_err(|e| refused(format!("not a valid URL ({e})")))?;
         for _ in 0..=self.max_redirects {
             let client = self.client_for(&url)?;
             let response = client
                 .get(url.clone())
-                .header(
-                    header::ACCEPT,
-                    "image/png, image/jpeg, image/gif, image/webp",
-                )
+                .header(header::ACCEPT, limits.accept)
                 .send()
                 .await
                 .map_err(|e| describe(&e, &url))?;
@@ -153,7 +209,7 @@ impl AvatarFetcher {
             if !status.is_success() {
                 return Err(refused(format!("{} answered {status}", host_of(&url))));
             }
-            return self.read_image(response).await;
+            return read_capped(response, limits).await;
         }
         Err(refused(format!(
             "more than {} redirects",
@@ -194,34 +250,38 @@ impl AvatarFetcher {
         }
         Ok(&self.guarded)
     }
+}
 
-    async fn read_image(&self, mut response: reqwest::Response) -> Result<Image, FetchError> {
-        let too_large = || refused(format!("the image is larger than {} bytes", self.max_bytes));
-        let declared = response.content_length();
-        if declared.is_some_and(|n| n > self.max_bytes as u64) {
+/// The body, streamed up to the cap and given up as soon as it passes it.
+async fn read_capped(
+    mut response: reqwest::Response,
+    limits: Limits,
+) -> Result<Download, FetchError> {
+    let max = limits.max_bytes;
+    let too_large = || {
+        refused(format!(
+            "the {} is larger than {max} bytes ({})",
+            limits.what, limits.setting
+        ))
+    };
+    let declared = response.content_length();
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let url = response.url().clone();
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(16 * 1024).min(max as u64) as usize);
+    while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e, &url))? {
+        if body.len() + chunk.len() > max {
+            // Dropping the response closes the connection: nothing more is read.
             return Err(too_large());
         }
-        let url = response.url().clone();
-        let mut body = BytesMut::with_capacity(
-            declared.unwrap_or(16 * 1024).min(self.max_bytes as u64) as usize,
-        );
-        while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e, &url))? {
-            if body.len() + chunk.len() > self.max_bytes {
-                // Dropping the response closes the connection: nothing more is read.
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let content_type = sniff(&body).ok_or_else(|| {
-            refused("the content is not a PNG, JPEG, GIF or WebP image".to_string())
-        })?;
-        let sha256 = hex::encode(Sha256::digest(&body));
-        Ok(Image {
-            bytes: body.freeze(),
-            content_type,
-            sha256,
-        })
+        body.extend_from_slice(&chunk);
     }
+    let sha256 = hex::encode(Sha256::digest(&body));
+    Ok(Download {
+        bytes: body.freeze(),
+        sha256,
+    })
 }
 
 fn refused(reason: String) -> FetchError {
@@ -232,7 +292,7 @@ fn host_of(url: &Url) -> String {
     match (url.host_str(), url.port()) {
         (Some(host), Some(port)) => format!("{host}:{port}"),
         (Some(host), None) => host.to_string(),
-        _ => "the avatar host".into(),
+        _ => "the host".into(),
     }
 }
 
