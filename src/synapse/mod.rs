@@ -38,6 +38,7 @@ pub use budget::{with_purpose, Purpose};
 pub use calls::{CallCounts, CallSnapshot, Endpoint};
 pub use homeserver::Homeserver;
 pub use login::Session;
+pub use media::Media;
 pub use puppets::RoomMessage;
 pub use register::{random_password, registration_mac, Registered};
 pub use rooms::{JoinRule, Pong, PowerUsers, RoomSpec, RoomView, CREATOR_POWER_VERSION};
@@ -82,6 +83,9 @@ pub enum Refusal {
     Forbidden,
     /// `M_NOT_FOUND`.
     NotFound,
+    /// A `413` or `M_TOO_LARGE`: an upload over Synapse's
+    /// `max_upload_size`, a download over the service's cap.
+    TooLarge,
     /// Any other refusal.
     Other,
 }
@@ -111,6 +115,7 @@ impl SynapseError {
             (403, _) => Refusal::Forbidden,
             (_, "M_USER_IN_USE" | "M_ROOM_IN_USE") => Refusal::InUse,
             (_, "M_NOT_FOUND") => Refusal::NotFound,
+            (413, _) | (_, "M_TOO_LARGE") => Refusal::TooLarge,
             _ => Refusal::Other,
         })
     }
@@ -124,6 +129,7 @@ impl SynapseError {
             Refusal::Deactivated => (403, "M_USER_DEACTIVATED"),
             Refusal::Forbidden => (403, "M_FORBIDDEN"),
             Refusal::NotFound => (404, "M_NOT_FOUND"),
+            Refusal::TooLarge => (413, "M_TOO_LARGE"),
             Refusal::Other => (400, "M_UNKNOWN"),
         };
         SynapseError::refused(status, errcode, error)
@@ -614,11 +620,24 @@ impl Synapse {
         token: Option<&Secret>,
         client: Option<std::net::IpAddr>,
     ) -> Result<(StatusCode, Value)> {
+        let request = self.build(endpoint, path, body, token, client)?;
+        self.exchange(endpoint, path, request, classify).await
+    }
+
+    /// The request to `path`, with `token` as bearer if given and the
+    /// client's address in `X-Forwarded-For`.
+    fn build(
+        &self,
+        endpoint: Endpoint,
+        path: &str,
+        body: Body<'_>,
+        token: Option<&Secret>,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<reqwest::RequestBuilder> {
         let url = self.base.join(path).map_err(|e| {
             SynapseError::refused(0, "M_BAD_URL", format!("cannot build a Synapse URL: {e}"))
         })?;
-        let method = endpoint.method();
-        let mut request = self.http.request(method.clone(), url);
+        let mut request = self.http.request(endpoint.method(), url);
         if let Some(token) = token {
             request = request.bearer_auth(token.expose());
         }
@@ -642,11 +661,27 @@ impl Synapse {
         if let Some(id) = telemetry::request_id() {
             request = request.header(telemetry::REQUEST_ID_HEADER, id);
         }
+        Ok(request)
+    }
+
+    /// Sends `request` within the purpose's budget, reads the answer with
+    /// `read` (which classifies it), and counts, times and logs the call.
+    async fn exchange<T, F, Fut>(
+        &self,
+        endpoint: Endpoint,
+        path: &str,
+        request: reqwest::RequestBuilder,
+        read: F,
+    ) -> Result<T>
+    where
+        F: FnOnce(reqwest::Result<reqwest::Response>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         let _permit = self.limiter.acquire().await;
         self.calls.record(endpoint);
         let started = std::time::Instant::now();
         let response = request.send().await;
-        let outcome = classify(response).await;
+        let outcome = read(response).await;
         let elapsed = started.elapsed();
         metrics::synapse_call(
             endpoint.name(),
@@ -658,7 +693,7 @@ impl Synapse {
             elapsed,
         );
         tracing::debug!(
-            %method,
+            method = %endpoint.method(),
             endpoint = endpoint.name(),
             path = %redact_path(path),
             elapsed_ms = elapsed.as_millis() as u64,
@@ -670,33 +705,10 @@ impl Synapse {
 }
 
 async fn classify(response: reqwest::Result<reqwest::Response>) -> Result<(StatusCode, Value)> {
-    let response = match response {
-        Ok(r) => r,
-        Err(e) => {
-            return Err(SynapseError::Unavailable {
-                reason: describe_transport_error(&e),
-                retry_after: None,
-                rate_limited: false,
-            })
-        }
-    };
+    let response = response.map_err(transport_error)?;
     let status = response.status();
-    let header_retry = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let text = match response.text().await {
-        Ok(text) => text,
-        Err(e) => {
-            return Err(SynapseError::Unavailable {
-                reason: describe_transport_error(&e),
-                retry_after: None,
-                rate_limited: false,
-            })
-        }
-    };
+    let retry_after = header_retry_after(&response);
+    let text = response.text().await.map_err(transport_error)?;
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     if status.is_success() {
         return Ok((
@@ -708,6 +720,31 @@ async fn classify(response: reqwest::Result<reqwest::Response>) -> Result<(Statu
             },
         ));
     }
+    Err(failure(status, &text, retry_after))
+}
+
+/// The request did not get an answer (or not all of it).
+fn transport_error(e: reqwest::Error) -> SynapseError {
+    SynapseError::Unavailable {
+        reason: describe_transport_error(&e),
+        retry_after: None,
+        rate_limited: false,
+    }
+}
+
+fn header_retry_after(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// What an answer that is not a success means: 429 and 5xx are
+/// [`SynapseError::Unavailable`], the rest refusals with Synapse's errcode.
+fn failure(status: StatusCode, text: &str, header_retry: Option<Duration>) -> SynapseError {
+    let body: Value = serde_json::from_str(text).unwrap_or(Value::Null);
     let errcode = body["errcode"].as_str().unwrap_or("M_UNKNOWN").to_string();
     let error = body["error"]
         .as_str()
@@ -718,24 +755,24 @@ async fn classify(response: reqwest::Result<reqwest::Response>) -> Result<(Statu
             .as_u64()
             .map(Duration::from_millis)
             .or(header_retry);
-        return Err(SynapseError::Unavailable {
+        return SynapseError::Unavailable {
             reason: format!("rate limited ({errcode})"),
             retry_after,
             rate_limited: true,
-        });
+        };
     }
     if status.is_server_error() {
-        return Err(SynapseError::Unavailable {
+        return SynapseError::Unavailable {
             reason: format!("{status}: {error}"),
             retry_after: header_retry,
             rate_limited: false,
-        });
+        };
     }
-    Err(SynapseError::Refused {
+    SynapseError::Refused {
         status: status.as_u16(),
         errcode,
         error,
-    })
+    }
 }
 
 /// reqwest's Display includes the URL; ours says what happened without it
@@ -782,6 +819,7 @@ mod tests {
         assert_eq!(of(403, "M_FORBIDDEN"), Some(Refusal::Forbidden));
         assert_eq!(of(403, "M_UNKNOWN"), Some(Refusal::Forbidden));
         assert_eq!(of(404, "M_NOT_FOUND"), Some(Refusal::NotFound));
+        assert_eq!(of(413, "M_TOO_LARGE"), Some(Refusal::TooLarge));
         assert_eq!(of(400, "M_INVALID_USERNAME"), Some(Refusal::Other));
         let down = SynapseError::Unavailable {
             reason: "x".into(),
@@ -800,6 +838,7 @@ mod tests {
             Refusal::Deactivated,
             Refusal::Forbidden,
             Refusal::NotFound,
+            Refusal::TooLarge,
             Refusal::Other,
         ] {
             let e = SynapseError::refused_as(refusal, "x");
