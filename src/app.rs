@@ -156,6 +156,7 @@ impl Application {
             sync: core.sync,
             room_sync: core.room_sync,
             clock,
+            media_links: http::media::links(&settings),
         });
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("cannot listen on {}", settings.bind))?;

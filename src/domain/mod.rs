@@ -8,5 +8,6 @@ pub mod event;
 pub mod html;
 pub mod localpart;
 pub mod matrix;
+pub mod media_link;
 pub mod person;
 pub mod signature;

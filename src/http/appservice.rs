@@ -97,9 +97,13 @@ pub async fn transaction(
     let digest = Sha256::digest(&body);
     let key = format!("{txn_id}:{}", hex::encode(&digest[..12]));
     let outbox = city.events_url.is_some();
+    let now = state.clock.now_ms();
+    // A person's file goes to DAARION.city with a download link from now.
+    let links = state.media_links.as_ref();
+    let files = |mxc: &str| links.and_then(|l| l.link(mxc, now));
     match state
         .store
-        .accept_transaction(&key, &txn, &names, outbox, &|_| None, state.clock.now_ms())
+        .accept_transaction(&key, &txn, &names, outbox, &files, now)
         .await
     {
         Ok(accepted) => {

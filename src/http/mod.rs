@@ -6,6 +6,7 @@ pub mod appservice;
 pub mod auth;
 pub mod error;
 pub mod health;
+pub mod media;
 pub mod observe;
 pub mod oidc;
 pub mod ops;
@@ -28,6 +29,7 @@ use crate::accounts::Accounts;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::domain::city::CityEvent;
+use crate::domain::media_link::MediaLinks;
 use crate::oidc::Provider;
 use crate::passes::profiles::ProfileSync;
 use crate::passes::rooms::RoomSync;
@@ -55,6 +57,9 @@ pub struct AppState {
     pub room_sync: Arc<RoomSync>,
     /// The service's clock (see `clock`): every handler's "now".
     pub clock: Clock,
+    /// Download links of people's files (None: no `PUBLIC_URL` or no
+    /// application service).
+    pub media_links: Option<MediaLinks>,
 }
 
 /// An operator's retry: `202` with `body` once the work is queued again
@@ -91,6 +96,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(agents::get_message)
     .service(agents::retry_message)
     .service(agents::outbox)
+    .service(media::get_media)
     .service(appservice::transaction)
     .service(appservice::ping)
     .service(appservice::query_user)
@@ -173,6 +179,7 @@ fn sorted(value: serde_json::Value) -> serde_json::Value {
         agents::get_message,
         agents::retry_message,
         agents::outbox,
+        media::get_media,
         health::healthz,
         health::readyz,
         ops::scrape,
@@ -194,6 +201,7 @@ fn sorted(value: serde_json::Value) -> serde_json::Value {
         (name = "webhooks", description = "Events from DAARION Auth and DAARION.city"),
         (name = "sso", description = "DAARION access tokens in, Matrix logins out; bearer DAARION JWT"),
         (name = "sign-in", description = "The OpenID Connect provider behind Synapse's \"Continue with DAARION\" (its browser steps, `/oidc/authorize`, `/v1/sso/return` and `/v1/sso/continue`, answer HTML pages and are not listed here); errors of the token and userinfo endpoints are OAuth's `{\"error\", \"error_description\"}`"),
+        (name = "media", description = "People's files for DAARION.city, by the download link of their `matrix.message`; the link is the credential, until it expires"),
         (name = "operators", description = "For operators and the cron; bearer `ADMIN_API_TOKEN`"),
         (name = "health", description = "Liveness and readiness probes"),
         (name = "operations", description = "Metrics and this documentation"),

@@ -46,7 +46,7 @@ pub async fn observe(
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     // The path only: query strings are the caller's and may hold anything.
     let span = tracing::info_span!(
-        "request", request_id = %id, method = %req.method(), path = %req.path()
+        "request", request_id = %id, method = %req.method(), path = %logged_path(req.path())
     );
     let started = Instant::now();
 
@@ -94,6 +94,16 @@ pub async fn observe(
             .insert(HeaderName::from_static(telemetry::REQUEST_ID_HEADER), value);
     }
     Ok(response)
+}
+
+/// The path as logged: a download link's token is a credential, and stays
+/// out of the logs.
+fn logged_path(path: &str) -> &str {
+    if path.starts_with("/v1/media/") {
+        "/v1/media/…"
+    } else {
+        path
+    }
 }
 
 fn declared_length(req: &ServiceRequest) -> Option<usize> {

@@ -11,6 +11,7 @@ use super::outcome::Outcome;
 use super::Drained;
 use crate::avatar::{AvatarFetcher, FetchError};
 use crate::domain::agent::{file_msgtype, Attachment};
+use crate::domain::media_link::is_media_type;
 use crate::store::Store;
 use crate::synapse::{Synapse, SynapseError};
 
@@ -103,22 +104,6 @@ fn media_type(bytes: &[u8], declared: Option<&str>) -> String {
             || "application/octet-stream".to_string(),
             str::to_ascii_lowercase,
         )
-}
-
-/// `type/subtype` (parameters allowed) of token characters: nothing that
-/// could be more than a media type in a header or an event.
-fn is_media_type(value: &str) -> bool {
-    let essence = value.split(';').next().unwrap_or_default().trim();
-    let token = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
-    };
-    value.len() <= 255
-        && value.bytes().all(|b| (0x20..0x7f).contains(&b))
-        && essence
-            .split_once('/')
-            .is_some_and(|(t, s)| token(t) && token(s))
 }
 
 /// The name people see: the declared one, else the URL's last segment,
