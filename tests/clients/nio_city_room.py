@@ -1,27 +1,46 @@
 """A DAARION person in a City Room, with matrix-nio (a Matrix client library
 we did not write): it syncs (so Synapse shows it online), reads what agents
-say, answers, and looks at agents' presence. Driven by the test through
-stdin, one JSON command per line; one JSON answer per line on stdout.
+say, answers, sends and downloads files, and looks at agents' presence.
+Driven by the test through stdin, one JSON command per line; one JSON
+answer per line on stdout.
 
 Usage: python nio_city_room.py HOMESERVER_URL MATRIX_USER_ID ACCESS_TOKEN ROOM_ID
 
 Commands:
   {"cmd": "messages", "sender": S, "count": N, "timeout": SECONDS}
-      -> {"messages": [{event_id, sender, body, format, formatted_body,
-                        reply_to, origin_server_ts, message_id}, ...]}
+      -> {"messages": [{event_id, sender, msgtype, body, format, formatted_body,
+                        reply_to, origin_server_ts, message_id, url, filename,
+                        info}, ...]}
          every m.room.message from S seen so far, once N are seen
   {"cmd": "send", "body": B, "reply_to": EVENT_ID?, "mentions": [USER_ID]?}
       -> {"event_id": ...}
+  {"cmd": "send_file", "base64": DATA, "name": N, "mimetype": M, "msgtype": T,
+   "info": {...}?}
+      -> {"event_id": ..., "mxc": ...}
+         uploads DATA (as Element does, through the media repository) and
+         sends it as a T (m.image, m.file, …) with info.size and info.mimetype
+         set, plus the given info fields
+  {"cmd": "download", "mxc": URI}
+      -> {"base64": ..., "content_type": ...}   (authenticated media)
   {"cmd": "presence", "user_id": U} -> {"presence": ..., "last_active_ago": ...}
   {"cmd": "sync"} -> {"ok": true}
 """
 
 import asyncio
+import base64
+import io
 import json
 import sys
 import time
 
-from nio import AsyncClient, PresenceGetResponse, RoomSendResponse, SyncResponse
+from nio import (
+    AsyncClient,
+    MemoryDownloadResponse,
+    PresenceGetResponse,
+    RoomSendResponse,
+    SyncResponse,
+    UploadResponse,
+)
 
 FILTER = {"room": {"timeline": {"limit": 100}}}
 
@@ -67,6 +86,33 @@ class Person:
             raise RuntimeError(f"room_send: {response}")
         return response.event_id
 
+    async def send_file(self, data, name, mimetype, msgtype, info=None):
+        upload, _ = await self.client.upload(
+            io.BytesIO(data), content_type=mimetype, filename=name, filesize=len(data)
+        )
+        if not isinstance(upload, UploadResponse):
+            raise RuntimeError(f"upload: {upload}")
+        content = {
+            "msgtype": msgtype,
+            "body": name,
+            "filename": name,
+            "url": upload.content_uri,
+            "info": {"size": len(data), "mimetype": mimetype, **(info or {})},
+        }
+        response = await self.client.room_send(self.room_id, "m.room.message", content)
+        if not isinstance(response, RoomSendResponse):
+            raise RuntimeError(f"room_send: {response}")
+        return {"event_id": response.event_id, "mxc": upload.content_uri}
+
+    async def download(self, mxc):
+        response = await self.client.download(mxc=mxc)
+        if not isinstance(response, MemoryDownloadResponse):
+            raise RuntimeError(f"download: {response}")
+        return {
+            "base64": base64.b64encode(response.body).decode(),
+            "content_type": response.content_type,
+        }
+
     async def presence(self, user_id):
         response = await self.client.get_presence(user_id)
         if not isinstance(response, PresenceGetResponse):
@@ -79,12 +125,16 @@ def describe(source):
     return {
         "event_id": source["event_id"],
         "sender": source["sender"],
+        "msgtype": content.get("msgtype"),
         "body": content.get("body"),
         "format": content.get("format"),
         "formatted_body": content.get("formatted_body"),
         "reply_to": content.get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id"),
         "origin_server_ts": source.get("origin_server_ts"),
         "message_id": content.get("city.daarion.message_id"),
+        "url": content.get("url"),
+        "filename": content.get("filename"),
+        "info": content.get("info"),
     }
 
 
@@ -108,6 +158,12 @@ async def main() -> int:
                 elif cmd == "send":
                     answer = {"event_id": await person.send(
                         command["body"], command.get("reply_to"), command.get("mentions"))}
+                elif cmd == "send_file":
+                    answer = await person.send_file(
+                        base64.b64decode(command["base64"]), command["name"],
+                        command["mimetype"], command["msgtype"], command.get("info"))
+                elif cmd == "download":
+                    answer = await person.download(command["mxc"])
                 elif cmd == "presence":
                     answer = await person.presence(command["user_id"])
                 elif cmd == "sync":

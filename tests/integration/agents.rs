@@ -120,7 +120,7 @@ pub(crate) struct Nio {
 }
 
 impl Nio {
-    async fn start(user_id: &str, token: &str, room_id: &str) -> Nio {
+    pub(crate) async fn start(user_id: &str, token: &str, room_id: &str) -> Nio {
         Nio::start_client("nio_city_room.py", &[user_id, token, room_id]).await
     }
 
@@ -889,7 +889,7 @@ async fn a_lost_answer_is_found_in_the_room_not_sent_again(backend: Backend) {
 }
 on_both_backends!(a_lost_answer_is_found_in_the_room_not_sent_again);
 
-async fn spawn_city_with(backend: Backend, extra: &[(&str, String)]) -> TestApp {
+pub(crate) async fn spawn_city_with(backend: Backend, extra: &[(&str, String)]) -> TestApp {
     let mut env = city_env(backend, None);
     for (k, v) in extra {
         env.push((k.to_string(), v.clone()));

@@ -6,6 +6,7 @@ mod agents;
 mod conversations;
 mod daarion;
 mod fakes;
+mod files;
 mod intake;
 mod logs;
 mod names;
