@@ -317,6 +317,15 @@ async fn a_full_run_logs_no_secret(backend: Backend) {
         .send()
         .await
         .unwrap();
+    // A download link of a person's file: its token is the credential.
+    let media_token = format!("media-link-token-{tag}");
+    let answer = c
+        .http
+        .get(format!("{}/v1/media/{media_token}", c.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 404);
     // A sign-in through the OpenID provider: every secret it hands out
     // (state, browser cookie, code, tokens) and the DAARION token it took.
     let handed_out =
@@ -385,6 +394,7 @@ async fn a_full_run_logs_no_secret(backend: Backend) {
     }
     forbidden.push(("OpenID client secret".into(), oidc_client_secret.into()));
     forbidden.push(("password module secret".into(), module_secret.into()));
+    forbidden.push(("download link token".into(), media_token));
     for password in &typed {
         forbidden.push(("password typed at sign-in".into(), password.clone()));
     }
