@@ -57,7 +57,9 @@ pub struct CityWebhookAccepted {
 /// What goes back to `CITY_EVENTS_URL` (same envelope and signature, in
 /// order per room or conversation, at least once): `matrix.message`
 /// (`conversation_id` and `room_id` null in a direct chat, `thread_of`,
-/// `attachment`), `matrix.message_edited`, `matrix.message_deleted`
+/// `attachment`: `{"mxc", "mimetype", "name", "size", "download_url",
+/// "download_expires_at"}`, the link served without credentials by
+/// `GET /v1/media/{token}` until it expires), `matrix.message_edited`, `matrix.message_deleted`
 /// (`by_moderator`), `matrix.reaction` (`removed`), `matrix.conversation_started`,
 /// `matrix.conversation_ended`, `matrix.presence`.
 #[utoipa::path(
