@@ -571,15 +571,18 @@ impl InboundMessage {
             "mentions": links.mentions,
         });
         place_fields(&mut data, place);
-        if let (Some(mxc), Some(link)) = (self.file(), &links.file) {
+        // Without a link (no PUBLIC_URL) DAARION.city still learns of the
+        // file, with `download_url` null.
+        if let Some(mxc) = self.file() {
             let info = &self.content["info"];
+            let link = links.file.as_ref();
             data["attachment"] = json!({
                 "mxc": mxc,
                 "mimetype": info["mimetype"].as_str(),
                 "name": self.content["filename"].as_str().or(self.content["body"].as_str()),
                 "size": info["size"].as_u64(),
-                "download_url": link.url,
-                "download_expires_at": rfc3339(link.expires_at),
+                "download_url": link.map(|l| l.url.as_str()),
+                "download_expires_at": link.map(|l| rfc3339(l.expires_at)),
             });
         }
         json!({
