@@ -370,6 +370,43 @@ async fn a_direct_chat_with_an_agent(backend: Backend) {
     let record = wait_message_state(client, &in_thread, "sent").await;
     assert_eq!(record["deleted"], true);
 
+    // The agent takes its reaction back: the reaction is redacted.
+    let unreact = city_event(
+        "agent.reaction",
+        json!({"agent_id": s.agent_id, "target": hello, "key": "👀", "removed": true}),
+    );
+    assert_eq!(send_city(client, &unreact).await.0, 202);
+    let reaction_event = reaction[0]["event_id"].as_str().unwrap().to_string();
+    let seen = nio
+        .ask(json!({"cmd": "events", "sender": s.puppet, "timeout": 30,
+                    "until": {"type": "m.room.redaction", "path": ["redacts"],
+                              "equals": reaction_event}}))
+        .await;
+    assert!(
+        seen["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.redaction" && e["redacts"] == reaction_event.as_str()),
+        "the agent's reaction is taken back"
+    );
+
+    // The person, the room's admin, takes the agent's answer down: reported
+    // as a moderator's deletion, by the agent's message_id.
+    let takedown = nio
+        .ask(json!({"cmd": "redact", "event_id": original}))
+        .await["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deleted = wait_event(&receiver, "matrix.message_deleted", |e| {
+        e["id"] == takedown.as_str()
+    })
+    .await;
+    assert_eq!(deleted["data"]["message_id"], answer);
+    assert_eq!(deleted["data"]["by_moderator"], true);
+    assert_eq!(deleted["data"]["conversation_id"], conversation);
+
     // The person leaves: DAARION.city hears the chat ended; the puppet leaves.
     nio.ask(json!({"cmd": "leave"})).await;
     let ended = wait_event(&receiver, "matrix.conversation_ended", |e| {
