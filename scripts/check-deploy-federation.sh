@@ -422,66 +422,21 @@ ok "one.test and two.test run: each its Synapse, matrix-provisioner and nginx ga
 
 # ---- the checks ---------------------------------------------------------------------
 cat >"$work/checks.py" <<'PY'
-import hashlib, hmac, json, os, ssl, sys, time, uuid
-import urllib.error, urllib.parse, urllib.request
+import json, os, sys, time, uuid
+import urllib.parse
 
-
-def ok(msg):
-    print(f"check-federation: ok   {msg} [{int(time.time()) - int(os.environ['STARTED'])} s]", flush=True)
-
-
-def fail(msg):
-    print(f"check-federation: FAIL {msg}", file=sys.stderr, flush=True)
-    sys.exit(1)
-
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
-
-
-def load_env(path):
-    env = {}
-    for line in open(path, encoding="utf8"):
-        line = line.rstrip("\n")
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            env[key] = value
-    return env
-
+sys.path.insert(0, os.path.join(os.environ["REPO"], "scripts"))
+from deploy_checks import Checks, load_env, registration_mac, signed
 
 WORK = os.environ["WORK"]
 ENV = {name: load_env(os.path.join(WORK, name, ".env")) for name in ("one", "two")}
 STATE = os.path.join(WORK, "state.json")
 PROXY = os.environ["PROXY"]
-TLS = ssl.create_default_context(cafile=os.path.join(WORK, "tls", "ca.pem"))
 # https through the name proxy (certificates checked against the check's
 # CA), http to the loopback addresses directly.
-VIA_PROXY = urllib.request.build_opener(
-    urllib.request.ProxyHandler({"https": PROXY}), urllib.request.HTTPSHandler(context=TLS))
-DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def call(method, url, body=None, token=None):
-    """(status, body bytes)."""
-    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", "Bearer " + token)
-    opener = VIA_PROXY if url.startswith("https:") else DIRECT
-    try:
-        with opener.open(req, timeout=60) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-def jcall(method, url, body=None, token=None, want=200):
-    status, data = call(method, url, body, token)
-    check(status == want, f"{method} {url}: {status} {data[:300]!r}, expected {want}")
-    return json.loads(data)
+C = Checks("check-federation", started=os.environ["STARTED"], cafile=os.path.join(WORK, "tls", "ca.pem"),
+           https_proxy=PROXY, timeout=60)
+ok, fail, check, call, jcall, until = C.ok, C.fail, C.check, C.call, C.jcall, C.until
 
 
 def gateway(name, path):
@@ -506,12 +461,9 @@ def register(name, user, admin=False):
     secret = ENV[name]["SYNAPSE_REGISTRATION_SECRET"]
     nonce = jcall("GET", synapse(name, "/_synapse/admin/v1/register"))["nonce"]
     password = "federation-check-" + user
-    mac = hmac.new(secret.encode(), digestmod=hashlib.sha1)
-    mac.update(b"\0".join([nonce.encode(), user.encode(), password.encode(),
-                           b"admin" if admin else b"notadmin"]))
     return jcall("POST", synapse(name, "/_synapse/admin/v1/register"), {
         "nonce": nonce, "username": user, "password": password, "admin": admin,
-        "mac": mac.hexdigest()})["access_token"]
+        "mac": registration_mac(secret, nonce, user, password, admin)})["access_token"]
 
 
 def city_event(etype, data):
@@ -520,33 +472,13 @@ def city_event(etype, data):
     body = json.dumps({"id": "evt_" + uuid.uuid4().hex, "type": etype,
                        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        "data": data}).encode()
-    t = str(int(time.time()))
     secret = ENV["one"]["CITY_WEBHOOK_SECRET"].split(",")[0]
-    sig = hmac.new(secret.encode(), t.encode() + b"." + body, hashlib.sha256).hexdigest()
-    req = urllib.request.Request(service("one", "/v1/webhooks/city"), data=body, method="POST")
-    req.add_header("Content-Type", "application/json")
-    req.add_header("X-Daarion-Signature", f"t={t},v1={sig}")
-    try:
-        with DIRECT.open(req, timeout=30) as r:
-            status = r.status
-    except urllib.error.HTTPError as e:
-        status = e.code
+    status, _, _ = call("POST", service("one", "/v1/webhooks/city"), body, headers=signed(secret, body))
     check(status == 202, f"DAARION.city webhook {etype}: {status}")
 
 
 def admin_get(path):
     return jcall("GET", service("one", path), token=ENV["one"]["ADMIN_API_TOKEN"])
-
-
-def until(fn, what, timeout=60):
-    deadline = time.time() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.time() > deadline:
-            fail(f"{what} (waited {timeout} s)")
-        time.sleep(0.3)
 
 
 def send(name, token, room_id, body):
@@ -569,7 +501,7 @@ def sees(name, token, room_id, sender, body):
 
 
 def nginx_404(url, method="GET"):
-    status, data = call(method, url, b"{}" if method == "POST" else None)
+    status, _, data = call(method, url, b"{}" if method == "POST" else None)
     check(status == 404 and b"errcode" not in data and b"nginx" in data,
           f"{method} {url}: {status} {data[:200]!r}, expected nginx's 404")
 
@@ -670,10 +602,10 @@ def cmd_on():
        "and @mykola:two.test's; DAARION.city got two's person's message (matrix.message, sender_id null)")
 
     # The private City Room cannot be joined from outside.
-    status, data = call("POST", gateway("two", f"/_matrix/client/v3/join/{q(priv_alias)}"), {}, mykola)
+    status, _, data = call("POST", gateway("two", f"/_matrix/client/v3/join/{q(priv_alias)}"), {}, mykola)
     check(status == 403 and json.loads(data).get("errcode") == "M_FORBIDDEN",
           f"two joining {priv_alias}: {status} {data[:200]!r}, expected 403 M_FORBIDDEN")
-    status, data = call("POST", gateway("two", f"/_matrix/client/v3/join/{q(priv_id)}?server_name=one.test"), {}, mykola)
+    status, _, data = call("POST", gateway("two", f"/_matrix/client/v3/join/{q(priv_id)}?server_name=one.test"), {}, mykola)
     check(status == 403, f"two joining {priv_id} by id: {status} {data[:200]!r}, expected 403")
     members = jcall("GET", synapse("one", f"/_synapse/admin/v1/rooms/{q(priv_id)}/members"), token=admin)["members"]
     check(not any(m.endswith(":two.test") for m in members), f"{priv_alias}'s members: {members}")
@@ -695,7 +627,7 @@ def cmd_off():
 
     # The gateway: nginx's 404 for federation, keys and the delegation (after the reload took).
     def gone():
-        status, _ = call("GET", gateway("one", "/_matrix/federation/v1/version"))
+        status, _, _ = call("GET", gateway("one", "/_matrix/federation/v1/version"))
         return status == 404
     until(gone, "one's gateway still serves federation after the reload", 15)
     for url in (gateway("one", "/_matrix/federation/v1/version"), gateway("one", "/_matrix/federation"),
@@ -707,7 +639,7 @@ def cmd_off():
     nginx_404(gateway("one", "/_matrix/key/v2/query"), "POST")
     # Synapse itself serves no federation (no resource on its listener).
     for path in ("/_matrix/federation/v1/version", "/_matrix/key/v2/server"):
-        status, _ = call("GET", synapse("one", path))
+        status, _, _ = call("GET", synapse("one", path))
         check(status == 404, f"one's Synapse directly {path}: {status}, expected 404")
     # The client API still works.
     jcall("GET", gateway("one", "/_matrix/client/v3/account/whoami"), token=s["olena"])
@@ -723,10 +655,10 @@ def cmd_off():
                   "City Room r_fed_later is not ready")
     taras = register("two", "taras")
     for alias in (s["pub_alias"], later["alias"]):
-        status, data = call("GET", gateway("two", f"/_matrix/client/v3/directory/room/{q(alias)}"), token=taras)
+        status, _, data = call("GET", gateway("two", f"/_matrix/client/v3/directory/room/{q(alias)}"), token=taras)
         check(status != 200, f"two still resolves {alias}: {status} {data[:200]!r}")
     for path in (q(s["pub_alias"]), q(later["alias"]), q(later["matrix_room_id"]) + "?server_name=one.test"):
-        status, data = call("POST", gateway("two", f"/_matrix/client/v3/join/{path}"), {}, taras)
+        status, _, data = call("POST", gateway("two", f"/_matrix/client/v3/join/{path}"), {}, taras)
         check(status != 200, f"@taras:two.test joined {urllib.parse.unquote(path)} with federation off: {data[:200]!r}")
     # In the room two is already in, two lets its own person in by itself
     # (it holds the room's state), but one never hears of it (below).
@@ -768,7 +700,7 @@ def cmd_off():
 
 {"on": cmd_on, "off": cmd_off}[sys.argv[1]]()
 PY
-checks() { STARTED="$(($(date +%s) - SECONDS + started))" WORK="$work" PROXY="http://127.0.0.1:$client_proxy_port" "$py" "$work/checks.py" "$@"; }
+checks() { STARTED="$(($(date +%s) - SECONDS + started))" REPO="$repo" WORK="$work" PROXY="http://127.0.0.1:$client_proxy_port" "$py" "$work/checks.py" "$@"; }
 
 checks on || { show_logs; exit 1; }
 

@@ -95,37 +95,18 @@ set_env() {
 }
 
 cat >"$work/checks.py" <<'PY'
-import calendar, glob, hashlib, hmac, json, os, re, subprocess, sys, time
-import urllib.error, urllib.parse, urllib.request
+import calendar, glob, json, os, re, subprocess, sys, time
+import urllib.parse
 
 import yaml
 
 REPO = os.environ["REPO"]
 PROM = os.path.join(REPO, "deploy", "prometheus")
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+from deploy_checks import Checks, load_env, signed
 
-
-def ok(msg):
-    print(f"check-deploy-monitoring: ok   {msg}", flush=True)
-
-
-def fail(msg):
-    print(f"check-deploy-monitoring: FAIL {msg}", file=sys.stderr, flush=True)
-    sys.exit(1)
-
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
-
-
-def load_env(path):
-    env = {}
-    for line in open(path, encoding="utf8"):
-        line = line.rstrip("\n")
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            env[key] = value
-    return env
+C = Checks("check-deploy-monitoring")
+ok, fail, check, call, jcall, until = C.ok, C.fail, C.check, C.call, C.jcall, C.until
 
 
 def rules():
@@ -138,43 +119,6 @@ def metric_names():
     for r in rules():
         names |= set(re.findall(r"\b((?:matrix_provisioner|synapse)_[a-z0-9_]+)\b", r["expr"]))
     return names
-
-
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def call(method, url, body=None, token=None, headers=None):
-    """(status, body bytes)."""
-    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    for k, v in (headers or {}).items():
-        req.add_header(k, v)
-    if token:
-        req.add_header("Authorization", "Bearer " + token)
-    try:
-        with opener.open(req, timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-def jcall(method, url, body=None, token=None, want=200, headers=None):
-    status, data = call(method, url, body, token, headers)
-    check(status == want, f"{method} {url}: {status} {data[:300]!r}, expected {want}")
-    return json.loads(data)
-
-
-def wait_until(what, fn, timeout=30):
-    deadline = time.time() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.time() > deadline:
-            fail(f"{what} (after {timeout} s)")
-        time.sleep(0.3)
 
 
 def cmd_compose():
@@ -262,7 +206,7 @@ def cmd_exercise():
     admin = E["ADMIN_API_TOKEN"]
 
     def scrape():
-        status, data = call("GET", service + "/metrics")
+        status, _, data = call("GET", service + "/metrics")
         check(status == 200, f"GET /metrics: {status}")
         return data.decode()
 
@@ -285,16 +229,16 @@ def cmd_exercise():
     before = sample(scrape(), 'matrix_provisioner_appservice_transactions_total{outcome="applied"}')
     jcall("POST", synapse + "/_matrix/client/v3/createRoom?user_id=" + urllib.parse.quote(puppet),
           {"name": "monitoring check"}, token=as_token)
-    wait_until("Synapse sent no transaction to the service for the puppet's new room",
-               lambda: sample(scrape(), 'matrix_provisioner_appservice_transactions_total{outcome="applied"}') > before)
+    until(lambda: sample(scrape(), 'matrix_provisioner_appservice_transactions_total{outcome="applied"}') > before,
+          "Synapse sent no transaction to the service for the puppet's new room", 30)
     # A transaction with a wrong hs_token: refused.
-    status, _ = call("PUT", service + f"/_matrix/app/v1/transactions/monitoring-{tag}", {"events": []},
-                     token="not-the-hs-token")
+    status, _, _ = call("PUT", service + f"/_matrix/app/v1/transactions/monitoring-{tag}", {"events": []},
+                        token="not-the-hs-token")
     check(status == 403, f"a transaction with a wrong hs_token: {status}, expected 403")
     # Sign-ins refused: a DAARION token that is none, an authorization request without parameters.
-    status, _ = call("POST", service + "/v1/sso/login-token", {}, token="not-a-daarion-token")
+    status, _, _ = call("POST", service + "/v1/sso/login-token", {}, token="not-a-daarion-token")
     check(status == 401, f"POST /v1/sso/login-token with a bad token: {status}, expected 401")
-    status, _ = call("GET", service + "/oidc/authorize")
+    status, _, _ = call("GET", service + "/oidc/authorize")
     check(status == 400, f"GET /oidc/authorize without parameters: {status}, expected 400")
 
     # A DAARION person, provisioned by a job (which needs the admin token).
@@ -302,13 +246,11 @@ def cmd_exercise():
         body = json.dumps({"id": f"evt_{user_id}", "type": "user.registered",
                            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "data": {"user_id": user_id, "display_name": f"Monitoring {user_id[-7:]}"}}).encode()
-        t = str(int(time.time()))
         secret = E["AUTH_WEBHOOK_SECRET"].split(",")[0]
-        sig = hmac.new(secret.encode(), t.encode() + b"." + body, hashlib.sha256).hexdigest()
-        jcall("POST", service + "/v1/webhooks/auth", body, want=202, headers={"X-Daarion-Signature": f"t={t},v1={sig}"})
-        return wait_until(f"{user_id} is not provisioned",
-                          lambda: (lambda p: p if p.get("state") == "provisioned" else None)(
-                              jcall("GET", service + f"/v1/users/{user_id}", token=admin)))
+        jcall("POST", service + "/v1/webhooks/auth", body, want=202, headers=signed(secret, body))
+        return until(lambda: (lambda p: p if p.get("state") == "provisioned" else None)(
+                         jcall("GET", service + f"/v1/users/{user_id}", token=admin)),
+                     f"{user_id} is not provisioned", 30)
 
     first = person(f"u_mon{tag}a")
     # Synapse forgets the admin token the service keeps in its database (as
@@ -341,7 +283,7 @@ def cmd_prometheus():
     synapse_metrics = f"http://127.0.0.1:{E['SYNAPSE_METRICS_PORT']}/_synapse/metrics"
 
     def api(path):
-        status, data = call("GET", base + path)
+        status, _, data = call("GET", base + path)
         return json.loads(data) if status == 200 else None
 
     def targets_up():
@@ -352,7 +294,7 @@ def cmd_prometheus():
         return active if all(active.get(j, {}).get("health") == "up"
                              for j in ("synapse", "matrix-provisioner")) else None
 
-    active = wait_until("Prometheus does not scrape both targets (GET /api/v1/targets)", targets_up)
+    active = until(targets_up, "Prometheus does not scrape both targets (GET /api/v1/targets)", 30)
     scraped = time.time()
 
     def rules_evaluated():
@@ -366,7 +308,7 @@ def cmd_prometheus():
                    for r in rs)
         return rs if done else None
 
-    evaluated = wait_until("Prometheus has not evaluated every rule since the targets came up", rules_evaluated)
+    evaluated = until(rules_evaluated, "Prometheus has not evaluated every rule since the targets came up", 30)
     broken = [(r["name"], r.get("lastError")) for r in evaluated if r.get("health") != "ok"]
     check(not broken, f"rules that fail to evaluate: {broken}")
     check(len(evaluated) == len(rules()), f"Prometheus loaded {len(evaluated)} rules, alerts.yml has {len(rules())}")
@@ -378,7 +320,7 @@ def cmd_prometheus():
     got = api("/api/v1/query?" + urllib.parse.urlencode(
         {"query": 'group by (__name__, job) ({__name__=~"matrix_provisioner_.+|synapse_.+"})'}))
     stored = {(m["metric"]["__name__"], m["metric"].get("job")) for m in got["data"]["result"]}
-    status, data = call("GET", synapse_metrics)
+    status, _, data = call("GET", synapse_metrics)
     check(status == 200, f"{synapse_metrics}: {status}")
     declared = set(re.findall(r"^# TYPE (\S+) ", data.decode(), re.M))
     found, only_declared, absent = [], [], []

@@ -135,33 +135,11 @@ render() {
 mkdir -p "$work/logs"
 # The checks written in Python (HTTP, JSON, YAML), one subcommand each.
 cat >"$work/checks.py" <<'PY'
-import hashlib, hmac, html.parser, http.cookiejar, json, os, re, secrets, ssl, subprocess, sys, time
-import urllib.error, urllib.parse, urllib.request
+import html.parser, http.cookiejar, json, os, re, secrets, subprocess, sys, time
+import urllib.parse
 
-
-def ok(msg):
-    print(f"check-deploy-workers: ok   {msg}", flush=True)
-
-
-def fail(msg):
-    print(f"check-deploy-workers: FAIL {msg}", file=sys.stderr, flush=True)
-    sys.exit(1)
-
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
-
-
-def load_env(path):
-    env = {}
-    for line in open(path, encoding="utf8"):
-        line = line.rstrip("\n")
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            env[key] = value
-    return env
-
+sys.path.insert(0, os.path.join(os.environ["REPO"], "scripts"))
+from deploy_checks import Checks, load_env, signed
 
 E = load_env(sys.argv[2])
 REPO = os.environ["REPO"]
@@ -170,6 +148,8 @@ rendered = E["RENDERED_DIR"] if os.path.isabs(E["RENDERED_DIR"]) else os.path.jo
 SERVER = E["SYNAPSE_SERVER_NAME"]
 port = E["HTTPS_PORT"]
 ORIGIN = f"https://{E['MATRIX_HOST']}" + ("" if port == "443" else f":{port}")
+C = Checks("check-deploy-workers", cafile=E["TLS_CERTIFICATE"], timeout=60)
+ok, fail, check, call, jcall = C.ok, C.fail, C.check, C.call, C.jcall
 
 
 def cmd_compose():
@@ -264,47 +244,6 @@ def cmd_compose():
 
 # ---- the running processes ------------------------------------------------------
 S = json.load(open(os.environ["STATE"]))
-CA = E["TLS_CERTIFICATE"]
-
-
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None
-
-
-def opener(jar=None):
-    handlers = [NoRedirect, urllib.request.ProxyHandler({}),
-                urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=CA))]
-    if jar is not None:
-        handlers.append(urllib.request.HTTPCookieProcessor(jar))
-    return urllib.request.build_opener(*handlers)
-
-
-def call(method, url, body=None, token=None, headers=None, jar=None, form=None):
-    """(status, headers, body bytes); redirects are answers, not followed."""
-    if form is not None:
-        data = urllib.parse.urlencode(form).encode()
-        headers = {**(headers or {}), "Content-Type": "application/x-www-form-urlencoded"}
-    else:
-        data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None and not (headers and "Content-Type" in headers):
-        req.add_header("Content-Type", "application/json")
-    for k, v in (headers or {}).items():
-        req.add_header(k, v)
-    if token:
-        req.add_header("Authorization", "Bearer " + token)
-    try:
-        with opener(jar).open(req, timeout=60) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read()
-
-
-def jcall(method, url, body=None, token=None, want=200, headers=None):
-    status, _, data = call(method, url, body, token, headers)
-    check(status == want, f"{method} {url}: {status} {data[:300]!r}, expected {want}")
-    return json.loads(data)
 
 
 def marker():
@@ -535,19 +474,13 @@ def cmd_sso():
        f"{got['user_id']} signed in; " + "; ".join(done) + "; the client worker redeemed the code at /oidc/token (200)")
 
 
-def sign(secret, body):
-    t = str(int(time.time()))
-    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return {"X-Daarion-Signature": f"t={t},v1={mac}", "Content-Type": "application/json"}
-
-
 def city_event(replica, kind, data):
     from datetime import datetime, timezone
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     body = json.dumps({"id": "wk-" + secrets.token_hex(6), "type": kind, "created_at": now, "data": data},
                       ensure_ascii=False).encode()
     status, _, got = call("POST", f"http://127.0.0.1:{S['ports'][replica]}/v1/webhooks/city", body,
-                          headers=sign(E["CITY_WEBHOOK_SECRET"].split(",")[0], body))
+                          headers=signed(E["CITY_WEBHOOK_SECRET"].split(",")[0], body))
     check(status in (200, 202), f"{kind} to {replica}: {status} {got[:300]!r}")
     time.sleep(0.01)  # a later created_at for the next one
 

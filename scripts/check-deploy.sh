@@ -126,33 +126,11 @@ set_env() {
 
 # The checks written in Python (HTTP, JSON, YAML), one subcommand each.
 cat >"$work/checks.py" <<'PY'
-import base64, hashlib, hmac, json, os, ssl, sys, time
-import urllib.error, urllib.parse, urllib.request
+import base64, hashlib, json, os, sys, time
+import urllib.parse
 
-
-def ok(msg):
-    print(f"check-deploy: ok   {msg}", flush=True)
-
-
-def fail(msg):
-    print(f"check-deploy: FAIL {msg}", file=sys.stderr, flush=True)
-    sys.exit(1)
-
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
-
-
-def load_env(path):
-    env = {}
-    for line in open(path, encoding="utf8"):
-        line = line.rstrip("\n")
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            env[key] = value
-    return env
-
+sys.path.insert(0, os.path.join(os.environ["REPO"], "scripts"))
+from deploy_checks import Checks, load_env, registration_mac
 
 E = load_env(sys.argv[2])
 REPO = os.environ["REPO"]
@@ -163,37 +141,8 @@ if not os.path.isabs(rendered):
 port = E["HTTPS_PORT"]
 ORIGIN = f"https://{E['MATRIX_HOST']}" + ("" if port == "443" else f":{port}")
 SERVER = E["SYNAPSE_SERVER_NAME"]
-
-
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None
-
-
-def call(method, url, body=None, token=None, headers=None):
-    """(status, headers, body bytes); redirects are answers, not followed."""
-    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None and not (headers and "Content-Type" in headers):
-        req.add_header("Content-Type", "application/json")
-    for k, v in (headers or {}).items():
-        req.add_header(k, v)
-    if token:
-        req.add_header("Authorization", "Bearer " + token)
-    ctx = ssl.create_default_context(cafile=E["TLS_CERTIFICATE"]) if url.startswith("https") else None
-    opener = urllib.request.build_opener(
-        NoRedirect, urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx))
-    try:
-        with opener.open(req, timeout=30) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read()
-
-
-def jcall(method, url, body=None, token=None, want=200):
-    status, _, data = call(method, url, body, token)
-    check(status == want, f"{method} {url}: {status} {data[:300]!r}, expected {want}")
-    return json.loads(data)
+C = Checks("check-deploy", cafile=E["TLS_CERTIFICATE"])
+ok, fail, check, call, jcall = C.ok, C.fail, C.check, C.call, C.jcall
 
 
 def service(path):
@@ -208,11 +157,9 @@ def admin_token():
     """A fresh Synapse admin through shared-secret registration."""
     nonce = jcall("GET", synapse("/_synapse/admin/v1/register"))["nonce"]
     user, password = f"deploycheck{int(time.time() * 1000)}", "deploy-check-password"
-    mac = hmac.new(E["SYNAPSE_REGISTRATION_SECRET"].encode(), digestmod=hashlib.sha1)
-    mac.update(b"\0".join([nonce.encode(), user.encode(), password.encode(), b"admin"]))
     return jcall("POST", synapse("/_synapse/admin/v1/register"), {
         "nonce": nonce, "username": user, "password": password, "admin": True,
-        "mac": mac.hexdigest()})["access_token"]
+        "mac": registration_mac(E["SYNAPSE_REGISTRATION_SECRET"], nonce, user, password, True)})["access_token"]
 
 
 def closed(method, path, direct_status, token=None, body=None, direct=None):
@@ -598,11 +545,9 @@ def adopted(admin, address):
     localpart = E["ADOPT_LOCALPART_TEMPLATE"].replace("{user_id_hex8}", user_id.replace("-", "")[:8])
     user = f"@{localpart}:{SERVER}"
     nonce = jcall("GET", synapse("/_synapse/admin/v1/register"))["nonce"]
-    mac = hmac.new(E["SYNAPSE_REGISTRATION_SECRET"].encode(), digestmod=hashlib.sha1)
-    mac.update(b"\0".join([nonce.encode(), localpart.encode(), OLD_PASSWORD.encode(), b"notadmin"]))
     old_session = jcall("POST", synapse("/_synapse/admin/v1/register"), {
         "nonce": nonce, "username": localpart, "password": OLD_PASSWORD, "admin": False,
-        "mac": mac.hexdigest()})["access_token"]
+        "mac": registration_mac(E["SYNAPSE_REGISTRATION_SECRET"], nonce, localpart, OLD_PASSWORD, False)})["access_token"]
     new_session = signed_in(by_email(address), os.environ["STANDIN_PASSWORD"], user)["access_token"]
     check(("daarion", user_id) in external_ids(admin, user), f"{user}: external ids {external_ids(admin, user)}")
     # What deploy/README.md's "Ending what DAARION Auth left" is for:

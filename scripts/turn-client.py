@@ -6,7 +6,7 @@ exactly as a WebRTC client does, so that every answer can be asserted
 (401, 403, 442, 486) rather than read from turnutils_uclient's log.
 
 Usage:   python3 scripts/turn-client.py SUBCOMMAND ENV_FILE [ARGS…]
-Needs:   Python 3 with PyYAML (Synapse's virtualenv has it).
+Needs:   Python 3 with PyYAML (Synapse's virtualenv has it); deploy_checks.py beside it.
 """
 
 import base64
@@ -21,8 +21,8 @@ import ssl
 import struct
 import sys
 import time
-import urllib.error
-import urllib.request
+
+from deploy_checks import Checks, load_env, registration_mac  # beside this file
 
 MAGIC = 0x2112A442
 ALLOCATE, REFRESH, CREATE_PERMISSION = 0x003, 0x004, 0x008
@@ -33,28 +33,8 @@ A_DATA, A_XOR_MAPPED, A_SOFTWARE, A_FINGERPRINT = 0x0013, 0x0020, 0x8022, 0x8028
 UDP, TCP = 17, 6
 
 
-def ok(msg):
-    print(f"check-deploy-turn: ok   {msg}", flush=True)
-
-
-def fail(msg):
-    print(f"check-deploy-turn: FAIL {msg}", file=sys.stderr, flush=True)
-    sys.exit(1)
-
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
-
-
-def load_env(path):
-    env = {}
-    for line in open(path, encoding="utf8"):
-        line = line.rstrip("\n")
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            env[key] = value
-    return env
+C = Checks("check-deploy-turn")
+ok, fail, check = C.ok, C.fail, C.check
 
 
 # ---- the TURN client -----------------------------------------------------------
@@ -381,18 +361,9 @@ def cmd_compose():
 
 
 def call(method, url, body=None, token=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", "Bearer " + token)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(req, timeout=30) as r:
-            return r.status, json.loads(r.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+    """(status, the answer's JSON, {} when empty)."""
+    status, _, data = C.call(method, url, body, token)
+    return status, json.loads(data or b"{}")
 
 
 def cmd_synapse():
@@ -403,11 +374,10 @@ def cmd_synapse():
     status, got = call("GET", base + "/_synapse/admin/v1/register")
     check(status == 200, f"register nonce: {status} {got}")
     user, password = f"caller{int(time.time())}", "turn-check-password"
-    mac = hmac.new(E["SYNAPSE_REGISTRATION_SECRET"].encode(), digestmod=hashlib.sha1)
-    mac.update(b"\0".join([got["nonce"].encode(), user.encode(), password.encode(), b"notadmin"]))
     status, got = call("POST", base + "/_synapse/admin/v1/register", {
         "nonce": got["nonce"], "username": user, "password": password, "admin": False,
-        "mac": mac.hexdigest(), "inhibit_login": True})
+        "mac": registration_mac(E["SYNAPSE_REGISTRATION_SECRET"], got["nonce"], user, password, False),
+        "inhibit_login": True})
     check(status == 200, f"registration: {status} {got}")
     user_id = got["user_id"]
     status, got = call("POST", base + "/_matrix/client/v3/login", {
