@@ -94,11 +94,16 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// Synapse's health check, within [`CHECK_TIMEOUT`]; what failed otherwise.
+/// Synapse's health check, within [`CHECK_TIMEOUT`]; what failed otherwise,
+/// in the service's words only: an answer's text (Synapse's, or a proxy's
+/// page) goes to the log, not to whoever can reach `/readyz`.
 pub(super) async fn synapse_reachable(state: &AppState) -> Result<(), String> {
     match tokio::time::timeout(CHECK_TIMEOUT, state.synapse.health()).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => {
+            tracing::warn!("readiness: Synapse's health check failed: {e}");
+            Err(e.without_answer_text())
+        }
         Err(_) => Err("timed out".to_string()),
     }
 }

@@ -778,14 +778,40 @@ fn failure(status: StatusCode, text: &str, header_retry: Option<Duration>) -> Sy
 /// reqwest's Display includes the URL; ours says what happened without it
 /// (URLs can carry user ids we would rather not spread through logs).
 fn describe_transport_error(e: &reqwest::Error) -> String {
+    let [timed_out, cannot_connect, broke, failed] = TRANSPORT_FAILURES;
     if e.is_timeout() {
-        "request timed out".into()
+        timed_out.into()
     } else if e.is_connect() {
-        "cannot connect".into()
+        cannot_connect.into()
     } else if e.is_body() || e.is_decode() {
-        "connection broke while reading the answer".into()
+        broke.into()
     } else {
-        "request failed".into()
+        failed.into()
+    }
+}
+
+/// What the client says of a request that got no answer: the only reasons
+/// that carry no text of Synapse's (or of a proxy in front of it).
+const TRANSPORT_FAILURES: [&str; 4] = [
+    "request timed out",
+    "cannot connect",
+    "connection broke while reading the answer",
+    "request failed",
+];
+
+impl SynapseError {
+    /// What went wrong in the service's words only, for answers anyone may
+    /// read (`/readyz`): an answer's text stays in the log.
+    pub fn without_answer_text(&self) -> String {
+        match self {
+            SynapseError::Unavailable { reason, .. }
+                if TRANSPORT_FAILURES.contains(&reason.as_str()) =>
+            {
+                format!("unavailable: {reason}")
+            }
+            SynapseError::Unavailable { .. } => "unavailable: answers with an error".into(),
+            SynapseError::Refused { status, .. } => format!("refused with {status}"),
+        }
     }
 }
 
