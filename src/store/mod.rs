@@ -28,7 +28,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
 
 pub use agents::{Agent, AgentState, PresentAgent};
-pub use batch::{Batched, Intake};
+pub use batch::{Batched, Intake, MAX_BATCH};
 pub use conversations::Conversation;
 pub use intake::city::CityAccepted;
 pub use intake::people::Accepted;
