@@ -85,15 +85,18 @@ impl Core {
         let wake = Arc::new(Notify::new());
         let bus = Bus::connect(&settings).await?.map(Arc::new);
         let signer = Signer::load(&settings, &store, &clock).await?.map(Arc::new);
-        let worker = Arc::new(Worker::new(
-            &settings,
-            store.clone(),
-            Arc::clone(&synapse),
-            policy.clone(),
-            signer.clone(),
-            Arc::clone(&wake),
-            clock,
-        )?);
+        let worker = Arc::new(
+            Worker::new(
+                &settings,
+                store.clone(),
+                Arc::clone(&synapse),
+                policy.clone(),
+                signer.clone(),
+                Arc::clone(&wake),
+                clock,
+            )?
+            .with_bus(bus.clone()),
+        );
         let sync = Arc::new(ProfileSync::new(
             Arc::clone(&settings),
             store.clone(),

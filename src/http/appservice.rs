@@ -96,7 +96,7 @@ pub async fn transaction(
     };
     let digest = Sha256::digest(&body);
     let key = format!("{txn_id}:{}", hex::encode(&digest[..12]));
-    let outbox = city.events_url.is_some();
+    let outbox = state.settings.to_city();
     match state
         .store
         .accept_transaction(&key, &txn, &names, outbox, &|_| None, state.clock.now_ms())
