@@ -9,6 +9,7 @@ mod fakes;
 mod intake;
 mod logs;
 mod names;
+mod nats;
 mod oidc;
 mod operability;
 mod profiles;
