@@ -25,6 +25,7 @@ use crate::support::*;
 /// A `nats-server` with JetStream, its store in a directory of its own.
 pub(crate) struct NatsServer {
     pub(crate) url: String,
+    port: u16,
     child: Child,
     dir: tempfile::TempDir,
 }
@@ -33,29 +34,46 @@ impl NatsServer {
     pub(crate) async fn start() -> NatsServer {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let child = Command::new("nats-server")
+        let child = NatsServer::spawn(port, dir.path());
+        let server = NatsServer {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            child,
+            dir,
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path) -> Child {
+        Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path().join("jetstream"))
+            .arg(dir.join("jetstream"))
             .arg("-l")
-            .arg(dir.path().join("nats.log"))
+            .arg(dir.join("nats.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect(
                 "nats-server is missing: scripts/test.sh installs it (apt-get install nats-server)",
-            );
-        let server = NatsServer {
-            url: format!("nats://127.0.0.1:{port}"),
-            child,
-            dir,
-        };
+            )
+    }
+
+    async fn wait_ready(&self) {
         eventually("nats-server to answer", Duration::from_secs(20), || async {
-            let client = async_nats::connect(&server.url).await.ok()?;
+            let client = async_nats::connect(&self.url).await.ok()?;
             // JetStream answers (async-nats cannot read 2.9's account info).
             client.request("$JS.API.INFO", "".into()).await.ok()
         })
         .await;
-        server
+    }
+
+    /// SIGKILL, then the same server again on the same port and store.
+    pub(crate) async fn restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = NatsServer::spawn(self.port, self.dir.path());
+        self.wait_ready().await;
     }
 
     pub(crate) async fn js(&self) -> jetstream::Context {
@@ -114,16 +132,19 @@ async fn publish_raw(js: &jetstream::Context, subject: String, headers: HeaderMa
         .expect("JetStream stores the message");
 }
 
-/// Publishes every event (unsigned: the bus authenticates), all at once,
-/// then waits for JetStream's acks.
+/// Publishes every event (unsigned: the bus authenticates), a thousand at
+/// once (the client holds at most 5,000 unanswered), waiting for JetStream's
+/// acks after each thousand.
 pub(crate) async fn publish_all(js: &jetstream::Context, events: &[(To, Value)]) {
-    let mut acks = Vec::with_capacity(events.len());
-    for (to, event) in events {
-        let body = serde_json::to_vec(event).unwrap();
-        acks.push(js.publish(subject(*to, event), body.into()).await.unwrap());
-    }
-    for ack in acks {
-        ack.await.expect("JetStream stores the message");
+    for chunk in events.chunks(1000) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for (to, event) in chunk {
+            let body = serde_json::to_vec(event).unwrap();
+            acks.push(js.publish(subject(*to, event), body.into()).await.unwrap());
+        }
+        for ack in acks {
+            ack.await.expect("JetStream stores the message");
+        }
     }
 }
 
@@ -226,11 +247,17 @@ async fn intake_state(db: &TestDb) -> Vec<(String, Vec<Vec<Option<String>>>)> {
 /// service ignores, City Rooms with people and agents as members, agents'
 /// messages and presence.
 fn mixed_events() -> Vec<(To, Value)> {
+    mixed_events_of(60, 6, 4)
+}
+
+/// [`mixed_events`] for `people` people, `rooms` City Rooms (8 members, an
+/// agent and 10 of its messages each) and `agents` agents.
+fn mixed_events_of(people: usize, rooms: usize, agents: usize) -> Vec<(To, Value)> {
     let t0 = chrono::Utc::now() - chrono::Duration::hours(1);
     let at = |s: i64| t0 + chrono::Duration::seconds(s);
     let tag = unique("mix");
     let mut events = Vec::new();
-    let people: Vec<String> = (0..60).map(|i| format!("u_{tag}_{i:02}")).collect();
+    let people: Vec<String> = (0..people).map(|i| format!("u_{tag}_{i:05}")).collect();
     for (i, user) in people.iter().enumerate() {
         let i = i as i64;
         if i % 6 == 5 {
@@ -295,7 +322,7 @@ fn mixed_events() -> Vec<(To, Value)> {
         e["created_at"] = json!(at(s).to_rfc3339());
         e
     };
-    let agents: Vec<String> = (0..4).map(|i| format!("a_{tag}_{i}")).collect();
+    let agents: Vec<String> = (0..agents).map(|i| format!("a_{tag}_{i}")).collect();
     for (i, agent) in agents.iter().enumerate() {
         events.push((
             To::City,
@@ -318,7 +345,7 @@ fn mixed_events() -> Vec<(To, Value)> {
             60,
         ),
     ));
-    let rooms: Vec<String> = (0..6).map(|i| format!("r_{tag}_{i}")).collect();
+    let rooms: Vec<String> = (0..rooms).map(|i| format!("r_{tag}_{i}")).collect();
     for (i, room) in rooms.iter().enumerate() {
         let s = 10 * i as i64;
         events.push((
@@ -326,8 +353,9 @@ fn mixed_events() -> Vec<(To, Value)> {
             city_at("room.created", json!({"room_id": room, "slug": room, "name": format!("Room {i}"),
                                            "visibility": if i % 2 == 0 { "public" } else { "private" }}), s),
         ));
-        for (j, person) in people.iter().enumerate().skip(i).step_by(7) {
-            let role = ["member", "moderator", "owner"][j % 3];
+        for k in 0..8 {
+            let j = (i * 7 + k * 13) % people.len();
+            let (person, role) = (&people[j], ["member", "moderator", "owner"][j % 3]);
             events.push((
                 To::City,
                 city_at(
@@ -341,7 +369,7 @@ fn mixed_events() -> Vec<(To, Value)> {
             To::City,
             city_at(
                 "room.member_added",
-                json!({"room_id": room, "member_id": agents[i % 4]}),
+                json!({"room_id": room, "member_id": agents[i % agents.len()]}),
                 s + 2,
             ),
         ));
@@ -349,7 +377,7 @@ fn mixed_events() -> Vec<(To, Value)> {
             To::City,
             city_at(
                 "room.member_removed",
-                json!({"room_id": room, "member_id": people[i]}),
+                json!({"room_id": room, "member_id": people[i % people.len()]}),
                 s + 3,
             ),
         ));
@@ -366,7 +394,7 @@ fn mixed_events() -> Vec<(To, Value)> {
                 To::City,
                 city_at(
                     "agent.message",
-                    json!({"message_id": format!("m_{room}_{m}"), "agent_id": agents[i % 4], "room_id": room,
+                    json!({"message_id": format!("m_{room}_{m}"), "agent_id": agents[i % agents.len()], "room_id": room,
                            "body": format!("**message** {m}"), "format": if m % 2 == 0 { "markdown" } else { "plain" }}),
                     s + 5 + m,
                 ),
@@ -375,7 +403,11 @@ fn mixed_events() -> Vec<(To, Value)> {
     }
     events.push((
         To::City,
-        city_at("room.deleted", json!({"room_id": rooms[5]}), 500),
+        city_at(
+            "room.deleted",
+            json!({"room_id": rooms.last().unwrap()}),
+            10 * rooms.len() as i64 + 100,
+        ),
     ));
     events.push((
         To::City,
@@ -403,8 +435,18 @@ fn no_synapse() -> SynapseInfo {
 /// databases hold the same people, City Rooms, members, agents, agents'
 /// messages and event log.
 async fn events_on_jetstream_make_what_webhooks_make(backend: Backend) {
+    same_as_webhooks(backend, mixed_events(), 1).await;
+}
+on_both_backends!(events_on_jetstream_make_what_webhooks_make);
+
+/// Sends `events` as signed webhooks to one service (`in_flight` at once)
+/// and publishes them to JetStream for another, then compares what the two
+/// intakes made.
+async fn same_as_webhooks(backend: Backend, events: Vec<(To, Value)>, in_flight: usize) {
     let nats = NatsServer::start().await;
-    let city = city_env(backend, None);
+    let mut city = city_env(backend, None);
+    // No Synapse: their workers only retry; one at a time is enough.
+    city.push(("WORKER_CONCURRENCY".into(), "1".into()));
     let by_webhook =
         TestApp::spawn_with(TestDb::new(backend).await, no_synapse(), &overrides(&city)).await;
     let mut env = city.clone();
@@ -412,40 +454,56 @@ async fn events_on_jetstream_make_what_webhooks_make(backend: Backend) {
     let by_nats =
         TestApp::spawn_with(TestDb::new(backend).await, no_synapse(), &overrides(&env)).await;
 
-    let events = mixed_events();
-    assert!(events.len() > 250, "{} events", events.len());
-    for (to, event) in &events {
-        let (status, body) = match to {
-            To::Auth => by_webhook.client.send_event(event).await,
-            To::City => send_city(&by_webhook.client, event).await,
-        };
-        assert_eq!(status, 202, "{body}");
-    }
+    let started = std::time::Instant::now();
+    let client = &by_webhook.client;
+    futures_util::stream::iter(&events)
+        .map(|(to, event)| async move {
+            let (status, body) = match to {
+                To::Auth => client.send_event(event).await,
+                To::City => send_city(client, event).await,
+            };
+            assert_eq!(status, 202, "{body}");
+        })
+        .buffer_unordered(in_flight)
+        .collect::<Vec<()>>()
+        .await;
+    let by_http = started.elapsed();
     let js = nats.js().await;
     wait_for_streams(&js).await;
     let started = std::time::Instant::now();
     publish_all(&js, &events).await;
     consumer_drained(&js, "DAARION_AUTH").await;
     consumer_drained(&js, "DAARION_CITY").await;
-    let took = started.elapsed();
+    let by_bus = started.elapsed();
 
     let expected = intake_state(&by_webhook.db).await;
     let got = intake_state(&by_nats.db).await;
     for ((sql, want), (_, have)) in expected.iter().zip(&got) {
         assert!(!want.is_empty(), "nothing in {sql}");
+        assert_eq!(have.len(), want.len(), "{sql}");
         assert_eq!(have, want, "{sql}");
     }
     let stored = scalar(&by_nats.db, "SELECT COUNT(*) FROM events").await;
     println!(
-        "{} events ({} stored, the rest repeats or ignored) taken from JetStream in {:.2} s",
+        "{} events ({stored} stored, the rest repeats or ignored): webhooks ({in_flight} at once) \
+         {:.2} s, published to JetStream and all answered {:.2} s",
         events.len(),
-        stored,
-        took.as_secs_f64()
+        by_http.as_secs_f64(),
+        by_bus.as_secs_f64()
     );
     by_webhook.shutdown().await;
     by_nats.shutdown().await;
 }
-on_both_backends!(events_on_jetstream_make_what_webhooks_make);
+
+/// Ten thousand mixed events in a burst (3,000 people, 180 City Rooms, 40
+/// agents, their messages), webhooks 32 at a time for one service and one
+/// JetStream burst for the other: the same intake.
+async fn ten_thousand_events_on_jetstream_make_what_webhooks_make(backend: Backend) {
+    let events = mixed_events_of(3000, 180, 40);
+    assert!(events.len() >= 10_000, "{} events", events.len());
+    same_as_webhooks(backend, events, 32).await;
+}
+on_both_backends!(ten_thousand_events_on_jetstream_make_what_webhooks_make);
 
 /// A person's registration published twice (as a redelivery would bring
 /// it) and an update published twice: one Matrix account, the update
@@ -1042,3 +1100,68 @@ async fn two_replicas_split_one_consumer() {
 async fn two_replicas_split_one_consumer_postgres() {
     two_replicas_split_one_consumer().await
 }
+
+/// NATS killed and started again in the middle of a burst, while the
+/// service holds 500 messages it stored but whose acknowledgements JetStream
+/// never heard (a relay drops them): the service reconnects, JetStream hands
+/// those 500 out again (duplicates) and the rest of the burst after them,
+/// and every event is stored once and answered.
+async fn nats_restarted_mid_burst_loses_nothing(backend: Backend) {
+    let mut nats = NatsServer::start().await;
+    let relay = Relay::start(&nats.url).await;
+    let mut env = nats_env(&nats);
+    env.push(("NATS_URL".into(), relay.url()));
+    env.push(("WORKER_CONCURRENCY".into(), "1".into()));
+    let app = TestApp::spawn_with(TestDb::new(backend).await, no_synapse(), &overrides(&env)).await;
+    let js = nats.js().await;
+    wait_for_streams(&js).await;
+    let tag = unique("restart");
+    let events: Vec<(To, Value)> = (0..1000)
+        .map(|i| {
+            let e = event(
+                "user.registered",
+                &format!("u_{tag}_{i:04}"),
+                json!({"username": format!("{tag}-{i}")}),
+            );
+            (To::Auth, e)
+        })
+        .collect();
+    let in_burst = format!("SELECT COUNT(*) FROM events WHERE subject LIKE 'u_{tag}_%'");
+    relay.drop_acks.store(true, Ordering::SeqCst);
+    publish_all(&js, &events[..500]).await;
+    eventually("the first half to be stored", WAIT, || async {
+        (scalar(&app.db, &in_burst).await == 500).then_some(())
+    })
+    .await;
+    let info = consumer_info(&js, "DAARION_AUTH").await.unwrap();
+    assert_eq!(info.ack_floor.stream_sequence, 0, "{info:?}");
+
+    nats.restart().await;
+    relay.drop_acks.store(false, Ordering::SeqCst);
+    let js = nats.js().await;
+    publish_all(&js, &events[500..]).await;
+    eventually("the whole burst to be stored", WAIT, || async {
+        (scalar(&app.db, &in_burst).await == 1000).then_some(())
+    })
+    .await;
+    consumer_drained(&js, "DAARION_AUTH").await;
+    assert_eq!(scalar(&app.db, &in_burst).await, 1000);
+    let info = consumer_info(&js, "DAARION_AUTH").await.unwrap();
+    assert!(
+        info.delivered.consumer_sequence >= 1500,
+        "the first half again: {info:?}"
+    );
+    let ready: Value = app
+        .client
+        .http
+        .get(format!("{}/readyz", app.client.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["nats"], "connected", "{ready}");
+    app.shutdown().await;
+}
+on_both_backends!(nats_restarted_mid_burst_loses_nothing);
