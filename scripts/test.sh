@@ -11,7 +11,8 @@
 # docker-compose config, the sign-in through the gateway).
 #
 # Usage:   scripts/test.sh [cargo test arguments…]   (arguments: cargo test only)
-# Needs:   cargo, python3 (venv), PostgreSQL 15 server binaries.
+# Needs:   cargo, python3 (venv), PostgreSQL 15 server binaries, nats-server
+#          (installed with apt-get when missing).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,6 +20,13 @@ cd "$repo"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 scripts/synapse-venv.sh >/dev/null
+# NATS JetStream (tests/integration/nats.rs starts a server of its own per
+# test): Debian's package.
+if ! command -v nats-server >/dev/null; then
+    echo "test.sh: installing nats-server" >&2
+    apt-get install -y nats-server >/dev/null 2>&1 ||
+        { apt-get update >/dev/null && apt-get install -y nats-server >/dev/null; }
+fi
 # The password module inside a real Synapse of its own, against a fake of
 # the service's endpoint (about 10 s); the Rust suite then drives it with the
 # real service.

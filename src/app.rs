@@ -1,5 +1,5 @@
 //! Builds the running service from settings: database (migrated), Synapse
-//! client, HTTP server, workers and the sync pass. Tests bind port 0 and
+//! client, HTTP server, NATS edge, workers and the sync pass. Tests bind port 0 and
 //! read the port back.
 
 use std::future::Future;
@@ -14,10 +14,12 @@ use anyhow::Context;
 use tokio::sync::{watch, Notify};
 
 use crate::accounts::Accounts;
+use crate::bus::Bus;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::jobs::Worker;
+use crate::nats::Edge;
 use crate::oidc::Provider;
 use crate::passes::profiles::ProfileSync;
 use crate::passes::rooms::RoomSync;
@@ -32,6 +34,8 @@ pub struct Application {
     worker: Arc<Worker>,
     store: Store,
     synapse: Arc<Synapse>,
+    /// The NATS edge (None: `NATS_URL` is not set).
+    edge: Option<Arc<Edge>>,
     concurrency: usize,
     shutdown_timeout: Duration,
 }
@@ -51,6 +55,8 @@ pub struct Core {
     pub signer: Option<Arc<Signer>>,
     /// Wakes an idle worker when a job is queued.
     pub wake: Arc<Notify>,
+    /// DAARION's NATS (None: `NATS_URL` is not set).
+    pub bus: Option<Arc<Bus>>,
 }
 
 impl Core {
@@ -77,16 +83,20 @@ impl Core {
             adopt: settings.adopt_localpart_template.clone(),
         };
         let wake = Arc::new(Notify::new());
+        let bus = Bus::connect(&settings).await?.map(Arc::new);
         let signer = Signer::load(&settings, &store, &clock).await?.map(Arc::new);
-        let worker = Arc::new(Worker::new(
-            &settings,
-            store.clone(),
-            Arc::clone(&synapse),
-            policy.clone(),
-            signer.clone(),
-            Arc::clone(&wake),
-            clock,
-        )?);
+        let worker = Arc::new(
+            Worker::new(
+                &settings,
+                store.clone(),
+                Arc::clone(&synapse),
+                policy.clone(),
+                signer.clone(),
+                Arc::clone(&wake),
+                clock,
+            )?
+            .with_bus(bus.clone()),
+        );
         let sync = Arc::new(ProfileSync::new(
             Arc::clone(&settings),
             store.clone(),
@@ -109,6 +119,7 @@ impl Core {
             room_sync,
             signer,
             wake,
+            bus,
         })
     }
 }
@@ -133,6 +144,26 @@ impl Application {
         let intake = Intake::start(core.store.clone(), writers, clock.clone());
         let city_intake = Intake::start(core.store.clone(), writers.min(2), clock.clone());
         let sso = Arc::new(Sso::new(&settings)?);
+        let accounts = Arc::new(Accounts::new(
+            core.store.clone(),
+            Arc::clone(&core.worker),
+            crate::accounts::password::login_api(&settings)?,
+            &settings.server_name,
+        ));
+        let edge = core.bus.as_ref().map(|bus| {
+            Arc::new(Edge::new(
+                Arc::clone(bus),
+                intake.clone(),
+                // One writer: batches commit in the stream's order, so a
+                // room's messages are stored in the order DAARION.city
+                // published them (the webhooks' order is their senders').
+                Intake::start(core.store.clone(), 1, clock.clone()),
+                Arc::clone(&accounts),
+                Arc::clone(&core.wake),
+                settings.webhook_secrets.clone(),
+                settings.city.webhook_secrets.clone(),
+            ))
+        });
         let state = web::Data::new(AppState {
             settings: Arc::clone(&settings),
             store: core.store.clone(),
@@ -141,12 +172,8 @@ impl Application {
             intake,
             city_intake,
             wake: core.wake,
-            accounts: Arc::new(Accounts::new(
-                core.store.clone(),
-                Arc::clone(&core.worker),
-                crate::accounts::password::login_api(&settings)?,
-                &settings.server_name,
-            )),
+            accounts,
+            bus: core.bus.clone(),
             oidc: core
                 .signer
                 .as_ref()
@@ -181,6 +208,7 @@ impl Application {
             worker: core.worker,
             store: core.store,
             synapse: core.synapse,
+            edge,
             concurrency: settings.worker_concurrency,
             shutdown_timeout: settings.shutdown_timeout,
         })
@@ -210,12 +238,17 @@ impl Application {
     /// and returns.
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let mut workers = tokio::spawn(Arc::clone(&self.worker).run(self.concurrency, shutdown_rx));
+        let mut workers =
+            tokio::spawn(Arc::clone(&self.worker).run(self.concurrency, shutdown_rx.clone()));
         let handle: ServerHandle = self.server.handle();
         let server = tokio::spawn(self.server);
         if self.synapse.appservice_enabled() {
             tokio::spawn(ping_homeserver(Arc::clone(&self.synapse)));
         }
+        let mut edge = self
+            .edge
+            .as_ref()
+            .map(|edge| tokio::spawn(Arc::clone(edge).run(shutdown_rx.clone())));
         stop.await;
         tracing::info!(
             deadline_s = self.shutdown_timeout.as_secs(),
@@ -224,10 +257,20 @@ impl Application {
         let _ = shutdown_tx.send(true);
         let worker = &self.worker;
         let deadline = self.shutdown_timeout;
-        let (served, ()) = tokio::join!(
+        let (served, (), ()) = tokio::join!(
             async {
                 handle.stop(true).await;
                 server.await
+            },
+            async {
+                // Messages in hand are stored and acknowledged, or handed
+                // back; what is not acknowledged comes again anyway.
+                if let Some(edge) = edge.as_mut() {
+                    if tokio::time::timeout(deadline, &mut *edge).await.is_err() {
+                        tracing::warn!("NATS messages still in hand at the deadline");
+                        edge.abort();
+                    }
+                }
             },
             async {
                 if tokio::time::timeout(deadline, &mut workers).await.is_err() {

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use url::Url;
@@ -162,6 +163,151 @@ fn regex_escape(s: &str) -> String {
     out
 }
 
+/// CONTRACT.md section 12: DAARION's NATS JetStream, a second transport
+/// beside the webhooks. Present when `NATS_URL` is set.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    /// `NATS_URL`: one server or several, comma-separated. A URL may carry
+    /// credentials: print it with [`NatsSettings::urls_redacted`].
+    pub urls: Secret,
+    pub auth: NatsAuth,
+    /// `NATS_TLS_CA_FILE`: the CA of `tls://` servers.
+    pub tls_ca_file: Option<PathBuf>,
+    /// `NATS_CONSUMER`: the durable consumer's name on each inbound
+    /// stream, shared by every replica.
+    pub consumer: String,
+    /// `NATS_CREATE_STREAMS`: create the streams when missing.
+    pub create_streams: bool,
+    /// `NATS_REQUIRE_SIGNATURE`: refuse messages without a valid
+    /// `X-Daarion-Signature` header.
+    pub require_signature: bool,
+    /// `NATS_OUT`: publish the events for DAARION.city on NATS too.
+    pub out: bool,
+    /// `NATS_ACK_WAIT_SECONDS` (default 30): how long a message taken by a
+    /// replica that died waits before JetStream hands it out again.
+    pub ack_wait: Duration,
+}
+
+/// How the service authenticates to NATS: at most one way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatsAuth {
+    None,
+    /// `NATS_CREDS_FILE`: a `.creds` file (user JWT and nkey seed).
+    CredsFile(PathBuf),
+    /// `NATS_USER` and `NATS_PASSWORD`.
+    UserPassword {
+        user: String,
+        password: Secret,
+    },
+    /// `NATS_TOKEN`.
+    Token(Secret),
+}
+
+impl NatsSettings {
+    /// `NATS_URL` as the servers to connect to, one per entry.
+    pub fn servers(&self) -> Vec<String> {
+        split_list(self.urls.expose())
+    }
+
+    /// `NATS_URL` without any credentials the URLs carry (user, password
+    /// or token), for logs.
+    pub fn urls_redacted(&self) -> String {
+        self.servers()
+            .iter()
+            .map(|url| {
+                let (scheme, rest) = match url.find("://") {
+                    Some(i) => url.split_at(i + 3),
+                    None => ("", url.as_str()),
+                };
+                match rest.rfind('@') {
+                    Some(at) => format!("{scheme}***@{}", &rest[at + 1..]),
+                    None => url.clone(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn read(env: &Env) -> Result<Option<NatsSettings>, ConfigError> {
+        let flag = |name: &str| env.choice(name, &[("false", false), ("true", true)]);
+        let out = flag("NATS_OUT")?;
+        let create_streams = flag("NATS_CREATE_STREAMS")?;
+        let require_signature = flag("NATS_REQUIRE_SIGNATURE")?;
+        let Some(urls) = env.secret("NATS_URL")? else {
+            if out {
+                return Err(ConfigError("NATS_OUT=true needs NATS_URL".into()));
+            }
+            return Ok(None);
+        };
+        for url in split_list(urls.expose()) {
+            // Only the scheme is named: the rest may hold credentials.
+            let scheme = url.split_once("://").map_or("nats", |(scheme, _)| scheme);
+            if !matches!(scheme, "nats" | "tls" | "ws" | "wss") {
+                return Err(ConfigError(format!(
+                    "NATS_URL must list nats:// or tls:// URLs, not {scheme}://"
+                )));
+            }
+        }
+        let creds = env.get("NATS_CREDS_FILE").map(PathBuf::from);
+        let user = env.get("NATS_USER");
+        let password = env.secret("NATS_PASSWORD")?;
+        let token = env.secret("NATS_TOKEN")?;
+        let ways = [
+            creds.is_some(),
+            user.is_some() || password.is_some(),
+            token.is_some(),
+        ];
+        if ways.iter().filter(|w| **w).count() > 1 {
+            return Err(ConfigError(
+                "NATS_CREDS_FILE, NATS_USER + NATS_PASSWORD and NATS_TOKEN are three ways of \
+                 authenticating to NATS: set one"
+                    .into(),
+            ));
+        }
+        let auth = match (creds, user, password, token) {
+            (Some(path), ..) => {
+                if !path.is_file() {
+                    return Err(ConfigError(format!(
+                        "NATS_CREDS_FILE: {} is not a readable file",
+                        path.display()
+                    )));
+                }
+                NatsAuth::CredsFile(path)
+            }
+            (None, Some(user), Some(password), _) => NatsAuth::UserPassword { user, password },
+            (None, Some(_), None, _) => {
+                return Err(ConfigError("NATS_USER needs NATS_PASSWORD".into()))
+            }
+            (None, None, Some(_), _) => {
+                return Err(ConfigError("NATS_PASSWORD needs NATS_USER".into()))
+            }
+            (None, None, None, Some(token)) => NatsAuth::Token(token),
+            (None, None, None, None) => NatsAuth::None,
+        };
+        let consumer = env
+            .get("NATS_CONSUMER")
+            .unwrap_or_else(|| "matrix-provisioner".into());
+        if let Some(c) = consumer
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(ConfigError(format!(
+                "NATS_CONSUMER may hold only A-Z, a-z, 0-9, - and _ (not {c:?}): {consumer:?}"
+            )));
+        }
+        Ok(Some(NatsSettings {
+            urls,
+            auth,
+            tls_ca_file: env.get("NATS_TLS_CA_FILE").map(PathBuf::from),
+            consumer,
+            create_streams,
+            require_signature,
+            out,
+            ack_wait: env.seconds("NATS_ACK_WAIT_SECONDS", 30)?,
+        }))
+    }
+}
+
 /// A setting that is missing or malformed; the message is one line naming it.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -212,6 +358,8 @@ pub struct Settings {
     pub oidc: OidcSettings,
     /// City Rooms and agents (CONTRACT.md sections 8 and 9).
     pub city: CitySettings,
+    /// DAARION's NATS JetStream (CONTRACT.md section 12); None: off.
+    pub nats: Option<NatsSettings>,
     pub auth_jwt_issuer: Option<String>,
     pub auth_jwt_audience: Option<String>,
     /// The least time between two JWKS downloads caused by unknown `kid`s,
@@ -318,6 +466,7 @@ impl Settings {
             auth_jwks_url: env.url("AUTH_JWKS_URL")?,
             oidc: OidcSettings::read(&env, &synapse_public_url)?,
             city: CitySettings::read(&env)?,
+            nats: NatsSettings::read(&env)?,
             synapse_public_url,
             auth_jwt_issuer: env.get("AUTH_JWT_ISSUER"),
             auth_jwt_audience: env.get("AUTH_JWT_AUDIENCE"),
@@ -375,6 +524,13 @@ impl Settings {
     /// The database URL with any password blanked, for logs.
     pub fn database_url_redacted(&self) -> String {
         redact_url(self.database_url.expose())
+    }
+
+    /// Whether what people do in Matrix goes back to DAARION.city
+    /// (CONTRACT.md sections 9 and 12): to `CITY_EVENTS_URL`, on NATS
+    /// (`NATS_OUT`), or both. Off, nothing is queued for it.
+    pub fn to_city(&self) -> bool {
+        self.city.events_url.is_some() || self.nats.as_ref().is_some_and(|n| n.out)
     }
 
     /// `@{localpart}:{server_name}`.
@@ -713,6 +869,82 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("ADMIN_API_TOKEN_FILE: cannot read"));
+    }
+
+    #[test]
+    fn nats_settings_follow_the_contract() {
+        let s = settings(MINIMAL).unwrap();
+        assert!(s.nats.is_none());
+        assert!(!s.to_city());
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push(("NATS_URL", "nats://a:4222, nats://b:4222"));
+        let s = settings(&pairs).unwrap();
+        let nats = s.nats.as_ref().unwrap();
+        assert_eq!(nats.servers(), ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(nats.consumer, "matrix-provisioner");
+        assert_eq!(nats.auth, NatsAuth::None);
+        assert!(!nats.create_streams && !nats.require_signature && !nats.out);
+        assert_eq!(nats.ack_wait, Duration::from_secs(30));
+        assert!(!s.to_city());
+
+        pairs.push(("NATS_OUT", "true"));
+        pairs.push(("NATS_USER", "mp"));
+        pairs.push(("NATS_PASSWORD", "nats-pw"));
+        let s = settings(&pairs).unwrap();
+        assert!(s.to_city());
+        assert!(matches!(&s.nats.as_ref().unwrap().auth,
+            NatsAuth::UserPassword { user, password } if user == "mp" && password.expose() == "nats-pw"));
+
+        let refused = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = MINIMAL.to_vec();
+            pairs.extend_from_slice(extra);
+            settings(&pairs).unwrap_err().to_string()
+        };
+        assert_eq!(
+            refused(&[("NATS_OUT", "true")]),
+            "NATS_OUT=true needs NATS_URL"
+        );
+        assert!(refused(&[("NATS_URL", "nats://a"), ("NATS_OUT", "yes")]).starts_with("NATS_OUT "));
+        assert!(refused(&[("NATS_URL", "http://a")]).starts_with("NATS_URL must"));
+        assert!(refused(&[
+            ("NATS_URL", "nats://a"),
+            ("NATS_TOKEN", "t"),
+            ("NATS_USER", "u")
+        ])
+        .contains("set one"));
+        assert_eq!(
+            refused(&[("NATS_URL", "nats://a"), ("NATS_USER", "u")]),
+            "NATS_USER needs NATS_PASSWORD"
+        );
+        assert!(
+            refused(&[("NATS_URL", "nats://a"), ("NATS_CONSUMER", "a.b")])
+                .starts_with("NATS_CONSUMER may hold only")
+        );
+        assert!(refused(&[
+            ("NATS_URL", "nats://a"),
+            ("NATS_CREDS_FILE", "/nonexistent.creds")
+        ])
+        .starts_with("NATS_CREDS_FILE: "));
+    }
+
+    #[test]
+    fn nats_credentials_stay_out_of_logs() {
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push((
+            "NATS_URL",
+            "nats://user:url-pw@a:4222,nats://url-token@b:4222,tls://c",
+        ));
+        pairs.push(("NATS_TOKEN", "nats-token"));
+        let s = settings(&pairs).unwrap();
+        let nats = s.nats.as_ref().unwrap();
+        assert_eq!(
+            nats.urls_redacted(),
+            "nats://***@a:4222,nats://***@b:4222,tls://c"
+        );
+        let debug = format!("{s:?}");
+        for secret in ["url-pw", "url-token", "nats-token"] {
+            assert!(!debug.contains(secret), "{secret} leaked in {debug}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! matrix-provisioner: DAARION Auth users become Matrix (Synapse) accounts.
 //!
-//! Data flows one way: `http` (edge, parsing) → `domain` (pure rules) →
+//! Data flows one way: `http` and `nats` (edges, parsing) → `domain` (pure rules) →
 //! `store` (database, durable queue) → `jobs` (worker) → `synapse` (the one
 //! Synapse client). `app` wires them together from `config`;
 //! `secret` (values never printed) is the bottom, usable by all.
@@ -32,6 +32,7 @@ macro_rules! column_words {
 pub mod accounts;
 pub mod app;
 pub mod avatar;
+pub mod bus;
 pub mod clock;
 pub mod config;
 pub mod daarion;
@@ -39,6 +40,7 @@ pub mod domain;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod nats;
 pub mod oidc;
 pub mod outbound;
 pub mod passes;

@@ -43,6 +43,8 @@ struct Metrics {
     messages: IntCounterVec,
     transactions: IntCounterVec,
     city_delay: HistogramVec,
+    city_deliveries: IntCounterVec,
+    nats_messages: IntCounterVec,
     admin_token_refusals: IntCounterVec,
 }
 
@@ -135,6 +137,16 @@ impl Metrics {
                 &[],
                 DELAY_BUCKETS,
             ),
+            city_deliveries: counter(
+                "matrix_provisioner_city_deliveries_total",
+                "Events for DAARION.city by transport (http: CITY_EVENTS_URL; nats: JetStream) and outcome (delivered; duplicate: JetStream had the id already; retried).",
+                &["transport", "outcome"],
+            ),
+            nats_messages: counter(
+                "matrix_provisioner_nats_messages_total",
+                "Messages taken from JetStream by stream and outcome (accepted, duplicate, ignored; dead: refused, copied to the dead-letter subject and terminated, with the error code; retried: handed back because the event could not be stored).",
+                &["stream", "outcome", "code"],
+            ),
             admin_token_refusals: {
                 let c = counter(
                     "matrix_provisioner_synapse_admin_token_refusals_total",
@@ -192,6 +204,24 @@ pub fn city_delivery_delay(ms: i64) {
         .city_delay
         .with_label_values::<&str>(&[])
         .observe(ms.max(0) as f64 / 1000.0);
+}
+
+/// An event for DAARION.city taken or not by one transport: `transport`
+/// is `http` or `nats`; `outcome` is `delivered`, `duplicate` or `retried`.
+pub fn city_delivery(transport: &str, outcome: &str) {
+    METRICS
+        .city_deliveries
+        .with_label_values(&[transport, outcome])
+        .inc();
+}
+
+/// A message taken from JetStream's `stream`: `outcome` is `accepted`,
+/// `duplicate`, `ignored`, `dead` (with the refusal's `code`) or `retried`.
+pub fn nats_message(stream: &str, outcome: &str, code: &str) {
+    METRICS
+        .nats_messages
+        .with_label_values(&[stream, outcome, code])
+        .inc();
 }
 
 /// A webhook delivery: `outcome` is `accepted`, `duplicate`, `ignored` or
@@ -282,12 +312,27 @@ pub struct Snapshot {
     pub outbox_oldest_seconds: Vec<(&'static str, i64)>,
 }
 
+/// What the NATS connection says at scrape time (present when NATS is
+/// configured).
+#[derive(Debug, Clone, Default)]
+pub struct NatsGauges {
+    pub connected: bool,
+    /// Messages of each inbound stream not handed to the consumer yet.
+    pub pending: Vec<(String, i64)>,
+}
+
 /// The Prometheus text exposition of every metric, plus the gauges read
-/// at scrape time: whether Synapse answered its health check, and what the
+/// at scrape time: whether Synapse answered its health check, what the
 /// database says (`snapshot`; None when it could not be read: those gauges
-/// are left out rather than reporting stale numbers). The gauges are built
-/// per scrape, so concurrent scrapes of different services never mix.
-pub fn render(snapshot: Option<Snapshot>, synapse_reachable: bool) -> String {
+/// are left out rather than reporting stale numbers), and NATS's connection
+/// and consumer lag (`nats`; None when NATS is not configured). The gauges
+/// are built per scrape, so concurrent scrapes of different services never
+/// mix.
+pub fn render(
+    snapshot: Option<Snapshot>,
+    synapse_reachable: bool,
+    nats: Option<NatsGauges>,
+) -> String {
     let mut families = METRICS.registry.gather();
     let reachable = prometheus::IntGauge::new(
         "matrix_provisioner_synapse_reachable",
@@ -296,6 +341,27 @@ pub fn render(snapshot: Option<Snapshot>, synapse_reachable: bool) -> String {
     .expect("valid metric");
     reachable.set(synapse_reachable as i64);
     families.extend(reachable.collect());
+    if let Some(nats) = nats {
+        let connected = prometheus::IntGauge::new(
+            "matrix_provisioner_nats_connected",
+            "1 while the connection to NATS is up, else 0 (present when NATS_URL is set).",
+        )
+        .expect("valid metric");
+        connected.set(nats.connected as i64);
+        families.extend(connected.collect());
+        let pending = IntGaugeVec::new(
+            Opts::new(
+                "matrix_provisioner_nats_consumer_pending",
+                "Messages of each inbound JetStream stream not yet handed to the service's consumer (its lag), as last seen.",
+            ),
+            &["stream"],
+        )
+        .expect("valid metric");
+        for (stream, n) in &nats.pending {
+            pending.with_label_values(&[stream]).set(*n);
+        }
+        families.extend(pending.collect());
+    }
     if let Some(s) = snapshot {
         families.extend(database_gauges(s));
     }
@@ -398,7 +464,22 @@ mod tests {
                 outbox_oldest_seconds: vec![("to_city", 60), ("to_matrix", 0)],
             }),
             true,
+            Some(NatsGauges {
+                connected: true,
+                pending: vec![("DAARION_CITY".into(), 12)],
+            }),
         );
+        nats_message("DAARION_AUTH", "dead", "bad_request");
+        city_delivery("nats", "delivered");
+        let bare = render(None, true, None);
+        assert!(bare.contains(
+            r#"matrix_provisioner_nats_messages_total{code="bad_request",outcome="dead",stream="DAARION_AUTH"}"#
+        ));
+        assert!(bare.contains(
+            r#"matrix_provisioner_city_deliveries_total{outcome="delivered",transport="nats"}"#
+        ));
+        // Without NATS configured, no NATS gauge.
+        assert!(!bare.contains("matrix_provisioner_nats_connected"));
         for line in [
             r#"matrix_provisioner_webhooks_total{code="invalid_signature",outcome="refused"}"#,
             r#"matrix_provisioner_synapse_requests_total{endpoint="admin_user_get",outcome="ok"}"#,
@@ -420,11 +501,13 @@ mod tests {
             r#"matrix_provisioner_agents{state="ready"} 2"#,
             r#"matrix_provisioner_outbox_messages{direction="to_city",state="pending"} 5"#,
             r#"matrix_provisioner_outbox_oldest_seconds{direction="to_city"} 60"#,
+            "matrix_provisioner_nats_connected 1",
+            r#"matrix_provisioner_nats_consumer_pending{stream="DAARION_CITY"} 12"#,
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
         // Without a snapshot the database gauges are absent, not stale.
-        let text = render(None, false);
+        let text = render(None, false, None);
         assert!(!text.contains("matrix_provisioner_queue_jobs{"));
         assert!(text.contains("matrix_provisioner_synapse_reachable 0"));
     }

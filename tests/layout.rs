@@ -1,9 +1,9 @@
 //! The layout's one-way flow, checked: every top-level module of `src/`
 //! has a layer, and its code (tests aside) names only modules of lower
 //! layers through `crate::`. So there is no import circle among them and
-//! nothing reaches up: http → oidc → accounts and the passes → jobs →
+//! nothing reaches up: http and the NATS edge → oidc → accounts and the passes → jobs →
 //! signing → store → the adapters (Synapse, DAARION, avatars, token
-//! checks) → telemetry → config → domain → secret, metrics and the
+//! checks, NATS) → telemetry → config → domain → secret, metrics and the
 //! outbound HTTP client's defaults.
 //!
 //! A new module gets a line in `LAYERS`; an arrow that goes up fails here
@@ -20,13 +20,13 @@ const LAYERS: &[&[&str]] = &[
     &["domain"],
     &["config"],
     &["telemetry"],
-    &["synapse", "daarion", "avatar", "sso"],
+    &["synapse", "daarion", "avatar", "sso", "bus"],
     &["store"],
     &["signing"],
     &["jobs"],
     &["passes", "accounts"],
     &["oidc"],
-    &["http"],
+    &["http", "nats"],
     &["app"],
 ];
 

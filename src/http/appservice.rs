@@ -96,7 +96,7 @@ pub async fn transaction(
     };
     let digest = Sha256::digest(&body);
     let key = format!("{txn_id}:{}", hex::encode(&digest[..12]));
-    let outbox = city.events_url.is_some();
+    let outbox = state.settings.to_city();
     let now = state.clock.now_ms();
     // A person's file goes to DAARION.city with a download link from now.
     let links = state.media_links.as_ref();

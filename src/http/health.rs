@@ -1,5 +1,6 @@
 //! `/healthz` (the process answers) and `/readyz` (ready to accept work:
-//! the database is reachable; Synapse's reachability is in the body).
+//! the database is reachable; Synapse's reachability and NATS's connection
+//! are in the body).
 
 use std::time::Duration;
 
@@ -43,12 +44,21 @@ pub struct Readiness {
     /// are still accepted and queued, so the service stays ready.
     #[schema(example = "ok")]
     pub synapse: String,
+    /// Present when `NATS_URL` is set: `connected`, `connecting` (not yet
+    /// since the start) or `disconnected` (reconnecting). Informational:
+    /// webhooks are still taken and what goes to DAARION.city waits in the
+    /// outbox, so the service stays ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "connected")]
+    pub nats: Option<String>,
 }
 
 /// Ready to accept work: the database is reachable. Synapse's reachability
 /// is reported in the body (and as `matrix_provisioner_synapse_reachable`
 /// in `/metrics`) but does not make the service unready: the durable queue
-/// is exactly what keeps webhooks while Synapse is down.
+/// is exactly what keeps webhooks while Synapse is down. So is NATS's
+/// connection, when NATS is configured (`nats`;
+/// `matrix_provisioner_nats_connected`).
 #[utoipa::path(tag = "health", responses(
     (status = 200, description = "Ready: the database is reachable (Synapse may not be; see `synapse`)", body = Readiness),
     (status = 503, description = "The database is unreachable", body = Readiness),
@@ -77,12 +87,14 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
     .to_string();
     let synapse = synapse.map_or_else(|e| e, |()| "ok".to_string());
+    let nats = state.bus.as_ref().map(|bus| bus.state().to_string());
     if database == "ok" {
         HttpResponse::Ok().json(Readiness {
             error: None,
             message: None,
             database,
             synapse,
+            nats,
         })
     } else {
         HttpResponse::ServiceUnavailable().json(Readiness {
@@ -90,6 +102,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             message: Some("the service's database is unreachable".into()),
             database,
             synapse,
+            nats,
         })
     }
 }

@@ -26,6 +26,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::accounts::Accounts;
+use crate::bus::Bus;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::domain::city::CityEvent;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     /// "This person has an active account now", for sign-ins.
     pub accounts: Arc<Accounts>,
+    /// DAARION's NATS, for its state (None: not configured).
+    pub bus: Option<Arc<Bus>>,
     /// The OpenID provider (None: not configured).
     pub oidc: Option<Arc<Provider>>,
     pub sso: Arc<Sso>,

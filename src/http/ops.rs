@@ -31,7 +31,14 @@ pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
         .ok();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(metrics::render(snapshot, synapse.is_ok()))
+        .body(metrics::render(
+            snapshot,
+            synapse.is_ok(),
+            state.bus.as_ref().map(|bus| metrics::NatsGauges {
+                connected: bus.connected(),
+                pending: bus.pending(),
+            }),
+        ))
 }
 
 /// What the database says for the gauges.

@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::avatar::AvatarFetcher;
+use crate::bus::Bus;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::daarion::CityEvents;
@@ -142,8 +143,10 @@ pub struct Worker {
     join_concurrency: usize,
     /// How long an agent's message may wait for its room or agent.
     message_wait: Duration,
-    /// Where people's messages and presence go (None: not sent).
+    /// Where people's messages and presence go by HTTP (None: not sent).
     city_events: Option<CityEvents>,
+    /// ... and on NATS (`NATS_OUT`; None: not published).
+    nats_out: Option<Arc<Bus>>,
     /// Set once the application service's bot is known to exist (and to
     /// be a server admin) in this process.
     bot_ready: tokio::sync::OnceCell<()>,
@@ -182,10 +185,18 @@ impl Worker {
             join_concurrency: settings.synapse_max_concurrency,
             message_wait: settings.city.message_wait,
             city_events,
+            nats_out: None,
             bot_ready: tokio::sync::OnceCell::new(),
             wake,
             clock,
         })
+    }
+
+    /// Publishes the events for DAARION.city on `bus` too, when its
+    /// settings say so (`NATS_OUT=true`).
+    pub fn with_bus(mut self, bus: Option<Arc<Bus>>) -> Worker {
+        self.nats_out = bus.filter(|bus| bus.settings().out);
+        self
     }
 
     /// Claims one due job and runs it. `Ok(None)` when nothing is due.
@@ -398,7 +409,7 @@ impl Worker {
                         agent_prefix: &self.agent_prefix,
                     },
                     max_wait: self.message_wait,
-                    outbox: self.city_events.is_some(),
+                    outbox: self.city_events.is_some() || self.nats_out.is_some(),
                     clock: &self.clock,
                 };
                 let outcome = send::drain(&deps, &job.subject).await;
@@ -406,13 +417,11 @@ impl Worker {
                 Ok(JobOutcome::Send(outcome))
             }
             JobKind::Deliver => {
-                let outcome = deliver::drain(
-                    &self.store,
-                    self.city_events.as_ref(),
-                    &job.subject,
-                    &self.clock,
-                )
-                .await;
+                let to = deliver::Transports {
+                    http: self.city_events.as_ref(),
+                    nats: self.nats_out.as_deref(),
+                };
+                let outcome = deliver::drain(&self.store, &to, &job.subject, &self.clock).await;
                 self.record(job, &outcome).await?;
                 Ok(JobOutcome::Deliver(outcome))
             }

@@ -60,7 +60,7 @@ pub struct SendDeps<'a> {
     pub names: Names<'a>,
     /// How long a row may wait for its room or agent.
     pub max_wait: Duration,
-    /// Whether DAARION.city hears of direct chats (`CITY_EVENTS_URL` set).
+    /// Whether DAARION.city hears of direct chats (`CITY_EVENTS_URL` or `NATS_OUT` set).
     pub outbox: bool,
     pub clock: &'a Clock,
 }

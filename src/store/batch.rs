@@ -79,14 +79,28 @@ impl<T: Batched> Intake<T> {
     /// Stores the item durably (for a person's event, see
     /// [`Store::accept_event`]).
     pub async fn accept(&self, event: T) -> Result<T::Accepted> {
-        let closed = || StoreError(sqlx::Error::PoolClosed);
+        self.submit(event).await?.await
+    }
+
+    /// Queues the item now and returns its answer, to await later: items
+    /// submitted one after another (a JetStream consumer's messages) are
+    /// batched in that order, while their answers are awaited together.
+    pub async fn submit(
+        &self,
+        event: T,
+    ) -> Result<impl Future<Output = Result<T::Accepted>> + Send + 'static> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send((event, reply))
             .await
             .map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        Ok(async move { answer.await.map_err(|_| closed())? })
     }
+}
+
+/// What the intake answers once its writers are gone (shutting down).
+fn closed() -> StoreError {
+    StoreError(sqlx::Error::PoolClosed)
 }
 
 async fn write_batches<T: Batched>(store: Store, receiver: Receiver<T>, clock: Clock) {

@@ -28,7 +28,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
 
 pub use agents::{Agent, AgentState, PresentAgent};
-pub use batch::{Batched, Intake};
+pub use batch::{Batched, Intake, MAX_BATCH};
 pub use conversations::Conversation;
 pub use intake::city::CityAccepted;
 pub use intake::people::Accepted;
@@ -36,7 +36,7 @@ pub use jobs::{AppliedAvatar, ClaimFor, Job, JobKind, JobState, QueueDepth};
 pub use messages::{Sent, StoredMessage};
 pub use oidc::{Begun, CodeGrant, Pending, Returned, Review, SignInLimits, TokenOwner};
 pub use outbox::{
-    room_stream, FileLinker, OutboxEntry, OutboxSummary, TxnAccepted, PRESENCE_STREAM,
+    room_stream, FileLinker, OutboxEntry, OutboxSummary, Transport, TxnAccepted, PRESENCE_STREAM,
 };
 pub use people::{Account, CreateVia, LocalpartPolicy, Person, State};
 pub use rooms::{MemberAccount, Room, RoomState};

@@ -46,6 +46,19 @@ pub struct OutboxEntry {
     /// The envelope, as sent.
     pub body: String,
     pub received_at: i64,
+    /// `CITY_EVENTS_URL` answered `2xx` for it.
+    pub http_done: bool,
+    /// JetStream stored it (`NATS_OUT`).
+    pub nats_done: bool,
+}
+
+/// A way an event leaves for DAARION.city.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// POSTed to `CITY_EVENTS_URL`.
+    Http,
+    /// Published to JetStream (`NATS_OUT`).
+    Nats,
 }
 
 /// What operators see of both outboxes.
@@ -74,12 +87,15 @@ pub struct TxnAccepted {
 }
 
 impl Store {
-    pub async fn outbox(&self, stream: &str, limit: i64) -> Result<Vec<OutboxEntry>> {
+    /// The stream's undelivered events after `after` (a `seq`; 0: from
+    /// the first), oldest first.
+    pub async fn outbox(&self, stream: &str, after: i64, limit: i64) -> Result<Vec<OutboxEntry>> {
         let rows = sqlx::query(
-            "SELECT seq, id, kind, body, received_at FROM city_outbox WHERE stream = $1 \
-             ORDER BY seq LIMIT $2",
+            "SELECT seq, id, kind, body, received_at, http_done, nats_done FROM city_outbox \
+             WHERE stream = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(stream)
+        .bind(after)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
@@ -91,12 +107,25 @@ impl Store {
                     kind: r.try_get("kind")?,
                     body: r.try_get("body")?,
                     received_at: r.try_get("received_at")?,
+                    http_done: r.try_get::<i64, _>("http_done")? != 0,
+                    nats_done: r.try_get::<i64, _>("nats_done")? != 0,
                 })
             })
             .collect()
     }
 
-    /// DAARION.city acknowledged it.
+    /// One transport took the event while another has yet to: it is not
+    /// sent that way again.
+    pub async fn taken_by(&self, seq: i64, transport: Transport) -> Result<()> {
+        let sql = match transport {
+            Transport::Http => "UPDATE city_outbox SET http_done = 1 WHERE seq = $1",
+            Transport::Nats => "UPDATE city_outbox SET nats_done = 1 WHERE seq = $1",
+        };
+        sqlx::query(sql).bind(seq).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Every transport took it (DAARION.city acknowledged it).
     pub async fn delivered(&self, seq: i64) -> Result<()> {
         sqlx::query("DELETE FROM city_outbox WHERE seq = $1")
             .bind(seq)
@@ -135,7 +164,7 @@ impl Store {
     /// database transaction, before Synapse is answered: the transaction's
     /// key and its events' ids (each applied once, whatever Synapse
     /// resends); the direct chats its invitations start and its departures
-    /// end; and, with `outbox` on (`CITY_EVENTS_URL` set), an event per
+    /// end; and, with `outbox` on (`CITY_EVENTS_URL` or `NATS_OUT` set), an event per
     /// person's message, edit, deletion and reaction in a City Room or a
     /// direct chat, and per change of a DAARION person's presence.
     pub async fn accept_transaction(

@@ -100,6 +100,16 @@ impl Receiver {
             .collect()
     }
 
+    /// The next `n` deliveries are answered with a 500.
+    pub(crate) fn fail_next(&self, n: usize) {
+        self.fail.store(n, Ordering::SeqCst);
+    }
+
+    /// Deliveries answered with a 500 so far.
+    pub(crate) fn failed(&self) -> usize {
+        self.failed.load(Ordering::SeqCst)
+    }
+
     pub(crate) async fn stop(self) {
         assert_eq!(
             self.unsigned.load(Ordering::SeqCst),

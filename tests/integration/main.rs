@@ -10,6 +10,7 @@ mod files;
 mod intake;
 mod logs;
 mod names;
+mod nats;
 mod oidc;
 mod operability;
 mod profiles;

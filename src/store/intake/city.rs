@@ -169,8 +169,20 @@ impl Chunked for CityEvent {
             if !created.iter().any(|c| c == room_id) {
                 update_room(tx, &rooms[*room_id], now).await?;
             }
-            let old = before.get(*room_id).map(Vec::as_slice).unwrap_or(&[]);
-            write_members(tx, room_id, old, &members[*room_id]).await?;
+        }
+        // Every membership that moved is written, not only those of rooms
+        // with work for Synapse: a removal of someone who is not a member
+        // (or a repeat of a membership with a newer time) changes nothing in
+        // Matrix but its time orders later events, and a batch must leave
+        // what the same events one by one leave.
+        let mut moved: Vec<(&String, &Vec<MemberWanted>)> = members.iter().collect();
+        // In one order, so that concurrent intakes lock rows alike.
+        moved.sort_by_key(|(room_id, _)| *room_id);
+        for (room_id, list) in moved {
+            let old = before.get(room_id).map(Vec::as_slice).unwrap_or(&[]);
+            if list.as_slice() != old {
+                write_members(tx, room_id, old, list).await?;
+            }
         }
         let queued: Vec<&str> = changed.iter().copied().collect();
         store.enqueue(tx, JobKind::Room, &queued, now).await?;
