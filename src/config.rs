@@ -247,6 +247,16 @@ impl NatsSettings {
                     "NATS_URL must list nats:// or tls:// URLs, not {scheme}://"
                 )));
             }
+            // The client ignores a URL's user information: refused rather
+            // than connecting without the credentials the operator meant.
+            let authority = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+            if authority.split('/').next().unwrap_or("").contains('@') {
+                return Err(ConfigError(
+                    "NATS_URL carries credentials: give them as NATS_USER + NATS_PASSWORD, \
+                     NATS_TOKEN or NATS_CREDS_FILE instead"
+                        .into(),
+                ));
+            }
         }
         let creds = env.get("NATS_CREDS_FILE").map(PathBuf::from);
         let user = env.get("NATS_USER");
@@ -930,21 +940,31 @@ mod tests {
     #[test]
     fn nats_credentials_stay_out_of_logs() {
         let mut pairs = MINIMAL.to_vec();
-        pairs.push((
-            "NATS_URL",
-            "nats://user:url-pw@a:4222,nats://url-token@b:4222,tls://c",
-        ));
+        pairs.push(("NATS_URL", "nats://a:4222,tls://c"));
         pairs.push(("NATS_TOKEN", "nats-token"));
         let s = settings(&pairs).unwrap();
-        let nats = s.nats.as_ref().unwrap();
-        assert_eq!(
-            nats.urls_redacted(),
-            "nats://***@a:4222,nats://***@b:4222,tls://c"
-        );
         let debug = format!("{s:?}");
-        for secret in ["url-pw", "url-token", "nats-token"] {
-            assert!(!debug.contains(secret), "{secret} leaked in {debug}");
+        assert!(!debug.contains("nats-token"), "leaked in {debug}");
+        // Credentials in the URL are refused (the client would ignore
+        // them), and the refusal does not repeat them.
+        for url in [
+            "nats://user:url-pw@a:4222",
+            "nats://a:4222,nats://url-token@b:4222",
+        ] {
+            let mut pairs = MINIMAL.to_vec();
+            pairs.push(("NATS_URL", url));
+            let err = settings(&pairs).unwrap_err().to_string();
+            assert!(err.starts_with("NATS_URL carries credentials"), "{err}");
+            assert!(
+                !err.contains("url-pw") && !err.contains("url-token"),
+                "{err}"
+            );
         }
+        let nats = NatsSettings {
+            urls: Secret::new("nats://user:pw@a:4222,nats://tok@b"),
+            ..s.nats.clone().unwrap()
+        };
+        assert_eq!(nats.urls_redacted(), "nats://***@a:4222,nats://***@b");
     }
 
     #[test]

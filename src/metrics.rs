@@ -360,7 +360,11 @@ pub fn render(
         for (stream, n) in &nats.pending {
             pending.with_label_values(&[stream]).set(*n);
         }
-        families.extend(pending.collect());
+        // Unknown until a consumer was seen (an empty family does not
+        // encode).
+        if !nats.pending.is_empty() {
+            families.extend(pending.collect());
+        }
     }
     if let Some(s) = snapshot {
         families.extend(database_gauges(s));
@@ -480,6 +484,10 @@ mod tests {
         ));
         // Without NATS configured, no NATS gauge.
         assert!(!bare.contains("matrix_provisioner_nats_connected"));
+        // Never connected: no lag known yet.
+        let never = render(None, true, Some(NatsGauges::default()));
+        assert!(never.contains("matrix_provisioner_nats_connected 0"));
+        assert!(!never.contains("matrix_provisioner_nats_consumer_pending"));
         for line in [
             r#"matrix_provisioner_webhooks_total{code="invalid_signature",outcome="refused"}"#,
             r#"matrix_provisioner_synapse_requests_total{endpoint="admin_user_get",outcome="ok"}"#,

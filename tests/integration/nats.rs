@@ -32,8 +32,15 @@ pub(crate) struct NatsServer {
 
 impl NatsServer {
     pub(crate) async fn start() -> NatsServer {
+        NatsServer::start_with(&[]).await
+    }
+
+    /// With more of nats-server's options (`--user u --pass p` or
+    /// `--auth token`); the test's own connections authenticate alike.
+    pub(crate) async fn start_with(options: &[&str]) -> NatsServer {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        std::fs::write(dir.path().join("options"), options.join("\n")).unwrap();
         let child = NatsServer::spawn(port, dir.path());
         let server = NatsServer {
             url: format!("nats://127.0.0.1:{port}"),
@@ -45,12 +52,29 @@ impl NatsServer {
         server
     }
 
+    /// A connection of the test's own, authenticated as the server asks.
+    pub(crate) async fn connect(&self) -> Result<async_nats::Client, async_nats::ConnectError> {
+        let options = std::fs::read_to_string(self.dir.path().join("options")).unwrap_or_default();
+        let options: Vec<&str> = options.lines().collect();
+        let connect = match options.as_slice() {
+            ["--user", user, "--pass", pass] => async_nats::ConnectOptions::with_user_and_password(
+                user.to_string(),
+                pass.to_string(),
+            ),
+            ["--auth", token] => async_nats::ConnectOptions::with_token(token.to_string()),
+            _ => async_nats::ConnectOptions::new(),
+        };
+        connect.connect(&self.url).await
+    }
+
     fn spawn(port: u16, dir: &std::path::Path) -> Child {
+        let options = std::fs::read_to_string(dir.join("options")).unwrap_or_default();
         Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(dir.join("jetstream"))
             .arg("-l")
             .arg(dir.join("nats.log"))
+            .args(options.lines().filter(|l| !l.is_empty()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -61,7 +85,7 @@ impl NatsServer {
 
     async fn wait_ready(&self) {
         eventually("nats-server to answer", Duration::from_secs(20), || async {
-            let client = async_nats::connect(&self.url).await.ok()?;
+            let client = self.connect().await.ok()?;
             // JetStream answers (async-nats cannot read 2.9's account info).
             client.request("$JS.API.INFO", "".into()).await.ok()
         })
@@ -77,7 +101,7 @@ impl NatsServer {
     }
 
     pub(crate) async fn js(&self) -> jetstream::Context {
-        jetstream::new(async_nats::connect(&self.url).await.unwrap())
+        jetstream::new(self.connect().await.unwrap())
     }
 
     /// The server's log, for a failure's message.
@@ -1165,3 +1189,92 @@ async fn nats_restarted_mid_burst_loses_nothing(backend: Backend) {
     app.shutdown().await;
 }
 on_both_backends!(nats_restarted_mid_burst_loses_nothing);
+
+/// What the service says of NATS at `/readyz` (the status, and `nats`).
+async fn readiness(client: &Client) -> (u16, Value) {
+    let response = client
+        .http
+        .get(format!("{}/readyz", client.base))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// A NATS that asks for a user and password, or a token: the service
+/// authenticates with NATS_USER + NATS_PASSWORD or NATS_TOKEN and takes its
+/// messages. With a wrong password it is never connected, says so at
+/// `/readyz` and in its gauge, and stays ready (webhooks are still taken).
+async fn the_service_authenticates_to_nats(backend: Backend) {
+    let user_id = unique("u_");
+    for (options, settings) in [
+        (
+            vec!["--user", "mp", "--pass", "nats-password"],
+            vec![("NATS_USER", "mp"), ("NATS_PASSWORD", "nats-password")],
+        ),
+        (
+            vec!["--auth", "nats-token"],
+            vec![("NATS_TOKEN", "nats-token")],
+        ),
+    ] {
+        let nats = NatsServer::start_with(&options).await;
+        let mut env = nats_env(&nats);
+        for (k, v) in &settings {
+            env.push((k.to_string(), v.to_string()));
+        }
+        let app =
+            TestApp::spawn_with(TestDb::new(backend).await, no_synapse(), &overrides(&env)).await;
+        let js = nats.js().await;
+        wait_for_streams(&js).await;
+        let e = event(
+            "user.registered",
+            &user_id,
+            json!({"username": unique("auth")}),
+        );
+        publish_all(&js, &[(To::Auth, e.clone())]).await;
+        consumer_drained(&js, "DAARION_AUTH").await;
+        let stored = format!(
+            "SELECT COUNT(*) FROM events WHERE id = '{}'",
+            e["id"].as_str().unwrap()
+        );
+        assert_eq!(scalar(&app.db, &stored).await, 1, "{settings:?}");
+        assert_eq!(readiness(&app.client).await.1["nats"], "connected");
+        app.shutdown().await;
+    }
+
+    let nats = NatsServer::start_with(&["--user", "mp", "--pass", "nats-password"]).await;
+    let mut env = nats_env(&nats);
+    env.push(("NATS_USER".into(), "mp".into()));
+    env.push(("NATS_PASSWORD".into(), "wrong-password".into()));
+    let app = TestApp::spawn_with(TestDb::new(backend).await, no_synapse(), &overrides(&env)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, body) = readiness(&app.client).await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(body["nats"], "connected", "{body}");
+    let metrics = app
+        .client
+        .http
+        .get(format!("{}/metrics", app.client.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("matrix_provisioner_nats_connected 0"),
+        "{metrics}"
+    );
+    let e = event(
+        "user.registered",
+        &unique("u_"),
+        json!({"username": unique("hook")}),
+    );
+    assert_eq!(
+        app.client.send_event(&e).await.0,
+        202,
+        "webhooks still taken"
+    );
+    app.abandon().await;
+}
+on_both_backends!(the_service_authenticates_to_nats);
