@@ -39,7 +39,7 @@ pub use calls::{CallCounts, CallSnapshot, Endpoint};
 pub use homeserver::Homeserver;
 pub use login::Session;
 pub use media::Media;
-pub use puppets::RoomMessage;
+pub use puppets::{PuppetEvent, RoomMessage};
 pub use register::{random_password, registration_mac, Registered};
 pub use rooms::{JoinRule, Pong, PowerUsers, RoomSpec, RoomView, CREATOR_POWER_VERSION};
 pub use taken::TakenLocalparts;

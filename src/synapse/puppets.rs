@@ -28,15 +28,29 @@ impl RoomMessage {
     }
 }
 
-/// Where, as whom and when an event is sent.
-struct Send<'a> {
-    room_id: &'a str,
-    user_id: &'a str,
-    /// The same for every attempt of one send (Synapse then answers a
-    /// repeat with the first event).
-    txn_id: &'a str,
-    /// `origin_server_ts`, ms.
-    ts: i64,
+/// The room events a puppet sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PuppetEvent {
+    /// `m.room.message`: a message, or an edit of one.
+    Message,
+    /// `m.reaction`.
+    Reaction,
+}
+
+impl PuppetEvent {
+    fn event_type(self) -> &'static str {
+        match self {
+            PuppetEvent::Message => "m.room.message",
+            PuppetEvent::Reaction => "m.reaction",
+        }
+    }
+
+    fn endpoint(self) -> Endpoint {
+        match self {
+            PuppetEvent::Message => Endpoint::MessageSend,
+            PuppetEvent::Reaction => Endpoint::ReactionSend,
+        }
+    }
 }
 
 impl Synapse {
@@ -64,62 +78,32 @@ impl Synapse {
         }
     }
 
-    /// Sends `content` as an `m.room.message` from `user_id` (a puppet),
+    /// Sends `content` as a `kind` event from `user_id` (a puppet),
     /// dated `ts` (ms); returns the event id. `txn_id` makes a repeat of
     /// the same send return the first event (while Synapse remembers it).
-    pub async fn send_message(
+    pub async fn send_as(
         &self,
+        kind: PuppetEvent,
         room_id: &str,
         user_id: &str,
         txn_id: &str,
         ts: i64,
-        content: &Value,
-    ) -> Result<String> {
-        let send = Send {
-            room_id,
-            user_id,
-            txn_id,
-            ts,
-        };
-        self.send_event(Endpoint::MessageSend, "m.room.message", &send, content)
-            .await
-    }
-
-    /// Sends an `m.reaction` from `user_id` (see [`Synapse::send_message`]).
-    pub async fn send_reaction(
-        &self,
-        room_id: &str,
-        user_id: &str,
-        txn_id: &str,
-        ts: i64,
-        content: &Value,
-    ) -> Result<String> {
-        let send = Send {
-            room_id,
-            user_id,
-            txn_id,
-            ts,
-        };
-        self.send_event(Endpoint::ReactionSend, "m.reaction", &send, content)
-            .await
-    }
-
-    async fn send_event(
-        &self,
-        endpoint: Endpoint,
-        event_type: &str,
-        send: &Send<'_>,
         content: &Value,
     ) -> Result<String> {
         let path = format!(
-            "/_matrix/client/v3/rooms/{}/send/{event_type}/{}?user_id={}&ts={}",
-            encode(send.room_id),
-            encode(send.txn_id),
-            encode(send.user_id),
-            send.ts
+            "/_matrix/client/v3/rooms/{}/send/{}/{}?user_id={}&ts={ts}",
+            encode(room_id),
+            kind.event_type(),
+            encode(txn_id),
+            encode(user_id),
         );
         let answer = self
-            .call(endpoint, &path, Body::Json(content), Auth::AppService)
+            .call(
+                kind.endpoint(),
+                &path,
+                Body::Json(content),
+                Auth::AppService,
+            )
             .await?;
         answer["event_id"]
             .as_str()
