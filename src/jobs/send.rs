@@ -41,7 +41,7 @@ use crate::domain::agent::{
 use crate::domain::matrix::Names;
 use crate::metrics;
 use crate::store::{Agent, Conversation, JobKind, Sent, Store, StoredMessage};
-use crate::synapse::{Refusal, Synapse, SynapseError};
+use crate::synapse::{PuppetEvent, Refusal, Synapse, SynapseError};
 
 /// Rows read (and marked as tried) at once.
 const BATCH: i64 = 50;
@@ -154,12 +154,6 @@ async fn run(
                 None => Ok(()),
             };
         };
-        if let Some(room_gone) = &target_gone(deps, place).await? {
-            for m in &batch {
-                fail(deps, m, room_gone).await?;
-            }
-            continue;
-        }
         let Some(target) = &target else {
             wait(deps, first, "its City Room is not in Matrix yet").await?;
             continue;
@@ -231,8 +225,9 @@ struct Found {
 
 /// The place in Matrix: a City Room's Matrix room (None while it is not
 /// created yet), or a direct chat's room once the puppet is in it. None
-/// (outer) when the place has nothing more to do: a conversation that was
-/// turned down or ended (its rows are failed).
+/// (outer) when the place has nothing more to do: a City Room that was
+/// deleted, a conversation that was turned down or ended (its rows are
+/// failed).
 async fn target(
     deps: &SendDeps<'_>,
     place: &Place,
@@ -242,6 +237,10 @@ async fn target(
     match place {
         Place::Room(room_id) => {
             let room = store.room(room_id).await?;
+            if room.as_ref().is_some_and(|r| r.wanted.deleted) {
+                fail_all(deps, key, "the City Room was deleted").await?;
+                return Ok(None);
+            }
             Ok(Some(room.and_then(|r| r.matrix_room_id).map(
                 |matrix_room| Target {
                     matrix_room,
@@ -282,21 +281,6 @@ async fn target(
             })))
         }
     }
-}
-
-/// A City Room deleted: the reason its rows fail.
-async fn target_gone(deps: &SendDeps<'_>, place: &Place) -> StepResult<Option<String>> {
-    if let Place::Room(room_id) = place {
-        if deps
-            .store
-            .room(room_id)
-            .await?
-            .is_some_and(|r| r.wanted.deleted)
-        {
-            return Ok(Some("the City Room was deleted".into()));
-        }
-    }
-    Ok(None)
 }
 
 /// An invitation of an agent's puppet: joined when the agent takes direct
@@ -500,7 +484,8 @@ async fn message(
         };
         let content = message_content(&m.message, relations, attachment.as_ref());
         let sent = synapse
-            .send_message(
+            .send_as(
+                PuppetEvent::Message,
                 room,
                 row.puppet,
                 &txn_id(message_id),
@@ -559,7 +544,7 @@ async fn message(
         m.message.body
     ));
     match synapse
-        .send_message(room, row.puppet, &txn, now, &content)
+        .send_as(PuppetEvent::Message, room, row.puppet, &txn, now, &content)
         .await
     {
         Ok(_) => metrics::message("to_matrix", "edited"),
@@ -635,7 +620,14 @@ async fn reaction(deps: &SendDeps<'_>, row: &Row<'_>, recorder: &Recorder) -> St
     let content = reaction_content(id, &target_event, &m.message.body);
     let txn = txn_id(&format!("{id}\n{}", m.edits));
     match synapse
-        .send_reaction(room, row.puppet, &txn, m.created_at, &content)
+        .send_as(
+            PuppetEvent::Reaction,
+            room,
+            row.puppet,
+            &txn,
+            m.created_at,
+            &content,
+        )
         .await
     {
         Ok(event_id) => {

@@ -779,6 +779,15 @@ async fn messages_wait_for_their_agent_and_fail_with_a_reason(backend: Backend) 
     let e = agent_message(&s, &back, json!({"body": "back again"}));
     assert_eq!(send_city(client, &e).await.0, 202);
     wait_message_state(client, &back, "sent").await;
+
+    // The City Room deleted: what is said in it afterwards fails, and says why.
+    let deleted = city_event("room.deleted", json!({"room_id": s.room_id}));
+    assert_eq!(send_city(client, &deleted).await.0, 202);
+    let late = unique("msg_");
+    let e = agent_message(&s, &late, json!({"body": "anyone?"}));
+    assert_eq!(send_city(client, &e).await.0, 202);
+    let record = wait_message_state(client, &late, "failed").await;
+    assert_eq!(record["last_error"], "the City Room was deleted", "{record}");
     app.shutdown().await;
 }
 on_both_backends!(messages_wait_for_their_agent_and_fail_with_a_reason);
