@@ -733,15 +733,40 @@ async fn a_message_that_can_never_be_accepted_is_dead_lettered_once(backend: Bac
 }
 on_both_backends!(a_message_that_can_never_be_accepted_is_dead_lettered_once);
 
-/// A TCP relay between the service and NATS that can drop the service's
-/// acknowledgements (`PUB $JS.ACK.…`, read from NATS's text protocol)
-/// while forwarding everything else: JetStream then never hears that a
-/// message was taken, however often the service stores and acknowledges it.
+/// A TCP relay between the service and NATS that can drop, while
+/// forwarding everything else (read from NATS's text protocol):
+/// - `acks`: the service's acknowledgements (`PUB $JS.ACK.…`): JetStream
+///   then never hears that a message was taken, however often the service
+///   stores and acknowledges it;
+/// - `pub_acks`: JetStream's answers to the service's publishes (a `MSG`
+///   to the service's inbox naming the stream): JetStream stores what the
+///   service publishes, and the service never hears so.
 struct Relay {
     port: u16,
-    drop_acks: Arc<AtomicBool>,
-    dropped: Arc<std::sync::atomic::AtomicUsize>,
+    acks: Arc<Dropping>,
+    pub_acks: Arc<Dropping>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// One kind of message a relay drops while `on`, and how many it dropped.
+#[derive(Default)]
+struct Dropping {
+    on: AtomicBool,
+    count: std::sync::atomic::AtomicUsize,
+}
+
+impl Dropping {
+    fn start(&self) {
+        self.on.store(true, Ordering::SeqCst);
+    }
+
+    fn stop(&self) {
+        self.on.store(false, Ordering::SeqCst);
+    }
+
+    fn dropped(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
 }
 
 impl Relay {
@@ -749,9 +774,8 @@ impl Relay {
         let upstream = upstream.trim_start_matches("nats://").to_string();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let drop_acks = Arc::new(AtomicBool::new(false));
-        let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (dropping, count) = (Arc::clone(&drop_acks), Arc::clone(&dropped));
+        let (acks, pub_acks) = (Arc::new(Dropping::default()), Arc::new(Dropping::default()));
+        let (a, p) = (Arc::clone(&acks), Arc::clone(&pub_acks));
         let task = tokio::spawn(async move {
             let mut pipes = tokio::task::JoinSet::new();
             while let Ok((service, _)) = listener.accept().await {
@@ -759,19 +783,30 @@ impl Relay {
                     continue;
                 };
                 let (from_service, to_service) = service.into_split();
-                let (mut from_nats, to_nats) = nats.into_split();
-                let (dropping, count) = (Arc::clone(&dropping), Arc::clone(&count));
-                pipes.spawn(filter_acks(from_service, to_nats, dropping, count));
-                let mut to_service = to_service;
-                pipes.spawn(async move {
-                    let _ = tokio::io::copy(&mut from_nats, &mut to_service).await;
-                });
+                let (from_nats, to_nats) = nats.into_split();
+                pipes.spawn(filter(
+                    from_service,
+                    to_nats,
+                    Arc::clone(&a),
+                    |fields, _| fields[1].starts_with("$JS.ACK."),
+                ));
+                pipes.spawn(filter(
+                    from_nats,
+                    to_service,
+                    Arc::clone(&p),
+                    |fields, payload| {
+                        fields[0].eq_ignore_ascii_case("MSG")
+                            && fields[1].starts_with("_INBOX.")
+                            && String::from_utf8_lossy(payload)
+                                .contains(r#""stream":"MATRIX_EVENTS""#)
+                    },
+                ));
             }
         });
         Relay {
             port,
-            drop_acks,
-            dropped,
+            acks,
+            pub_acks,
             task,
         }
     }
@@ -787,13 +822,14 @@ impl Drop for Relay {
     }
 }
 
-/// Forwards the client's protocol lines (and payloads) to NATS, leaving
-/// out acknowledgements while `dropping` is set.
-async fn filter_acks(
+/// Forwards one direction's protocol lines (and payloads), leaving out
+/// the messages `target` picks (by the line's fields and the payload)
+/// while `dropping` is on.
+async fn filter(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    dropping: Arc<AtomicBool>,
-    count: Arc<std::sync::atomic::AtomicUsize>,
+    dropping: Arc<Dropping>,
+    target: fn(&[&str], &[u8]) -> bool,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut pending: Vec<u8> = Vec::new();
@@ -809,16 +845,20 @@ async fn filter_acks(
             let fields: Vec<&str> = line.split_whitespace().collect();
             let verb = fields.first().map(|v| v.to_ascii_uppercase());
             let payload = match verb.as_deref() {
-                Some("PUB") | Some("HPUB") => fields.last().unwrap().parse::<usize>().unwrap() + 2,
+                Some("PUB" | "HPUB" | "MSG" | "HMSG") => {
+                    fields.last().unwrap().parse::<usize>().unwrap() + 2
+                }
                 _ => 0,
             };
             let whole = eol + 2 + payload;
             if pending.len() < whole {
                 break;
             }
-            let ack = payload > 0 && fields[1].starts_with("$JS.ACK.");
-            if ack && dropping.load(Ordering::SeqCst) {
-                count.fetch_add(1, Ordering::SeqCst);
+            if payload > 0
+                && dropping.on.load(Ordering::SeqCst)
+                && target(&fields, &pending[eol + 2..whole])
+            {
+                dropping.count.fetch_add(1, Ordering::SeqCst);
             } else {
                 out.extend_from_slice(&pending[..whole]);
             }
@@ -848,7 +888,7 @@ async fn a_kill_between_storing_and_acknowledging_loses_and_doubles_nothing(back
     let s = crate::agents::scene(&service.client, backend, "public").await;
     let js = nats.js().await;
     wait_for_streams(&js).await;
-    relay.drop_acks.store(true, Ordering::SeqCst);
+    relay.acks.start();
 
     let burst = unique("nburst_");
     let ids: Vec<String> = (0..200).map(|i| format!("{burst}-{i:03}")).collect();
@@ -870,7 +910,7 @@ async fn a_kill_between_storing_and_acknowledging_loses_and_doubles_nothing(back
     })
     .await;
     eventually("the service to acknowledge the burst", WAIT, || async {
-        (relay.dropped.load(Ordering::SeqCst) >= 200).then_some(())
+        (relay.acks.dropped() >= 200).then_some(())
     })
     .await;
     let info = consumer_info(&js, "DAARION_CITY").await.unwrap();
@@ -913,19 +953,18 @@ on_both_backends!(a_kill_between_storing_and_acknowledging_loses_and_doubles_not
 
 /// A person's message in a City Room, as Synapse's transaction brings it
 /// to the service; returns its Matrix event id.
-async fn person_says(app: &TestApp, backend: Backend, matrix_room: &str, body: &str) -> String {
+async fn person_says(client: &Client, backend: Backend, matrix_room: &str, body: &str) -> String {
     let event_id = format!("${}", unique("evt"));
     let txn = json!({"events": [{
         "type": "m.room.message", "event_id": event_id, "room_id": matrix_room,
         "sender": "@olena:elsewhere.example", "origin_server_ts": chrono::Utc::now().timestamp_millis(),
         "content": {"msgtype": "m.text", "body": body},
     }]});
-    let response = app
-        .client
+    let response = client
         .http
         .put(format!(
             "{}/_matrix/app/v1/transactions/{}",
-            app.client.base,
+            client.base,
             unique("txn")
         ))
         .bearer_auth(hs_token(backend))
@@ -953,15 +992,8 @@ async fn people_s_messages_go_out_on_both_transports_once(backend: Backend) {
     env.push(("NATS_OUT".into(), "true".into()));
     let app = TestApp::spawn_with(TestDb::new(backend).await, no_synapse(), &overrides(&env)).await;
     // A City Room the service made earlier (staged: only its Matrix id matters).
-    let room_id = unique("r_");
     let matrix_room = format!("!{}:{}", unique("staged"), shared_synapse().server_name);
-    let now = chrono::Utc::now().timestamp_millis();
-    app.db
-        .execute(&format!(
-            "INSERT INTO rooms (room_id, state, matrix_room_id, created_at, updated_at) \
-             VALUES ('{room_id}', 'ready', '{matrix_room}', {now}, {now})"
-        ))
-        .await;
+    let room_id = staged_room(&app.db, &matrix_room).await;
     let delivered = |id: &str| {
         receiver
             .events("matrix.message")
@@ -971,7 +1003,7 @@ async fn people_s_messages_go_out_on_both_transports_once(backend: Backend) {
     };
 
     // NATS cannot take it: HTTP can.
-    let first = person_says(&app, backend, &matrix_room, "first").await;
+    let first = person_says(&app.client, backend, &matrix_room, "first").await;
     eventually("the receiver to get the first", WAIT, || async {
         (delivered(&first) == 1).then_some(())
     })
@@ -1008,7 +1040,7 @@ async fn people_s_messages_go_out_on_both_transports_once(backend: Backend) {
     let mut published = client.subscribe("matrix.events.>").await.unwrap();
     client.flush().await.unwrap();
     receiver.fail_next(3);
-    let second = person_says(&app, backend, &matrix_room, "second").await;
+    let second = person_says(&app.client, backend, &matrix_room, "second").await;
     eventually("the second to leave the outbox", WAIT, || async {
         let o = crate::agents::outboxes(&app.client).await;
         (o["to_city"]["pending"] == 0 && delivered(&second) == 1).then_some(())
@@ -1052,6 +1084,99 @@ async fn people_s_messages_go_out_on_both_transports_once(backend: Backend) {
     receiver.stop().await;
 }
 on_both_backends!(people_s_messages_go_out_on_both_transports_once);
+
+/// A room row as the service would have made it (only its Matrix id
+/// matters to a person's message); returns its DAARION.city id.
+async fn staged_room(db: &TestDb, matrix_room: &str) -> String {
+    let room_id = unique("r_");
+    let now = chrono::Utc::now().timestamp_millis();
+    db.execute(&format!(
+        "INSERT INTO rooms (room_id, state, matrix_room_id, created_at, updated_at) \
+         VALUES ('{room_id}', 'ready', '{matrix_room}', {now}, {now})"
+    ))
+    .await;
+    room_id
+}
+
+/// SIGKILL after JetStream stored a person's `matrix.message` but before
+/// the service heard JetStream's answer (a relay drops it), so the outbox
+/// row is not marked: the next process publishes it again with the same
+/// `Nats-Msg-Id`, JetStream answers "duplicate", the row leaves the
+/// outbox, and the stream holds the event once.
+async fn a_message_is_published_once_across_a_kill(backend: Backend) {
+    let nats = NatsServer::start().await;
+    let js = nats.js().await;
+    let mut stream = js
+        .create_stream(jetstream::stream::Config {
+            name: "MATRIX_EVENTS".into(),
+            subjects: vec!["matrix.events.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let relay = Relay::start(&nats.url).await;
+    relay.pub_acks.start();
+    let db = TestDb::new(backend).await;
+    let mut env: HashMap<String, String> = base_env(&db, &shared_synapse());
+    env.extend(city_env(backend, None));
+    env.extend(nats_env(&nats));
+    env.insert("NATS_URL".into(), relay.url());
+    env.insert("NATS_OUT".into(), "true".into());
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("service.log");
+    let mut service = ChildService::start(&env, free_port(), &log).await;
+    let matrix_room = format!("!{}:{}", unique("staged"), shared_synapse().server_name);
+    let room_id = staged_room(&db, &matrix_room).await;
+
+    let id = person_says(&service.client, backend, &matrix_room, "once").await;
+    eventually("JetStream to store it", WAIT, || async {
+        let stream = js.get_stream("MATRIX_EVENTS").await.ok()?;
+        (stream.cached_info().state.messages == 1).then_some(())
+    })
+    .await;
+    eventually("JetStream's answer to be lost", WAIT, || async {
+        (relay.pub_acks.dropped() >= 1).then_some(())
+    })
+    .await;
+    let o = crate::agents::outboxes(&service.client).await;
+    assert_eq!(o["to_city"]["pending"], 1, "not marked as published: {o}");
+    service.kill();
+    drop(relay);
+
+    env.insert("NATS_URL".into(), nats.url.clone());
+    let service = ChildService::start(&env, free_port(), &log).await;
+    eventually("the message to leave the outbox", WAIT, || async {
+        let o = crate::agents::outboxes(&service.client).await;
+        (o["to_city"]["pending"] == 0).then_some(())
+    })
+    .await;
+    let metrics = service
+        .client
+        .http
+        .get(format!("{}/metrics", service.client.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"matrix_provisioner_city_deliveries_total{outcome="duplicate",transport="nats"} 1"#
+        ),
+        "the second process was told it was a duplicate: {metrics}"
+    );
+    assert_eq!(stream.info().await.unwrap().state.messages, 1, "once");
+    let m = stream.get_raw_message(1).await.unwrap();
+    assert_eq!(m.headers.get("Nats-Msg-Id").unwrap().as_str(), id.as_str());
+    let body: Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(body["id"], id.as_str());
+    assert_eq!(body["data"]["room_id"], room_id.as_str());
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(!log.contains("panicked"), "{log}");
+    drop(service);
+}
+on_both_backends!(a_message_is_published_once_across_a_kill);
 
 /// What one service's `/metrics` says it did with JetStream's messages.
 async fn accepted_by(client: &Client) -> u64 {
@@ -1151,7 +1276,7 @@ async fn nats_restarted_mid_burst_loses_nothing(backend: Backend) {
         })
         .collect();
     let in_burst = format!("SELECT COUNT(*) FROM events WHERE subject LIKE 'u_{tag}_%'");
-    relay.drop_acks.store(true, Ordering::SeqCst);
+    relay.acks.start();
     publish_all(&js, &events[..500]).await;
     eventually("the first half to be stored", WAIT, || async {
         (scalar(&app.db, &in_burst).await == 500).then_some(())
@@ -1161,7 +1286,7 @@ async fn nats_restarted_mid_burst_loses_nothing(backend: Backend) {
     assert_eq!(info.ack_floor.stream_sequence, 0, "{info:?}");
 
     nats.restart().await;
-    relay.drop_acks.store(false, Ordering::SeqCst);
+    relay.acks.stop();
     let js = nats.js().await;
     publish_all(&js, &events[500..]).await;
     eventually("the whole burst to be stored", WAIT, || async {
