@@ -9,6 +9,7 @@
 #   synapse/password-module-secret                PASSWORD_MODULE_SECRET, for Synapse's password module
 #   provisioner.env                               the service's environment (compose env_file)
 #   provisioner/oidc-signing-key.pem              a copy of OIDC_SIGNING_KEY_PATH, when set
+#   provisioner/nats.creds, nats-ca.pem           copies of NATS_CREDS_PATH and NATS_TLS_CA_PATH, when set
 #   postgres/init.sql                             PostgreSQL's first start
 #   element/config.json                           Element Web
 #   nginx/gateway.conf, nginx/gateway.d/*.conf    the gateway (mounted at /etc/nginx/conf.d)
@@ -145,6 +146,38 @@ case "$(v FEDERATION)" in
     *) die "FEDERATION must be on or off" ;;
 esac
 
+# DAARION's NATS (README, "NATS JetStream"): what the service would refuse
+# at start, said here instead.
+if [[ -n "$(v NATS_URL)" ]]; then
+    IFS=',' read -ra parts <<<"$(v NATS_URL)"
+    for part in "${parts[@]}"; do
+        part="${part//[[:space:]]/}"
+        [[ "$part" =~ ^(nats|tls)://[^@/[:space:]]+$ ]] ||
+            die "NATS_URL must list nats:// or tls:// host:port addresses, without credentials (NATS_USER, NATS_PASSWORD, NATS_TOKEN, NATS_CREDS_PATH)"
+    done
+fi
+for key in NATS_CREATE_STREAMS NATS_REQUIRE_SIGNATURE NATS_OUT; do
+    case "$(v "$key")" in
+        true | false) ;;
+        *) die "$key must be true or false" ;;
+    esac
+done
+[[ "$(v NATS_OUT)" == false || -n "$(v NATS_URL)" ]] || die "NATS_OUT=true needs NATS_URL"
+[[ "$(v NATS_CONSUMER)" =~ ^[A-Za-z0-9_-]+$ ]] || die "NATS_CONSUMER must be of A-Z a-z 0-9 _ -"
+[[ -n "$(v NATS_USER)" || -z "$(v NATS_PASSWORD)" ]] || die "NATS_PASSWORD needs NATS_USER"
+[[ -z "$(v NATS_USER)" || -n "$(v NATS_PASSWORD)" ]] || die "NATS_USER needs NATS_PASSWORD"
+nats_ways=0
+for key in NATS_CREDS_PATH NATS_USER NATS_TOKEN; do
+    [[ -z "$(v "$key")" ]] || nats_ways=$((nats_ways + 1))
+done
+((nats_ways <= 1)) || die "NATS_CREDS_PATH, NATS_USER + NATS_PASSWORD and NATS_TOKEN are three ways of authenticating to NATS: set one"
+nats_creds="$(v NATS_CREDS_PATH)"
+[[ -z "$nats_creds" ]] || grep -q -- '-----BEGIN NATS USER JWT-----' "$nats_creds" 2>/dev/null ||
+    die "NATS_CREDS_PATH: $nats_creds is not a readable NATS .creds file"
+nats_ca="$(v NATS_TLS_CA_PATH)"
+[[ -z "$nats_ca" ]] || grep -q -- '-----BEGIN CERTIFICATE-----' "$nats_ca" 2>/dev/null ||
+    die "NATS_TLS_CA_PATH: $nats_ca is not a readable PEM certificate"
+
 # SYNAPSE_WORKERS (deploy/README.md, "More than one process").
 case "$(v SYNAPSE_WORKERS)" in
     on | off) ;;
@@ -222,6 +255,10 @@ else
     derived[SYNAPSE_FEDERATION_WHITELIST]="[]"
 fi
 [[ -z "$signing_key" ]] || derived[OIDC_SIGNING_KEY_FILE]="$(v PROVISIONER_CONFIG_DIR)/oidc-signing-key.pem"
+derived[NATS_CREDS_FILE]=""
+[[ -z "$nats_creds" ]] || derived[NATS_CREDS_FILE]="$(v PROVISIONER_CONFIG_DIR)/nats.creds"
+derived[NATS_TLS_CA_FILE]=""
+[[ -z "$nats_ca" ]] || derived[NATS_TLS_CA_FILE]="$(v PROVISIONER_CONFIG_DIR)/nats-ca.pem"
 # SYNAPSE_WORKERS: how Synapse and the service reach each other (directly,
 # or through the gateway's internal port, which routes to Synapse's workers
 # and balances the service's replicas), and the pieces of homeserver.yaml
@@ -421,6 +458,14 @@ if [[ -n "$signing_key" ]]; then
 else
     rm -f "$out/provisioner/oidc-signing-key.pem"
 fi
+# DAARION's NATS: the .creds file (a user's key: like the signing key) and CA.
+for pair in "$nats_creds:nats.creds" "$nats_ca:nats-ca.pem"; do
+    if [[ -n "${pair%:*}" ]]; then
+        put "${pair%:*}" "$out/provisioner/${pair##*:}" 644
+    else
+        rm -f "$out/provisioner/${pair##*:}"
+    fi
+done
 
 # ---- the application service's registration ------------------------------
 # Printed by the service from the very settings it runs with.

@@ -11,7 +11,9 @@
 #      127.0.0.1, paths in a scratch directory, a self-signed certificate):
 #      PostgreSQL runs the rendered init.sql; Synapse starts on it from the
 #      rendered homeserver.yaml with the OpenID provider and the application
-#      service loaded; the service runs from the rendered environment; nginx
+#      service loaded; the service runs from the rendered environment and
+#      reaches a nats-server -js (Debian's) as DAARION's NATS over TLS with a
+#      user and password (NATS_URL and the rest of .env.example); nginx
 #      loads the rendered gateway config in front of them (and a stand-in of
 #      Element's container serving the rendered config.json), and every
 #      path answers through the gateway as deploy/README.md says: Matrix,
@@ -36,7 +38,7 @@
 #
 # Usage:   scripts/check-deploy.sh
 # Needs:   cargo, python3, PostgreSQL 15 server binaries, openssl; Debian's
-#          nginx, docker-compose, gettext-base, chromium and chromium-driver
+#          nginx, docker-compose, gettext-base, chromium, chromium-driver and nats-server
 #          (installed here with apt-get when missing; needs root); selenium
 #          from PyPI (${MP_CACHE:-.cache}/browser-venv), Synapse from PyPI
 #          (scripts/synapse-venv.sh).
@@ -67,6 +69,7 @@ command -v envsubst >/dev/null 2>&1 || missing+=(gettext-base)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 if ((${#missing[@]})); then
     say "installing ${missing[*]} (Debian packages)" >&2
     sudo=""
@@ -694,7 +697,9 @@ refused=()
 for case in 'MEDIA_MAX_UPLOAD_SIZE=4M' 'ADMIN_API_TOKEN=short' 'ELEMENT_BRAND=a"b' 'AUTH_JWKS_URL=' \
     'GATEWAY_EXPOSE_WEBHOOKS=maybe' 'GATEWAY_ADMIN_ALLOW=everyone' 'PASSWORD_MODULE_SECRET=' \
     'AUTH_PASSWORD_LOGIN_URL=' 'AUTH_PASSWORD_LOGIN_URL=daarion-auth:7020' 'LOCALPART_SOURCES=nickname' \
-    'ADOPT_LOCALPART_TEMPLATE=daarion_' 'FEDERATION=maybe'; do
+    'ADOPT_LOCALPART_TEMPLATE=daarion_' 'FEDERATION=maybe' 'NATS_URL=http://nats:4222' \
+    'NATS_URL=nats://user:secret@nats:4222' 'NATS_OUT=yes' 'NATS_OUT=true' 'NATS_PASSWORD=alone' \
+    'NATS_TLS_CA_PATH=/nonexistent/ca.pem'; do
     cp "$work/prod.env" "$work/bad.env"
     set_env "$work/bad.env" "${case%%=*}" "${case#*=}"
     if MATRIX_PROVISIONER="$bin" deploy/render.sh "$work/bad.env" >/dev/null 2>&1; then
@@ -726,6 +731,8 @@ metrics_port="$(free_port)"
 service_port="$(free_port)"
 element_port="$(free_port)"
 standin_port="$(free_port)"
+nats_port="$(free_port)"
+nats_monitor_port="$(free_port)"
 
 mkdir -p "$work/tls" "$work/acme/.well-known/acme-challenge" "$work/synapse-data" "$work/element-root"
 chmod 755 "$work/synapse-data"
@@ -734,6 +741,16 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -keyout "$work/tls/key.pem" -out "$work/tls/cert.pem" 2>/dev/null
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/oidc-signing-key.pem" 2>/dev/null
 echo acme-token >"$work/acme/.well-known/acme-challenge/deploy-check"
+# DAARION's NATS as the deployment reaches it: TLS with a CA of its own
+# (NATS_TLS_CA_PATH), a user and a password.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=nats-test-ca \
+    -keyout "$work/tls/nats-ca-key.pem" -out "$work/tls/nats-ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
+    -keyout "$work/tls/nats-key.pem" -out "$work/tls/nats.csr" 2>/dev/null
+openssl x509 -req -in "$work/tls/nats.csr" -CA "$work/tls/nats-ca.pem" -CAkey "$work/tls/nats-ca-key.pem" \
+    -CAcreateserial -days 2 -extfile <(printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n') \
+    -out "$work/tls/nats-cert.pem" 2>/dev/null
+nats_password="nats-$RANDOM$RANDOM$RANDOM"
 python3 -c 'import secrets; print(secrets.token_urlsafe(32))' >"$work/auth_jwt"
 
 # The production settings with a local layout: what deploy/.env.example
@@ -768,6 +785,12 @@ AUTH_PASSWORD_LOGIN_URL http://127.0.0.1:$standin_port/api/auth/login
 AUTH_JWKS_URL
 AUTH_JWT_SECRET $(cat "$work/auth_jwt")
 OIDC_SIGNING_KEY_PATH $work/oidc-signing-key.pem
+NATS_URL tls://127.0.0.1:$nats_port
+NATS_USER matrix-provisioner
+NATS_PASSWORD $nats_password
+NATS_TLS_CA_PATH $work/tls/nats-ca.pem
+NATS_CREATE_STREAMS true
+NATS_OUT true
 EOF
 
 scripts/pg-cluster.sh start "$work/pg" >/dev/null
@@ -825,6 +848,10 @@ for _ in $(seq 1 50); do
     sleep 0.1
 done
 
+nats-server -js -a 127.0.0.1 -p "$nats_port" -m "$nats_monitor_port" -sd "$work/nats" \
+    --user matrix-provisioner --pass "$nats_password" \
+    --tls --tlscert "$work/tls/nats-cert.pem" --tlskey "$work/tls/nats-key.pem" >"$work/nats.log" 2>&1 &
+pids+=($!)
 service_env=("PATH=$PATH")
 while IFS= read -r line; do
     [[ "$line" =~ ^[A-Z_]+= ]] && service_env+=("$line")
@@ -851,6 +878,29 @@ migrations="$(psql_in provisioner -c "SELECT pg_get_userbyid(c.relowner) || ':' 
     fail "no migrations in the provisioner database"
 [[ "$migrations" == provisioner:* ]] || fail "the provisioner database's migrations belong to ${migrations%%:*}"
 ok "matrix-provisioner serves from the rendered provisioner.env: database provisioner, ${migrations#*:} migrations applied as its role"
+# The service reached DAARION's NATS with the rendered settings: over TLS
+# (the CA copied beside provisioner.env), as its user, and made its streams
+# and durable consumers (NATS_CREATE_STREAMS=true).
+nats_state=""
+nats_ok=""
+for _ in $(seq 1 100); do
+    nats_state="$(python3 - "$service_port" "$nats_monitor_port" <<'PY' 2>/dev/null
+import json, sys, urllib.request
+ready = json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/readyz", timeout=2))
+jsz = json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[2]}/jsz?consumers=true", timeout=2))
+streams = {s["name"]: [c["name"] for c in s.get("consumer_detail", [])]
+           for a in jsz.get("account_details", []) for s in a.get("stream_detail", [])}
+print(f"nats {ready.get('nats')}, streams {json.dumps(streams, sort_keys=True)}")
+wanted = ready.get("nats") == "connected" and "MATRIX_EVENTS" in streams and all(
+    streams.get(s) == ["matrix-provisioner"] for s in ("DAARION_AUTH", "DAARION_CITY"))
+sys.exit(0 if wanted else 1)
+PY
+)" && nats_ok=yes && break
+    sleep 0.2
+done
+[[ -n "$nats_ok" ]] ||
+    { show_logs; cat "$work/nats.log" >&2; fail "matrix-provisioner did not reach NATS from the rendered settings: $nats_state"; }
+ok "matrix-provisioner reaches NATS from the rendered settings: /readyz says connected (tls:// with NATS_TLS_CA_PATH copied beside provisioner.env, NATS_USER + NATS_PASSWORD): $nats_state"
 
 # Synapse trusts the gateway's certificate: it fetches the provider's
 # discovery and tokens from https://MATRIX_HOST, as in the deployment.
