@@ -23,7 +23,9 @@
 #      they work directly;
 #   5. "Continue with DAARION" in headless Chromium from Synapse's login page
 #      at the gateway's origin (https), through the service and the stand-in
-#      DAARION page (scripts/standin-daarion.py), back signed in; password
+#      DAARION page (scripts/standin-daarion.py), back signed in; then, as
+#      .env.example deploys it (AUTH_LOGIN_URL empty), on the service's own
+#      sign-in page (email and password, the stand-in's login API); password
 #      sign-in as Element X does it (m.login.password through the gateway,
 #      Synapse's password module, the service, the stand-in's login API), the
 #      adoption of an account DAARION Auth made, and deploy/README.md's admin
@@ -491,6 +493,20 @@ def cmd_signed_in():
        f"page and back): {devices['total']} device, external ids {sorted(ids)}; {person} directly, 404 at the gateway")
 
 
+def cmd_own_signed_in():
+    localpart = sys.argv[3]
+    token = admin_token()
+    user = f"@{localpart}:{SERVER}"
+    devices = jcall("GET", synapse(f"/_synapse/admin/v2/users/{user}/devices"), token=token)
+    check(devices["total"] >= 1, f"{user} has no device")
+    profile = jcall("GET", synapse(f"/_synapse/admin/v2/users/{user}"), token=token)
+    ids = {e["auth_provider"] for e in profile["external_ids"]}
+    check(ids == {"daarion", f"oidc-{E['OIDC_IDP_ID']}"}, f"external ids {profile['external_ids']}")
+    ok(f"Chromium signed in as {user} through {ORIGIN} on the service's own sign-in page (AUTH_LOGIN_URL "
+       f"empty, as .env.example has it: email and password checked by the stand-in's login API), "
+       f"{devices['total']} device, external ids {sorted(ids)}")
+
+
 # Password sign-in as Element X does it (CONTRACT.md section 11): through the
 # gateway to Synapse, its password module, the service and the stand-in's
 # login API (AUTH_PASSWORD_LOGIN_URL).
@@ -678,6 +694,7 @@ def cmd_admin_open():
 
 
 {"element": cmd_element, "compose": cmd_compose, "live": cmd_live, "signed-in": cmd_signed_in,
+ "own-signed-in": cmd_own_signed_in,
  "admin-password": cmd_admin_password, "password": cmd_password, "readme-ended": cmd_readme_ended,
  "webhooks-open": cmd_webhooks_open, "admin-open": cmd_admin_open}[sys.argv[1]]()
 PY
@@ -857,7 +874,8 @@ while IFS= read -r line; do
     [[ "$line" =~ ^[A-Z_]+= ]] && service_env+=("$line")
 done <"$work/rendered/provisioner.env"
 env -i "${service_env[@]}" "$bin" serve >"$work/service.log" 2>&1 &
-pids+=($!)
+service_pid=$!
+pids+=("$service_pid")
 cp "$work/rendered/element/config.json" "$work/element-root/config.json"
 echo '<!doctype html><title>Element stand-in</title>' >"$work/element-root/index.html"
 python3 -m http.server "$element_port" --bind 127.0.0.1 --directory "$work/element-root" >/dev/null 2>&1 &
@@ -1005,6 +1023,72 @@ grep -qx '@daarion_[0-9a-f]\{8\}:.*' "$work/readme/daarion-accounts.txt" ||
     { cat "$work/readme/out.log" >&2; fail "deploy/README.md's commands listed no daarion_ account"; }
 STANDIN_PASSWORD="$standin_password" ADOPTED_STATE="$work/adopted.json" \
     checks readme-ended "$work/test.env" || { cat "$work/readme/out.log" >&2; show_logs; exit 1; }
+
+# The service's own sign-in page, as .env.example deploys it (AUTH_LOGIN_URL
+# empty: DAARION Auth has no hosted page): the service restarted without
+# the stand-in's page, and Chromium through the gateway from Synapse's login
+# page to the form, DAARION's login API behind it, and back signed in.
+kill -TERM "$service_pid"
+wait "$service_pid" 2>/dev/null || true
+own_env=()
+for line in "${service_env[@]}"; do
+    [[ "$line" == AUTH_LOGIN_URL=* ]] || own_env+=("$line")
+done
+env -i "${own_env[@]}" "$bin" serve >>"$work/service.log" 2>&1 &
+service_pid=$!
+pids+=("$service_pid")
+for _ in $(seq 1 100); do
+    env -i "BIND=127.0.0.1:$service_port" "$bin" healthcheck 2>/dev/null && break
+    sleep 0.1
+done
+own_email="deploy.own$RANDOM@example.com"
+ORIGIN="$origin" EMAIL="$own_email" PASSWORD="$standin_password" OUT="$work" \
+    "$browser_venv/bin/python" - <<'PY' || { show_logs; exit 1; }
+import os, sys
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ready
+from selenium.webdriver.support.ui import WebDriverWait
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+origin = os.environ["ORIGIN"]
+options = webdriver.ChromeOptions()
+options.binary_location = "/usr/bin/chromium"
+for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--no-first-run", "--window-size=1100,900", "--lang=en-US",
+             "--ignore-certificate-errors",  # the gateway's certificate is self-signed here
+             "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
+    options.add_argument(flag)
+browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+wait = WebDriverWait(browser, 30, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+try:
+    browser.get(f"{origin}/_matrix/static/client/login/")
+    wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, "#sso_form input[type=submit]"))).click()
+    wait.until(ready.presence_of_element_located((By.ID, "password")))
+    if not browser.current_url.startswith(origin + "/v1/sso/sign-in?"):
+        sys.exit(f"check-deploy: FAIL the own sign-in page is at {browser.current_url}")
+    browser.find_element(By.ID, "email").send_keys(os.environ["EMAIL"])
+    browser.find_element(By.ID, "password").send_keys(os.environ["PASSWORD"])
+    browser.find_element(By.ID, "sign_in").click()
+    wait.until(ready.element_to_be_clickable((By.ID, "continue")))
+    if not browser.current_url.startswith(origin + "/v1/sso/continue?"):
+        sys.exit(f"check-deploy: FAIL the confirmation is at {browser.current_url}")
+    browser.find_element(By.ID, "continue").click()
+    wait.until(lambda b: "loginToken=" in b.current_url)
+    if not browser.current_url.startswith(origin + "/_matrix/static/client/login/"):
+        sys.exit(f"check-deploy: FAIL came back to {browser.current_url}")
+    wait.until(lambda b: b.find_element(By.ID, "title").text == "Logging in...")
+except Exception:
+    browser.save_screenshot(os.path.join(os.environ["OUT"], "own-sign-in-failure.png"))
+    print(f"check-deploy: FAIL the browser stopped at {browser.current_url}", file=sys.stderr)
+    raise
+finally:
+    browser.quit()
+PY
+checks own-signed-in "$work/test.env" "${own_email%@*}" || { show_logs; exit 1; }
 
 # ---- 6. the gateway's switches ---------------------------------------------------
 # reopen KEY=VALUE...: renders the local layout with these settings into a
