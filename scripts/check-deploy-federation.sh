@@ -19,7 +19,9 @@
 #     one's gateway answers nginx's 404 for /_matrix/federation/*,
 #     /_matrix/key/* and /.well-known/matrix/server, one's Synapse serves no
 #     federation resource and connects to no other server, two cannot join
-#     or look up one's rooms, and messages no longer cross either way.
+#     or look up one's rooms, and messages no longer cross either way;
+#   FEDERATION=on again on one: the agent's next message reaches two, and a
+#     person of two joins the City Room made while federation was off.
 #
 # Name resolution without /etc/hosts or a DNS server: both Synapses get
 # Synapse's own https_proxy setting pointing at a small CONNECT proxy
@@ -698,7 +700,34 @@ def cmd_off():
        f"two's {len(federation)} federation requests to one's gateway all got 404")
 
 
-{"on": cmd_on, "off": cmd_off}[sys.argv[1]]()
+def cmd_again():
+    s = json.load(open(STATE))
+    # The room made while on carries messages again: one sends to two
+    # first (which also ends any backoff two keeps for one.test: Synapse
+    # resets it when the server it backed off from calls).
+    city_event("agent.message", {"message_id": "m_fed_3", "agent_id": s["agent"], "room_id": s["pub"],
+                                 "body": "Back on two.test", "format": "plain"})
+    until(lambda: admin_get("/v1/messages/m_fed_3")["state"] == "sent", "the agent's third message was not sent")
+    until(lambda: sees("two", s["mykola"], s["pub_id"], s["agent_user"], "Back on two.test"),
+          "two does not get the agent's message after FEDERATION=on", 60)
+    # The City Room made while off is not left behind: a person of two
+    # finds it by its alias and joins (it was created with m.federate true).
+    later = admin_get("/v1/rooms/r_fed_later")
+    petro = register("two", "petro")
+
+    def joined():
+        status, _, data = call("POST", gateway("two", f"/_matrix/client/v3/join/{q(later['alias'])}"), {}, petro)
+        return json.loads(data) if status == 200 else None
+    got = until(joined, f"@petro:two.test cannot join {later['alias']} after FEDERATION=on", 60)
+    check(got["room_id"] == later["matrix_room_id"], f"two joined {got['room_id']}, not {later['matrix_room_id']}")
+    members = jcall("GET", synapse("one", f"/_synapse/admin/v1/rooms/{q(later['matrix_room_id'])}/members"),
+                    token=s["admin"])["members"]
+    check("@petro:two.test" in members, f"{later['alias']}'s members on one: {members}")
+    ok(f"FEDERATION=on again: the agent's next message in {s['pub_alias']} reaches two, and @petro:two.test "
+       f"joins {later['alias']}, the City Room made while federation was off")
+
+
+{"on": cmd_on, "off": cmd_off, "again": cmd_again}[sys.argv[1]]()
 PY
 checks() { STARTED="$(($(date +%s) - SECONDS + started))" REPO="$repo" WORK="$work" PROXY="http://127.0.0.1:$client_proxy_port" "$py" "$work/checks.py" "$@"; }
 
@@ -716,4 +745,14 @@ start_synapse_of one
 wait_synapse one
 checks off || { show_logs; exit 1; }
 
-say "federation passes in $((SECONDS - started)) s: FEDERATION=on federates one.test and two.test through their gateways (public City Room, agent, private room refused); FEDERATION=off cuts one.test off"
+# ---- FEDERATION=on again: the rooms made meanwhile are not left behind ---------------
+render_server one on
+nginx -t -p "$work/one/nginx/" -c "$work/one/nginx/nginx.conf" -e "$work/one/nginx/error.log" 2>"$work/one/nginx/test.log" ||
+    { cat "$work/one/nginx/test.log" >&2; fail "nginx -t refuses one's gateway with FEDERATION=on again"; }
+kill -HUP "$(cat "$work/one/nginx/nginx.pid")"
+stop_synapse one
+start_synapse_of one
+wait_synapse one
+checks again || { show_logs; exit 1; }
+
+say "federation passes in $((SECONDS - started)) s: FEDERATION=on federates one.test and two.test through their gateways (public City Room, agent, private room refused); FEDERATION=off cuts one.test off, and on again brings its rooms back, the one made meanwhile too"
