@@ -787,7 +787,10 @@ async fn messages_wait_for_their_agent_and_fail_with_a_reason(backend: Backend) 
     let e = agent_message(&s, &late, json!({"body": "anyone?"}));
     assert_eq!(send_city(client, &e).await.0, 202);
     let record = wait_message_state(client, &late, "failed").await;
-    assert_eq!(record["last_error"], "the City Room was deleted", "{record}");
+    assert_eq!(
+        record["last_error"], "the City Room was deleted",
+        "{record}"
+    );
     app.shutdown().await;
 }
 on_both_backends!(messages_wait_for_their_agent_and_fail_with_a_reason);
@@ -903,6 +906,87 @@ async fn a_lost_answer_is_found_in_the_room_not_sent_again(backend: Backend) {
         .collect();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["event_id"], record["event_id"]);
+
+    // The same for a reaction: Synapse stores it, its answer is lost, and
+    // the next run finds it in the room instead of reacting twice.
+    let key = unique("lost-reaction-");
+    proxy.fail_body_after_forwarding(&key, 1, 502);
+    let react = city_event(
+        "agent.reaction",
+        json!({"agent_id": s.agent_id, "target": message_id, "key": key}),
+    );
+    assert_eq!(send_city(client, &react).await.0, 202);
+    let bot = Bot::new(backend);
+    let reactions = || async {
+        let (status, body) = bot
+            .call(
+                reqwest::Method::GET,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+                    enc(&s.matrix_room)
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.reaction")
+            .filter(|e| e["content"]["m.relates_to"]["key"] == key.as_str())
+            .cloned()
+            .collect::<Vec<Value>>()
+    };
+    eventually("the place to have nothing pending", WAIT, || async {
+        let o = outboxes(client).await;
+        let sends = proxy
+            .seen()
+            .iter()
+            .filter(|(path, _)| path.contains("/send/m.reaction/"))
+            .count();
+        (o["to_matrix"]["pending"] == 0 && sends >= 1).then_some(())
+    })
+    .await;
+    let sends = proxy
+        .seen()
+        .iter()
+        .filter(|(path, _)| path.contains("/send/m.reaction/"))
+        .count();
+    assert_eq!(sends, 1, "sent once; the second run read the room instead");
+    let found = reactions().await;
+    assert_eq!(found.len(), 1, "one reaction: {found:?}");
+    assert_eq!(found[0]["sender"], s.puppet.as_str());
+    assert_eq!(
+        found[0]["content"]["m.relates_to"]["event_id"],
+        record["event_id"]
+    );
+
+    // An edit while Synapse is down (503 three times, as while it
+    // restarts): retried until it is up, then in the room once.
+    let edited = unique("edited-while-down-");
+    proxy.fail_body(&edited, 3, 503);
+    let edit = city_event(
+        "agent.message_edited",
+        json!({"message_id": message_id, "body": edited}),
+    );
+    assert_eq!(send_city(client, &edit).await.0, 202);
+    let edits = eventually("the edit to reach the room", WAIT, || async {
+        let edits: Vec<Value> = room_messages(&bot, &s.matrix_room)
+            .await
+            .into_iter()
+            .filter(|e| e["content"]["m.new_content"]["body"] == edited.as_str())
+            .collect();
+        (!edits.is_empty()).then_some(edits)
+    })
+    .await;
+    assert_eq!(edits.len(), 1, "{edits:?}");
+    assert_eq!(
+        edits[0]["content"]["m.relates_to"]["event_id"],
+        record["event_id"]
+    );
+    let record = message_record(client, &message_id).await;
+    assert_eq!(record["edits"], 1, "{record}");
     app.shutdown().await;
     proxy.stop().await;
 }
