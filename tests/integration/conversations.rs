@@ -65,6 +65,43 @@ async fn a_direct_chat_with_an_agent(backend: Backend) {
         json!({"agent_id": s.agent_id, "accepts_direct_chats": true}),
     );
     assert_eq!(send_city(client, &allow).await.0, 202);
+
+    // Even so, someone who is not a DAARION person (a plain Matrix account)
+    // is turned down, saying why, and DAARION.city hears nothing of it
+    // (checked at the end).
+    let stranger_localpart = unique("stranger-");
+    admin
+        .register_raw(&stranger_localpart, false, true)
+        .await
+        .expect("a plain Matrix account");
+    let stranger = admin.user_id(&stranger_localpart);
+    let stranger_token = access_token(&admin, &stranger).await;
+    let mut other = Nio::start_client("nio_conversation.py", &[&stranger, &stranger_token]).await;
+    let opened = other
+        .ask(json!({"cmd": "open", "agent": s.puppet, "timeout": 60}))
+        .await;
+    assert_eq!(opened["agent_membership"], "leave", "{opened}");
+    other.stop().await;
+    let stranger_room = opened["room_id"].as_str().unwrap().to_string();
+    let (status, state) = admin
+        .get(&format!(
+            "/_synapse/admin/v1/rooms/{}/state",
+            enc(&stranger_room)
+        ))
+        .await;
+    assert_eq!(status, 200, "{state}");
+    let puppet_left = state["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == s.puppet.as_str())
+        .expect("the puppet's membership");
+    assert_eq!(puppet_left["content"]["membership"], "leave");
+    assert_eq!(
+        puppet_left["content"]["reason"], "only DAARION people can chat with agents",
+        "turned down as a stranger, not for the agent's setting"
+    );
+
     let mut nio = Nio::start_client("nio_conversation.py", &[&s.person_mxid, &token]).await;
     let opened = nio
         .ask(json!({"cmd": "open", "agent": s.puppet, "timeout": 60}))
@@ -431,6 +468,23 @@ async fn a_direct_chat_with_an_agent(backend: Backend) {
     })
     .await;
     nio.stop().await;
+
+    // The stranger's chat never reached DAARION.city.
+    drained(client).await;
+    let stranger_conversation =
+        matrix_provisioner::domain::agent::conversation_id(&stranger_room, &s.agent_id);
+    let heard: Vec<Value> = receiver
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["data"]["matrix_room_id"] == stranger_room.as_str()
+                || e["data"]["conversation_id"] == stranger_conversation.as_str()
+        })
+        .cloned()
+        .collect();
+    assert!(heard.is_empty(), "{heard:?}");
     receiver.stop().await;
     drop(app);
     drop(turn);
