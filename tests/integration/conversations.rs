@@ -347,6 +347,35 @@ async fn a_direct_chat_with_an_agent(backend: Backend) {
     assert_eq!(read["data"]["up_to"], answer);
     assert_eq!(read["data"]["sender_id"], s.person_id);
 
+    // Synapse hands the same receipt over again (a transaction sent twice,
+    // and a later one with another ts), beside the person's next receipt,
+    // up to the agent's answer in the thread: DAARION.city hears each
+    // reader and event once.
+    let thread_event = threaded["event_id"].as_str().unwrap().to_string();
+    let now = chrono::Utc::now().timestamp_millis();
+    let receipts = |ts: i64| {
+        json!({"events": [], "ephemeral": [
+            read_receipt(&matrix_room, &s.person_mxid, &original, ts),
+            read_receipt(&matrix_room, &s.person_mxid, &thread_event, ts),
+        ]})
+    };
+    let resent = unique("receipts-");
+    put_transaction(client, backend, &resent, &receipts(now)).await;
+    put_transaction(client, backend, &resent, &receipts(now)).await;
+    put_transaction(client, backend, &unique("receipts-"), &receipts(now + 1)).await;
+    // Answered 200 once stored: whatever they queued is delivered now.
+    drained(client).await;
+    let reads = of_conversation(&receiver, "matrix.read", &conversation);
+    let up_to: Vec<&str> = reads
+        .iter()
+        .map(|r| r["data"]["up_to"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        up_to,
+        [answer.as_str(), in_thread.as_str()],
+        "once per reader and event: {reads:?}"
+    );
+
     // The agent reacts, edits, reads and deletes.
     let react = city_event(
         "agent.reaction",
