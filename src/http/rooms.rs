@@ -61,7 +61,10 @@ pub struct CityWebhookAccepted {
 /// "download_expires_at"}`, the link served without credentials by
 /// `GET /v1/media/{token}` until it expires), `matrix.message_edited`, `matrix.message_deleted`
 /// (`by_moderator`), `matrix.reaction` (`removed`), `matrix.conversation_started`,
-/// `matrix.conversation_ended`, `matrix.presence`.
+/// `matrix.conversation_ended`, `matrix.presence`, and with `CITY_READ_RECEIPTS=on`
+/// `matrix.read` (`{"sender_id", "up_to", "room_id" | "conversation_id"}`,
+/// `up_to` an agent's `message_id` or a `matrix.message` id; once per reader
+/// and event).
 #[utoipa::path(
     tag = "webhooks",
     request_body(content = Object, content_type = "application/json",

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::agents::*;
 use crate::on_both_backends;
+use crate::operability::sample;
 use crate::rooms::*;
 use crate::support::*;
 
@@ -34,6 +35,12 @@ fn in_conversation(event: &str, agent_id: &str, conversation_id: &str, mut data:
     city_event(event, data)
 }
 
+/// How much the counter `series` grew between two scrapes of `/metrics`
+/// (absent: 0). Counters are per process, which tests share: at least.
+fn grew(before: &str, after: &str, series: &str) -> f64 {
+    sample(after, series).unwrap_or(0.0) - sample(before, series).unwrap_or(0.0)
+}
+
 /// Everything a person does with an agent in a direct chat, and back.
 async fn a_direct_chat_with_an_agent(backend: Backend) {
     let turn = crate::oidc::TURNS[backend as usize].lock().await;
@@ -47,6 +54,7 @@ async fn a_direct_chat_with_an_agent(backend: Backend) {
     )
     .await;
     let client = &app.client;
+    let metrics_before = metrics_text(client).await;
     let admin = SynapseAdmin::shared().await;
     let s = scene(client, backend, "public").await;
     let token = access_token(&admin, &s.person_mxid).await;
@@ -65,6 +73,43 @@ async fn a_direct_chat_with_an_agent(backend: Backend) {
         json!({"agent_id": s.agent_id, "accepts_direct_chats": true}),
     );
     assert_eq!(send_city(client, &allow).await.0, 202);
+
+    // Even so, someone who is not a DAARION person (a plain Matrix account)
+    // is turned down, saying why, and DAARION.city hears nothing of it
+    // (checked at the end).
+    let stranger_localpart = unique("stranger-");
+    admin
+        .register_raw(&stranger_localpart, false, true)
+        .await
+        .expect("a plain Matrix account");
+    let stranger = admin.user_id(&stranger_localpart);
+    let stranger_token = access_token(&admin, &stranger).await;
+    let mut other = Nio::start_client("nio_conversation.py", &[&stranger, &stranger_token]).await;
+    let opened = other
+        .ask(json!({"cmd": "open", "agent": s.puppet, "timeout": 60}))
+        .await;
+    assert_eq!(opened["agent_membership"], "leave", "{opened}");
+    other.stop().await;
+    let stranger_room = opened["room_id"].as_str().unwrap().to_string();
+    let (status, state) = admin
+        .get(&format!(
+            "/_synapse/admin/v1/rooms/{}/state",
+            enc(&stranger_room)
+        ))
+        .await;
+    assert_eq!(status, 200, "{state}");
+    let puppet_left = state["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == s.puppet.as_str())
+        .expect("the puppet's membership");
+    assert_eq!(puppet_left["content"]["membership"], "leave");
+    assert_eq!(
+        puppet_left["content"]["reason"], "only DAARION people can chat with agents",
+        "turned down as a stranger, not for the agent's setting"
+    );
+
     let mut nio = Nio::start_client("nio_conversation.py", &[&s.person_mxid, &token]).await;
     let opened = nio
         .ask(json!({"cmd": "open", "agent": s.puppet, "timeout": 60}))
@@ -310,6 +355,35 @@ async fn a_direct_chat_with_an_agent(backend: Backend) {
     assert_eq!(read["data"]["up_to"], answer);
     assert_eq!(read["data"]["sender_id"], s.person_id);
 
+    // Synapse hands the same receipt over again (a transaction sent twice,
+    // and a later one with another ts), beside the person's next receipt,
+    // up to the agent's answer in the thread: DAARION.city hears each
+    // reader and event once.
+    let thread_event = threaded["event_id"].as_str().unwrap().to_string();
+    let now = chrono::Utc::now().timestamp_millis();
+    let receipts = |ts: i64| {
+        json!({"events": [], "ephemeral": [
+            read_receipt(&matrix_room, &s.person_mxid, &original, ts),
+            read_receipt(&matrix_room, &s.person_mxid, &thread_event, ts),
+        ]})
+    };
+    let resent = unique("receipts-");
+    put_transaction(client, backend, &resent, &receipts(now)).await;
+    put_transaction(client, backend, &resent, &receipts(now)).await;
+    put_transaction(client, backend, &unique("receipts-"), &receipts(now + 1)).await;
+    // Answered 200 once stored: whatever they queued is delivered now.
+    drained(client).await;
+    let reads = of_conversation(&receiver, "matrix.read", &conversation);
+    let up_to: Vec<&str> = reads
+        .iter()
+        .map(|r| r["data"]["up_to"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        up_to,
+        [answer.as_str(), in_thread.as_str()],
+        "once per reader and event: {reads:?}"
+    );
+
     // The agent reacts, edits, reads and deletes.
     let react = city_event(
         "agent.reaction",
@@ -348,6 +422,19 @@ async fn a_direct_chat_with_an_agent(backend: Backend) {
     assert!(events
         .iter()
         .any(|e| e["content"]["m.new_content"]["body"] == "a better answer"));
+    // Operators see both: the reaction under its row id (which it carries),
+    // the answer with one edit more than its parts made.
+    let reaction_row = reaction[0]["content"]["city.daarion.message_id"]
+        .as_str()
+        .expect("the reaction's row id")
+        .to_string();
+    let record = wait_message_state(client, &reaction_row, "sent").await;
+    assert_eq!(record["kind"], "reaction");
+    assert_eq!(record["event_id"], reaction[0]["event_id"]);
+    assert_eq!(record["conversation_id"], conversation);
+    assert_eq!(record["deleted"], false);
+    let record = wait_message_state(client, &answer, "sent").await;
+    assert_eq!(record["edits"], edits.len() + 1, "{record}");
     let delete = city_event(
         "agent.message_deleted",
         json!({"message_id": in_thread, "reason": "outdated"}),
@@ -390,6 +477,12 @@ async fn a_direct_chat_with_an_agent(backend: Backend) {
             .any(|e| e["type"] == "m.room.redaction" && e["redacts"] == reaction_event.as_str()),
         "the agent's reaction is taken back"
     );
+    let record = eventually("the reaction's row to show it taken back", WAIT, || async {
+        let r = message_record(client, &reaction_row).await;
+        (r["state"] == "sent" && r["deleted"] == true).then_some(r)
+    })
+    .await;
+    assert_eq!(record["event_id"], reaction_event);
 
     // The person, the room's admin, takes the agent's answer down: reported
     // as a moderator's deletion, by the agent's message_id.
@@ -431,6 +524,64 @@ async fn a_direct_chat_with_an_agent(backend: Backend) {
     })
     .await;
     nio.stop().await;
+
+    // What operators and Prometheus see once all is through: nothing left
+    // either way, nothing failed, and every kind of step counted.
+    let o = drained(client).await;
+    assert_eq!(o["to_matrix"]["failed"], 0, "{o}");
+    let metrics = metrics_text(client).await;
+    for gauge in [
+        r#"matrix_provisioner_outbox_messages{direction="to_matrix",state="pending"}"#,
+        r#"matrix_provisioner_outbox_messages{direction="to_matrix",state="failed"}"#,
+        r#"matrix_provisioner_outbox_messages{direction="to_city",state="pending"}"#,
+    ] {
+        assert_eq!(sample(&metrics, gauge), Some(0.0), "{gauge}");
+    }
+    let told = receiver
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["data"]["conversation_id"] == conversation.as_str()
+                || e["data"]["matrix_room_id"] == matrix_room.as_str()
+        })
+        .count();
+    for (outcome, at_least) in [
+        ("conversation_joined", 1),
+        ("sent", 2),
+        ("edited", edits.len() + 1),
+        ("reacted", 1),
+        ("reaction_removed", 1),
+        ("redacted", 1),
+        ("typing", 1),
+        ("read", 1),
+    ] {
+        let series = format!(
+            r#"matrix_provisioner_messages_total{{direction="to_matrix",outcome="{outcome}"}}"#
+        );
+        let n = grew(&metrics_before, &metrics, &series);
+        assert!(n >= at_least as f64, "{series} grew by {n}");
+    }
+    let series = r#"matrix_provisioner_messages_total{direction="to_city",outcome="delivered"}"#;
+    let n = grew(&metrics_before, &metrics, series);
+    assert!(n >= told as f64, "{series} grew by {n}, {told} told");
+
+    // The stranger's chat never reached DAARION.city.
+    let stranger_conversation =
+        matrix_provisioner::domain::agent::conversation_id(&stranger_room, &s.agent_id);
+    let heard: Vec<Value> = receiver
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["data"]["matrix_room_id"] == stranger_room.as_str()
+                || e["data"]["conversation_id"] == stranger_conversation.as_str()
+        })
+        .cloned()
+        .collect();
+    assert!(heard.is_empty(), "{heard:?}");
     receiver.stop().await;
     drop(app);
     drop(turn);

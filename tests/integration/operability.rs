@@ -20,7 +20,7 @@ async fn get(client: &Client, path: &str) -> reqwest::Response {
 }
 
 /// The value of the sample line that starts with `series` (name and labels).
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
