@@ -175,26 +175,26 @@ fn parse_form(html: &str) -> (String, Vec<(String, String)>) {
 
 /// One step of a browser: the answer's status, `Location` and body.
 #[derive(Debug)]
-struct Hop {
-    status: u16,
-    location: Option<String>,
+pub(crate) struct Hop {
+    pub(crate) status: u16,
+    pub(crate) location: Option<String>,
     refresh: Option<String>,
     /// `Content-Security-Policy` and `Retry-After`.
     csp: Option<String>,
     retry_after: Option<String>,
-    body: String,
+    pub(crate) body: String,
 }
 
 /// Just enough of a browser: it keeps cookies (all of them on 127.0.0.1,
 /// whatever their path) and lets the test follow each redirect itself.
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
     jar: Mutex<HashMap<String, String>>,
     lang: &'static str,
 }
 
 impl Browser {
-    fn new() -> Browser {
+    pub(crate) fn new() -> Browser {
         Browser::speaking("en")
     }
 
@@ -209,11 +209,11 @@ impl Browser {
         }
     }
 
-    async fn get(&self, url: &str) -> Hop {
+    pub(crate) async fn get(&self, url: &str) -> Hop {
         self.send(self.http.get(url)).await
     }
 
-    async fn post_form(&self, url: &str, fields: &[(String, String)]) -> Hop {
+    pub(crate) async fn post_form(&self, url: &str, fields: &[(String, String)]) -> Hop {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(fields)
             .finish();
@@ -1427,7 +1427,7 @@ async fn signing_keys_are_shared_and_rotated(backend: Backend) {
 on_both_backends!(signing_keys_are_shared_and_rotated);
 
 /// The hidden fields and action of the service's own sign-in form.
-fn own_form(html: &str) -> (String, Vec<(String, String)>) {
+pub(crate) fn own_form(html: &str) -> (String, Vec<(String, String)>) {
     let (action, fields) = parse_form(
         &html
             .split("<input ")
@@ -1439,7 +1439,11 @@ fn own_form(html: &str) -> (String, Vec<(String, String)>) {
 }
 
 /// The own form's `hidden` fields with an address and a password typed.
-fn filled(hidden: &[(String, String)], email: &str, password: &str) -> Vec<(String, String)> {
+pub(crate) fn filled(
+    hidden: &[(String, String)],
+    email: &str,
+    password: &str,
+) -> Vec<(String, String)> {
     let mut fields = hidden.to_vec();
     fields.push(("email".into(), email.into()));
     fields.push(("password".into(), password.into()));
