@@ -677,7 +677,17 @@ fn pkce() -> (String, String) {
 /// and the good path's ID token checked against the published keys.
 async fn the_provider_refuses_what_it_must(backend: Backend) {
     let daarion = FakeDaarion::start();
-    let provider = provider(backend, &daarion).await;
+    // DAARION's page and its login API both (Element X signs in with a
+    // password through Synapse's module).
+    let login = crate::fakes::FakeLoginApi::start(AUTH_SECRET);
+    let provider = provider_with(
+        backend,
+        &daarion,
+        TestDb::new(backend).await,
+        shared_synapse(),
+        &[("AUTH_PASSWORD_LOGIN_URL", &login.url)],
+    )
+    .await;
     let admin = SynapseAdmin::shared().await;
     let base = provider.base();
     let secret = required_env("MP_TEST_OIDC_SECRET");
@@ -722,6 +732,48 @@ async fn the_provider_refuses_what_it_must(backend: Backend) {
         assert_eq!(q["state"], "client-state");
         assert!(!q.contains_key("code"));
     }
+
+    // With DAARION's page, the service's own password page is no way round
+    // it: the browser that began the sign-in gets no form there, and a
+    // password posted there is not checked.
+    let person = crate::fakes::FakeAccount::new("Обхід");
+    login.add(&person);
+    let browser = Browser::new();
+    let (_, fields) = daarion_answer(&browser, &base).await;
+    let state = fields.iter().find(|(k, _)| k == "state").unwrap().1.clone();
+    let own_page = browser
+        .get(&format!(
+            "{base}/v1/sso/sign-in?state={}",
+            urlencode(&state)
+        ))
+        .await;
+    assert_eq!(own_page.status, 400, "{}", own_page.body);
+    assert!(!own_page.body.contains("password"), "{}", own_page.body);
+    // Posted as that page's form would be, with the form token of this
+    // browser's cookie.
+    let binding = browser
+        .jar
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(name, _)| name.starts_with("mp_sso_"))
+        .map(|(_, value)| value.clone())
+        .expect("the sign-in's cookie");
+    let hidden = [
+        ("state".to_string(), state),
+        (
+            "form".to_string(),
+            matrix_provisioner::oidc::Provider::form_token(&binding),
+        ),
+    ];
+    let posted = browser
+        .post_form(
+            &format!("{base}/v1/sso/sign-in"),
+            &filled(&hidden, &person.email, &person.password),
+        )
+        .await;
+    assert_eq!(posted.status, 400, "{}", posted.body);
+    assert_eq!(login.logins(), 0, "DAARION's login API was not asked");
 
     // The good path, with PKCE.
     let (verifier, challenge) = pkce();
