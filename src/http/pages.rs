@@ -427,8 +427,22 @@ mod tests {
         assert_eq!(Lang::from_header("en;q=0.2, uk;q=0.7"), Lang::Uk);
     }
 
-    #[test]
-    fn pages_are_self_contained_and_escape_links() {
+    /// The body and `Content-Security-Policy` of a page built by a
+    /// function that answers a whole response.
+    async fn body_and_csp(response: HttpResponse) -> (String, String) {
+        let csp = response
+            .headers()
+            .get(header::CONTENT_SECURITY_POLICY)
+            .expect("a Content-Security-Policy")
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body = actix_web::body::to_bytes(response.into_body()).await;
+        (String::from_utf8(body.unwrap().to_vec()).unwrap(), csp)
+    }
+
+    #[actix_web::test]
+    async fn pages_are_self_contained_and_escape_links() {
         for page in [
             Page::Continue,
             Page::Expired,
@@ -453,6 +467,78 @@ mod tests {
         assert!(Page::Deactivated
             .html(Lang::Uk, None)
             .contains("деактивовано"));
+    }
+
+    #[actix_web::test]
+    async fn the_own_sign_in_form_speaks_the_browser_s_language_and_escapes_what_it_echoes() {
+        let fields = [("state", "s\"1<"), ("form", "f&2")];
+        let form = |lang, note| {
+            sign_in_form(
+                lang,
+                StatusCode::UNAUTHORIZED,
+                "https://m.test/v1/sso/sign-in",
+                &fields,
+                "\"><script>x</script>@example.test",
+                note,
+            )
+        };
+        let response = form(Lang::En, None);
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let (html, _) = body_and_csp(response).await;
+        assert!(html.contains("<html lang=\"en\">"), "{html}");
+        assert!(html.contains("Sign in with DAARION"), "{html}");
+        assert!(!html.contains("id=\"note\""), "no note before an attempt");
+        assert!(html.contains("action=\"https://m.test/v1/sso/sign-in\""));
+        assert!(
+            html.contains("name=\"state\" value=\"s&quot;1&lt;\""),
+            "{html}"
+        );
+        assert!(html.contains("name=\"form\" value=\"f&amp;2\""), "{html}");
+        assert!(
+            html.contains("value=\"&quot;&gt;&lt;script&gt;x&lt;/script&gt;@example.test\""),
+            "the address is kept, escaped: {html}"
+        );
+        assert!(!html.contains("<script"), "{html}");
+        // The password field is never filled in.
+        let password = html.split("type=\"password\"").nth(1).unwrap();
+        assert!(!password[..password.find('>').unwrap()].contains("value="));
+
+        let (html, _) = body_and_csp(form(Lang::Uk, None)).await;
+        assert!(html.contains("<html lang=\"uk\">"), "{html}");
+        assert!(html.contains("Увійти через DAARION"), "{html}");
+        for (note, uk, en) in [
+            (
+                FormNote::WrongPassword,
+                "Неправильна електронна пошта або пароль.",
+                "Wrong email or password.",
+            ),
+            // Seconds are rounded up to whole minutes.
+            (
+                FormNote::Limited(61),
+                "Забагато невдалих спроб. Спробуйте знову за 2 хв.",
+                "Too many failed attempts. Please try again in 2 min.",
+            ),
+            (
+                FormNote::Limited(1),
+                "Спробуйте знову за 1 хв.",
+                "Please try again in 1 min.",
+            ),
+            (
+                FormNote::DaarionUnavailable,
+                "DAARION зараз не може перевірити пароль.",
+                "DAARION cannot check passwords right now.",
+            ),
+        ] {
+            for (lang, text) in [(Lang::Uk, uk), (Lang::En, en)] {
+                let (html, _) = body_and_csp(form(lang, Some(note))).await;
+                let shown = html
+                    .split("<p class=\"note\" id=\"note\" role=\"alert\">")
+                    .nth(1)
+                    .unwrap_or_else(|| panic!("{note:?} {lang:?}: no note in {html}"));
+                let shown = &shown[..shown.find("</p>").unwrap()];
+                assert!(shown.contains(text), "{note:?} {lang:?}: {shown}");
+            }
+        }
     }
 
     #[actix_web::test]

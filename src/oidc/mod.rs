@@ -479,12 +479,19 @@ impl Provider {
     /// Step 2 on the service's own page, first half: the sign-in with
     /// `state` is under way in this browser (`binding`, its cookie); the
     /// form token for its form. A browser without the cookie (a link sent
-    /// by someone else) gets nothing.
+    /// by someone else) gets nothing; nor does anyone when DAARION has a
+    /// page of its own (`AUTH_LOGIN_URL`): people sign in there, and this
+    /// page must not be a way round it.
     pub async fn sign_in_form(
         &self,
         state: &str,
         binding: Option<&str>,
     ) -> Result<String, SignInError> {
+        if !matches!(self.step, SignInStep::OwnPage) {
+            return Err(SignInError::BadRequest(
+                "the service's own sign-in page is not in use: AUTH_LOGIN_URL is set".into(),
+            ));
+        }
         let binding = binding.ok_or(SignInError::OtherBrowser)?;
         let bound = self
             .store

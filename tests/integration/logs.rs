@@ -214,8 +214,10 @@ async fn a_full_run_logs_no_secret(backend: Backend) {
     env.insert("PUBLIC_URL".into(), format!("http://127.0.0.1:{port}"));
     env.insert("OIDC_CLIENT_SECRET".into(), oidc_client_secret.into());
     env.insert("OIDC_REDIRECT_URIS".into(), "http://client.test/cb".into());
-    env.insert("AUTH_LOGIN_URL".into(), "http://127.0.0.1:9/login".into());
-    // Password sign-in (Element X through Synapse's module).
+    // No DAARION page: the service's own sign-in page takes passwords too.
+    env.insert("AUTH_LOGIN_URL".into(), "".into());
+    // Password sign-in (Element X through Synapse's module, and the own
+    // page).
     let login = crate::fakes::FakeLoginApi::start(auth_jwt);
     let module_secret = "pw-module-sec-9d4f1a";
     env.insert("AUTH_PASSWORD_LOGIN_URL".into(), login.url.clone());
@@ -327,8 +329,9 @@ async fn a_full_run_logs_no_secret(backend: Backend) {
         .unwrap();
     assert_eq!(answer.status(), 404);
     // A sign-in through the OpenID provider: every secret it hands out
-    // (state, browser cookie, code, tokens) and the DAARION token it took.
-    let handed_out =
+    // (state, browser cookie, code, tokens) and the DAARION token it took
+    // (posted to DAARION's return straight away).
+    let mut handed_out =
         sign_in_through_the_provider(&c.base, auth_jwt, oidc_client_secret, &ids[1]).await;
 
     // Passwords typed: right, wrong, in a malformed body, with a wrong
@@ -361,6 +364,61 @@ async fn a_full_run_logs_no_secret(backend: Backend) {
     let answer = password_call(module_secret, bad).send().await.unwrap();
     assert_eq!(answer.status(), 400);
     typed.push(malformed_password.to_string());
+
+    // Passwords typed into the service's own sign-in page: from a browser
+    // that did not start the sign-in, wrong, then right.
+    {
+        use crate::oidc::{filled, own_form, Browser};
+        let writer = crate::fakes::FakeAccount::new("Письменниця");
+        login.add(&writer);
+        let form_wrong_password = "form-typed-wrong-pw-5a8d";
+        let browser = Browser::new();
+        let authorize = browser
+            .get(&format!(
+                "{}/oidc/authorize?response_type=code&client_id=synapse&scope=openid\
+                 &redirect_uri=http%3A%2F%2Fclient.test%2Fcb&state=st2&nonce=nn2",
+                c.base
+            ))
+            .await;
+        let page = browser.get(authorize.location.as_deref().unwrap()).await;
+        assert_eq!(page.status, 200, "the own sign-in page: {}", page.body);
+        let (action, hidden) = own_form(&page.body);
+        assert_eq!(action, format!("{}/v1/sso/sign-in", c.base));
+        let stranger = Browser::new()
+            .post_form(&action, &filled(&hidden, &writer.email, &writer.password))
+            .await;
+        assert_eq!(stranger.status, 400, "{}", stranger.body);
+        let wrong = browser
+            .post_form(
+                &action,
+                &filled(&hidden, &writer.email, form_wrong_password),
+            )
+            .await;
+        assert_eq!(wrong.status, 401, "{}", wrong.body);
+        let right = browser
+            .post_form(&action, &filled(&hidden, &writer.email, &writer.password))
+            .await;
+        assert_eq!(right.status, 303, "{}", right.body);
+        let review = right.location.unwrap();
+        assert!(review.contains("/v1/sso/continue?"), "{review}");
+        typed.push(writer.password.clone());
+        typed.push(form_wrong_password.to_string());
+        for (name, value) in hidden {
+            let what = match name.as_str() {
+                "state" => "own page's sign-in state",
+                "form" => "own page's form token",
+                other => panic!("an unexpected hidden field {other}"),
+            };
+            handed_out.push((what, value));
+        }
+        let proof = url::Url::parse(&review)
+            .unwrap()
+            .query_pairs()
+            .find(|(k, _)| k == "proof")
+            .map(|(_, v)| v.into_owned())
+            .unwrap();
+        handed_out.push(("own page's sign-in proof", proof));
+    }
 
     for path in ["/metrics", "/readyz", "/openapi.json", "/docs/"] {
         c.http

@@ -175,23 +175,26 @@ fn parse_form(html: &str) -> (String, Vec<(String, String)>) {
 
 /// One step of a browser: the answer's status, `Location` and body.
 #[derive(Debug)]
-struct Hop {
-    status: u16,
-    location: Option<String>,
+pub(crate) struct Hop {
+    pub(crate) status: u16,
+    pub(crate) location: Option<String>,
     refresh: Option<String>,
-    body: String,
+    /// `Content-Security-Policy` and `Retry-After`.
+    csp: Option<String>,
+    retry_after: Option<String>,
+    pub(crate) body: String,
 }
 
 /// Just enough of a browser: it keeps cookies (all of them on 127.0.0.1,
 /// whatever their path) and lets the test follow each redirect itself.
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
     jar: Mutex<HashMap<String, String>>,
     lang: &'static str,
 }
 
 impl Browser {
-    fn new() -> Browser {
+    pub(crate) fn new() -> Browser {
         Browser::speaking("en")
     }
 
@@ -206,11 +209,11 @@ impl Browser {
         }
     }
 
-    async fn get(&self, url: &str) -> Hop {
+    pub(crate) async fn get(&self, url: &str) -> Hop {
         self.send(self.http.get(url)).await
     }
 
-    async fn post_form(&self, url: &str, fields: &[(String, String)]) -> Hop {
+    pub(crate) async fn post_form(&self, url: &str, fields: &[(String, String)]) -> Hop {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(fields)
             .finish();
@@ -257,6 +260,14 @@ impl Browser {
             refresh: response
                 .headers()
                 .get("refresh")
+                .map(|l| l.to_str().unwrap().to_string()),
+            csp: response
+                .headers()
+                .get("content-security-policy")
+                .map(|l| l.to_str().unwrap().to_string()),
+            retry_after: response
+                .headers()
+                .get("retry-after")
                 .map(|l| l.to_str().unwrap().to_string()),
             body: response.text().await.unwrap_or_default(),
         }
@@ -666,7 +677,17 @@ fn pkce() -> (String, String) {
 /// and the good path's ID token checked against the published keys.
 async fn the_provider_refuses_what_it_must(backend: Backend) {
     let daarion = FakeDaarion::start();
-    let provider = provider(backend, &daarion).await;
+    // DAARION's page and its login API both (Element X signs in with a
+    // password through Synapse's module).
+    let login = crate::fakes::FakeLoginApi::start(AUTH_SECRET);
+    let provider = provider_with(
+        backend,
+        &daarion,
+        TestDb::new(backend).await,
+        shared_synapse(),
+        &[("AUTH_PASSWORD_LOGIN_URL", &login.url)],
+    )
+    .await;
     let admin = SynapseAdmin::shared().await;
     let base = provider.base();
     let secret = required_env("MP_TEST_OIDC_SECRET");
@@ -711,6 +732,48 @@ async fn the_provider_refuses_what_it_must(backend: Backend) {
         assert_eq!(q["state"], "client-state");
         assert!(!q.contains_key("code"));
     }
+
+    // With DAARION's page, the service's own password page is no way round
+    // it: the browser that began the sign-in gets no form there, and a
+    // password posted there is not checked.
+    let person = crate::fakes::FakeAccount::new("Обхід");
+    login.add(&person);
+    let browser = Browser::new();
+    let (_, fields) = daarion_answer(&browser, &base).await;
+    let state = fields.iter().find(|(k, _)| k == "state").unwrap().1.clone();
+    let own_page = browser
+        .get(&format!(
+            "{base}/v1/sso/sign-in?state={}",
+            urlencode(&state)
+        ))
+        .await;
+    assert_eq!(own_page.status, 400, "{}", own_page.body);
+    assert!(!own_page.body.contains("password"), "{}", own_page.body);
+    // Posted as that page's form would be, with the form token of this
+    // browser's cookie.
+    let binding = browser
+        .jar
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(name, _)| name.starts_with("mp_sso_"))
+        .map(|(_, value)| value.clone())
+        .expect("the sign-in's cookie");
+    let hidden = [
+        ("state".to_string(), state),
+        (
+            "form".to_string(),
+            matrix_provisioner::oidc::Provider::form_token(&binding),
+        ),
+    ];
+    let posted = browser
+        .post_form(
+            &format!("{base}/v1/sso/sign-in"),
+            &filled(&hidden, &person.email, &person.password),
+        )
+        .await;
+    assert_eq!(posted.status, 400, "{}", posted.body);
+    assert_eq!(login.logins(), 0, "DAARION's login API was not asked");
 
     // The good path, with PKCE.
     let (verifier, challenge) = pkce();
@@ -1416,7 +1479,7 @@ async fn signing_keys_are_shared_and_rotated(backend: Backend) {
 on_both_backends!(signing_keys_are_shared_and_rotated);
 
 /// The hidden fields and action of the service's own sign-in form.
-fn own_form(html: &str) -> (String, Vec<(String, String)>) {
+pub(crate) fn own_form(html: &str) -> (String, Vec<(String, String)>) {
     let (action, fields) = parse_form(
         &html
             .split("<input ")
@@ -1427,13 +1490,46 @@ fn own_form(html: &str) -> (String, Vec<(String, String)>) {
     (action, fields)
 }
 
+/// The own form's `hidden` fields with an address and a password typed.
+pub(crate) fn filled(
+    hidden: &[(String, String)],
+    email: &str,
+    password: &str,
+) -> Vec<(String, String)> {
+    let mut fields = hidden.to_vec();
+    fields.push(("email".into(), email.into()));
+    fields.push(("password".into(), password.into()));
+    fields
+}
+
+/// The own sign-in page loads nothing from elsewhere and may post only to
+/// its own origin (`action`, the one outside address it names).
+fn assert_self_contained(page: &Hop, action: &str) {
+    assert_eq!(
+        page.csp.as_deref(),
+        Some(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; \
+             form-action 'self'"
+        ),
+        "{}",
+        page.body
+    );
+    let outside = page.body.replace(&format!("action=\"{action}\""), "");
+    for loads in ["http", "src=", "<script", "<link", "url("] {
+        assert!(!outside.contains(loads), "{loads}: {}", page.body);
+    }
+}
+
 /// No DAARION page (`AUTH_LOGIN_URL` unset), DAARION Auth's login API
 /// instead: Synapse's "Continue with DAARION" leads to the service's own
 /// page, in the browser's language, bound to the browser that started; a
 /// wrong password and DAARION being down show the form again with a note;
 /// the right one goes on to the confirmation and into Matrix, and the
 /// Matrix session carries the DAARION session of that login, so DAARION's
-/// sign-out ends it.
+/// sign-out ends it. In English, a person DAARION knows as inactive and
+/// one the service has deleted get the page saying they are deactivated,
+/// and the sixth wrong password for one account a note to wait (`429`,
+/// `Retry-After`, DAARION not asked); nobody is made an account.
 async fn the_service_s_own_page_signs_in_with_a_daarion_password(backend: Backend) {
     use crate::fakes::{FakeAccount, FakeLoginApi};
     let daarion = FakeDaarion::start();
@@ -1470,14 +1566,11 @@ async fn the_service_s_own_page_signs_in_with_a_daarion_password(backend: Backen
     let page = browser.get(&page_url).await;
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(page.body.contains("Увійти через DAARION"), "{}", page.body);
+    assert!(page.body.contains("<html lang=\"uk\">"), "{}", page.body);
     let (action, hidden) = own_form(&page.body);
     assert_eq!(action, format!("{}/v1/sso/sign-in", provider.base()));
-    let with = |email: &str, password: &str| {
-        let mut fields = hidden.clone();
-        fields.push(("email".into(), email.into()));
-        fields.push(("password".into(), password.into()));
-        fields
-    };
+    assert_self_contained(&page, &action);
+    let with = |email: &str, password: &str| filled(&hidden, email, password);
 
     // The form token and state posted from the stranger's browser: refused.
     let stolen = stranger
@@ -1542,6 +1635,124 @@ async fn the_service_s_own_page_signs_in_with_a_daarion_password(backend: Backen
         (admin.whoami(&token).await == 401).then_some(())
     })
     .await;
+
+    // The page in English, for a browser that prefers it.
+    let english = Browser::speaking("en-US,en;q=0.9,uk;q=0.5");
+    let page_url = start_sign_in(&english, &provider, backend).await;
+    let page = english.get(&page_url).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("<html lang=\"en\">"), "{}", page.body);
+    assert!(page.body.contains("Sign in with DAARION"), "{}", page.body);
+    let (action, hidden) = own_form(&page.body);
+    assert_self_contained(&page, &action);
+    let with = |email: &str, password: &str| filled(&hidden, email, password);
+    let deactivated = |hop: &Hop| {
+        assert_eq!(hop.status, 403, "{}", hop.body);
+        assert!(hop.body.contains("Account deactivated"), "{}", hop.body);
+        assert!(hop.location.is_none(), "no step further");
+    };
+
+    // DAARION's login API says the person is inactive (its 403).
+    let mut inactive = FakeAccount::new(&format!("Inactive {}", unique("")));
+    inactive.active = false;
+    login.add(&inactive);
+    let asked = login.logins();
+    deactivated(
+        &english
+            .post_form(&action, &with(&inactive.email, &inactive.password))
+            .await,
+    );
+    assert_eq!(login.logins(), asked + 1);
+    assert_eq!(admin.lookup(&inactive.user_id).await, None);
+
+    // DAARION deletes Марія; its login API still lets her in. By address
+    // DAARION is asked and the service refuses; by her Matrix localpart
+    // (what the password module takes, typed into the form by a program)
+    // the service refuses without asking.
+    let (status, _) = provider
+        .app
+        .client
+        .send_event(&event("user.deleted", &person.user_id, json!({})))
+        .await;
+    assert_eq!(status, 202);
+    provider
+        .app
+        .client
+        .wait_for_state(&person.user_id, "deactivated", DEADLINE)
+        .await;
+    let localpart = matrix["user_id"].as_str().unwrap()[1..]
+        .split(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let asked = login.logins();
+    deactivated(
+        &english
+            .post_form(&action, &with(&person.email, &person.password))
+            .await,
+    );
+    assert_eq!(login.logins(), asked + 1);
+    deactivated(
+        &english
+            .post_form(&action, &with(&localpart, &person.password))
+            .await,
+    );
+    assert_eq!(login.logins(), asked + 1, "DAARION was not asked");
+
+    // DAARION down, in English, with when to try again.
+    let target = FakeAccount::new(&format!("Target {}", unique("")));
+    login.add(&target);
+    login.set_down(true);
+    let down = english
+        .post_form(&action, &with(&target.email, &target.password))
+        .await;
+    assert_eq!(down.status, 503, "{}", down.body);
+    assert!(down
+        .body
+        .contains("DAARION cannot check passwords right now"));
+    assert!(down.retry_after.is_some(), "Retry-After");
+    login.set_down(false);
+
+    // Five wrong passwords for one account; the sixth try, even the right
+    // password, waits, and DAARION is not asked.
+    for attempt in 1..=5 {
+        let wrong = english
+            .post_form(&action, &with(&target.email, &format!("guess-{attempt}")))
+            .await;
+        assert_eq!(wrong.status, 401, "attempt {attempt}: {}", wrong.body);
+        assert!(
+            wrong.body.contains("Wrong email or password."),
+            "{}",
+            wrong.body
+        );
+    }
+    let asked = login.logins();
+    let held = english
+        .post_form(&action, &with(&target.email, &target.password))
+        .await;
+    assert_eq!(held.status, 429, "{}", held.body);
+    let retry: u64 = held
+        .retry_after
+        .as_deref()
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!(retry > 0);
+    let note = format!(
+        "Too many failed attempts. Please try again in {} min.",
+        retry.div_ceil(60)
+    );
+    assert!(held.body.contains(&note), "{note}: {}", held.body);
+    assert!(held.body.contains(&target.email), "the address is kept");
+    assert_eq!(
+        own_form(&held.body),
+        (action.clone(), hidden.clone()),
+        "the form again, for this browser"
+    );
+    assert_self_contained(&held, &action);
+    assert_eq!(login.logins(), asked, "DAARION was not asked");
+    assert_eq!(admin.lookup(&target.user_id).await, None);
+
     provider.stop().await;
     daarion.stop().await;
 }
