@@ -1241,6 +1241,59 @@ pub(crate) async fn readiness(client: &Client) -> (u16, Value) {
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
+pub(crate) async fn metrics(app: &TestApp) -> String {
+    app.client
+        .http
+        .get(format!("{}/metrics", app.client.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// How many times nats-server's log has `words` (its words for a refused
+/// connection).
+pub(crate) fn refusals(nats: &NatsServer, words: &str) -> usize {
+    nats.log().matches(words).count()
+}
+
+/// Waits until nats-server refused the service twice more than `before`
+/// (the first attempt and a retry), then: `/readyz` still 200 and says NATS
+/// is not connected, the gauge says 0, and a webhook is still taken.
+pub(crate) async fn refused_and_still_ready(
+    app: &TestApp,
+    nats: &NatsServer,
+    words: &str,
+    before: usize,
+) {
+    eventually(
+        &format!("nats-server to refuse the service twice ({words})"),
+        WAIT,
+        || async { (refusals(nats, words) >= before + 2).then_some(()) },
+    )
+    .await;
+    let (status, body) = readiness(&app.client).await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(body["nats"], "connected", "{body}");
+    let metrics = metrics(app).await;
+    assert!(
+        metrics.contains("matrix_provisioner_nats_connected 0"),
+        "{metrics}"
+    );
+    let e = event(
+        "user.registered",
+        &unique("u_"),
+        json!({"username": unique("hook")}),
+    );
+    assert_eq!(
+        app.client.send_event(&e).await.0,
+        202,
+        "webhooks still taken"
+    );
+}
+
 /// A NATS that asks for a user and password, or a token: the service
 /// authenticates with NATS_USER + NATS_PASSWORD or NATS_TOKEN and takes its
 /// messages. With a wrong password it is never connected, says so at
@@ -1286,35 +1339,10 @@ async fn the_service_authenticates_to_nats(backend: Backend) {
     let mut env = nats_env(&nats);
     env.push(("NATS_USER".into(), "mp".into()));
     env.push(("NATS_PASSWORD".into(), "wrong-password".into()));
+    let words = "authentication error";
+    let before = refusals(&nats, words);
     let app = TestApp::spawn_with(TestDb::new(backend).await, no_synapse(), &overrides(&env)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (status, body) = readiness(&app.client).await;
-    assert_eq!(status, 200, "{body}");
-    assert_ne!(body["nats"], "connected", "{body}");
-    let metrics = app
-        .client
-        .http
-        .get(format!("{}/metrics", app.client.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("matrix_provisioner_nats_connected 0"),
-        "{metrics}"
-    );
-    let e = event(
-        "user.registered",
-        &unique("u_"),
-        json!({"username": unique("hook")}),
-    );
-    assert_eq!(
-        app.client.send_event(&e).await.0,
-        202,
-        "webhooks still taken"
-    );
+    refused_and_still_ready(&app, &nats, words, before).await;
     app.abandon().await;
 }
 on_both_backends!(the_service_authenticates_to_nats);

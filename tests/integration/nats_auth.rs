@@ -25,7 +25,6 @@ use sha2::Digest;
 
 use crate::nats::*;
 use crate::on_both_backends;
-use crate::rooms::WAIT;
 use crate::support::*;
 
 // ------------------------------------------------------------ what both need
@@ -67,54 +66,6 @@ async fn takes_an_event(app: &TestApp, nats: &NatsServer) {
             .await
             .contains("matrix_provisioner_nats_connected 1"),
         "the gauge says connected"
-    );
-}
-
-async fn metrics(app: &TestApp) -> String {
-    app.client
-        .http
-        .get(format!("{}/metrics", app.client.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// How many times nats-server's log has `words` (its words for a refused
-/// connection).
-fn refusals(nats: &NatsServer, words: &str) -> usize {
-    nats.log().matches(words).count()
-}
-
-/// Waits until nats-server refused the service twice more than `before`
-/// (the first attempt and a retry), then: `/readyz` still 200 and says NATS
-/// is not connected, the gauge says 0, and a webhook is still taken.
-async fn refused_and_still_ready(app: &TestApp, nats: &NatsServer, words: &str, before: usize) {
-    eventually(
-        &format!("nats-server to refuse the service twice ({words})"),
-        WAIT,
-        || async { (refusals(nats, words) >= before + 2).then_some(()) },
-    )
-    .await;
-    let (status, body) = readiness(&app.client).await;
-    assert_eq!(status, 200, "{body}");
-    assert_ne!(body["nats"], "connected", "{body}");
-    let metrics = metrics(app).await;
-    assert!(
-        metrics.contains("matrix_provisioner_nats_connected 0"),
-        "{metrics}"
-    );
-    let e = event(
-        "user.registered",
-        &unique("u_"),
-        json!({"username": unique("hook")}),
-    );
-    assert_eq!(
-        app.client.send_event(&e).await.0,
-        202,
-        "webhooks still taken"
     );
 }
 
