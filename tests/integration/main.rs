@@ -11,6 +11,7 @@ mod intake;
 mod logs;
 mod names;
 mod nats;
+mod nats_auth;
 mod oidc;
 mod operability;
 mod profiles;

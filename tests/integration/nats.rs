@@ -5,6 +5,7 @@
 //! services would use.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,6 +29,15 @@ pub(crate) struct NatsServer {
     port: u16,
     child: Child,
     dir: tempfile::TempDir,
+    client: ClientSide,
+}
+
+/// What the test's own connections need besides the options file: the CA
+/// of a server with TLS, and a `.creds` file for one in operator mode.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClientSide {
+    pub(crate) tls_ca: Option<PathBuf>,
+    pub(crate) creds: Option<PathBuf>,
 }
 
 impl NatsServer {
@@ -38,15 +48,38 @@ impl NatsServer {
     /// With more of nats-server's options (`--user u --pass p` or
     /// `--auth token`); the test's own connections authenticate alike.
     pub(crate) async fn start_with(options: &[&str]) -> NatsServer {
+        NatsServer::start_full(options, None, ClientSide::default()).await
+    }
+
+    /// With a configuration file (TLS, operator mode) besides the command
+    /// line's options; the test's own connections trust and authenticate
+    /// as `client` says. A server with TLS has a `tls://` URL.
+    pub(crate) async fn start_with_config(config: &str, client: ClientSide) -> NatsServer {
+        NatsServer::start_full(&[], Some(config), client).await
+    }
+
+    async fn start_full(options: &[&str], config: Option<&str>, client: ClientSide) -> NatsServer {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let mut options: Vec<String> = options.iter().map(|o| o.to_string()).collect();
+        if let Some(config) = config {
+            let file = dir.path().join("nats.conf");
+            std::fs::write(&file, config).unwrap();
+            options.extend(["-c".to_string(), file.to_str().unwrap().to_string()]);
+        }
         std::fs::write(dir.path().join("options"), options.join("\n")).unwrap();
         let child = NatsServer::spawn(port, dir.path());
+        let scheme = if client.tls_ca.is_some() {
+            "tls"
+        } else {
+            "nats"
+        };
         let server = NatsServer {
-            url: format!("nats://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             port,
             child,
             dir,
+            client,
         };
         server.wait_ready().await;
         server
@@ -64,6 +97,13 @@ impl NatsServer {
             ["--auth", token] => async_nats::ConnectOptions::with_token(token.to_string()),
             _ => async_nats::ConnectOptions::new(),
         };
+        let mut connect = match &self.client.creds {
+            Some(creds) => connect.credentials_file(creds).await.unwrap(),
+            None => connect,
+        };
+        if let Some(ca) = &self.client.tls_ca {
+            connect = connect.add_root_certificates(ca.clone()).require_tls(true);
+        }
         connect.connect(&self.url).await
     }
 
@@ -128,7 +168,7 @@ pub(crate) fn nats_env(nats: &NatsServer) -> Vec<(String, String)> {
     ]
 }
 
-fn overrides(env: &[(String, String)]) -> Vec<(&str, &str)> {
+pub(crate) fn overrides(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
@@ -198,7 +238,7 @@ async fn consumer_info(
 }
 
 /// Waits until the service has answered every message of `stream`.
-async fn consumer_drained(js: &jetstream::Context, stream: &str) {
+pub(crate) async fn consumer_drained(js: &jetstream::Context, stream: &str) {
     eventually(
         &format!("every message of {stream} answered"),
         WAIT,
@@ -225,7 +265,7 @@ async fn rows(db: &TestDb, sql: &str) -> Vec<Vec<Option<String>>> {
         .collect()
 }
 
-async fn scalar(db: &TestDb, sql: &str) -> i64 {
+pub(crate) async fn scalar(db: &TestDb, sql: &str) -> i64 {
     use sqlx::Row;
     let pool = one_connection(&db.url).await;
     let n: i64 = sqlx::query(sql)
@@ -445,7 +485,7 @@ fn mixed_events_of(people: usize, rooms: usize, agents: usize) -> Vec<(To, Value
 
 /// A Synapse that is not there: both services keep what their intake
 /// made, and their work for Synapse waits.
-fn no_synapse() -> SynapseInfo {
+pub(crate) fn no_synapse() -> SynapseInfo {
     SynapseInfo {
         url: format!("http://127.0.0.1:{}", free_port()),
         ..shared_synapse()
@@ -1316,7 +1356,7 @@ async fn nats_restarted_mid_burst_loses_nothing(backend: Backend) {
 on_both_backends!(nats_restarted_mid_burst_loses_nothing);
 
 /// What the service says of NATS at `/readyz` (the status, and `nats`).
-async fn readiness(client: &Client) -> (u16, Value) {
+pub(crate) async fn readiness(client: &Client) -> (u16, Value) {
     let response = client
         .http
         .get(format!("{}/readyz", client.base))
@@ -1324,6 +1364,59 @@ async fn readiness(client: &Client) -> (u16, Value) {
         .await
         .unwrap();
     (response.status().as_u16(), response.json().await.unwrap())
+}
+
+pub(crate) async fn metrics(app: &TestApp) -> String {
+    app.client
+        .http
+        .get(format!("{}/metrics", app.client.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// How many times nats-server's log has `words` (its words for a refused
+/// connection).
+pub(crate) fn refusals(nats: &NatsServer, words: &str) -> usize {
+    nats.log().matches(words).count()
+}
+
+/// Waits until nats-server refused the service twice more than `before`
+/// (the first attempt and a retry), then: `/readyz` still 200 and says NATS
+/// is not connected, the gauge says 0, and a webhook is still taken.
+pub(crate) async fn refused_and_still_ready(
+    app: &TestApp,
+    nats: &NatsServer,
+    words: &str,
+    before: usize,
+) {
+    eventually(
+        &format!("nats-server to refuse the service twice ({words})"),
+        WAIT,
+        || async { (refusals(nats, words) >= before + 2).then_some(()) },
+    )
+    .await;
+    let (status, body) = readiness(&app.client).await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(body["nats"], "connected", "{body}");
+    let metrics = metrics(app).await;
+    assert!(
+        metrics.contains("matrix_provisioner_nats_connected 0"),
+        "{metrics}"
+    );
+    let e = event(
+        "user.registered",
+        &unique("u_"),
+        json!({"username": unique("hook")}),
+    );
+    assert_eq!(
+        app.client.send_event(&e).await.0,
+        202,
+        "webhooks still taken"
+    );
 }
 
 /// A NATS that asks for a user and password, or a token: the service
@@ -1371,35 +1464,10 @@ async fn the_service_authenticates_to_nats(backend: Backend) {
     let mut env = nats_env(&nats);
     env.push(("NATS_USER".into(), "mp".into()));
     env.push(("NATS_PASSWORD".into(), "wrong-password".into()));
+    let words = "authentication error";
+    let before = refusals(&nats, words);
     let app = TestApp::spawn_with(TestDb::new(backend).await, no_synapse(), &overrides(&env)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (status, body) = readiness(&app.client).await;
-    assert_eq!(status, 200, "{body}");
-    assert_ne!(body["nats"], "connected", "{body}");
-    let metrics = app
-        .client
-        .http
-        .get(format!("{}/metrics", app.client.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("matrix_provisioner_nats_connected 0"),
-        "{metrics}"
-    );
-    let e = event(
-        "user.registered",
-        &unique("u_"),
-        json!({"username": unique("hook")}),
-    );
-    assert_eq!(
-        app.client.send_event(&e).await.0,
-        202,
-        "webhooks still taken"
-    );
+    refused_and_still_ready(&app, &nats, words, before).await;
     app.abandon().await;
 }
 on_both_backends!(the_service_authenticates_to_nats);
