@@ -965,6 +965,7 @@ try:
     return_to = urllib.parse.parse_qs(urllib.parse.urlsplit(browser.current_url).query)["return_to"][0]
     if return_to != f"{origin}/v1/sso/return":
         sys.exit(f"check-deploy: FAIL DAARION's page returns to {return_to}, not through the gateway")
+    browser.find_element(By.ID, "user_id").clear()  # not README's person: one of its own
     browser.find_element(By.ID, "username").send_keys(username)
     browser.find_element(By.ID, "display_name").send_keys("Деплой Перевірка")
     browser.find_element(By.ID, "sign_in").click()

@@ -150,6 +150,7 @@ try:
     button.click()  # Synapse -> the service's authorize -> the stand-in DAARION page
     wait.until(ready.presence_of_element_located((By.ID, "username")))
     shot("daarion-standin")
+    browser.find_element(By.ID, "user_id").clear()  # not README's person: one of its own
     browser.find_element(By.ID, "username").send_keys(username)
     browser.find_element(By.ID, "display_name").send_keys("Браузер Тест")
     browser.find_element(By.ID, "sign_in").click()
@@ -213,6 +214,7 @@ try:
     # The victim, signed in to DAARION, opens the link and goes on.
     victim.get(link)
     waiting(victim).until(ready.presence_of_element_located((By.ID, "username")))
+    victim.find_element(By.ID, "user_id").clear()  # not README's person: one of its own
     victim.find_element(By.ID, "username").send_keys(victim_name)
     victim.find_element(By.ID, "sign_in").click()
     waiting(victim).until(lambda b: b.find_element(By.TAG_NAME, "h1").text == "Sign-in stopped")
@@ -241,6 +243,24 @@ try:
 except urllib.error.HTTPError as e:
     assert e.code == 404, e  # no account was even made for the victim
 print("check-sign-in: a sign-in link handed to another browser signs nobody in (Chromium, two profiles)")
+
+# The stand-in's page offers README's example person first (issue 25): a
+# newcomer who only presses "Sign in" is u_7f3c2a, Олена Петренко.
+readme = chromium()
+try:
+    readme.get(f"{synapse}/_matrix/static/client/login/")
+    waiting(readme).until(ready.element_to_be_clickable(
+        (By.CSS_SELECTOR, "#sso_form input[type=submit]"))).click()
+    waiting(readme).until(ready.presence_of_element_located((By.ID, "user_id")))
+    assert readme.find_element(By.ID, "user_id").get_attribute("value") == "u_7f3c2a"
+    readme.find_element(By.ID, "sign_in").click()
+    waiting(readme).until(ready.element_to_be_clickable((By.ID, "continue")))
+    text = readme.find_element(By.TAG_NAME, "body").text
+    assert "Олена Петренко" in text and "@olena.petrenko:signin.test" in text, text
+    shot("readme-person", readme)
+finally:
+    readme.quit()
+print("check-sign-in: the stand-in's page signs in as README's person by default (u_7f3c2a, Олена Петренко)")
 PY
 
 # DAARION as it runs: no hosted page, the service's own form.

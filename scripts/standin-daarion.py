@@ -10,7 +10,9 @@ It plays two parts of DAARION Auth:
    /login?return_to=…&state=… shows a form; its answer is a page that POSTs
    `access_token` (an HS256 DAARION access token, as section 3 describes) and
    `state` back to `return_to`, or `error=access_denied` on "Cancel". It checks
-   no password: whoever types a name is signed in as that name.
+   no password: it signs in as the DAARION id in its first field (README's
+   example person, u_7f3c2a Олена Петренко, unless changed), or, with that
+   field empty, as a person made up from the username typed.
 
 2. The login API of CONTRACT.md section 10, POST /api/auth/login with JSON
    {"email", "password"}, answering as DAARION Auth does (200 with an access
@@ -66,17 +68,19 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def access_token(username: str, name: str) -> str:
+def access_token(username: str, name: str, user_id: str = "") -> str:
     now = int(time.time())
     claims = {
-        # A stable DAARION id per name, as DAARION's own would be.
-        "sub": "u_" + hashlib.sha256(username.encode()).hexdigest()[:12],
-        "preferred_username": username,
-        "name": name or username,
+        # The DAARION id asked for, else a stable one per name, as DAARION's
+        # own would be.
+        "sub": user_id or "u_" + hashlib.sha256(username.encode()).hexdigest()[:12],
+        "name": name or username or user_id,
         "sid": secrets.token_urlsafe(12),
         "iat": now,
         "exp": now + 300,
     }
+    if username:
+        claims["preferred_username"] = username
     for claim, var in (("iss", "AUTH_JWT_ISSUER"), ("aud", "AUTH_JWT_AUDIENCE")):
         if os.environ.get(var):
             claims[claim] = os.environ[var]
@@ -99,6 +103,8 @@ PEOPLE = {
     "inactive@example.com": {"display_name": "Inactive Person", "is_active": False},
 }
 CREATED_AT = "2025-01-15T09:30:00+00:00"
+# README's example person, whom the hosted sign-in page offers first.
+EXAMPLE_ID, EXAMPLE_NAME = PEOPLE["olena@example.com"]["id"], PEOPLE["olena@example.com"]["display_name"]
 
 
 def person(email: str) -> dict:
@@ -332,7 +338,11 @@ class Handler(BaseHTTPRequestHandler):
         form = (
             "<form method='post' action='/login'>"
             + hidden({"return_to": q["return_to"], "state": q["state"]})
-            + "<p><label>Username <input id='username' name='username' required></label></p>"
+            # README's example person by default; empty it to make one up
+            # from the username.
+            + f"<p><label>DAARION id <input id='user_id' name='user_id' value='{EXAMPLE_ID}'></label> "
+            f"({html.escape(EXAMPLE_NAME)}; empty: a person made up from the username)</p>"
+            "<p><label>Username <input id='username' name='username'></label></p>"
             "<p><label>Display name <input id='display_name' name='display_name'></label></p>"
             "<p><button id='sign_in' name='action' value='sign_in'>Sign in</button> "
             "<button id='cancel' name='action' value='cancel' formnovalidate>Cancel</button></p></form>"
@@ -359,11 +369,14 @@ class Handler(BaseHTTPRequestHandler):
         return_to, state = q.get("return_to", ""), q.get("state", "")
         if not return_to.startswith(("http://", "https://")):
             return self.answer(400, page("Bad request", "<p>return_to is missing.</p>"))
-        if q.get("action") == "cancel" or not q.get("username", "").strip():
+        user_id, username = q.get("user_id", "").strip(), q.get("username", "").strip()
+        name = q.get("display_name", "").strip()
+        if user_id == EXAMPLE_ID and not (username or name):
+            name = EXAMPLE_NAME
+        if q.get("action") == "cancel" or not (user_id or username):
             fields = {"error": "access_denied", "state": state}
         else:
-            token = access_token(q["username"].strip(), q.get("display_name", "").strip())
-            fields = {"access_token": token, "state": state}
+            fields = {"access_token": access_token(username, name, user_id), "state": state}
         body = (
             f"<form method='post' action='{html.escape(return_to)}'>{hidden(fields)}"
             "<button>Continue</button></form><script>document.forms[0].submit()</script>"
