@@ -43,6 +43,18 @@
 //!                                                 then `POST /v1/sso/password` straight; one JSON
 //!                                                 line per measurement. SYNAPSE_PID and SERVICE_PID
 //!                                                 (optional) add CPU time per sign-in.
+//!   nats-publish NATS_URL SECRET N FILE         — makes DAARION's inbound streams (as
+//!                                                 NATS_CREATE_STREAMS does), publishes N distinct
+//!                                                 user.registered events signed with SECRET to
+//!                                                 DAARION_AUTH, writes their bodies to FILE
+//!   nats-drain NATS_URL STREAM CONSUMER N       — waits until the durable CONSUMER (the
+//!                                                 service's) has answered N messages: the rate
+//!                                                 from its creation to nothing pending or unacked
+//!   nats-bare NATS_URL STREAM CONSUMER N        — the same for a bare pull consumer of this
+//!                                                 process's, made as the service makes its own,
+//!                                                 that only acknowledges (the upper bound)
+//!   webhooks-file URL SECRET CONCURRENCY FILE   — each body of FILE once as a signed webhook,
+//!                                                 timed until all are answered
 //!
 //! Each prints one JSON line with its figures (`password`: one per measurement).
 
@@ -105,6 +117,12 @@ fn main() {
                     secs(&args[12]),
                 )
                 .await
+            }
+            Some("nats-publish") => nats_publish(&args[1], &args[2], num(&args[3]), &args[4]).await,
+            Some("nats-drain") => nats_drain(&args[1], &args[2], &args[3], num(&args[4])).await,
+            Some("nats-bare") => nats_bare(&args[1], &args[2], &args[3], num(&args[4])).await,
+            Some("webhooks-file") => {
+                webhooks_file(&args[1], &args[2], num(&args[3]), &args[4]).await
             }
             _ => panic!("usage: see the header of benches/load.rs"),
         }
@@ -1776,4 +1794,197 @@ async fn password(args: &[String], n: usize, concurrency: usize, seconds: Durati
         );
     }
     Value::String(lines.join("\n"))
+}
+
+// ------------------------------------------------------------ NATS JetStream
+
+/// DAARION Auth's stream and its subjects (CONTRACT.md section 12).
+const NATS_AUTH_STREAM: &str = "DAARION_AUTH";
+/// The service's pull settings (src/nats and src/bus), for the bare consumer.
+const NATS_PULL_BATCH: usize = 256;
+const NATS_MAX_ACK_PENDING: i64 = 4096;
+
+async fn nats_js(url: &str) -> async_nats::jetstream::Context {
+    async_nats::jetstream::new(async_nats::connect(url).await.expect("NATS answers"))
+}
+
+/// Creates DAARION's two inbound streams as the service would
+/// (`NATS_CREATE_STREAMS`), waiting for JetStream to be up; then publishes N
+/// distinct `user.registered` events to `daarion.auth.events.user.registered`,
+/// each signed with SECRET in `X-Daarion-Signature`, a thousand unanswered at
+/// most, and writes their bodies to FILE, one a line (for `webhooks-file`).
+async fn nats_publish(url: &str, secret: &str, n: usize, file: &str) -> Value {
+    use async_nats::jetstream::stream;
+    let js = nats_js(url).await;
+    for (name, subjects) in [
+        (NATS_AUTH_STREAM, "daarion.auth.events.>"),
+        ("DAARION_CITY", "daarion.city.events.>"),
+    ] {
+        let config = stream::Config {
+            name: name.to_string(),
+            subjects: vec![subjects.to_string()],
+            storage: stream::StorageType::File,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..Default::default()
+        };
+        let mut tries = 0;
+        while let Err(e) = js.get_or_create_stream(config.clone()).await {
+            tries += 1;
+            assert!(tries < 200, "JetStream does not make {name}: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let tag = tag();
+    let bodies: Vec<Vec<u8>> = (0..n).map(|i| signup(&tag, i).1).collect();
+    let mut lines = Vec::with_capacity(n);
+    for body in &bodies {
+        lines.push(String::from_utf8(body.clone()).unwrap());
+    }
+    std::fs::write(file, lines.join("\n") + "\n").expect("FILE is writable");
+    let start = Instant::now();
+    for chunk in bodies.chunks(1000) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for body in chunk {
+            let mut headers = async_nats::HeaderMap::new();
+            let sig = signature::sign(secret, chrono::Utc::now().timestamp(), body);
+            headers.insert(signature::HEADER, sig.as_str());
+            let subject = "daarion.auth.events.user.registered";
+            let ack = js
+                .publish_with_headers(subject, headers, body.clone().into())
+                .await
+                .expect("NATS takes the message");
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.expect("JetStream stores the message");
+        }
+    }
+    let elapsed = start.elapsed();
+    json!({
+        "mode": "nats-publish",
+        "tag": tag,
+        "published": n,
+        "seconds": (elapsed.as_secs_f64() * 100.0).round() / 100.0,
+        "per_second": (n as f64 / elapsed.as_secs_f64()).round(),
+    })
+}
+
+/// Waits (at most 10 minutes) until the durable CONSUMER of STREAM exists and
+/// has answered N messages: none pending, none awaiting its ack. The time is
+/// from the consumer's creation (JetStream's clock, this machine's) to the
+/// first look that finds it so, looks 10 ms apart.
+async fn nats_drained(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    name: &str,
+    n: usize,
+) -> Value {
+    use async_nats::jetstream::consumer::pull;
+    let limit = Instant::now() + Duration::from_secs(600);
+    let stream = js.get_stream(stream).await.expect("the stream exists");
+    loop {
+        assert!(
+            Instant::now() < limit,
+            "consumer {name} did not finish in 10 minutes"
+        );
+        let info = match stream.get_consumer::<pull::Config>(name).await {
+            Ok(consumer) => consumer.get_info().await.ok(),
+            Err(_) => None,
+        };
+        if let Some(info) = info {
+            if info.delivered.consumer_sequence >= n as u64
+                && info.num_pending == 0
+                && info.num_ack_pending == 0
+            {
+                let now = chrono::Utc::now().timestamp_nanos_opt().unwrap() as i128;
+                let seconds = (now - info.created.unix_timestamp_nanos()) as f64 / 1e9;
+                return json!({
+                    "consumer": name,
+                    "ok": info.ack_floor.consumer_sequence,
+                    "redelivered": info.num_redelivered,
+                    "seconds": (seconds * 100.0).round() / 100.0,
+                    "per_second": (n as f64 / seconds).round(),
+                });
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `nats-drain`: the service's consumer, timed by [`nats_drained`].
+async fn nats_drain(url: &str, stream: &str, name: &str, n: usize) -> Value {
+    let js = nats_js(url).await;
+    let mut out = nats_drained(&js, stream, name, n).await;
+    out["mode"] = json!("nats-service");
+    out
+}
+
+/// `nats-bare`: the upper bound: a durable pull consumer made as the
+/// service makes its own (explicit acks, the same batch and ack-pending
+/// limit) that only acknowledges each message, timed by [`nats_drained`].
+async fn nats_bare(url: &str, stream: &str, name: &str, n: usize) -> Value {
+    use async_nats::jetstream::consumer;
+    use futures_util::StreamExt;
+    let js = nats_js(url).await;
+    let consumer = js
+        .get_stream(stream)
+        .await
+        .expect("the stream exists")
+        .get_or_create_consumer(
+            name,
+            consumer::pull::Config {
+                durable_name: Some(name.to_string()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                max_ack_pending: NATS_MAX_ACK_PENDING,
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("JetStream makes the consumer");
+    let taker = tokio::spawn(async move {
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(NATS_PULL_BATCH)
+            .messages()
+            .await
+            .expect("JetStream hands out messages");
+        let mut taken = 0;
+        while taken < n {
+            match messages.next().await {
+                Some(Ok(message)) => {
+                    message.ack().await.expect("the ack is sent");
+                    taken += 1;
+                }
+                Some(Err(e)) => eprintln!("nats-bare: {e}"),
+                None => break,
+            }
+        }
+    });
+    let mut out = nats_drained(&js, stream, name, n).await;
+    taker.await.unwrap();
+    out["mode"] = json!("nats-bare");
+    out["batch"] = json!(NATS_PULL_BATCH);
+    out
+}
+
+/// `webhooks-file`: every body of FILE (one a line) as a signed DAARION
+/// Auth webhook, CONCURRENCY in flight, timed until all are answered.
+async fn webhooks_file(url: &str, secret: &str, concurrency: usize, file: &str) -> Value {
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+        std::fs::read_to_string(file)
+            .expect("FILE is readable")
+            .lines()
+            .map(|l| l.as_bytes().to_vec())
+            .collect(),
+    );
+    let n = bodies.len();
+    let (http, url, secret) = (client(concurrency), url.to_string(), secret.to_string());
+    let (lat, failed, elapsed) = drive(concurrency, Duration::from_secs(600), n, move |i| {
+        let (http, url, secret) = (http.clone(), url.clone(), secret.clone());
+        let body = bodies[i].clone();
+        async move { post_signed(&http, &url, &secret, body).await }
+    })
+    .await;
+    summary("webhooks-file", lat, failed, elapsed, concurrency)
 }

@@ -40,11 +40,23 @@
 # of SECONDS_PER_RUN/2 a side; then POST /v1/sso/password alone, at that
 # concurrency and one at a time.
 #
-# Usage:   scripts/bench.sh            (about 7 minutes without rooms and agents)
-# Env:     PARTS ("intake sso signin password e2e rooms agents": which to run), SECONDS_PER_RUN (10), INTAKE_CONCURRENCY (64), WORKERS (8), PEOPLE (200),
+# NATS JetStream (part "nats", CONTRACT.md section 12; nats-server from
+# Debian, installed when missing): NATS_EVENTS signed user.registered events
+# published to DAARION_AUTH before any consumer exists, then on each back
+# end: events accepted per second (stored by the intake and acknowledged) by
+# the service with NATS_URL, from its durable consumer's creation until
+# nothing is pending or unacknowledged; the same events as signed webhooks to
+# the same binary (INTAKE_CONCURRENCY in flight, until all are answered 202);
+# and a bare async-nats pull consumer that only acknowledges (the upper
+# bound). The service's line carries of_bare and of_webhooks, its rate over
+# theirs. "Synapse" never answers, as for intake.
+#
+# Usage:   scripts/bench.sh            (about 8 minutes without rooms and agents)
+#          PARTS=nats scripts/bench.sh (about 1 minute after the build)
+# Env:     PARTS ("intake nats sso signin password e2e rooms agents conversations": which to run), SECONDS_PER_RUN (10), INTAKE_CONCURRENCY (64), WORKERS (8), PEOPLE (200),
 #          BCRYPT_ROUNDS (12), PASSWORD_CONCURRENCY (16), JOINS (1000), JOIN_CONCURRENCY (16), ROOMS (1000), MEMBERS (100),
 #          JOINED_ROOMS (100), JOINED_MEMBERS (100), AGENT_MESSAGES (1000), AGENT_ROOMS (20),
-#          PEOPLE_MESSAGES (200), CONVERSATION_MESSAGES (200), STREAMS (10), MP_CACHE,
+#          PEOPLE_MESSAGES (200), CONVERSATION_MESSAGES (200), STREAMS (10), NATS_EVENTS (20000), MP_CACHE,
 #          SERVICE_LOG_LEVEL (warn; the log stays in .cache/last-bench-service.log)
 set -euo pipefail
 
@@ -56,7 +68,7 @@ intake_c="${INTAKE_CONCURRENCY:-64}"
 workers="${WORKERS:-8}"
 people="${PEOPLE:-200}"
 rounds="${BCRYPT_ROUNDS:-12}"
-parts=" ${PARTS:-intake sso signin password e2e rooms agents conversations} "
+parts=" ${PARTS:-intake nats sso signin password e2e rooms agents conversations} "
 password_c="${PASSWORD_CONCURRENCY:-16}"
 joins="${JOINS:-1000}"
 join_c="${JOIN_CONCURRENCY:-16}"
@@ -69,6 +81,7 @@ agent_rooms="${AGENT_ROOMS:-20}"
 people_msgs="${PEOPLE_MESSAGES:-200}"
 conversation_msgs="${CONVERSATION_MESSAGES:-200}"
 streams="${STREAMS:-10}"
+nats_events="${NATS_EVENTS:-20000}"
 
 cargo build --release --locked --quiet
 cargo bench --locked --no-run --bench load --quiet
@@ -80,7 +93,9 @@ service_pid=""
 jwks_pid=""
 silent_pid=""
 city_pid=""
+nats_pid=""
 cleanup() {
+    [[ -n "$nats_pid" ]] && kill "$nats_pid" 2>/dev/null
     [[ -n "$city_pid" ]] && kill "$city_pid" 2>/dev/null
     scripts/synapse-ctl.sh stop "$work/synapse-rooms" >/dev/null 2>&1 || true
     scripts/synapse-ctl.sh stop "$work/synapse-password" >/dev/null 2>&1 || true
@@ -145,11 +160,13 @@ echo "# intake: $intake_c in flight, ${run_secs}s each; provisioning: $people pe
 # answers, so the signups' jobs wait out their timeout instead of sharing the
 # two cores with Synapse's bcrypt work (or, with a closed port, failing and
 # retrying as fast as the database lets them).
-if [[ $parts == *" intake "* ]]; then
+if [[ $parts == *" intake "* || $parts == *" nats "* ]]; then
 silent_port="$(free_port)"
 python3 -c "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', $silent_port)); s.listen(4096); time.sleep(3600)" &
 silent_pid=$!
 nowhere="http://127.0.0.1:$silent_port"
+fi
+if [[ $parts == *" intake "* ]]; then
 for backend in sqlite postgres; do
     if [[ $backend == sqlite ]]; then db="sqlite://$work/intake.db"; else db="$(new_pg_db intake)"; fi
     start_service "$db" "$nowhere"
@@ -157,6 +174,58 @@ for backend in sqlite postgres; do
     echo "{\"backend\":\"$backend\",\"result\":$("$load" webhooks "$url" bench-webhook "$intake_c" "$run_secs")}"
     stop_service
 done
+fi
+if [[ $parts == *" nats "* ]]; then
+# JetStream intake (CONTRACT.md section 12): NATS_EVENTS signed signups are
+# published to DAARION_AUTH before any consumer exists; then, per back end,
+# a bare pull consumer that only acknowledges (the upper bound), the same
+# events as signed webhooks to a service of their own (fresh database,
+# INTAKE_CONCURRENCY in flight), and the service with NATS_URL on a fresh
+# database and a durable consumer of its own. A NATS rate is from the
+# consumer's creation until it has nothing pending and nothing unacked.
+# "Synapse" never answers, as for intake: the timing is of acceptance.
+if ! command -v nats-server >/dev/null; then
+    echo "bench.sh: installing nats-server" >&2
+    apt-get install -y nats-server >/dev/null 2>&1 ||
+        { apt-get update >/dev/null && apt-get install -y nats-server >/dev/null; }
+fi
+nats_port="$(free_port)"
+nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$work/nats" -l "$work/nats.log" &
+nats_pid=$!
+nats_url="nats://127.0.0.1:$nats_port"
+for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break
+    sleep 0.1
+done
+echo "# nats: $nats_events events, webhooks $intake_c in flight"
+echo "{\"backend\":\"nats\",\"result\":$("$load" nats-publish "$nats_url" bench-webhook "$nats_events" "$work/nats-events")}"
+for backend in sqlite postgres; do
+    bare="$("$load" nats-bare "$nats_url" DAARION_AUTH "bare-$backend" "$nats_events")"
+    echo "{\"backend\":\"$backend\",\"result\":$bare}"
+    if [[ $backend == sqlite ]]; then db="sqlite://$work/nats-webhooks.db"; else db="$(new_pg_db nats_webhooks)"; fi
+    start_service "$db" "$nowhere"
+    hooks="$("$load" webhooks-file "$url" bench-webhook "$intake_c" "$work/nats-events")"
+    echo "{\"backend\":\"$backend\",\"result\":$hooks}"
+    stop_service
+    if [[ $backend == sqlite ]]; then db="sqlite://$work/nats.db"; else db="$(new_pg_db nats)"; fi
+    # The waiter first: it times from the consumer's creation, made by the
+    # service as soon as it is up.
+    "$load" nats-drain "$nats_url" DAARION_AUTH "mp-$backend" "$nats_events" >"$work/nats-drain" &
+    drain_pid=$!
+    NATS_URL="$nats_url" NATS_CONSUMER="mp-$backend" NATS_REQUIRE_SIGNATURE=true \
+        start_service "$db" "$nowhere"
+    wait "$drain_pid"
+    # Stored by the intake, not duplicates: the service's own count.
+    accepted="$(curl -sf "$url/metrics" | awk '/^matrix_provisioner_nats_messages_total\{.*outcome="accepted"/ {n += $NF} END {print n + 0}')"
+    stop_service
+    jq -c --arg backend "$backend" --argjson accepted "$accepted" --argjson bare "$bare" --argjson hooks "$hooks" \
+        '{backend: $backend, result: (. + {accepted: $accepted}),
+          of_bare: ((.per_second / $bare.per_second * 100 | round) / 100),
+          of_webhooks: ((.per_second / $hooks.per_second * 100 | round) / 100)}' "$work/nats-drain"
+done
+kill "$nats_pid"
+wait "$nats_pid" 2>/dev/null || true
+nats_pid=""
 fi
 if [[ $parts == *" sso "* ]]; then
 # SSO for an already provisioned person (the first exchange provisions),
