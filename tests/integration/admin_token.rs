@@ -84,16 +84,7 @@ async fn cron_runs_share_the_services_admin_token(backend: Backend) {
     assert_eq!(app.service_synapse.calls().get(Endpoint::Login), logins);
     assert_eq!(stored(&app.db).await, (Some(renewed), renewed_version));
     // ... and counts the refusal (deploy/prometheus/alerts.yml watches it).
-    let metrics = app
-        .client
-        .http
-        .get(format!("{}/metrics", app.client.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&app.client).await;
     let refusals: f64 = metrics
         .lines()
         .find_map(|l| {

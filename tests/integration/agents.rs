@@ -399,19 +399,6 @@ pub(crate) async fn drained(client: &Client) -> Value {
     .await
 }
 
-/// What `/metrics` says now.
-pub(crate) async fn metrics_text(client: &Client) -> String {
-    client
-        .http
-        .get(format!("{}/metrics", client.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 // ------------------------------------------------------------ tests
 
 /// The whole round: an agent's puppet, its markdown message and reply as

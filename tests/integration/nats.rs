@@ -753,16 +753,7 @@ async fn a_message_that_can_never_be_accepted_is_dead_lettered_once(backend: Bac
     .await;
     assert_eq!(stored, 2);
     assert_eq!(scalar(&app.db, "SELECT COUNT(*) FROM events").await, 2);
-    let metrics = app
-        .client
-        .http
-        .get(format!("{}/metrics", app.client.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&app.client).await;
     assert!(
         metrics.contains(
             r#"matrix_provisioner_nats_messages_total{code="missing_signature",outcome="dead",stream="DAARION_AUTH"}"#
@@ -1190,16 +1181,7 @@ async fn a_message_is_published_once_across_a_kill(backend: Backend) {
         (o["to_city"]["pending"] == 0).then_some(())
     })
     .await;
-    let metrics = service
-        .client
-        .http
-        .get(format!("{}/metrics", service.client.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&service.client).await;
     assert!(
         metrics.contains(
             r#"matrix_provisioner_city_deliveries_total{outcome="duplicate",transport="nats"} 1"#
@@ -1220,15 +1202,7 @@ on_both_backends!(a_message_is_published_once_across_a_kill);
 
 /// What one service's `/metrics` says it did with JetStream's messages.
 async fn accepted_by(client: &Client) -> u64 {
-    let text = client
-        .http
-        .get(format!("{}/metrics", client.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(client).await;
     text.lines()
         .filter(|l| l.starts_with("matrix_provisioner_nats_messages_total{"))
         .filter(|l| l.contains(r#"outcome="accepted""#))
@@ -1367,15 +1341,7 @@ pub(crate) async fn readiness(client: &Client) -> (u16, Value) {
 }
 
 pub(crate) async fn metrics(app: &TestApp) -> String {
-    app.client
-        .http
-        .get(format!("{}/metrics", app.client.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    metrics_text(&app.client).await
 }
 
 /// How many times nats-server's log has `words` (its words for a refused

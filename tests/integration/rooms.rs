@@ -423,16 +423,7 @@ async fn a_city_room_and_its_members_follow_the_city(backend: Backend) {
     let admin = SynapseAdmin::shared().await;
     assert_eq!(rooms_named(&admin, &slug).await, 1, "one Matrix room");
 
-    let metrics = app
-        .client
-        .http
-        .get(format!("{}/metrics", app.client.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&app.client).await;
     assert!(
         metrics.contains(r#"matrix_provisioner_rooms{state="ready"} 1"#),
         "{metrics}"

@@ -652,6 +652,19 @@ pub struct Client {
     pub http: reqwest::Client,
 }
 
+/// The service's `/metrics` page.
+pub async fn metrics_text(client: &Client) -> String {
+    client
+        .http
+        .get(format!("{}/metrics", client.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 impl Client {
     pub fn new(port: u16) -> Client {
         Client {
