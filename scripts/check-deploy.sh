@@ -937,26 +937,18 @@ ok "Synapse loaded the OpenID provider's discovery from https://127.0.0.1:$https
 # ---- 5. "Continue with DAARION" through the gateway ----------------------------
 origin="https://127.0.0.1:$https_port"
 username="deploy-$RANDOM"
-ORIGIN="$origin" USERNAME="$username" OUT="$work" "$browser_venv/bin/python" - <<'PY' || { show_logs; exit 1; }
+ORIGIN="$origin" USERNAME="$username" OUT="$work" REPO="$repo" "$browser_venv/bin/python" - <<'PY' || { show_logs; exit 1; }
 import os, sys, urllib.parse
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
-from selenium.webdriver.support.ui import WebDriverWait
+
+sys.path.insert(0, os.path.join(os.environ["REPO"], "scripts"))
+from chromium import chromium, waiting
 
 origin, username = os.environ["ORIGIN"], os.environ["USERNAME"]
-options = webdriver.ChromeOptions()
-options.binary_location = "/usr/bin/chromium"
-for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--no-first-run", "--window-size=1100,900",
-             "--ignore-certificate-errors",  # the gateway's certificate is self-signed here
-             "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
-    options.add_argument(flag)
-browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-wait = WebDriverWait(browser, 30)
+browser = chromium(insecure=True)  # the gateway's certificate is self-signed here
+wait = waiting(browser)
 try:
     browser.get(f"{origin}/_matrix/static/client/login/")
     button = wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, "#sso_form input[type=submit]")))
@@ -1043,28 +1035,19 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 own_email="deploy.own$RANDOM@example.com"
-ORIGIN="$origin" EMAIL="$own_email" PASSWORD="$standin_password" OUT="$work" \
+ORIGIN="$origin" EMAIL="$own_email" PASSWORD="$standin_password" OUT="$work" REPO="$repo" \
     "$browser_venv/bin/python" - <<'PY' || { show_logs; exit 1; }
 import os, sys
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
-from selenium.webdriver.support.ui import WebDriverWait
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+sys.path.insert(0, os.path.join(os.environ["REPO"], "scripts"))
+from chromium import chromium, waiting
 
 origin = os.environ["ORIGIN"]
-options = webdriver.ChromeOptions()
-options.binary_location = "/usr/bin/chromium"
-for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--no-first-run", "--window-size=1100,900", "--lang=en-US",
-             "--ignore-certificate-errors",  # the gateway's certificate is self-signed here
-             "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
-    options.add_argument(flag)
-browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-wait = WebDriverWait(browser, 30, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+browser = chromium(lang="en-US", insecure=True)  # the gateway's certificate is self-signed here
+wait = waiting(browser)
 try:
     browser.get(f"{origin}/_matrix/static/client/login/")
     wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, "#sso_form input[type=submit]"))).click()

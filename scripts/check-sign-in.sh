@@ -104,35 +104,17 @@ start_service "AUTH_LOGIN_URL=http://127.0.0.1:$standin_port/login"
 
 username="browser-$RANDOM"
 SYNAPSE="http://127.0.0.1:$synapse_port" REGISTRATION="$registration" USERNAME="$username" \
-    SERVICE="http://127.0.0.1:$service_port" OUT="$out" "$venv/bin/python" - <<'PY'
+    SERVICE="http://127.0.0.1:$service_port" OUT="$out" REPO="$repo" "$venv/bin/python" - <<'PY'
 import hashlib, hmac, json, os, sys, time, urllib.error, urllib.parse, urllib.request
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
-from selenium.webdriver.support.ui import WebDriverWait
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
-
-def waiting(b):
-    """Waits that outlive a page replaced under them (the onward page's refresh)."""
-    return WebDriverWait(b, 30, ignored_exceptions=(NoSuchElementException,
-                                                    StaleElementReferenceException))
+sys.path.insert(0, os.path.join(os.environ["REPO"], "scripts"))
+from chromium import chromium, waiting
 
 synapse, out, username = os.environ["SYNAPSE"], os.environ["OUT"], os.environ["USERNAME"]
 service = os.environ["SERVICE"]
-
-def chromium():
-    """A Chromium of its own: its own profile, so its own cookies."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--window-size=1100,900",
-                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 browser = chromium()
 wait = waiting(browser)
@@ -269,32 +251,17 @@ wait "$service_pid" 2>/dev/null || true
 start_service "AUTH_PASSWORD_LOGIN_URL=http://127.0.0.1:$standin_port/api/auth/login"
 SYNAPSE="http://127.0.0.1:$synapse_port" REGISTRATION="$registration" \
     SERVICE="http://127.0.0.1:$service_port" STANDIN="http://127.0.0.1:$standin_port" \
-    OUT="$out" "$venv/bin/python" - <<'PY'
+    OUT="$out" REPO="$repo" "$venv/bin/python" - <<'PY'
 import hashlib, hmac, json, os, sys, time, urllib.request
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
-from selenium.webdriver.support.ui import WebDriverWait
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
-
-def waiting(b):
-    """Waits that outlive a page replaced under them (the onward page's refresh)."""
-    return WebDriverWait(b, 30, ignored_exceptions=(NoSuchElementException,
-                                                    StaleElementReferenceException))
+sys.path.insert(0, os.path.join(os.environ["REPO"], "scripts"))
+from chromium import chromium, waiting
 
 synapse, out, service = os.environ["SYNAPSE"], os.environ["OUT"], os.environ["SERVICE"]
-options = webdriver.ChromeOptions()
-options.binary_location = "/usr/bin/chromium"
-for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--no-first-run", "--window-size=1100,900", "--lang=uk",
-             "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
-    options.add_argument(flag)
-options.add_experimental_option("prefs", {"intl.accept_languages": "uk,en"})
-browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+browser = chromium(lang="uk")
 wait = waiting(browser)
 
 def body():
