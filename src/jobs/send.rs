@@ -646,25 +646,33 @@ async fn reaction(deps: &SendDeps<'_>, row: &Row<'_>, recorder: &Recorder) -> St
 async fn signal(deps: &SendDeps<'_>, row: &Row<'_>) -> StepResult<Step> {
     let m = row.m;
     let room = &row.target.matrix_room;
+    // Whether Synapse was told (a typing notice that already ran out is not).
     let result = if m.kind == ActionKind::Typing {
         let on = m.message.body == "on";
         let elapsed = deps.clock.now_ms() - m.received_at;
         let remaining = m.timeout_ms.unwrap_or(30_000) - elapsed;
         if on && remaining <= 0 {
-            Ok(())
+            Ok(false)
         } else {
-            metrics::message("to_matrix", "typing");
             deps.synapse
                 .typing(room, row.puppet, on, remaining.max(1000))
                 .await
+                .map(|()| true)
         }
     } else {
         let up_to = m.target.as_deref().unwrap_or_default();
-        metrics::message("to_matrix", "read");
-        deps.synapse.read_receipt(room, row.puppet, up_to).await
+        deps.synapse
+            .read_receipt(room, row.puppet, up_to)
+            .await
+            .map(|()| true)
     };
     match result {
-        Ok(()) => {}
+        // Counted once Synapse took it, as messages are.
+        Ok(told) => {
+            if told {
+                metrics::message("to_matrix", m.kind.as_str());
+            }
+        }
         Err(e @ SynapseError::Refused { .. }) => {
             tracing::info!(message_id = %m.message.message_id, "Synapse refused {}: {e}", m.kind.as_str());
         }
