@@ -20,7 +20,7 @@ use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, Message};
 use futures_util::stream::FuturesUnordered;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{watch, Notify};
 
 use crate::accounts::Accounts;
@@ -263,11 +263,7 @@ impl Edge {
             Source::Auth => {
                 let event = match Event::parse(&message.payload) {
                     Ok(Parsed::Event(event)) => event,
-                    Ok(Parsed::Ignored { id }) => {
-                        tracing::info!(stream, event_id = %id, "NATS: event type ignored");
-                        ack(stream, &message, AckKind::Ack, "ignored", "").await;
-                        return None;
-                    }
+                    Ok(Parsed::Ignored { id }) => return ignored(stream, &message, &id).await,
                     Err(e) => {
                         self.refuse(source, message, e.into()).await;
                         return None;
@@ -280,39 +276,25 @@ impl Edge {
                         return None;
                     }
                 };
-                Some(Box::pin(async move {
-                    match answer.await {
-                        Ok(accepted) => {
-                            if accepted.queued {
-                                // As for a webhook: a deletion must stop
-                                // token exchanges now.
-                                edge.accounts.forget(&event.user_id);
-                                edge.wake.notify_one();
-                            }
-                            tracing::debug!(
-                                stream, event_id = %event.id, kind = event.kind.as_str(),
-                                user_id = %event.user_id, duplicate = accepted.duplicate,
-                                "NATS event stored"
-                            );
-                            let outcome = if accepted.duplicate {
-                                "duplicate"
-                            } else {
-                                "accepted"
-                            };
-                            ack(stream, &message, AckKind::Ack, outcome, "").await;
-                        }
-                        Err(e) => retry(stream, &message, &e.to_string()).await,
+                let answer = answer.map(|a| a.map(|a| Stored::new(a.duplicate, a.queued)));
+                Some(ack_when_stored(stream, message, answer, move |stored| {
+                    if stored.queued {
+                        // As for a webhook: a deletion must stop token
+                        // exchanges now.
+                        edge.accounts.forget(&event.user_id);
+                        edge.wake.notify_one();
                     }
+                    tracing::debug!(
+                        stream, event_id = %event.id, kind = event.kind.as_str(),
+                        user_id = %event.user_id, duplicate = stored.duplicate,
+                        "NATS event stored"
+                    );
                 }))
             }
             Source::City => {
                 let event = match CityEvent::parse(&message.payload) {
                     Ok(ParsedCity::Event(event)) => event,
-                    Ok(ParsedCity::Ignored { id }) => {
-                        tracing::info!(stream, event_id = %id, "NATS: event type ignored");
-                        ack(stream, &message, AckKind::Ack, "ignored", "").await;
-                        return None;
-                    }
+                    Ok(ParsedCity::Ignored { id }) => return ignored(stream, &message, &id).await,
                     Err(e) => {
                         self.refuse(source, message, e.into()).await;
                         return None;
@@ -326,25 +308,15 @@ impl Edge {
                         return None;
                     }
                 };
-                Some(Box::pin(async move {
-                    match answer.await {
-                        Ok(accepted) => {
-                            if accepted.queued {
-                                edge.wake.notify_one();
-                            }
-                            tracing::debug!(
-                                stream, event_id = %id, kind, subject = %subject,
-                                duplicate = accepted.duplicate, "NATS event stored"
-                            );
-                            let outcome = if accepted.duplicate {
-                                "duplicate"
-                            } else {
-                                "accepted"
-                            };
-                            ack(stream, &message, AckKind::Ack, outcome, "").await;
-                        }
-                        Err(e) => retry(stream, &message, &e.to_string()).await,
+                let answer = answer.map(|a| a.map(|a| Stored::new(a.duplicate, a.queued)));
+                Some(ack_when_stored(stream, message, answer, move |stored| {
+                    if stored.queued {
+                        edge.wake.notify_one();
                     }
+                    tracing::debug!(
+                        stream, event_id = %id, kind, subject = %subject,
+                        duplicate = stored.duplicate, "NATS event stored"
+                    );
                 }))
             }
         }
@@ -423,6 +395,52 @@ async fn ack(stream: &'static str, message: &Message, kind: AckKind, outcome: &s
             "NATS: cannot answer a message ({e}); it will come again"
         );
     }
+}
+
+/// What either intake answered for one event.
+struct Stored {
+    duplicate: bool,
+    /// Whether work for Synapse was queued.
+    queued: bool,
+}
+
+impl Stored {
+    fn new(duplicate: bool, queued: bool) -> Stored {
+        Stored { duplicate, queued }
+    }
+}
+
+/// Acknowledges `message` once the intake stored its event (`answer`),
+/// after `then` (waking the worker, logging); hands it back when the
+/// event could not be stored.
+fn ack_when_stored<E: std::fmt::Display + Send>(
+    stream: &'static str,
+    message: Message,
+    answer: impl Future<Output = Result<Stored, E>> + Send + 'static,
+    then: impl FnOnce(&Stored) + Send + 'static,
+) -> Answer {
+    Box::pin(async move {
+        match answer.await {
+            Ok(stored) => {
+                then(&stored);
+                let outcome = if stored.duplicate {
+                    "duplicate"
+                } else {
+                    "accepted"
+                };
+                ack(stream, &message, AckKind::Ack, outcome, "").await;
+            }
+            Err(e) => retry(stream, &message, &e.to_string()).await,
+        }
+    })
+}
+
+/// A message of a type the service does not act on: acknowledged, never
+/// seen again. (None: nothing left to await.)
+async fn ignored(stream: &'static str, message: &Message, id: &str) -> Option<Answer> {
+    tracing::info!(stream, event_id = %id, "NATS: event type ignored");
+    ack(stream, message, AckKind::Ack, "ignored", "").await;
+    None
 }
 
 /// Hands a message back, to come again after [`RETRY_DELAY`].
