@@ -991,19 +991,7 @@ async fn person_says(client: &Client, backend: Backend, matrix_room: &str, body:
         "sender": "@olena:elsewhere.example", "origin_server_ts": chrono::Utc::now().timestamp_millis(),
         "content": {"msgtype": "m.text", "body": body},
     }]});
-    let response = client
-        .http
-        .put(format!(
-            "{}/_matrix/app/v1/transactions/{}",
-            client.base,
-            unique("txn")
-        ))
-        .bearer_auth(hs_token(backend))
-        .json(&txn)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    crate::agents::put_transaction(client, backend, &unique("txn"), &txn).await;
     event_id
 }
 
