@@ -1188,6 +1188,20 @@ async fn a_message_is_published_once_across_a_kill(backend: Backend) {
 }
 on_both_backends!(a_message_is_published_once_across_a_kill);
 
+/// `n` DAARION Auth signups for DAARION_AUTH, their user ids `u_<tag>_…`.
+fn signups(tag: &str, n: usize) -> Vec<(To, Value)> {
+    (0..n)
+        .map(|i| {
+            let e = event(
+                "user.registered",
+                &format!("u_{tag}_{i:04}"),
+                json!({"username": format!("{tag}-{i}")}),
+            );
+            (To::Auth, e)
+        })
+        .collect()
+}
+
 /// What one service's `/metrics` says it did with JetStream's messages.
 async fn accepted_by(client: &Client) -> u64 {
     let text = metrics_text(client).await;
@@ -1219,16 +1233,7 @@ async fn two_replicas_split_one_consumer() {
     })
     .await;
     let tag = unique("split");
-    let events: Vec<(To, Value)> = (0..600)
-        .map(|i| {
-            let e = event(
-                "user.registered",
-                &format!("u_{tag}_{i:03}"),
-                json!({"username": format!("{tag}-{i}")}),
-            );
-            (To::Auth, e)
-        })
-        .collect();
+    let events = signups(&tag, 600);
     publish_all(&js, &events).await;
     consumer_drained(&js, "DAARION_AUTH").await;
     let stored = scalar(
@@ -1267,16 +1272,7 @@ async fn nats_restarted_mid_burst_loses_nothing(backend: Backend) {
     let js = nats.js().await;
     wait_for_streams(&js).await;
     let tag = unique("restart");
-    let events: Vec<(To, Value)> = (0..1000)
-        .map(|i| {
-            let e = event(
-                "user.registered",
-                &format!("u_{tag}_{i:04}"),
-                json!({"username": format!("{tag}-{i}")}),
-            );
-            (To::Auth, e)
-        })
-        .collect();
+    let events = signups(&tag, 1000);
     let in_burst = format!("SELECT COUNT(*) FROM events WHERE subject LIKE 'u_{tag}_%'");
     relay.acks.start();
     publish_all(&js, &events[..500]).await;
