@@ -944,7 +944,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
 
 sys.path.insert(0, os.path.join(os.environ["REPO"], "scripts"))
-from chromium import chromium, waiting
+from chromium import chromium, confirm_and_log_in, waiting
 
 origin, username = os.environ["ORIGIN"], os.environ["USERNAME"]
 browser = chromium(insecure=True)  # the gateway's certificate is self-signed here
@@ -962,15 +962,7 @@ try:
     browser.find_element(By.ID, "display_name").send_keys("Деплой Перевірка")
     browser.find_element(By.ID, "sign_in").click()
     # The service's confirmation, on the gateway's origin, then on to Synapse.
-    wait.until(ready.element_to_be_clickable((By.ID, "continue")))
-    if not browser.current_url.startswith(origin + "/v1/sso/continue?"):
-        sys.exit(f"check-deploy: FAIL the confirmation is at {browser.current_url}")
-    browser.find_element(By.ID, "continue").click()
-    # Back on Synapse's page at the gateway's origin with a login token, which it logs in with.
-    wait.until(lambda b: "loginToken=" in b.current_url)
-    if not browser.current_url.startswith(origin + "/_matrix/static/client/login/"):
-        sys.exit(f"check-deploy: FAIL came back to {browser.current_url}")
-    wait.until(lambda b: b.find_element(By.ID, "title").text == "Logging in...")
+    confirm_and_log_in(browser, wait, origin, "check-deploy")
 except Exception:
     browser.save_screenshot(os.path.join(os.environ["OUT"], "sign-in-failure.png"))
     print(f"check-deploy: FAIL the browser stopped at {browser.current_url}", file=sys.stderr)
@@ -1043,7 +1035,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
 
 sys.path.insert(0, os.path.join(os.environ["REPO"], "scripts"))
-from chromium import chromium, waiting
+from chromium import chromium, confirm_and_log_in, waiting
 
 origin = os.environ["ORIGIN"]
 browser = chromium(lang="en-US", insecure=True)  # the gateway's certificate is self-signed here
@@ -1057,14 +1049,7 @@ try:
     browser.find_element(By.ID, "email").send_keys(os.environ["EMAIL"])
     browser.find_element(By.ID, "password").send_keys(os.environ["PASSWORD"])
     browser.find_element(By.ID, "sign_in").click()
-    wait.until(ready.element_to_be_clickable((By.ID, "continue")))
-    if not browser.current_url.startswith(origin + "/v1/sso/continue?"):
-        sys.exit(f"check-deploy: FAIL the confirmation is at {browser.current_url}")
-    browser.find_element(By.ID, "continue").click()
-    wait.until(lambda b: "loginToken=" in b.current_url)
-    if not browser.current_url.startswith(origin + "/_matrix/static/client/login/"):
-        sys.exit(f"check-deploy: FAIL came back to {browser.current_url}")
-    wait.until(lambda b: b.find_element(By.ID, "title").text == "Logging in...")
+    confirm_and_log_in(browser, wait, origin, "check-deploy")
 except Exception:
     browser.save_screenshot(os.path.join(os.environ["OUT"], "own-sign-in-failure.png"))
     print(f"check-deploy: FAIL the browser stopped at {browser.current_url}", file=sys.stderr)
